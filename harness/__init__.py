@@ -1,0 +1,15 @@
+"""harness: train, run and compare small text models on identical data.
+
+Plugin authors import the marker and the contract types from here; nothing in this
+module imports torch or transformers.
+"""
+
+import pluggy
+
+from harness.types import ApproachInfo, Artifact, Example, Prediction, Task
+
+__version__ = "0.1.0"
+
+hookimpl = pluggy.HookimplMarker("harness")
+
+__all__ = ["ApproachInfo", "Artifact", "Example", "Prediction", "Task", "hookimpl", "__version__"]

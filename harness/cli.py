@@ -1,0 +1,172 @@
+"""The ``harness`` command. Heavy libraries are imported only by the commands that need them."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from harness import __version__
+from harness.errors import UserError
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="harness",
+        description="Train, run and compare small text models on identical data: one table of quality, "
+        "training cost, serving speed and memory.",
+    )
+    parser.add_argument("--version", action="version", version=f"harness {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    cmp = commands.add_parser("compare", help="train, predict and score approaches on one spec, then print the table")
+    cmp.add_argument("--plugins", required=True, help="approaches to compare, by name: bert,qwen")
+    cmp.add_argument("--spec", required=True, help="a spec name (see `harness specs`) or a YAML file")
+    cmp.add_argument("--data", help="local files instead of the spec's dataset: train=PATH,test=PATH (JSONL or CSV)")
+    cmp.add_argument("--set", dest="overrides", action="append", default=[], metavar="PLUGIN.KEY=VALUE",
+                     help="override one setting, e.g. bert.num_train_epochs=1 (repeatable)")
+    cmp.add_argument("--limit-train", type=int, help="a stratified sample of N training examples")
+    cmp.add_argument("--limit-test", type=int, help="a stratified sample of N test examples")
+    cmp.add_argument("--random-weights", action="store_true",
+                     help="build models from their architecture config without weights: speed is real, quality is not")
+    cmp.add_argument("--rerun", action="store_true", help="train again even if the store has an identical run")
+    cmp.add_argument("--latency-samples", type=int, default=100, help="requests timed one at a time (default 100)")
+    cmp.add_argument("--json", type=Path, help="also write the comparison as JSON to this file")
+    cmp.add_argument("--store", type=Path, help="results store directory (default: $HARNESS_HOME or .harness)")
+
+    rep = commands.add_parser("report", help="re-render a stored comparison (the newest by default)")
+    rep.add_argument("comparison_id", nargs="?", help="a comparison id from an earlier compare")
+    rep.add_argument("--json", type=Path, help="write the comparison as JSON to this file")
+    rep.add_argument("--store", type=Path, help="results store directory")
+
+    plg = commands.add_parser("plugins", help="list the installed approaches and plugins")
+    plg.add_argument("--json", action="store_true", help="print JSON")
+
+    spc = commands.add_parser("specs", help="list the specs found in ./specs and shipped with harness")
+    spc.add_argument("--json", action="store_true", help="print JSON")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return {"compare": cmd_compare, "report": cmd_report, "plugins": cmd_plugins, "specs": cmd_specs}[
+            args.command
+        ](args)
+    except UserError as exc:
+        print(f"harness: error: {exc}", file=sys.stderr)
+        return 2
+
+
+def _console():
+    from rich.console import Console
+
+    # Piped or captured output gets room for the whole table instead of rich's 80-column default.
+    return Console(width=None if sys.stdout.isatty() else 180)
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    from harness.data import load_datasets, parse_data_option
+    from harness.plugins import load_plugins
+    from harness.report import TerminalReporter
+    from harness.runner import CompareOptions, compare, plan_settings
+    from harness.spec import load_spec, parse_overrides
+    from harness.store import Store, comparison_to_dict, write_json
+
+    # Everything the user typed is checked before anything is trained or written.
+    plugins = load_plugins()
+    approaches = [name.strip() for name in args.plugins.split(",") if name.strip()]
+    spec = load_spec(args.spec)
+    settings = plan_settings(plugins, spec, approaches, parse_overrides(args.overrides))
+    data = load_datasets(
+        spec,
+        data=parse_data_option(args.data) if args.data else None,
+        limit_train=args.limit_train,
+        limit_test=args.limit_test,
+    )
+    if args.json is not None and not args.json.parent.exists():
+        raise UserError("directory does not exist", where=str(args.json))
+
+    console = _console()
+    plugins.pm.register(TerminalReporter(console, spec.metrics), name="terminal-reporter")
+    options = CompareOptions(random_weights=args.random_weights, rerun=args.rerun, latency_samples=args.latency_samples)
+    comparison = compare(plugins, spec, data, settings, Store(args.store), options, console)
+    if args.json is not None:
+        write_json(args.json, comparison_to_dict(comparison))
+    return 1 if any(run.status == "failed" for run in comparison.runs) else 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from harness.report import comparison_table
+    from harness.spec import Spec
+    from harness.store import Store, comparison_to_dict, write_json
+
+    store = Store(args.store)
+    comparison = store.load_comparison(args.comparison_id)
+    if comparison is None:
+        raise UserError(
+            f"no comparison {args.comparison_id!r}" if args.comparison_id else "no comparison stored yet",
+            where=str(store.root),
+        )
+    _console().print(comparison_table(comparison, Spec.model_fields["metrics"].default_factory()))
+    if args.json is not None:
+        write_json(args.json, comparison_to_dict(comparison))
+    return 0
+
+
+def cmd_plugins(args: argparse.Namespace) -> int:
+    from harness.plugins import load_plugins
+
+    plugins = load_plugins()
+    rows: list[dict[str, Any]] = []
+    for name, plugin in sorted(plugins.pm.list_name_plugin()):
+        meta = plugins.meta.get(name)
+        row: dict[str, Any] = {
+            "name": name,
+            "version": meta.version if meta else "",
+            "package": meta.package if meta else "",
+            "builtin": bool(meta and meta.builtin),
+            "hooks": plugins.hooks_of(name),
+        }
+        if name in plugins.approaches():
+            row["task_types"] = list(plugins.describe(name).task_types)
+        rows.append(row)
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    from rich.table import Table
+
+    table = Table("Name", "Version", "Task types", "Hooks", "Package")
+    for row in rows:
+        table.add_row(row["name"], row["version"], ", ".join(row.get("task_types", [])) or "-",
+                      ", ".join(h.removeprefix("harness_") for h in row["hooks"]), row["package"])
+    _console().print(table)
+    return 0
+
+
+def cmd_specs(args: argparse.Namespace) -> int:
+    from harness.spec import list_specs, load_spec
+
+    rows = []
+    for path in list_specs():
+        spec = load_spec(str(path))
+        dataset = spec.dataset.hub or f"{spec.dataset.train}, {spec.dataset.test}"
+        rows.append({"name": spec.name, "path": str(path), "task": spec.task.type, "dataset": dataset,
+                     "labels": spec.task.labels, "fields": spec.task.fields, "plugins": sorted(spec.plugins)})
+    if args.json:
+        print(json.dumps(rows, indent=2, ensure_ascii=False))
+        return 0
+    from rich.table import Table
+
+    table = Table("Name", "Task", "Dataset", "Labels / fields", "Plugin settings for")
+    for row in rows:
+        table.add_row(row["name"], row["task"], row["dataset"], ", ".join(row["labels"] or row["fields"]),
+                      ", ".join(row["plugins"]) or "-")
+    _console().print(table)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,195 @@
+"""Loading a spec's data once, checking every row, and hashing exactly what each run sees."""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import random
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable
+
+from harness.errors import UserError
+from harness.spec import Spec
+from harness.types import Example, Task
+
+
+@dataclass(frozen=True)
+class Datasets:
+    """The examples every approach in a comparison sees, with their content hashes."""
+
+    train: list[Example]
+    validation: list[Example]
+    test: list[Example]
+    validation_source: str  # "train" (held out), "test" (as the seeds did) or "none"
+
+    @property
+    def train_hash(self) -> str:
+        return dataset_hash(self.train)
+
+    @property
+    def test_hash(self) -> str:
+        return dataset_hash(self.test)
+
+
+def dataset_hash(examples: Iterable[Example]) -> str:
+    """sha256 of the examples' text and gold answer, in order: equal hashes mean identical data."""
+    digest = hashlib.sha256()
+    for ex in examples:
+        gold = ex.label if ex.fields is None else ex.fields
+        digest.update(json.dumps([ex.text, gold], ensure_ascii=False, sort_keys=True).encode("utf-8"))
+        digest.update(b"\n")
+    return digest.hexdigest()
+
+
+def load_datasets(
+    spec: Spec,
+    *,
+    data: dict[str, str] | None = None,
+    limit_train: int | None = None,
+    limit_test: int | None = None,
+) -> Datasets:
+    """Load train and test as the spec (or ``--data train=PATH,test=PATH``) says, then limit and split.
+
+    Limits take a stratified sample with the spec's seed, so ``--limit-train 500`` keeps the class balance.
+    """
+    task = spec.to_task()
+    ds = spec.dataset
+    if data:
+        train = read_examples(Path(data["train"]), task, ds.text_field, ds.label_field, ds.fields_field)
+        test = read_examples(Path(data["test"]), task, ds.text_field, ds.label_field, ds.fields_field)
+    elif ds.train and ds.test:
+        base = spec.path.parent if spec.path else Path(".")
+        train = read_examples(base / ds.train, task, ds.text_field, ds.label_field, ds.fields_field)
+        test = read_examples(base / ds.test, task, ds.text_field, ds.label_field, ds.fields_field)
+    else:
+        train = _read_hub(ds.hub, ds.config, ds.train_split, task, ds.text_field, ds.label_field, ds.fields_field)
+        test = _read_hub(ds.hub, ds.config, ds.test_split, task, ds.text_field, ds.label_field, ds.fields_field)
+
+    train = _sample(train, limit_train, spec.seed)
+    test = _sample(test, limit_test, spec.seed)
+    if spec.validation == "test":
+        return Datasets(train, test, test, "test")
+    if spec.validation == "none":
+        return Datasets(train, [], test, "none")
+    train, validation = _hold_out(train, spec.validation, spec.seed)
+    return Datasets(train, validation, test, "train")
+
+
+def parse_data_option(text: str) -> dict[str, str]:
+    """``train=a.jsonl,test=b.jsonl`` -> ``{"train": "a.jsonl", "test": "b.jsonl"}``."""
+    parts = dict(item.partition("=")[::2] for item in text.split(",") if item)
+    if set(parts) != {"train", "test"} or not all(parts.values()):
+        raise UserError(f"expected train=PATH,test=PATH, got {text!r}", where="--data")
+    return parts
+
+
+def read_examples(path: Path, task: Task, text_field: str, label_field: str, fields_field: str) -> list[Example]:
+    """Read a JSONL or CSV file; any bad row is a :class:`UserError` naming ``file:line``."""
+    if not path.is_file():
+        raise UserError("no such file", where=str(path))
+    rows: list[tuple[str, dict[str, Any]]] = []
+    if path.suffix.lower() == ".csv":
+        with path.open(encoding="utf-8", newline="") as handle:
+            for lineno, row in enumerate(csv.DictReader(handle), start=2):
+                rows.append((f"{path}:{lineno}", row))
+    else:
+        with path.open(encoding="utf-8") as handle:
+            for lineno, line in enumerate(handle, start=1):
+                if not line.strip():
+                    continue
+                where = f"{path}:{lineno}"
+                try:
+                    row = json.loads(line)
+                except json.JSONDecodeError as exc:
+                    raise UserError(f"not valid JSON ({exc.msg})", where=where) from None
+                if not isinstance(row, dict):
+                    raise UserError("each line must be a JSON object", where=where)
+                rows.append((where, row))
+    if not rows:
+        raise UserError("no examples", where=str(path))
+    return [_to_example(where, row, task, text_field, label_field, fields_field, i) for i, (where, row) in enumerate(rows)]
+
+
+def _read_hub(
+    hub: str, config: str | None, split: str, task: Task, text_field: str, label_field: str, fields_field: str
+) -> list[Example]:
+    try:
+        import datasets
+    except ImportError:
+        raise UserError("hub datasets need the 'datasets' package: pip install 'harness-compare[hub]'", where=hub) from None
+    try:
+        table = datasets.load_dataset(hub, config, split=split)
+    except Exception as exc:  # the hub client raises many types; the user needs the message
+        raise UserError(f"could not load split {split!r}: {type(exc).__name__}: {exc}".splitlines()[0], where=hub) from None
+    return [
+        _to_example(f"{hub}[{split}] row {i}", row, task, text_field, label_field, fields_field, i)
+        for i, row in enumerate(table)
+    ]
+
+
+def _to_example(
+    where: str, row: dict[str, Any], task: Task, text_field: str, label_field: str, fields_field: str, index: int
+) -> Example:
+    text = row.get(text_field)
+    if not isinstance(text, str):
+        raise UserError(f"missing text field {text_field!r}", where=where)
+    if not text.strip():
+        raise UserError("empty text", where=where)
+    example_id = str(row.get("id", index))
+    if task.type == "extraction":
+        fields = row.get(fields_field)
+        if not isinstance(fields, dict):
+            raise UserError(f"missing fields object {fields_field!r}", where=where)
+        unknown = set(fields) - set(task.fields)
+        if unknown:
+            raise UserError(f"field {sorted(unknown)[0]!r} is not one of the spec's fields", where=where)
+        return Example(example_id, text, fields={k: str(v) for k, v in fields.items()})
+    label = row.get(label_field)
+    if isinstance(label, str) and label.strip().lstrip("-").isdigit() and label not in task.labels:
+        label = int(label)  # CSV cells are strings; an id written as text is still an id
+    if isinstance(label, int) and not isinstance(label, bool):
+        if not 0 <= label < len(task.labels):
+            raise UserError(f"label id {label} outside the spec's {len(task.labels)} labels", where=where)
+        label = task.labels[label]
+    if label not in task.labels:
+        raise UserError(f"label {label!r} is not one of the spec's labels ({', '.join(task.labels)})", where=where)
+    return Example(example_id, text, label=label)
+
+
+def _sample(examples: list[Example], limit: int | None, seed: int) -> list[Example]:
+    if limit is None or limit >= len(examples):
+        return examples
+    if limit <= 0:
+        raise UserError(f"limit must be positive, got {limit}", where="--limit")
+    return _split(examples, size=limit, seed=seed)[0]
+
+
+def _hold_out(examples: list[Example], fraction: float, seed: int) -> tuple[list[Example], list[Example]]:
+    size = max(1, round(len(examples) * fraction))
+    held, kept = _split(examples, size=size, seed=seed)
+    return kept, held
+
+
+def _split(examples: list[Example], *, size: int, seed: int) -> tuple[list[Example], list[Example]]:
+    """Stratified (by label) seeded split: ``size`` examples, then the rest, each in file order."""
+    from sklearn.model_selection import train_test_split
+
+    indices = list(range(len(examples)))
+    labels = [ex.label for ex in examples]
+    stratify = labels if labels[0] is not None and _can_stratify(labels, size) else None
+    if stratify is None:
+        rng = random.Random(seed)
+        chosen = set(rng.sample(indices, size))
+    else:
+        chosen_list, _ = train_test_split(indices, train_size=size, random_state=seed, stratify=stratify)
+        chosen = set(chosen_list)
+    return [examples[i] for i in indices if i in chosen], [examples[i] for i in indices if i not in chosen]
+
+
+def _can_stratify(labels: list[Any], size: int) -> bool:
+    counts: dict[Any, int] = {}
+    for label in labels:
+        counts[label] = counts.get(label, 0) + 1
+    return min(counts.values()) >= 2 and len(counts) <= size <= len(labels) - len(counts)

@@ -1,0 +1,133 @@
+"""The hooks of harness. Every hook is documented in docs/plugins.md; a test keeps the two in step.
+
+An implementation may accept any subset of a hook's arguments, so arguments can be added later
+without breaking plugins.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pluggy
+
+from harness.types import ApproachInfo, Artifact, Comparison, Example, Prediction, RunRecord, Task
+
+hookspec = pluggy.HookspecMarker("harness")
+
+# ---------------------------------------------------------------------------------------------
+# Approach hooks: the core calls these on one approach at a time (the plugin selected by name).
+# ---------------------------------------------------------------------------------------------
+
+
+@hookspec(firstresult=True)
+def harness_describe() -> ApproachInfo | None:
+    """Declare what this approach supports.
+
+    :return: the task types it handles and its default settings (every key a spec may set).
+        Stops at first non-None result.
+    """
+
+
+@hookspec(firstresult=True)
+def harness_train(
+    task: Task,
+    train: list[Example],
+    validation: list[Example],
+    settings: dict[str, Any],
+    workdir: Path,
+    progress: Any,
+) -> Artifact | None:
+    """Train the approach on ``train``, selecting checkpoints on ``validation``.
+
+    :param task: the task type, label or field names and prompt.
+    :param train: the training examples, identical for every approach.
+    :param validation: held-out examples for evaluation during training (may be empty).
+    :param settings: the approach's defaults merged with the spec and ``--set`` overrides;
+        ``random_weights`` is True when the model must be built from its config without weights.
+    :param workdir: an empty directory of this run's own, for checkpoints and the final model.
+    :param progress: a :class:`harness.progress.RunProgress`: ``track()`` for progress bars,
+        ``log()`` for training log lines (step, epoch, loss, eval metrics).
+    :return: the trained artifact; zero-shot approaches return one without training.
+        Stops at first non-None result.
+    """
+
+
+@hookspec(firstresult=True)
+def harness_predict(
+    task: Task,
+    artifact: Artifact,
+    examples: list[Example],
+    settings: dict[str, Any],
+    progress: Any,
+) -> list[Prediction] | None:
+    """Predict every example, batched as the approach sees fit.
+
+    :param task: as for train.
+    :param artifact: what train returned; ``artifact.state`` caches loaded models between calls.
+    :param examples: the examples to predict (gold labels are present: never read them).
+    :param settings: as for train.
+    :param progress: as for train; ``track()`` draws a bar when the core wants one.
+    :return: exactly one :class:`Prediction` per example, in the order given.
+        Stops at first non-None result.
+    """
+
+
+# ---------------------------------------------------------------------------------------------
+# Scoring: every implementation is called and the results are merged.
+# ---------------------------------------------------------------------------------------------
+
+
+@hookspec
+def harness_score(
+    task: Task, examples: list[Example], predictions: list[Prediction], approach: str
+) -> dict[str, Any] | None:
+    """Compute metrics of ``predictions`` against the gold answers in ``examples``.
+
+    The core's own metrics (accuracy, precision/recall/F1 weighted and macro, per class, confusion
+    matrix) are one implementation; any plugin may add metrics of its own.
+
+    :param task: as for train.
+    :param examples: the gold examples.
+    :param predictions: one per example, in the same order.
+    :param approach: the name of the approach that made the predictions.
+    :return: a dict of metric name to value, merged with every other implementation's; None to add nothing.
+    """
+
+
+# ---------------------------------------------------------------------------------------------
+# Events: listeners (the terminal reporter, your own loggers) implement these.
+# ---------------------------------------------------------------------------------------------
+
+
+@hookspec
+def harness_run_started(run: RunRecord) -> None:
+    """An approach is about to train and predict.
+
+    :param run: the run's record so far: approach, spec, settings, data hashes; ``status`` is ``running``.
+    """
+
+
+@hookspec
+def harness_training_log(run: RunRecord, entry: dict[str, Any]) -> None:
+    """A training log line: loss at a logging step, or metrics at an evaluation step.
+
+    :param run: the run being trained.
+    :param entry: ``step`` and ``epoch``, plus ``loss`` or ``eval_*`` metrics.
+    """
+
+
+@hookspec
+def harness_run_finished(run: RunRecord) -> None:
+    """An approach finished, failed or was reused from the store.
+
+    :param run: the complete record: metrics, speed, memory, model, environment, or the error.
+    """
+
+
+@hookspec
+def harness_compare_finished(comparison: Comparison) -> None:
+    """Every selected approach has a record.
+
+    :param comparison: the comparison with its runs, in the order the approaches were asked for.
+    """

@@ -1,0 +1,162 @@
+"""Measuring like a benchmark: warm-up first, CUDA synchronised around every timed region, medians.
+
+``harness compare`` and (later) ``harness bench`` both time through these functions, so they never disagree.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import statistics
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from importlib import metadata
+from typing import Any, Callable, Sequence, TypeVar
+
+T = TypeVar("T")
+
+
+def _torch():
+    """torch if the approach already imported it; the core never imports it on its own."""
+    return sys.modules.get("torch")
+
+
+def cuda_sync() -> None:
+    torch = _torch()
+    if torch is not None and torch.cuda.is_available() and torch.cuda.is_initialized():
+        torch.cuda.synchronize()
+
+
+def timed(fn: Callable[[], T]) -> tuple[T, float]:
+    """Run ``fn`` once between two CUDA synchronisations; return its result and the seconds it took."""
+    cuda_sync()
+    start = time.perf_counter()
+    result = fn()
+    cuda_sync()
+    return result, time.perf_counter() - start
+
+
+@dataclass
+class PeakMemory:
+    """Peak process RSS (sampled every 10 ms by a thread) and peak CUDA memory over a ``with`` block."""
+
+    interval: float = 0.01
+    rss_peak_mb: float = 0.0
+    gpu_peak_mb: float | None = None
+    _stop: threading.Event = field(default_factory=threading.Event, repr=False)
+    _thread: threading.Thread | None = field(default=None, repr=False)
+
+    def __enter__(self) -> PeakMemory:
+        import psutil
+
+        process = psutil.Process(os.getpid())
+        self.rss_peak_mb = process.memory_info().rss / 2**20
+        torch = _torch()
+        if torch is not None and torch.cuda.is_available():
+            torch.cuda.reset_peak_memory_stats()
+
+        def sample() -> None:
+            while not self._stop.wait(self.interval):
+                self.rss_peak_mb = max(self.rss_peak_mb, process.memory_info().rss / 2**20)
+
+        self._thread = threading.Thread(target=sample, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        import psutil
+
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+        self.rss_peak_mb = max(self.rss_peak_mb, psutil.Process(os.getpid()).memory_info().rss / 2**20)
+        torch = _torch()  # the block may have imported torch
+        if torch is not None and torch.cuda.is_available() and torch.cuda.is_initialized():
+            self.gpu_peak_mb = torch.cuda.max_memory_allocated() / 2**20
+
+
+def percentile(values: Sequence[float], q: float) -> float:
+    """The q-th percentile (0-100) with linear interpolation, as numpy's default."""
+    ordered = sorted(values)
+    if len(ordered) == 1:
+        return ordered[0]
+    position = (len(ordered) - 1) * q / 100
+    low = int(position)
+    high = min(low + 1, len(ordered) - 1)
+    return ordered[low] + (ordered[high] - ordered[low]) * (position - low)
+
+
+@dataclass
+class Latency:
+    samples_ms: list[float]
+
+    def summary(self) -> dict[str, float]:
+        total_s = sum(self.samples_ms) / 1000
+        return {
+            "latency_p50_ms": statistics.median(self.samples_ms),
+            "latency_p95_ms": percentile(self.samples_ms, 95),
+            "latency_p99_ms": percentile(self.samples_ms, 99),
+            "requests_per_s": len(self.samples_ms) / total_s if total_s > 0 else float("inf"),
+            "latency_samples": len(self.samples_ms),
+        }
+
+
+def batch1_latency(predict_one: Callable[[Any], object], items: Sequence[Any], *, warmup: int = 3) -> Latency:
+    """Time ``predict_one`` on each item, one request at a time, after ``warmup`` untimed calls.
+
+    Sequential requests/s is the reciprocal of the mean latency: one client, no batching.
+    """
+    for item in items[:warmup]:
+        predict_one(item)
+    samples = []
+    for item in items:
+        _, seconds = timed(lambda: predict_one(item))
+        samples.append(seconds * 1000)
+    return Latency(samples)
+
+
+def device_name() -> str:
+    torch = _torch()
+    if torch is not None and torch.cuda.is_available():
+        return torch.cuda.get_device_name(0)
+    return f"CPU: {_cpu_model()} ({_cpu_threads()} threads)"
+
+
+def _cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as handle:
+            for line in handle:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _cpu_threads() -> int:
+    torch = _torch()
+    if torch is not None:
+        return torch.get_num_threads()
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def environment() -> dict[str, Any]:
+    """The machine and library versions a figure was measured with."""
+    versions = {}
+    for name in ("harness-compare", "torch", "transformers", "peft", "accelerate", "scikit-learn", "onnxruntime", "vllm"):
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            continue
+    torch = _torch()
+    env: dict[str, Any] = {
+        "device": device_name(),
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "versions": versions,
+    }
+    if torch is not None and torch.cuda.is_available():
+        env["cuda"] = torch.version.cuda
+    return env

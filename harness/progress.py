@@ -1,0 +1,64 @@
+"""What train and predict receive as ``progress``: progress bars and training log lines."""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from typing import Any, Callable, Iterable, Iterator, TypeVar
+
+T = TypeVar("T")
+
+
+class Bar:
+    """One progress bar; ``advance(n)`` moves it."""
+
+    def __init__(self, progress: Any, task_id: Any):
+        self._progress = progress
+        self._task_id = task_id
+
+    def advance(self, n: float = 1) -> None:
+        if self._progress is not None:
+            self._progress.advance(self._task_id, n)
+
+
+class RunProgress:
+    """Progress bars on a rich console (or nowhere, when ``console`` is None) and a training-log sink."""
+
+    def __init__(self, console: Any = None, on_log: Callable[[dict[str, Any]], None] | None = None):
+        self._console = console
+        self._on_log = on_log
+
+    @contextmanager
+    def bar(self, description: str, total: float | None) -> Iterator[Bar]:
+        """A progress bar for the duration of the ``with`` block."""
+        if self._console is None:
+            yield Bar(None, None)
+            return
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+        with Progress(
+            TextColumn("[bold]{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            TimeRemainingColumn(),
+            console=self._console,
+            transient=True,
+        ) as progress:
+            yield Bar(progress, progress.add_task(description, total=total))
+
+    def track(self, items: Iterable[T], description: str, total: float | None = None, weight: Callable[[T], float] | None = None) -> Iterator[T]:
+        """Iterate ``items`` with a bar; ``weight(item)`` says how far each item moves it (default 1)."""
+        if total is None and hasattr(items, "__len__"):
+            total = len(items)  # type: ignore[arg-type]
+        with self.bar(description, total) as bar:
+            for item in items:
+                yield item
+                bar.advance(weight(item) if weight else 1)
+
+    def log(self, **entry: Any) -> None:
+        """Report a training log line: ``step``, ``epoch`` and ``loss`` or ``eval_*`` metrics."""
+        if self._on_log is not None:
+            self._on_log(entry)
+
+
+SILENT = RunProgress()

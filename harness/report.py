@@ -1,0 +1,165 @@
+"""The rich terminal reporter: a plugin of the event hooks, as pytest's terminal reporter is of pytest's."""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import pluggy
+
+from harness.types import Comparison, RunRecord
+
+hookimpl = pluggy.HookimplMarker("harness")
+
+METRIC_TITLES = {
+    "f1_weighted": "F1 (w)",
+    "accuracy": "Acc",
+    "f1_macro": "F1 (m)",
+    "precision_weighted": "P (w)",
+    "recall_weighted": "R (w)",
+    "precision_macro": "P (m)",
+    "recall_macro": "R (m)",
+}
+
+
+class TerminalReporter:
+    """Prints each run's header, its evaluation log as it trains, and the final comparison table."""
+
+    def __init__(self, console: Any, metrics: list[str] | None = None):
+        self.console = console
+        self.metrics = metrics or ["f1_weighted", "accuracy"]
+        self._eval_header_printed: set[str] = set()
+
+    @hookimpl
+    def harness_run_started(self, run: RunRecord) -> None:
+        self.console.rule(f"[bold]{run.approach}[/] on {run.spec}")
+        self.console.print(
+            f"train {run.n_train} (sha256 {run.train_hash[:12]}), validation {run.n_validation} "
+            f"({run.environment.get('validation_source', '')}), test {run.n_test} (sha256 {run.test_hash[:12]})"
+            + ("  [yellow]random weights: quality is meaningless[/]" if run.random_weights else ""),
+            highlight=False,
+        )
+
+    @hookimpl
+    def harness_training_log(self, run: RunRecord, entry: dict[str, Any]) -> None:
+        if not any(key.startswith("eval_") for key in entry):
+            return
+        columns = ["step", "epoch", "train_loss", "eval_loss", *(f"eval_{m}" for m in self.metrics)]
+        if run.run_id not in self._eval_header_printed:
+            self._eval_header_printed.add(run.run_id)
+            titles = columns[:4] + self.metrics
+            self.console.print("  ".join(f"{t:>12}" for t in titles), style="bold", highlight=False)
+        cells = []
+        for column in columns:
+            value = entry.get(column)
+            cells.append(f"{'-' if value is None else _number(value):>12}")
+        self.console.print("  ".join(cells), highlight=False)
+
+    @hookimpl
+    def harness_run_finished(self, run: RunRecord) -> None:
+        if run.status == "failed":
+            self.console.print(f"[red]{run.approach} failed:[/] {run.error}", highlight=False)
+        elif run.status == "reused":
+            self.console.print(f"{run.approach}: reused run {run.run_id} (same settings, data and code; --rerun to train again)")
+        else:
+            quality = ", ".join(f"{METRIC_TITLES.get(m, m)} {_number(run.metrics.get(m))}" for m in self.metrics)
+            self.console.print(f"{run.approach}: {quality}", highlight=False)
+
+    @hookimpl
+    def harness_compare_finished(self, comparison: Comparison) -> None:
+        self.console.print(comparison_table(comparison, self.metrics))
+
+
+def _number(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.4f}" if abs(value) < 10 else f"{value:,.1f}"
+    return str(value)
+
+
+def _duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    if seconds < 120:
+        return f"{seconds:.1f} s"
+    return f"{seconds / 60:.1f} min"
+
+
+def _mb(value: float | None) -> str:
+    return "-" if value is None else f"{value:,.0f} MB"
+
+
+def _params(value: int | None) -> str:
+    return "-" if not value else f"{value / 1e6:,.1f} M"
+
+
+# (title, value getter, formatter, which is better: +1 higher, -1 lower, 0 not ranked)
+Column = tuple[str, Callable[[RunRecord], Any], Callable[[Any], str], int]
+
+
+def _columns(metrics: list[str]) -> list[Column]:
+    quality: list[Column] = [
+        (METRIC_TITLES.get(m, m), lambda r, m=m: r.metrics.get(m), _number, +1) for m in metrics
+    ]
+    return quality + [
+        ("Train", lambda r: r.speed.get("train_seconds"), _duration, -1),
+        ("Predict /s", lambda r: r.speed.get("predict_samples_per_s"), lambda v: "-" if v is None else f"{v:,.0f}", +1),
+        ("p50 ms", lambda r: r.speed.get("latency_p50_ms"), lambda v: "-" if v is None else f"{v:.1f}", -1),
+        ("p95 ms", lambda r: r.speed.get("latency_p95_ms"), lambda v: "-" if v is None else f"{v:.1f}", -1),
+        ("Req/s", lambda r: r.speed.get("requests_per_s"), lambda v: "-" if v is None else f"{v:,.1f}", +1),
+        ("Peak RSS", lambda r: _max(r.memory.get("train_rss_peak_mb"), r.memory.get("predict_rss_peak_mb")), _mb, -1),
+        ("Peak GPU", lambda r: _max(r.memory.get("train_gpu_peak_mb"), r.memory.get("predict_gpu_peak_mb")), _mb, -1),
+        ("Params", lambda r: r.model.get("parameters"), _params, 0),
+    ]
+
+
+def _max(*values: float | None) -> float | None:
+    present = [v for v in values if v is not None]
+    return max(present) if present else None
+
+
+def comparison_table(comparison: Comparison, metrics: list[str]):
+    """The comparison as a rich Table, the best value of each ranked column in bold green."""
+    from rich.table import Table
+
+    columns = _columns(metrics)
+    table = Table(title=f"{comparison.spec} — comparison {comparison.comparison_id}", title_justify="left")
+    table.add_column("Approach", style="bold")
+    table.add_column("Status")
+    for title, *_ in columns:
+        table.add_column(title, justify="right")
+
+    ranked = [r for r in comparison.runs if r.status in ("ok", "reused")]
+    best: dict[str, Any] = {}
+    for index, (title, get, _, direction) in enumerate(columns):
+        rows = [r for r in ranked if not (index < len(metrics) and r.random_weights)]
+        values = [get(r) for r in rows if get(r) is not None]
+        if direction and len(values) > 1:
+            best[title] = max(values) if direction > 0 else min(values)
+
+    notes = []
+    for run in comparison.runs:
+        cells = []
+        for index, (title, get, fmt, _) in enumerate(columns):
+            value = get(run) if run.status in ("ok", "reused") else None
+            text = fmt(value)
+            if index < len(metrics) and run.random_weights and value is not None:
+                text = f"[dim]{text} †[/]"
+            elif title in best and value == best[title]:
+                text = f"[bold green]{text}[/]"
+            cells.append(text)
+        status = {"ok": "[green]ok[/]", "reused": "[cyan]reused[/]"}.get(run.status, f"[red]{run.status}[/]")
+        table.add_row(run.approach, status, *cells)
+        if run.status == "failed":
+            notes.append(f"[red]{run.approach}[/]: {run.error}")
+    if any(r.random_weights for r in comparison.runs):
+        notes.append("† random weights (--random-weights): quality is meaningless; speed and memory are real")
+    sources = {r.environment.get("validation_source") for r in ranked}
+    if "test" in sources:
+        notes.append("checkpoints were selected on the test set (validation: test), as in the seed articles: optimistic")
+    devices = sorted({r.environment.get("device", "") for r in ranked} - {""})
+    if devices:
+        notes.append("device: " + "; ".join(devices))
+    table.caption = "\n".join(notes) or None
+    table.caption_justify = "left"
+    return table

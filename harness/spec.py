@@ -1,0 +1,217 @@
+"""Benchmark specs: YAML files validated on load, so a typo is a one-line error naming file and key."""
+
+from __future__ import annotations
+
+from importlib import resources
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from harness.errors import UserError
+from harness.types import Task
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class TaskSpec(_Strict):
+    type: Literal["classification", "extraction"]
+    labels: list[str] = Field(default_factory=list, description="label names, in label-id order")
+    fields: list[str] = Field(default_factory=list, description="field names to extract")
+    prompt: str | None = Field(None, description="prompt template for prompted approaches; {text} and {options}")
+    option_labels: list[str] = Field(
+        default_factory=list, description="how each label is written in the prompt's options (defaults to labels)"
+    )
+
+    @model_validator(mode="after")
+    def _labels_for_classification(self) -> TaskSpec:
+        if self.type == "classification" and len(self.labels) < 2:
+            raise ValueError("a classification task needs at least two labels")
+        if len(set(self.labels)) != len(self.labels):
+            raise ValueError("labels must be unique")
+        if self.option_labels and len(self.option_labels) != len(self.labels):
+            raise ValueError("option_labels must have one entry per label")
+        if self.type == "extraction" and not self.fields:
+            raise ValueError("an extraction task needs its field names")
+        return self
+
+
+class DatasetSpec(_Strict):
+    hub: str | None = Field(None, description="a Hugging Face hub dataset id, or a local dataset directory")
+    config: str | None = Field(None, description="the hub dataset's configuration name")
+    train_split: str = "train"
+    test_split: str = "test"
+    train: str | None = Field(None, description="a local JSONL or CSV file, relative to the spec file")
+    test: str | None = None
+    text_field: str = "text"
+    label_field: str = "label"
+    fields_field: str = "fields"
+
+    @model_validator(mode="after")
+    def _one_source(self) -> DatasetSpec:
+        if not self.hub and not (self.train and self.test):
+            raise ValueError("give either hub, or both train and test files")
+        return self
+
+
+class Spec(_Strict):
+    name: str
+    description: str = ""
+    task: TaskSpec
+    dataset: DatasetSpec
+    validation: float | Literal["test", "none"] = Field(
+        0.1,
+        description="fraction of train held out (stratified) for checkpoint selection; 'test' selects on the "
+        "test set as the seed articles did; 'none' trains without evaluation",
+    )
+    seed: int = 0
+    primary_metric: str = "f1_weighted"
+    metrics: list[str] = Field(default_factory=lambda: ["f1_weighted", "accuracy", "f1_macro"])
+    plugins: dict[str, dict[str, Any]] = Field(default_factory=dict)
+
+    # Set by load_spec, not by the YAML: where the spec came from, for error messages and relative paths.
+    path: Path | None = Field(None, exclude=True)
+
+    @model_validator(mode="after")
+    def _validation_range(self) -> Spec:
+        if isinstance(self.validation, float) and not 0.0 < self.validation < 1.0:
+            raise ValueError("validation must be a fraction between 0 and 1, 'test' or 'none'")
+        return self
+
+    def to_task(self) -> Task:
+        return Task(
+            type=self.task.type,
+            labels=tuple(self.task.labels),
+            fields=tuple(self.task.fields),
+            prompt=self.task.prompt,
+            option_labels=tuple(self.task.option_labels or self.task.labels),
+        )
+
+    @property
+    def where(self) -> str:
+        return str(self.path) if self.path else self.name
+
+
+def spec_search_path() -> list[Path]:
+    """Where ``--spec NAME`` is looked for: ./specs, then the specs shipped with harness."""
+    shipped = Path(str(resources.files("harness_specs")))
+    return [Path("specs"), shipped]
+
+
+def find_spec(name_or_path: str) -> Path:
+    path = Path(name_or_path)
+    if path.suffix in {".yaml", ".yml"} or path.exists():
+        if not path.is_file():
+            raise UserError("no such spec file", where=str(path))
+        return path
+    for folder in spec_search_path():
+        for suffix in (".yaml", ".yml"):
+            candidate = folder / f"{name_or_path}{suffix}"
+            if candidate.is_file():
+                return candidate
+    known = sorted({p.stem for folder in spec_search_path() if folder.is_dir() for p in folder.glob("*.y*ml")})
+    raise UserError(f"unknown spec {name_or_path!r}; known: {', '.join(known) or '(none)'}", where="--spec")
+
+
+def list_specs() -> list[Path]:
+    seen: dict[str, Path] = {}
+    for folder in spec_search_path():
+        if folder.is_dir():
+            for path in sorted(folder.glob("*.y*ml")):
+                seen.setdefault(path.stem, path)
+    return list(seen.values())
+
+
+def load_spec(name_or_path: str) -> Spec:
+    """Load and validate a spec by name (``agnews``) or path; raise :class:`UserError` on any problem."""
+    path = find_spec(name_or_path)
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}" if mark else str(path)
+        raise UserError(f"not valid YAML: {getattr(exc, 'problem', exc)}", where=where) from None
+    if not isinstance(raw, dict):
+        raise UserError("a spec must be a YAML mapping", where=str(path))
+    try:
+        spec = Spec.model_validate(raw)
+    except ValidationError as exc:
+        raise UserError(_first_error(exc), where=str(path)) from None
+    spec.path = path
+    return spec
+
+
+def _first_error(exc: ValidationError) -> str:
+    # A misspelt key also makes the right key "missing": report the unknown key, which is the cause.
+    err = sorted(exc.errors(), key=lambda e: e["type"] != "extra_forbidden")[0]
+    # Unions report a branch name (e.g. 'float', 'literal[...]') in loc; drop it so the key reads cleanly.
+    loc = ".".join(str(part) for part in err["loc"] if not str(part).startswith(("literal[", "float", "int")))
+    if err["type"] == "extra_forbidden":
+        return f"{loc}: unknown key"
+    message = err["msg"].removeprefix("Value error, ")
+    return f"{loc}: {message}" if loc else message
+
+
+def resolve_settings(
+    approach: str,
+    defaults: dict[str, Any],
+    spec: Spec,
+    overrides: dict[str, str],
+) -> dict[str, Any]:
+    """Merge an approach's defaults, the spec's ``plugins.<approach>`` section and ``--set`` overrides.
+
+    Every key must be one of the defaults' keys, and values keep the defaults' types (an int is
+    accepted for a float; command-line strings are converted).
+    """
+    settings = dict(defaults)
+    for key, value in (spec.plugins.get(approach) or {}).items():
+        settings[key] = _checked(approach, defaults, key, value, where=f"{spec.where}: plugins.{approach}.{key}")
+    for key, text in overrides.items():
+        settings[key] = _checked(approach, defaults, key, _parse_cli_value(text), where=f"--set {approach}.{key}")
+    return settings
+
+
+def _parse_cli_value(text: str) -> Any:
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
+
+
+def _checked(approach: str, defaults: dict[str, Any], key: str, value: Any, *, where: str) -> Any:
+    if key not in defaults:
+        raise UserError(f"unknown setting for {approach}; known: {', '.join(sorted(defaults))}", where=where)
+    default = defaults[key]
+    if default is None or value is None:
+        return value
+    kind = type(default)
+    if kind is float and isinstance(value, (int, str)) and not isinstance(value, bool):
+        try:
+            return float(value)
+        except ValueError:
+            pass
+    elif kind is int and isinstance(value, str):
+        try:
+            return int(value)
+        except ValueError:
+            pass
+    elif kind is str and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return str(value)
+    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+        raise UserError(f"expected {kind.__name__}, got {value!r}", where=where)
+    return value
+
+
+def parse_overrides(items: list[str]) -> dict[str, dict[str, str]]:
+    """``["bert.num_train_epochs=1"]`` -> ``{"bert": {"num_train_epochs": "1"}}``."""
+    out: dict[str, dict[str, str]] = {}
+    for item in items:
+        target, sep, value = item.partition("=")
+        approach, dot, key = target.partition(".")
+        if not sep or not dot or not approach or not key:
+            raise UserError(f"expected PLUGIN.KEY=VALUE, got {item!r}", where="--set")
+        out.setdefault(approach, {})[key] = value
+    return out

@@ -1,0 +1,224 @@
+"""bert: an encoder with a linear classification head, fine-tuned with the Hugging Face Trainer.
+
+Defaults are seed 000's: google-bert/bert-base-cased, cosine schedule, lr 1e-5, batch 64, 5 epochs,
+weight decay 1e-6, 10 evaluations (``eval_steps: 0.1`` of all steps), keep the best checkpoint,
+max 512 tokens. bf16 on CUDA, fp32 on CPU. Prediction runs in length-bucketed batches.
+"""
+
+from __future__ import annotations
+
+import math
+import shutil
+from pathlib import Path
+from typing import Any
+
+from harness import ApproachInfo, Artifact, Example, Prediction, Task, hookimpl
+
+# Settings passed straight to transformers.TrainingArguments, under the names users know.
+TRAINING_ARGUMENTS = {
+    "learning_rate": 1e-5,
+    "num_train_epochs": 5.0,
+    "per_device_train_batch_size": 64,
+    "per_device_eval_batch_size": 256,
+    "gradient_accumulation_steps": 1,
+    "lr_scheduler_type": "cosine",
+    "weight_decay": 1e-6,
+    "warmup_steps": 0.0,
+    "eval_steps": 0.1,
+    "logging_steps": 0.02,
+    "max_grad_norm": 1.0,
+    "seed": 42,
+    "optim": "adamw_torch",
+    "metric_for_best_model": "f1_weighted",
+    "train_sampling_strategy": "group_by_length",
+}
+
+DEFAULTS: dict[str, Any] = {
+    "model": "google-bert/bert-base-cased",
+    "tokenizer": "",  # empty: the model's own
+    "max_length": 512,
+    "predict_batch_size": 256,
+    "device": "auto",
+    "load_best_model_at_end": True,
+    **TRAINING_ARGUMENTS,
+}
+
+
+@hookimpl
+def harness_describe() -> ApproachInfo:
+    return ApproachInfo(
+        task_types=("classification",),
+        settings=DEFAULTS,
+        description="encoder + linear head (AutoModelForSequenceClassification), HF Trainer",
+    )
+
+
+@hookimpl
+def harness_train(
+    task: Task, train: list[Example], validation: list[Example], settings: dict[str, Any], workdir: Path, progress: Any
+) -> Artifact:
+    import torch
+    import transformers
+    from transformers import DataCollatorWithPadding, Trainer, TrainerCallback, TrainingArguments
+    from transformers.trainer_callback import PrinterCallback
+
+    from harness.metrics import classification_metrics
+    from harness.models import count_parameters, pick_device
+
+    transformers.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()  # harness draws its own bars
+    device = pick_device(settings["device"])
+    tokenizer = _tokenizer(settings)
+    model = _new_model(task, settings, tokenizer)
+    labels = list(task.labels)
+
+    def encode(examples: list[Example]) -> list[dict[str, Any]]:
+        enc = tokenizer([ex.text for ex in examples], truncation=True, max_length=settings["max_length"])
+        return [
+            {"input_ids": ids, "attention_mask": mask, "labels": labels.index(ex.label)}
+            for ids, mask, ex in zip(enc["input_ids"], enc["attention_mask"], examples)
+        ]
+
+    def compute_metrics(eval_pred: Any) -> dict[str, float]:
+        logits, gold = eval_pred
+        predicted = [labels[i] for i in logits.argmax(-1)]
+        metrics = classification_metrics(labels, [labels[i] for i in gold], predicted)
+        return {k: v for k, v in metrics.items() if isinstance(v, float)}
+
+    evaluate = bool(validation)
+    steps_per_epoch = math.ceil(len(train) / (settings["per_device_train_batch_size"] * settings["gradient_accumulation_steps"]))
+    total_steps = max(1, math.ceil(steps_per_epoch * settings["num_train_epochs"]))
+    args = TrainingArguments(
+        output_dir=str(workdir / "checkpoints"),
+        eval_strategy="steps" if evaluate else "no",
+        save_strategy="steps" if evaluate else "no",
+        save_steps=_steps(settings["eval_steps"]),
+        save_total_limit=1,
+        save_only_model=True,
+        load_best_model_at_end=evaluate and settings["load_best_model_at_end"],
+        bf16=device.startswith("cuda") and torch.cuda.is_bf16_supported(),
+        use_cpu=device == "cpu",
+        disable_tqdm=True,
+        report_to="none",
+        **{key: _steps(settings[key]) if key.endswith("_steps") else settings[key] for key in TRAINING_ARGUMENTS},
+    )
+
+    class Progress(TrainerCallback):
+        last_loss: float | None = None
+
+        def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+            bar.advance(1)
+
+        def on_log(self, args: Any, state: Any, control: Any, logs: dict[str, float] | None = None, **kwargs: Any) -> None:
+            logs = dict(logs or {})
+            if "loss" in logs:
+                self.last_loss = logs["loss"]
+            entry = {"step": state.global_step, "epoch": state.epoch, **logs}
+            if any(k.startswith("eval_") for k in logs):
+                entry["train_loss"] = self.last_loss
+            progress.log(**entry)
+
+    trainer = Trainer(
+        model=model,
+        args=args,
+        train_dataset=encode(train),
+        eval_dataset=encode(validation) if evaluate else None,
+        processing_class=tokenizer,
+        data_collator=DataCollatorWithPadding(tokenizer),
+        compute_metrics=compute_metrics,
+        callbacks=[Progress()],
+    )
+    trainer.remove_callback(PrinterCallback)  # log lines reach the terminal through progress.log instead
+    with progress.bar("train", total_steps) as bar:
+        result = trainer.train()
+    final = workdir / "model"
+    trainer.save_model(str(final))
+    shutil.rmtree(workdir / "checkpoints", ignore_errors=True)
+
+    artifact = Artifact(path=final)
+    model = trainer.model.eval()
+    artifact.state.update(model=model, tokenizer=tokenizer, device=device)
+    artifact.info.update(
+        parameters=count_parameters(model),
+        model=settings["model"],
+        dtype=str(next(model.parameters()).dtype).removeprefix("torch."),
+        device=device,
+        train_samples=len(train) * settings["num_train_epochs"],
+        best_checkpoint=trainer.state.best_model_checkpoint and Path(trainer.state.best_model_checkpoint).name,
+        best_metric=trainer.state.best_metric,
+        train_loss=result.training_loss,
+    )
+    return artifact
+
+
+@hookimpl
+def harness_predict(
+    task: Task, artifact: Artifact, examples: list[Example], settings: dict[str, Any], progress: Any
+) -> list[Prediction]:
+    import torch
+
+    from harness.models import length_buckets
+
+    model, tokenizer, device = _loaded(artifact, settings)
+    encoded = tokenizer([ex.text for ex in examples], truncation=True, max_length=settings["max_length"])["input_ids"]
+    batches = length_buckets([len(ids) for ids in encoded], settings["predict_batch_size"])
+    pad = tokenizer.pad_token_id or 0
+    predictions: list[Prediction | None] = [None] * len(examples)
+    with torch.inference_mode():
+        for batch in progress.track(batches, "predict", total=len(examples), weight=len):
+            width = max(len(encoded[i]) for i in batch)
+            input_ids = torch.full((len(batch), width), pad, dtype=torch.long)
+            attention_mask = torch.zeros((len(batch), width), dtype=torch.long)
+            for row, i in enumerate(batch):
+                input_ids[row, : len(encoded[i])] = torch.tensor(encoded[i])
+                attention_mask[row, : len(encoded[i])] = 1
+            logits = model(input_ids=input_ids.to(device), attention_mask=attention_mask.to(device)).logits
+            probabilities = logits.float().softmax(-1).cpu().tolist()
+            for row, i in enumerate(batch):
+                scores = dict(zip(task.labels, probabilities[row]))
+                predictions[i] = Prediction(label=max(scores, key=scores.__getitem__), scores=scores)
+    return predictions  # type: ignore[return-value]
+
+
+def _tokenizer(settings: dict[str, Any]):
+    from transformers import AutoTokenizer
+
+    source = settings["tokenizer"] or settings["model"]
+    return AutoTokenizer.from_pretrained(source)
+
+
+def _new_model(task: Task, settings: dict[str, Any], tokenizer: Any):
+    from transformers import AutoModelForSequenceClassification
+
+    from harness.models import load_config
+
+    labels = {"num_labels": len(task.labels), "id2label": dict(enumerate(task.labels)), "label2id": {l: i for i, l in enumerate(task.labels)}}
+    if not settings.get("random_weights"):
+        return AutoModelForSequenceClassification.from_pretrained(settings["model"], **labels)
+    config = load_config(settings["model"], **labels)
+    # A stand-in tokenizer may have a larger vocabulary than the architecture: grow the embedding to fit.
+    config.vocab_size = max(config.vocab_size, len(tokenizer))
+    return AutoModelForSequenceClassification.from_config(config)
+
+
+def _loaded(artifact: Artifact, settings: dict[str, Any]) -> tuple[Any, Any, str]:
+    """The model on its device in the serving dtype, loaded once per artifact."""
+    if "serving_model" not in artifact.state:
+        from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+        from harness.models import pick_device, pick_dtype
+
+        device = pick_device(settings["device"])
+        dtype = pick_dtype(device)
+        model = artifact.state.get("model")
+        if model is None:
+            model = AutoModelForSequenceClassification.from_pretrained(str(artifact.path))
+        tokenizer = artifact.state.get("tokenizer") or AutoTokenizer.from_pretrained(str(artifact.path))
+        artifact.state.update(serving_model=model.to(device=device, dtype=dtype).eval(), tokenizer=tokenizer, device=device)
+        artifact.info["serving_dtype"] = str(dtype).removeprefix("torch.")
+    return artifact.state["serving_model"], artifact.state["tokenizer"], artifact.state["device"]
+
+
+def _steps(value: float) -> float | int:
+    """HF reads a float below 1 as a fraction of all training steps and anything else as a step count."""
+    return int(value) if value >= 1 else value

@@ -1,0 +1,120 @@
+"""Shared fixtures: ../shared, a tiny BERT built from a real config, and third-party plugins installed
+for real (a dist-info with entry points on PYTHONPATH), so the CLI finds them as users' plugins."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+# Tests never reach a model or dataset hub: everything comes from configs, tmp files and ../shared.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+
+ROOT = Path(__file__).resolve().parent.parent
+SHARED = ROOT.parent / "shared"
+AG_NEWS = SHARED / "data" / "ag_news"
+MINILM = SHARED / "models" / "minilm-l6"
+
+
+def require_shared() -> Path:
+    if not SHARED.is_dir():
+        message = f"../shared is missing (expected at {SHARED}): tests need its data and models"
+        if os.environ.get("CI"):
+            pytest.fail(message)
+        pytest.skip(message)
+    return SHARED
+
+
+@pytest.fixture(scope="session")
+def shared() -> Path:
+    return require_shared()
+
+
+@pytest.fixture(scope="session")
+def ag_news_data(shared: Path) -> str:
+    return f"train={AG_NEWS / 'train.jsonl'},test={AG_NEWS / 'test.jsonl'}"
+
+
+@pytest.fixture(scope="session")
+def tiny_bert(tmp_path_factory: pytest.TempPathFactory, shared: Path) -> Path:
+    """A 2-layer, 64-wide BERT with random weights and MiniLM's real uncased WordPiece tokenizer."""
+    from transformers import AutoTokenizer, BertConfig, BertModel
+
+    path = tmp_path_factory.mktemp("tiny-bert")
+    tokenizer = AutoTokenizer.from_pretrained(MINILM)
+    config = BertConfig(
+        vocab_size=len(tokenizer), hidden_size=64, num_hidden_layers=2, num_attention_heads=2,
+        intermediate_size=128, max_position_embeddings=512,
+    )
+    import torch
+
+    torch.manual_seed(0)
+    BertModel(config).save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path
+
+
+DOCS_PLUGIN = ROOT / "docs" / "plugins.md"
+
+FAILING_TRAIN = '''
+from harness import ApproachInfo, hookimpl
+
+@hookimpl
+def harness_describe():
+    return ApproachInfo(task_types=("classification",), settings={})
+
+@hookimpl
+def harness_train(task, train):
+    raise RuntimeError("out of patience on purpose")
+
+@hookimpl
+def harness_predict(examples):
+    return []
+'''
+
+BROKEN_IMPORT = "import a_module_that_does_not_exist_anywhere\n"
+
+
+def docs_plugin_source() -> str:
+    """The complete plugin in docs/plugins.md: the first python code block."""
+    match = re.search(r"```python\n(.*?)```", DOCS_PLUGIN.read_text(encoding="utf-8"), re.S)
+    assert match, "docs/plugins.md has no python code block"
+    return match.group(1)
+
+
+@pytest.fixture(scope="session")
+def plugin_site(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A directory that, on PYTHONPATH, installs three third-party plugins through entry points."""
+    site = tmp_path_factory.mktemp("site")
+    (site / "harness_naive_bayes.py").write_text(docs_plugin_source(), encoding="utf-8")
+    (site / "failing_train_plugin.py").write_text(FAILING_TRAIN, encoding="utf-8")
+    (site / "broken_import_plugin.py").write_text(BROKEN_IMPORT, encoding="utf-8")
+    dist = site / "harness_test_plugins-0.3.dist-info"
+    dist.mkdir()
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: harness-test-plugins\nVersion: 0.3\n", encoding="utf-8")
+    (dist / "entry_points.txt").write_text(
+        "[harness]\nnaive-bayes = harness_naive_bayes\nfailing-train = failing_train_plugin\n"
+        "broken-import = broken_import_plugin\n",
+        encoding="utf-8",
+    )
+    return site
+
+
+@pytest.fixture
+def cli(plugin_site: Path, tmp_path: Path):
+    """Run the real ``harness`` command in a subprocess, in tmp_path, with the test plugins installed."""
+
+    def run(*args: str, env: dict[str, str] | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
+        full_env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(plugin_site), os.environ.get("PYTHONPATH", "")])}
+        full_env.update(env or {})
+        return subprocess.run(
+            [sys.executable, "-m", "harness", *args], cwd=tmp_path, env=full_env,
+            capture_output=True, text=True, timeout=timeout,
+        )
+
+    return run

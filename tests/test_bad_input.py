@@ -1,0 +1,79 @@
+"""Bad input ends in one line naming the file and place, exit status 2, and nothing in the store."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+
+def write(path: Path, text: str) -> str:
+    path.write_text(text, encoding="utf-8")
+    return str(path)
+
+
+GOOD = '{"text": "Stocks rally on rate cut hopes", "label": 2}\n{"text": "Team wins the final", "label": 1}\n'
+
+
+@pytest.mark.parametrize(
+    "case, expected",
+    [
+        ("unknown-spec-key", "bad.yaml: datset: unknown key"),
+        ("wrong-type", "bad.yaml: plugins.naive-bayes.smoothing: expected float, got 'lots'"),
+        ("not-json", "train.jsonl:2: not valid JSON"),
+        ("label-outside", "train.jsonl:2: label id 7 outside the spec's 4 labels"),
+        ("label-name-outside", "train.jsonl:1: label 'Weather' is not one of the spec's labels"),
+        ("empty-text", "test.jsonl:1: empty text"),
+        ("missing-file", "missing.jsonl: no such file"),
+        ("unknown-plugin", "--plugins: unknown plugin 'bret'; known: bert, failing-train, naive-bayes"),
+        ("unknown-setting", "--set naive-bayes.smoth: unknown setting for naive-bayes; known: smoothing"),
+    ],
+)
+def test_bad_input_is_one_line_exit_2_nothing_written(cli, tmp_path, case, expected):
+    train = write(tmp_path / "train.jsonl", GOOD)
+    test = write(tmp_path / "test.jsonl", GOOD)
+    plugins, spec, extra = "naive-bayes", "agnews", []
+    if case == "unknown-spec-key":
+        spec = write(tmp_path / "bad.yaml", "name: bad\ntask: {type: classification, labels: [a, b]}\ndatset: {hub: x}\n")
+    elif case == "wrong-type":
+        spec = write(tmp_path / "bad.yaml", "name: bad\ntask: {type: classification, labels: [a, b]}\n"
+                     "dataset: {train: train.jsonl, test: test.jsonl}\nplugins:\n  naive-bayes: {smoothing: lots}\n")
+    elif case == "not-json":
+        train = write(tmp_path / "train.jsonl", GOOD.splitlines()[0] + "\n{text: oops}\n")
+    elif case == "label-outside":
+        train = write(tmp_path / "train.jsonl", GOOD.splitlines()[0] + '\n{"text": "x", "label": 7}\n')
+    elif case == "label-name-outside":
+        train = write(tmp_path / "train.jsonl", '{"text": "Rain all week", "label": "Weather"}\n')
+    elif case == "empty-text":
+        test = write(tmp_path / "test.jsonl", '{"text": "  ", "label": 0}\n')
+    elif case == "missing-file":
+        train = str(tmp_path / "missing.jsonl")
+    elif case == "unknown-plugin":
+        plugins = "bret"
+    elif case == "unknown-setting":
+        extra = ["--set", "naive-bayes.smoth=2"]
+    args = ["compare", "--plugins", plugins, "--spec", spec, *extra, "--json", "out.json"]
+    if not spec.endswith("bad.yaml"):
+        args += ["--data", f"train={train},test={test}"]
+    result = cli(*args)
+    assert result.returncode == 2, (result.stdout, result.stderr)
+    lines = [line for line in result.stderr.splitlines() if not line.startswith("harness: plugin 'broken-import'")]
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("harness: error: ") and expected in lines[0], lines[0]
+    assert "Traceback" not in result.stderr
+    assert not (tmp_path / ".harness").exists() and not (tmp_path / "out.json").exists()
+
+
+def test_spec_file_relative_paths_and_csv(cli, tmp_path):
+    (tmp_path / "data").mkdir()
+    rows = ["text,label"] + [f"sunny warm day number {i},weather" if i % 2 else f"goal scored in match {i},sport" for i in range(40)]
+    write(tmp_path / "data" / "train.csv", "\n".join(rows) + "\n")
+    write(tmp_path / "data" / "test.csv", "\n".join(rows[:11]) + "\n")
+    spec = write(tmp_path / "mine.yaml", "name: mine\ntask: {type: classification, labels: [sport, weather]}\n"
+                 "dataset: {train: data/train.csv, test: data/test.csv}\nvalidation: none\n")
+    result = cli("compare", "--plugins", "naive-bayes", "--spec", spec, "--json", "out.json")
+    assert result.returncode == 0, result.stderr
+    run = json.loads((tmp_path / "out.json").read_text())["runs"][0]
+    assert (run["n_train"], run["n_validation"], run["n_test"]) == (40, 0, 10)
+    assert run["metrics"]["accuracy"] == 1.0

@@ -1,0 +1,92 @@
+"""`harness compare` end to end: the real CLI, a tiny BERT, a third-party plugin, real files, the store."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+COMMON = ["--spec", "agnews", "--limit-train", "240", "--limit-test", "80", "--latency-samples", "5"]
+
+
+def bert_args(tiny_bert: Path) -> list[str]:
+    return ["--set", f"bert.model={tiny_bert}", "--set", "bert.num_train_epochs=1", "--set", "bert.learning_rate=1e-3"]
+
+
+@pytest.fixture
+def compared(cli, tiny_bert, ag_news_data, tmp_path):
+    """One bert + naive-bayes comparison, shared by the tests that read its outputs."""
+    result = cli("compare", "--plugins", "bert,naive-bayes", "--data", ag_news_data, *COMMON, *bert_args(tiny_bert),
+                 "--json", "out.json")
+    assert result.returncode == 0, result.stderr
+    return result, json.loads((tmp_path / "out.json").read_text())
+
+
+def test_compare_writes_both_rows_on_identical_data(compared, tmp_path):
+    result, out = compared
+    assert [run["approach"] for run in out["runs"]] == ["bert", "naive-bayes"]
+    bert, bayes = out["runs"]
+    for run in out["runs"]:
+        assert run["status"] == "ok"
+        assert (run["n_train"], run["n_validation"], run["n_test"]) == (216, 24, 80)
+        assert 0.0 <= run["metrics"]["f1_weighted"] <= 1.0
+        assert run["metrics"]["per_class"].keys() == {"World", "Sports", "Business", "Sci/Tech"}
+        assert sum(map(sum, run["metrics"]["confusion_matrix"]["matrix"])) == 80
+        assert run["speed"]["predict_samples_per_s"] > 0
+        assert run["speed"]["latency_p50_ms"] <= run["speed"]["latency_p95_ms"]
+        assert run["speed"]["latency_samples"] == 5
+        assert run["memory"]["predict_rss_peak_mb"] > 50
+        assert run["environment"]["device"].startswith("CPU")
+        predictions = (tmp_path / ".harness" / "runs" / run["run_id"] / "predictions.jsonl").read_text().splitlines()
+        assert len(predictions) == 80
+    assert bert["train_hash"] == bayes["train_hash"] and bert["test_hash"] == bayes["test_hash"]
+    # Naive Bayes really learns AG News from 216 examples: well above the 0.25 of chance.
+    assert bayes["metrics"]["accuracy"] > 0.45
+    assert bert["model"]["parameters"] < 3_000_000 and bert["model"]["dtype"] == "float32"
+    assert bert["environment"]["versions"]["transformers"]
+    evaluations = [e for e in bert["train_log"] if "eval_f1_weighted" in e]
+    assert len(evaluations) >= 3, bert["train_log"]
+    assert "naive-bayes" in result.stdout and "comparison" in result.stdout
+
+
+def test_identical_run_is_reused_and_report_rerenders_it(compared, cli, tiny_bert, ag_news_data, tmp_path):
+    _, first = compared
+    again = cli("compare", "--plugins", "bert,naive-bayes", "--data", ag_news_data, *COMMON, *bert_args(tiny_bert),
+                "--json", "again.json")
+    assert again.returncode == 0, again.stderr
+    second = json.loads((tmp_path / "again.json").read_text())
+    assert [r["status"] for r in second["runs"]] == ["reused", "reused"]
+    assert [r["run_id"] for r in second["runs"]] == [r["run_id"] for r in first["runs"]]
+
+    rerun = cli("compare", "--plugins", "naive-bayes", "--data", ag_news_data, *COMMON, "--rerun", "--json", "rerun.json")
+    assert json.loads((tmp_path / "rerun.json").read_text())["runs"][0]["status"] == "ok"
+
+    report = cli("report", second["comparison_id"], "--json", "report.json")
+    assert report.returncode == 0, report.stderr
+    assert second["comparison_id"] in report.stdout
+    assert json.loads((tmp_path / "report.json").read_text()) == second
+
+
+def test_a_failing_plugin_leaves_a_failed_row_and_the_others_finish(cli, ag_news_data, tmp_path):
+    result = cli("compare", "--plugins", "failing-train,naive-bayes", "--data", ag_news_data, *COMMON, "--json", "out.json")
+    assert result.returncode == 1
+    failed, ok = json.loads((tmp_path / "out.json").read_text())["runs"]
+    assert failed["status"] == "failed" and failed["error"] == "RuntimeError: out of patience on purpose"
+    assert ok["status"] == "ok" and ok["metrics"]["accuracy"] > 0.45
+    error = (tmp_path / ".harness" / "runs" / failed["run_id"] / "error.txt").read_text()
+    assert "Traceback" in error and "out of patience" in error
+    assert "failing-train failed" in result.stdout
+
+
+def test_random_weights_builds_from_config_and_marks_quality_meaningless(cli, tiny_bert, ag_news_data, tmp_path, shared):
+    config_only = tmp_path / "config-only"
+    config_only.mkdir()
+    (config_only / "config.json").write_text((tiny_bert / "config.json").read_text())
+    result = cli("compare", "--plugins", "bert", "--data", ag_news_data, *COMMON, "--random-weights",
+                 "--set", f"bert.model={config_only}", "--set", f"bert.tokenizer={tiny_bert}",
+                 "--set", "bert.num_train_epochs=1", "--json", "out.json")
+    assert result.returncode == 0, result.stderr
+    run = json.loads((tmp_path / "out.json").read_text())["runs"][0]
+    assert run["random_weights"] is True and run["status"] == "ok"
+    assert "quality is meaningless" in result.stdout

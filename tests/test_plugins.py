@@ -1,0 +1,82 @@
+"""The plugin manager: entry points, safe mode, a broken plugin, misspelt hooks, the conformance kit."""
+
+from __future__ import annotations
+
+import json
+import sys
+import types
+
+import pytest
+
+from harness import hookimpl
+from harness.plugins import load_plugins
+from harness.testing import ConformanceError, check_plugin
+
+from conftest import docs_plugin_source
+
+
+def docs_plugin() -> types.ModuleType:
+    module = types.ModuleType("harness_naive_bayes_docs")
+    exec(compile(docs_plugin_source(), "docs/plugins.md", "exec"), module.__dict__)
+    return module
+
+
+def test_docs_tutorial_plugin_passes_the_conformance_kit(tmp_path):
+    record = check_plugin(docs_plugin(), tmp_path=tmp_path, settings={"smoothing": 0.5})
+    assert record.metrics["accuracy"] > 0.8
+    assert record.speed["requests_per_s"] > 0
+
+
+def test_conformance_kit_catches_a_plugin_that_loses_the_order(tmp_path):
+    module = docs_plugin()
+    original = module.harness_predict
+
+    @hookimpl
+    def harness_predict(task, artifact, examples, settings, progress):
+        ordered = sorted(examples, key=lambda ex: len(ex.text))  # bucketed, but never put back in order
+        return original(task=task, artifact=artifact, examples=ordered, settings=settings, progress=progress)
+
+    module.harness_predict = harness_predict
+    with pytest.raises(ConformanceError, match="depend on the order"):
+        check_plugin(module, tmp_path=tmp_path)
+
+
+def test_a_misspelt_hook_fails_loudly():
+    class Typo:
+        @hookimpl
+        def harness_trian(self, task):
+            return None
+
+    plugins = load_plugins(entry_points=False)
+    with pytest.raises(Exception, match="harness_trian"):
+        plugins.register(Typo(), "typo")
+
+
+def test_plugins_lists_builtins_and_third_party_and_warns_once_for_a_broken_one(cli):
+    result = cli("plugins", "--json")
+    assert result.returncode == 0, result.stderr
+    rows = {row["name"]: row for row in json.loads(result.stdout)}
+    assert {"bert", "metrics", "naive-bayes", "failing-train"} <= rows.keys()
+    assert rows["bert"]["builtin"] and rows["bert"]["task_types"] == ["classification"]
+    assert rows["bert"]["hooks"] == ["harness_describe", "harness_predict", "harness_train"]
+    assert rows["naive-bayes"] == {**rows["naive-bayes"], "version": "0.3", "builtin": False}
+    warnings = result.stderr.strip().splitlines()
+    assert len(warnings) == 1 and "broken-import" in warnings[0] and "ModuleNotFoundError" in warnings[0]
+
+
+def test_safe_mode_loads_no_third_party_plugin_but_keeps_builtins(cli):
+    result = cli("plugins", "--json", env={"HARNESS_LOAD_PLUGINS": ""})
+    assert {row["name"] for row in json.loads(result.stdout)} == {"bert", "metrics"}
+    assert result.stderr == ""
+    only = cli("plugins", "--json", env={"HARNESS_LOAD_PLUGINS": "naive-bayes"})
+    assert {row["name"] for row in json.loads(only.stdout)} == {"bert", "metrics", "naive-bayes"}
+
+
+def test_listing_and_help_import_no_torch(cli):
+    code = (
+        "import sys; from harness.cli import main; main(['plugins', '--json']); main(['specs', '--json']);"
+        "heavy = {'torch', 'transformers', 'sklearn'} & set(sys.modules); print(sorted(heavy))"
+    )
+    result = __import__("subprocess").run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip().splitlines()[-1] == "[]"
