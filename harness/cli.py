@@ -100,7 +100,6 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 def cmd_report(args: argparse.Namespace) -> int:
     from harness.report import comparison_table
-    from harness.spec import Spec
     from harness.store import Store, comparison_to_dict, write_json
 
     store = Store(args.store)
@@ -110,7 +109,7 @@ def cmd_report(args: argparse.Namespace) -> int:
             f"no comparison {args.comparison_id!r}" if args.comparison_id else "no comparison stored yet",
             where=str(store.root),
         )
-    _console().print(comparison_table(comparison, Spec.model_fields["metrics"].default_factory()))
+    _console().print(comparison_table(comparison))
     if args.json is not None:
         write_json(args.json, comparison_to_dict(comparison))
     return 0

@@ -77,6 +77,16 @@ class PeakMemory:
             self.gpu_peak_mb = torch.cuda.max_memory_allocated() / 2**20
 
 
+def release_memory() -> None:
+    """Free what a finished approach left behind, so the next one's peak memory is its own."""
+    import gc
+
+    gc.collect()
+    torch = _torch()
+    if torch is not None and torch.cuda.is_available() and torch.cuda.is_initialized():
+        torch.cuda.empty_cache()
+
+
 def percentile(values: Sequence[float], q: float) -> float:
     """The q-th percentile (0-100) with linear interpolation, as numpy's default."""
     ordered = sorted(values)
@@ -115,6 +125,11 @@ def batch1_latency(predict_one: Callable[[Any], object], items: Sequence[Any], *
         _, seconds = timed(lambda: predict_one(item))
         samples.append(seconds * 1000)
     return Latency(samples)
+
+
+def on_gpu() -> bool:
+    torch = _torch()
+    return torch is not None and torch.cuda.is_available() and torch.cuda.is_initialized()
 
 
 def device_name() -> str:

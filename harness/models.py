@@ -56,3 +56,42 @@ def length_buckets(lengths: list[int], batch_size: int) -> list[list[int]]:
     and the largest batch runs first (an out-of-memory error comes at once, not at the end)."""
     order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
     return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+
+
+def length_bucket_order(lengths: list[int], batch_size: int, seed: int, megabatch: int = 50) -> list[int]:
+    """A training order whose consecutive ``batch_size`` slices hold examples of similar length.
+
+    Shuffle, cut into megabatches of ``megabatch * batch_size``, sort each by length, cut into batches,
+    then shuffle the batches (the longest stays first, so an out-of-memory error comes at once).
+    Hugging Face's ``group_by_length`` skips that last shuffle, so every megabatch runs from its
+    longest batch to its shortest: an ordering the optimiser sees, which this avoids.
+    """
+    import random
+
+    rng = random.Random(seed)
+    order = list(range(len(lengths)))
+    rng.shuffle(order)
+    size = max(batch_size, megabatch * batch_size)
+    batches = []
+    for start in range(0, len(order), size):
+        chunk = sorted(order[start : start + size], key=lambda i: -lengths[i])
+        batches += [chunk[i : i + batch_size] for i in range(0, len(chunk), batch_size)]
+    longest = max(range(len(batches)), key=lambda b: lengths[batches[b][0]])
+    first = batches.pop(longest)
+    rng.shuffle(batches)
+    return [i for batch in [first, *batches] for i in batch]
+
+
+class LengthBucketSampler:
+    """A torch Sampler over :func:`length_bucket_order`, a new order each epoch."""
+
+    def __init__(self, lengths: list[int], batch_size: int, seed: int):
+        self.lengths, self.batch_size, self.seed, self.epoch = lengths, batch_size, seed, 0
+
+    def __len__(self) -> int:
+        return len(self.lengths)
+
+    def __iter__(self):
+        order = length_bucket_order(self.lengths, self.batch_size, self.seed + self.epoch)
+        self.epoch += 1
+        return iter(order)

@@ -69,13 +69,20 @@ class Plugins:
             )
 
     def call(self, name: str, hook: str, **kwargs: Any) -> Any:
-        """Call ``hook`` on plugin ``name`` alone, so an approach never sees calls meant for another."""
+        """Call ``hook`` on plugin ``name`` alone, so an approach never sees calls meant for another.
+
+        Other plugins' wrappers (``@hookimpl(wrapper=True)``) still wrap the call: that is how
+        observers such as the conformance kit or a profiler see every approach.
+        """
         plugin = self.pm.get_plugin(name)
-        others = [p for n, p in self.pm.list_name_plugin() if n != name]
-        caller = self.pm.subset_hook_caller(hook, remove_plugins=others)
         if plugin is None or not hasattr(plugin, hook):
             raise TypeError(f"plugin {name!r} does not implement {hook}")
-        return caller(**kwargs)
+        others = {
+            impl.plugin
+            for impl in getattr(self.pm.hook, hook).get_hookimpls()
+            if impl.plugin_name != name and not (impl.wrapper or impl.hookwrapper)
+        }
+        return self.pm.subset_hook_caller(hook, remove_plugins=others)(**kwargs)
 
     def describe(self, name: str) -> ApproachInfo:
         info = self.call(name, "harness_describe")

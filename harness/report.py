@@ -24,9 +24,9 @@ METRIC_TITLES = {
 class TerminalReporter:
     """Prints each run's header, its evaluation log as it trains, and the final comparison table."""
 
-    def __init__(self, console: Any, metrics: list[str] | None = None):
+    def __init__(self, console: Any, metrics: list[str]):
         self.console = console
-        self.metrics = metrics or ["f1_weighted", "accuracy"]
+        self.metrics = metrics
         self._eval_header_printed: set[str] = set()
 
     @hookimpl
@@ -66,7 +66,7 @@ class TerminalReporter:
 
     @hookimpl
     def harness_compare_finished(self, comparison: Comparison) -> None:
-        self.console.print(comparison_table(comparison, self.metrics))
+        self.console.print(comparison_table(comparison))
 
 
 def _number(value: Any) -> str:
@@ -118,10 +118,11 @@ def _max(*values: float | None) -> float | None:
     return max(present) if present else None
 
 
-def comparison_table(comparison: Comparison, metrics: list[str]):
+def comparison_table(comparison: Comparison):
     """The comparison as a rich Table, the best value of each ranked column in bold green."""
     from rich.table import Table
 
+    metrics = comparison.metrics
     columns = _columns(metrics)
     table = Table(title=f"{comparison.spec} — comparison {comparison.comparison_id}", title_justify="left")
     table.add_column("Approach", style="bold")
@@ -157,6 +158,10 @@ def comparison_table(comparison: Comparison, metrics: list[str]):
     sources = {r.environment.get("validation_source") for r in ranked}
     if "test" in sources:
         notes.append("checkpoints were selected on the test set (validation: test), as in the seed articles: optimistic")
+    tests = {(r.n_test, r.test_hash[:12]) for r in ranked}
+    if len(tests) == 1:
+        n_test, digest = tests.pop()
+        notes.append(f"every row scored on the same {n_test} test examples (sha256 {digest})")
     devices = sorted({r.environment.get("device", "") for r in ranked} - {""})
     if devices:
         notes.append("device: " + "; ".join(devices))

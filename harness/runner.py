@@ -67,7 +67,7 @@ def compare(
     console: Any = None,
 ) -> Comparison:
     """Run every approach in ``settings`` (from :func:`plan_settings`) in order; failures become failed rows."""
-    comparison = Comparison(comparison_id=new_id(spec.name), spec=spec.name, created=now(), runs=[])
+    comparison = Comparison(comparison_id=new_id(spec.name), spec=spec.name, created=now(), runs=[], metrics=spec.metrics)
     for name, approach_settings in settings.items():
         comparison.runs.append(run_approach(plugins, spec, data, name, approach_settings, store, options, console))
     store.save_comparison(comparison)
@@ -146,6 +146,7 @@ def run_approach(
         record.status = "failed"
         record.error = f"{type(exc).__name__}: {exc}".splitlines()[0]
         error_detail = traceback.format_exc()
+    measure.release_memory()
     record.environment.update(measure.environment())
     store.finish_run(record, predictions, error_detail)
     plugins.pm.hook.harness_run_finished(run=record)
@@ -191,6 +192,7 @@ def _measure(
     record.speed = {
         "train_seconds": train_seconds,
         "train_samples_per_s": train_samples / train_seconds if train_samples and train_seconds > 0 else None,
+        "train_gpu_hours": train_seconds / 3600 if measure.on_gpu() else None,
         "predict_seconds": predict_seconds,
         "predict_samples_per_s": len(data.test) / predict_seconds if predict_seconds > 0 else None,
         "predict_batch_size": settings.get("predict_batch_size"),

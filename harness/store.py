@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import sqlite3
 from dataclasses import asdict
 from pathlib import Path
@@ -36,7 +35,8 @@ CREATE TABLE IF NOT EXISTS comparisons (
     comparison_id TEXT PRIMARY KEY,
     spec TEXT NOT NULL,
     created TEXT NOT NULL,
-    run_ids TEXT NOT NULL
+    run_ids TEXT NOT NULL,
+    metrics TEXT NOT NULL
 );
 """
 
@@ -96,9 +96,6 @@ class Store:
             )
         return final
 
-    def discard_run(self, run_id: str) -> None:
-        shutil.rmtree(self.root / "runs" / f"{run_id}.partial", ignore_errors=True)
-
     def find_reusable(self, reuse_key: str) -> RunRecord | None:
         """The newest successful run with this reuse key (same approach, settings, data and code)."""
         if not (self.root / "runs.db").exists():
@@ -116,12 +113,13 @@ class Store:
     def save_comparison(self, comparison: Comparison) -> None:
         with self.db:
             self.db.execute(
-                "INSERT INTO comparisons VALUES (?, ?, ?, ?)",
+                "INSERT INTO comparisons VALUES (?, ?, ?, ?, ?)",
                 (
                     comparison.comparison_id,
                     comparison.spec,
                     comparison.created,
                     json.dumps([(r.run_id, r.status) for r in comparison.runs]),
+                    json.dumps(comparison.metrics),
                 ),
             )
 
@@ -140,7 +138,7 @@ class Store:
             record = self.load_run(run_id)
             record.status = status  # a reused run keeps the status it had in this comparison
             runs.append(record)
-        return Comparison(comparison_id=row[0], spec=row[1], created=row[2], runs=runs)
+        return Comparison(comparison_id=row[0], spec=row[1], created=row[2], runs=runs, metrics=json.loads(row[4]))
 
 
 def record_to_dict(record: RunRecord) -> dict[str, Any]:
@@ -156,6 +154,7 @@ def comparison_to_dict(comparison: Comparison) -> dict[str, Any]:
         "comparison_id": comparison.comparison_id,
         "spec": comparison.spec,
         "created": comparison.created,
+        "metrics": comparison.metrics,
         "runs": [record_to_dict(r) for r in comparison.runs],
     }
 

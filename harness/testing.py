@@ -18,6 +18,7 @@ import random
 from pathlib import Path
 from typing import Any
 
+from harness import hookimpl
 from harness.types import ApproachInfo, Artifact, Example, Prediction, RunRecord, Task
 
 TINY_TASK = Task(type="classification", labels=("sport", "weather", "food"))
@@ -92,14 +93,35 @@ def check_plugin(
     _expect(not unknown, f"settings {sorted(unknown)} are not among the plugin's declared settings")
     merged = {**info.settings, **(settings or {}), "random_weights": False}
 
-    workdir = tmp_path / "conformance-workdir"
-    workdir.mkdir(parents=True, exist_ok=True)
     cut = max(1, len(train) // 8)
     train, validation = train[:-cut], train[-cut:]
-    artifact = plugins.call(
-        name, "harness_train", task=task, train=train, validation=validation, settings=merged, workdir=workdir, progress=SILENT
+
+    class Capture:
+        """Keeps the artifact the runner's train call returns, so the plugin is trained only once."""
+
+        def __init__(self) -> None:
+            self.artifacts: list[Any] = []
+
+        @hookimpl(wrapper=True)
+        def harness_train(self):  # type: ignore[no-untyped-def]
+            artifact = yield
+            self.artifacts.append(artifact)
+            return artifact
+
+    capture = Capture()
+    plugins.pm.register(capture, name="conformance-capture")
+    spec = Spec.model_validate(
+        {"name": "conformance", "task": {"type": task.type, "labels": list(task.labels), "fields": list(task.fields)},
+         "dataset": {"train": "train.jsonl", "test": "test.jsonl"}, "plugins": {name: settings or {}}}
     )
+    data = Datasets(train=train, validation=validation, test=test, validation_source="train")
+    options = CompareOptions(latency_samples=min(8, len(test)), warmup_examples=4, rerun=True)
+    store = Store(tmp_path / "conformance-store")
+    record = run_approach(plugins, spec, data, name, {**info.settings, **(settings or {})}, store, options)
+    artifact = capture.artifacts[0] if capture.artifacts else None
     _expect(isinstance(artifact, Artifact), f"harness_train must return an Artifact, got {type(artifact).__name__}")
+    _expect(record.status == "ok", f"the runner failed the plugin: {record.error}")
+    _expect(0.0 <= record.metrics.get("accuracy", -1) <= 1.0, "score produced no accuracy in [0, 1]")
 
     def predict(examples: list[Example]) -> list[Prediction]:
         result = plugins.call(
@@ -124,15 +146,4 @@ def check_plugin(
     )
     singles = [predict([example])[0].label for example in test[:8]]
     _expect(singles == [p.label for p in forward[:8]], "one-at-a-time predictions differ from batched predictions")
-
-    spec = Spec.model_validate(
-        {"name": "conformance", "task": {"type": task.type, "labels": list(task.labels), "fields": list(task.fields)},
-         "dataset": {"train": "train.jsonl", "test": "test.jsonl"}, "plugins": {name: settings or {}}}
-    )
-    data = Datasets(train=train, validation=validation, test=test, validation_source="train")
-    options = CompareOptions(latency_samples=min(8, len(test)), warmup_examples=4, rerun=True)
-    store = Store(tmp_path / "conformance-store")
-    record = run_approach(plugins, spec, data, name, {**info.settings, **(settings or {})}, store, options)
-    _expect(record.status == "ok", f"the runner failed the plugin: {record.error}")
-    _expect(0.0 <= record.metrics.get("accuracy", -1) <= 1.0, "score produced no accuracy in [0, 1]")
     return record

@@ -111,3 +111,4 @@ class Comparison:
     spec: str
     created: str
     runs: list[RunRecord]
+    metrics: list[str] = field(default_factory=lambda: ["f1_weighted", "accuracy"])

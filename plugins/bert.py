@@ -30,7 +30,6 @@ TRAINING_ARGUMENTS = {
     "seed": 42,
     "optim": "adamw_torch",
     "metric_for_best_model": "f1_weighted",
-    "train_sampling_strategy": "group_by_length",
 }
 
 DEFAULTS: dict[str, Any] = {
@@ -40,6 +39,9 @@ DEFAULTS: dict[str, Any] = {
     "predict_batch_size": 256,
     "device": "auto",
     "load_best_model_at_end": True,
+    # length_buckets: batches of similar length in shuffled order (harness.models.length_bucket_order);
+    # or a Trainer train_sampling_strategy: random (the seed's), group_by_length, sequential.
+    "train_sampler": "length_buckets",
     **TRAINING_ARGUMENTS,
 }
 
@@ -63,7 +65,7 @@ def harness_train(
     from transformers.trainer_callback import PrinterCallback
 
     from harness.metrics import classification_metrics
-    from harness.models import count_parameters, pick_device
+    from harness.models import LengthBucketSampler, count_parameters, pick_device
 
     transformers.logging.set_verbosity_error()
     transformers.utils.logging.disable_progress_bar()  # harness draws its own bars
@@ -100,6 +102,7 @@ def harness_train(
         use_cpu=device == "cpu",
         disable_tqdm=True,
         report_to="none",
+        train_sampling_strategy="random" if settings["train_sampler"] == "length_buckets" else settings["train_sampler"],
         **{key: _steps(settings[key]) if key.endswith("_steps") else settings[key] for key in TRAINING_ARGUMENTS},
     )
 
@@ -118,7 +121,15 @@ def harness_train(
                 entry["train_loss"] = self.last_loss
             progress.log(**entry)
 
-    trainer = Trainer(
+    class BucketedTrainer(Trainer):
+        def _get_train_sampler(self, train_dataset: Any = None) -> Any:
+            if settings["train_sampler"] != "length_buckets":
+                return super()._get_train_sampler(train_dataset)
+            dataset = train_dataset if train_dataset is not None else self.train_dataset
+            lengths = [len(row["input_ids"]) for row in dataset]
+            return LengthBucketSampler(lengths, self.args.per_device_train_batch_size, self.args.seed)
+
+    trainer = BucketedTrainer(
         model=model,
         args=args,
         train_dataset=encode(train),

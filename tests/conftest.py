@@ -105,16 +105,20 @@ def plugin_site(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return site
 
 
-@pytest.fixture
-def cli(plugin_site: Path, tmp_path: Path):
-    """Run the real ``harness`` command in a subprocess, in tmp_path, with the test plugins installed."""
+def make_cli(plugin_site: Path, cwd: Path):
+    """Run the real ``harness`` command in a subprocess, in ``cwd``, with the test plugins installed."""
 
     def run(*args: str, env: dict[str, str] | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
         full_env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(plugin_site), os.environ.get("PYTHONPATH", "")])}
         full_env.update(env or {})
         return subprocess.run(
-            [sys.executable, "-m", "harness", *args], cwd=tmp_path, env=full_env,
+            [sys.executable, "-m", "harness", *args], cwd=cwd, env=full_env,
             capture_output=True, text=True, timeout=timeout,
         )
 
     return run
+
+
+@pytest.fixture
+def cli(plugin_site: Path, tmp_path: Path):
+    return make_cli(plugin_site, tmp_path)

@@ -9,7 +9,7 @@ import pytest
 
 import harness_plugins.bert as bert
 from harness.data import read_examples
-from harness.models import length_buckets, load_config
+from harness.models import length_bucket_order, length_buckets, load_config
 from harness.testing import check_plugin
 from harness.types import Task
 
@@ -52,6 +52,26 @@ def test_length_buckets_cover_every_index_once_longest_first():
     batches = length_buckets(lengths, 3)
     assert sorted(i for batch in batches for i in batch) == list(range(7))
     assert batches[0] == [1, 4, 5] and [lengths[i] for i in batches[-1]] == [2]
+
+
+def test_training_order_buckets_by_length_without_a_long_to_short_drift():
+    import random
+
+    rng = random.Random(1)
+    lengths = [rng.randint(5, 300) for _ in range(4000)]
+    order = length_bucket_order(lengths, batch_size=16, seed=0, megabatch=10)
+    assert sorted(order) == list(range(4000))
+    batches = [order[i : i + 16] for i in range(0, 4000, 16)]
+    assert max(lengths[i] for i in batches[0]) == max(lengths)
+    # Within a batch lengths are close: far less padding than random batches.
+    spread = sum(max(lengths[i] for i in b) - min(lengths[i] for i in b) for b in batches) / len(batches)
+    assert spread < 30
+    # Batch order is shuffled: mean batch length is uncorrelated with position (HF's group_by_length
+    # runs long-to-short inside each megabatch of 10 batches).
+    means = [sum(lengths[i] for i in b) / len(b) for b in batches[1:]]
+    within = [means[i] > means[i + 1] for i in range(len(means) - 1)]
+    assert 0.35 < sum(within) / len(within) < 0.65
+    assert order != length_bucket_order(lengths, batch_size=16, seed=1, megabatch=10)
 
 
 @pytest.mark.slow

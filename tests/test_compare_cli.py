@@ -7,6 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from conftest import make_cli
+
 COMMON = ["--spec", "agnews", "--limit-train", "240", "--limit-test", "80", "--latency-samples", "5"]
 
 
@@ -14,16 +16,24 @@ def bert_args(tiny_bert: Path) -> list[str]:
     return ["--set", f"bert.model={tiny_bert}", "--set", "bert.num_train_epochs=1", "--set", "bert.learning_rate=1e-3"]
 
 
-@pytest.fixture
-def compared(cli, tiny_bert, ag_news_data, tmp_path):
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory, plugin_site):
+    path = tmp_path_factory.mktemp("workspace")
+    return path, make_cli(plugin_site, path)
+
+
+@pytest.fixture(scope="module")
+def compared(workspace, tiny_bert, ag_news_data):
     """One bert + naive-bayes comparison, shared by the tests that read its outputs."""
+    tmp_path, cli = workspace
     result = cli("compare", "--plugins", "bert,naive-bayes", "--data", ag_news_data, *COMMON, *bert_args(tiny_bert),
                  "--json", "out.json")
     assert result.returncode == 0, result.stderr
     return result, json.loads((tmp_path / "out.json").read_text())
 
 
-def test_compare_writes_both_rows_on_identical_data(compared, tmp_path):
+def test_compare_writes_both_rows_on_identical_data(compared, workspace):
+    tmp_path = workspace[0]
     result, out = compared
     assert [run["approach"] for run in out["runs"]] == ["bert", "naive-bayes"]
     bert, bayes = out["runs"]
@@ -50,7 +60,8 @@ def test_compare_writes_both_rows_on_identical_data(compared, tmp_path):
     assert "naive-bayes" in result.stdout and "comparison" in result.stdout
 
 
-def test_identical_run_is_reused_and_report_rerenders_it(compared, cli, tiny_bert, ag_news_data, tmp_path):
+def test_identical_run_is_reused_and_report_rerenders_it(compared, workspace, tiny_bert, ag_news_data):
+    tmp_path, cli = workspace
     _, first = compared
     again = cli("compare", "--plugins", "bert,naive-bayes", "--data", ag_news_data, *COMMON, *bert_args(tiny_bert),
                 "--json", "again.json")

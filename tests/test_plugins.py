@@ -80,3 +80,10 @@ def test_listing_and_help_import_no_torch(cli):
     result = __import__("subprocess").run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip().splitlines()[-1] == "[]"
+
+
+def test_specs_lists_the_shipped_agnews_spec(cli):
+    result = cli("specs", "--json")
+    rows = {row["name"]: row for row in json.loads(result.stdout)}
+    assert rows["agnews"]["task"] == "classification" and rows["agnews"]["plugins"] == ["bert"]
+    assert rows["agnews"]["dataset"] == "fancyzhx/ag_news"
