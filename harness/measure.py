@@ -85,6 +85,21 @@ def release_memory() -> None:
     torch = _torch()
     if torch is not None and torch.cuda.is_available() and torch.cuda.is_initialized():
         torch.cuda.empty_cache()
+    _malloc_trim()
+
+
+def _malloc_trim() -> None:
+    """Hand freed heap back to the OS (glibc keeps it otherwise), so RSS after training is not
+    counted again as prediction memory."""
+    import ctypes
+    import ctypes.util
+
+    name = ctypes.util.find_library("c")
+    if name and platform.system() == "Linux":
+        try:
+            ctypes.CDLL(name).malloc_trim(0)
+        except (OSError, AttributeError):  # not glibc
+            pass
 
 
 def percentile(values: Sequence[float], q: float) -> float:

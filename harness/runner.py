@@ -174,6 +174,7 @@ def _measure(
         )
     if not isinstance(artifact, Artifact):
         raise TypeError(f"harness_train returned {type(artifact).__name__}, not an Artifact")
+    measure.release_memory()  # training's garbage is not prediction's memory
 
     def predict(examples: list[Example], bar: RunProgress = SILENT) -> list[Prediction]:
         result = plugins.call(
@@ -195,7 +196,7 @@ def _measure(
         "train_gpu_hours": train_seconds / 3600 if measure.on_gpu() else None,
         "predict_seconds": predict_seconds,
         "predict_samples_per_s": len(data.test) / predict_seconds if predict_seconds > 0 else None,
-        "predict_batch_size": settings.get("predict_batch_size"),
+        "predict_batch_size": artifact.info.get("predict_batch_size", settings.get("predict_batch_size")),
         **latency.summary(),
     }
     record.memory = {

@@ -80,6 +80,7 @@ def test_pretrained_minilm_learns_ag_news(tmp_path, shared):
     test = read_examples(AG_NEWS / "test.jsonl", AG_TASK, "text", "label", "fields")[:200]
     record = check_plugin(
         bert, tmp_path=tmp_path, task=AG_TASK, train=train, test=test,
-        settings={"model": str(MINILM), "num_train_epochs": 1.0, "learning_rate": 1e-4, "eval_steps": 0.5},
+        settings={"model": str(MINILM), "num_train_epochs": 1.0, "learning_rate": 1e-4, "eval_steps": 0.5,
+                  "per_device_train_batch_size": 16},
     )
     assert record.metrics["f1_weighted"] > 0.75, record.metrics
