@@ -78,6 +78,10 @@ def cmd_compare(args: argparse.Namespace) -> int:
     # Everything the user typed is checked before anything is trained or written.
     plugins = load_plugins()
     approaches = [name.strip() for name in args.plugins.split(",") if name.strip()]
+    if not approaches or len(set(approaches)) != len(approaches):
+        raise UserError(f"expected distinct plugin names separated by commas, got {args.plugins!r}", where="--plugins")
+    if args.latency_samples < 1:
+        raise UserError(f"must be at least 1, got {args.latency_samples}", where="--latency-samples")
     spec = load_spec(args.spec)
     settings = plan_settings(plugins, spec, approaches, parse_overrides(args.overrides))
     data = load_datasets(
@@ -102,6 +106,8 @@ def cmd_report(args: argparse.Namespace) -> int:
     from harness.report import comparison_table
     from harness.store import Store, comparison_to_dict, write_json
 
+    if args.json is not None and not args.json.parent.exists():
+        raise UserError("directory does not exist", where=str(args.json))
     store = Store(args.store)
     comparison = store.load_comparison(args.comparison_id)
     if comparison is None:
@@ -130,7 +136,12 @@ def cmd_plugins(args: argparse.Namespace) -> int:
             "hooks": plugins.hooks_of(name),
         }
         if name in plugins.approaches():
-            row["task_types"] = list(plugins.describe(name).task_types)
+            try:
+                row["task_types"] = list(plugins.describe(name).task_types)
+            except Exception as exc:  # list the others; say which one is broken
+                print(f"harness: plugin {name!r} cannot describe itself: {type(exc).__name__}: {exc}".splitlines()[0],
+                      file=sys.stderr)
+                row["task_types"] = []
         rows.append(row)
     if args.json:
         print(json.dumps(rows, indent=2))

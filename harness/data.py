@@ -67,13 +67,15 @@ def load_datasets(
         train = _read_hub(ds.hub, ds.config, ds.train_split, task, ds.text_field, ds.label_field, ds.fields_field)
         test = _read_hub(ds.hub, ds.config, ds.test_split, task, ds.text_field, ds.label_field, ds.fields_field)
 
-    train = _sample(train, limit_train, spec.seed)
-    test = _sample(test, limit_test, spec.seed)
+    train = _sample(train, limit_train, spec.seed, "--limit-train")
+    test = _sample(test, limit_test, spec.seed, "--limit-test")
     if spec.validation == "test":
         return Datasets(train, test, test, "test")
     if spec.validation == "none":
         return Datasets(train, [], test, "none")
     train, validation = _hold_out(train, spec.validation, spec.seed)
+    if not train:
+        raise UserError(f"holding out validation: {spec.validation} leaves no training examples", where=spec.where)
     return Datasets(train, validation, test, "train")
 
 
@@ -89,27 +91,36 @@ def read_examples(path: Path, task: Task, text_field: str, label_field: str, fie
     """Read a JSONL or CSV file; any bad row is a :class:`UserError` naming ``file:line``."""
     if not path.is_file():
         raise UserError("no such file", where=str(path))
-    rows: list[tuple[str, dict[str, Any]]] = []
-    if path.suffix.lower() == ".csv":
-        with path.open(encoding="utf-8", newline="") as handle:
-            for lineno, row in enumerate(csv.DictReader(handle), start=2):
-                rows.append((f"{path}:{lineno}", row))
-    else:
-        with path.open(encoding="utf-8") as handle:
-            for lineno, line in enumerate(handle, start=1):
-                if not line.strip():
-                    continue
-                where = f"{path}:{lineno}"
-                try:
-                    row = json.loads(line)
-                except json.JSONDecodeError as exc:
-                    raise UserError(f"not valid JSON ({exc.msg})", where=where) from None
-                if not isinstance(row, dict):
-                    raise UserError("each line must be a JSON object", where=where)
-                rows.append((where, row))
+    try:
+        rows = _read_rows(path)
+    except UnicodeDecodeError as exc:
+        raise UserError(f"not UTF-8 text (byte {exc.start})", where=str(path)) from None
     if not rows:
         raise UserError("no examples", where=str(path))
     return [_to_example(where, row, task, text_field, label_field, fields_field, i) for i, (where, row) in enumerate(rows)]
+
+
+def _read_rows(path: Path) -> list[tuple[str, dict[str, Any]]]:
+    rows: list[tuple[str, dict[str, Any]]] = []
+    # utf-8-sig: spreadsheet exports start with a byte-order mark that would otherwise rename the first column.
+    if path.suffix.lower() == ".csv":
+        with path.open(encoding="utf-8-sig", newline="") as handle:
+            for lineno, row in enumerate(csv.DictReader(handle), start=2):
+                rows.append((f"{path}:{lineno}", row))
+        return rows
+    with path.open(encoding="utf-8-sig") as handle:
+        for lineno, line in enumerate(handle, start=1):
+            if not line.strip():
+                continue
+            where = f"{path}:{lineno}"
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise UserError(f"not valid JSON ({exc.msg})", where=where) from None
+            if not isinstance(row, dict):
+                raise UserError("each line must be a JSON object", where=where)
+            rows.append((where, row))
+    return rows
 
 
 def _read_hub(
@@ -123,6 +134,8 @@ def _read_hub(
         table = datasets.load_dataset(hub, config, split=split)
     except Exception as exc:  # the hub client raises many types; the user needs the message
         raise UserError(f"could not load split {split!r}: {type(exc).__name__}: {exc}".splitlines()[0], where=hub) from None
+    if len(table) == 0:
+        raise UserError(f"split {split!r} has no examples", where=hub)
     return [
         _to_example(f"{hub}[{split}] row {i}", row, task, text_field, label_field, fields_field, i)
         for i, row in enumerate(table)
@@ -158,11 +171,11 @@ def _to_example(
     return Example(example_id, text, label=label)
 
 
-def _sample(examples: list[Example], limit: int | None, seed: int) -> list[Example]:
+def _sample(examples: list[Example], limit: int | None, seed: int, flag: str) -> list[Example]:
     if limit is None or limit >= len(examples):
         return examples
     if limit <= 0:
-        raise UserError(f"limit must be positive, got {limit}", where="--limit")
+        raise UserError(f"must be positive, got {limit}", where=flag)
     return _split(examples, size=limit, seed=seed)[0]
 
 

@@ -53,9 +53,8 @@ class PeakMemory:
 
         process = psutil.Process(os.getpid())
         self.rss_peak_mb = process.memory_info().rss / 2**20
-        torch = _torch()
-        if torch is not None and torch.cuda.is_available():
-            torch.cuda.reset_peak_memory_stats()
+        if on_gpu():
+            _torch().cuda.reset_peak_memory_stats()
 
         def sample() -> None:
             while not self._stop.wait(self.interval):
@@ -72,9 +71,8 @@ class PeakMemory:
         if self._thread is not None:
             self._thread.join()
         self.rss_peak_mb = max(self.rss_peak_mb, psutil.Process(os.getpid()).memory_info().rss / 2**20)
-        torch = _torch()  # the block may have imported torch
-        if torch is not None and torch.cuda.is_available() and torch.cuda.is_initialized():
-            self.gpu_peak_mb = torch.cuda.max_memory_allocated() / 2**20
+        if on_gpu():  # the block may have imported torch and started CUDA
+            self.gpu_peak_mb = _torch().cuda.max_memory_allocated() / 2**20
 
 
 def release_memory() -> None:
@@ -117,7 +115,10 @@ def percentile(values: Sequence[float], q: float) -> float:
 class Latency:
     samples_ms: list[float]
 
-    def summary(self) -> dict[str, float]:
+    def summary(self) -> dict[str, float | None]:
+        if not self.samples_ms:
+            return {"latency_p50_ms": None, "latency_p95_ms": None, "latency_p99_ms": None,
+                    "requests_per_s": None, "latency_samples": 0}
         total_s = sum(self.samples_ms) / 1000
         return {
             "latency_p50_ms": statistics.median(self.samples_ms),
@@ -147,11 +148,17 @@ def on_gpu() -> bool:
     return torch is not None and torch.cuda.is_available() and torch.cuda.is_initialized()
 
 
-def device_name() -> str:
+def device_name(device: str | None = None) -> str:
+    """The GPU's name when ``device`` (an approach's torch device) is a CUDA one, else the CPU's."""
     torch = _torch()
-    if torch is not None and torch.cuda.is_available():
-        return torch.cuda.get_device_name(0)
+    if device and device.startswith("cuda") and torch is not None and torch.cuda.is_available():
+        return torch.cuda.get_device_name(torch.device(device))
     return f"CPU: {_cpu_model()} ({_cpu_threads()} threads)"
+
+
+def machine() -> str:
+    """Which machine measured: a stored run is reused only on the machine that timed it."""
+    return f"{platform.node()} {_cpu_model()} {platform.machine()}"
 
 
 def _cpu_model() -> str:
@@ -172,8 +179,8 @@ def _cpu_threads() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
-def environment() -> dict[str, Any]:
-    """The machine and library versions a figure was measured with."""
+def environment(device: str | None = None) -> dict[str, Any]:
+    """The machine and library versions a figure was measured with; ``device`` as for :func:`device_name`."""
     versions = {}
     for name in ("harness-compare", "torch", "transformers", "peft", "accelerate", "scikit-learn", "onnxruntime", "vllm"):
         try:
@@ -182,11 +189,11 @@ def environment() -> dict[str, Any]:
             continue
     torch = _torch()
     env: dict[str, Any] = {
-        "device": device_name(),
+        "device": device_name(device),
         "python": platform.python_version(),
         "platform": platform.platform(),
         "versions": versions,
     }
-    if torch is not None and torch.cuda.is_available():
+    if torch is not None and device and device.startswith("cuda"):
         env["cuda"] = torch.version.cuda
     return env

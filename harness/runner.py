@@ -6,8 +6,9 @@ import hashlib
 import json
 import random
 import secrets
+import sys
 import traceback
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from typing import Any
 
@@ -47,7 +48,11 @@ def plan_settings(
         raise UserError(f"{unknown[0]!r} is not among --plugins ({', '.join(approaches)})", where="--set")
     planned = {}
     for name in approaches:
-        info = plugins.describe(name)
+        try:
+            info = plugins.describe(name)
+        except Exception as exc:  # a plugin bug, but the user needs to know which plugin
+            raise UserError(f"plugin {name!r} cannot describe itself: {type(exc).__name__}: {exc}".splitlines()[0],
+                            where="--plugins") from None
         if spec.task.type not in info.task_types:
             raise UserError(
                 f"plugin {name!r} does not support {spec.task.type} (it supports {', '.join(info.task_types)})",
@@ -71,7 +76,7 @@ def compare(
     for name, approach_settings in settings.items():
         comparison.runs.append(run_approach(plugins, spec, data, name, approach_settings, store, options, console))
     store.save_comparison(comparison)
-    plugins.pm.hook.harness_compare_finished(comparison=comparison)
+    notify(plugins, "harness_compare_finished", comparison=comparison)
     return comparison
 
 
@@ -84,6 +89,9 @@ def reuse_key(plugins: Plugins, spec: Spec, data: Datasets, name: str, settings:
         "task": spec.task.model_dump(),
         "settings": settings,
         "random_weights": options.random_weights,
+        "latency_samples": options.latency_samples,
+        "warmup_examples": options.warmup_examples,
+        "machine": measure.machine(),
         "train": data.train_hash,
         "validation": dataset_hash(data.validation),
         "test": data.test_hash,
@@ -108,7 +116,7 @@ def run_approach(
         previous = store.find_reusable(key)
         if previous is not None:
             previous.status = "reused"
-            plugins.pm.hook.harness_run_finished(run=previous)
+            notify(plugins, "harness_run_finished", run=previous)
             return previous
 
     record = RunRecord(
@@ -128,11 +136,11 @@ def run_approach(
     )
     record.environment["validation_source"] = data.validation_source
     workdir = store.start_run(record.run_id)
-    plugins.pm.hook.harness_run_started(run=record)
+    notify(plugins, "harness_run_started", run=record)
 
     def on_log(entry: dict[str, Any]) -> None:
         record.train_log.append(entry)
-        plugins.pm.hook.harness_training_log(run=record, entry=entry)
+        notify(plugins, "harness_training_log", run=record, entry=entry)
 
     progress = RunProgress(console, on_log)
     call_settings = {**settings, "random_weights": options.random_weights}
@@ -147,10 +155,18 @@ def run_approach(
         record.error = f"{type(exc).__name__}: {exc}".splitlines()[0]
         error_detail = traceback.format_exc()
     measure.release_memory()
-    record.environment.update(measure.environment())
+    record.environment.update(measure.environment(record.model.get("device")))
     store.finish_run(record, predictions, error_detail)
-    plugins.pm.hook.harness_run_finished(run=record)
+    notify(plugins, "harness_run_finished", run=record)
     return record
+
+
+def notify(plugins: Plugins, hook: str, **kwargs: Any) -> None:
+    """Call an event hook; a listener that raises costs one warning line, never a run."""
+    try:
+        getattr(plugins.pm.hook, hook)(**kwargs)
+    except Exception as exc:
+        print(f"harness: a {hook} listener failed: {type(exc).__name__}: {exc}".splitlines()[0], file=sys.stderr)
 
 
 def _measure(
@@ -183,17 +199,18 @@ def _measure(
         check_predictions(result, examples)
         return result
 
+    test = without_answers(data.test)
     with measure.PeakMemory() as predict_memory:
-        predict(data.test[: options.warmup_examples])  # warm-up: loads weights, first kernels, caches
-        predictions, predict_seconds = measure.timed(lambda: predict(data.test, progress))
-        sample = random.Random(0).sample(data.test, min(options.latency_samples, len(data.test)))
+        predict(test[: options.warmup_examples])  # warm-up: loads weights, first kernels, caches
+        predictions, predict_seconds = measure.timed(lambda: predict(test, progress))
+        sample = random.Random(0).sample(test, min(options.latency_samples, len(test)))
         latency = measure.batch1_latency(lambda ex: predict([ex]), sample)
 
     train_samples = artifact.info.get("train_samples", 0)
     record.speed = {
         "train_seconds": train_seconds,
         "train_samples_per_s": train_samples / train_seconds if train_samples and train_seconds > 0 else None,
-        "train_gpu_hours": train_seconds / 3600 if measure.on_gpu() else None,
+        "train_gpu_hours": train_seconds / 3600 if str(artifact.info.get("device", "")).startswith("cuda") else None,
         "predict_seconds": predict_seconds,
         "predict_samples_per_s": len(data.test) / predict_seconds if predict_seconds > 0 else None,
         "predict_batch_size": artifact.info.get("predict_batch_size", settings.get("predict_batch_size")),
@@ -207,6 +224,11 @@ def _measure(
     }
     record.model = {k: v for k, v in artifact.info.items() if k != "train_samples"}
     return predictions
+
+
+def without_answers(examples: list[Example]) -> list[Example]:
+    """The examples as predict sees them: gold labels and fields removed, so no approach can peek."""
+    return [replace(ex, label=None, fields=None) for ex in examples]
 
 
 def check_predictions(predictions: Any, examples: list[Example]) -> None:

@@ -68,7 +68,6 @@ class Spec(_Strict):
         "test set as the seed articles did; 'none' trains without evaluation",
     )
     seed: int = 0
-    primary_metric: str = "f1_weighted"
     metrics: list[str] = Field(default_factory=lambda: ["f1_weighted", "accuracy", "f1_macro"])
     plugins: dict[str, dict[str, Any]] = Field(default_factory=dict)
 
@@ -185,8 +184,10 @@ def _checked(approach: str, defaults: dict[str, Any], key: str, value: Any, *, w
     if key not in defaults:
         raise UserError(f"unknown setting for {approach}; known: {', '.join(sorted(defaults))}", where=where)
     default = defaults[key]
-    if default is None or value is None:
+    if default is None:
         return value
+    if value is None:
+        raise UserError(f"needs a {type(default).__name__} value", where=where)
     kind = type(default)
     if kind is float and isinstance(value, (int, str)) and not isinstance(value, bool):
         try:

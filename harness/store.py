@@ -19,6 +19,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Iterable
 
+from harness.errors import UserError
 from harness.types import Comparison, Prediction, RunRecord
 
 SCHEMA = """
@@ -107,7 +108,10 @@ class Store:
         return self.load_run(row[0]) if row else None
 
     def load_run(self, run_id: str) -> RunRecord:
-        data = json.loads((self.run_dir(run_id) / "record.json").read_text(encoding="utf-8"))
+        path = self.run_dir(run_id) / "record.json"
+        if not path.is_file():
+            raise UserError(f"run {run_id} is indexed but its record is gone", where=str(path))
+        data = json.loads(path.read_text(encoding="utf-8"))
         return record_from_dict(data)
 
     def save_comparison(self, comparison: Comparison) -> None:

@@ -77,7 +77,7 @@ def check_plugin(
     from harness.data import Datasets
     from harness.plugins import load_plugins
     from harness.progress import SILENT
-    from harness.runner import CompareOptions, run_approach
+    from harness.runner import CompareOptions, run_approach, without_answers
     from harness.spec import Spec
     from harness.store import Store
 
@@ -118,9 +118,9 @@ def check_plugin(
     options = CompareOptions(latency_samples=min(8, len(test)), warmup_examples=4, rerun=True)
     store = Store(tmp_path / "conformance-store")
     record = run_approach(plugins, spec, data, name, {**info.settings, **(settings or {})}, store, options)
+    _expect(record.status == "ok", f"the runner failed the plugin: {record.error}")
     artifact = capture.artifacts[0] if capture.artifacts else None
     _expect(isinstance(artifact, Artifact), f"harness_train must return an Artifact, got {type(artifact).__name__}")
-    _expect(record.status == "ok", f"the runner failed the plugin: {record.error}")
     _expect(0.0 <= record.metrics.get("accuracy", -1) <= 1.0, "score produced no accuracy in [0, 1]")
 
     def predict(examples: list[Example]) -> list[Prediction]:
@@ -133,6 +133,7 @@ def check_plugin(
             _expect(isinstance(prediction, Prediction), f"harness_predict returned a {type(prediction).__name__}, not a Prediction")
         return result
 
+    test = without_answers(test)
     forward = predict(test)
     for prediction in forward:
         _expect(prediction.label is None or prediction.label in task.labels, f"label {prediction.label!r} is not one of {task.labels}")

@@ -102,7 +102,8 @@ def harness_train(
         use_cpu=device == "cpu",
         disable_tqdm=True,
         report_to="none",
-        train_sampling_strategy="random" if settings["train_sampler"] == "length_buckets" else settings["train_sampler"],
+        # Our sampler replaces the Trainer's; its own strategies pass through by name.
+        **({} if settings["train_sampler"] == "length_buckets" else {"train_sampling_strategy": settings["train_sampler"]}),
         **{key: _steps(settings[key]) if key.endswith("_steps") else settings[key] for key in TRAINING_ARGUMENTS},
     )
 

@@ -28,6 +28,11 @@ GOOD = '{"text": "Stocks rally on rate cut hopes", "label": 2}\n{"text": "Team w
         ("missing-file", "missing.jsonl: no such file"),
         ("unknown-plugin", "--plugins: unknown plugin 'bret'; known: bert, failing-train, naive-bayes"),
         ("unknown-setting", "--set naive-bayes.smoth: unknown setting for naive-bayes; known: smoothing"),
+        ("empty-setting", "--set naive-bayes.smoothing: needs a float value"),
+        ("no-plugins", "--plugins: expected distinct plugin names separated by commas, got ','"),
+        ("latency-zero", "--latency-samples: must be at least 1, got 0"),
+        ("bad-limit", "--limit-test: must be positive, got 0"),
+        ("not-utf8", "train.jsonl: not UTF-8 text"),
     ],
 )
 def test_bad_input_is_one_line_exit_2_nothing_written(cli, tmp_path, case, expected):
@@ -53,6 +58,16 @@ def test_bad_input_is_one_line_exit_2_nothing_written(cli, tmp_path, case, expec
         plugins = "bret"
     elif case == "unknown-setting":
         extra = ["--set", "naive-bayes.smoth=2"]
+    elif case == "empty-setting":
+        extra = ["--set", "naive-bayes.smoothing="]
+    elif case == "no-plugins":
+        plugins = ","
+    elif case == "latency-zero":
+        extra = ["--latency-samples", "0"]
+    elif case == "bad-limit":
+        extra = ["--limit-test", "0"]
+    elif case == "not-utf8":
+        (tmp_path / "train.jsonl").write_bytes('{"text": "caf\u00e9", "label": 0}\n'.encode("latin-1"))
     args = ["compare", "--plugins", plugins, "--spec", spec, *extra, "--json", "out.json"]
     if not spec.endswith("bad.yaml"):
         args += ["--data", f"train={train},test={test}"]
@@ -77,3 +92,10 @@ def test_spec_file_relative_paths_and_csv(cli, tmp_path):
     run = json.loads((tmp_path / "out.json").read_text())["runs"][0]
     assert (run["n_train"], run["n_validation"], run["n_test"]) == (40, 0, 10)
     assert run["metrics"]["accuracy"] == 1.0
+
+
+def test_report_on_an_empty_store_is_a_one_line_error(cli, tmp_path):
+    result = cli("report")
+    assert result.returncode == 2 and result.stderr.strip() == "harness: error: .harness: no comparison stored yet"
+    missing_dir = cli("report", "--json", "no/such/dir/out.json")
+    assert missing_dir.returncode == 2 and "no/such/dir/out.json: directory does not exist" in missing_dir.stderr
