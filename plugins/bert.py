@@ -7,8 +7,6 @@ max 512 tokens. bf16 on CUDA, fp32 on CPU. Prediction runs in length-bucketed ba
 
 from __future__ import annotations
 
-import math
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -59,19 +57,14 @@ def harness_describe() -> ApproachInfo:
 def harness_train(
     task: Task, train: list[Example], validation: list[Example], settings: dict[str, Any], workdir: Path, progress: Any
 ) -> Artifact:
-    import torch
-    import transformers
-    from transformers import DataCollatorWithPadding, Trainer, TrainerCallback, TrainingArguments
-    from transformers.trainer_callback import PrinterCallback
+    from transformers import DataCollatorWithPadding
 
+    from harness.hf_trainer import describe_model, train_with_trainer
     from harness.metrics import classification_metrics
-    from harness.models import LengthBucketSampler, count_parameters, pick_device
+    from harness.models import pick_device
 
-    transformers.logging.set_verbosity_error()
-    transformers.utils.logging.disable_progress_bar()  # harness draws its own bars
     device = pick_device(settings["device"])
     tokenizer = _tokenizer(settings)
-    model = _new_model(task, settings, tokenizer)
     labels = list(task.labels)
 
     def encode(examples: list[Example]) -> list[dict[str, Any]]:
@@ -87,79 +80,25 @@ def harness_train(
         metrics = classification_metrics(labels, [labels[i] for i in gold], predicted)
         return {k: v for k, v in metrics.items() if isinstance(v, float)}
 
-    evaluate = bool(validation)
-    steps_per_epoch = math.ceil(len(train) / (settings["per_device_train_batch_size"] * settings["gradient_accumulation_steps"]))
-    total_steps = max(1, math.ceil(steps_per_epoch * settings["num_train_epochs"]))
-    args = TrainingArguments(
-        output_dir=str(workdir / "checkpoints"),
-        eval_strategy="steps" if evaluate else "no",
-        save_strategy="steps" if evaluate else "no",
-        save_steps=_steps(settings["eval_steps"]),
-        save_total_limit=1,
-        save_only_model=True,
-        load_best_model_at_end=evaluate and settings["load_best_model_at_end"],
-        bf16=device.startswith("cuda") and torch.cuda.is_bf16_supported(),
-        use_cpu=device == "cpu",
-        disable_tqdm=True,
-        report_to="none",
-        # Our sampler replaces the Trainer's; its own strategies pass through by name.
-        **({} if settings["train_sampler"] == "length_buckets" else {"train_sampling_strategy": settings["train_sampler"]}),
-        **{key: _steps(settings[key]) if key.endswith("_steps") else settings[key] for key in TRAINING_ARGUMENTS},
-    )
-
-    class Progress(TrainerCallback):
-        last_loss: float | None = None
-
-        def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
-            bar.advance(1)
-
-        def on_log(self, args: Any, state: Any, control: Any, logs: dict[str, float] | None = None, **kwargs: Any) -> None:
-            logs = dict(logs or {})
-            if "loss" in logs:
-                self.last_loss = logs["loss"]
-            entry = {"step": state.global_step, "epoch": state.epoch, **logs}
-            if any(k.startswith("eval_") for k in logs):
-                entry["train_loss"] = self.last_loss
-            progress.log(**entry)
-
-    class BucketedTrainer(Trainer):
-        def _get_train_sampler(self, train_dataset: Any = None) -> Any:
-            if settings["train_sampler"] != "length_buckets":
-                return super()._get_train_sampler(train_dataset)
-            dataset = train_dataset if train_dataset is not None else self.train_dataset
-            lengths = [len(row["input_ids"]) for row in dataset]
-            return LengthBucketSampler(lengths, self.args.per_device_train_batch_size, self.args.seed)
-
-    trainer = BucketedTrainer(
-        model=model,
-        args=args,
-        train_dataset=encode(train),
-        eval_dataset=encode(validation) if evaluate else None,
-        processing_class=tokenizer,
-        data_collator=DataCollatorWithPadding(tokenizer),
-        compute_metrics=compute_metrics,
-        callbacks=[Progress()],
-    )
-    trainer.remove_callback(PrinterCallback)  # log lines reach the terminal through progress.log instead
-    with progress.bar("train", total_steps) as bar:
-        result = trainer.train()
-    final = workdir / "model"
-    trainer.save_model(str(final))
-    shutil.rmtree(workdir / "checkpoints", ignore_errors=True)
-
-    artifact = Artifact(path=final)
-    model = trainer.model.eval()
-    artifact.state.update(model=model, tokenizer=tokenizer, device=device)
-    artifact.info.update(
-        parameters=count_parameters(model),
-        model=settings["model"],
-        dtype=str(next(model.parameters()).dtype).removeprefix("torch."),
+    model, info = train_with_trainer(
+        model=_new_model(task, settings, tokenizer),
+        tokenizer=tokenizer,
+        train_rows=encode(train),
+        validation_rows=encode(validation),
+        settings=settings,
+        training_argument_names=list(TRAINING_ARGUMENTS),
+        workdir=workdir,
+        progress=progress,
         device=device,
-        train_samples=len(train) * settings["num_train_epochs"],
-        best_checkpoint=trainer.state.best_model_checkpoint and Path(trainer.state.best_model_checkpoint).name,
-        best_metric=trainer.state.best_metric,
-        train_loss=result.training_loss,
+        collator=DataCollatorWithPadding(tokenizer),
+        compute_metrics=compute_metrics,
     )
+    final = workdir / "model"
+    model.save_pretrained(final)
+    tokenizer.save_pretrained(final)
+    artifact = Artifact(path=final, info=info)
+    artifact.state.update(model=model.eval(), tokenizer=tokenizer, device=device)
+    describe_model(artifact, model, settings["model"], device)
     return artifact
 
 
@@ -230,8 +169,3 @@ def _loaded(artifact: Artifact, settings: dict[str, Any]) -> tuple[Any, Any, str
         artifact.info["serving_dtype"] = str(dtype).removeprefix("torch.")
         artifact.info["predict_batch_size"] = settings["predict_batch_size"] or (256 if device.startswith("cuda") else 64)
     return artifact.state["serving_model"], artifact.state["tokenizer"], artifact.state["device"]
-
-
-def _steps(value: float) -> float | int:
-    """HF reads a float below 1 as a fraction of all training steps and anything else as a step count."""
-    return int(value) if value >= 1 else value

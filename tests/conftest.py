@@ -122,3 +122,24 @@ def make_cli(plugin_site: Path, cwd: Path):
 @pytest.fixture
 def cli(plugin_site: Path, tmp_path: Path):
     return make_cli(plugin_site, tmp_path)
+
+
+QWEN_TOKENIZER = SHARED / "models" / "qwen3-tokenizer"
+
+
+@pytest.fixture(scope="session")
+def tiny_qwen(tmp_path_factory: pytest.TempPathFactory, shared: Path) -> Path:
+    """A 2-layer, 64-wide Qwen3 with random weights and the real Qwen3 tokenizer and chat template."""
+    import torch
+    from transformers import AutoTokenizer, Qwen3Config, Qwen3ForCausalLM
+
+    path = tmp_path_factory.mktemp("tiny-qwen")
+    tokenizer = AutoTokenizer.from_pretrained(QWEN_TOKENIZER)
+    config = Qwen3Config(
+        vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, head_dim=16, max_position_embeddings=1024, tie_word_embeddings=True,
+    )
+    torch.manual_seed(0)
+    Qwen3ForCausalLM(config).save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path

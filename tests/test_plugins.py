@@ -87,5 +87,5 @@ def test_listing_and_help_import_no_torch():
 def test_specs_lists_the_shipped_agnews_spec(cli):
     result = cli("specs", "--json")
     rows = {row["name"]: row for row in json.loads(result.stdout)}
-    assert rows["agnews"]["task"] == "classification" and rows["agnews"]["plugins"] == ["bert"]
+    assert rows["agnews"]["task"] == "classification" and rows["agnews"]["plugins"] == ["bert", "qwen"]
     assert rows["agnews"]["dataset"] == "fancyzhx/ag_news"

@@ -1,0 +1,370 @@
+"""qwen: supervised fine-tuning of a causal LM on a multiple-choice prompt, classified without generating.
+
+Defaults are seed 000's: Qwen/Qwen3-0.6B, full fine-tuning, bf16 on CUDA, lr 1.2e-5, batch 12 x
+gradient accumulation 8, warmup 1%, 1 epoch, cosine, cutoff 512, an evaluation (and checkpoint) every
+0.2 of training; the loss is on the answer tokens only.
+
+Classification needs one forward pass per prompt: with ``scoring: letter`` the logits of the option
+letters at the last prompt position give each option's probability (only that position's logits are
+computed). With ``scoring: likelihood`` each option's answer is scored by its summed log-probability,
+all options in one batch that reuses the prompt's KV cache. Extraction generates greedily and parses
+the JSON answer; an answer that is not valid JSON is a wrong answer (``Prediction.fields`` is None).
+``num_train_epochs: 0`` evaluates the untuned model with the same prompt (zero-shot).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from harness import ApproachInfo, Artifact, Example, Prediction, Task, hookimpl
+
+TRAINING_ARGUMENTS = {
+    "learning_rate": 1.2e-5,
+    "num_train_epochs": 1.0,
+    "per_device_train_batch_size": 12,
+    "gradient_accumulation_steps": 8,
+    "lr_scheduler_type": "cosine",
+    "warmup_steps": 0.01,
+    "weight_decay": 0.0,
+    "eval_steps": 0.2,
+    "logging_steps": 0.01,
+    "max_grad_norm": 1.0,
+    "seed": 42,
+    "optim": "adamw_torch",
+    "metric_for_best_model": "f1_weighted",
+}
+
+DEFAULTS: dict[str, Any] = {
+    "model": "Qwen/Qwen3-0.6B",
+    "tokenizer": "",  # empty: the model's own
+    "max_length": 512,  # the seed's cutoff: prompt and answer together
+    "scoring": "letter",  # letter | likelihood
+    "answer": "letter",  # letter: "C"; label: the option's text, several tokens (needs scoring: likelihood)
+    "chat_template": True,  # use the tokenizer's chat template (thinking off) when it has one
+    "think_prefix": "<think>\n\n</think>\n\n",  # written before the answer unless the template already does
+    "max_new_tokens": 256,  # extraction
+    "predict_batch_size": 0,  # 0: 64 on CUDA, 16 on CPU
+    "device": "auto",
+    "load_best_model_at_end": True,
+    "train_sampler": "length_buckets",
+    **TRAINING_ARGUMENTS,
+}
+
+LETTERS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
+DEFAULT_PROMPT = "{text}\n\nOptions:\n{options}\n\nAnswer:"
+
+
+@hookimpl
+def harness_describe() -> ApproachInfo:
+    return ApproachInfo(
+        task_types=("classification", "extraction"),
+        settings=DEFAULTS,
+        description="causal LM fine-tuned on a multiple-choice prompt; scored by option likelihood",
+    )
+
+
+class Prompter:
+    """Builds prompt and answer token ids exactly as training and prediction both need them."""
+
+    def __init__(self, task: Task, tokenizer: Any, settings: dict[str, Any]):
+        self.task, self.tokenizer, self.settings = task, tokenizer, settings
+        self.template = task.prompt or DEFAULT_PROMPT
+        option_labels = task.option_labels or task.labels
+        self.options = "\n".join(f"{LETTERS[i]}. {label}" for i, label in enumerate(option_labels))
+        self.use_chat = bool(settings["chat_template"] and getattr(tokenizer, "chat_template", None))
+        # The template with an empty article tells how many tokens the fixed part costs.
+        self.fixed_tokens = len(self._prefix_ids(""))
+        answers = list(LETTERS[: len(task.labels)]) if settings["answer"] == "letter" else list(option_labels)
+        self.answer_ids = [self._answer_ids(a) for a in answers]
+        self.end_ids = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
+
+    def _wrap(self, prompt: str) -> str:
+        if self.use_chat:
+            text = self.tokenizer.apply_chat_template(
+                [{"role": "user", "content": prompt}], tokenize=False, add_generation_prompt=True, enable_thinking=False
+            )
+            return text if text.endswith(self.settings["think_prefix"]) else text + self.settings["think_prefix"]
+        return prompt + (" " if not prompt.endswith((" ", "\n")) else "")
+
+    def _prefix_ids(self, text: str) -> list[int]:
+        prompt = self.template.format(text=text, options=self.options)
+        return self.tokenizer(self._wrap(prompt), add_special_tokens=False)["input_ids"]
+
+    def _answer_ids(self, answer: str) -> list[int]:
+        # Tokenised after the prefix, as the model sees it, then cut off the prefix.
+        prefix = self._prefix_ids("")
+        both = self.tokenizer(self._wrap(self.template.format(text="", options=self.options)) + answer, add_special_tokens=False)["input_ids"]
+        if both[: len(prefix)] != prefix:
+            return self.tokenizer(answer, add_special_tokens=False)["input_ids"]
+        return both[len(prefix) :]
+
+    def prompt_ids(self, text: str, reserve: int) -> tuple[list[int], bool]:
+        """The prompt's ids with the article cut (never the question or options) so that ``reserve``
+        answer tokens still fit in ``max_length``; also whether it was cut."""
+        limit = self.settings["max_length"] - reserve
+        budget = limit - self.fixed_tokens
+        text_ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
+        if len(text_ids) <= budget:
+            return self._prefix_ids(text), False
+        while True:
+            # Decoding the cut and encoding it in place can merge into a token or two more: shrink until it fits.
+            ids = self._prefix_ids(self.tokenizer.decode(text_ids[: max(0, budget)]))
+            if len(ids) <= limit or budget <= 0:
+                return ids, True
+            budget -= len(ids) - limit
+
+    def extraction_answer(self, fields: dict[str, str]) -> list[int]:
+        return self.tokenizer(json.dumps(fields, ensure_ascii=False), add_special_tokens=False)["input_ids"]
+
+
+def check_letter_scoring(prompter: Prompter) -> None:
+    firsts = [ids[0] for ids in prompter.answer_ids]
+    if any(len(ids) != 1 for ids in prompter.answer_ids) or len(set(firsts)) != len(firsts):
+        raise ValueError(
+            "scoring: letter needs every answer to be one distinct token, but the answers tokenize to "
+            f"{prompter.answer_ids}; use scoring: likelihood"
+        )
+
+
+@hookimpl
+def harness_train(
+    task: Task, train: list[Example], validation: list[Example], settings: dict[str, Any], workdir: Path, progress: Any
+) -> Artifact:
+    from transformers import DataCollatorForSeq2Seq
+
+    from harness.hf_trainer import describe_model, train_with_trainer
+    from harness.metrics import classification_metrics
+    from harness.models import pick_device
+
+    device = pick_device(settings["device"])
+    tokenizer = _tokenizer(settings)
+    model = _base_model(settings, tokenizer)
+    prompter = Prompter(task, tokenizer, settings)
+    if task.type == "classification" and settings["scoring"] == "letter":
+        check_letter_scoring(prompter)
+    artifact = Artifact(path=None)
+    artifact.state.update(tokenizer=tokenizer, prompter=prompter, device=device, truncated=set())
+
+    if settings["num_train_epochs"] > 0:
+        truncated = 0
+
+        def encode(example: Example) -> dict[str, Any]:
+            nonlocal truncated
+            if task.type == "classification":
+                answer = prompter.answer_ids[task.labels.index(example.label)]
+            else:
+                answer = prompter.extraction_answer(example.fields or {})
+            answer = answer + prompter.end_ids
+            prompt, cut = prompter.prompt_ids(example.text, reserve=len(answer))
+            truncated += cut
+            ids = prompt + answer
+            return {"input_ids": ids, "attention_mask": [1] * len(ids), "labels": [-100] * len(prompt) + answer}
+
+        def evaluate(current: Any) -> dict[str, float]:
+            artifact.state["serving_model"] = current
+            predictions = _classify(task, artifact, validation, settings, None)
+            artifact.state.pop("serving_model")
+            metrics = classification_metrics(task.labels, [ex.label for ex in validation], [p.label for p in predictions])
+            return {k: v for k, v in metrics.items() if isinstance(v, float)}
+
+        model, info = train_with_trainer(
+            model=model,
+            tokenizer=tokenizer,
+            train_rows=[encode(ex) for ex in train],
+            validation_rows=[encode(ex) for ex in validation],
+            settings=settings,
+            training_argument_names=list(TRAINING_ARGUMENTS),
+            workdir=workdir,
+            progress=progress,
+            device=device,
+            collator=DataCollatorForSeq2Seq(tokenizer, label_pad_token_id=-100, padding=True),
+            evaluate=evaluate if task.type == "classification" else None,
+            compute_loss=answer_loss,
+        )
+        artifact.info.update(info, truncated_train=truncated)
+        artifact.path = workdir / "model"
+        model.save_pretrained(artifact.path)
+        tokenizer.save_pretrained(artifact.path)
+    artifact.state["model"] = model.eval()
+    describe_model(artifact, model, settings["model"], device)
+    return artifact
+
+
+def answer_loss(model: Any, inputs: dict[str, Any]) -> Any:
+    """Cross-entropy on the answer tokens, computing vocabulary logits only where there is an answer
+    token to predict: with a 151k-token vocabulary the full logits would cost far more than the model."""
+    import torch
+
+    labels = inputs["labels"]
+    hidden = model.model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"]).last_hidden_state
+    # Position t predicts token t + 1.
+    targets = labels[:, 1:]
+    where = targets != -100
+    logits = model.lm_head(hidden[:, :-1][where])
+    return torch.nn.functional.cross_entropy(logits.float(), targets[where])
+
+
+@hookimpl
+def harness_predict(
+    task: Task, artifact: Artifact, examples: list[Example], settings: dict[str, Any], progress: Any
+) -> list[Prediction]:
+    _serving(artifact, settings)
+    if task.type == "extraction":
+        return _extract(artifact, examples, settings, progress)
+    return _classify(task, artifact, examples, settings, progress)
+
+
+def _tokenizer(settings: dict[str, Any]):
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(settings["tokenizer"] or settings["model"])
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def _base_model(settings: dict[str, Any], tokenizer: Any):
+    from transformers import AutoModelForCausalLM
+
+    from harness.models import load_config
+
+    if not settings.get("random_weights"):
+        return AutoModelForCausalLM.from_pretrained(settings["model"])
+    config = load_config(settings["model"])
+    config.vocab_size = max(config.vocab_size, len(tokenizer))
+    return AutoModelForCausalLM.from_config(config)
+
+
+def _serving(artifact: Artifact, settings: dict[str, Any]) -> None:
+    """Put the model on its device in the serving dtype, once per artifact."""
+    if "serving_model" in artifact.state:
+        return
+    from harness.models import pick_dtype
+
+    device = artifact.state["device"]
+    dtype = pick_dtype(device)
+    artifact.state["serving_model"] = artifact.state["model"].to(device=device, dtype=dtype).eval()
+    artifact.info["serving_dtype"] = str(dtype).removeprefix("torch.")
+    artifact.info["predict_batch_size"] = settings["predict_batch_size"] or (64 if device.startswith("cuda") else 16)
+
+
+def _left_padded(rows: list[list[int]], pad: int, device: str):
+    """A left-padded batch with position ids that start at 0 on every row's first real token, so a
+    padded row computes exactly what it would alone."""
+    import torch
+
+    width = max(len(r) for r in rows)
+    input_ids = torch.full((len(rows), width), pad, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, row in enumerate(rows):
+        input_ids[i, width - len(row) :] = torch.tensor(row)
+        mask[i, width - len(row) :] = 1
+    positions = (mask.cumsum(-1) - 1).clamp(min=0)
+    return input_ids.to(device), mask.to(device), positions.to(device)
+
+
+def _classify(task: Task, artifact: Artifact, examples: list[Example], settings: dict[str, Any], progress: Any) -> list[Prediction]:
+    import torch
+
+    from harness.models import length_buckets
+
+    model, prompter, device = artifact.state["serving_model"], artifact.state["prompter"], artifact.state["device"]
+    reserve = max(len(ids) for ids in prompter.answer_ids) + len(prompter.end_ids)
+    prompts = []
+    for ex in examples:
+        ids, cut = prompter.prompt_ids(ex.text, reserve=reserve)
+        prompts.append(ids)
+        if cut:
+            artifact.state["truncated"].add(ex.id)
+    artifact.info["truncated_predict"] = len(artifact.state["truncated"])
+    batch_size = artifact.info.get("predict_batch_size") or settings["predict_batch_size"] or 16
+    batches = length_buckets([len(p) for p in prompts], batch_size)
+    if progress is not None:
+        batches = progress.track(batches, "predict", total=len(examples), weight=len)
+    predictions: list[Prediction | None] = [None] * len(examples)
+    pad = artifact.state["tokenizer"].pad_token_id
+    with torch.inference_mode():
+        for batch in batches:
+            if settings["scoring"] == "letter":
+                log_probs = _letter_scores(model, [prompts[i] for i in batch], prompter, pad, device)
+            else:
+                log_probs = [_likelihood_scores(model, prompts[i], prompter, device) for i in batch]
+            for i, scores in zip(batch, log_probs):
+                probabilities = torch.tensor(scores).softmax(-1).tolist()
+                named = dict(zip(task.labels, probabilities))
+                predictions[i] = Prediction(label=max(named, key=named.__getitem__), scores=named)
+    return predictions  # type: ignore[return-value]
+
+
+def _letter_scores(model: Any, prompts: list[list[int]], prompter: Prompter, pad: int, device: str) -> list[list[float]]:
+    """One forward pass; only the last position's logits, and of those only the option tokens."""
+    input_ids, mask, positions = _left_padded(prompts, pad, device)
+    logits = model(input_ids=input_ids, attention_mask=mask, position_ids=positions, logits_to_keep=1).logits[:, -1]
+    option_tokens = [ids[0] for ids in prompter.answer_ids]
+    return logits.float().log_softmax(-1)[:, option_tokens].tolist()
+
+
+def _likelihood_scores(model: Any, prompt: list[int], prompter: Prompter, device: str) -> list[float]:
+    """Summed log-probability of each answer after the prompt; the prompt runs once and its KV cache
+    is shared by all answers, which run together as one batch."""
+    import torch
+
+    answers = prompter.answer_ids
+    out = model(input_ids=torch.tensor([prompt], device=device), use_cache=True, logits_to_keep=1)
+    first = out.logits[0, -1].float().log_softmax(-1)
+    cache = out.past_key_values
+    cache.batch_repeat_interleave(len(answers))
+    width = max(len(a) for a in answers)
+    tokens = torch.zeros((len(answers), width), dtype=torch.long, device=device)
+    answer_mask = torch.zeros((len(answers), width), dtype=torch.long, device=device)
+    for i, ids in enumerate(answers):
+        tokens[i, : len(ids)] = torch.tensor(ids)
+        answer_mask[i, : len(ids)] = 1
+    mask = torch.cat([torch.ones((len(answers), len(prompt)), dtype=torch.long, device=device), answer_mask], dim=1)
+    positions = torch.arange(len(prompt), len(prompt) + width, device=device).expand(len(answers), -1)
+    logits = model(input_ids=tokens, attention_mask=mask, position_ids=positions, past_key_values=cache).logits
+    log_probs = logits.float().log_softmax(-1)
+    scores = []
+    for i, ids in enumerate(answers):
+        score = first[ids[0]].item()
+        for t in range(1, len(ids)):
+            score += log_probs[i, t - 1, ids[t]].item()
+        scores.append(score)
+    return scores
+
+
+def _extract(artifact: Artifact, examples: list[Example], settings: dict[str, Any], progress: Any) -> list[Prediction]:
+    """Greedy generation until the end of the turn, one batch at a time; the answer must be a JSON object."""
+    import torch
+
+    from harness.models import length_buckets
+
+    model, prompter, device = artifact.state["serving_model"], artifact.state["prompter"], artifact.state["device"]
+    tokenizer = artifact.state["tokenizer"]
+    prompts = [prompter.prompt_ids(ex.text, reserve=settings["max_new_tokens"])[0] for ex in examples]
+    batches = length_buckets([len(p) for p in prompts], artifact.info["predict_batch_size"])
+    predictions: list[Prediction | None] = [None] * len(examples)
+    with torch.inference_mode():
+        for batch in progress.track(batches, "generate", total=len(examples), weight=len):
+            input_ids, mask, _ = _left_padded([prompts[i] for i in batch], tokenizer.pad_token_id, device)
+            out = model.generate(
+                input_ids=input_ids, attention_mask=mask, max_new_tokens=settings["max_new_tokens"], do_sample=False,
+                eos_token_id=prompter.end_ids or None, pad_token_id=tokenizer.pad_token_id,
+            )
+            for row, i in enumerate(batch):
+                raw = tokenizer.decode(out[row, input_ids.shape[1] :], skip_special_tokens=True).strip()
+                predictions[i] = Prediction(fields=parse_fields(raw), raw=raw)
+    return predictions  # type: ignore[return-value]
+
+
+def parse_fields(raw: str) -> dict[str, str] | None:
+    """The JSON object in a generated answer, or None when there is none (a wrong answer, not a crash)."""
+    try:
+        value = json.loads(raw)
+    except json.JSONDecodeError:
+        return None
+    if not isinstance(value, dict):
+        return None
+    return {str(k): "" if v is None else str(v) for k, v in value.items()}

@@ -1,0 +1,117 @@
+"""The qwen plugin on a tiny Qwen3 with the real Qwen3 tokenizer: prompts, scoring, truncation, zero-shot,
+extraction by generation."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+import harness_plugins.qwen as qwen
+from harness.plugins import load_plugins
+from harness.progress import SILENT
+from harness.runner import without_answers
+from harness.spec import load_spec
+from harness.testing import TINY_TASK, check_plugin, tiny_dataset
+from harness.types import Example, Task
+
+FAST = {"num_train_epochs": 6.0, "learning_rate": 3e-3, "per_device_train_batch_size": 8,
+        "gradient_accumulation_steps": 1, "eval_steps": 0.25}
+
+
+def settings_for(model: Path, **extra) -> dict:
+    return {**qwen.DEFAULTS, "model": str(model), **FAST, **extra, "random_weights": False}
+
+
+def test_tiny_qwen_passes_the_conformance_kit(tmp_path, tiny_qwen):
+    record = check_plugin(qwen, tmp_path=tmp_path, settings={"model": str(tiny_qwen), **FAST})
+    assert record.metrics["accuracy"] >= 0.7, record.train_log
+    losses = [e["loss"] for e in record.train_log if "loss" in e]
+    assert losses[-1] < losses[0] / 2
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, tiny_qwen):
+    plugins = load_plugins(entry_points=False)
+    plugins.register(qwen, "qwen")
+    train, test = tiny_dataset()
+    settings = settings_for(tiny_qwen)
+    artifact = plugins.call("qwen", "harness_train", task=TINY_TASK, train=train, validation=train[-6:],
+                            settings=settings, workdir=tmp_path_factory.mktemp("qwen-work"), progress=SILENT)
+    return plugins, artifact, settings, without_answers(test), test
+
+
+def test_letter_and_likelihood_scoring_agree(trained):
+    plugins, artifact, settings, test, gold = trained
+    letter = plugins.call("qwen", "harness_predict", task=TINY_TASK, artifact=artifact, examples=test,
+                          settings=settings, progress=SILENT)
+    likelihood = plugins.call("qwen", "harness_predict", task=TINY_TASK, artifact=artifact, examples=test,
+                              settings={**settings, "scoring": "likelihood"}, progress=SILENT)
+    assert [p.label for p in letter] == [p.label for p in likelihood]
+    for a, b in zip(letter, likelihood):
+        for label in TINY_TASK.labels:
+            assert a.scores[label] == pytest.approx(b.scores[label], abs=1e-4)
+    assert sum(p.label == ex.label for p, ex in zip(letter, gold)) / len(gold) >= 0.5  # chance: 1/3
+
+
+def test_multi_token_answers_need_likelihood_scoring(trained, tiny_qwen, tmp_path):
+    plugins, artifact, settings, test, _ = trained
+    by_label = {**settings, "answer": "label", "scoring": "likelihood"}
+    prompter = qwen.Prompter(TINY_TASK, artifact.state["tokenizer"], by_label)
+    assert [len(ids) for ids in prompter.answer_ids] == [1, 1, 1] or any(len(ids) > 1 for ids in prompter.answer_ids)
+    task = Task("classification", ("World", "Sports", "Business", "Sci/Tech"),
+                option_labels=("World", "Sports", "Business", "Science/Technology"))
+    prompter = qwen.Prompter(task, artifact.state["tokenizer"], by_label)
+    assert len(prompter.answer_ids[3]) > 1  # "Science/Technology" is several tokens
+    with pytest.raises(ValueError, match="use scoring: likelihood"):
+        qwen.check_letter_scoring(prompter)
+    # Scoring several-token answers through the shared KV cache gives a finite score per option.
+    artifact.state["prompter"] = prompter
+    scores = qwen._likelihood_scores(artifact.state["serving_model"], prompter.prompt_ids("Rain again", 8)[0], prompter, "cpu")
+    assert len(scores) == 4 and all(s < 0 for s in scores)
+
+
+def test_prompt_uses_the_chat_template_without_thinking_and_truncates_only_the_article(tiny_qwen):
+    from transformers import AutoTokenizer
+
+    spec = load_spec("agnews")
+    tokenizer = AutoTokenizer.from_pretrained(tiny_qwen)
+    prompter = qwen.Prompter(spec.to_task(), tokenizer, {**qwen.DEFAULTS, "max_length": 120})
+    short, cut = prompter.prompt_ids("Stocks rise.", reserve=2)
+    text = tokenizer.decode(short)
+    assert not cut
+    assert text.startswith("<|im_start|>user\nPlease read the following news article")
+    assert "D. Science/Technology\n\nAnswer:/no_think<|im_end|>\n<|im_start|>assistant\n<think>\n\n</think>\n\n" in text
+    assert tokenizer.decode(prompter.answer_ids[2]) == "C"
+    long, cut = prompter.prompt_ids("word " * 500, reserve=2)
+    assert cut and len(long) <= 118
+    assert tokenizer.decode(long).endswith("D. Science/Technology\n\nAnswer:/no_think<|im_end|>\n<|im_start|>assistant\n<think>\n\n</think>\n\n")
+
+
+def test_zero_shot_trains_nothing_and_still_predicts(tiny_qwen, tmp_path):
+    plugins = load_plugins(entry_points=False)
+    plugins.register(qwen, "qwen")
+    train, test = tiny_dataset(n_train=6, n_test=5)
+    settings = settings_for(tiny_qwen, num_train_epochs=0.0)
+    artifact = plugins.call("qwen", "harness_train", task=TINY_TASK, train=train, validation=[], settings=settings,
+                            workdir=tmp_path, progress=SILENT)
+    assert artifact.path is None and "train_samples" not in artifact.info
+    predictions = plugins.call("qwen", "harness_predict", task=TINY_TASK, artifact=artifact,
+                               examples=without_answers(test), settings=settings, progress=SILENT)
+    assert len(predictions) == 5 and all(p.label in TINY_TASK.labels for p in predictions)
+
+
+def test_extraction_generates_and_an_answer_that_is_not_json_is_wrong_not_a_crash(tiny_qwen, tmp_path):
+    plugins = load_plugins(entry_points=False)
+    plugins.register(qwen, "qwen")
+    task = Task("extraction", fields=("name", "phone"), prompt="Extract name and phone as JSON: {text}{options}")
+    settings = settings_for(tiny_qwen, num_train_epochs=0.0, max_new_tokens=6)
+    artifact = plugins.call("qwen", "harness_train", task=task, train=[], validation=[], settings=settings,
+                            workdir=tmp_path, progress=SILENT)
+    examples = [Example("1", "13800000000 Zhang San"), Example("2", "Li Si 13900000000, Beijing")]
+    predictions = plugins.call("qwen", "harness_predict", task=task, artifact=artifact, examples=examples,
+                               settings=settings, progress=SILENT)
+    assert len(predictions) == 2 and all(isinstance(p.raw, str) for p in predictions)
+    assert all(p.fields is None or isinstance(p.fields, dict) for p in predictions)
+    assert qwen.parse_fields('{"name": "Zhang San", "phone": 13800000000}') == {"name": "Zhang San", "phone": "13800000000"}
+    assert qwen.parse_fields("name: Zhang San") is None and qwen.parse_fields("[1, 2]") is None
