@@ -66,10 +66,10 @@ def test_plugins_lists_builtins_and_third_party_and_warns_once_for_a_broken_one(
 
 def test_safe_mode_loads_no_third_party_plugin_but_keeps_builtins(cli):
     result = cli("plugins", "--json", env={"HARNESS_LOAD_PLUGINS": ""})
-    assert {row["name"] for row in json.loads(result.stdout)} == {"bert", "metrics"}
+    assert {row["name"] for row in json.loads(result.stdout)} == {"bert", "metrics", "qwen"}
     assert result.stderr == ""
     only = cli("plugins", "--json", env={"HARNESS_LOAD_PLUGINS": "naive-bayes"})
-    assert {row["name"] for row in json.loads(only.stdout)} == {"bert", "metrics", "naive-bayes"}
+    assert {row["name"] for row in json.loads(only.stdout)} == {"bert", "metrics", "qwen", "naive-bayes"}
 
 
 def test_listing_and_help_import_no_torch():
