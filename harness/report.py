@@ -153,6 +153,10 @@ def comparison_table(comparison: Comparison):
         table.add_row(run.approach, status, *cells)
         if run.status == "failed":
             notes.append(f"[red]{run.approach}[/]: {run.error}")
+    for run in ranked:
+        cut_train, cut_test = run.model.get("truncated_train", 0), run.model.get("truncated_predict", 0)
+        if cut_train or cut_test:
+            notes.append(f"{run.approach}: articles cut to fit max_length in {cut_train} training and {cut_test} test prompts")
     if any(r.random_weights for r in comparison.runs):
         notes.append("† random weights (--random-weights): quality is meaningless; speed and memory are real")
     sources = {r.environment.get("validation_source") for r in ranked}

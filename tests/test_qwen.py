@@ -66,7 +66,7 @@ def test_multi_token_answers_need_likelihood_scoring(trained, tiny_qwen, tmp_pat
     with pytest.raises(ValueError, match="use scoring: likelihood"):
         qwen.check_letter_scoring(prompter)
     # Scoring several-token answers through the shared KV cache gives a finite score per option.
-    artifact.state["prompter"] = prompter
+    qwen._serving(artifact, settings)
     scores = qwen._likelihood_scores(artifact.state["serving_model"], prompter.prompt_ids("Rain again", 8)[0], prompter, "cpu")
     assert len(scores) == 4 and all(s < 0 for s in scores)
 
@@ -115,3 +115,34 @@ def test_extraction_generates_and_an_answer_that_is_not_json_is_wrong_not_a_cras
     assert all(p.fields is None or isinstance(p.fields, dict) for p in predictions)
     assert qwen.parse_fields('{"name": "Zhang San", "phone": 13800000000}') == {"name": "Zhang San", "phone": "13800000000"}
     assert qwen.parse_fields("name: Zhang San") is None and qwen.parse_fields("[1, 2]") is None
+
+
+def test_likelihood_with_a_shared_kv_cache_equals_scoring_each_full_sequence(trained):
+    import torch
+
+    _, artifact, settings, _, _ = trained
+    task = Task("classification", ("World", "Sports", "Business", "Sci/Tech"),
+                option_labels=("World", "Sports", "Business", "Science/Technology"))
+    prompter = qwen.Prompter(task, artifact.state["tokenizer"], {**settings, "answer": "label"})
+    qwen._serving(artifact, settings)
+    model = artifact.state["serving_model"]
+    prompt = prompter.prompt_ids("Rain again over the stadium", 8)[0]
+    cached = qwen._likelihood_scores(model, prompt, prompter, "cpu")
+    with torch.inference_mode():
+        for answer, score in zip(prompter.answer_ids, cached):
+            ids = torch.tensor([prompt + answer])
+            log_probs = model(input_ids=ids).logits[0].float().log_softmax(-1)
+            full = sum(log_probs[len(prompt) - 1 + t, token].item() for t, token in enumerate(answer))
+            assert score == pytest.approx(full, abs=1e-4)
+
+
+def test_random_weights_build_the_shipped_qwen3_0_6b_architecture(tiny_qwen):
+    import torch
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_qwen)
+    with torch.device("meta"):  # shapes only: no 2.4 GB of fp32 weights in a unit test
+        model = qwen._base_model({**qwen.DEFAULTS, "random_weights": True}, tokenizer)
+    assert model.config.num_hidden_layers == 28 and model.config.vocab_size == 151936
+    # Qwen3-0.6B: 596M parameters with tied input and output embeddings.
+    assert sum(p.numel() for p in model.parameters()) == pytest.approx(596_049_920, rel=1e-3)
