@@ -22,7 +22,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     cmp = commands.add_parser("compare", help="train, predict and score approaches on one spec, then print the table")
-    cmp.add_argument("--plugins", required=True, help="approaches to compare, by name (see `harness plugins`): bert,my-approach")
+    cmp.add_argument("--plugins", required=True, help="approaches to compare, by name (see `harness plugins`): bert,qwen")
     cmp.add_argument("--spec", required=True, help="a spec name (see `harness specs`) or a YAML file")
     cmp.add_argument("--data", help="local files instead of the spec's dataset: train=PATH,test=PATH (JSONL or CSV)")
     cmp.add_argument("--set", dest="overrides", action="append", default=[], metavar="PLUGIN.KEY=VALUE",

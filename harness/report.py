@@ -85,6 +85,12 @@ def _duration(seconds: float | None) -> str:
     return f"{seconds / 60:.1f} min"
 
 
+def _rate(value: float | None) -> str:
+    if value is None:
+        return "-"
+    return f"{value:,.0f}" if value >= 100 else f"{value:.1f}"
+
+
 def _mb(value: float | None) -> str:
     return "-" if value is None else f"{value:,.0f} MB"
 
@@ -103,10 +109,10 @@ def _columns(metrics: list[str]) -> list[Column]:
     ]
     return quality + [
         ("Train", lambda r: r.speed.get("train_seconds"), _duration, -1),
-        ("Predict /s", lambda r: r.speed.get("predict_samples_per_s"), lambda v: "-" if v is None else f"{v:,.0f}", +1),
+        ("Predict /s", lambda r: r.speed.get("predict_samples_per_s"), _rate, +1),
         ("p50 ms", lambda r: r.speed.get("latency_p50_ms"), lambda v: "-" if v is None else f"{v:.1f}", -1),
         ("p95 ms", lambda r: r.speed.get("latency_p95_ms"), lambda v: "-" if v is None else f"{v:.1f}", -1),
-        ("Req/s", lambda r: r.speed.get("requests_per_s"), lambda v: "-" if v is None else f"{v:,.1f}", +1),
+        ("Req/s", lambda r: r.speed.get("requests_per_s"), _rate, +1),
         ("Peak RSS", lambda r: _max(r.memory.get("train_rss_peak_mb"), r.memory.get("predict_rss_peak_mb")), _mb, -1),
         ("Peak GPU", lambda r: _max(r.memory.get("train_gpu_peak_mb"), r.memory.get("predict_gpu_peak_mb")), _mb, -1),
         ("Params", lambda r: r.model.get("parameters"), _params, 0),

@@ -226,15 +226,18 @@ def _tokenizer(settings: dict[str, Any]):
 
 
 def _base_model(settings: dict[str, Any], tokenizer: Any):
+    """fp32 weights to train (the Trainer adds bf16 autocast on CUDA); serving casts to bf16 on CUDA.
+    Qwen3's checkpoint and config say bfloat16, which on CPU would mean training in bf16."""
+    import torch
     from transformers import AutoModelForCausalLM
 
     from harness.models import load_config
 
     if not settings.get("random_weights"):
-        return AutoModelForCausalLM.from_pretrained(settings["model"])
+        return AutoModelForCausalLM.from_pretrained(settings["model"], dtype=torch.float32)
     config = load_config(settings["model"])
     config.vocab_size = max(config.vocab_size, len(tokenizer))
-    return AutoModelForCausalLM.from_config(config)
+    return AutoModelForCausalLM.from_config(config, dtype=torch.float32)
 
 
 def _serving(artifact: Artifact, settings: dict[str, Any]) -> None:
