@@ -36,6 +36,24 @@ def build_parser() -> argparse.ArgumentParser:
     cmp.add_argument("--json", type=Path, help="also write the comparison as JSON to this file")
     cmp.add_argument("--store", type=Path, help="results store directory (default: $HARNESS_HOME or .harness)")
 
+    bch = commands.add_parser("bench", help="serving speed of one approach: batch sizes, latency, requests/s under load")
+    bch.add_argument("--plugin", required=True, help="the approach to measure")
+    bch.add_argument("--spec", required=True, help="a spec name or YAML file (its test split is the request sample)")
+    source = bch.add_mutually_exclusive_group(required=True)
+    source.add_argument("--run", help="a stored run id (from compare --json or report) whose trained model to serve")
+    source.add_argument("--random-weights", action="store_true", help="an untrained model built from its config")
+    bch.add_argument("--data", help="local files instead of the spec's dataset: train=PATH,test=PATH")
+    bch.add_argument("--set", dest="overrides", action="append", default=[], metavar="PLUGIN.KEY=VALUE")
+    bch.add_argument("--limit-test", type=int, default=256, help="requests sampled from the test split (default 256)")
+    bch.add_argument("--batch-sizes", default="1,8,32", help="throughput batch sizes (default 1,8,32)")
+    bch.add_argument("--rounds", type=int, default=3, help="timed rounds per batch size; the median is reported")
+    bch.add_argument("--latency-samples", type=int, default=50, help="requests timed one at a time (default 50)")
+    bch.add_argument("--concurrency", type=int, default=8, help="clients sending requests at once (default 8)")
+    bch.add_argument("--requests", type=int, default=200, help="requests sent under load (default 200)")
+    bch.add_argument("--max-wait-ms", type=float, default=5.0, help="how long the server waits to fill a batch")
+    bch.add_argument("--json", type=Path, help="also write the figures as JSON to this file")
+    bch.add_argument("--store", type=Path, help="results store directory (for --run)")
+
     rep = commands.add_parser("report", help="re-render a stored comparison (the newest by default)")
     rep.add_argument("comparison_id", nargs="?", help="a comparison id from an earlier compare")
     rep.add_argument("--json", type=Path, help="write the comparison as JSON to this file")
@@ -52,7 +70,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        return {"compare": cmd_compare, "report": cmd_report, "plugins": cmd_plugins, "specs": cmd_specs}[
+        return {"compare": cmd_compare, "bench": cmd_bench, "report": cmd_report, "plugins": cmd_plugins, "specs": cmd_specs}[
             args.command
         ](args)
     except UserError as exc:
@@ -100,6 +118,72 @@ def cmd_compare(args: argparse.Namespace) -> int:
     if args.json is not None:
         write_json(args.json, comparison_to_dict(comparison))
     return 1 if any(run.status == "failed" for run in comparison.runs) else 0
+
+
+def _positive(value: int, flag: str) -> int:
+    if value < 1:
+        raise UserError(f"must be at least 1, got {value}", where=flag)
+    return value
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from dataclasses import asdict
+
+    from harness import measure
+    from harness.bench import BenchResult, batch_throughput, bench_table, latency_row, served_requests
+    from harness.data import load_datasets, parse_data_option
+    from harness.plugins import load_plugins
+    from harness.progress import SILENT
+    from harness.runner import plan_settings, without_answers
+    from harness.spec import load_spec, parse_overrides
+    from harness.store import Store, write_json
+    from harness.types import Artifact
+
+    try:
+        batch_sizes = [_positive(int(b), "--batch-sizes") for b in args.batch_sizes.split(",") if b.strip()]
+    except ValueError:
+        raise UserError(f"expected sizes separated by commas, got {args.batch_sizes!r}", where="--batch-sizes") from None
+    for flag in ("rounds", "latency_samples", "concurrency", "requests"):
+        _positive(getattr(args, flag), "--" + flag.replace("_", "-"))
+    if args.json is not None and not args.json.parent.exists():
+        raise UserError("directory does not exist", where=str(args.json))
+    plugins = load_plugins()
+    spec = load_spec(args.spec)
+    overrides = parse_overrides(args.overrides)
+    settings = plan_settings(plugins, spec, [args.plugin], overrides)[args.plugin]
+    data = load_datasets(spec, data=parse_data_option(args.data) if args.data else None, limit_test=args.limit_test)
+    task = spec.to_task()
+    if args.run:
+        store = Store(args.store)
+        record = store.load_run(args.run)
+        if record.approach != args.plugin or record.status != "ok":
+            raise UserError(f"run {args.run} is a {record.approach} run ({record.status}); --plugin asks for a finished {args.plugin} run", where="--run")
+        # The run's own settings, with this command's --set on top.
+        settings = {**settings, **record.settings, **{key: settings[key] for key in overrides.get(args.plugin, {})}}
+        artifact = Artifact(path=store.run_dir(args.run) / "artifact" / "model")
+        source = f"run {args.run}"
+    else:
+        untrained = {**settings, "random_weights": True, "num_train_epochs": 0.0}
+        artifact = plugins.call(args.plugin, "harness_train", task=task, train=[], validation=[], settings=untrained,
+                                workdir=Path("."), progress=SILENT)
+        settings = untrained
+        source = "random weights"
+
+    def predict(examples, call_settings):
+        return plugins.call(args.plugin, "harness_predict", task=task, artifact=artifact, examples=examples,
+                            settings=call_settings, progress=SILENT)
+
+    examples = without_answers(data.test)
+    result = BenchResult(args.plugin, spec.name, source, len(examples))
+    result.throughput = [batch_throughput(predict, examples, settings, b, args.rounds) for b in batch_sizes]
+    result.latency = latency_row(predict, examples, settings, args.latency_samples)
+    result.served = served_requests(predict, examples, settings, concurrency=args.concurrency, requests=args.requests,
+                                    max_batch=max(batch_sizes), max_wait_ms=args.max_wait_ms)
+    result.environment = measure.environment(artifact.info.get("device"))
+    _console().print(bench_table(result))
+    if args.json is not None:
+        write_json(args.json, asdict(result))
+    return 0
 
 
 def cmd_report(args: argparse.Namespace) -> int:

@@ -51,10 +51,11 @@ def count_parameters(model: Any) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-def length_buckets(lengths: list[int], batch_size: int) -> list[list[int]]:
+def length_buckets(lengths: list[int], batch_size: int, by_length: bool = True) -> list[list[int]]:
     """Indices grouped into batches of similar length, longest first, so padding wastes little compute
-    and the largest batch runs first (an out-of-memory error comes at once, not at the end)."""
-    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
+    and the largest batch runs first (an out-of-memory error comes at once, not at the end).
+    ``by_length=False`` keeps file order: the baseline that bucketing is measured against."""
+    order = sorted(range(len(lengths)), key=lambda i: -lengths[i]) if by_length else list(range(len(lengths)))
     return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
 
 

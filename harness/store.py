@@ -110,7 +110,7 @@ class Store:
     def load_run(self, run_id: str) -> RunRecord:
         path = self.run_dir(run_id) / "record.json"
         if not path.is_file():
-            raise UserError(f"run {run_id} is indexed but its record is gone", where=str(path))
+            raise UserError(f"no stored run {run_id}", where=str(path))
         data = json.loads(path.read_text(encoding="utf-8"))
         return record_from_dict(data)
 

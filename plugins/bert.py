@@ -35,6 +35,7 @@ DEFAULTS: dict[str, Any] = {
     "tokenizer": "",  # empty: the model's own
     "max_length": 512,
     "predict_batch_size": 0,  # 0: 256 on CUDA; 64 on CPU, where it measured faster than 256 (MiniLM, 2 cores)
+    "bucket_by_length": True,  # False: predict in file order (the baseline bucketing is measured against)
     "device": "auto",
     "load_best_model_at_end": True,
     # length_buckets: batches of similar length in shuffled order (harness.models.length_bucket_order);
@@ -66,6 +67,12 @@ def harness_train(
     device = pick_device(settings["device"])
     tokenizer = _tokenizer(settings)
     labels = list(task.labels)
+    if settings["num_train_epochs"] == 0:  # an untrained head: for speed measurements only
+        model = _new_model(task, settings, tokenizer)
+        artifact = Artifact(path=None)
+        artifact.state.update(model=model.eval(), tokenizer=tokenizer, device=device)
+        describe_model(artifact, model, settings["model"], device)
+        return artifact
 
     def encode(examples: list[Example]) -> list[dict[str, Any]]:
         enc = tokenizer([ex.text for ex in examples], truncation=True, max_length=settings["max_length"])
@@ -112,7 +119,8 @@ def harness_predict(
 
     model, tokenizer, device = _loaded(artifact, settings)
     encoded = tokenizer([ex.text for ex in examples], truncation=True, max_length=settings["max_length"])["input_ids"]
-    batches = length_buckets([len(ids) for ids in encoded], artifact.info["predict_batch_size"])
+    batch_size = settings["predict_batch_size"] or artifact.info["predict_batch_size"]
+    batches = length_buckets([len(ids) for ids in encoded], batch_size, settings["bucket_by_length"])
     pad = tokenizer.pad_token_id or 0
     predictions: list[Prediction | None] = [None] * len(examples)
     with torch.inference_mode():

@@ -46,6 +46,7 @@ DEFAULTS: dict[str, Any] = {
     "think_prefix": "<think>\n\n</think>\n\n",  # written before the answer unless the template already does
     "max_new_tokens": 256,  # extraction
     "predict_batch_size": 0,  # 0: 64 on CUDA, 16 on CPU
+    "bucket_by_length": True,  # False: predict in file order (the baseline bucketing is measured against)
     "device": "auto",
     "load_best_model_at_end": True,
     "train_sampler": "length_buckets",
@@ -210,7 +211,7 @@ def answer_loss(model: Any, inputs: dict[str, Any]) -> Any:
 def harness_predict(
     task: Task, artifact: Artifact, examples: list[Example], settings: dict[str, Any], progress: Any
 ) -> list[Prediction]:
-    _serving(artifact, settings)
+    _serving(task, artifact, settings)
     if task.type == "extraction":
         return _extract(artifact, examples, settings, progress)
     return _classify(task, artifact, examples, settings, progress)
@@ -240,12 +241,21 @@ def _base_model(settings: dict[str, Any], tokenizer: Any):
     return AutoModelForCausalLM.from_config(config, dtype=torch.float32)
 
 
-def _serving(artifact: Artifact, settings: dict[str, Any]) -> None:
-    """Put the model on its device in the serving dtype, once per artifact."""
+def _serving(task: Task, artifact: Artifact, settings: dict[str, Any]) -> None:
+    """Put the model on its device in the serving dtype, once per artifact; a stored run's artifact
+    (a path alone) is loaded here."""
     if "serving_model" in artifact.state:
         return
-    from harness.models import pick_dtype
+    from harness.models import pick_device, pick_dtype
 
+    if "model" not in artifact.state:
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        tokenizer = AutoTokenizer.from_pretrained(str(artifact.path))
+        artifact.state.update(
+            model=AutoModelForCausalLM.from_pretrained(str(artifact.path)), tokenizer=tokenizer,
+            prompter=Prompter(task, tokenizer, settings), device=pick_device(settings["device"]), truncated=set(),
+        )
     device = artifact.state["device"]
     dtype = pick_dtype(device)
     artifact.state["serving_model"] = artifact.state["model"].to(device=device, dtype=dtype).eval()
@@ -282,8 +292,8 @@ def _classify(task: Task, artifact: Artifact, examples: list[Example], settings:
         if cut:
             artifact.state["truncated"].add(ex.id)
     artifact.info["truncated_predict"] = len(artifact.state["truncated"])
-    batch_size = artifact.info.get("predict_batch_size") or settings["predict_batch_size"] or 16
-    batches = length_buckets([len(p) for p in prompts], batch_size)
+    batch_size = settings["predict_batch_size"] or artifact.info.get("predict_batch_size") or 16
+    batches = length_buckets([len(p) for p in prompts], batch_size, settings["bucket_by_length"])
     if progress is not None:
         batches = progress.track(batches, "predict", total=len(examples), weight=len)
     predictions: list[Prediction | None] = [None] * len(examples)
@@ -347,7 +357,7 @@ def _extract(artifact: Artifact, examples: list[Example], settings: dict[str, An
     model, prompter, device = artifact.state["serving_model"], artifact.state["prompter"], artifact.state["device"]
     tokenizer = artifact.state["tokenizer"]
     prompts = [prompter.prompt_ids(ex.text, reserve=settings["max_new_tokens"])[0] for ex in examples]
-    batches = length_buckets([len(p) for p in prompts], artifact.info["predict_batch_size"])
+    batches = length_buckets([len(p) for p in prompts], settings["predict_batch_size"] or artifact.info["predict_batch_size"])
     predictions: list[Prediction | None] = [None] * len(examples)
     with torch.inference_mode():
         for batch in progress.track(batches, "generate", total=len(examples), weight=len):

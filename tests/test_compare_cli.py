@@ -118,3 +118,29 @@ def test_bert_and_qwen_compare_end_to_end_and_sft_learns_ag_news(cli, tiny_bert,
     assert qwen["metrics"]["accuracy"] > 0.35, qwen["metrics"]
     assert qwen["model"]["truncated_train"] == 0 and qwen["model"]["truncated_predict"] == 0
     assert "qwen" in result.stdout and "bert" in result.stdout
+
+
+def test_bench_serves_a_stored_run_and_random_weights(compared, workspace, tiny_qwen, ag_news_data):
+    tmp_path, cli = workspace
+    _, out = compared
+    bert_run = out["runs"][0]["run_id"]
+    small = ["--data", ag_news_data, "--limit-test", "48", "--batch-sizes", "1,16", "--rounds", "2",
+             "--latency-samples", "8", "--concurrency", "4", "--requests", "40"]
+    stored = cli("bench", "--plugin", "bert", "--spec", "agnews", "--run", bert_run, *small, "--json", "bench.json")
+    assert stored.returncode == 0, stored.stderr
+    result = json.loads((tmp_path / "bench.json").read_text())
+    assert result["source"] == f"run {bert_run}" and result["n_examples"] == 48
+    assert [row["batch_size"] for row in result["throughput"]] == [1, 16]
+    assert all(row["samples_per_s"] > 0 and row["rss_peak_mb"] > 50 for row in result["throughput"])
+    served = result["served"]
+    assert served["requests"] == 40 and served["concurrency"] == 4 and 1 <= served["mean_batch"] <= 16
+    assert result["latency"]["latency_samples"] == 8
+    assert "served" in stored.stdout and "throughput" in stored.stdout
+
+    fresh = cli("bench", "--plugin", "qwen", "--spec", "agnews", "--random-weights", "--set", f"qwen.model={tiny_qwen}",
+                *small, "--json", "bench-qwen.json")
+    assert fresh.returncode == 0, fresh.stderr
+    assert json.loads((tmp_path / "bench-qwen.json").read_text())["source"] == "random weights"
+
+    wrong = cli("bench", "--plugin", "qwen", "--spec", "agnews", "--run", bert_run, *small)
+    assert wrong.returncode == 2 and f"--run: run {bert_run} is a bert run (ok); --plugin asks for a finished qwen run" in wrong.stderr

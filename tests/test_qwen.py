@@ -66,7 +66,7 @@ def test_multi_token_answers_need_likelihood_scoring(trained, tiny_qwen, tmp_pat
     with pytest.raises(ValueError, match="use scoring: likelihood"):
         qwen.check_letter_scoring(prompter)
     # Scoring several-token answers through the shared KV cache gives a finite score per option.
-    qwen._serving(artifact, settings)
+    qwen._serving(TINY_TASK, artifact, settings)
     scores = qwen._likelihood_scores(artifact.state["serving_model"], prompter.prompt_ids("Rain again", 8)[0], prompter, "cpu")
     assert len(scores) == 4 and all(s < 0 for s in scores)
 
@@ -124,7 +124,7 @@ def test_likelihood_with_a_shared_kv_cache_equals_scoring_each_full_sequence(tra
     task = Task("classification", ("World", "Sports", "Business", "Sci/Tech"),
                 option_labels=("World", "Sports", "Business", "Science/Technology"))
     prompter = qwen.Prompter(task, artifact.state["tokenizer"], {**settings, "answer": "label"})
-    qwen._serving(artifact, settings)
+    qwen._serving(TINY_TASK, artifact, settings)
     model = artifact.state["serving_model"]
     prompt = prompter.prompt_ids("Rain again over the stadium", 8)[0]
     cached = qwen._likelihood_scores(model, prompt, prompter, "cpu")

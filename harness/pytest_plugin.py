@@ -1,0 +1,88 @@
+"""pytest plugin (entry point ``pytest11``): benchmark an approach's predict under pytest-benchmark.
+
+The ``harness_benchmark`` fixture trains (or builds with random weights) one approach on a spec's
+data, then times its predict over the test split with ``benchmark.pedantic``: warm-up rounds first,
+CUDA synchronised inside the timed call, one call per round. It returns the predictions so the test
+can assert on them, and stores samples/s, batch size, device and the data hash in ``extra_info``.
+See docs/benchmarking.md.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+
+@pytest.fixture
+def harness_benchmark(request: pytest.FixtureRequest, tmp_path: Path):
+    """``harness_benchmark(approach, spec, *, data=None, settings=None, ...)`` -> predictions.
+
+    :param approach: the approach's name, as for ``--plugins``.
+    :param spec: a spec name or YAML path.
+    :param data: ``{"train": PATH, "test": PATH}`` instead of the spec's dataset.
+    :param settings: setting overrides, as ``--set`` gives them (values may be typed).
+    :param limit_train: a stratified sample of the training split.
+    :param limit_test: a stratified sample of the test split: the benchmarked requests.
+    :param random_weights: build the model from its config, untrained (speed only).
+    :param rounds: timed rounds; pytest-benchmark reports their statistics.
+    :param warmup_rounds: untimed rounds first.
+    :param plugins: a :class:`harness.plugins.Plugins` to use instead of the installed plugins.
+    """
+    benchmark = request.getfixturevalue("benchmark")  # from pytest-benchmark
+
+    def run(
+        approach: str,
+        spec: str,
+        *,
+        data: dict[str, str] | None = None,
+        settings: dict[str, Any] | None = None,
+        limit_train: int | None = None,
+        limit_test: int | None = None,
+        random_weights: bool = False,
+        rounds: int = 5,
+        warmup_rounds: int = 1,
+        plugins: Any = None,
+    ):
+        from harness import measure
+        from harness.data import load_datasets
+        from harness.plugins import load_plugins
+        from harness.progress import SILENT
+        from harness.runner import plan_settings, without_answers
+        from harness.spec import load_spec
+
+        plugins = plugins or load_plugins()
+        loaded = load_spec(spec)
+        overrides = {approach: {k: str(v) for k, v in (settings or {}).items()}}
+        resolved = plan_settings(plugins, loaded, [approach], overrides)[approach]
+        datasets = load_datasets(loaded, data=data, limit_train=limit_train, limit_test=limit_test)
+        task = loaded.to_task()
+        call_settings = {**resolved, "random_weights": random_weights}
+        if random_weights:
+            call_settings["num_train_epochs"] = 0.0
+        artifact = plugins.call(approach, "harness_train", task=task, train=datasets.train, validation=datasets.validation,
+                                settings=call_settings, workdir=tmp_path, progress=SILENT)
+        examples = without_answers(datasets.test)
+
+        def predict():
+            predictions = plugins.call(approach, "harness_predict", task=task, artifact=artifact, examples=examples,
+                                       settings=call_settings, progress=SILENT)
+            measure.cuda_sync()
+            return predictions
+
+        predictions = benchmark.pedantic(predict, rounds=rounds, warmup_rounds=warmup_rounds, iterations=1)
+        benchmark.extra_info.update(
+            approach=approach,
+            samples=len(examples),
+            batch_size=call_settings.get("predict_batch_size") or artifact.info.get("predict_batch_size"),
+            device=measure.device_name(artifact.info.get("device")),
+            test_hash=datasets.test_hash,
+            random_weights=random_weights,
+        )
+        stats = getattr(benchmark, "stats", None)
+        if stats is not None and getattr(stats, "stats", None) is not None:
+            benchmark.extra_info["samples_per_s"] = len(examples) / stats.stats.median
+        return predictions
+
+    return run

@@ -1,0 +1,109 @@
+"""Predict throughput of every built-in approach on tiny models (pytest-benchmark), and gates that hold
+on a noisy machine because they compare two things measured in the same run.
+
+Normal runs pass --benchmark-disable (each benchmark runs once, untimed, and still asserts);
+docs/benchmarking.md has the commands that save a baseline and fail a slower change.
+"""
+
+from __future__ import annotations
+
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import AG_NEWS, MINILM, ROOT
+
+AG = {"train": str(AG_NEWS / "train.jsonl"), "test": str(AG_NEWS / "test.jsonl")}
+
+
+def test_bert_predict_throughput(harness_benchmark, tiny_bert):
+    predictions = harness_benchmark("bert", "agnews", data=AG, limit_train=64, limit_test=256,
+                                    settings={"model": tiny_bert, "num_train_epochs": 1}, rounds=5)
+    assert len(predictions) == 256 and all(p.label for p in predictions)
+
+
+def test_qwen_predict_throughput(harness_benchmark, tiny_qwen):
+    predictions = harness_benchmark("qwen", "agnews", data=AG, limit_train=64, limit_test=128,
+                                    settings={"model": tiny_qwen, "num_train_epochs": 1,
+                                              "per_device_train_batch_size": 16, "gradient_accumulation_steps": 1},
+                                    rounds=3)
+    assert len(predictions) == 128 and all(abs(sum(p.scores.values()) - 1) < 1e-4 for p in predictions)
+
+
+def test_length_buckets_beat_file_order_in_the_same_run(shared):
+    """Bucketing by length must be faster than file-order batches of the same model, measured interleaved."""
+    import harness_plugins.bert as bert
+    from harness.data import read_examples
+    from harness.progress import SILENT
+    from harness.runner import without_answers
+    from harness.spec import load_spec
+
+    task = load_spec("agnews").to_task()
+    examples = without_answers(read_examples(AG_NEWS / "test.jsonl", task, "text", "label", "fields")[:256])
+    settings = {**bert.DEFAULTS, "model": str(MINILM), "num_train_epochs": 0.0, "predict_batch_size": 64}
+    artifact = bert.harness_train(task=task, train=[], validation=[], settings=settings, workdir=Path("."), progress=SILENT)
+    timings: dict[bool, list[float]] = {True: [], False: []}
+    for by_length in (True, False):  # warm-up both paths
+        bert.harness_predict(task, artifact, examples[:64], {**settings, "bucket_by_length": by_length}, SILENT)
+    for _ in range(3):
+        for by_length in (True, False):
+            start = time.perf_counter()
+            bert.harness_predict(task, artifact, examples, {**settings, "bucket_by_length": by_length}, SILENT)
+            timings[by_length].append(time.perf_counter() - start)
+    ratio = statistics.median(timings[True]) / statistics.median(timings[False])
+    print(f"bucketed / file order = {ratio:.2f} ({timings})")
+    assert ratio < 0.9
+
+
+GATED_TEST = '''
+import os, time
+from harness import hookimpl
+from harness.plugins import load_plugins
+import harness_naive_bayes
+
+
+class InjectedSleep:
+    """Makes every predict call slower by SLOWDOWN seconds: the regression the gate must catch."""
+
+    @hookimpl(wrapper=True)
+    def harness_predict(self):
+        result = yield
+        time.sleep(float(os.environ.get("SLOWDOWN", "0")))
+        return result
+
+
+def test_naive_bayes_speed(harness_benchmark):
+    plugins = load_plugins(entry_points=False)
+    plugins.register(harness_naive_bayes, "naive-bayes")
+    plugins.register(InjectedSleep(), "injected-sleep")
+    predictions = harness_benchmark("naive-bayes", "agnews", data={"train": os.environ["TRAIN"], "test": os.environ["TEST"]},
+                                    limit_train=400, limit_test=200, plugins=plugins, rounds=7)
+    assert len(predictions) == 200
+'''
+
+
+def test_the_gate_fails_a_slowed_predict_and_passes_the_normal_code(tmp_path, plugin_site, shared):
+    (tmp_path / "test_gated.py").write_text(GATED_TEST)
+    storage = f"file://{tmp_path / 'benchmarks'}"
+    env = {**os.environ, "TRAIN": AG["train"], "TEST": AG["test"],
+           "PYTHONPATH": os.pathsep.join([str(plugin_site), str(ROOT), os.environ.get("PYTHONPATH", "")])}
+
+    def pytest_run(*args: str, slowdown: str = "0") -> subprocess.CompletedProcess:
+        return subprocess.run(
+            [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--rootdir", str(tmp_path),
+             f"--benchmark-storage={storage}", str(tmp_path / "test_gated.py"), *args],
+            cwd=tmp_path, env={**env, "SLOWDOWN": slowdown}, capture_output=True, text=True, timeout=300,
+        )
+
+    baseline = pytest_run("--benchmark-save=main")
+    assert baseline.returncode == 0, baseline.stdout + baseline.stderr
+    gate = ("--benchmark-compare=0001", "--benchmark-compare-fail=median:100%")
+    slowed = pytest_run(*gate, slowdown="0.25")
+    assert slowed.returncode != 0 and "Performance has regressed" in slowed.stdout + slowed.stderr, slowed.stdout
+    normal = pytest_run(*gate)
+    assert normal.returncode == 0, normal.stdout + normal.stderr
