@@ -58,6 +58,7 @@ def served_requests(
     lock = threading.Lock()
     sized = {**settings, "predict_batch_size": max_batch}
     stop = object()
+    failures: list[BaseException] = []
 
     def server() -> None:
         while True:
@@ -78,17 +79,23 @@ def served_requests(
                     inbox.put(stop)
                     break
                 batch.append(item)
-            predict([example for example, _ in batch], sized)
-            measure.cuda_sync()
-            batch_sizes.append(len(batch))
-            for _, done in batch:
-                done.set()
+            try:
+                predict([example for example, _ in batch], sized)
+                measure.cuda_sync()
+            except BaseException as exc:  # clients must not wait for ever on a failed batch
+                failures.append(exc)
+            finally:
+                batch_sizes.append(len(batch))
+                for _, done in batch:
+                    done.set()
 
     def client() -> None:
         while True:
             with lock:
                 index = next(next_index, None)
             if index is None:
+                return
+            if failures:
                 return
             done = threading.Event()
             start = time.perf_counter()
@@ -110,6 +117,8 @@ def served_requests(
         wall = time.perf_counter() - start
         inbox.put(stop)
         serving.join()
+    if failures:
+        raise failures[0]
     return {
         "concurrency": concurrency, "requests": requests, "max_batch": max_batch, "max_wait_ms": max_wait_ms,
         "requests_per_s": requests / wall, "latency_p50_ms": statistics.median(latencies),

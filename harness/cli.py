@@ -161,6 +161,9 @@ def cmd_bench(args: argparse.Namespace) -> int:
         # The run's own settings, with this command's --set on top.
         settings = {**settings, **record.settings, **{key: settings[key] for key in overrides.get(args.plugin, {})}}
         artifact = Artifact(path=store.run_dir(args.run) / "artifact" / "model")
+        if not artifact.path.is_dir():
+            raise UserError(f"run {args.run} kept no trained model (a zero-shot run?); use --random-weights or "
+                            "a run that trained", where="--run")
         source = f"run {args.run}"
     else:
         untrained = {**settings, "random_weights": True, "num_train_epochs": 0.0}

@@ -30,13 +30,15 @@ def train_with_trainer(
     collator: Any,
     compute_metrics: Callable[[Any], dict[str, float]] | None = None,
     evaluate: Callable[[Any], dict[str, float]] | None = None,
-    compute_loss: Callable[[Any, dict[str, Any]], Any] | None = None,
+    compute_loss: Callable[[Any, dict[str, Any], Any], Any] | None = None,
 ) -> tuple[Any, dict[str, Any]]:
     """Train ``model`` and return it (the best checkpoint when there is validation) with what to record.
 
     Either ``compute_metrics`` (the Trainer's, over eval logits) or ``evaluate`` (called with the
     model, returning metrics without the ``eval_`` prefix) supplies the validation metrics.
-    ``compute_loss(model, inputs)`` replaces the model's own loss.
+    ``compute_loss(model, inputs, num_items_in_batch)`` replaces the model's own loss; it must divide
+    by ``num_items_in_batch`` (the answer tokens in the whole accumulated batch) when that is given,
+    as the Trainer then does not divide by the gradient-accumulation steps.
     """
     import torch
     import transformers
@@ -99,7 +101,8 @@ def train_with_trainer(
         def compute_loss(self, model: Any, inputs: dict[str, Any], return_outputs: bool = False, num_items_in_batch: Any = None) -> Any:
             if compute_loss is None:
                 return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
-            return compute_loss(model, inputs)
+            loss = compute_loss(model, inputs, num_items_in_batch)
+            return (loss, None) if return_outputs else loss
 
         def evaluate(self, eval_dataset: Any = None, ignore_keys: Any = None, metric_key_prefix: str = "eval") -> dict[str, float]:
             if evaluate is None:

@@ -175,5 +175,6 @@ def _loaded(artifact: Artifact, settings: dict[str, Any]) -> tuple[Any, Any, str
         tokenizer = artifact.state.get("tokenizer") or AutoTokenizer.from_pretrained(str(artifact.path))
         artifact.state.update(serving_model=model.to(device=device, dtype=dtype).eval(), tokenizer=tokenizer, device=device)
         artifact.info["serving_dtype"] = str(dtype).removeprefix("torch.")
+        artifact.info["device"] = device
         artifact.info["predict_batch_size"] = settings["predict_batch_size"] or (256 if device.startswith("cuda") else 64)
     return artifact.state["serving_model"], artifact.state["tokenizer"], artifact.state["device"]

@@ -154,21 +154,32 @@ def harness_train(
         def encode(example: Example) -> dict[str, Any]:
             nonlocal truncated
             if task.type == "classification":
-                answer = prompter.answer_ids[task.labels.index(example.label)]
-            else:
-                answer = prompter.extraction_answer(example.fields or {})
-            answer = answer + prompter.end_ids
-            prompt, cut = prompter.prompt_ids(example.text, reserve=len(answer))
+                answer = prompter.answer_ids[task.labels.index(example.label)] + prompter.end_ids
+                reserve = len(answer)
+            else:  # the same room prediction leaves for generation, so prompts are cut alike
+                answer = prompter.extraction_answer(example.fields or {}) + prompter.end_ids
+                reserve = max(settings["max_new_tokens"], len(answer))
+            prompt, cut = prompter.prompt_ids(example.text, reserve=reserve)
             truncated += cut
             ids = prompt + answer
             return {"input_ids": ids, "attention_mask": [1] * len(ids), "labels": [-100] * len(prompt) + answer}
 
         def evaluate(current: Any) -> dict[str, float]:
             artifact.state["serving_model"] = current
-            predictions = _classify(task, artifact, validation, settings, None)
-            artifact.state.pop("serving_model")
+            artifact.info.setdefault("predict_batch_size", settings["predict_batch_size"] or 16)
+            try:
+                if task.type == "extraction":
+                    predictions = _extract(artifact, validation, settings, None)
+                    right = sum(p.fields == ex.fields for p, ex in zip(predictions, validation))
+                    return {"exact_match": right / len(validation)}
+                predictions = _classify(task, artifact, validation, settings, None)
+            finally:
+                artifact.state.pop("serving_model")
             metrics = classification_metrics(task.labels, [ex.label for ex in validation], [p.label for p in predictions])
             return {k: v for k, v in metrics.items() if isinstance(v, float)}
+
+        if task.type == "extraction":  # a record is right only if every field matches
+            settings = {**settings, "metric_for_best_model": "exact_match"}
 
         model, info = train_with_trainer(
             model=model,
@@ -181,7 +192,7 @@ def harness_train(
             progress=progress,
             device=device,
             collator=DataCollatorForSeq2Seq(tokenizer, label_pad_token_id=-100, padding=True),
-            evaluate=evaluate if task.type == "classification" else None,
+            evaluate=evaluate,
             compute_loss=answer_loss,
         )
         artifact.info.update(info, truncated_train=truncated)
@@ -193,18 +204,25 @@ def harness_train(
     return artifact
 
 
-def answer_loss(model: Any, inputs: dict[str, Any]) -> Any:
+def answer_loss(model: Any, inputs: dict[str, Any], num_items_in_batch: Any = None) -> Any:
     """Cross-entropy on the answer tokens, computing vocabulary logits only where there is an answer
-    token to predict: with a 151k-token vocabulary the full logits would cost far more than the model."""
+    token to predict: with a 151k-token vocabulary the full logits would cost far more than the model.
+
+    With ``num_items_in_batch`` (answer tokens in the whole accumulated batch) the sum is divided by it,
+    so gradient accumulation gives the same gradient as one large batch."""
     import torch
 
-    labels = inputs["labels"]
-    hidden = model.model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"]).last_hidden_state
+    labels, mask = inputs["labels"], inputs["attention_mask"]
+    positions = (mask.cumsum(-1) - 1).clamp(min=0)
+    hidden = model.model(input_ids=inputs["input_ids"], attention_mask=mask, position_ids=positions).last_hidden_state
     # Position t predicts token t + 1.
     targets = labels[:, 1:]
     where = targets != -100
     logits = model.lm_head(hidden[:, :-1][where])
-    return torch.nn.functional.cross_entropy(logits.float(), targets[where])
+    if num_items_in_batch is None:
+        return torch.nn.functional.cross_entropy(logits.float(), targets[where])
+    total = torch.nn.functional.cross_entropy(logits.float(), targets[where], reduction="sum")
+    return total / num_items_in_batch
 
 
 @hookimpl
@@ -258,7 +276,12 @@ def _serving(task: Task, artifact: Artifact, settings: dict[str, Any]) -> None:
         )
     device = artifact.state["device"]
     dtype = pick_dtype(device)
-    artifact.state["serving_model"] = artifact.state["model"].to(device=device, dtype=dtype).eval()
+    model = artifact.state["model"].to(device).eval()
+    # Cast parameters only: the rotary-embedding frequencies (buffers) stay fp32, as in training.
+    for parameter in model.parameters():
+        parameter.data = parameter.data.to(dtype)
+    artifact.state["serving_model"] = model
+    artifact.info["device"] = device
     artifact.info["serving_dtype"] = str(dtype).removeprefix("torch.")
     artifact.info["predict_batch_size"] = settings["predict_batch_size"] or (64 if device.startswith("cuda") else 16)
 
@@ -289,7 +312,7 @@ def _classify(task: Task, artifact: Artifact, examples: list[Example], settings:
     for ex in examples:
         ids, cut = prompter.prompt_ids(ex.text, reserve=reserve)
         prompts.append(ids)
-        if cut:
+        if cut and progress is not None:  # progress is None for evaluations during training
             artifact.state["truncated"].add(ex.id)
     artifact.info["truncated_predict"] = len(artifact.state["truncated"])
     batch_size = settings["predict_batch_size"] or artifact.info.get("predict_batch_size") or 16
@@ -324,7 +347,7 @@ def _likelihood_scores(model: Any, prompt: list[int], prompter: Prompter, device
     is shared by all answers, which run together as one batch."""
     import torch
 
-    answers = prompter.answer_ids
+    answers = [ids + prompter.end_ids for ids in prompter.answer_ids]  # the answer as trained, end of turn included
     out = model(input_ids=torch.tensor([prompt], device=device), use_cache=True, logits_to_keep=1)
     first = out.logits[0, -1].float().log_softmax(-1)
     cache = out.past_key_values
@@ -359,8 +382,10 @@ def _extract(artifact: Artifact, examples: list[Example], settings: dict[str, An
     prompts = [prompter.prompt_ids(ex.text, reserve=settings["max_new_tokens"])[0] for ex in examples]
     batches = length_buckets([len(p) for p in prompts], settings["predict_batch_size"] or artifact.info["predict_batch_size"])
     predictions: list[Prediction | None] = [None] * len(examples)
+    if progress is not None:
+        batches = progress.track(batches, "generate", total=len(examples), weight=len)
     with torch.inference_mode():
-        for batch in progress.track(batches, "generate", total=len(examples), weight=len):
+        for batch in batches:
             input_ids, mask, _ = _left_padded([prompts[i] for i in batch], tokenizer.pad_token_id, device)
             out = model.generate(
                 input_ids=input_ids, attention_mask=mask, max_new_tokens=settings["max_new_tokens"], do_sample=False,

@@ -47,10 +47,11 @@ def test_letter_and_likelihood_scoring_agree(trained):
                           settings=settings, progress=SILENT)
     likelihood = plugins.call("qwen", "harness_predict", task=TINY_TASK, artifact=artifact, examples=test,
                               settings={**settings, "scoring": "likelihood"}, progress=SILENT)
+    # Likelihood also scores the end-of-turn token after the letter; training made that near certain.
     assert [p.label for p in letter] == [p.label for p in likelihood]
     for a, b in zip(letter, likelihood):
         for label in TINY_TASK.labels:
-            assert a.scores[label] == pytest.approx(b.scores[label], abs=1e-4)
+            assert a.scores[label] == pytest.approx(b.scores[label], abs=0.05)
     assert sum(p.label == ex.label for p, ex in zip(letter, gold)) / len(gold) >= 0.5  # chance: 1/3
 
 
@@ -58,7 +59,8 @@ def test_multi_token_answers_need_likelihood_scoring(trained, tiny_qwen, tmp_pat
     plugins, artifact, settings, test, _ = trained
     by_label = {**settings, "answer": "label", "scoring": "likelihood"}
     prompter = qwen.Prompter(TINY_TASK, artifact.state["tokenizer"], by_label)
-    assert [len(ids) for ids in prompter.answer_ids] == [1, 1, 1] or any(len(ids) > 1 for ids in prompter.answer_ids)
+    tokenizer = artifact.state["tokenizer"]
+    assert [tokenizer.decode(ids) for ids in prompter.answer_ids] == ["sport", "weather", "food"]
     task = Task("classification", ("World", "Sports", "Business", "Sci/Tech"),
                 option_labels=("World", "Sports", "Business", "Science/Technology"))
     prompter = qwen.Prompter(task, artifact.state["tokenizer"], by_label)
@@ -130,6 +132,7 @@ def test_likelihood_with_a_shared_kv_cache_equals_scoring_each_full_sequence(tra
     cached = qwen._likelihood_scores(model, prompt, prompter, "cpu")
     with torch.inference_mode():
         for answer, score in zip(prompter.answer_ids, cached):
+            answer = answer + prompter.end_ids  # scored as trained: the end of turn too
             ids = torch.tensor([prompt + answer])
             log_probs = model(input_ids=ids).logits[0].float().log_softmax(-1)
             full = sum(log_probs[len(prompt) - 1 + t, token].item() for t, token in enumerate(answer))
@@ -146,3 +149,37 @@ def test_random_weights_build_the_shipped_qwen3_0_6b_architecture(tiny_qwen):
     assert model.config.num_hidden_layers == 28 and model.config.vocab_size == 151936
     # Qwen3-0.6B: 596M parameters with tied input and output embeddings.
     assert sum(p.numel() for p in model.parameters()) == pytest.approx(596_049_920, rel=1e-3)
+
+
+def test_answer_loss_under_gradient_accumulation_equals_one_large_batch(tiny_qwen):
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_qwen)
+    ids = torch.randint(0, 1000, (4, 12))
+    labels = torch.full_like(ids, -100)
+    labels[0, 8:] = ids[0, 8:]  # answers of different lengths: a mean per micro-batch would weigh them wrongly
+    labels[1, 11:] = ids[1, 11:]
+    labels[2, 6:] = ids[2, 6:]
+    labels[3, 10:] = ids[3, 10:]
+    mask = torch.ones_like(ids)
+    whole = qwen.answer_loss(model, {"input_ids": ids, "attention_mask": mask, "labels": labels})
+    items = int((labels[:, 1:] != -100).sum())
+    halves = sum(
+        qwen.answer_loss(model, {"input_ids": ids[s], "attention_mask": mask[s], "labels": labels[s]}, items)
+        for s in (slice(0, 2), slice(2, 4))
+    )
+    assert halves.item() == pytest.approx(whole.item(), rel=1e-5)
+
+
+def test_extraction_trains_with_validation_and_selects_on_exact_match(tiny_qwen, tmp_path):
+    plugins = load_plugins(entry_points=False)
+    plugins.register(qwen, "qwen")
+    task = Task("extraction", fields=("name", "phone"), prompt="Extract name and phone as JSON: {text}{options}")
+    rows = [Example(str(i), f"{n} 1380000{i:04d}", fields={"name": n, "phone": f"1380000{i:04d}"})
+            for i, n in enumerate(["Zhang San", "Li Si", "Wang Wu", "Zhao Liu"] * 3)]
+    settings = settings_for(tiny_qwen, num_train_epochs=2.0, max_new_tokens=12, eval_steps=0.5)
+    artifact = plugins.call("qwen", "harness_train", task=task, train=rows[:10], validation=rows[10:], settings=settings,
+                            workdir=tmp_path, progress=SILENT)
+    assert artifact.info["best_checkpoint"].startswith("checkpoint-")
+    assert 0.0 <= artifact.info["best_metric"] <= 1.0
