@@ -153,9 +153,6 @@ def bench_table(result: BenchResult):
 
 
 def latency_row(predict: Predict, examples: list[Example], settings: dict[str, Any], samples: int) -> dict[str, Any]:
-    import random
-
-    sample = random.Random(0).sample(examples, min(samples, len(examples)))
     with measure.PeakMemory() as memory:
-        latency = measure.batch1_latency(lambda ex: predict([ex], settings), sample)
+        latency = measure.sampled_batch1_latency(lambda ex: predict([ex], settings), examples, samples)
     return {**latency.summary(), "rss_peak_mb": memory.rss_peak_mb, "gpu_peak_mb": memory.gpu_peak_mb}

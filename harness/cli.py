@@ -166,9 +166,13 @@ def cmd_bench(args: argparse.Namespace) -> int:
                             "a run that trained", where="--run")
         source = f"run {args.run}"
     else:
+        import tempfile
+
         untrained = {**settings, "random_weights": True, "num_train_epochs": 0.0}
-        artifact = plugins.call(args.plugin, "harness_train", task=task, train=[], validation=[], settings=untrained,
-                                workdir=Path("."), progress=SILENT)
+        # An untrained build keeps nothing on disk that bench needs; a plugin's scratch files go away with it.
+        with tempfile.TemporaryDirectory(prefix="harness-bench-") as workdir:
+            artifact = plugins.call(args.plugin, "harness_train", task=task, train=[], validation=[],
+                                    settings=untrained, workdir=Path(workdir), progress=SILENT)
         settings = untrained
         source = "random weights"
 
@@ -213,7 +217,7 @@ def cmd_plugins(args: argparse.Namespace) -> int:
 
     plugins = load_plugins()
     rows: list[dict[str, Any]] = []
-    for name, plugin in sorted(plugins.pm.list_name_plugin()):
+    for name, _ in sorted(plugins.pm.list_name_plugin()):
         meta = plugins.meta.get(name)
         row: dict[str, Any] = {
             "name": name,

@@ -148,6 +148,14 @@ def on_gpu() -> bool:
     return torch is not None and torch.cuda.is_available() and torch.cuda.is_initialized()
 
 
+def sampled_batch1_latency(predict_one: Callable[[Any], object], items: Sequence[Any], samples: int) -> Latency:
+    """:func:`batch1_latency` on a seeded sample of ``samples`` items: the same requests for every approach,
+    in compare and in bench alike."""
+    import random
+
+    return batch1_latency(predict_one, random.Random(0).sample(list(items), min(samples, len(items))))
+
+
 def device_name(device: str | None = None) -> str:
     """The GPU's name when ``device`` (an approach's torch device) is a CUDA one, else the CPU's."""
     torch = _torch()

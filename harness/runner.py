@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import random
 import secrets
 import sys
 import traceback
@@ -203,8 +202,7 @@ def _measure(
     with measure.PeakMemory() as predict_memory:
         predict(test[: options.warmup_examples])  # warm-up: loads weights, first kernels, caches
         predictions, predict_seconds = measure.timed(lambda: predict(test, progress))
-        sample = random.Random(0).sample(test, min(options.latency_samples, len(test)))
-        latency = measure.batch1_latency(lambda ex: predict([ex]), sample)
+        latency = measure.sampled_batch1_latency(lambda ex: predict([ex]), test, options.latency_samples)
 
     train_samples = artifact.info.get("train_samples", 0)
     record.speed = {

@@ -66,7 +66,7 @@ class Store:
     def start_run(self, run_id: str) -> Path:
         """An empty directory for a run in progress; :meth:`finish_run` makes it permanent."""
         partial = self.root / "runs" / f"{run_id}.partial"
-        self.db  # creates the layout
+        _ = self.db  # opening the index creates the store's layout
         partial.mkdir(parents=True)
         return partial
 

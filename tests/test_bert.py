@@ -3,8 +3,6 @@ pretrained weights (MiniLM from ../shared) learning AG News."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 
 import harness_plugins.bert as bert

@@ -69,7 +69,7 @@ def test_identical_run_is_reused_and_report_rerenders_it(compared, workspace, ti
     assert [r["status"] for r in second["runs"]] == ["reused", "reused"]
     assert [r["run_id"] for r in second["runs"]] == [r["run_id"] for r in first["runs"]]
 
-    rerun = cli("compare", "--plugins", "naive-bayes", "--data", ag_news_data, *COMMON, "--rerun", "--json", "rerun.json")
+    cli("compare", "--plugins", "naive-bayes", "--data", ag_news_data, *COMMON, "--rerun", "--json", "rerun.json")
     assert json.loads((tmp_path / "rerun.json").read_text())["runs"][0]["status"] == "ok"
 
     report = cli("report", second["comparison_id"], "--json", "report.json")

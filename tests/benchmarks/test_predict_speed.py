@@ -14,8 +14,6 @@ import sys
 import time
 from pathlib import Path
 
-import pytest
-
 from conftest import AG_NEWS, MINILM, ROOT
 
 AG = {"train": str(AG_NEWS / "train.jsonl"), "test": str(AG_NEWS / "test.jsonl")}
