@@ -6,10 +6,10 @@ module imports torch or transformers.
 
 import pluggy
 
-from harness.types import ApproachInfo, Artifact, Example, Prediction, Task
+from harness.types import ApproachInfo, Artifact, Example, Prediction, Prompt, Serving, Task
 
 __version__ = "0.1.0"
 
 hookimpl = pluggy.HookimplMarker("harness")
 
-__all__ = ["ApproachInfo", "Artifact", "Example", "Prediction", "Task", "hookimpl", "__version__"]
+__all__ = ["ApproachInfo", "Artifact", "Example", "Prediction", "Prompt", "Serving", "Task", "hookimpl", "__version__"]

@@ -11,7 +11,7 @@ from typing import Any
 
 import pluggy
 
-from harness.types import ApproachInfo, Artifact, Comparison, Example, Prediction, RunRecord, Task
+from harness.types import ApproachInfo, Artifact, Comparison, Example, Prediction, RunRecord, Serving, Task
 
 hookspec = pluggy.HookspecMarker("harness")
 
@@ -44,12 +44,29 @@ def harness_train(
     :param train: the training examples, identical for every approach.
     :param validation: held-out examples for evaluation during training (may be empty).
     :param settings: the approach's defaults merged with the spec and ``--set`` overrides;
-        ``random_weights`` is True when the model must be built from its config without weights.
+        ``random_weights`` is True when the model must be built from its config without weights;
+        ``seed`` is the run's seed (Python, NumPy and torch are already seeded with it).
     :param workdir: an empty directory of this run's own, for checkpoints and the final model.
     :param progress: a :class:`harness.progress.RunProgress`: ``track()`` for progress bars,
-        ``log()`` for training log lines (step, epoch, loss, eval metrics).
-    :return: the trained artifact; zero-shot approaches return one without training.
-        Stops at first non-None result.
+        ``log()`` for training log lines (step, epoch, loss, eval metrics), ``phase()`` to time
+        ``load``, ``prepare``, ``train_loop``, ``evaluation`` and ``save`` separately.
+    :return: the trained artifact, its model saved under ``workdir`` (``Artifact.path``); zero-shot
+        approaches return one without training. Stops at first non-None result.
+    """
+
+
+@hookspec(firstresult=True)
+def harness_load(task: Task, artifact: Artifact, settings: dict[str, Any]) -> Serving | None:
+    """Make a trained artifact ready to serve: load it from ``artifact.path`` (or the base model, when
+    nothing was trained), move it to its device and cast it, keeping it in ``artifact.state``.
+
+    Optional. The core calls it once per measuring process, before any prediction is timed, and resets
+    the memory peaks after it: serving memory is the loaded model plus what predict needs.
+
+    :param task: as for train.
+    :param artifact: the stored artifact, ``state`` empty.
+    :param settings: as for predict.
+    :return: the device, dtype and default batch size it will serve with. Stops at first non-None result.
     """
 
 
@@ -64,9 +81,11 @@ def harness_predict(
     """Predict every example, batched as the approach sees fit.
 
     :param task: as for train.
-    :param artifact: what train returned; ``artifact.state`` caches loaded models between calls.
-    :param examples: the examples to predict (gold labels are present: never read them).
-    :param settings: as for train.
+    :param artifact: the stored artifact after ``harness_load``; ``artifact.state`` caches loaded
+        models between calls.
+    :param examples: the examples to predict, without their gold answers.
+    :param settings: as for train; ``predict_batch_size`` is the batch the core asks for (the setting,
+        or when that is 0 the batch ``harness_load`` reported).
     :param progress: as for train; ``track()`` draws a bar when the core wants one.
     :return: exactly one :class:`Prediction` per example, in the order given.
         Stops at first non-None result.

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from contextlib import contextmanager
 from typing import Any, Callable, Iterable, Iterator, TypeVar
 
@@ -26,6 +27,26 @@ class RunProgress:
     def __init__(self, console: Any = None, on_log: Callable[[dict[str, Any]], None] | None = None):
         self._console = console
         self._on_log = on_log
+        self.phases: dict[str, float] = {}
+        self._open: list[list[float]] = []  # per open phase: [seconds spent in phases nested inside it]
+
+    @contextmanager
+    def phase(self, name: str) -> Iterator[None]:
+        """Time the block as phase ``name`` (``load``, ``prepare``, ``train_loop``, ``evaluation``, ``save``).
+
+        Phases are exclusive: time in a phase nested inside another counts for the inner one only, so an
+        evaluation inside the training loop is not training time. A phase entered again adds up.
+        """
+        self._open.append([0.0])
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            elapsed = time.perf_counter() - start
+            nested = self._open.pop()[0]
+            self.phases[name] = self.phases.get(name, 0.0) + elapsed - nested
+            if self._open:
+                self._open[-1][0] += elapsed
 
     @contextmanager
     def bar(self, description: str, total: float | None) -> Iterator[Bar]:

@@ -10,7 +10,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from harness.errors import UserError
-from harness.types import Task
+from harness.types import Prompt, Task
 
 
 class _Strict(BaseModel):
@@ -85,7 +85,7 @@ class Spec(_Strict):
             type=self.task.type,
             labels=tuple(self.task.labels),
             fields=tuple(self.task.fields),
-            prompt=self.task.prompt,
+            prompt=Prompt(user=self.task.prompt) if self.task.prompt is not None else None,
             option_labels=tuple(self.task.option_labels or self.task.labels),
         )
 

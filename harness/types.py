@@ -29,47 +29,115 @@ class Prediction:
     ``label`` is None when the approach produced no valid label (counted as wrong).
     ``scores`` maps label names to probabilities where the approach has them.
     ``raw`` is the generated text, for approaches that generate.
+    Every value must be plain JSON (str, int, float, bool, None, lists, dicts): the store writes it as is,
+    after converting NumPy scalars and arrays.
     """
 
     label: str | None = None
     fields: dict[str, str] | None = None
     scores: dict[str, float] | None = None
     raw: str | None = None
+    truncated: bool = False  # the input was cut to fit the model: the table counts these
+
+
+@dataclass(frozen=True)
+class Prompt:
+    """How a prompted approach asks. Templates use ``{text}`` (the example) and ``{options}`` (the lettered
+    option list of a classification task, or the field names of an extraction task).
+
+    ``system`` and ``user`` are the messages of a chat model; ``raw`` is the whole prompt for a model without
+    a chat template (None: the system and user texts, joined by a blank line).
+    """
+
+    user: str
+    system: str | None = None
+    raw: str | None = None
+
+    def plain(self) -> str:
+        """The template for a model without a chat template."""
+        if self.raw is not None:
+            return self.raw
+        return f"{self.system}\n\n{self.user}" if self.system else self.user
 
 
 @dataclass(frozen=True)
 class Task:
-    """What is asked: the task type, its label names (classification) or field names (extraction), and prompts."""
+    """What is asked: the task type, its label names (classification) or field names (extraction), and the
+    prompt (the spec's, with this approach's overrides applied)."""
 
     type: TaskType
     labels: tuple[str, ...] = ()
     fields: tuple[str, ...] = ()
-    prompt: str | None = None
+    prompt: Prompt | None = None
     option_labels: tuple[str, ...] = ()
 
 
 @dataclass
 class Artifact:
-    """What train returns and predict receives.
+    """What train returns; load and predict receive it.
 
-    ``path`` is where the trained model lives on disk (None for zero-shot approaches).
-    ``state`` holds in-memory objects (a loaded model, a tokenizer) so that repeated predict calls,
-    as the latency measurement makes, load nothing twice. ``info`` is what the approach wants recorded:
-    ``parameters`` (int), ``model`` (str), ``dtype`` (str), ``device`` (str), ``notes`` (list of str).
+    The core keeps the typed fields in the run's ``artifact.json`` and serves a stored run by rebuilding
+    the Artifact from them with an empty ``state``: load and predict must work from ``path`` alone.
+    Training and measuring run in separate processes, so they always do.
+
+    - ``path``: the trained model, a file or directory inside ``workdir`` (None when nothing was trained,
+      as for a zero-shot approach, which then loads its base model from its settings).
+    - ``state``: in-memory objects (a loaded model, a tokenizer) so that repeated predict calls load nothing
+      twice. Never recorded.
+    - ``train_samples``: examples processed by the training loop (examples x epochs): samples/s comes
+      from it and the loop's own time.
+    - ``parameters``, ``model`` (the base model's name), ``dtype`` and ``device`` (of training).
+    - ``notes``: lines for the table's notes ("articles cut in 12 of 5,040 training prompts").
+    - ``info``: anything else worth recording (plain JSON values): best checkpoint, final loss, ...
     """
 
     path: Path | None = None
     state: dict[str, Any] = field(default_factory=dict, repr=False)
+    train_samples: float = 0
+    parameters: int | None = None
+    model: str = ""
+    dtype: str = ""
+    device: str = ""
+    notes: list[str] = field(default_factory=list)
     info: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
+class Serving:
+    """What ``harness_load`` reports about the model it made ready to serve.
+
+    ``batch_size`` is the batch predict uses when the settings ask for none (``predict_batch_size: 0``):
+    the core then asks for exactly this batch, and the table shows it.
+    """
+
+    device: str
+    dtype: str = ""
+    batch_size: int | None = None
+    notes: list[str] = field(default_factory=list)
+
+
+@dataclass
 class ApproachInfo:
-    """What an approach declares about itself through ``harness_describe``."""
+    """What an approach declares about itself through ``harness_describe``.
+
+    - ``settings``: every key a spec or ``--set`` may set, with its default (whose type is enforced).
+    - ``predict_settings``: the settings that change only how predict runs (batch size, scoring); changing
+      them measures the stored trained model again instead of training a new one.
+    - ``choices``: the allowed values of enumerated settings, checked before anything runs.
+    - ``serves``: for an engine, the approach whose trained model it serves (``bert-onnx`` serves ``bert``).
+      An engine has no train hook: the core trains the served approach once (or reuses its stored
+      training) and the engine loads and predicts from that artifact. All its own settings are predict settings.
+    - ``model_settings``: the settings that name a model (a hub id, a local directory or file). A run's
+      training identity holds each one's resolved hub revision or the content hash of the local files.
+    """
 
     task_types: tuple[TaskType, ...]
     settings: dict[str, Any]
     description: str = ""
+    predict_settings: tuple[str, ...] = ()
+    choices: dict[str, tuple[Any, ...]] = field(default_factory=dict)
+    serves: str | None = None
+    model_settings: tuple[str, ...] = ("model", "tokenizer")
 
 
 @dataclass

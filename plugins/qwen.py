@@ -71,7 +71,7 @@ class Prompter:
 
     def __init__(self, task: Task, tokenizer: Any, settings: dict[str, Any]):
         self.task, self.tokenizer, self.settings = task, tokenizer, settings
-        self.template = task.prompt or DEFAULT_PROMPT
+        self.template = task.prompt.user if task.prompt else DEFAULT_PROMPT
         option_labels = task.option_labels or task.labels
         self.options = "\n".join(f"{LETTERS[i]}. {label}" for i, label in enumerate(option_labels))
         self.use_chat = bool(settings["chat_template"] and getattr(tokenizer, "chat_template", None))

@@ -13,7 +13,7 @@ from harness.progress import SILENT
 from harness.runner import without_answers
 from harness.spec import load_spec
 from harness.testing import TINY_TASK, check_plugin, tiny_dataset
-from harness.types import Example, Task
+from harness.types import Example, Prompt, Task
 
 FAST = {"num_train_epochs": 6.0, "learning_rate": 3e-3, "per_device_train_batch_size": 8,
         "gradient_accumulation_steps": 1, "eval_steps": 0.25}
@@ -106,7 +106,7 @@ def test_zero_shot_trains_nothing_and_still_predicts(tiny_qwen, tmp_path):
 def test_extraction_generates_and_an_answer_that_is_not_json_is_wrong_not_a_crash(tiny_qwen, tmp_path):
     plugins = load_plugins(entry_points=False)
     plugins.register(qwen, "qwen")
-    task = Task("extraction", fields=("name", "phone"), prompt="Extract name and phone as JSON: {text}{options}")
+    task = Task("extraction", fields=("name", "phone"), prompt=Prompt(user="Extract name and phone as JSON: {text}{options}"))
     settings = settings_for(tiny_qwen, num_train_epochs=0.0, max_new_tokens=6)
     artifact = plugins.call("qwen", "harness_train", task=task, train=[], validation=[], settings=settings,
                             workdir=tmp_path, progress=SILENT)
@@ -175,7 +175,7 @@ def test_answer_loss_under_gradient_accumulation_equals_one_large_batch(tiny_qwe
 def test_extraction_trains_with_validation_and_selects_on_exact_match(tiny_qwen, tmp_path):
     plugins = load_plugins(entry_points=False)
     plugins.register(qwen, "qwen")
-    task = Task("extraction", fields=("name", "phone"), prompt="Extract name and phone as JSON: {text}{options}")
+    task = Task("extraction", fields=("name", "phone"), prompt=Prompt(user="Extract name and phone as JSON: {text}{options}"))
     rows = [Example(str(i), f"{n} 1380000{i:04d}", fields={"name": n, "phone": f"1380000{i:04d}"})
             for i, n in enumerate(["Zhang San", "Li Si", "Wang Wu", "Zhao Liu"] * 3)]
     settings = settings_for(tiny_qwen, num_train_epochs=2.0, max_new_tokens=12, eval_steps=0.5)

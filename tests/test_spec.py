@@ -19,7 +19,7 @@ def test_agnews_spec_carries_seed_000_bert_settings():
         "lr_scheduler_type": "cosine", "weight_decay": 1e-6, "eval_steps": 0.1,
     }
     task = spec.to_task()
-    assert "{text}" in task.prompt and "{options}" in task.prompt and task.prompt.endswith("Answer:/no_think")
+    assert "{text}" in task.prompt.user and "{options}" in task.prompt.user and task.prompt.user.endswith("Answer:/no_think")
     assert task.option_labels[3] == "Science/Technology"
 
 
