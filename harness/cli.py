@@ -31,7 +31,11 @@ def build_parser() -> argparse.ArgumentParser:
     cmp.add_argument("--limit-test", type=int, help="a stratified sample of N test examples")
     cmp.add_argument("--random-weights", action="store_true",
                      help="build models from their architecture config without weights: speed is real, quality is not")
-    cmp.add_argument("--rerun", action="store_true", help="train again even if the store has an identical run")
+    cmp.add_argument("--rerun", action="store_true",
+                     help="train and measure again even if the store has a run with the same identity")
+    cmp.add_argument("--launcher", choices=("process", "inline"), default="process",
+                     help="process (default): train and measure each approach in processes of their own; "
+                     "inline: in this process, for debugging a plugin")
     cmp.add_argument("--latency-samples", type=int, default=100, help="requests timed one at a time (default 100)")
     cmp.add_argument("--json", type=Path, help="also write the comparison as JSON to this file")
     cmp.add_argument("--store", type=Path, help="results store directory (default: $HARNESS_HOME or .harness)")
@@ -101,7 +105,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
     if args.latency_samples < 1:
         raise UserError(f"must be at least 1, got {args.latency_samples}", where="--latency-samples")
     spec = load_spec(args.spec)
-    settings = plan_settings(plugins, spec, approaches, parse_overrides(args.overrides))
+    plans = plan_settings(plugins, spec, approaches, parse_overrides(args.overrides))
     data = load_datasets(
         spec,
         data=parse_data_option(args.data) if args.data else None,
@@ -113,8 +117,9 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
     console = _console()
     plugins.pm.register(TerminalReporter(console, spec.metrics), name="terminal-reporter")
-    options = CompareOptions(random_weights=args.random_weights, rerun=args.rerun, latency_samples=args.latency_samples)
-    comparison = compare(plugins, spec, data, settings, Store(args.store), options, console)
+    options = CompareOptions(random_weights=args.random_weights, rerun=args.rerun, latency_samples=args.latency_samples,
+                             launcher=args.launcher)
+    comparison = compare(plugins, spec, data, plans, Store(args.store), options, console)
     if args.json is not None:
         write_json(args.json, comparison_to_dict(comparison))
     return 1 if any(run.status == "failed" for run in comparison.runs) else 0
@@ -136,8 +141,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     from harness.progress import SILENT
     from harness.runner import plan_settings, without_answers
     from harness.spec import load_spec, parse_overrides
-    from harness.store import Store, write_json
-    from harness.types import Artifact
+    from harness.store import Store, load_artifact, write_json
 
     try:
         batch_sizes = [_positive(int(b), "--batch-sizes") for b in args.batch_sizes.split(",") if b.strip()]
@@ -150,20 +154,25 @@ def cmd_bench(args: argparse.Namespace) -> int:
     plugins = load_plugins()
     spec = load_spec(args.spec)
     overrides = parse_overrides(args.overrides)
-    settings = plan_settings(plugins, spec, [args.plugin], overrides)[args.plugin]
+    plan = plan_settings(plugins, spec, [args.plugin], overrides)[args.plugin]
+    settings = plan.settings
     data = load_datasets(spec, data=parse_data_option(args.data) if args.data else None, limit_test=args.limit_test)
     task = spec.to_task()
     if args.run:
         store = Store(args.store)
         record = store.load_run(args.run)
-        if record.approach != args.plugin or record.status != "ok":
-            raise UserError(f"run {args.run} is a {record.approach} run ({record.status}); --plugin asks for a finished {args.plugin} run", where="--run")
-        # The run's own settings, with this command's --set on top.
-        settings = {**settings, **record.settings, **{key: settings[key] for key in overrides.get(args.plugin, {})}}
-        artifact = Artifact(path=store.run_dir(args.run) / "artifact" / "model")
-        if not artifact.path.is_dir():
-            raise UserError(f"run {args.run} kept no trained model (a zero-shot run?); use --random-weights or "
-                            "a run that trained", where="--run")
+        trained_in = record.training.get("trained_in")
+        trainer = record.training.get("identity", {}).get("approach")
+        if record.status != "ok" or plan.trainer != trainer or not trained_in:
+            raise UserError(f"run {args.run} is a {record.approach} run ({record.status}); --plugin asks for a finished run "
+                            f"trained by {plan.trainer}", where="--run")
+        # The run's own settings, with this command's --set on top (an engine's own settings from its defaults).
+        settings = {**settings, **record.settings, **{key: settings[key] for key in overrides.get(args.plugin, {})},
+                    **({key: settings[key] for key in plan.info.settings} if plan.info.serves else {})}
+        artifact_file = store.artifact_file(trained_in)
+        if not artifact_file.is_file():
+            raise UserError(f"run {trained_in} no longer has its trained model", where=str(artifact_file))
+        artifact = load_artifact(artifact_file)
         source = f"run {args.run}"
     else:
         import tempfile
@@ -175,6 +184,10 @@ def cmd_bench(args: argparse.Namespace) -> int:
                                     settings=untrained, workdir=Path(workdir), progress=SILENT)
         settings = untrained
         source = "random weights"
+    if plugins.implements(args.plugin, "harness_load"):
+        serving = plugins.call(args.plugin, "harness_load", task=task, artifact=artifact, settings=settings)
+        if serving is not None and serving.batch_size and not settings.get("predict_batch_size"):
+            settings = {**settings, "predict_batch_size": serving.batch_size}
 
     def predict(examples, call_settings):
         return plugins.call(args.plugin, "harness_predict", task=task, artifact=artifact, examples=examples,
@@ -186,7 +199,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     result.latency = latency_row(predict, examples, settings, args.latency_samples)
     result.served = served_requests(predict, examples, settings, concurrency=args.concurrency, requests=args.requests,
                                     max_batch=max(batch_sizes), max_wait_ms=args.max_wait_ms)
-    result.environment = measure.environment(artifact.info.get("device"))
+    result.environment = measure.environment(artifact.state.get("device") or artifact.device)
     _console().print(bench_table(result))
     if args.json is not None:
         write_json(args.json, asdict(result))

@@ -44,8 +44,8 @@ def harness_train(
     :param train: the training examples, identical for every approach.
     :param validation: held-out examples for evaluation during training (may be empty).
     :param settings: the approach's defaults merged with the spec and ``--set`` overrides;
-        ``random_weights`` is True when the model must be built from its config without weights;
-        ``seed`` is the run's seed (Python, NumPy and torch are already seeded with it).
+        ``random_weights`` is True when the model must be built from its config without weights.
+        Python, NumPy and torch are seeded with the spec's seed before the hook runs.
     :param workdir: an empty directory of this run's own, for checkpoints and the final model.
     :param progress: a :class:`harness.progress.RunProgress`: ``track()`` for progress bars,
         ``log()`` for training log lines (step, epoch, loss, eval metrics), ``phase()`` to time

@@ -43,6 +43,9 @@ class Plugins:
     pm: pluggy.PluginManager
     meta: dict[str, PluginMeta] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
+    entry_points: bool = True
+    # Plugins registered by hand (not found through entry points): a unit's process registers them again.
+    registered: dict[str, Any] = field(default_factory=dict)
 
     def approaches(self) -> list[str]:
         """Names of the registered plugins that implement train or predict, sorted."""
@@ -57,6 +60,11 @@ class Plugins:
         self.pm.register(plugin, name=name)
         self.pm.check_pending()
         self.meta[name] = PluginMeta(name, package or getattr(plugin, "__name__", name), version, False)
+        self.registered[name] = plugin
+
+    def implements(self, name: str, hook: str) -> bool:
+        plugin = self.pm.get_plugin(name)
+        return plugin is not None and hasattr(plugin, hook)
 
     def require(self, names: list[str]) -> None:
         """Fail with a one-line error naming the known approaches if any name is unknown."""
@@ -74,8 +82,7 @@ class Plugins:
         Other plugins' wrappers (``@hookimpl(wrapper=True)``) still wrap the call: that is how
         observers such as the conformance kit or a profiler see every approach.
         """
-        plugin = self.pm.get_plugin(name)
-        if plugin is None or not hasattr(plugin, hook):
+        if not self.implements(name, hook):
             raise TypeError(f"plugin {name!r} does not implement {hook}")
         others = {
             impl.plugin
@@ -111,7 +118,7 @@ def load_plugins(*, entry_points: bool = True) -> Plugins:
     """
     pm = pluggy.PluginManager("harness")
     pm.add_hookspecs(hookspecs)
-    plugins = Plugins(pm)
+    plugins = Plugins(pm, entry_points=entry_points)
     for name, dotted in CORE_PLUGINS.items():
         pm.register(importlib.import_module(dotted), name=name)
         plugins.meta[name] = PluginMeta(name, dotted, _own_version(), True)

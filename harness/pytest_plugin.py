@@ -55,7 +55,7 @@ def harness_benchmark(request: pytest.FixtureRequest, tmp_path: Path):
         plugins = plugins or load_plugins()
         loaded = load_spec(spec)
         overrides = {approach: {k: str(v) for k, v in (settings or {}).items()}}
-        resolved = plan_settings(plugins, loaded, [approach], overrides)[approach]
+        resolved = plan_settings(plugins, loaded, [approach], overrides)[approach].settings
         datasets = load_datasets(loaded, data=data, limit_train=limit_train, limit_test=limit_test)
         task = loaded.to_task()
         call_settings = {**resolved, "random_weights": random_weights}
@@ -63,6 +63,10 @@ def harness_benchmark(request: pytest.FixtureRequest, tmp_path: Path):
             call_settings["num_train_epochs"] = 0.0
         artifact = plugins.call(approach, "harness_train", task=task, train=datasets.train, validation=datasets.validation,
                                 settings=call_settings, workdir=tmp_path, progress=SILENT)
+        if plugins.implements(approach, "harness_load"):
+            serving = plugins.call(approach, "harness_load", task=task, artifact=artifact, settings=call_settings)
+            if serving is not None and serving.batch_size and not call_settings.get("predict_batch_size"):
+                call_settings["predict_batch_size"] = serving.batch_size
         examples = without_answers(datasets.test)
 
         def predict():
@@ -75,8 +79,8 @@ def harness_benchmark(request: pytest.FixtureRequest, tmp_path: Path):
         benchmark.extra_info.update(
             approach=approach,
             samples=len(examples),
-            batch_size=call_settings.get("predict_batch_size") or artifact.info.get("predict_batch_size"),
-            device=measure.device_name(artifact.info.get("device")),
+            batch_size=call_settings.get("predict_batch_size"),
+            device=measure.device_name(artifact.state.get("device") or artifact.device),
             test_hash=datasets.test_hash,
             random_weights=random_weights,
         )

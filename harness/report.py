@@ -59,8 +59,13 @@ class TerminalReporter:
         if run.status == "failed":
             self.console.print(f"[red]{run.approach} failed:[/] {run.error}", highlight=False)
         elif run.status == "reused":
-            self.console.print(f"{run.approach}: reused run {run.run_id} (same settings, data and code; --rerun to train again)")
+            self.console.print(f"{run.approach}: reused run {run.run_id} (same training and measurement identity: "
+                               "approach, settings, data, model, code, libraries, machine; --rerun to run again)",
+                               highlight=False)
         else:
+            if run.training.get("trained_in") not in (None, run.run_id):
+                self.console.print(f"{run.approach}: measured the model trained in run {run.training['trained_in']} "
+                                   f"({run.training.get('reason', 're-measured')})", highlight=False)
             quality = ", ".join(f"{METRIC_TITLES.get(m, m)} {_number(run.metrics.get(m))}" for m in self.metrics)
             self.console.print(f"{run.approach}: {quality}", highlight=False)
 
@@ -113,15 +118,11 @@ def _columns(metrics: list[str]) -> list[Column]:
         ("p50 ms", lambda r: r.speed.get("latency_p50_ms"), lambda v: "-" if v is None else f"{v:.1f}", -1),
         ("p95 ms", lambda r: r.speed.get("latency_p95_ms"), lambda v: "-" if v is None else f"{v:.1f}", -1),
         ("Req/s", lambda r: r.speed.get("requests_per_s"), _rate, +1),
-        ("Peak RSS", lambda r: _max(r.memory.get("train_rss_peak_mb"), r.memory.get("predict_rss_peak_mb")), _mb, -1),
-        ("Peak GPU", lambda r: _max(r.memory.get("train_gpu_peak_mb"), r.memory.get("predict_gpu_peak_mb")), _mb, -1),
+        ("Batch", lambda r: r.speed.get("predict_batch_size"), lambda v: "-" if v is None else str(v), 0),
+        ("Serve RSS", lambda r: r.memory.get("predict_rss_peak_mb"), _mb, -1),
+        ("Serve GPU", lambda r: r.memory.get("predict_gpu_peak_mb"), _mb, -1),
         ("Params", lambda r: r.model.get("parameters"), _params, 0),
     ]
-
-
-def _max(*values: float | None) -> float | None:
-    present = [v for v in values if v is not None]
-    return max(present) if present else None
 
 
 def comparison_table(comparison: Comparison):
@@ -160,9 +161,15 @@ def comparison_table(comparison: Comparison):
         if run.status == "failed":
             notes.append(f"[red]{run.approach}[/]: {run.error}")
     for run in ranked:
-        cut_train, cut_test = run.model.get("truncated_train", 0), run.model.get("truncated_predict", 0)
-        if cut_train or cut_test:
-            notes.append(f"{run.approach}: articles cut to fit max_length in {cut_train} training and {cut_test} test prompts")
+        trained_in = run.training.get("trained_in")
+        if run.status == "reused":
+            notes.append(f"{run.approach}: reused run {run.run_id} whole (same training and measurement identity)")
+        elif trained_in and trained_in != run.run_id:
+            notes.append(f"{run.approach}: training reused from run {trained_in}; {run.training.get('reason', 're-measured')}")
+        for note in run.model.get("notes") or []:
+            notes.append(f"{run.approach}: {note}")
+        if run.model.get("truncated_predict"):
+            notes.append(f"{run.approach}: inputs cut to fit the model in {run.model['truncated_predict']} of {run.n_test} test examples")
     if any(r.random_weights for r in comparison.runs):
         notes.append("† random weights (--random-weights): quality is meaningless; speed and memory are real")
     sources = {r.environment.get("validation_source") for r in ranked}
@@ -175,6 +182,9 @@ def comparison_table(comparison: Comparison):
     devices = sorted({r.environment.get("device", "") for r in ranked} - {""})
     if devices:
         notes.append("device: " + "; ".join(devices))
+    if ranked:
+        notes.append("Train: wall time of training (load, tokenising, loop, evaluations, saving; the JSON splits it); "
+                     "Serve RSS/GPU: peak memory while serving the test set")
     table.caption = "\n".join(notes) or None
     table.caption_justify = "left"
     return table

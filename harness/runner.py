@@ -1,24 +1,32 @@
-"""The comparison runner: for each approach, train -> predict -> score, measured like a benchmark."""
+"""The comparison runner: for each approach, train -> measure -> score, each unit in its own process.
+
+For each approach the runner computes two identities (harness.identity): a stored row with the same
+measurement identity is reused whole; else a stored model with the same training identity is measured
+again without training; else the approach trains. Training and measuring run through
+:mod:`harness.launcher`; the parent scores, stores and reports.
+"""
 
 from __future__ import annotations
 
-import hashlib
-import json
 import secrets
 import sys
-import traceback
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from typing import Any
 
-from harness import __version__, measure
+from harness import identity, measure
 from harness.data import Datasets, dataset_hash
 from harness.errors import UserError
+from harness.launcher import (
+    LAUNCHERS, MeasureJob, TrainJob, UnitFailed, check_predictions, run_unit, without_answers, write_data_cache,
+)
 from harness.plugins import Plugins
-from harness.progress import SILENT, RunProgress
+from harness.progress import RunProgress
 from harness.spec import Spec, resolve_settings
-from harness.store import Store
-from harness.types import Artifact, Comparison, Example, Prediction, RunRecord, Task
+from harness.store import Store, load_artifact, read_predictions
+from harness.types import ApproachInfo, Comparison, Example, Prediction, RunRecord, Task
+
+__all__ = ["CompareOptions", "Plan", "check_predictions", "compare", "plan_settings", "run_approach", "without_answers"]
 
 
 @dataclass
@@ -27,6 +35,26 @@ class CompareOptions:
     rerun: bool = False
     latency_samples: int = 100
     warmup_examples: int = 64
+    launcher: str = "process"  # or "inline": every unit in this process, for debugging
+
+
+@dataclass
+class Plan:
+    """One row of a comparison, settled before anything runs.
+
+    ``approach`` predicts; ``trainer`` trains: the approach itself, or the approach an engine serves.
+    ``settings`` go to load and predict (the trainer's, with an engine's own on top); ``train_settings``
+    go to train. ``predict_keys`` are the settings that change only how predict runs.
+    """
+
+    approach: str
+    trainer: str
+    settings: dict[str, Any]
+    train_settings: dict[str, Any]
+    predict_keys: tuple[str, ...] = ()
+    train_predict_keys: tuple[str, ...] = ()  # the trainer's own predict settings: not part of what it trains
+    model_settings: tuple[str, ...] = ()
+    info: ApproachInfo | None = field(default=None, repr=False)
 
 
 def now() -> str:
@@ -37,103 +65,183 @@ def new_id(prefix: str) -> str:
     return f"{datetime.now(timezone.utc).strftime('%Y%m%d-%H%M%S')}-{prefix}-{secrets.token_hex(3)}"
 
 
+def _describe(plugins: Plugins, name: str) -> ApproachInfo:
+    try:
+        return plugins.describe(name)
+    except Exception as exc:  # a plugin bug, but the user needs to know which plugin
+        raise UserError(f"plugin {name!r} cannot describe itself: {type(exc).__name__}: {exc}".splitlines()[0],
+                        where="--plugins") from None
+
+
 def plan_settings(
     plugins: Plugins, spec: Spec, approaches: list[str], overrides: dict[str, dict[str, str]]
-) -> dict[str, dict[str, Any]]:
-    """Validate every selected approach's settings and task support before anything runs."""
+) -> dict[str, Plan]:
+    """Validate every selected approach's settings and task support before anything runs.
+
+    An engine (``ApproachInfo.serves``) is planned over the approach it serves, whose settings come from the
+    spec's and ``--set``'s entries for that approach.
+    """
     plugins.require(approaches)
-    unknown = sorted(set(overrides) - set(approaches))
+    infos = {name: _describe(plugins, name) for name in approaches}
+    served = {info.serves for info in infos.values() if info.serves}
+    for name in sorted(served):
+        if not plugins.implements(name, "harness_train"):
+            engine = next(n for n, i in infos.items() if i.serves == name)
+            raise UserError(f"plugin {engine!r} serves {name!r}, which is not an installed approach that trains",
+                            where="--plugins")
+        infos.setdefault(name, _describe(plugins, name))
+    unknown = sorted(set(overrides) - set(approaches) - served)
     if unknown:
         raise UserError(f"{unknown[0]!r} is not among --plugins ({', '.join(approaches)})", where="--set")
-    planned = {}
-    for name in approaches:
-        try:
-            info = plugins.describe(name)
-        except Exception as exc:  # a plugin bug, but the user needs to know which plugin
-            raise UserError(f"plugin {name!r} cannot describe itself: {type(exc).__name__}: {exc}".splitlines()[0],
-                            where="--plugins") from None
+
+    def resolved(name: str) -> dict[str, Any]:
+        info = infos[name]
         if spec.task.type not in info.task_types:
             raise UserError(
                 f"plugin {name!r} does not support {spec.task.type} (it supports {', '.join(info.task_types)})",
                 where=spec.where,
             )
-        planned[name] = resolve_settings(name, info.settings, spec, overrides.get(name, {}))
-    return planned
+        return resolve_settings(name, info.settings, spec, overrides.get(name, {}))
+
+    plans = {}
+    for name in approaches:
+        info = infos[name]
+        trainer = info.serves or name
+        train_settings = resolved(trainer)
+        trainer_info = infos[trainer]
+        if info.serves:
+            own = resolved(name)
+            settings = {**train_settings, **own}
+            predict_keys = (*trainer_info.predict_settings, *own)
+        else:
+            settings, predict_keys = train_settings, info.predict_settings
+        plans[name] = Plan(name, trainer, settings, train_settings, tuple(dict.fromkeys(predict_keys)),
+                           tuple(trainer_info.predict_settings), trainer_info.model_settings, info)
+    return plans
 
 
 def compare(
     plugins: Plugins,
     spec: Spec,
     data: Datasets,
-    settings: dict[str, dict[str, Any]],
+    plans: dict[str, Plan],
     store: Store,
     options: CompareOptions,
     console: Any = None,
 ) -> Comparison:
-    """Run every approach in ``settings`` (from :func:`plan_settings`) in order; failures become failed rows."""
+    """Run every planned approach (from :func:`plan_settings`) in order; failures become failed rows."""
+    if options.launcher not in LAUNCHERS:
+        raise UserError(f"expected one of {', '.join(LAUNCHERS)}, got {options.launcher!r}", where="--launcher")
     comparison = Comparison(comparison_id=new_id(spec.name), spec=spec.name, created=now(), runs=[], metrics=spec.metrics)
-    for name, approach_settings in settings.items():
-        comparison.runs.append(run_approach(plugins, spec, data, name, approach_settings, store, options, console))
+    for plan in plans.values():
+        comparison.runs.append(run_approach(plugins, spec, data, plan, store, options, console))
     store.save_comparison(comparison)
     notify(plugins, "harness_compare_finished", comparison=comparison)
     return comparison
 
 
-def reuse_key(plugins: Plugins, spec: Spec, data: Datasets, name: str, settings: dict[str, Any], options: CompareOptions) -> str:
-    meta = plugins.meta.get(name)
-    identity = {
-        "approach": name,
-        "plugin_version": meta.version if meta else "",
-        "harness": __version__,
-        "task": spec.task.model_dump(),
+def training_identity(plugins: Plugins, spec: Spec, data: Datasets, plan: Plan, task: Task,
+                      options: CompareOptions, store: Store) -> dict[str, Any]:
+    """What was trained: see harness.identity."""
+    settings = {k: v for k, v in plan.train_settings.items() if k not in plan.train_predict_keys}
+    with store.model_hashes() as cache:
+        models = {key: identity.model_identity(str(settings[key]), cache)
+                  for key in plan.model_settings if settings.get(key)}
+    return {
+        "approach": plan.trainer,
         "settings": settings,
         "random_weights": options.random_weights,
+        "models": models,
+        "task": asdict(task),
+        "train": data.train_hash,
+        "validation": dataset_hash(data.validation),
+        "validation_source": data.validation_source,
+        "seed": spec.seed,
+        "code": identity.code_fingerprint(plugins.pm.get_plugin(plan.trainer), training_only=True),
+        "versions": identity.library_versions(identity.TRAINING_LIBRARIES),
+        "accelerator": identity.accelerator(),
+    }
+
+
+def measurement_identity(plugins: Plugins, data: Datasets, plan: Plan, train_key: str,
+                         options: CompareOptions) -> dict[str, Any]:
+    """How it was measured: see harness.identity."""
+    return {
+        "train_key": train_key,
+        "approach": plan.approach,
+        "predict_settings": {k: plan.settings[k] for k in plan.predict_keys if k in plan.settings},
+        "test": data.test_hash,
         "latency_samples": options.latency_samples,
         "warmup_examples": options.warmup_examples,
         "machine": measure.machine(),
-        "train": data.train_hash,
-        "validation": dataset_hash(data.validation),
-        "test": data.test_hash,
-        "seed": spec.seed,
+        "gpu": identity.gpu_name(),
+        "code": identity.code_fingerprint(plugins.pm.get_plugin(plan.approach), training_only=False),
+        "versions": identity.library_versions(identity.SERVING_LIBRARIES),
     }
-    return hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def what_changed(before: dict[str, Any], after: dict[str, Any]) -> list[str]:
+    """The measurement identity's differences, in words: ``predict_batch_size 0 -> 8``, ``test data``."""
+    changes = []
+    for key in sorted(set(before) | set(after)):
+        old, new = before.get(key), after.get(key)
+        if old == new or key == "train_key":
+            continue
+        if key == "predict_settings":
+            for name in sorted(set(old or {}) | set(new or {})):
+                if (old or {}).get(name) != (new or {}).get(name):
+                    changes.append(f"{name} {(old or {}).get(name)!r} -> {(new or {}).get(name)!r}")
+        elif key == "approach":
+            changes.append(f"served by {new} (trained by {before.get('approach')})")
+        elif key in ("latency_samples", "warmup_examples"):
+            changes.append(f"{key} {old} -> {new}")
+        elif key == "test":
+            changes.append("test data")
+        else:
+            changes.append(key)
+    return changes
 
 
 def run_approach(
     plugins: Plugins,
     spec: Spec,
     data: Datasets,
-    name: str,
-    settings: dict[str, Any],
+    plan: Plan,
     store: Store,
     options: CompareOptions,
     console: Any = None,
 ) -> RunRecord:
+    """One row: reused whole, measured on a stored trained model, or trained and measured."""
+    name = plan.approach
     task = spec.to_task()
-    key = reuse_key(plugins, spec, data, name, settings, options)
+    record = RunRecord(
+        run_id=new_id(name), approach=name, spec=spec.name, task_type=task.type, settings=plan.settings,
+        random_weights=options.random_weights, train_hash=data.train_hash, test_hash=data.test_hash,
+        n_train=len(data.train), n_validation=len(data.validation), n_test=len(data.test), created=now(),
+    )
+    record.environment["validation_source"] = data.validation_source
+    error_detail = None
+    try:
+        training = training_identity(plugins, spec, data, plan, task, options, store)
+        train_key = identity.digest(training)
+        measurement = measurement_identity(plugins, data, plan, train_key, options)
+        record.training = {"key": train_key, "identity": training, "trained_in": None}
+        record.measurement = {"key": identity.digest(measurement), "identity": measurement}
+    except Exception as exc:  # an unreadable model directory, say: this row fails, the others run
+        record.status, record.error = "failed", f"{type(exc).__name__}: {exc}".splitlines()[0]
+        store.start_run(record.run_id)
+        store.finish_run(record)
+        notify(plugins, "harness_run_finished", run=record)
+        return record
+
     if not options.rerun:
-        previous = store.find_reusable(key)
+        previous = store.find_measured(record.measurement["key"])
         if previous is not None:
             previous.status = "reused"
             notify(plugins, "harness_run_finished", run=previous)
             return previous
+    source = None if options.rerun else store.find_trained(train_key)
 
-    record = RunRecord(
-        run_id=new_id(name),
-        approach=name,
-        spec=spec.name,
-        task_type=task.type,
-        settings=settings,
-        random_weights=options.random_weights,
-        train_hash=data.train_hash,
-        test_hash=data.test_hash,
-        n_train=len(data.train),
-        n_validation=len(data.validation),
-        n_test=len(data.test),
-        reuse_key=key,
-        created=now(),
-    )
-    record.environment["validation_source"] = data.validation_source
     workdir = store.start_run(record.run_id)
     notify(plugins, "harness_run_started", run=record)
 
@@ -142,22 +250,76 @@ def run_approach(
         notify(plugins, "harness_training_log", run=record, entry=entry)
 
     progress = RunProgress(console, on_log)
-    call_settings = {**settings, "random_weights": options.random_weights}
-    predictions: list[Prediction] | None = None
-    error_detail = None
     try:
-        predictions = _measure(plugins, name, task, data, call_settings, workdir / "artifact", progress, record, options)
-        record.metrics = _score(plugins, name, task, data.test, predictions)
+        data_file = write_data_cache(data, store.root / "data")
+        if source is not None:
+            _reuse_training(record, source)
+            artifact_file = store.artifact_file(source.run_id)
+        else:
+            job = TrainJob(plan.trainer, task, data_file, {**plan.train_settings, "random_weights": options.random_weights},
+                           workdir / "artifact", spec.seed)
+            artifact_file = _train(plugins, job, progress, record, options)
+        job = MeasureJob(plan.approach, task, data_file, {**plan.settings, "random_weights": options.random_weights},
+                         artifact_file, workdir / "predictions.jsonl", spec.seed, options.latency_samples,
+                         options.warmup_examples)
+        _measure(plugins, job, progress, record, options)
+        record.metrics = _score(plugins, name, task, data.test, read_predictions(workdir / "predictions.jsonl"))
         record.status = "ok"
+    except UnitFailed as exc:
+        record.status, record.error, error_detail = "failed", str(exc), exc.detail or None
     except Exception as exc:  # one approach failing must not lose the others' results
-        record.status = "failed"
-        record.error = f"{type(exc).__name__}: {exc}".splitlines()[0]
+        import traceback
+
+        record.status, record.error = "failed", f"{type(exc).__name__}: {exc}".splitlines()[0]
         error_detail = traceback.format_exc()
-    measure.release_memory()
-    record.environment.update(measure.environment(record.model.get("device")))
-    store.finish_run(record, predictions, error_detail)
+    record.environment.update(measure.environment(record.serving.get("device") or record.model.get("device")))
+    store.finish_run(record, None, error_detail)
     notify(plugins, "harness_run_finished", run=record)
     return record
+
+
+def _train(plugins: Plugins, job: TrainJob, progress: RunProgress, record: RunRecord, options: CompareOptions) -> Any:
+    """Train in a unit of its own; record the training figures; return the artifact file."""
+    result = run_unit("train", job, plugins, progress, launcher=options.launcher)
+    artifact_file = job.workdir / "artifact.json"
+    artifact = load_artifact(artifact_file)
+    phases = result["phases"]
+    seconds = result["seconds"]
+    loop = phases.get("train_loop")
+    samples = artifact.train_samples
+    record.training["trained_in"] = record.run_id
+    record.speed.update(
+        train_seconds=seconds,
+        train_phases=phases,
+        train_samples=samples,
+        train_samples_per_s=samples / seconds if samples and seconds > 0 else None,
+        train_loop_samples_per_s=samples / loop if samples and loop else None,
+        train_gpu_hours=seconds / 3600 if artifact.device.startswith("cuda") else None,
+    )
+    record.memory.update(train_rss_peak_mb=result["rss_peak_mb"], train_gpu_peak_mb=result["gpu_peak_mb"])
+    record.model = {"parameters": artifact.parameters, "model": artifact.model, "dtype": artifact.dtype,
+                    "device": artifact.device, "notes": artifact.notes, **artifact.info}
+    return artifact_file
+
+
+def _reuse_training(record: RunRecord, source: RunRecord) -> None:
+    """Take the training figures of the run whose trained model this run measures."""
+    record.training["trained_in"] = source.training.get("trained_in") or source.run_id
+    changes = what_changed(source.measurement.get("identity", {}), record.measurement["identity"])
+    record.training["reason"] = "re-measured" + (f": {', '.join(changes)}" if changes else "")
+    record.speed.update({k: v for k, v in source.speed.items() if k.startswith("train_")})
+    record.memory.update({k: v for k, v in source.memory.items() if k.startswith("train_")})
+    record.model = dict(source.model)
+    record.train_log = list(source.train_log)
+
+
+def _measure(plugins: Plugins, job: MeasureJob, progress: RunProgress, record: RunRecord, options: CompareOptions) -> None:
+    """Measure in a unit of its own; record the serving figures (the predictions are in the job's file)."""
+    result = run_unit("measure", job, plugins, progress, launcher=options.launcher)
+    record.speed.update(result["speed"])
+    record.memory.update(result["memory"])
+    record.serving = result["serving"]
+    record.model["truncated_predict"] = result["truncated_predict"]
 
 
 def notify(plugins: Plugins, hook: str, **kwargs: Any) -> None:
@@ -166,75 +328,6 @@ def notify(plugins: Plugins, hook: str, **kwargs: Any) -> None:
         getattr(plugins.pm.hook, hook)(**kwargs)
     except Exception as exc:
         print(f"harness: a {hook} listener failed: {type(exc).__name__}: {exc}".splitlines()[0], file=sys.stderr)
-
-
-def _measure(
-    plugins: Plugins,
-    name: str,
-    task: Task,
-    data: Datasets,
-    settings: dict[str, Any],
-    workdir: Any,
-    progress: RunProgress,
-    record: RunRecord,
-    options: CompareOptions,
-) -> list[Prediction]:
-    workdir.mkdir(parents=True, exist_ok=True)
-    with measure.PeakMemory() as train_memory:
-        artifact, train_seconds = measure.timed(
-            lambda: plugins.call(
-                name, "harness_train", task=task, train=data.train, validation=data.validation,
-                settings=settings, workdir=workdir, progress=progress,
-            )
-        )
-    if not isinstance(artifact, Artifact):
-        raise TypeError(f"harness_train returned {type(artifact).__name__}, not an Artifact")
-    measure.release_memory()  # training's garbage is not prediction's memory
-
-    def predict(examples: list[Example], bar: RunProgress = SILENT) -> list[Prediction]:
-        result = plugins.call(
-            name, "harness_predict", task=task, artifact=artifact, examples=examples, settings=settings, progress=bar
-        )
-        check_predictions(result, examples)
-        return result
-
-    test = without_answers(data.test)
-    with measure.PeakMemory() as predict_memory:
-        predict(test[: options.warmup_examples])  # warm-up: loads weights, first kernels, caches
-        predictions, predict_seconds = measure.timed(lambda: predict(test, progress))
-        latency = measure.sampled_batch1_latency(lambda ex: predict([ex]), test, options.latency_samples)
-
-    train_samples = artifact.info.get("train_samples", 0)
-    record.speed = {
-        "train_seconds": train_seconds,
-        "train_samples_per_s": train_samples / train_seconds if train_samples and train_seconds > 0 else None,
-        "train_gpu_hours": train_seconds / 3600 if str(artifact.info.get("device", "")).startswith("cuda") else None,
-        "predict_seconds": predict_seconds,
-        "predict_samples_per_s": len(data.test) / predict_seconds if predict_seconds > 0 else None,
-        "predict_batch_size": artifact.info.get("predict_batch_size", settings.get("predict_batch_size")),
-        **latency.summary(),
-    }
-    record.memory = {
-        "train_rss_peak_mb": train_memory.rss_peak_mb,
-        "train_gpu_peak_mb": train_memory.gpu_peak_mb,
-        "predict_rss_peak_mb": predict_memory.rss_peak_mb,
-        "predict_gpu_peak_mb": predict_memory.gpu_peak_mb,
-    }
-    record.model = {k: v for k, v in artifact.info.items() if k != "train_samples"}
-    return predictions
-
-
-def without_answers(examples: list[Example]) -> list[Example]:
-    """The examples as predict sees them: gold labels and fields removed, so no approach can peek."""
-    return [replace(ex, label=None, fields=None) for ex in examples]
-
-
-def check_predictions(predictions: Any, examples: list[Example]) -> None:
-    """The predict contract: a list of Prediction, one per example."""
-    if not isinstance(predictions, list) or not all(isinstance(p, Prediction) for p in predictions):
-        raise TypeError("harness_predict must return a list of Prediction")
-    if len(predictions) != len(examples):
-        raise ValueError(f"harness_predict returned {len(predictions)} predictions for {len(examples)} examples")
 
 
 def _score(plugins: Plugins, name: str, task: Task, examples: list[Example], predictions: list[Prediction]) -> dict[str, Any]:

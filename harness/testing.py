@@ -18,8 +18,7 @@ import random
 from pathlib import Path
 from typing import Any
 
-from harness import hookimpl
-from harness.types import ApproachInfo, Artifact, Example, Prediction, RunRecord, Task
+from harness.types import ApproachInfo, Example, Prediction, RunRecord, Task
 
 TINY_TASK = Task(type="classification", labels=("sport", "weather", "food"))
 
@@ -65,21 +64,34 @@ def check_plugin(
     task: Task = TINY_TASK,
     train: list[Example] | None = None,
     test: list[Example] | None = None,
+    serves: Any = None,
+    launcher: str = "process",
 ) -> RunRecord:
-    """Check ``plugin`` (a module or object with hook implementations) against the hook contracts.
+    """Check ``plugin`` (a module with a file, or a picklable object, with hook implementations) against
+    everything the core and ``harness bench --run`` do with an approach.
 
-    Checks: describe returns an ApproachInfo for the task's type; settings overrides are known keys;
-    train returns an Artifact; predict returns one Prediction per example, in order (also for reversed
-    input and for one example at a time), with labels from the task and scores in [0, 1]; and the
-    whole run goes through the real runner and store. Returns the run's record, whose ``metrics``
-    you can hold to your own bar. Raises :class:`ConformanceError` on the first broken contract.
+    Checks: describe returns an ApproachInfo for the task's type whose predict settings and choices name
+    declared settings; ``settings`` pass the same type checks as a spec and ``--set``; the whole run goes
+    through the real runner, each unit in its own process, and the store (train returns an Artifact whose
+    fields are plain JSON; predictions are stored); the stored run is served again from disk as ``bench
+    --run`` serves it (empty state, ``harness_load``, then predict): the same answers, one Prediction per
+    example in order (also for reversed input and one at a time), labels from the task, scores that are
+    probabilities; changing only the latency options re-measures the stored model without training; the
+    report renders the row. An engine (``ApproachInfo.serves``) is checked over ``serves``, the plugin it
+    serves. Returns the first run's record, whose ``metrics`` you can hold to your own bar. Raises
+    :class:`ConformanceError` on the first broken contract.
     """
+    from dataclasses import asdict, replace
+
     from harness.data import Datasets
+    from harness.errors import UserError
     from harness.plugins import load_plugins
     from harness.progress import SILENT
-    from harness.runner import CompareOptions, run_approach, without_answers
+    from harness.report import comparison_table
+    from harness.runner import CompareOptions, plan_settings, run_approach, without_answers
     from harness.spec import Spec
-    from harness.store import Store
+    from harness.store import Store, jsonable, load_artifact, read_predictions
+    from harness.types import Comparison, Serving
 
     if train is None or test is None:
         train, test = tiny_dataset()
@@ -89,52 +101,61 @@ def check_plugin(
     info = plugins.call(name, "harness_describe")
     _expect(isinstance(info, ApproachInfo), f"harness_describe must return ApproachInfo, got {type(info).__name__}")
     _expect(task.type in info.task_types, f"plugin declares task types {info.task_types}, not {task.type!r}")
-    unknown = set(settings or {}) - set(info.settings)
-    _expect(not unknown, f"settings {sorted(unknown)} are not among the plugin's declared settings")
-    merged = {**info.settings, **(settings or {}), "random_weights": False}
+    for field_name in ("predict_settings", "choices", "model_settings"):
+        stray = set(getattr(info, field_name)) - set(info.settings) - ({"model", "tokenizer"} if field_name == "model_settings" else set())
+        _expect(not stray, f"ApproachInfo.{field_name} names {sorted(stray)}, which are not among its settings")
+    for key, allowed in info.choices.items():
+        _expect(info.settings[key] in allowed, f"the default {key}={info.settings[key]!r} is not one of its choices {allowed}")
+    if info.serves:
+        _expect(serves is not None, f"plugin serves {info.serves!r}: pass that plugin as serves=")
+        plugins.register(serves, info.serves)
 
     cut = max(1, len(train) // 8)
     train, validation = train[:-cut], train[-cut:]
-
-    class Capture:
-        """Keeps the artifact the runner's train call returns, so the plugin is trained only once."""
-
-        def __init__(self) -> None:
-            self.artifacts: list[Any] = []
-
-        @hookimpl(wrapper=True)
-        def harness_train(self):  # type: ignore[no-untyped-def]
-            artifact = yield
-            self.artifacts.append(artifact)
-            return artifact
-
-    capture = Capture()
-    plugins.pm.register(capture, name="conformance-capture")
     spec = Spec.model_validate(
         {"name": "conformance", "task": {"type": task.type, "labels": list(task.labels), "fields": list(task.fields)},
          "dataset": {"train": "train.jsonl", "test": "test.jsonl"}, "plugins": {name: settings or {}}}
     )
+    try:
+        plan = plan_settings(plugins, spec, [name], {})[name]
+    except UserError as exc:
+        raise ConformanceError(f"settings rejected as a spec would reject them: {exc}") from None
     data = Datasets(train=train, validation=validation, test=test, validation_source="train")
-    options = CompareOptions(latency_samples=min(8, len(test)), warmup_examples=4, rerun=True)
+    options = CompareOptions(latency_samples=min(8, len(test)), warmup_examples=4, rerun=True, launcher=launcher)
     store = Store(tmp_path / "conformance-store")
-    record = run_approach(plugins, spec, data, name, {**info.settings, **(settings or {})}, store, options)
-    _expect(record.status == "ok", f"the runner failed the plugin: {record.error}")
-    artifact = capture.artifacts[0] if capture.artifacts else None
-    _expect(isinstance(artifact, Artifact), f"harness_train must return an Artifact, got {type(artifact).__name__}")
+    record = run_approach(plugins, spec, data, plan, store, options)
+    detail = store.run_dir(record.run_id) / "error.txt"
+    _expect(record.status == "ok", f"the runner failed the plugin: {record.error}"
+            + (f"\n{detail.read_text()}" if detail.is_file() else ""))
     _expect(0.0 <= record.metrics.get("accuracy", -1) <= 1.0, "score produced no accuracy in [0, 1]")
+    stored = read_predictions(store.run_dir(record.run_id) / "predictions.jsonl")
+
+    # Served again as `harness bench --run` serves a stored run: from disk, empty state.
+    artifact = load_artifact(store.artifact_file(record.training["trained_in"]))
+    call_settings = {**plan.settings, "random_weights": False}
+    if plugins.implements(name, "harness_load"):
+        serving = plugins.call(name, "harness_load", task=task, artifact=artifact, settings=call_settings)
+        _expect(serving is None or isinstance(serving, Serving), f"harness_load must return a Serving, got {type(serving).__name__}")
+        if serving is not None and serving.batch_size and not call_settings.get("predict_batch_size"):
+            call_settings["predict_batch_size"] = serving.batch_size
 
     def predict(examples: list[Example]) -> list[Prediction]:
-        result = plugins.call(
-            name, "harness_predict", task=task, artifact=artifact, examples=examples, settings=merged, progress=SILENT
-        )
+        result = plugins.call(name, "harness_predict", task=task, artifact=artifact, examples=examples,
+                              settings=call_settings, progress=SILENT)
         _expect(isinstance(result, list), f"harness_predict must return a list, got {type(result).__name__}")
         _expect(len(result) == len(examples), f"harness_predict returned {len(result)} predictions for {len(examples)} examples")
-        for prediction in result:
+        for i, prediction in enumerate(result):
             _expect(isinstance(prediction, Prediction), f"harness_predict returned a {type(prediction).__name__}, not a Prediction")
+            try:
+                jsonable(asdict(prediction), f"prediction {i}")
+            except TypeError as exc:
+                raise ConformanceError(str(exc)) from None
         return result
 
     test = without_answers(test)
     forward = predict(test)
+    _expect([p.label for p in forward] == [p.label for p in stored],
+            "the stored run served from disk answers differently from the run that stored it")
     for prediction in forward:
         _expect(prediction.label is None or prediction.label in task.labels, f"label {prediction.label!r} is not one of {task.labels}")
         for label, score in (prediction.scores or {}).items():
@@ -147,4 +168,14 @@ def check_plugin(
     )
     singles = [predict([example])[0].label for example in test[:8]]
     _expect(singles == [p.label for p in forward[:8]], "one-at-a-time predictions differ from batched predictions")
+
+    # A measurement-only change measures the stored model again, in a fresh process, without training.
+    again = run_approach(plugins, spec, data, plan, store, replace(options, rerun=False, latency_samples=options.latency_samples + 1))
+    _expect(again.status == "ok", f"measuring the stored model again failed: {again.error}")
+    _expect(again.training.get("trained_in") == record.run_id, "a latency-only change trained again instead of re-measuring")
+    from io import StringIO
+
+    from rich.console import Console
+
+    Console(file=StringIO(), width=200).print(comparison_table(Comparison("conformance", "conformance", record.created, [record, again])))
     return record

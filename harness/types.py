@@ -145,7 +145,12 @@ class RunRecord:
     """Everything measured about one approach on one spec: what the table and the JSON show.
 
     ``status`` is ``running`` while it runs, then ``ok``, ``failed`` (``error`` says why) or ``reused``
-    (taken from the store: same approach, settings, data and code).
+    (the whole row taken from the store: the same training and measurement identities).
+
+    ``training``: ``key`` and ``identity`` (what was trained: harness.identity), ``trained_in`` (the run
+    whose ``artifact/`` holds the model: this run, or the earlier run whose training it reused) and
+    ``reason`` (why training was reused: what changed in the measurement). ``measurement``: ``key`` and
+    ``identity`` (how it was measured). ``serving``: what ``harness_load`` reported.
     """
 
     run_id: str
@@ -166,7 +171,9 @@ class RunRecord:
     memory: dict[str, Any] = field(default_factory=dict)
     model: dict[str, Any] = field(default_factory=dict)
     environment: dict[str, Any] = field(default_factory=dict)
-    reuse_key: str = ""
+    training: dict[str, Any] = field(default_factory=dict)
+    measurement: dict[str, Any] = field(default_factory=dict)
+    serving: dict[str, Any] = field(default_factory=dict)
     created: str = ""
     train_log: list[dict[str, Any]] = field(default_factory=list, repr=False)
 

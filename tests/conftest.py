@@ -98,7 +98,8 @@ def plugin_site(tmp_path_factory: pytest.TempPathFactory) -> Path:
     dist.mkdir()
     (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: harness-test-plugins\nVersion: 0.3\n", encoding="utf-8")
     (dist / "entry_points.txt").write_text(
-        "[harness]\nnaive-bayes = harness_naive_bayes\nfailing-train = failing_train_plugin\n"
+        "[harness]\nnaive-bayes = harness_naive_bayes\nnaive-bayes-tables = harness_naive_bayes:tables\n"
+        "failing-train = failing_train_plugin\n"
         "broken-import = broken_import_plugin\n",
         encoding="utf-8",
     )

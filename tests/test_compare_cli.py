@@ -143,4 +143,4 @@ def test_bench_serves_a_stored_run_and_random_weights(compared, workspace, tiny_
     assert json.loads((tmp_path / "bench-qwen.json").read_text())["source"] == "random weights"
 
     wrong = cli("bench", "--plugin", "qwen", "--spec", "agnews", "--run", bert_run, *small)
-    assert wrong.returncode == 2 and f"--run: run {bert_run} is a bert run (ok); --plugin asks for a finished qwen run" in wrong.stderr
+    assert wrong.returncode == 2 and f"--run: run {bert_run} is a bert run (ok); --plugin asks for a finished run trained by qwen" in wrong.stderr

@@ -1,0 +1,391 @@
+"""Training and measuring, each in a process of its own.
+
+A run is two units of work: **train** (the approach's train hook; writes the artifact and its
+``artifact.json``) and **measure** (load the stored artifact, warm up, predict the test set, sample
+batch-1 latency; writes ``predictions.jsonl``). Each unit runs in a fresh process started with
+``spawn``, as optimum-benchmark's process launcher does: its memory peaks are its own, the training
+weights are gone when the serving model is measured, and a segfault or an out-of-memory kill is a failed
+row instead of a lost comparison. A unit is a plain function of a picklable job, so the same unit can
+become a Ray task.
+
+The parent keeps the store, the terminal and the event hooks: a unit's training log lines and progress
+bars travel back over a queue. Data crosses once, as a cache file named by its hash.
+
+``inline`` runs the units in the calling process, for debugging a plugin with pdb.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import json
+import multiprocessing
+import pickle
+import queue as queue_module
+import signal
+import traceback
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from types import ModuleType
+from typing import Any, Callable
+
+from harness import measure
+from harness.data import Datasets
+from harness.progress import Bar, RunProgress
+from harness.types import Artifact, Example, Prediction, Serving, Task
+
+LAUNCHERS = ("process", "inline")
+
+
+class UnitFailed(Exception):
+    """A unit raised or its process died: ``detail`` holds the traceback or what the process said."""
+
+    def __init__(self, message: str, detail: str = ""):
+        super().__init__(message)
+        self.detail = detail
+
+
+# ---------------------------------------------------------------------------------------------
+# Jobs: everything a unit needs, picklable.
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class PluginSetup:
+    """How a unit's process rebuilds the parent's plugins: entry points or not, plus the plugins the parent
+    registered by hand, each as an importable module name, a module file, or a pickled object."""
+
+    entry_points: bool = True
+    extra: list[tuple[str, str, Any]] = field(default_factory=list)  # (name, kind, value)
+
+
+@dataclass
+class TrainJob:
+    approach: str
+    task: Task
+    data_file: Path
+    settings: dict[str, Any]
+    workdir: Path
+    seed: int
+
+
+@dataclass
+class MeasureJob:
+    approach: str
+    task: Task
+    data_file: Path
+    settings: dict[str, Any]
+    artifact_file: Path
+    predictions_file: Path
+    seed: int
+    latency_samples: int
+    warmup_examples: int
+
+
+def plugin_setup(plugins: Any) -> PluginSetup:
+    """Describe ``plugins`` so that another process can build the same set."""
+    setup = PluginSetup(entry_points=plugins.entry_points)
+    for name, plugin in plugins.registered.items():
+        setup.extra.append((name, *_reference(name, plugin)))
+    return setup
+
+
+def _reference(name: str, plugin: Any) -> tuple[str, Any]:
+    if isinstance(plugin, ModuleType):
+        found = importlib.util.find_spec(plugin.__name__) if plugin.__name__ != "__main__" else None
+        if found is not None and found.origin == getattr(plugin, "__file__", None):
+            return "module", plugin.__name__
+        if getattr(plugin, "__file__", None):
+            return "file", (plugin.__name__, plugin.__file__)
+        raise TypeError(f"plugin {name!r} is a module built in memory; another process cannot load it: register a "
+                        "module that has a file, or use the inline launcher")
+    try:
+        return "object", pickle.dumps(plugin)
+    except Exception as exc:
+        raise TypeError(f"plugin {name!r} cannot be sent to another process ({type(exc).__name__}: {exc}); "
+                        "register a module, or use the inline launcher") from None
+
+
+def rebuild_plugins(setup: PluginSetup) -> Any:
+    from harness.plugins import load_plugins
+
+    plugins = load_plugins(entry_points=setup.entry_points)
+    for name, kind, value in setup.extra:
+        if kind == "module":
+            plugin = importlib.import_module(value)
+        elif kind == "file":
+            module_name, path = value
+            spec = importlib.util.spec_from_file_location(module_name, path)
+            plugin = importlib.util.module_from_spec(spec)
+            spec.loader.exec_module(plugin)
+        else:
+            plugin = pickle.loads(value)
+        plugins.register(plugin, name)
+    return plugins
+
+
+# ---------------------------------------------------------------------------------------------
+# The data cache: written once by the parent, read by every unit.
+# ---------------------------------------------------------------------------------------------
+
+
+def write_data_cache(data: Datasets, folder: Path) -> Path:
+    """The datasets as one JSON file named by their hashes; an existing file is the same data."""
+    from harness.data import dataset_hash
+    from harness.identity import digest
+    from harness.store import write_json
+
+    key = digest([data.train_hash, dataset_hash(data.validation), data.test_hash, data.validation_source])
+    path = folder / f"{key[:32]}.json"
+    if not path.is_file():
+        folder.mkdir(parents=True, exist_ok=True)
+        write_json(path, {"validation_source": data.validation_source,
+                          **{split: [asdict(ex) for ex in getattr(data, split)] for split in ("train", "validation", "test")}})
+    return path
+
+
+def read_data_cache(path: Path) -> Datasets:
+    raw = json.loads(path.read_text(encoding="utf-8"))
+    return Datasets(*([Example(**row) for row in raw[split]] for split in ("train", "validation", "test")),
+                    validation_source=raw["validation_source"])
+
+
+# ---------------------------------------------------------------------------------------------
+# The units.
+# ---------------------------------------------------------------------------------------------
+
+
+def seed_everything(seed: int) -> None:
+    """Python, NumPy and (when installed) torch on every device, as transformers' ``set_seed`` does."""
+    import random
+
+    random.seed(seed)
+    try:
+        import numpy
+
+        numpy.random.seed(seed)
+    except ImportError:
+        pass
+    if importlib.util.find_spec("torch") is not None:
+        import torch
+
+        torch.manual_seed(seed)  # seeds every CUDA device too
+
+
+def train_unit(plugins: Any, job: TrainJob, progress: RunProgress) -> dict[str, Any]:
+    """Train, save ``artifact.json`` beside the model, and return the training figures."""
+    from harness.store import save_artifact
+
+    seed_everything(job.seed)
+    data = read_data_cache(job.data_file)
+    job.workdir.mkdir(parents=True, exist_ok=True)
+    with measure.PeakMemory() as memory:
+        artifact, seconds = measure.timed(lambda: plugins.call(
+            job.approach, "harness_train", task=job.task, train=data.train, validation=data.validation,
+            settings=job.settings, workdir=job.workdir, progress=progress,
+        ))
+    if not isinstance(artifact, Artifact):
+        raise TypeError(f"harness_train returned {type(artifact).__name__}, not an Artifact")
+    save_artifact(artifact, job.workdir)
+    return {
+        "seconds": seconds,
+        "phases": dict(progress.phases),
+        "rss_peak_mb": memory.rss_peak_mb,
+        "gpu_peak_mb": memory.gpu_peak_mb,
+    }
+
+
+def measure_unit(plugins: Any, job: MeasureJob, progress: RunProgress) -> dict[str, Any]:
+    """Load the stored artifact, then time predict on the serving model alone; write the predictions."""
+    from harness.store import load_artifact, write_predictions
+
+    seed_everything(job.seed)
+    data = read_data_cache(job.data_file)
+    test = without_answers(data.test)
+    artifact = load_artifact(job.artifact_file)
+    settings = dict(job.settings)
+    serving = None
+    load_seconds = None
+    if plugins.implements(job.approach, "harness_load"):
+        serving, load_seconds = measure.timed(lambda: plugins.call(
+            job.approach, "harness_load", task=job.task, artifact=artifact, settings=settings))
+        if serving is not None and not isinstance(serving, Serving):
+            raise TypeError(f"harness_load returned {type(serving).__name__}, not a Serving")
+    batch_size = settings.get("predict_batch_size") or (serving.batch_size if serving else None)
+    if batch_size:
+        settings["predict_batch_size"] = batch_size
+    measure.release_memory()  # what loading left behind is not serving memory
+
+    def predict(examples: list[Example], bar: RunProgress | None = None) -> list[Prediction]:
+        result = plugins.call(job.approach, "harness_predict", task=job.task, artifact=artifact, examples=examples,
+                              settings=settings, progress=bar or SILENT_PROGRESS)
+        check_predictions(result, examples)
+        return result
+
+    with measure.PeakMemory() as memory:
+        predict(test[: job.warmup_examples])  # first kernels, caches, lazy loads
+        predictions, seconds = measure.timed(lambda: predict(test, progress))
+        latency = measure.sampled_batch1_latency(lambda ex: predict([ex]), test, job.latency_samples)
+    write_predictions(job.predictions_file, predictions)
+    return {
+        "speed": {
+            "load_seconds": load_seconds,
+            "predict_seconds": seconds,
+            "predict_samples_per_s": len(test) / seconds if seconds > 0 else None,
+            "predict_batch_size": batch_size,
+            **latency.summary(),
+        },
+        "memory": {"predict_rss_peak_mb": memory.rss_peak_mb, "predict_gpu_peak_mb": memory.gpu_peak_mb},
+        "serving": asdict(serving) if serving else {},
+        "truncated_predict": sum(1 for p in predictions if p.truncated),
+    }
+
+
+SILENT_PROGRESS = RunProgress()
+
+
+def without_answers(examples: list[Example]) -> list[Example]:
+    """The examples as predict sees them: gold labels and fields removed, so no approach can peek."""
+    from dataclasses import replace
+
+    return [replace(ex, label=None, fields=None) for ex in examples]
+
+
+def check_predictions(predictions: Any, examples: list[Example]) -> None:
+    """The predict contract: a list of Prediction, one per example."""
+    if not isinstance(predictions, list) or not all(isinstance(p, Prediction) for p in predictions):
+        raise TypeError("harness_predict must return a list of Prediction")
+    if len(predictions) != len(examples):
+        raise ValueError(f"harness_predict returned {len(predictions)} predictions for {len(examples)} examples")
+
+
+UNITS: dict[str, Callable[[Any, Any, RunProgress], dict[str, Any]]] = {"train": train_unit, "measure": measure_unit}
+
+
+# ---------------------------------------------------------------------------------------------
+# Launchers.
+# ---------------------------------------------------------------------------------------------
+
+
+def run_unit(kind: str, job: Any, plugins: Any, progress: RunProgress, *, launcher: str = "process") -> dict[str, Any]:
+    """Run one unit and return its result; raise :class:`UnitFailed` with the reason if it fails or dies."""
+    if launcher == "inline":
+        try:
+            return UNITS[kind](plugins, job, progress)
+        except Exception as exc:
+            raise UnitFailed(_one_line(exc), traceback.format_exc()) from None
+    return _in_process(kind, job, plugin_setup(plugins), progress)
+
+
+def _one_line(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}".splitlines()[0]
+
+
+class _RemoteProgress(RunProgress):
+    """The unit's side of the progress: bars and log lines become messages to the parent."""
+
+    def __init__(self, messages: Any):
+        super().__init__()
+        self._messages = messages
+        self._bars = 0
+
+    def bar(self, description: str, total: float | None):  # type: ignore[override]
+        from contextlib import contextmanager
+
+        @contextmanager
+        def remote():
+            self._bars += 1
+            bar_id = self._bars
+            self._messages.put(("bar", bar_id, description, total))
+            try:
+                yield _RemoteBar(self._messages, bar_id)
+            finally:
+                self._messages.put(("bar_end", bar_id))
+
+        return remote()
+
+    def log(self, **entry: Any) -> None:
+        self._messages.put(("log", entry))
+
+
+class _RemoteBar(Bar):
+    def __init__(self, messages: Any, bar_id: int):
+        super().__init__(None, None)
+        self._messages, self._bar_id = messages, bar_id
+
+    def advance(self, n: float = 1) -> None:
+        self._messages.put(("advance", self._bar_id, n))
+
+
+def _child(kind: str, job: Any, setup: PluginSetup, messages: Any) -> None:
+    try:
+        plugins = rebuild_plugins(setup)
+        result = UNITS[kind](plugins, job, _RemoteProgress(messages))
+    except BaseException as exc:  # everything the parent must hear about, KeyboardInterrupt included
+        messages.put(("error", _one_line(exc), traceback.format_exc()))
+    else:
+        messages.put(("result", result))
+
+
+def _in_process(kind: str, job: Any, setup: PluginSetup, progress: RunProgress) -> dict[str, Any]:
+    context = multiprocessing.get_context("spawn")
+    messages = context.Queue()
+    process = context.Process(target=_child, args=(kind, job, setup, messages), name=f"harness-{kind}", daemon=True)
+    process.start()
+    bars: dict[int, tuple[Any, Bar]] = {}
+    outcome: tuple[Any, ...] | None = None
+    try:
+        while outcome is None:
+            try:
+                message = messages.get(timeout=0.2)
+            except queue_module.Empty:
+                if not process.is_alive():
+                    # It may have put its last words just before dying: read what is left, then judge.
+                    try:
+                        message = messages.get(timeout=1.0)
+                    except queue_module.Empty:
+                        break
+                else:
+                    continue
+            outcome = _dispatch(message, progress, bars)
+        process.join()
+    finally:
+        for manager, _ in bars.values():
+            manager.__exit__(None, None, None)
+        if process.is_alive():
+            process.kill()
+            process.join()
+    if outcome is None:
+        raise UnitFailed(_death(process.exitcode, kind))
+    if outcome[0] == "error":
+        raise UnitFailed(outcome[1], outcome[2])
+    return outcome[1]
+
+
+def _dispatch(message: tuple[Any, ...], progress: RunProgress, bars: dict[int, tuple[Any, Bar]]) -> tuple[Any, ...] | None:
+    kind = message[0]
+    if kind == "log":
+        progress.log(**message[1])
+    elif kind == "bar":
+        manager = progress.bar(message[2], message[3])
+        bars[message[1]] = (manager, manager.__enter__())
+    elif kind == "advance":
+        if message[1] in bars:
+            bars[message[1]][1].advance(message[2])
+    elif kind == "bar_end":
+        if message[1] in bars:
+            bars.pop(message[1])[0].__exit__(None, None, None)
+    else:
+        return message
+    return None
+
+
+def _death(exitcode: int | None, kind: str) -> str:
+    if exitcode is not None and exitcode < 0:
+        try:
+            name = signal.Signals(-exitcode).name
+        except ValueError:
+            name = f"signal {-exitcode}"
+        hint = " (killed: out of memory?)" if name == "SIGKILL" else ""
+        return f"the {kind} process died of {name}{hint}"
+    return f"the {kind} process exited with status {exitcode} without a result"
