@@ -87,23 +87,31 @@ def docs_plugin_source() -> str:
     return match.group(1)
 
 
+def install_site(site: Path, modules: dict[str, str], entry_points: dict[str, str]) -> Path:
+    """Make ``site`` a directory that, on PYTHONPATH, installs ``modules`` (name -> source) as a distribution
+    whose ``harness`` entry points are ``entry_points`` (approach -> module[:object])."""
+    site.mkdir(parents=True, exist_ok=True)
+    for name, source in modules.items():
+        (site / f"{name}.py").write_text(source, encoding="utf-8")
+    dist = site / "harness_test_plugins-0.3.dist-info"
+    dist.mkdir(exist_ok=True)
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: harness-test-plugins\nVersion: 0.3\n", encoding="utf-8")
+    lines = "".join(f"{name} = {target}\n" for name, target in entry_points.items())
+    (dist / "entry_points.txt").write_text(f"[harness]\n{lines}", encoding="utf-8")
+    return site
+
+
 @pytest.fixture(scope="session")
 def plugin_site(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A directory that, on PYTHONPATH, installs three third-party plugins through entry points."""
-    site = tmp_path_factory.mktemp("site")
-    (site / "harness_naive_bayes.py").write_text(docs_plugin_source(), encoding="utf-8")
-    (site / "failing_train_plugin.py").write_text(FAILING_TRAIN, encoding="utf-8")
-    (site / "broken_import_plugin.py").write_text(BROKEN_IMPORT, encoding="utf-8")
-    dist = site / "harness_test_plugins-0.3.dist-info"
-    dist.mkdir()
-    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: harness-test-plugins\nVersion: 0.3\n", encoding="utf-8")
-    (dist / "entry_points.txt").write_text(
-        "[harness]\nnaive-bayes = harness_naive_bayes\nnaive-bayes-tables = harness_naive_bayes:tables\n"
-        "failing-train = failing_train_plugin\n"
-        "broken-import = broken_import_plugin\n",
-        encoding="utf-8",
+    """A directory that, on PYTHONPATH, installs the docs' plugin and its engine, a plugin whose training
+    fails and one that cannot be imported, through entry points."""
+    return install_site(
+        tmp_path_factory.mktemp("site"),
+        {"harness_naive_bayes": docs_plugin_source(), "failing_train_plugin": FAILING_TRAIN,
+         "broken_import_plugin": BROKEN_IMPORT},
+        {"naive-bayes": "harness_naive_bayes", "naive-bayes-tables": "harness_naive_bayes:tables",
+         "failing-train": "failing_train_plugin", "broken-import": "broken_import_plugin"},
     )
-    return site
 
 
 def make_cli(plugin_site: Path, cwd: Path):
