@@ -57,8 +57,10 @@ def harness_train(
 
 @hookspec(firstresult=True)
 def harness_load(task: Task, artifact: Artifact, settings: dict[str, Any]) -> Serving | None:
-    """Make a trained artifact ready to serve: load it from ``artifact.path`` (or the base model, when
-    nothing was trained), move it to its device and cast it, keeping it in ``artifact.state``.
+    """Make a trained artifact ready to serve.
+
+    Load it from ``artifact.path`` (or the base model, when nothing was trained), move it to its device
+    and cast it, keeping it in ``artifact.state``.
 
     Optional. The core calls it once per measuring process, before any prediction is timed, and resets
     the memory peaks after it: serving memory is the loaded model plus what predict needs.
