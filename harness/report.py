@@ -101,7 +101,9 @@ def _mb(value: float | None) -> str:
 
 
 def _params(value: int | None) -> str:
-    return "-" if not value else f"{value / 1e6:,.1f} M"
+    if not value:
+        return "-"
+    return f"{value / 1e6:,.1f} M" if value >= 1e6 else f"{value / 1e3:,.1f} k"
 
 
 # (title, value getter, formatter, which is better: +1 higher, -1 lower, 0 not ranked)
@@ -183,8 +185,8 @@ def comparison_table(comparison: Comparison):
     if devices:
         notes.append("device: " + "; ".join(devices))
     if ranked:
-        notes.append("Train: wall time of training (load, tokenising, loop, evaluations, saving; the JSON splits it); "
-                     "Serve RSS/GPU: peak memory while serving the test set")
+        notes.append("Train: wall time (--json splits it: load, prepare, loop, evaluation, save); "
+                     "Serve RSS/GPU: peak memory serving the test set")
     table.caption = "\n".join(notes) or None
     table.caption_justify = "left"
     return table

@@ -72,3 +72,13 @@ def test_a_store_from_before_two_identities_is_kept_for_reports_and_never_reused
     store = Store(tmp_path)
     assert store.find_measured("k") is None and store.find_trained("k") is None
     assert store.db.execute("SELECT count(*) FROM runs_v1").fetchone() == (1,)
+
+
+def test_torch_is_seeded_when_first_imported_not_imported_to_be_seeded():
+    import subprocess
+    import sys
+
+    code = ("import sys; from harness.launcher import seed_everything; seed_everything(3); "
+            "assert 'torch' not in sys.modules; import torch; a = torch.rand(3); torch.manual_seed(3); "
+            "assert torch.equal(a, torch.rand(3)); print('ok')")
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout == "ok\n"
