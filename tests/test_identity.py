@@ -124,6 +124,14 @@ def test_an_engine_serves_the_trained_model_without_training_it_again(site_cli, 
     assert alone.returncode == 0, alone.stderr
     assert runs(work, "alone.json")[0]["status"] == "reused"
 
+    # The docs' plugin and its engine can be benched from the stored run: the artifact contract is all bench needs.
+    small = ["--data", ag_news_data, "--limit-test", "16", "--batch-sizes", "4", "--rounds", "1", "--latency-samples", "4",
+             "--concurrency", "2", "--requests", "8"]
+    for approach in ("naive-bayes", "naive-bayes-tables"):
+        bench = cli("bench", "--plugin", approach, "--spec", "agnews", "--run", bayes["run_id"], *small, "--json", "b.json")
+        assert bench.returncode == 0, bench.stderr
+        assert json.loads((work / "b.json").read_text())["throughput"][0]["samples_per_s"] > 0
+
 
 def test_a_process_that_dies_is_a_failed_row_and_numpy_scores_are_stored(site_cli, ag_news_data):
     _, work, cli = site_cli
