@@ -2,12 +2,25 @@
 
 from __future__ import annotations
 
+import string
 from importlib import resources
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Discriminator,
+    Field,
+    PrivateAttr,
+    Tag,
+    TypeAdapter,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from harness.errors import UserError
 from harness.types import Prompt, Task
@@ -17,11 +30,112 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+PLACEHOLDERS = ("text", "options")
+
+
+def template_problem(template: str, *, needs_text: bool) -> str | None:
+    """Why a prompt template would fail or mislead when filled with str.format, or None if it is fine."""
+    try:
+        parts = list(string.Formatter().parse(template))
+    except ValueError:
+        return "unbalanced brace; write a literal { or } as {{ or }}"
+    names = set()
+    for _, name, spec, conversion in parts:
+        if name is None:
+            continue
+        # Only the bare names: plugins fill templates with str.format(text=..., options=...), and a format
+        # spec or attribute access there is almost always JSON or code that needed its braces doubled.
+        if name not in PLACEHOLDERS or spec or conversion:
+            shown = "{" + name + (f"!{conversion}" if conversion else "") + (f":{spec}" if spec else "") + "}"
+            return f"unknown placeholder {shown}; use {{text}} and {{options}}, and {{{{ }}}} for literal braces"
+        names.add(name)
+    if needs_text and "text" not in names:
+        return "needs the {text} placeholder (where the example goes)"
+    return None
+
+
+def _checked_template(needs_text: bool):
+    def check(value: str | None) -> str | None:
+        # "" is how an approach's override removes the task's system message or raw prompt.
+        if value is None or (value == "" and not needs_text):
+            return value
+        problem = template_problem(value, needs_text=needs_text)
+        if problem:
+            raise ValueError(problem)
+        return value
+
+    return check
+
+
+class PromptSpec(_Strict):
+    """A prompt with roles. ``system`` and ``user`` are a chat model's messages; ``raw`` is the whole prompt
+    for a model without a chat template (seed 002's SeqGPT). A prompt with only ``raw`` is also given to
+    chat models, as their user message."""
+
+    system: str | None = Field(None, description="the chat system message; {options} allowed")
+    user: str | None = Field(None, description="the chat user message; needs {text}")
+    raw: str | None = Field(None, description="the whole prompt for a model without a chat template; needs {text}")
+
+    check_system = field_validator("system")(_checked_template(needs_text=False))
+    check_user_and_raw = field_validator("user", "raw")(_checked_template(needs_text=True))
+
+
+def _prompt_form(value: Any) -> str | None:
+    if isinstance(value, str):
+        return "prompt-string"
+    if isinstance(value, (dict, PromptSpec)):
+        return "prompt-mapping"
+    return None
+
+
+# A string is the user template (as before prompts had roles); a mapping gives roles. The discriminator
+# validates only the form given, so an error names the real problem instead of one per union branch.
+PromptValue = Annotated[
+    Union[
+        Annotated[Annotated[str, AfterValidator(_checked_template(needs_text=True))], Tag("prompt-string")],
+        Annotated[PromptSpec, Tag("prompt-mapping")],
+    ],
+    Discriminator(
+        _prompt_form,
+        custom_error_type="prompt_form",
+        custom_error_message="a prompt is a string (the user template) or a mapping of system, user and raw",
+    ),
+]
+_PROMPT = TypeAdapter(PromptValue)
+_UNION_TAGS = {"prompt-string", "prompt-mapping", "float", "int"}
+
+
+def _prompt_fields(prompt: str | PromptSpec | None) -> dict[str, str]:
+    if prompt is None:
+        return {}
+    if isinstance(prompt, str):
+        return {"user": prompt}
+    return prompt.model_dump(exclude_none=True)
+
+
+def _merged_prompt(base: str | PromptSpec | None, override: str | PromptSpec | None) -> dict[str, str]:
+    """Field by field: what the override gives replaces the task's; what it leaves out is kept."""
+    return {**_prompt_fields(base), **_prompt_fields(override)}
+
+
+def _prompt_problem(fields: dict[str, str]) -> str | None:
+    """What a complete prompt (the task's, or an approach's after merging) lacks, or None."""
+    if fields.get("user") is None and fields.get("system"):
+        return "a system message needs a user template with {text} too"
+    if fields.get("user") is None and not fields.get("raw"):
+        return "needs user (a chat model's message) or raw (the whole prompt of a model without a chat template)"
+    return None
+
+
 class TaskSpec(_Strict):
     type: Literal["classification", "extraction"]
     labels: list[str] = Field(default_factory=list, description="label names, in label-id order")
     fields: list[str] = Field(default_factory=list, description="field names to extract")
-    prompt: str | None = Field(None, description="prompt template for prompted approaches; {text} and {options}")
+    prompt: PromptValue | None = Field(
+        None,
+        description="prompt for prompted approaches: a string (the user template) or a mapping of system, user "
+        "and raw; templates take {text} and {options}",
+    )
     option_labels: list[str] = Field(
         default_factory=list, description="how each label is written in the prompt's options (defaults to labels)"
     )
@@ -69,10 +183,16 @@ class Spec(_Strict):
     )
     seed: int = 0
     metrics: list[str] = Field(default_factory=lambda: ["f1_weighted", "accuracy", "f1_macro"])
-    plugins: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    plugins: dict[str, dict[str, Any]] = Field(
+        default_factory=dict,
+        description="per-approach settings; the key 'prompt' is not a setting but that approach's prompt, "
+        "merged field by field over task.prompt",
+    )
 
     # Set by load_spec, not by the YAML: where the spec came from, for error messages and relative paths.
     path: Path | None = Field(None, exclude=True)
+    # plugins.<approach>.prompt, taken out of the settings on load so that it never reaches a plugin as one.
+    _prompts: dict[str, str | PromptSpec] = PrivateAttr(default_factory=dict)
 
     @model_validator(mode="after")
     def _validation_range(self) -> Spec:
@@ -80,14 +200,45 @@ class Spec(_Strict):
             raise ValueError("validation must be a fraction between 0 and 1, 'test' or 'none'")
         return self
 
-    def to_task(self) -> Task:
+    @model_validator(mode="after")
+    def _approach_prompts(self) -> Spec:
+        problem = self.task.prompt is not None and _prompt_problem(_prompt_fields(self.task.prompt))
+        if problem:
+            raise ValueError(f"task.prompt: {problem}")
+        for approach, section in self.plugins.items():
+            if "prompt" not in section:
+                continue
+            where = f"plugins.{approach}.prompt"
+            try:
+                override = _PROMPT.validate_python(section.pop("prompt"))
+            except ValidationError as exc:
+                loc, message = _error_parts(exc)
+                raise ValueError(f"{where}{'.' + loc if loc else ''}: {message}") from None
+            problem = _prompt_problem(_merged_prompt(self.task.prompt, override))
+            if problem:
+                raise ValueError(f"{where}: {problem}, here or in task.prompt")
+            self._prompts[approach] = override
+        return self
+
+    def to_task(self, approach: str | None = None) -> Task:
+        """The task as ``approach`` sees it: the spec's prompt with that approach's ``plugins.<approach>.prompt``
+        merged over it field by field (no approach: the spec's prompt alone)."""
         return Task(
             type=self.task.type,
             labels=tuple(self.task.labels),
             fields=tuple(self.task.fields),
-            prompt=Prompt(user=self.task.prompt) if self.task.prompt is not None else None,
+            prompt=self.prompt_for(approach),
             option_labels=tuple(self.task.option_labels or self.task.labels),
         )
+
+    def prompt_for(self, approach: str | None = None) -> Prompt | None:
+        fields = _merged_prompt(self.task.prompt, self._prompts.get(approach) if approach else None)
+        if not fields:
+            return None
+        # "" in an override removes the task's system message or raw prompt; a raw-only prompt is what a
+        # chat model gets as its user message too (validation guarantees user or raw is there).
+        raw = fields.get("raw") or None
+        return Prompt(user=fields.get("user") or raw, system=fields.get("system") or None, raw=raw)
 
     @property
     def where(self) -> str:
@@ -144,14 +295,18 @@ def load_spec(name_or_path: str) -> Spec:
 
 
 def _first_error(exc: ValidationError) -> str:
+    loc, message = _error_parts(exc)
+    return f"{loc}: {message}" if loc else message
+
+
+def _error_parts(exc: ValidationError) -> tuple[str, str]:
     # A misspelt key also makes the right key "missing": report the unknown key, which is the cause.
     err = sorted(exc.errors(), key=lambda e: e["type"] != "extra_forbidden")[0]
     # Unions report a branch name (e.g. 'float', 'literal[...]') in loc; drop it so the key reads cleanly.
-    loc = ".".join(str(part) for part in err["loc"] if not str(part).startswith(("literal[", "float", "int")))
+    loc = ".".join(str(p) for p in err["loc"] if str(p) not in _UNION_TAGS and not str(p).startswith("literal["))
     if err["type"] == "extra_forbidden":
-        return f"{loc}: unknown key"
-    message = err["msg"].removeprefix("Value error, ")
-    return f"{loc}: {message}" if loc else message
+        return loc, "unknown key"
+    return loc, err["msg"].removeprefix("Value error, ")
 
 
 def resolve_settings(

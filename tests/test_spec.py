@@ -6,6 +6,7 @@ import pytest
 
 from harness.errors import UserError
 from harness.spec import load_spec, parse_overrides, resolve_settings
+from harness.types import Prompt
 
 
 def test_agnews_spec_carries_seed_000_bert_settings():
@@ -36,7 +37,8 @@ BASE = "name: s\ntask: {type: classification, labels: [a, b]}\ndataset: {train: 
     "body, message",
     [
         (BASE + "seeed: 3\n", "s.yaml: seeed: unknown key"),
-        (BASE.replace("labels: [a, b]", "labels: [a, b], prompt: 3"), "s.yaml: task.prompt: Input should be a valid string"),
+        (BASE.replace("labels: [a, b]", "labels: [a, b], prompt: 3"),
+         "s.yaml: task.prompt: a prompt is a string (the user template) or a mapping of system, user and raw"),
         (BASE + "validation: 1.5\n", "s.yaml: validation must be a fraction"),
         (BASE.replace("labels: [a, b]", "labels: [a]"), "s.yaml: task: a classification task needs at least two labels"),
         (BASE + "plugins: [bert]\n", "s.yaml: plugins: Input should be a valid dictionary"),
@@ -70,3 +72,90 @@ def test_override_syntax_errors():
 def test_unknown_spec_name_lists_known_ones():
     with pytest.raises(UserError, match=r"--spec: unknown spec 'agnws'; known: .*agnews"):
         load_spec("agnws")
+
+
+def task_prompt(tmp_path: Path, prompt: str, plugins: str = "") -> str:
+    """A spec file whose task.prompt is the given YAML mapping, followed by a plugins section."""
+    indented = "".join(f"    {line}\n" for line in prompt.splitlines())
+    body = BASE.replace("task: {type: classification, labels: [a, b]}\n",
+                        "task:\n  type: classification\n  labels: [a, b]\n  prompt:\n" + indented)
+    return spec_file(tmp_path, body + plugins)
+
+
+def test_a_string_prompt_is_the_user_template(tmp_path):
+    spec = load_spec(spec_file(tmp_path, BASE.replace("labels: [a, b]", "labels: [a, b], prompt: 'Q: {text} {options}'")))
+    assert spec.to_task().prompt == Prompt(user="Q: {text} {options}")
+    assert spec.to_task("anything").prompt == spec.to_task().prompt
+    assert load_spec(spec_file(tmp_path, BASE)).to_task().prompt is None
+
+
+def test_a_prompt_with_roles_and_a_raw_prompt(tmp_path):
+    spec = load_spec(task_prompt(tmp_path, "system: 'You sort news into {options}.'\nuser: '{text}'"))
+    prompt = spec.to_task().prompt
+    assert prompt == Prompt(user="{text}", system="You sort news into {options}.")
+    assert prompt.plain() == "You sort news into {options}.\n\n{text}"
+    # Seed 002's SeqGPT prompt: no chat template, the whole prompt is raw; chat models get it as the user message.
+    seqgpt = "raw: \"输入: {text}\\n分类: a，b\\n输出: [GEN]\""
+    raw_only = load_spec(task_prompt(tmp_path, seqgpt)).to_task().prompt
+    assert raw_only.raw == raw_only.user == raw_only.plain() == "输入: {text}\n分类: a，b\n输出: [GEN]"
+    assert raw_only.system is None
+
+
+PER_APPROACH = """plugins:
+  qwen:
+    lr: 2
+    prompt: 'Answer briefly. {text}'
+  seqgpt:
+    prompt: {raw: 'Input: {text} Output: [GEN]'}
+  plain:
+    prompt: {system: ''}
+"""
+
+
+def test_approach_prompts_merge_field_by_field_and_stay_with_their_approach(tmp_path):
+    spec = load_spec(task_prompt(tmp_path, "system: Be exact.\nuser: 'Article: {text}'", PER_APPROACH))
+    task_only = Prompt(user="Article: {text}", system="Be exact.")
+    assert spec.to_task().prompt == task_only
+    assert spec.to_task("bert").prompt == task_only
+    # A string override replaces the user template and keeps the task's system message.
+    assert spec.to_task("qwen").prompt == Prompt(user="Answer briefly. {text}", system="Be exact.")
+    assert spec.to_task("seqgpt").prompt == Prompt(user="Article: {text}", system="Be exact.",
+                                                   raw="Input: {text} Output: [GEN]")
+    # "" removes the task's system message for that approach alone.
+    assert spec.to_task("plain").prompt == Prompt(user="Article: {text}")
+    # The prompt is not a setting: it never reaches resolve_settings or a plugin.
+    assert spec.plugins == {"qwen": {"lr": 2}, "seqgpt": {}, "plain": {}}
+    assert resolve_settings("qwen", {"lr": 0.1}, spec, {}) == {"lr": 2.0}
+    assert resolve_settings("seqgpt", {"model": "m"}, spec, {}) == {"model": "m"}
+
+
+@pytest.mark.parametrize(
+    "prompt, plugins, message",
+    [
+        ("user: 'Article: {txt}'", "", "s.yaml: task.prompt.user: unknown placeholder {txt}"),
+        ("user: '{text}'\nsystem: 'Label as {label}'", "", "s.yaml: task.prompt.system: unknown placeholder {label}"),
+        ("raw: 'Input: [GEN]'", "", "s.yaml: task.prompt.raw: needs the {text} placeholder"),
+        ("user: 'Describe it.'", "", "s.yaml: task.prompt.user: needs the {text} placeholder"),
+        ("user: '{text} as {\"name\": ...}'", "", 'task.prompt.user: unknown placeholder {"name": ...}'),
+        ("user: '{text} {'", "", "s.yaml: task.prompt.user: unbalanced brace; write a literal { or } as {{ or }}"),
+        ("user: '{text!r}'", "", "s.yaml: task.prompt.user: unknown placeholder {text!r}"),
+        ("system: 'Be exact.'", "", "s.yaml: task.prompt: a system message needs a user template with {text} too"),
+        ("usr: '{text}'", "", "s.yaml: task.prompt.usr: unknown key"),
+        ("user: '{text}'", "plugins:\n  qwen: {prompt: 'Q {txt}'}\n", "s.yaml: plugins.qwen.prompt: unknown placeholder {txt}"),
+        ("user: '{text}'", "plugins:\n  qwen: {prompt: {user: 'Q {txt}'}}\n",
+         "s.yaml: plugins.qwen.prompt.user: unknown placeholder {txt}"),
+        ("user: '{text}'", "plugins:\n  qwen: {prompt: {sytem: x}}\n", "s.yaml: plugins.qwen.prompt.sytem: unknown key"),
+        ("raw: '{text} [GEN]'", "plugins:\n  qwen: {prompt: {system: Be exact.}}\n",
+         "s.yaml: plugins.qwen.prompt: a system message needs a user template with {text} too, here or in task.prompt"),
+        ("user: '{text}'", "plugins:\n  qwen: {prompt: [a]}\n", "s.yaml: plugins.qwen.prompt: a prompt is a string"),
+    ],
+)
+def test_prompt_templates_are_checked_on_load(tmp_path, prompt, plugins, message):
+    with pytest.raises(UserError) as info:
+        load_spec(task_prompt(tmp_path, prompt, plugins))
+    assert message in str(info.value) and "\n" not in str(info.value), str(info.value)
+
+
+def test_literal_braces_are_escaped_as_in_str_format(tmp_path):
+    spec = load_spec(task_prompt(tmp_path, "user: 'Reply as {{\"name\": ...}}: {text}'"))
+    assert spec.to_task().prompt.user.format(text="x", options="") == 'Reply as {"name": ...}: x'
