@@ -314,25 +314,46 @@ def resolve_settings(
     defaults: dict[str, Any],
     spec: Spec,
     overrides: dict[str, str],
+    *,
+    choices: dict[str, tuple[Any, ...]] | None = None,
 ) -> dict[str, Any]:
     """Merge an approach's defaults, the spec's ``plugins.<approach>`` section and ``--set`` overrides.
 
     Every key must be one of the defaults' keys, and values keep the defaults' types (an int is
-    accepted for a float; command-line strings are converted).
+    accepted for a float; command-line strings are converted). A key in ``choices`` (the approach's
+    ``ApproachInfo.choices``) must take one of its allowed values.
     """
+    choices = choices or {}
     settings = dict(defaults)
     for key, value in (spec.plugins.get(approach) or {}).items():
-        settings[key] = _checked(approach, defaults, key, value, where=f"{spec.where}: plugins.{approach}.{key}")
+        where = f"{spec.where}: plugins.{approach}.{key}"
+        settings[key] = _allowed(_checked(approach, defaults, key, value, where=where), choices.get(key), where)
     for key, text in overrides.items():
-        settings[key] = _checked(approach, defaults, key, _parse_cli_value(text), where=f"--set {approach}.{key}")
+        where = f"--set {approach}.{key}"
+        if key == "prompt" and key not in defaults:
+            raise UserError(f"the prompt is set in the spec: task.prompt, or plugins.{approach}.prompt for "
+                            f"{approach} alone", where=where)
+        value = _parse_cli_value(text, defaults.get(key))
+        settings[key] = _allowed(_checked(approach, defaults, key, value, where=where), choices.get(key), where)
     return settings
 
 
-def _parse_cli_value(text: str) -> Any:
+def _parse_cli_value(text: str, default: Any = None) -> Any:
     try:
-        return yaml.safe_load(text)
+        value = yaml.safe_load(text)
     except yaml.YAMLError:
         return text
+    # A string setting takes the text as typed: YAML would read "" as null, "on" as true, "{text}" as a
+    # mapping and "1.0e-5" as 1e-05. A quoted YAML string is still read as one, so "a\nb" can pass a newline.
+    if isinstance(default, str) and not isinstance(value, str):
+        return text
+    return value
+
+
+def _allowed(value: Any, allowed: tuple[Any, ...] | None, where: str) -> Any:
+    if allowed is not None and value not in allowed:
+        raise UserError(f"{value!r} is not one of {', '.join(str(choice) for choice in allowed)}", where=where)
+    return value
 
 
 def _checked(approach: str, defaults: dict[str, Any], key: str, value: Any, *, where: str) -> Any:
@@ -342,7 +363,8 @@ def _checked(approach: str, defaults: dict[str, Any], key: str, value: Any, *, w
     if default is None:
         return value
     if value is None:
-        raise UserError(f"needs a {type(default).__name__} value", where=where)
+        hint = ' (write "" for an empty string)' if isinstance(default, str) else ""
+        raise UserError(f"needs a {type(default).__name__} value{hint}", where=where)
     kind = type(default)
     if kind is float and isinstance(value, (int, str)) and not isinstance(value, bool):
         try:

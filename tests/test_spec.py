@@ -159,3 +159,46 @@ def test_prompt_templates_are_checked_on_load(tmp_path, prompt, plugins, message
 def test_literal_braces_are_escaped_as_in_str_format(tmp_path):
     spec = load_spec(task_prompt(tmp_path, "user: 'Reply as {{\"name\": ...}}: {text}'"))
     assert spec.to_task().prompt.user.format(text="x", options="") == 'Reply as {"name": ...}: x'
+
+
+CHOICES = {"scoring": ("letter", "likelihood", "perplexity")}
+
+
+def test_enumerated_settings_are_checked_from_the_spec_and_the_command_line(tmp_path):
+    defaults = {"scoring": "letter", "lr": 0.1}
+    good = load_spec(spec_file(tmp_path, BASE + "plugins:\n  qwen: {scoring: likelihood}\n"))
+    assert resolve_settings("qwen", defaults, good, {}, choices=CHOICES)["scoring"] == "likelihood"
+    assert resolve_settings("qwen", defaults, good, {"scoring": "perplexity"}, choices=CHOICES)["scoring"] == "perplexity"
+    with pytest.raises(UserError) as info:
+        resolve_settings("qwen", defaults, good, {"scoring": "leter"}, choices=CHOICES)
+    assert str(info.value) == "--set qwen.scoring: 'leter' is not one of letter, likelihood, perplexity"
+    bad = load_spec(spec_file(tmp_path, BASE + "plugins:\n  qwen: {scoring: leter}\n"))
+    with pytest.raises(UserError) as info:
+        resolve_settings("qwen", defaults, bad, {}, choices=CHOICES)
+    assert str(info.value).endswith("s.yaml: plugins.qwen.scoring: 'leter' is not one of letter, likelihood, perplexity")
+    # Without choices (an approach that declares none) any value of the right type passes, as before.
+    assert resolve_settings("qwen", defaults, bad, {})["scoring"] == "leter"
+    # Choices compare after type conversion: "8" from the command line is the int 8.
+    assert resolve_settings("x", {"bits": 4}, good, {"bits": "8"}, choices={"bits": (4, 8)}) == {"bits": 8}
+
+
+def test_string_settings_take_the_command_line_text_as_typed(tmp_path):
+    spec = load_spec(spec_file(tmp_path, BASE))
+    defaults = {"think_prefix": "<think>\n\n</think>\n\n", "tokenizer": "", "epochs": 1.0, "optional": None}
+    overrides = parse_overrides(["qwen.think_prefix=", "qwen.tokenizer=on", "qwen.optional="])["qwen"]
+    assert resolve_settings("qwen", defaults, spec, overrides) == {
+        "think_prefix": "", "tokenizer": "on", "epochs": 1.0, "optional": None}
+    typed = {"think_prefix": "{text}", "tokenizer": "1.0e-5"}
+    assert resolve_settings("qwen", defaults, spec, typed) == {**defaults, **typed}
+    # A quoted YAML string is still read as one: the way to pass a newline.
+    assert resolve_settings("qwen", defaults, spec, {"think_prefix": '"a\\nb"'})["think_prefix"] == "a\nb"
+    with pytest.raises(UserError, match=r"--set qwen.epochs: needs a float value$"):
+        resolve_settings("qwen", defaults, spec, {"epochs": ""})
+    null = load_spec(spec_file(tmp_path, BASE + "plugins:\n  qwen: {think_prefix: null}\n"))
+    with pytest.raises(UserError, match=r'plugins.qwen.think_prefix: needs a str value \(write "" for an empty string\)'):
+        resolve_settings("qwen", defaults, null, {})
+
+
+def test_the_prompt_is_not_a_command_line_setting(tmp_path):
+    with pytest.raises(UserError, match=r"--set qwen.prompt: the prompt is set in the spec: task.prompt, or plugins.qwen.prompt"):
+        resolve_settings("qwen", {"lr": 0.1}, load_spec(spec_file(tmp_path, BASE)), {"prompt": "{text}"})
