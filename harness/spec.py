@@ -158,16 +158,31 @@ class DatasetSpec(_Strict):
     config: str | None = Field(None, description="the hub dataset's configuration name")
     train_split: str = "train"
     test_split: str = "test"
+    validation_split: str | None = Field(
+        None, description="the hub dataset's validation split, used as is (nothing is held out of train)"
+    )
     train: str | None = Field(None, description="a local JSONL or CSV file, relative to the spec file")
     test: str | None = None
+    validation: str | None = Field(
+        None, description="a local validation file beside train and test, used as is (nothing is held out of train)"
+    )
     text_field: str = "text"
     label_field: str = "label"
     fields_field: str = "fields"
 
+    # No source at all is allowed: a spec for data that is not published (waybill) names its fields and
+    # is run with --data; load_datasets says so if --data is missing.
     @model_validator(mode="after")
     def _one_source(self) -> DatasetSpec:
-        if not self.hub and not (self.train and self.test):
-            raise ValueError("give either hub, or both train and test files")
+        if bool(self.train) != bool(self.test):
+            raise ValueError("give both train and test files (or a hub dataset)")
+        if self.validation and self.validation_split:
+            raise ValueError("give validation (a file) or validation_split (a hub split), not both")
+        if self.validation and not self.train:
+            raise ValueError("validation is a local file beside the train and test files; a hub dataset "
+                             "names its validation_split")
+        if self.validation_split and not self.hub:
+            raise ValueError("validation_split names a split of the hub dataset; local files use validation")
         return self
 
 
@@ -179,7 +194,8 @@ class Spec(_Strict):
     validation: float | Literal["test", "none"] = Field(
         0.1,
         description="fraction of train held out (stratified) for checkpoint selection; 'test' selects on the "
-        "test set as the seed articles did; 'none' trains without evaluation",
+        "test set as the seed articles did; 'none' trains without evaluation. Ignored when a validation file "
+        "or split is given",
     )
     seed: int = 0
     metrics: list[str] = Field(default_factory=lambda: ["f1_weighted", "accuracy", "f1_macro"])
@@ -198,6 +214,10 @@ class Spec(_Strict):
     def _validation_range(self) -> Spec:
         if isinstance(self.validation, float) and not 0.0 < self.validation < 1.0:
             raise ValueError("validation must be a fraction between 0 and 1, 'test' or 'none'")
+        given = "dataset.validation" if self.dataset.validation else "dataset.validation_split"
+        if self.validation in ("test", "none") and (self.dataset.validation or self.dataset.validation_split):
+            raise ValueError(f"validation: {self.validation!r} and {given} both say how checkpoints are "
+                             "selected; remove one")
         return self
 
     @model_validator(mode="after")

@@ -202,3 +202,23 @@ def test_string_settings_take_the_command_line_text_as_typed(tmp_path):
 def test_the_prompt_is_not_a_command_line_setting(tmp_path):
     with pytest.raises(UserError, match=r"--set qwen.prompt: the prompt is set in the spec: task.prompt, or plugins.qwen.prompt"):
         resolve_settings("qwen", {"lr": 0.1}, load_spec(spec_file(tmp_path, BASE)), {"prompt": "{text}"})
+
+
+@pytest.mark.parametrize(
+    "dataset, validation, message",
+    [
+        ("{train: t.jsonl, test: t.jsonl, validation: v.jsonl}", "test",
+         "s.yaml: validation: 'test' and dataset.validation both say how checkpoints are selected; remove one"),
+        ("{hub: some/dataset, validation_split: dev}", "none",
+         "s.yaml: validation: 'none' and dataset.validation_split both say how checkpoints are selected"),
+        ("{hub: some/dataset, validation: v.jsonl}", "0.1", "s.yaml: dataset: validation is a local file beside"),
+        ("{train: t.jsonl, test: t.jsonl, validation_split: dev}", "0.1",
+         "s.yaml: dataset: validation_split names a split of the hub dataset"),
+        ("{train: t.jsonl}", "0.1", "s.yaml: dataset: give both train and test files"),
+    ],
+)
+def test_validation_set_conflicts_are_spec_errors(tmp_path, dataset, validation, message):
+    body = f"name: s\ntask: {{type: classification, labels: [a, b]}}\ndataset: {dataset}\nvalidation: {validation}\n"
+    with pytest.raises(UserError) as info:
+        load_spec(spec_file(tmp_path, body))
+    assert message in str(info.value) and "\n" not in str(info.value), str(info.value)
