@@ -8,7 +8,7 @@ import pytest
 
 from harness.data import dataset_hash, load_datasets, parse_data_option, read_examples
 from harness.errors import UserError
-from harness.spec import Spec
+from harness.spec import Spec, load_spec
 from harness.types import Example, Task
 
 
@@ -128,3 +128,22 @@ def test_hub_validation_split_of_a_local_dataset_directory(tmp_path):
                                 "dataset": {"hub": str(folder), "validation_split": "validation"}})
     data = load_datasets(spec)
     assert (len(data.train), len(data.validation), len(data.test), data.validation_source) == (20, 6, 8, "split")
+
+
+def test_a_spec_without_data_asks_for_data_option():
+    with pytest.raises(UserError) as info:
+        load_datasets(load_spec("waybill"))
+    assert str(info.value).endswith("waybill.yaml: dataset: the spec names no hub dataset or files: give --data "
+                                    "train=PATH,test=PATH (validation=PATH optional)")
+
+
+def test_waybill_from_shared_with_its_dev_split(shared):
+    folder = shared / "data" / "waybill"
+    data = {part: str(folder / f"{name}.jsonl") for part, name in
+            (("train", "train"), ("validation", "dev"), ("test", "test"))}
+    loaded = load_datasets(load_spec("waybill"), data=data)
+    assert (len(loaded.train), len(loaded.validation), len(loaded.test)) == (1600, 200, 200)
+    assert loaded.validation_source == "file"
+    first = loaded.validation[0]
+    assert first.text.startswith("喻晓刚") and first.fields["phone"] == "18513386163" and first.label is None
+    assert set(first.fields) == {"name", "phone", "province", "city", "district", "specific_location"}

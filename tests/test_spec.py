@@ -222,3 +222,18 @@ def test_validation_set_conflicts_are_spec_errors(tmp_path, dataset, validation,
     with pytest.raises(UserError) as info:
         load_spec(spec_file(tmp_path, body))
     assert message in str(info.value) and "\n" not in str(info.value), str(info.value)
+
+
+def seed_001_system_prompt(shared: Path) -> str:
+    seed = next((shared / "seeds").glob("001_*.txt")).read_text(encoding="utf-8")
+    return next(line.strip() for line in seed.splitlines() if line.startswith("你是一个专业的信息抽取助手"))
+
+
+def test_waybill_spec_is_seed_001_with_its_short_system_prompt(shared):
+    spec = load_spec("waybill")
+    task = spec.to_task("qwen")
+    assert task.type == "extraction"
+    assert task.fields == ("name", "phone", "province", "city", "district", "specific_location")
+    assert task.prompt == Prompt(user="{text}", system=seed_001_system_prompt(shared))
+    # The data is not on the hub in this shape: the spec names none, and is run with --data.
+    assert not spec.dataset.hub and not spec.dataset.train
