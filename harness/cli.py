@@ -24,7 +24,7 @@ def build_parser() -> argparse.ArgumentParser:
     cmp = commands.add_parser("compare", help="train, predict and score approaches on one spec, then print the table")
     cmp.add_argument("--plugins", required=True, help="approaches to compare, by name (see `harness plugins`): bert,qwen")
     cmp.add_argument("--spec", required=True, help="a spec name (see `harness specs`) or a YAML file")
-    cmp.add_argument("--data", help="local files instead of the spec's dataset: train=PATH,test=PATH (JSONL or CSV)")
+    cmp.add_argument("--data", help="local files instead of the spec's dataset: train=PATH,test=PATH[,validation=PATH] (JSONL or CSV)")
     cmp.add_argument("--set", dest="overrides", action="append", default=[], metavar="PLUGIN.KEY=VALUE",
                      help="override one setting, e.g. bert.num_train_epochs=1 (repeatable)")
     cmp.add_argument("--limit-train", type=int, help="a stratified sample of N training examples")
@@ -266,7 +266,7 @@ def cmd_specs(args: argparse.Namespace) -> int:
     rows = []
     for path in list_specs():
         spec = load_spec(str(path))
-        dataset = spec.dataset.hub or f"{spec.dataset.train}, {spec.dataset.test}"
+        dataset = spec.dataset.hub or (f"{spec.dataset.train}, {spec.dataset.test}" if spec.dataset.train else "--data")
         rows.append({"name": spec.name, "path": str(path), "task": spec.task.type, "dataset": dataset,
                      "labels": spec.task.labels, "fields": spec.task.fields, "plugins": sorted(spec.plugins)})
     if args.json:

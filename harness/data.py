@@ -22,11 +22,16 @@ class Datasets:
     train: list[Example]
     validation: list[Example]
     test: list[Example]
-    validation_source: str  # "train" (held out), "test" (as the seeds did) or "none"
+    # "train" (held out of train), "file" or "split" (given, used as is), "test" (as the seeds did) or "none"
+    validation_source: str
 
     @property
     def train_hash(self) -> str:
         return dataset_hash(self.train)
+
+    @property
+    def validation_hash(self) -> str:
+        return dataset_hash(self.validation)
 
     @property
     def test_hash(self) -> str:
@@ -50,40 +55,79 @@ def load_datasets(
     limit_train: int | None = None,
     limit_test: int | None = None,
 ) -> Datasets:
-    """Load train and test as the spec (or ``--data train=PATH,test=PATH``) says, then limit and split.
+    """Load train, test and any validation set as the spec (or ``--data``, from :func:`parse_data_option`)
+    says, then limit and split.
 
-    Limits take a stratified sample with the spec's seed, so ``--limit-train 500`` keeps the class balance.
+    ``--data`` replaces the spec's whole dataset, its validation file or split included. A validation set
+    that is given is used as is: nothing is held out of train and the spec's ``validation`` fraction is
+    ignored. Otherwise ``validation`` holds a stratified fraction out of train. Limits take a stratified
+    sample of train and test with the spec's seed, so ``--limit-train 500`` keeps the class balance; they
+    never cut a given validation set, which selects checkpoints whatever the sample trained on.
     """
     task = spec.to_task()
     ds = spec.dataset
+
+    def read(path: Path) -> list[Example]:
+        return read_examples(path, task, ds.text_field, ds.label_field, ds.fields_field)
+
+    def read_hub(split: str) -> list[Example]:
+        return _read_hub(ds.hub, ds.config, split, task, ds.text_field, ds.label_field, ds.fields_field)
+
+    validation: list[Example] | None = None
+    source = "train"
     if data:
-        train = read_examples(Path(data["train"]), task, ds.text_field, ds.label_field, ds.fields_field)
-        test = read_examples(Path(data["test"]), task, ds.text_field, ds.label_field, ds.fields_field)
+        if data.get("validation") and spec.validation in ("test", "none"):
+            raise UserError(f"validation= and {spec.where}'s 'validation: {spec.validation}' both say how "
+                            "checkpoints are selected; remove one", where="--data")
+        train, test = read(Path(data["train"])), read(Path(data["test"]))
+        if data.get("validation"):
+            validation, source = read(Path(data["validation"])), "file"
     elif ds.train and ds.test:
         base = spec.path.parent if spec.path else Path(".")
-        train = read_examples(base / ds.train, task, ds.text_field, ds.label_field, ds.fields_field)
-        test = read_examples(base / ds.test, task, ds.text_field, ds.label_field, ds.fields_field)
+        train, test = read(base / ds.train), read(base / ds.test)
+        if ds.validation:
+            validation, source = read(base / ds.validation), "file"
+    elif ds.hub:
+        train, test = read_hub(ds.train_split), read_hub(ds.test_split)
+        if ds.validation_split:
+            validation, source = read_hub(ds.validation_split), "split"
     else:
-        train = _read_hub(ds.hub, ds.config, ds.train_split, task, ds.text_field, ds.label_field, ds.fields_field)
-        test = _read_hub(ds.hub, ds.config, ds.test_split, task, ds.text_field, ds.label_field, ds.fields_field)
+        raise UserError("the spec names no hub dataset or files: give --data train=PATH,test=PATH "
+                        "(validation=PATH optional)", where=f"{spec.where}: dataset")
 
     train = _sample(train, limit_train, spec.seed, "--limit-train")
     test = _sample(test, limit_test, spec.seed, "--limit-test")
+    if validation is not None:
+        return Datasets(train, validation, test, source)
     if spec.validation == "test":
         return Datasets(train, test, test, "test")
     if spec.validation == "none":
         return Datasets(train, [], test, "none")
-    train, validation = _hold_out(train, spec.validation, spec.seed)
+    train, held_out = _hold_out(train, spec.validation, spec.seed)
     if not train:
         raise UserError(f"holding out validation: {spec.validation} leaves no training examples", where=spec.where)
-    return Datasets(train, validation, test, "train")
+    return Datasets(train, held_out, test, "train")
+
+
+DATA_PARTS = ("train", "validation", "test")
 
 
 def parse_data_option(text: str) -> dict[str, str]:
-    """``train=a.jsonl,test=b.jsonl`` -> ``{"train": "a.jsonl", "test": "b.jsonl"}``."""
-    parts = dict(item.partition("=")[::2] for item in text.split(",") if item)
-    if set(parts) != {"train", "test"} or not all(parts.values()):
-        raise UserError(f"expected train=PATH,test=PATH, got {text!r}", where="--data")
+    """``train=a.jsonl,validation=v.jsonl,test=b.jsonl`` -> ``{"train": "a.jsonl", ...}``; validation is optional."""
+    expected = "expected train=PATH,test=PATH with an optional validation=PATH"
+    parts: dict[str, str] = {}
+    for item in text.split(","):
+        if not item:
+            continue
+        key, sep, path = item.partition("=")
+        if not sep or not path or key not in DATA_PARTS:
+            raise UserError(f"{expected}, got {item!r}", where="--data")
+        if key in parts:
+            raise UserError(f"{key}= given twice", where="--data")
+        parts[key] = path
+    missing = [key for key in ("train", "test") if key not in parts]
+    if missing:
+        raise UserError(f"{expected}; {missing[0]}= is missing in {text!r}", where="--data")
     return parts
 
 

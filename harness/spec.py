@@ -2,12 +2,25 @@
 
 from __future__ import annotations
 
+import string
 from importlib import resources
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Discriminator,
+    Field,
+    PrivateAttr,
+    Tag,
+    TypeAdapter,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from harness.errors import UserError
 from harness.types import Prompt, Task
@@ -17,11 +30,112 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+PLACEHOLDERS = ("text", "options")
+
+
+def template_problem(template: str, *, needs_text: bool) -> str | None:
+    """Why a prompt template would fail or mislead when filled with str.format, or None if it is fine."""
+    try:
+        parts = list(string.Formatter().parse(template))
+    except ValueError:
+        return "unbalanced brace; write a literal { or } as {{ or }}"
+    names = set()
+    for _, name, spec, conversion in parts:
+        if name is None:
+            continue
+        # Only the bare names: plugins fill templates with str.format(text=..., options=...), and a format
+        # spec or attribute access there is almost always JSON or code that needed its braces doubled.
+        if name not in PLACEHOLDERS or spec or conversion:
+            shown = "{" + name + (f"!{conversion}" if conversion else "") + (f":{spec}" if spec else "") + "}"
+            return f"unknown placeholder {shown}; use {{text}} and {{options}}, and {{{{ }}}} for literal braces"
+        names.add(name)
+    if needs_text and "text" not in names:
+        return "needs the {text} placeholder (where the example goes)"
+    return None
+
+
+def _checked_template(needs_text: bool):
+    def check(value: str | None) -> str | None:
+        # "" is how an approach's override removes the task's system message or raw prompt.
+        if value is None or (value == "" and not needs_text):
+            return value
+        problem = template_problem(value, needs_text=needs_text)
+        if problem:
+            raise ValueError(problem)
+        return value
+
+    return check
+
+
+class PromptSpec(_Strict):
+    """A prompt with roles. ``system`` and ``user`` are a chat model's messages; ``raw`` is the whole prompt
+    for a model without a chat template (seed 002's SeqGPT). A prompt with only ``raw`` is also given to
+    chat models, as their user message."""
+
+    system: str | None = Field(None, description="the chat system message; {options} allowed")
+    user: str | None = Field(None, description="the chat user message; needs {text}")
+    raw: str | None = Field(None, description="the whole prompt for a model without a chat template; needs {text}")
+
+    check_system = field_validator("system")(_checked_template(needs_text=False))
+    check_user_and_raw = field_validator("user", "raw")(_checked_template(needs_text=True))
+
+
+def _prompt_form(value: Any) -> str | None:
+    if isinstance(value, str):
+        return "prompt-string"
+    if isinstance(value, (dict, PromptSpec)):
+        return "prompt-mapping"
+    return None
+
+
+# A string is the user template (as before prompts had roles); a mapping gives roles. The discriminator
+# validates only the form given, so an error names the real problem instead of one per union branch.
+PromptValue = Annotated[
+    Union[
+        Annotated[Annotated[str, AfterValidator(_checked_template(needs_text=True))], Tag("prompt-string")],
+        Annotated[PromptSpec, Tag("prompt-mapping")],
+    ],
+    Discriminator(
+        _prompt_form,
+        custom_error_type="prompt_form",
+        custom_error_message="a prompt is a string (the user template) or a mapping of system, user and raw",
+    ),
+]
+_PROMPT = TypeAdapter(PromptValue)
+_UNION_TAGS = {"prompt-string", "prompt-mapping", "float", "int"}
+
+
+def _prompt_fields(prompt: str | PromptSpec | None) -> dict[str, str]:
+    if prompt is None:
+        return {}
+    if isinstance(prompt, str):
+        return {"user": prompt}
+    return prompt.model_dump(exclude_none=True)
+
+
+def _merged_prompt(base: str | PromptSpec | None, override: str | PromptSpec | None) -> dict[str, str]:
+    """Field by field: what the override gives replaces the task's; what it leaves out is kept."""
+    return {**_prompt_fields(base), **_prompt_fields(override)}
+
+
+def _prompt_problem(fields: dict[str, str]) -> str | None:
+    """What a complete prompt (the task's, or an approach's after merging) lacks, or None."""
+    if fields.get("user") is None and fields.get("system"):
+        return "a system message needs a user template with {text} too"
+    if fields.get("user") is None and not fields.get("raw"):
+        return "needs user (a chat model's message) or raw (the whole prompt of a model without a chat template)"
+    return None
+
+
 class TaskSpec(_Strict):
     type: Literal["classification", "extraction"]
     labels: list[str] = Field(default_factory=list, description="label names, in label-id order")
     fields: list[str] = Field(default_factory=list, description="field names to extract")
-    prompt: str | None = Field(None, description="prompt template for prompted approaches; {text} and {options}")
+    prompt: PromptValue | None = Field(
+        None,
+        description="prompt for prompted approaches: a string (the user template) or a mapping of system, user "
+        "and raw; templates take {text} and {options}",
+    )
     option_labels: list[str] = Field(
         default_factory=list, description="how each label is written in the prompt's options (defaults to labels)"
     )
@@ -44,16 +158,31 @@ class DatasetSpec(_Strict):
     config: str | None = Field(None, description="the hub dataset's configuration name")
     train_split: str = "train"
     test_split: str = "test"
+    validation_split: str | None = Field(
+        None, description="the hub dataset's validation split, used as is (nothing is held out of train)"
+    )
     train: str | None = Field(None, description="a local JSONL or CSV file, relative to the spec file")
     test: str | None = None
+    validation: str | None = Field(
+        None, description="a local validation file beside train and test, used as is (nothing is held out of train)"
+    )
     text_field: str = "text"
     label_field: str = "label"
     fields_field: str = "fields"
 
+    # No source at all is allowed: a spec for data that is not published (waybill) names its fields and
+    # is run with --data; load_datasets says so if --data is missing.
     @model_validator(mode="after")
     def _one_source(self) -> DatasetSpec:
-        if not self.hub and not (self.train and self.test):
-            raise ValueError("give either hub, or both train and test files")
+        if bool(self.train) != bool(self.test):
+            raise ValueError("give both train and test files (or a hub dataset)")
+        if self.validation and self.validation_split:
+            raise ValueError("give validation (a file) or validation_split (a hub split), not both")
+        if self.validation and not self.train:
+            raise ValueError("validation is a local file beside the train and test files; a hub dataset "
+                             "names its validation_split")
+        if self.validation_split and not self.hub:
+            raise ValueError("validation_split names a split of the hub dataset; local files use validation")
         return self
 
 
@@ -65,29 +194,71 @@ class Spec(_Strict):
     validation: float | Literal["test", "none"] = Field(
         0.1,
         description="fraction of train held out (stratified) for checkpoint selection; 'test' selects on the "
-        "test set as the seed articles did; 'none' trains without evaluation",
+        "test set as the seed articles did; 'none' trains without evaluation. Ignored when a validation file "
+        "or split is given",
     )
     seed: int = 0
     metrics: list[str] = Field(default_factory=lambda: ["f1_weighted", "accuracy", "f1_macro"])
-    plugins: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    plugins: dict[str, dict[str, Any]] = Field(
+        default_factory=dict,
+        description="per-approach settings; the key 'prompt' is not a setting but that approach's prompt, "
+        "merged field by field over task.prompt",
+    )
 
     # Set by load_spec, not by the YAML: where the spec came from, for error messages and relative paths.
     path: Path | None = Field(None, exclude=True)
+    # plugins.<approach>.prompt, taken out of the settings on load so that it never reaches a plugin as one.
+    _prompts: dict[str, str | PromptSpec] = PrivateAttr(default_factory=dict)
 
     @model_validator(mode="after")
     def _validation_range(self) -> Spec:
         if isinstance(self.validation, float) and not 0.0 < self.validation < 1.0:
             raise ValueError("validation must be a fraction between 0 and 1, 'test' or 'none'")
+        given = "dataset.validation" if self.dataset.validation else "dataset.validation_split"
+        if self.validation in ("test", "none") and (self.dataset.validation or self.dataset.validation_split):
+            raise ValueError(f"validation: {self.validation!r} and {given} both say how checkpoints are "
+                             "selected; remove one")
         return self
 
-    def to_task(self) -> Task:
+    @model_validator(mode="after")
+    def _approach_prompts(self) -> Spec:
+        problem = self.task.prompt is not None and _prompt_problem(_prompt_fields(self.task.prompt))
+        if problem:
+            raise ValueError(f"task.prompt: {problem}")
+        for approach, section in self.plugins.items():
+            if "prompt" not in section:
+                continue
+            where = f"plugins.{approach}.prompt"
+            try:
+                override = _PROMPT.validate_python(section.pop("prompt"))
+            except ValidationError as exc:
+                loc, message = _error_parts(exc)
+                raise ValueError(f"{where}{'.' + loc if loc else ''}: {message}") from None
+            problem = _prompt_problem(_merged_prompt(self.task.prompt, override))
+            if problem:
+                raise ValueError(f"{where}: {problem}, here or in task.prompt")
+            self._prompts[approach] = override
+        return self
+
+    def to_task(self, approach: str | None = None) -> Task:
+        """The task as ``approach`` sees it: the spec's prompt with that approach's ``plugins.<approach>.prompt``
+        merged over it field by field (no approach: the spec's prompt alone)."""
         return Task(
             type=self.task.type,
             labels=tuple(self.task.labels),
             fields=tuple(self.task.fields),
-            prompt=Prompt(user=self.task.prompt) if self.task.prompt is not None else None,
+            prompt=self.prompt_for(approach),
             option_labels=tuple(self.task.option_labels or self.task.labels),
         )
+
+    def prompt_for(self, approach: str | None = None) -> Prompt | None:
+        fields = _merged_prompt(self.task.prompt, self._prompts.get(approach) if approach else None)
+        if not fields:
+            return None
+        # "" in an override removes the task's system message or raw prompt; a raw-only prompt is what a
+        # chat model gets as its user message too (validation guarantees user or raw is there).
+        raw = fields.get("raw") or None
+        return Prompt(user=fields.get("user") or raw, system=fields.get("system") or None, raw=raw)
 
     @property
     def where(self) -> str:
@@ -144,14 +315,18 @@ def load_spec(name_or_path: str) -> Spec:
 
 
 def _first_error(exc: ValidationError) -> str:
+    loc, message = _error_parts(exc)
+    return f"{loc}: {message}" if loc else message
+
+
+def _error_parts(exc: ValidationError) -> tuple[str, str]:
     # A misspelt key also makes the right key "missing": report the unknown key, which is the cause.
     err = sorted(exc.errors(), key=lambda e: e["type"] != "extra_forbidden")[0]
     # Unions report a branch name (e.g. 'float', 'literal[...]') in loc; drop it so the key reads cleanly.
-    loc = ".".join(str(part) for part in err["loc"] if not str(part).startswith(("literal[", "float", "int")))
+    loc = ".".join(str(p) for p in err["loc"] if str(p) not in _UNION_TAGS and not str(p).startswith("literal["))
     if err["type"] == "extra_forbidden":
-        return f"{loc}: unknown key"
-    message = err["msg"].removeprefix("Value error, ")
-    return f"{loc}: {message}" if loc else message
+        return loc, "unknown key"
+    return loc, err["msg"].removeprefix("Value error, ")
 
 
 def resolve_settings(
@@ -159,25 +334,46 @@ def resolve_settings(
     defaults: dict[str, Any],
     spec: Spec,
     overrides: dict[str, str],
+    *,
+    choices: dict[str, tuple[Any, ...]] | None = None,
 ) -> dict[str, Any]:
     """Merge an approach's defaults, the spec's ``plugins.<approach>`` section and ``--set`` overrides.
 
     Every key must be one of the defaults' keys, and values keep the defaults' types (an int is
-    accepted for a float; command-line strings are converted).
+    accepted for a float; command-line strings are converted). A key in ``choices`` (the approach's
+    ``ApproachInfo.choices``) must take one of its allowed values.
     """
+    choices = choices or {}
     settings = dict(defaults)
     for key, value in (spec.plugins.get(approach) or {}).items():
-        settings[key] = _checked(approach, defaults, key, value, where=f"{spec.where}: plugins.{approach}.{key}")
+        where = f"{spec.where}: plugins.{approach}.{key}"
+        settings[key] = _allowed(_checked(approach, defaults, key, value, where=where), choices.get(key), where)
     for key, text in overrides.items():
-        settings[key] = _checked(approach, defaults, key, _parse_cli_value(text), where=f"--set {approach}.{key}")
+        where = f"--set {approach}.{key}"
+        if key == "prompt" and key not in defaults:
+            raise UserError(f"the prompt is set in the spec: task.prompt, or plugins.{approach}.prompt for "
+                            f"{approach} alone", where=where)
+        value = _parse_cli_value(text, defaults.get(key))
+        settings[key] = _allowed(_checked(approach, defaults, key, value, where=where), choices.get(key), where)
     return settings
 
 
-def _parse_cli_value(text: str) -> Any:
+def _parse_cli_value(text: str, default: Any = None) -> Any:
     try:
-        return yaml.safe_load(text)
+        value = yaml.safe_load(text)
     except yaml.YAMLError:
         return text
+    # A string setting takes the text as typed: YAML would read "" as null, "on" as true, "{text}" as a
+    # mapping and "1.0e-5" as 1e-05. A quoted YAML string is still read as one, so "a\nb" can pass a newline.
+    if isinstance(default, str) and not isinstance(value, str):
+        return text
+    return value
+
+
+def _allowed(value: Any, allowed: tuple[Any, ...] | None, where: str) -> Any:
+    if allowed is not None and value not in allowed:
+        raise UserError(f"{value!r} is not one of {', '.join(str(choice) for choice in allowed)}", where=where)
+    return value
 
 
 def _checked(approach: str, defaults: dict[str, Any], key: str, value: Any, *, where: str) -> Any:
@@ -187,7 +383,8 @@ def _checked(approach: str, defaults: dict[str, Any], key: str, value: Any, *, w
     if default is None:
         return value
     if value is None:
-        raise UserError(f"needs a {type(default).__name__} value", where=where)
+        hint = ' (write "" for an empty string)' if isinstance(default, str) else ""
+        raise UserError(f"needs a {type(default).__name__} value{hint}", where=where)
     kind = type(default)
     if kind is float and isinstance(value, (int, str)) and not isinstance(value, bool):
         try:

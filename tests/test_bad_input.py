@@ -33,12 +33,22 @@ GOOD = '{"text": "Stocks rally on rate cut hopes", "label": 2}\n{"text": "Team w
         ("latency-zero", "--latency-samples: must be at least 1, got 0"),
         ("bad-limit", "--limit-test: must be positive, got 0"),
         ("not-utf8", "train.jsonl: not UTF-8 text"),
+        ("prompt-placeholder", "bad.yaml: task.prompt.user: unknown placeholder {txt}"),
+        ("approach-prompt", "bad.yaml: plugins.naive-bayes.prompt: needs the {text} placeholder"),
+        ("set-prompt", "--set naive-bayes.prompt: the prompt is set in the spec"),
+        ("data-part", "--data: expected train=PATH,test=PATH with an optional validation=PATH, got 'valid="),
+        ("validation-not-json", "dev.jsonl:1: not valid JSON"),
+        ("validation-and-test", "--data: validation= and "),
+        ("spec-validation-and-test", "bad.yaml: validation: 'test' and dataset.validation both say how checkpoints"),
+        ("no-data", "bad.yaml: dataset: the spec names no hub dataset or files: give --data train=PATH,test=PATH"),
     ],
 )
 def test_bad_input_is_one_line_exit_2_nothing_written(cli, tmp_path, case, expected):
     train = write(tmp_path / "train.jsonl", GOOD)
     test = write(tmp_path / "test.jsonl", GOOD)
     plugins, spec, extra = "naive-bayes", "agnews", []
+    data = None  # train= and test= below, unless a case gives the whole option
+    classification = "name: bad\ntask: {type: classification, labels: [World, Sports, Business, Sci/Tech]"
     if case == "unknown-spec-key":
         spec = write(tmp_path / "bad.yaml", "name: bad\ntask: {type: classification, labels: [a, b]}\ndatset: {hub: x}\n")
     elif case == "wrong-type":
@@ -68,9 +78,27 @@ def test_bad_input_is_one_line_exit_2_nothing_written(cli, tmp_path, case, expec
         extra = ["--limit-test", "0"]
     elif case == "not-utf8":
         (tmp_path / "train.jsonl").write_bytes('{"text": "caf\u00e9", "label": 0}\n'.encode("latin-1"))
+    elif case == "prompt-placeholder":
+        spec = write(tmp_path / "bad.yaml", classification + ", prompt: {user: 'Article: {txt}'}}\n")
+    elif case == "approach-prompt":
+        spec = write(tmp_path / "bad.yaml", classification + "}\ndataset: {hub: x}\nplugins:\n  naive-bayes: {prompt: Article}\n")
+    elif case == "set-prompt":
+        extra = ["--set", "naive-bayes.prompt={text}"]
+    elif case == "data-part":
+        data = f"train={train},valid={test},test={test}"
+    elif case == "validation-not-json":
+        data = f"train={train},validation={write(tmp_path / 'dev.jsonl', '{text: oops}')},test={test}"
+    elif case == "validation-and-test":
+        spec = write(tmp_path / "seedlike.yaml", classification + "}\ndataset: {hub: fancyzhx/ag_news}\nvalidation: test\n")
+        data = f"train={train},validation={test},test={test}"
+    elif case == "spec-validation-and-test":
+        spec = write(tmp_path / "bad.yaml", classification + "}\ndataset: {train: train.jsonl, test: test.jsonl, "
+                     "validation: test.jsonl}\nvalidation: test\n")
+    elif case == "no-data":
+        spec = write(tmp_path / "bad.yaml", classification + "}\ndataset: {text_field: text}\n")
     args = ["compare", "--plugins", plugins, "--spec", spec, *extra, "--json", "out.json"]
     if not spec.endswith("bad.yaml"):
-        args += ["--data", f"train={train},test={test}"]
+        args += ["--data", data or f"train={train},test={test}"]
     result = cli(*args)
     assert result.returncode == 2, (result.stdout, result.stderr)
     lines = [line for line in result.stderr.splitlines() if not line.startswith("harness: plugin 'broken-import'")]

@@ -4,8 +4,11 @@ import json
 from collections import Counter
 from pathlib import Path
 
-from harness.data import dataset_hash, load_datasets, read_examples
-from harness.spec import Spec
+import pytest
+
+from harness.data import dataset_hash, load_datasets, parse_data_option, read_examples
+from harness.errors import UserError
+from harness.spec import Spec, load_spec
 from harness.types import Example, Task
 
 
@@ -62,3 +65,85 @@ def test_hub_loader_reads_a_local_dataset_directory(tmp_path):
     data = load_datasets(spec)
     assert (len(data.train), len(data.test)) == (20, 8)
     assert data.test[0] == Example("0", "review number 0", "pos")
+
+
+def test_data_option_takes_an_optional_validation_file():
+    assert parse_data_option("train=a.jsonl,test=b.jsonl") == {"train": "a.jsonl", "test": "b.jsonl"}
+    assert parse_data_option("train=a.jsonl,validation=v.csv,test=b.jsonl") == {
+        "train": "a.jsonl", "validation": "v.csv", "test": "b.jsonl"}
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("train=a,valid=v,test=b", "--data: expected train=PATH,test=PATH with an optional validation=PATH, got 'valid=v'"),
+        ("train=a,validation=v", "--data: expected train=PATH,test=PATH with an optional validation=PATH; test= is missing"),
+        ("train=a,test=b,test=c", "--data: test= given twice"),
+        ("train=a,test=", "--data: expected train=PATH,test=PATH with an optional validation=PATH, got 'test='"),
+    ],
+)
+def test_data_option_errors(text, message):
+    with pytest.raises(UserError) as info:
+        parse_data_option(text)
+    assert message in str(info.value)
+
+
+def test_a_validation_file_is_used_as_is_and_nothing_is_held_out(tmp_path):
+    write_rows(tmp_path / "train.jsonl", 40)
+    write_rows(tmp_path / "test.jsonl", 12)
+    write_rows(tmp_path / "dev.jsonl", 9)
+    spec = make_spec(tmp_path, validation=0.25)  # the fraction is ignored once a validation set is given
+    data = {"train": str(tmp_path / "train.jsonl"), "validation": str(tmp_path / "dev.jsonl"),
+            "test": str(tmp_path / "test.jsonl")}
+    given = load_datasets(spec, data=data, limit_train=20)
+    assert (len(given.train), len(given.validation), len(given.test)) == (20, 9, 12)
+    assert given.validation_source == "file"
+    assert given.validation_hash == dataset_hash(read_examples(tmp_path / "dev.jsonl", spec.to_task(), "text", "label", "fields"))
+    # Without validation= the same data holds a quarter of train out, as before.
+    held = load_datasets(spec, data={"train": data["train"], "test": data["test"]})
+    assert (len(held.train), len(held.validation), held.validation_source) == (30, 10, "train")
+    # The spec's own dataset.validation, relative to the spec file, works the same way.
+    in_spec = make_spec(tmp_path, dataset={"train": "train.jsonl", "validation": "dev.jsonl", "test": "test.jsonl"})
+    from_spec = load_datasets(in_spec)
+    assert (len(from_spec.train), len(from_spec.validation), from_spec.validation_source) == (40, 9, "file")
+    assert from_spec.validation_hash == given.validation_hash
+
+
+def test_a_validation_file_and_validation_test_are_ambiguous(tmp_path):
+    write_rows(tmp_path / "train.jsonl", 10)
+    data = {"train": str(tmp_path / "train.jsonl"), "validation": str(tmp_path / "train.jsonl"),
+            "test": str(tmp_path / "train.jsonl")}
+    for choice in ("test", "none"):
+        with pytest.raises(UserError, match=rf"--data: validation= and .*s.yaml's 'validation: {choice}' both say"):
+            load_datasets(make_spec(tmp_path, validation=choice), data=data)
+
+
+def test_hub_validation_split_of_a_local_dataset_directory(tmp_path):
+    folder = tmp_path / "my_dataset"
+    folder.mkdir()
+    write_rows(folder / "train.jsonl", 20)
+    write_rows(folder / "validation.jsonl", 6)
+    write_rows(folder / "test.jsonl", 8)
+    spec = Spec.model_validate({"name": "h", "task": {"type": "classification", "labels": ["neg", "pos"]},
+                                "dataset": {"hub": str(folder), "validation_split": "validation"}})
+    data = load_datasets(spec)
+    assert (len(data.train), len(data.validation), len(data.test), data.validation_source) == (20, 6, 8, "split")
+
+
+def test_a_spec_without_data_asks_for_data_option():
+    with pytest.raises(UserError) as info:
+        load_datasets(load_spec("waybill"))
+    assert str(info.value).endswith("waybill.yaml: dataset: the spec names no hub dataset or files: give --data "
+                                    "train=PATH,test=PATH (validation=PATH optional)")
+
+
+def test_waybill_from_shared_with_its_dev_split(shared):
+    folder = shared / "data" / "waybill"
+    data = {part: str(folder / f"{name}.jsonl") for part, name in
+            (("train", "train"), ("validation", "dev"), ("test", "test"))}
+    loaded = load_datasets(load_spec("waybill"), data=data)
+    assert (len(loaded.train), len(loaded.validation), len(loaded.test)) == (1600, 200, 200)
+    assert loaded.validation_source == "file"
+    first = loaded.validation[0]
+    assert first.text.startswith("喻晓刚") and first.fields["phone"] == "18513386163" and first.label is None
+    assert set(first.fields) == {"name", "phone", "province", "city", "district", "specific_location"}

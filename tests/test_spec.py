@@ -6,6 +6,7 @@ import pytest
 
 from harness.errors import UserError
 from harness.spec import load_spec, parse_overrides, resolve_settings
+from harness.types import Prompt
 
 
 def test_agnews_spec_carries_seed_000_bert_settings():
@@ -36,7 +37,8 @@ BASE = "name: s\ntask: {type: classification, labels: [a, b]}\ndataset: {train: 
     "body, message",
     [
         (BASE + "seeed: 3\n", "s.yaml: seeed: unknown key"),
-        (BASE.replace("labels: [a, b]", "labels: [a, b], prompt: 3"), "s.yaml: task.prompt: Input should be a valid string"),
+        (BASE.replace("labels: [a, b]", "labels: [a, b], prompt: 3"),
+         "s.yaml: task.prompt: a prompt is a string (the user template) or a mapping of system, user and raw"),
         (BASE + "validation: 1.5\n", "s.yaml: validation must be a fraction"),
         (BASE.replace("labels: [a, b]", "labels: [a]"), "s.yaml: task: a classification task needs at least two labels"),
         (BASE + "plugins: [bert]\n", "s.yaml: plugins: Input should be a valid dictionary"),
@@ -70,3 +72,168 @@ def test_override_syntax_errors():
 def test_unknown_spec_name_lists_known_ones():
     with pytest.raises(UserError, match=r"--spec: unknown spec 'agnws'; known: .*agnews"):
         load_spec("agnws")
+
+
+def task_prompt(tmp_path: Path, prompt: str, plugins: str = "") -> str:
+    """A spec file whose task.prompt is the given YAML mapping, followed by a plugins section."""
+    indented = "".join(f"    {line}\n" for line in prompt.splitlines())
+    body = BASE.replace("task: {type: classification, labels: [a, b]}\n",
+                        "task:\n  type: classification\n  labels: [a, b]\n  prompt:\n" + indented)
+    return spec_file(tmp_path, body + plugins)
+
+
+def test_a_string_prompt_is_the_user_template(tmp_path):
+    spec = load_spec(spec_file(tmp_path, BASE.replace("labels: [a, b]", "labels: [a, b], prompt: 'Q: {text} {options}'")))
+    assert spec.to_task().prompt == Prompt(user="Q: {text} {options}")
+    assert spec.to_task("anything").prompt == spec.to_task().prompt
+    assert load_spec(spec_file(tmp_path, BASE)).to_task().prompt is None
+
+
+def test_a_prompt_with_roles_and_a_raw_prompt(tmp_path):
+    spec = load_spec(task_prompt(tmp_path, "system: 'You sort news into {options}.'\nuser: '{text}'"))
+    prompt = spec.to_task().prompt
+    assert prompt == Prompt(user="{text}", system="You sort news into {options}.")
+    assert prompt.plain() == "You sort news into {options}.\n\n{text}"
+    # Seed 002's SeqGPT prompt: no chat template, the whole prompt is raw; chat models get it as the user message.
+    seqgpt = "raw: \"输入: {text}\\n分类: a，b\\n输出: [GEN]\""
+    raw_only = load_spec(task_prompt(tmp_path, seqgpt)).to_task().prompt
+    assert raw_only.raw == raw_only.user == raw_only.plain() == "输入: {text}\n分类: a，b\n输出: [GEN]"
+    assert raw_only.system is None
+
+
+PER_APPROACH = """plugins:
+  qwen:
+    lr: 2
+    prompt: 'Answer briefly. {text}'
+  seqgpt:
+    prompt: {raw: 'Input: {text} Output: [GEN]'}
+  plain:
+    prompt: {system: ''}
+"""
+
+
+def test_approach_prompts_merge_field_by_field_and_stay_with_their_approach(tmp_path):
+    spec = load_spec(task_prompt(tmp_path, "system: Be exact.\nuser: 'Article: {text}'", PER_APPROACH))
+    task_only = Prompt(user="Article: {text}", system="Be exact.")
+    assert spec.to_task().prompt == task_only
+    assert spec.to_task("bert").prompt == task_only
+    # A string override replaces the user template and keeps the task's system message.
+    assert spec.to_task("qwen").prompt == Prompt(user="Answer briefly. {text}", system="Be exact.")
+    assert spec.to_task("seqgpt").prompt == Prompt(user="Article: {text}", system="Be exact.",
+                                                   raw="Input: {text} Output: [GEN]")
+    # "" removes the task's system message for that approach alone.
+    assert spec.to_task("plain").prompt == Prompt(user="Article: {text}")
+    # The prompt is not a setting: it never reaches resolve_settings or a plugin.
+    assert spec.plugins == {"qwen": {"lr": 2}, "seqgpt": {}, "plain": {}}
+    assert resolve_settings("qwen", {"lr": 0.1}, spec, {}) == {"lr": 2.0}
+    assert resolve_settings("seqgpt", {"model": "m"}, spec, {}) == {"model": "m"}
+
+
+@pytest.mark.parametrize(
+    "prompt, plugins, message",
+    [
+        ("user: 'Article: {txt}'", "", "s.yaml: task.prompt.user: unknown placeholder {txt}"),
+        ("user: '{text}'\nsystem: 'Label as {label}'", "", "s.yaml: task.prompt.system: unknown placeholder {label}"),
+        ("raw: 'Input: [GEN]'", "", "s.yaml: task.prompt.raw: needs the {text} placeholder"),
+        ("user: 'Describe it.'", "", "s.yaml: task.prompt.user: needs the {text} placeholder"),
+        ("user: '{text} as {\"name\": ...}'", "", 'task.prompt.user: unknown placeholder {"name": ...}'),
+        ("user: '{text} {'", "", "s.yaml: task.prompt.user: unbalanced brace; write a literal { or } as {{ or }}"),
+        ("user: '{text!r}'", "", "s.yaml: task.prompt.user: unknown placeholder {text!r}"),
+        ("system: 'Be exact.'", "", "s.yaml: task.prompt: a system message needs a user template with {text} too"),
+        ("usr: '{text}'", "", "s.yaml: task.prompt.usr: unknown key"),
+        ("user: '{text}'", "plugins:\n  qwen: {prompt: 'Q {txt}'}\n", "s.yaml: plugins.qwen.prompt: unknown placeholder {txt}"),
+        ("user: '{text}'", "plugins:\n  qwen: {prompt: {user: 'Q {txt}'}}\n",
+         "s.yaml: plugins.qwen.prompt.user: unknown placeholder {txt}"),
+        ("user: '{text}'", "plugins:\n  qwen: {prompt: {sytem: x}}\n", "s.yaml: plugins.qwen.prompt.sytem: unknown key"),
+        ("raw: '{text} [GEN]'", "plugins:\n  qwen: {prompt: {system: Be exact.}}\n",
+         "s.yaml: plugins.qwen.prompt: a system message needs a user template with {text} too, here or in task.prompt"),
+        ("user: '{text}'", "plugins:\n  qwen: {prompt: [a]}\n", "s.yaml: plugins.qwen.prompt: a prompt is a string"),
+    ],
+)
+def test_prompt_templates_are_checked_on_load(tmp_path, prompt, plugins, message):
+    with pytest.raises(UserError) as info:
+        load_spec(task_prompt(tmp_path, prompt, plugins))
+    assert message in str(info.value) and "\n" not in str(info.value), str(info.value)
+
+
+def test_literal_braces_are_escaped_as_in_str_format(tmp_path):
+    spec = load_spec(task_prompt(tmp_path, "user: 'Reply as {{\"name\": ...}}: {text}'"))
+    assert spec.to_task().prompt.user.format(text="x", options="") == 'Reply as {"name": ...}: x'
+
+
+CHOICES = {"scoring": ("letter", "likelihood", "perplexity")}
+
+
+def test_enumerated_settings_are_checked_from_the_spec_and_the_command_line(tmp_path):
+    defaults = {"scoring": "letter", "lr": 0.1}
+    good = load_spec(spec_file(tmp_path, BASE + "plugins:\n  qwen: {scoring: likelihood}\n"))
+    assert resolve_settings("qwen", defaults, good, {}, choices=CHOICES)["scoring"] == "likelihood"
+    assert resolve_settings("qwen", defaults, good, {"scoring": "perplexity"}, choices=CHOICES)["scoring"] == "perplexity"
+    with pytest.raises(UserError) as info:
+        resolve_settings("qwen", defaults, good, {"scoring": "leter"}, choices=CHOICES)
+    assert str(info.value) == "--set qwen.scoring: 'leter' is not one of letter, likelihood, perplexity"
+    bad = load_spec(spec_file(tmp_path, BASE + "plugins:\n  qwen: {scoring: leter}\n"))
+    with pytest.raises(UserError) as info:
+        resolve_settings("qwen", defaults, bad, {}, choices=CHOICES)
+    assert str(info.value).endswith("s.yaml: plugins.qwen.scoring: 'leter' is not one of letter, likelihood, perplexity")
+    # Without choices (an approach that declares none) any value of the right type passes, as before.
+    assert resolve_settings("qwen", defaults, bad, {})["scoring"] == "leter"
+    # Choices compare after type conversion: "8" from the command line is the int 8.
+    assert resolve_settings("x", {"bits": 4}, good, {"bits": "8"}, choices={"bits": (4, 8)}) == {"bits": 8}
+
+
+def test_string_settings_take_the_command_line_text_as_typed(tmp_path):
+    spec = load_spec(spec_file(tmp_path, BASE))
+    defaults = {"think_prefix": "<think>\n\n</think>\n\n", "tokenizer": "", "epochs": 1.0, "optional": None}
+    overrides = parse_overrides(["qwen.think_prefix=", "qwen.tokenizer=on", "qwen.optional="])["qwen"]
+    assert resolve_settings("qwen", defaults, spec, overrides) == {
+        "think_prefix": "", "tokenizer": "on", "epochs": 1.0, "optional": None}
+    typed = {"think_prefix": "{text}", "tokenizer": "1.0e-5"}
+    assert resolve_settings("qwen", defaults, spec, typed) == {**defaults, **typed}
+    # A quoted YAML string is still read as one: the way to pass a newline.
+    assert resolve_settings("qwen", defaults, spec, {"think_prefix": '"a\\nb"'})["think_prefix"] == "a\nb"
+    with pytest.raises(UserError, match=r"--set qwen.epochs: needs a float value$"):
+        resolve_settings("qwen", defaults, spec, {"epochs": ""})
+    null = load_spec(spec_file(tmp_path, BASE + "plugins:\n  qwen: {think_prefix: null}\n"))
+    with pytest.raises(UserError, match=r'plugins.qwen.think_prefix: needs a str value \(write "" for an empty string\)'):
+        resolve_settings("qwen", defaults, null, {})
+
+
+def test_the_prompt_is_not_a_command_line_setting(tmp_path):
+    with pytest.raises(UserError, match=r"--set qwen.prompt: the prompt is set in the spec: task.prompt, or plugins.qwen.prompt"):
+        resolve_settings("qwen", {"lr": 0.1}, load_spec(spec_file(tmp_path, BASE)), {"prompt": "{text}"})
+
+
+@pytest.mark.parametrize(
+    "dataset, validation, message",
+    [
+        ("{train: t.jsonl, test: t.jsonl, validation: v.jsonl}", "test",
+         "s.yaml: validation: 'test' and dataset.validation both say how checkpoints are selected; remove one"),
+        ("{hub: some/dataset, validation_split: dev}", "none",
+         "s.yaml: validation: 'none' and dataset.validation_split both say how checkpoints are selected"),
+        ("{hub: some/dataset, validation: v.jsonl}", "0.1", "s.yaml: dataset: validation is a local file beside"),
+        ("{train: t.jsonl, test: t.jsonl, validation_split: dev}", "0.1",
+         "s.yaml: dataset: validation_split names a split of the hub dataset"),
+        ("{train: t.jsonl}", "0.1", "s.yaml: dataset: give both train and test files"),
+    ],
+)
+def test_validation_set_conflicts_are_spec_errors(tmp_path, dataset, validation, message):
+    body = f"name: s\ntask: {{type: classification, labels: [a, b]}}\ndataset: {dataset}\nvalidation: {validation}\n"
+    with pytest.raises(UserError) as info:
+        load_spec(spec_file(tmp_path, body))
+    assert message in str(info.value) and "\n" not in str(info.value), str(info.value)
+
+
+def seed_001_system_prompt(shared: Path) -> str:
+    seed = next((shared / "seeds").glob("001_*.txt")).read_text(encoding="utf-8")
+    return next(line.strip() for line in seed.splitlines() if line.startswith("你是一个专业的信息抽取助手"))
+
+
+def test_waybill_spec_is_seed_001_with_its_short_system_prompt(shared):
+    spec = load_spec("waybill")
+    task = spec.to_task("qwen")
+    assert task.type == "extraction"
+    assert task.fields == ("name", "phone", "province", "city", "district", "specific_location")
+    assert task.prompt == Prompt(user="{text}", system=seed_001_system_prompt(shared))
+    # The data is not on the hub in this shape: the spec names none, and is run with --data.
+    assert not spec.dataset.hub and not spec.dataset.train
