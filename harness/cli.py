@@ -157,7 +157,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     plan = plan_settings(plugins, spec, [args.plugin], overrides)[args.plugin]
     settings = plan.settings
     data = load_datasets(spec, data=parse_data_option(args.data) if args.data else None, limit_test=args.limit_test)
-    task = spec.to_task()
+    task = spec.to_task(plan.trainer)
     if args.run:
         store = Store(args.store)
         record = store.load_run(args.run)

@@ -132,11 +132,10 @@ def rebuild_plugins(setup: PluginSetup) -> Any:
 
 def write_data_cache(data: Datasets, folder: Path) -> Path:
     """The datasets as one JSON file named by their hashes; an existing file is the same data."""
-    from harness.data import dataset_hash
     from harness.identity import digest
     from harness.store import write_json
 
-    key = digest([data.train_hash, dataset_hash(data.validation), data.test_hash, data.validation_source])
+    key = digest([data.train_hash, data.validation_hash, data.test_hash, data.validation_source])
     path = folder / f"{key[:32]}.json"
     if not path.is_file():
         folder.mkdir(parents=True, exist_ok=True)

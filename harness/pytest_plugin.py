@@ -55,9 +55,10 @@ def harness_benchmark(request: pytest.FixtureRequest, tmp_path: Path):
         plugins = plugins or load_plugins()
         loaded = load_spec(spec)
         overrides = {approach: {k: str(v) for k, v in (settings or {}).items()}}
-        resolved = plan_settings(plugins, loaded, [approach], overrides)[approach].settings
+        plan = plan_settings(plugins, loaded, [approach], overrides)[approach]
+        resolved = plan.settings
         datasets = load_datasets(loaded, data=data, limit_train=limit_train, limit_test=limit_test)
-        task = loaded.to_task()
+        task = loaded.to_task(plan.trainer)
         call_settings = {**resolved, "random_weights": random_weights}
         if random_weights:
             call_settings["num_train_epochs"] = 0.0

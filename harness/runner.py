@@ -15,7 +15,7 @@ from datetime import datetime, timezone
 from typing import Any
 
 from harness import identity, measure
-from harness.data import Datasets, dataset_hash
+from harness.data import Datasets
 from harness.errors import UserError
 from harness.launcher import (
     LAUNCHERS, MeasureJob, TrainJob, UnitFailed, check_predictions, run_unit, without_answers, write_data_cache,
@@ -101,7 +101,7 @@ def plan_settings(
                 f"plugin {name!r} does not support {spec.task.type} (it supports {', '.join(info.task_types)})",
                 where=spec.where,
             )
-        return resolve_settings(name, info.settings, spec, overrides.get(name, {}))
+        return resolve_settings(name, info.settings, spec, overrides.get(name, {}), choices=info.choices)
 
     plans = {}
     for name in approaches:
@@ -154,7 +154,7 @@ def training_identity(plugins: Plugins, spec: Spec, data: Datasets, plan: Plan, 
         "models": models,
         "task": asdict(task),
         "train": data.train_hash,
-        "validation": dataset_hash(data.validation),
+        "validation": data.validation_hash,
         "validation_source": data.validation_source,
         "seed": spec.seed,
         "code": identity.code_fingerprint(plugins.pm.get_plugin(plan.trainer), training_only=True),
@@ -213,7 +213,7 @@ def run_approach(
 ) -> RunRecord:
     """One row: reused whole, measured on a stored trained model, or trained and measured."""
     name = plan.approach
-    task = spec.to_task()
+    task = spec.to_task(plan.trainer)  # an engine serves with the prompt its model was trained on
     record = RunRecord(
         run_id=new_id(name), approach=name, spec=spec.name, task_type=task.type, settings=plan.settings,
         random_weights=options.random_weights, train_hash=data.train_hash, test_hash=data.test_hash,

@@ -26,7 +26,7 @@ GOOD = '{"text": "Stocks rally on rate cut hopes", "label": 2}\n{"text": "Team w
         ("label-name-outside", "train.jsonl:1: label 'Weather' is not one of the spec's labels"),
         ("empty-text", "test.jsonl:1: empty text"),
         ("missing-file", "missing.jsonl: no such file"),
-        ("unknown-plugin", "--plugins: unknown plugin 'bret'; known: bert, failing-train, naive-bayes, qwen"),
+        ("unknown-plugin", "--plugins: unknown plugin 'bret'; known: bert, failing-train, naive-bayes, naive-bayes-tables, qwen"),
         ("unknown-setting", "--set naive-bayes.smoth: unknown setting for naive-bayes; known: smoothing"),
         ("empty-setting", "--set naive-bayes.smoothing: needs a float value"),
         ("no-plugins", "--plugins: expected distinct plugin names separated by commas, got ','"),

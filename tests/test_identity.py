@@ -206,3 +206,17 @@ def test_a_local_model_is_identified_by_its_files_content(tmp_path):
     assert model_identity(str(tmp_path)) == before
     (tmp_path / "model.safetensors").write_bytes(b"other weights")
     assert model_identity(str(tmp_path)) != before
+
+
+def test_a_validation_file_is_used_as_given_and_is_part_of_the_training_identity(site_cli, ag_news_data, shared):
+    _, work, cli = site_cli
+    lines = (shared / "data" / "ag_news" / "train.jsonl").read_text(encoding="utf-8").splitlines()
+    (work / "dev.jsonl").write_text("\n".join(lines[-50:]) + "\n", encoding="utf-8")
+    train, test = ag_news_data.split(",")
+    result = cli("compare", "--plugins", "naive-bayes", "--data", f"{train},validation={work / 'dev.jsonl'},{test}",
+                 *COMMON, "--json", "out.json")
+    assert result.returncode == 0, result.stderr
+    (run,) = runs(work, "out.json")
+    assert (run["n_train"], run["n_validation"], run["environment"]["validation_source"]) == (120, 50, "file")
+    assert run["training"]["identity"]["validation_source"] == "file"
+    assert "validation 50 (file)" in result.stdout
