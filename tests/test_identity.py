@@ -17,27 +17,8 @@ from conftest import docs_plugin_source, install_site, make_cli
 
 COMMON = ["--spec", "agnews", "--limit-train", "120", "--limit-test", "40", "--latency-samples", "4"]
 
-ABORTS_IN_PREDICT = '''
-import os
-
-from harness import ApproachInfo, Artifact, hookimpl
-
-@hookimpl
-def harness_describe():
-    return ApproachInfo(task_types=("classification",), settings={})
-
-@hookimpl
-def harness_train(task, train):
-    return Artifact(train_samples=len(train))
-
-@hookimpl
-def harness_predict(examples):
-    os.abort()  # a segfault in native code looks the same to the parent: a process dead of a signal
-'''
-
-NUMPY_SCORES = '''
-import numpy as np
-
+# An approach that trains nothing; each misfit below adds its own predict.
+TRAINS_NOTHING = '''
 from harness import ApproachInfo, Artifact, Prediction, hookimpl
 
 @hookimpl
@@ -47,6 +28,18 @@ def harness_describe():
 @hookimpl
 def harness_train(task, train):
     return Artifact(train_samples=len(train))
+'''
+
+ABORTS_IN_PREDICT = TRAINS_NOTHING + '''
+import os
+
+@hookimpl
+def harness_predict(examples):
+    os.abort()  # a segfault in native code looks the same to the parent: a process dead of a signal
+'''
+
+NUMPY_SCORES = TRAINS_NOTHING + '''
+import numpy as np
 
 @hookimpl
 def harness_predict(task, examples):
