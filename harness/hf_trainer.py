@@ -1,5 +1,6 @@
 """The Hugging Face Trainer as harness approaches use it: settings under TrainingArguments names,
-shuffled length buckets, progress bars and log lines through ``progress``, the best checkpoint kept."""
+shuffled length buckets, progress bars, log lines and timed phases through ``progress``, the best
+checkpoint kept, mixed precision and gradient accumulation made explicit."""
 
 from __future__ import annotations
 
@@ -14,6 +15,19 @@ from harness.types import Artifact
 def steps(value: float) -> float | int:
     """HF reads a float below 1 as a fraction of all training steps and anything else as a step count."""
     return int(value) if value >= 1 else value
+
+
+MIXED_PRECISION = ("auto", "bf16", "no")
+
+
+def uses_bf16(setting: str, device: str) -> bool:
+    """``mixed_precision``: auto is bf16 autocast on a CUDA GPU that supports it, fp32 elsewhere;
+    bf16 forces it (CPUs with bf16 units run it too); no is fp32 throughout."""
+    import torch
+
+    if setting == "auto":
+        return device.startswith("cuda") and torch.cuda.is_bf16_supported()
+    return setting == "bf16"
 
 
 def train_with_trainer(
@@ -36,11 +50,15 @@ def train_with_trainer(
 
     Either ``compute_metrics`` (the Trainer's, over eval logits) or ``evaluate`` (called with the
     model, returning metrics without the ``eval_`` prefix) supplies the validation metrics.
-    ``compute_loss(model, inputs, num_items_in_batch)`` replaces the model's own loss; it must divide
-    by ``num_items_in_batch`` (the answer tokens in the whole accumulated batch) when that is given,
-    as the Trainer then does not divide by the gradient-accumulation steps.
+
+    How the loss is normalised is said, not guessed. Without ``compute_loss`` the model's own loss is a
+    mean over its micro-batch, and the Trainer divides it by the gradient-accumulation steps. (Left to
+    itself the Trainer skips that division for any model whose forward takes ``**kwargs``, as BERT's
+    does, and takes steps GA times too large.) ``compute_loss(model, inputs, num_items_in_batch)``
+    replaces the model's loss and must divide by ``num_items_in_batch``, the target tokens of the whole
+    accumulated batch, so the Trainer does not divide again. It runs under the Trainer's mixed-precision
+    autocast, like the model's own forward.
     """
-    import torch
     import transformers
     from transformers import Trainer, TrainerCallback, TrainingArguments
     from transformers.trainer_callback import PrinterCallback
@@ -60,7 +78,7 @@ def train_with_trainer(
         save_total_limit=1,
         save_only_model=True,
         load_best_model_at_end=has_validation and settings["load_best_model_at_end"],
-        bf16=device.startswith("cuda") and torch.cuda.is_bf16_supported(),
+        bf16=uses_bf16(settings["mixed_precision"], device),
         use_cpu=device == "cpu",
         disable_tqdm=True,
         report_to="none",
@@ -101,17 +119,25 @@ def train_with_trainer(
         def compute_loss(self, model: Any, inputs: dict[str, Any], return_outputs: bool = False, num_items_in_batch: Any = None) -> Any:
             if compute_loss is None:
                 return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
-            loss = compute_loss(model, inputs, num_items_in_batch)
+            # accelerate puts autocast around the model's top-level forward only; a loss that calls the
+            # model's parts (the decoder, then the head on a few positions) needs it said here.
+            with self.accelerator.autocast():
+                loss = compute_loss(model, inputs, num_items_in_batch)
             return (loss, None) if return_outputs else loss
 
         def evaluate(self, eval_dataset: Any = None, ignore_keys: Any = None, metric_key_prefix: str = "eval") -> dict[str, float]:
-            if evaluate is None:
-                return super().evaluate(eval_dataset, ignore_keys, metric_key_prefix)
-            self.model.eval()
-            metrics = {f"{metric_key_prefix}_{k}": v for k, v in evaluate(self.model).items()}
-            self.model.train()
+            with progress.phase("evaluation"):
+                if evaluate is None:
+                    return super().evaluate(eval_dataset, ignore_keys, metric_key_prefix)
+                self.model.eval()
+                metrics = {f"{metric_key_prefix}_{k}": v for k, v in evaluate(self.model).items()}
+                self.model.train()
             self.log(metrics)
             return metrics
+
+        def _save_checkpoint(self, model: Any, trial: Any) -> None:
+            with progress.phase("save"):
+                super()._save_checkpoint(model, trial)
 
     trainer = HarnessTrainer(
         model=model,
@@ -124,26 +150,28 @@ def train_with_trainer(
         callbacks=[Progress()],
     )
     trainer.remove_callback(PrinterCallback)  # log lines reach the terminal through progress.log instead
-    with progress.bar("train", total_steps) as bar:
+    # The two switches the Trainer reads to decide whether to count target tokens and whether to divide
+    # the loss by the accumulation steps (transformers' Trainer.training_step), set from what the loss is.
+    trainer.model_accepts_loss_kwargs = compute_loss is not None
+    trainer.loss_is_scaled_for_ga = compute_loss is not None
+    with progress.bar("train", total_steps) as bar, progress.phase("train_loop"):
         result = trainer.train()
     shutil.rmtree(workdir / "checkpoints", ignore_errors=True)
     best = trainer.state.best_model_checkpoint
     info = {
-        "train_samples": len(train_rows) * settings["num_train_epochs"],
         "best_checkpoint": best and Path(best).name,
         "best_metric": trainer.state.best_metric,
         "train_loss": result.training_loss,
+        "mixed_precision": "bf16" if args.bf16 else "no",
     }
     return trainer.model, info
 
 
 def describe_model(artifact: Artifact, model: Any, name: str, device: str) -> None:
-    """Record what every transformers approach records about its model."""
+    """Fill the Artifact fields every transformers approach records about its model."""
     from harness.models import count_parameters
 
-    artifact.info.update(
-        parameters=count_parameters(model),
-        model=name,
-        dtype=str(next(model.parameters()).dtype).removeprefix("torch."),
-        device=device,
-    )
+    artifact.parameters = count_parameters(model)
+    artifact.model = name
+    artifact.dtype = str(next(model.parameters()).dtype).removeprefix("torch.")
+    artifact.device = device

@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from harness import ApproachInfo, Artifact, Example, Prediction, Task, hookimpl
+from harness import ApproachInfo, Artifact, Example, Prediction, Serving, Task, hookimpl
 
 # Settings passed straight to transformers.TrainingArguments, under the names users know.
 TRAINING_ARGUMENTS = {
@@ -37,6 +37,7 @@ DEFAULTS: dict[str, Any] = {
     "predict_batch_size": 0,  # 0: 256 on CUDA; 64 on CPU, where it measured faster than 256 (MiniLM, 2 cores)
     "bucket_by_length": True,  # False: predict in file order (the baseline bucketing is measured against)
     "device": "auto",
+    "mixed_precision": "auto",  # auto: bf16 autocast on a CUDA GPU that supports it; bf16; no
     "load_best_model_at_end": True,
     # length_buckets: batches of similar length in shuffled order (harness.models.length_bucket_order);
     # or a Trainer train_sampling_strategy: random (the seed's), group_by_length, sequential.
@@ -45,12 +46,19 @@ DEFAULTS: dict[str, Any] = {
 }
 
 
+TRAIN_SAMPLERS = ("length_buckets", "random", "group_by_length", "sequential")
+
+
 @hookimpl
 def harness_describe() -> ApproachInfo:
+    from harness.hf_trainer import MIXED_PRECISION
+
     return ApproachInfo(
         task_types=("classification",),
         settings=DEFAULTS,
         description="encoder + linear head (AutoModelForSequenceClassification), HF Trainer",
+        predict_settings=("predict_batch_size", "bucket_by_length"),
+        choices={"train_sampler": TRAIN_SAMPLERS, "mixed_precision": MIXED_PRECISION},
     )
 
 
@@ -65,12 +73,13 @@ def harness_train(
     from harness.models import pick_device
 
     device = pick_device(settings["device"])
-    tokenizer = _tokenizer(settings)
     labels = list(task.labels)
-    if settings["num_train_epochs"] == 0:  # an untrained head: for speed measurements only
+    with progress.phase("load"):
+        tokenizer = _tokenizer(settings)
         model = _new_model(task, settings, tokenizer)
+    if settings["num_train_epochs"] == 0:  # an untrained head: for speed measurements only
         artifact = Artifact(path=None)
-        artifact.state.update(model=model.eval(), tokenizer=tokenizer, device=device)
+        artifact.state.update(model=model.eval(), tokenizer=tokenizer)
         describe_model(artifact, model, settings["model"], device)
         return artifact
 
@@ -87,11 +96,13 @@ def harness_train(
         metrics = classification_metrics(labels, [labels[i] for i in gold], predicted)
         return {k: v for k, v in metrics.items() if isinstance(v, float)}
 
+    with progress.phase("prepare"):
+        train_rows, validation_rows = encode(train), encode(validation)
     model, info = train_with_trainer(
-        model=_new_model(task, settings, tokenizer),
+        model=model,
         tokenizer=tokenizer,
-        train_rows=encode(train),
-        validation_rows=encode(validation),
+        train_rows=train_rows,
+        validation_rows=validation_rows,
         settings=settings,
         training_argument_names=list(TRAINING_ARGUMENTS),
         workdir=workdir,
@@ -101,12 +112,38 @@ def harness_train(
         compute_metrics=compute_metrics,
     )
     final = workdir / "model"
-    model.save_pretrained(final)
-    tokenizer.save_pretrained(final)
-    artifact = Artifact(path=final, info=info)
-    artifact.state.update(model=model.eval(), tokenizer=tokenizer, device=device)
+    with progress.phase("save"):
+        model.save_pretrained(final)
+        tokenizer.save_pretrained(final)
+    artifact = Artifact(path=final, train_samples=len(train) * settings["num_train_epochs"], info=info)
+    artifact.state.update(model=model.eval(), tokenizer=tokenizer)
     describe_model(artifact, model, settings["model"], device)
     return artifact
+
+
+@hookimpl
+def harness_load(task: Task, artifact: Artifact, settings: dict[str, Any]) -> Serving:
+    """The model on its device in the serving dtype: from training in this process, else from disk."""
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from harness.models import pick_device, pick_dtype
+
+    if "serving_model" not in artifact.state:
+        device = pick_device(settings["device"])
+        dtype = pick_dtype(device)
+        model = artifact.state.get("model")
+        tokenizer = artifact.state.get("tokenizer")
+        if model is None and artifact.path is not None:
+            model = AutoModelForSequenceClassification.from_pretrained(str(artifact.path))
+            tokenizer = AutoTokenizer.from_pretrained(str(artifact.path))
+        elif model is None:  # nothing was trained: the untrained head of a speed measurement
+            tokenizer = _tokenizer(settings)
+            model = _new_model(task, settings, tokenizer)
+        artifact.state.pop("model", None)  # one copy: the serving one
+        artifact.state.update(serving_model=model.to(device=device, dtype=dtype).eval(), tokenizer=tokenizer,
+                              device=device, dtype=str(dtype).removeprefix("torch."))
+    device = artifact.state["device"]
+    return Serving(device=device, dtype=artifact.state["dtype"], batch_size=256 if device.startswith("cuda") else 64)
 
 
 @hookimpl
@@ -117,9 +154,11 @@ def harness_predict(
 
     from harness.models import length_buckets
 
-    model, tokenizer, device = _loaded(artifact, settings)
+    if "serving_model" not in artifact.state:
+        harness_load(task, artifact, settings)
+    model, tokenizer, device = (artifact.state[k] for k in ("serving_model", "tokenizer", "device"))
     encoded = tokenizer([ex.text for ex in examples], truncation=True, max_length=settings["max_length"])["input_ids"]
-    batch_size = settings["predict_batch_size"] or artifact.info["predict_batch_size"]
+    batch_size = settings.get("predict_batch_size") or harness_load(task, artifact, settings).batch_size
     batches = length_buckets([len(ids) for ids in encoded], batch_size, settings["bucket_by_length"])
     pad = tokenizer.pad_token_id or 0
     predictions: list[Prediction | None] = [None] * len(examples)
@@ -158,23 +197,3 @@ def _new_model(task: Task, settings: dict[str, Any], tokenizer: Any):
     # A stand-in tokenizer may have a larger vocabulary than the architecture: grow the embedding to fit.
     config.vocab_size = max(config.vocab_size, len(tokenizer))
     return AutoModelForSequenceClassification.from_config(config)
-
-
-def _loaded(artifact: Artifact, settings: dict[str, Any]) -> tuple[Any, Any, str]:
-    """The model on its device in the serving dtype, loaded once per artifact."""
-    if "serving_model" not in artifact.state:
-        from transformers import AutoModelForSequenceClassification, AutoTokenizer
-
-        from harness.models import pick_device, pick_dtype
-
-        device = pick_device(settings["device"])
-        dtype = pick_dtype(device)
-        model = artifact.state.get("model")
-        if model is None:
-            model = AutoModelForSequenceClassification.from_pretrained(str(artifact.path))
-        tokenizer = artifact.state.get("tokenizer") or AutoTokenizer.from_pretrained(str(artifact.path))
-        artifact.state.update(serving_model=model.to(device=device, dtype=dtype).eval(), tokenizer=tokenizer, device=device)
-        artifact.info["serving_dtype"] = str(dtype).removeprefix("torch.")
-        artifact.info["device"] = device
-        artifact.info["predict_batch_size"] = settings["predict_batch_size"] or (256 if device.startswith("cuda") else 64)
-    return artifact.state["serving_model"], artifact.state["tokenizer"], artifact.state["device"]

@@ -4,10 +4,16 @@ Defaults are seed 000's: Qwen/Qwen3-0.6B, full fine-tuning, bf16 on CUDA, lr 1.2
 gradient accumulation 8, warmup 1%, 1 epoch, cosine, cutoff 512, an evaluation (and checkpoint) every
 0.2 of training; the loss is on the answer tokens only.
 
+The loss covers the whole assistant turn by default (``answer_loss: turn``, the seed's LLaMA-Factory
+recipe: the thinking block the chat template writes, the answer and the end of turn); ``answer_loss:
+letter`` covers the answer and end of turn only.
+
 Classification needs one forward pass per prompt: with ``scoring: letter`` the logits of the option
 letters at the last prompt position give each option's probability (only that position's logits are
-computed). With ``scoring: likelihood`` each option's answer is scored by its summed log-probability,
-all options in one batch that reuses the prompt's KV cache. Extraction generates greedily and parses
+computed). With ``scoring: perplexity`` (the seed's "lowest perplexity") each option's answer is scored
+by its mean log-probability per token, and with ``scoring: likelihood`` by the sum, all options in one
+batch that reuses the prompt's KV cache. Checkpoints are selected with letter scoring when every answer
+is one distinct token, else with perplexity, whatever ``scoring`` says: scoring is a predict setting. Extraction generates greedily and parses
 the JSON answer; an answer that is not valid JSON is a wrong answer (``Prediction.fields`` is None).
 ``num_train_epochs: 0`` evaluates the untuned model with the same prompt (zero-shot).
 """
@@ -18,7 +24,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from harness import ApproachInfo, Artifact, Example, Prediction, Task, hookimpl
+from harness import ApproachInfo, Artifact, Example, Prediction, Prompt, Serving, Task, hookimpl
 
 TRAINING_ARGUMENTS = {
     "learning_rate": 1.2e-5,
@@ -40,14 +46,16 @@ DEFAULTS: dict[str, Any] = {
     "model": "Qwen/Qwen3-0.6B",
     "tokenizer": "",  # empty: the model's own
     "max_length": 512,  # the seed's cutoff: prompt and answer together
-    "scoring": "letter",  # letter | likelihood
-    "answer": "letter",  # letter: "C"; label: the option's text, several tokens (needs scoring: likelihood)
+    "scoring": "letter",  # letter | perplexity (mean log-probability per answer token) | likelihood (the sum)
+    "answer": "letter",  # letter: "C"; label: the option's text, several tokens (needs perplexity or likelihood)
+    "answer_loss": "turn",  # turn: the whole assistant turn, as the seed's recipe; letter: answer and end of turn
     "chat_template": True,  # use the tokenizer's chat template (thinking off) when it has one
     "think_prefix": "<think>\n\n</think>\n\n",  # written before the answer unless the template already does
     "max_new_tokens": 256,  # extraction
     "predict_batch_size": 0,  # 0: 64 on CUDA, 16 on CPU
     "bucket_by_length": True,  # False: predict in file order (the baseline bucketing is measured against)
     "device": "auto",
+    "mixed_precision": "auto",  # auto: bf16 autocast on a CUDA GPU that supports it; bf16; no
     "load_best_model_at_end": True,
     "train_sampler": "length_buckets",
     **TRAINING_ARGUMENTS,
@@ -59,10 +67,16 @@ DEFAULT_PROMPT = "{text}\n\nOptions:\n{options}\n\nAnswer:"
 
 @hookimpl
 def harness_describe() -> ApproachInfo:
+    from harness.hf_trainer import MIXED_PRECISION
+    from harness_plugins.bert import TRAIN_SAMPLERS
+
     return ApproachInfo(
         task_types=("classification", "extraction"),
         settings=DEFAULTS,
         description="causal LM fine-tuned on a multiple-choice prompt; scored by option likelihood",
+        predict_settings=("predict_batch_size", "bucket_by_length", "scoring"),
+        choices={"scoring": ("letter", "perplexity", "likelihood"), "answer": ("letter", "label"),
+                 "answer_loss": ("turn", "letter"), "train_sampler": TRAIN_SAMPLERS, "mixed_precision": MIXED_PRECISION},
     )
 
 
@@ -71,35 +85,57 @@ class Prompter:
 
     def __init__(self, task: Task, tokenizer: Any, settings: dict[str, Any]):
         self.task, self.tokenizer, self.settings = task, tokenizer, settings
-        self.template = task.prompt.user if task.prompt else DEFAULT_PROMPT
+        self.prompt = task.prompt or Prompt(user=DEFAULT_PROMPT)
         option_labels = task.option_labels or task.labels
         self.options = "\n".join(f"{LETTERS[i]}. {label}" for i, label in enumerate(option_labels))
         self.use_chat = bool(settings["chat_template"] and getattr(tokenizer, "chat_template", None))
         # The template with an empty article tells how many tokens the fixed part costs.
         self.fixed_tokens = len(self._prefix_ids(""))
+        self.assistant_tokens = self._assistant_tokens()
         answers = list(LETTERS[: len(task.labels)]) if settings["answer"] == "letter" else list(option_labels)
         self.answer_ids = [self._answer_ids(a) for a in answers]
         self.end_ids = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
 
-    def _wrap(self, prompt: str) -> str:
+    def _messages(self, text: str) -> list[dict[str, str]]:
+        system = self.prompt.system and self.prompt.system.format(options=self.options)
+        user = self.prompt.user.format(text=text, options=self.options)
+        return ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": user}]
+
+    def _wrap(self, text: str) -> str:
         if self.use_chat:
-            text = self.tokenizer.apply_chat_template(
-                [{"role": "user", "content": prompt}], tokenize=False, add_generation_prompt=True, enable_thinking=False
+            chat = self.tokenizer.apply_chat_template(
+                self._messages(text), tokenize=False, add_generation_prompt=True, enable_thinking=False
             )
-            return text if text.endswith(self.settings["think_prefix"]) else text + self.settings["think_prefix"]
+            return chat if chat.endswith(self.settings["think_prefix"]) else chat + self.settings["think_prefix"]
+        prompt = self.prompt.plain().format(text=text, options=self.options)
         return prompt + (" " if not prompt.endswith((" ", "\n")) else "")
 
     def _prefix_ids(self, text: str) -> list[int]:
-        prompt = self.template.format(text=text, options=self.options)
-        return self.tokenizer(self._wrap(prompt), add_special_tokens=False)["input_ids"]
+        return self.tokenizer(self._wrap(text), add_special_tokens=False)["input_ids"]
+
+    def _assistant_tokens(self) -> int:
+        """How many tokens at the prompt's end the assistant writes (the thinking block after the turn's
+        header): the part of the turn that ``answer_loss: turn`` trains on besides the answer."""
+        if not self.use_chat:
+            return 0
+        header = self.tokenizer.apply_chat_template(self._messages(""), tokenize=False, add_generation_prompt=True)
+        header_ids = self.tokenizer(header, add_special_tokens=False)["input_ids"]
+        full = self._prefix_ids("")
+        if full[: len(header_ids)] != header_ids:
+            return 0
+        return len(full) - len(header_ids)
 
     def _answer_ids(self, answer: str) -> list[int]:
         # Tokenised after the prefix, as the model sees it, then cut off the prefix.
         prefix = self._prefix_ids("")
-        both = self.tokenizer(self._wrap(self.template.format(text="", options=self.options)) + answer, add_special_tokens=False)["input_ids"]
+        both = self.tokenizer(self._wrap("") + answer, add_special_tokens=False)["input_ids"]
         if both[: len(prefix)] != prefix:
             return self.tokenizer(answer, add_special_tokens=False)["input_ids"]
         return both[len(prefix) :]
+
+    def single_token_answers(self) -> bool:
+        firsts = [ids[0] for ids in self.answer_ids]
+        return all(len(ids) == 1 for ids in self.answer_ids) and len(set(firsts)) == len(firsts)
 
     def prompt_ids(self, text: str, reserve: int) -> tuple[list[int], bool]:
         """The prompt's ids with the article cut (never the question or options) so that ``reserve``
@@ -121,12 +157,16 @@ class Prompter:
 
 
 def check_letter_scoring(prompter: Prompter) -> None:
-    firsts = [ids[0] for ids in prompter.answer_ids]
-    if any(len(ids) != 1 for ids in prompter.answer_ids) or len(set(firsts)) != len(firsts):
+    if not prompter.single_token_answers():
         raise ValueError(
             "scoring: letter needs every answer to be one distinct token, but the answers tokenize to "
-            f"{prompter.answer_ids}; use scoring: likelihood"
+            f"{prompter.answer_ids}; use scoring: perplexity or likelihood"
         )
+
+
+def selection_scoring(prompter: Prompter) -> str:
+    """How checkpoints are selected during training: independent of the ``scoring`` predict setting."""
+    return "letter" if prompter.single_token_answers() else "perplexity"
 
 
 @hookimpl
@@ -140,16 +180,19 @@ def harness_train(
     from harness.models import pick_device
 
     device = pick_device(settings["device"])
-    tokenizer = _tokenizer(settings)
-    model = _base_model(settings, tokenizer)
+    with progress.phase("load"):
+        tokenizer = _tokenizer(settings)
+        model = _base_model(settings, tokenizer)
     prompter = Prompter(task, tokenizer, settings)
     if task.type == "classification" and settings["scoring"] == "letter":
         check_letter_scoring(prompter)
     artifact = Artifact(path=None)
-    artifact.state.update(tokenizer=tokenizer, prompter=prompter, device=device, truncated=set())
+    artifact.state.update(tokenizer=tokenizer, prompter=prompter, device=device)
 
     if settings["num_train_epochs"] > 0:
         truncated = 0
+        # With answer_loss: turn the assistant's part of the prompt (the thinking block) is trained on too.
+        turn = prompter.assistant_tokens if settings["answer_loss"] == "turn" else 0
 
         def encode(example: Example) -> dict[str, Any]:
             nonlocal truncated
@@ -162,17 +205,19 @@ def harness_train(
             prompt, cut = prompter.prompt_ids(example.text, reserve=reserve)
             truncated += cut
             ids = prompt + answer
-            return {"input_ids": ids, "attention_mask": [1] * len(ids), "labels": [-100] * len(prompt) + answer}
+            labels = [-100] * (len(prompt) - turn) + prompt[len(prompt) - turn :] + answer
+            return {"input_ids": ids, "attention_mask": [1] * len(ids), "labels": labels}
+
+        scoring = selection_scoring(prompter) if task.type == "classification" else None
 
         def evaluate(current: Any) -> dict[str, float]:
             artifact.state["serving_model"] = current
-            artifact.info.setdefault("predict_batch_size", settings["predict_batch_size"] or 16)
             try:
                 if task.type == "extraction":
                     predictions = _extract(artifact, validation, settings, None)
                     right = sum(p.fields == ex.fields for p, ex in zip(predictions, validation))
                     return {"exact_match": right / len(validation)}
-                predictions = _classify(task, artifact, validation, settings, None)
+                predictions = _classify(task, artifact, validation, settings, None, scoring=scoring)
             finally:
                 artifact.state.pop("serving_model")
             metrics = classification_metrics(task.labels, [ex.label for ex in validation], [p.label for p in predictions])
@@ -181,11 +226,13 @@ def harness_train(
         if task.type == "extraction":  # a record is right only if every field matches
             settings = {**settings, "metric_for_best_model": "exact_match"}
 
+        with progress.phase("prepare"):
+            train_rows, validation_rows = [encode(ex) for ex in train], [encode(ex) for ex in validation]
         model, info = train_with_trainer(
             model=model,
             tokenizer=tokenizer,
-            train_rows=[encode(ex) for ex in train],
-            validation_rows=[encode(ex) for ex in validation],
+            train_rows=train_rows,
+            validation_rows=validation_rows,
             settings=settings,
             training_argument_names=list(TRAINING_ARGUMENTS),
             workdir=workdir,
@@ -195,10 +242,14 @@ def harness_train(
             evaluate=evaluate,
             compute_loss=answer_loss,
         )
-        artifact.info.update(info, truncated_train=truncated)
+        artifact.info.update(info, truncated_train=truncated, answer_loss=settings["answer_loss"])
+        artifact.train_samples = len(train) * settings["num_train_epochs"]
+        if truncated:
+            artifact.notes.append(f"articles cut to fit max_length in {truncated} of {len(train)} training prompts")
         artifact.path = workdir / "model"
-        model.save_pretrained(artifact.path)
-        tokenizer.save_pretrained(artifact.path)
+        with progress.phase("save"):
+            model.save_pretrained(artifact.path)
+            tokenizer.save_pretrained(artifact.path)
     artifact.state["model"] = model.eval()
     describe_model(artifact, model, settings["model"], device)
     return artifact
@@ -226,10 +277,42 @@ def answer_loss(model: Any, inputs: dict[str, Any], num_items_in_batch: Any = No
 
 
 @hookimpl
+def harness_load(task: Task, artifact: Artifact, settings: dict[str, Any]) -> Serving:
+    """The model on its device in the serving dtype, once per artifact: the model trained in this process,
+    else the stored one, else (nothing trained: zero-shot) the base model."""
+    from harness.models import pick_device, pick_dtype
+
+    if "serving_model" not in artifact.state:
+        device = pick_device(settings["device"])
+        model = artifact.state.pop("model", None)  # one copy: the serving one
+        tokenizer = artifact.state.get("tokenizer")
+        if model is None:
+            from transformers import AutoModelForCausalLM, AutoTokenizer
+
+            if artifact.path is not None:
+                tokenizer = AutoTokenizer.from_pretrained(str(artifact.path))
+                model = AutoModelForCausalLM.from_pretrained(str(artifact.path))
+            else:
+                tokenizer = _tokenizer(settings)
+                model = _base_model(settings, tokenizer)
+        dtype = pick_dtype(device)
+        model = model.to(device).eval()
+        # Cast parameters only: the rotary-embedding frequencies (buffers) stay fp32, as in training.
+        for parameter in model.parameters():
+            parameter.data = parameter.data.to(dtype)
+        artifact.state.update(serving_model=model, tokenizer=tokenizer, device=device,
+                              prompter=artifact.state.get("prompter") or Prompter(task, tokenizer, settings),
+                              dtype=str(dtype).removeprefix("torch."))
+    device = artifact.state["device"]
+    return Serving(device=device, dtype=artifact.state["dtype"], batch_size=64 if device.startswith("cuda") else 16)
+
+
+@hookimpl
 def harness_predict(
     task: Task, artifact: Artifact, examples: list[Example], settings: dict[str, Any], progress: Any
 ) -> list[Prediction]:
-    _serving(task, artifact, settings)
+    serving = harness_load(task, artifact, settings)
+    settings = {**settings, "predict_batch_size": settings.get("predict_batch_size") or serving.batch_size}
     if task.type == "extraction":
         return _extract(artifact, examples, settings, progress)
     return _classify(task, artifact, examples, settings, progress)
@@ -259,33 +342,6 @@ def _base_model(settings: dict[str, Any], tokenizer: Any):
     return AutoModelForCausalLM.from_config(config, dtype=torch.float32)
 
 
-def _serving(task: Task, artifact: Artifact, settings: dict[str, Any]) -> None:
-    """Put the model on its device in the serving dtype, once per artifact; a stored run's artifact
-    (a path alone) is loaded here."""
-    if "serving_model" in artifact.state:
-        return
-    from harness.models import pick_device, pick_dtype
-
-    if "model" not in artifact.state:
-        from transformers import AutoModelForCausalLM, AutoTokenizer
-
-        tokenizer = AutoTokenizer.from_pretrained(str(artifact.path))
-        artifact.state.update(
-            model=AutoModelForCausalLM.from_pretrained(str(artifact.path)), tokenizer=tokenizer,
-            prompter=Prompter(task, tokenizer, settings), device=pick_device(settings["device"]), truncated=set(),
-        )
-    device = artifact.state["device"]
-    dtype = pick_dtype(device)
-    model = artifact.state["model"].to(device).eval()
-    # Cast parameters only: the rotary-embedding frequencies (buffers) stay fp32, as in training.
-    for parameter in model.parameters():
-        parameter.data = parameter.data.to(dtype)
-    artifact.state["serving_model"] = model
-    artifact.info["device"] = device
-    artifact.info["serving_dtype"] = str(dtype).removeprefix("torch.")
-    artifact.info["predict_batch_size"] = settings["predict_batch_size"] or (64 if device.startswith("cuda") else 16)
-
-
 def _left_padded(rows: list[list[int]], pad: int, device: str):
     """A left-padded batch with position ids that start at 0 on every row's first real token, so a
     padded row computes exactly what it would alone."""
@@ -301,21 +357,18 @@ def _left_padded(rows: list[list[int]], pad: int, device: str):
     return input_ids.to(device), mask.to(device), positions.to(device)
 
 
-def _classify(task: Task, artifact: Artifact, examples: list[Example], settings: dict[str, Any], progress: Any) -> list[Prediction]:
+def _classify(task: Task, artifact: Artifact, examples: list[Example], settings: dict[str, Any], progress: Any,
+              scoring: str | None = None) -> list[Prediction]:
+    """``scoring`` defaults to the setting; evaluation during training passes its own."""
     import torch
 
     from harness.models import length_buckets
 
     model, prompter, device = artifact.state["serving_model"], artifact.state["prompter"], artifact.state["device"]
+    scoring = scoring or settings["scoring"]
     reserve = max(len(ids) for ids in prompter.answer_ids) + len(prompter.end_ids)
-    prompts = []
-    for ex in examples:
-        ids, cut = prompter.prompt_ids(ex.text, reserve=reserve)
-        prompts.append(ids)
-        if cut and progress is not None:  # progress is None for evaluations during training
-            artifact.state["truncated"].add(ex.id)
-    artifact.info["truncated_predict"] = len(artifact.state["truncated"])
-    batch_size = settings["predict_batch_size"] or artifact.info.get("predict_batch_size") or 16
+    prompts, cut = zip(*(prompter.prompt_ids(ex.text, reserve=reserve) for ex in examples)) if examples else ((), ())
+    batch_size = settings.get("predict_batch_size") or 16
     batches = length_buckets([len(p) for p in prompts], batch_size, settings["bucket_by_length"])
     if progress is not None:
         batches = progress.track(batches, "predict", total=len(examples), weight=len)
@@ -323,14 +376,15 @@ def _classify(task: Task, artifact: Artifact, examples: list[Example], settings:
     pad = artifact.state["tokenizer"].pad_token_id
     with torch.inference_mode():
         for batch in batches:
-            if settings["scoring"] == "letter":
+            if scoring == "letter":
                 log_probs = _letter_scores(model, [prompts[i] for i in batch], prompter, pad, device)
             else:
-                log_probs = [_likelihood_scores(model, prompts[i], prompter, device) for i in batch]
+                log_probs = [_likelihood_scores(model, prompts[i], prompter, device, per_token=scoring == "perplexity")
+                             for i in batch]
             for i, scores in zip(batch, log_probs):
                 probabilities = torch.tensor(scores).softmax(-1).tolist()
                 named = dict(zip(task.labels, probabilities))
-                predictions[i] = Prediction(label=max(named, key=named.__getitem__), scores=named)
+                predictions[i] = Prediction(label=max(named, key=named.__getitem__), scores=named, truncated=cut[i])
     return predictions  # type: ignore[return-value]
 
 
@@ -342,9 +396,10 @@ def _letter_scores(model: Any, prompts: list[list[int]], prompter: Prompter, pad
     return logits.float().log_softmax(-1)[:, option_tokens].tolist()
 
 
-def _likelihood_scores(model: Any, prompt: list[int], prompter: Prompter, device: str) -> list[float]:
-    """Summed log-probability of each answer after the prompt; the prompt runs once and its KV cache
-    is shared by all answers, which run together as one batch."""
+def _likelihood_scores(model: Any, prompt: list[int], prompter: Prompter, device: str, per_token: bool = False) -> list[float]:
+    """Summed log-probability of each answer after the prompt, or with ``per_token`` its mean per token
+    (minus the log of the perplexity); the prompt runs once and its KV cache is shared by all answers,
+    which run together as one batch."""
     import torch
 
     answers = [ids + prompter.end_ids for ids in prompter.answer_ids]  # the answer as trained, end of turn included
@@ -367,7 +422,7 @@ def _likelihood_scores(model: Any, prompt: list[int], prompter: Prompter, device
         score = first[ids[0]].item()
         for t in range(1, len(ids)):
             score += log_probs[i, t - 1, ids[t]].item()
-        scores.append(score)
+        scores.append(score / len(ids) if per_token else score)
     return scores
 
 
@@ -379,8 +434,9 @@ def _extract(artifact: Artifact, examples: list[Example], settings: dict[str, An
 
     model, prompter, device = artifact.state["serving_model"], artifact.state["prompter"], artifact.state["device"]
     tokenizer = artifact.state["tokenizer"]
-    prompts = [prompter.prompt_ids(ex.text, reserve=settings["max_new_tokens"])[0] for ex in examples]
-    batches = length_buckets([len(p) for p in prompts], settings["predict_batch_size"] or artifact.info["predict_batch_size"])
+    prompts, cut = zip(*(prompter.prompt_ids(ex.text, reserve=settings["max_new_tokens"]) for ex in examples)) \
+        if examples else ((), ())
+    batches = length_buckets([len(p) for p in prompts], settings.get("predict_batch_size") or 16)
     predictions: list[Prediction | None] = [None] * len(examples)
     if progress is not None:
         batches = progress.track(batches, "generate", total=len(examples), weight=len)
@@ -393,7 +449,7 @@ def _extract(artifact: Artifact, examples: list[Example], settings: dict[str, An
             )
             for row, i in enumerate(batch):
                 raw = tokenizer.decode(out[row, input_ids.shape[1] :], skip_special_tokens=True).strip()
-                predictions[i] = Prediction(fields=parse_fields(raw), raw=raw)
+                predictions[i] = Prediction(fields=parse_fields(raw), raw=raw, truncated=cut[i])
     return predictions  # type: ignore[return-value]
 
 
