@@ -84,6 +84,8 @@ def harness_train(
         return artifact
 
     def encode(examples: list[Example]) -> list[dict[str, Any]]:
+        if not examples:  # validation: none (the tokenizer fails on an empty batch)
+            return []
         enc = tokenizer([ex.text for ex in examples], truncation=True, max_length=settings["max_length"])
         return [
             {"input_ids": ids, "attention_mask": mask, "labels": labels.index(ex.label)}

@@ -152,6 +152,21 @@ class Prompter:
                 return ids, True
             budget -= len(ids) - limit
 
+    def training_row(self, example: Example) -> tuple[dict[str, Any], bool]:
+        """Input ids and labels of one training example, and whether its article was cut. The labels
+        cover the answer and end of turn, and with ``answer_loss: turn`` the rest of the assistant's turn
+        (the thinking block the template writes) too."""
+        if self.task.type == "classification":
+            answer = self.answer_ids[self.task.labels.index(example.label)] + self.end_ids
+            reserve = len(answer)
+        else:  # the same room prediction leaves for generation, so prompts are cut alike
+            answer = self.extraction_answer(example.fields or {}) + self.end_ids
+            reserve = max(self.settings["max_new_tokens"], len(answer))
+        prompt, cut = self.prompt_ids(example.text, reserve=reserve)
+        turn = self.assistant_tokens if self.settings["answer_loss"] == "turn" else 0
+        labels = [-100] * (len(prompt) - turn) + prompt[len(prompt) - turn :] + answer
+        return {"input_ids": prompt + answer, "attention_mask": [1] * (len(prompt) + len(answer)), "labels": labels}, cut
+
     def extraction_answer(self, fields: dict[str, str]) -> list[int]:
         return self.tokenizer(json.dumps(fields, ensure_ascii=False), add_special_tokens=False)["input_ids"]
 
@@ -191,22 +206,12 @@ def harness_train(
 
     if settings["num_train_epochs"] > 0:
         truncated = 0
-        # With answer_loss: turn the assistant's part of the prompt (the thinking block) is trained on too.
-        turn = prompter.assistant_tokens if settings["answer_loss"] == "turn" else 0
 
         def encode(example: Example) -> dict[str, Any]:
             nonlocal truncated
-            if task.type == "classification":
-                answer = prompter.answer_ids[task.labels.index(example.label)] + prompter.end_ids
-                reserve = len(answer)
-            else:  # the same room prediction leaves for generation, so prompts are cut alike
-                answer = prompter.extraction_answer(example.fields or {}) + prompter.end_ids
-                reserve = max(settings["max_new_tokens"], len(answer))
-            prompt, cut = prompter.prompt_ids(example.text, reserve=reserve)
+            row, cut = prompter.training_row(example)
             truncated += cut
-            ids = prompt + answer
-            labels = [-100] * (len(prompt) - turn) + prompt[len(prompt) - turn :] + answer
-            return {"input_ids": ids, "attention_mask": [1] * len(ids), "labels": labels}
+            return row
 
         scoring = selection_scoring(prompter) if task.type == "classification" else None
 
