@@ -28,6 +28,7 @@ GOOD = '{"text": "Stocks rally on rate cut hopes", "label": 2}\n{"text": "Team w
         ("missing-file", "missing.jsonl: no such file"),
         ("unknown-plugin", "--plugins: unknown plugin 'bret'; known: bert, failing-train, naive-bayes, naive-bayes-tables, qwen"),
         ("unknown-setting", "--set naive-bayes.smoth: unknown setting for naive-bayes; known: smoothing"),
+        ("not-a-choice", "--set qwen.scoring: 'leter' is not one of letter, perplexity, likelihood"),
         ("empty-setting", "--set naive-bayes.smoothing: needs a float value"),
         ("no-plugins", "--plugins: expected distinct plugin names separated by commas, got ','"),
         ("latency-zero", "--latency-samples: must be at least 1, got 0"),
@@ -68,6 +69,8 @@ def test_bad_input_is_one_line_exit_2_nothing_written(cli, tmp_path, case, expec
         plugins = "bret"
     elif case == "unknown-setting":
         extra = ["--set", "naive-bayes.smoth=2"]
+    elif case == "not-a-choice":
+        plugins, extra = "qwen", ["--set", "qwen.scoring=leter"]
     elif case == "empty-setting":
         extra = ["--set", "naive-bayes.smoothing="]
     elif case == "no-plugins":

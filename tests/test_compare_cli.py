@@ -45,7 +45,7 @@ def test_compare_writes_both_rows_on_identical_data(compared, workspace):
         assert sum(map(sum, run["metrics"]["confusion_matrix"]["matrix"])) == 80
         assert run["speed"]["predict_samples_per_s"] > 0
         assert run["speed"]["latency_samples"] == 5
-        assert run["memory"]["predict_rss_peak_mb"] > 50
+        assert run["memory"]["predict_rss_peak_mb"] > 20  # naive-bayes serves without torch: about 50 MB
         assert run["environment"]["device"].startswith("CPU")
         predictions = (tmp_path / ".harness" / "runs" / run["run_id"] / "predictions.jsonl").read_text().splitlines()
         assert len(predictions) == 80
@@ -53,6 +53,15 @@ def test_compare_writes_both_rows_on_identical_data(compared, workspace):
     # Naive Bayes really learns AG News from 216 examples: well above the 0.25 of chance.
     assert bayes["metrics"]["accuracy"] > 0.45
     assert bert["model"]["parameters"] < 3_000_000 and bert["model"]["dtype"] == "float32"
+    # Training time split into its phases; samples/s from the loop alone; serving measured on its own.
+    speed = bert["speed"]
+    assert {"load", "prepare", "train_loop", "evaluation", "save"} <= speed["train_phases"].keys()
+    assert sum(speed["train_phases"].values()) <= speed["train_seconds"]
+    assert speed["train_loop_samples_per_s"] > speed["train_samples_per_s"] > 0
+    assert speed["predict_batch_size"] == 64 and bert["serving"] == {"device": "cpu", "dtype": "float32",
+                                                                      "batch_size": 64, "notes": []}
+    assert bert["memory"]["train_rss_peak_mb"] > 0 and bert["memory"]["predict_rss_peak_mb"] > 0
+    assert "Serve RSS" in result.stdout and "Batch" in result.stdout
     assert bert["environment"]["versions"]["transformers"]
     evaluations = [e for e in bert["train_log"] if "eval_f1_weighted" in e]
     assert len(evaluations) >= 3, bert["train_log"]
@@ -107,7 +116,8 @@ def test_bert_and_qwen_compare_end_to_end_and_sft_learns_ag_news(cli, tiny_bert,
                  "--limit-train", "400", "--limit-test", "80", "--latency-samples", "5", *bert_args(tiny_bert),
                  "--set", f"qwen.model={tiny_qwen}", "--set", "qwen.num_train_epochs=6", "--set", "qwen.learning_rate=2e-3",
                  "--set", "qwen.per_device_train_batch_size=16", "--set", "qwen.gradient_accumulation_steps=1",
-                 "--json", "out.json")
+                 # A model this small learns the letter only with the loss on the answer (see test_qwen.FAST).
+                 "--set", "qwen.answer_loss=letter", "--json", "out.json")
     assert result.returncode == 0, result.stderr
     bert, qwen = json.loads((tmp_path / "out.json").read_text())["runs"]
     assert bert["status"] == qwen["status"] == "ok"
