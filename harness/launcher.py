@@ -93,13 +93,14 @@ def plugin_setup(plugins: Any) -> PluginSetup:
 
 def _reference(name: str, plugin: Any) -> tuple[str, Any]:
     if isinstance(plugin, ModuleType):
-        found = importlib.util.find_spec(plugin.__name__) if plugin.__name__ != "__main__" else None
-        if found is not None and found.origin == getattr(plugin, "__file__", None):
-            return "module", plugin.__name__
-        if getattr(plugin, "__file__", None):
-            return "file", (plugin.__name__, plugin.__file__)
-        raise TypeError(f"plugin {name!r} is a module built in memory; another process cannot load it: register a "
-                        "module that has a file, or use the inline launcher")
+        return _module_reference(name, plugin)
+    # An object defined in a module (an engine beside its approach, say): that module, then the attribute.
+    import sys
+
+    module = sys.modules.get(type(plugin).__module__)
+    attribute = next((key for key, value in vars(module).items() if value is plugin), None) if module else None
+    if attribute is not None:
+        return "attribute", (_module_reference(name, module), attribute)
     try:
         return "object", pickle.dumps(plugin)
     except Exception as exc:
@@ -107,21 +108,47 @@ def _reference(name: str, plugin: Any) -> tuple[str, Any]:
                         "register a module, or use the inline launcher") from None
 
 
+def _module_reference(name: str, module: ModuleType) -> tuple[str, Any]:
+    import sys
+
+    # Importable by name in a fresh process: a finder knows its top-level package without sys.modules' help.
+    top = module.__name__.partition(".")[0]
+    if module.__name__ != "__main__" and any(
+        finder.find_spec(top, None) is not None for finder in sys.meta_path if hasattr(finder, "find_spec")
+    ):
+        return "module", module.__name__
+    if getattr(module, "__file__", None):
+        return "file", (module.__name__, module.__file__)
+    raise TypeError(f"plugin {name!r} comes from a module built in memory; another process cannot load it: "
+                    "register a module that has a file, or use the inline launcher")
+
+
+def _load(kind: str, value: Any) -> Any:
+    import sys
+
+    if kind == "module":
+        return importlib.import_module(value)
+    if kind == "file":
+        module_name, path = value
+        if module_name in sys.modules:  # its engine and its approach come from one module: load it once
+            return sys.modules[module_name]
+        spec = importlib.util.spec_from_file_location(module_name, path)
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[module_name] = module
+        spec.loader.exec_module(module)
+        return module
+    if kind == "attribute":
+        (module_kind, module_value), attribute = value
+        return getattr(_load(module_kind, module_value), attribute)
+    return pickle.loads(value)
+
+
 def rebuild_plugins(setup: PluginSetup) -> Any:
     from harness.plugins import load_plugins
 
     plugins = load_plugins(entry_points=setup.entry_points)
     for name, kind, value in setup.extra:
-        if kind == "module":
-            plugin = importlib.import_module(value)
-        elif kind == "file":
-            module_name, path = value
-            spec = importlib.util.spec_from_file_location(module_name, path)
-            plugin = importlib.util.module_from_spec(spec)
-            spec.loader.exec_module(plugin)
-        else:
-            plugin = pickle.loads(value)
-        plugins.register(plugin, name)
+        plugins.register(_load(kind, value), name)
     return plugins
 
 
@@ -178,7 +205,11 @@ def seed_everything(seed: int) -> None:
 
 
 class _SeedTorchOnImport(importlib.abc.MetaPathFinder):
-    """Finds nothing itself: lets the real finder load torch, then seeds it before anyone can use it."""
+    """Finds nothing itself: lets the real finder find torch, and seeds it as soon as it is executed.
+
+    It stays in place until torch is really imported: libraries probe with ``importlib.util.find_spec
+    ("torch")`` (transformers does, to see whether torch is installed) long before they import it.
+    """
 
     def __init__(self, seed: int):
         self.seed = seed
@@ -188,12 +219,15 @@ class _SeedTorchOnImport(importlib.abc.MetaPathFinder):
             return None
         import sys
 
+        index = sys.meta_path.index(self)
         sys.meta_path.remove(self)
-        spec = importlib.util.find_spec("torch")
+        try:
+            spec = importlib.util.find_spec("torch")
+        finally:
+            sys.meta_path.insert(index, self)
         if spec is None or spec.loader is None:
             return spec
-        original = spec.loader
-        seed = self.seed
+        original, finder = spec.loader, self
 
         class SeedingLoader(importlib.abc.Loader):
             def create_module(self, spec: Any) -> Any:
@@ -201,7 +235,9 @@ class _SeedTorchOnImport(importlib.abc.MetaPathFinder):
 
             def exec_module(self, module: Any) -> None:
                 original.exec_module(module)
-                module.manual_seed(seed)
+                module.manual_seed(finder.seed)
+                if finder in sys.meta_path:
+                    sys.meta_path.remove(finder)
 
         spec.loader = SeedingLoader()
         return spec

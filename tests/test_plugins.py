@@ -23,6 +23,7 @@ def docs_plugin(folder) -> types.ModuleType:
     path.write_text(docs_plugin_source(), encoding="utf-8")
     spec = importlib.util.spec_from_file_location("harness_naive_bayes_docs", path)
     module = importlib.util.module_from_spec(spec)
+    sys.modules[module.__name__] = module  # as an import would; the engine object is found through it
     spec.loader.exec_module(module)
     return module
 
@@ -31,6 +32,13 @@ def test_docs_tutorial_plugin_passes_the_conformance_kit(tmp_path):
     record = check_plugin(docs_plugin(tmp_path), tmp_path=tmp_path, settings={"smoothing": 0.5})
     assert record.metrics["accuracy"] > 0.8
     assert record.speed["requests_per_s"] > 0
+
+
+def test_the_docs_engine_passes_the_kit_over_the_plugin_it_serves(tmp_path):
+    module = docs_plugin(tmp_path)
+    record = check_plugin(module.tables, tmp_path=tmp_path, name="naive-bayes-tables", serves=module)
+    assert record.metrics["accuracy"] > 0.8 and record.serving["dtype"] == "float64"
+    assert record.training["identity"]["approach"] == "naive-bayes"
 
 
 def test_conformance_kit_catches_a_plugin_that_loses_the_order(tmp_path):

@@ -78,7 +78,8 @@ def test_torch_is_seeded_when_first_imported_not_imported_to_be_seeded():
     import subprocess
     import sys
 
-    code = ("import sys; from harness.launcher import seed_everything; seed_everything(3); "
-            "assert 'torch' not in sys.modules; import torch; a = torch.rand(3); torch.manual_seed(3); "
-            "assert torch.equal(a, torch.rand(3)); print('ok')")
+    # transformers probes with find_spec('torch') before it imports it: the probe must not use up the seeding.
+    code = ("import sys, importlib.util; from harness.launcher import seed_everything; seed_everything(3); "
+            "assert 'torch' not in sys.modules; importlib.util.find_spec('torch'); import transformers, torch; "
+            "a = torch.rand(3); torch.manual_seed(3); assert torch.equal(a, torch.rand(3)); print('ok')")
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout == "ok\n"
