@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -12,14 +13,21 @@ from harness import __version__
 from harness.errors import UserError
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a bad argument is one line and exit status 2 like every other bad input."""
+
+    def error(self, message: str):  # type: ignore[override]
+        self.exit(2, f"harness: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="harness",
         description="Train, run and compare small text models on identical data: one table of quality, "
         "training cost, serving speed and memory.",
     )
     parser.add_argument("--version", action="version", version=f"harness {__version__}")
-    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=_Parser)
 
     cmp = commands.add_parser("compare", help="train, predict and score approaches on one spec, then print the table")
     cmp.add_argument("--plugins", required=True, help="approaches to compare, by name (see `harness plugins`): bert,qwen")
@@ -112,8 +120,8 @@ def cmd_compare(args: argparse.Namespace) -> int:
         limit_train=args.limit_train,
         limit_test=args.limit_test,
     )
-    if args.json is not None and not args.json.parent.exists():
-        raise UserError("directory does not exist", where=str(args.json))
+    check_json_target(args.json)
+    Store(args.store).check_writable()  # before hours of training, not after
 
     console = _console()
     plugins.pm.register(TerminalReporter(console, spec.metrics), name="terminal-reporter")
@@ -123,6 +131,18 @@ def cmd_compare(args: argparse.Namespace) -> int:
     if args.json is not None:
         write_json(args.json, comparison_to_dict(comparison))
     return 1 if any(run.status == "failed" for run in comparison.runs) else 0
+
+
+def check_json_target(path: Path | None) -> None:
+    """``--json PATH`` must be a file that can be written, in a directory that exists."""
+    if path is None:
+        return
+    if path.is_dir():
+        raise UserError("is a directory; --json takes a file path", where=str(path))
+    if not path.parent.is_dir():
+        raise UserError("directory does not exist", where=str(path))
+    if (path.exists() and not os.access(path, os.W_OK)) or not os.access(path.parent, os.W_OK):
+        raise UserError("cannot be written (permissions)", where=str(path))
 
 
 def _positive(value: int, flag: str) -> int:
@@ -149,8 +169,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         raise UserError(f"expected sizes separated by commas, got {args.batch_sizes!r}", where="--batch-sizes") from None
     for flag in ("rounds", "latency_samples", "concurrency", "requests"):
         _positive(getattr(args, flag), "--" + flag.replace("_", "-"))
-    if args.json is not None and not args.json.parent.exists():
-        raise UserError("directory does not exist", where=str(args.json))
+    check_json_target(args.json)
     plugins = load_plugins()
     spec = load_spec(args.spec)
     overrides = parse_overrides(args.overrides)
@@ -210,8 +229,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     from harness.report import comparison_table
     from harness.store import Store, comparison_to_dict, write_json
 
-    if args.json is not None and not args.json.parent.exists():
-        raise UserError("directory does not exist", where=str(args.json))
+    check_json_target(args.json)
     store = Store(args.store)
     comparison = store.load_comparison(args.comparison_id)
     if comparison is None:

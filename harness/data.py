@@ -6,6 +6,8 @@ import csv
 import hashlib
 import json
 import random
+import re
+import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable
@@ -192,8 +194,8 @@ def _to_example(
     text = row.get(text_field)
     if not isinstance(text, str):
         raise UserError(f"missing text field {text_field!r}", where=where)
-    if not text.strip():
-        raise UserError("empty text", where=where)
+    if is_blank(text):
+        raise UserError("empty text (nothing visible in it)" if text.strip() else "empty text", where=where)
     example_id = str(row.get("id", index))
     if task.type == "extraction":
         fields = row.get(fields_field)
@@ -204,8 +206,8 @@ def _to_example(
             raise UserError(f"field {sorted(unknown)[0]!r} is not one of the spec's fields", where=where)
         return Example(example_id, text, fields={k: str(v) for k, v in fields.items()})
     label = row.get(label_field)
-    if isinstance(label, str) and label.strip().lstrip("-").isdigit() and label not in task.labels:
-        label = int(label)  # CSV cells are strings; an id written as text is still an id
+    if isinstance(label, str) and re.fullmatch(r"\s*-?[0-9]+\s*", label) and label not in task.labels:
+        label = int(label)  # CSV cells are strings; an id written as text is still an id (ASCII digits only: "²" is not)
     if isinstance(label, int) and not isinstance(label, bool):
         if not 0 <= label < len(task.labels):
             raise UserError(f"label id {label} outside the spec's {len(task.labels)} labels", where=where)
@@ -213,6 +215,12 @@ def _to_example(
     if label not in task.labels:
         raise UserError(f"label {label!r} is not one of the spec's labels ({', '.join(task.labels)})", where=where)
     return Example(example_id, text, label=label)
+
+
+def is_blank(text: str) -> bool:
+    """Nothing a model could read: white space, control and format characters (zero-width spaces, byte-order
+    marks, joiners) only."""
+    return all(ch.isspace() or unicodedata.category(ch) in ("Cc", "Cf", "Zs", "Zl", "Zp") for ch in text)
 
 
 def _sample(examples: list[Example], limit: int | None, seed: int, flag: str) -> list[Example]:

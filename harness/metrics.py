@@ -13,6 +13,14 @@ hookimpl = pluggy.HookimplMarker("harness")
 # A prediction with no valid label is scored as this label, which is never gold: always wrong.
 INVALID = "<invalid>"
 
+# The single-number metrics a spec's `metrics:` may name for the table, by task type. Extraction's
+# exact_match (a record is right only if every field matches) is what qwen selects checkpoints on.
+METRICS = {
+    "classification": ("f1_weighted", "accuracy", "f1_macro", "precision_weighted", "recall_weighted",
+                       "precision_macro", "recall_macro", "invalid"),
+    "extraction": ("exact_match",),
+}
+
 
 def classification_metrics(labels: Sequence[str], gold: Sequence[str], predicted: Sequence[str | None]) -> dict[str, Any]:
     """Accuracy, precision/recall/F1 weighted and macro, per class, and the confusion matrix.

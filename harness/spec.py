@@ -198,7 +198,8 @@ class Spec(_Strict):
         "or split is given",
     )
     seed: int = 0
-    metrics: list[str] = Field(default_factory=lambda: ["f1_weighted", "accuracy", "f1_macro"])
+    metrics: list[str] = Field(default_factory=lambda: ["f1_weighted", "accuracy", "f1_macro"],
+                               description="the metrics the table shows, by name (harness.metrics.METRICS, by task type)")
     plugins: dict[str, dict[str, Any]] = Field(
         default_factory=dict,
         description="per-approach settings; the key 'prompt' is not a setting but that approach's prompt, "
@@ -212,6 +213,14 @@ class Spec(_Strict):
 
     @model_validator(mode="after")
     def _validation_range(self) -> Spec:
+        from harness.metrics import METRICS
+
+        known = METRICS[self.task.type]
+        if "metrics" not in self.model_fields_set and self.task.type == "extraction":
+            self.metrics = list(known)
+        unknown = [m for m in self.metrics if m not in known]
+        if unknown:
+            raise ValueError(f"metrics: unknown metric {unknown[0]!r} for {self.task.type}; known: {', '.join(known)}")
         if isinstance(self.validation, float) and not 0.0 < self.validation < 1.0:
             raise ValueError("validation must be a fraction between 0 and 1, 'test' or 'none'")
         given = "dataset.validation" if self.dataset.validation else "dataset.validation_split"

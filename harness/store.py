@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import sqlite3
 from dataclasses import asdict
 from pathlib import Path
@@ -31,6 +32,9 @@ from harness.types import Artifact, Comparison, Prediction, RunRecord
 # train_key and measure_key are the digests of a run's training and measurement identities
 # (harness.identity); trained_in is the run whose artifact/ holds the model it measured: itself when it
 # trained (even if measuring then failed), another run when it reused that run's training.
+# What new_id makes: a timestamp, a name, a random suffix; nothing that could climb out of runs/.
+RUN_ID = re.compile(r"[0-9]{8}-[0-9]{6}-[A-Za-z0-9_.-]+-[0-9a-f]{6}")
+
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS runs (
     run_id TEXT PRIMARY KEY,
@@ -67,14 +71,37 @@ class Store:
     def db(self) -> sqlite3.Connection:
         # Opened on first use: validating input never creates the store.
         if self._db is None:
-            (self.root / "runs").mkdir(parents=True, exist_ok=True)
-            self._db = sqlite3.connect(self.root / "runs.db")
-            columns = {row[1] for row in self._db.execute("PRAGMA table_info(runs)")}
-            if columns and "train_key" not in columns:
-                # A store from before runs had two identities: its runs can be reported, never reused.
-                self._db.execute("ALTER TABLE runs RENAME TO runs_v1")
-            self._db.executescript(SCHEMA)
+            self.root.mkdir(parents=True, exist_ok=True)
+            path = self.root / "runs.db"
+            try:
+                # WAL and a busy timeout: a second compare on the same store waits instead of failing.
+                self._db = sqlite3.connect(path, timeout=60)
+                self._db.execute("PRAGMA journal_mode=WAL")
+                columns = {row[1] for row in self._db.execute("PRAGMA table_info(runs)")}
+                if columns and "train_key" not in columns:
+                    # A store from before runs had two identities: its runs can be reported, never reused.
+                    self._db.execute("ALTER TABLE runs RENAME TO runs_v1")
+                self._db.executescript(SCHEMA)
+                (self.root / "runs").mkdir(exist_ok=True)
+            except sqlite3.DatabaseError as exc:
+                self._db = None
+                raise UserError(f"not a usable results index ({exc}); move it away: each run's record.json "
+                                "under runs/ is kept", where=str(path)) from None
         return self._db
+
+    def check_writable(self) -> None:
+        """One line naming the path if results could not be stored here: checked before anything trains."""
+        root = self.root
+        if root.exists() and not root.is_dir():
+            raise UserError("is not a directory; --store takes a directory", where=str(root))
+        existing = root if root.exists() else next((p for p in root.absolute().parents if p.exists()), None)
+        if existing is None or not os.access(existing, os.W_OK | os.X_OK):
+            raise UserError("cannot be written (permissions)", where=str(existing or root))
+        for path in (root / "runs.db", root / "runs"):
+            if path.exists() and not os.access(path, os.W_OK):
+                raise UserError("cannot be written (permissions)", where=str(path))
+        if (root / "runs.db").exists():
+            _ = self.db  # a corrupt index is one line now, not after training
 
     @contextmanager
     def model_hashes(self) -> Iterator[dict[str, Any]]:
@@ -91,6 +118,8 @@ class Store:
             write_json(path, cache)
 
     def run_dir(self, run_id: str) -> Path:
+        if not RUN_ID.fullmatch(run_id):
+            raise UserError(f"not a run id: {run_id!r}", where="run id")
         return self.root / "runs" / run_id
 
     def start_run(self, run_id: str) -> Path:
@@ -157,8 +186,11 @@ class Store:
         path = self.run_dir(run_id) / "record.json"
         if not path.is_file():
             raise UserError(f"no stored run {run_id}", where=str(path))
-        data = json.loads(path.read_text(encoding="utf-8"))
-        return record_from_dict(data)
+        try:
+            return record_from_dict(json.loads(path.read_text(encoding="utf-8")))
+        except (ValueError, TypeError) as exc:
+            raise UserError(f"not a readable run record ({type(exc).__name__}); move the run's directory away",
+                            where=str(path)) from None
 
     def save_comparison(self, comparison: Comparison) -> None:
         with self.db:

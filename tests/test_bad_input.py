@@ -29,6 +29,12 @@ GOOD = '{"text": "Stocks rally on rate cut hopes", "label": 2}\n{"text": "Team w
         ("unknown-plugin", "--plugins: unknown plugin 'bret'; known: bert, failing-train, naive-bayes, naive-bayes-tables, qwen"),
         ("unknown-setting", "--set naive-bayes.smoth: unknown setting for naive-bayes; known: smoothing"),
         ("not-a-choice", "--set qwen.scoring: 'leter' is not one of letter, perplexity, likelihood"),
+        ("superscript-label", "train.jsonl:1: label '²' is not one of the spec's labels"),
+        ("invisible-text", "test.jsonl:1: empty text (nothing visible in it)"),
+        ("unknown-metric", "bad.yaml: metrics: unknown metric 'f1_wieghted' for classification; known: f1_weighted, accuracy"),
+        ("argparse", "harness: error: argument --limit-train: invalid int value: 'abc' (see harness compare --help)"),
+        ("json-is-a-directory", "is a directory; --json takes a file path"),
+        ("store-is-a-file", "is not a directory; --store takes a directory"),
         ("empty-setting", "--set naive-bayes.smoothing: needs a float value"),
         ("no-plugins", "--plugins: expected distinct plugin names separated by commas, got ','"),
         ("latency-zero", "--latency-samples: must be at least 1, got 0"),
@@ -69,6 +75,19 @@ def test_bad_input_is_one_line_exit_2_nothing_written(cli, tmp_path, case, expec
         plugins = "bret"
     elif case == "unknown-setting":
         extra = ["--set", "naive-bayes.smoth=2"]
+    elif case == "superscript-label":
+        train = write(tmp_path / "train.jsonl", '{"text": "Rain all week", "label": "\u00b2"}\n')
+    elif case == "invisible-text":
+        test = write(tmp_path / "test.jsonl", r'{"text": "\u200b\ufeff\u2060\u0007 ", "label": 0}' + "\n")
+    elif case == "unknown-metric":
+        spec = write(tmp_path / "bad.yaml", classification + "}\ndataset: {train: train.jsonl, test: test.jsonl}\n"
+                     "metrics: [f1_wieghted]\n")
+    elif case == "argparse":
+        extra = ["--limit-train", "abc"]
+    elif case == "json-is-a-directory":
+        extra = ["--json", str(tmp_path)]
+    elif case == "store-is-a-file":
+        extra = ["--store", write(tmp_path / "store.txt", "not a store")]
     elif case == "not-a-choice":
         plugins, extra = "qwen", ["--set", "qwen.scoring=leter"]
     elif case == "empty-setting":
@@ -99,7 +118,7 @@ def test_bad_input_is_one_line_exit_2_nothing_written(cli, tmp_path, case, expec
                      "validation: test.jsonl}\nvalidation: test\n")
     elif case == "no-data":
         spec = write(tmp_path / "bad.yaml", classification + "}\ndataset: {text_field: text}\n")
-    args = ["compare", "--plugins", plugins, "--spec", spec, *extra, "--json", "out.json"]
+    args = ["compare", "--plugins", plugins, "--spec", spec, *extra, *([] if "--json" in extra else ["--json", "out.json"])]
     if not spec.endswith("bad.yaml"):
         args += ["--data", data or f"train={train},test={test}"]
     result = cli(*args)
@@ -130,3 +149,28 @@ def test_report_on_an_empty_store_is_a_one_line_error(cli, tmp_path):
     assert result.returncode == 2 and result.stderr.strip() == "harness: error: .harness: no comparison stored yet"
     missing_dir = cli("report", "--json", "no/such/dir/out.json")
     assert missing_dir.returncode == 2 and "no/such/dir/out.json: directory does not exist" in missing_dir.stderr
+
+
+def test_store_faults_are_one_line_before_anything_trains(cli, tmp_path):
+    data = write(tmp_path / "train.jsonl", GOOD)
+    common = ["compare", "--plugins", "naive-bayes", "--spec", "agnews", "--data", f"train={data},test={data}"]
+    store = tmp_path / ".harness"
+    store.mkdir()
+    (store / "runs.db").write_bytes(b"this is not an SQLite database, just garbage " * 50)
+    for args in (common, ["report"]):
+        result = cli(*args)
+        lines = [line for line in result.stderr.splitlines() if not line.startswith("harness: plugin 'broken-import'")]
+        assert result.returncode == 2 and len(lines) == 1 and "Traceback" not in result.stderr, result.stderr
+        assert lines[0].startswith(f"harness: error: {Path('.harness') / 'runs.db'}: not a usable results index"), lines
+    assert sorted(p.name for p in store.iterdir()) == ["runs.db"]  # nothing trained, nothing written
+
+    (store / "runs.db").unlink()
+    assert cli(*common, "--json", "out.json").returncode == 0
+    run_id = json.loads((tmp_path / "out.json").read_text())["runs"][0]["run_id"]
+    record = store / "runs" / run_id / "record.json"
+    record.write_text(record.read_text()[:100])  # truncated
+    result = cli("report")
+    assert result.returncode == 2 and "record.json: not a readable run record" in result.stderr, result.stderr
+    assert "Traceback" not in result.stderr
+    climbing = cli("bench", "--plugin", "naive-bayes", "--spec", "agnews", "--run", "../../etc", "--data", f"train={data},test={data}")
+    assert climbing.returncode == 2 and "run id: not a run id: '../../etc'" in climbing.stderr, climbing.stderr
