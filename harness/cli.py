@@ -98,7 +98,7 @@ def _console():
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    from harness.data import load_datasets, parse_data_option
+    from harness.data import data_checks, data_warnings, load_datasets, parse_data_option
     from harness.plugins import load_plugins
     from harness.report import TerminalReporter
     from harness.runner import CompareOptions, compare, plan_settings
@@ -122,6 +122,8 @@ def cmd_compare(args: argparse.Namespace) -> int:
     )
     check_json_target(args.json)
     Store(args.store).check_writable()  # before hours of training, not after
+    for warning in data_warnings(data_checks(data, spec.to_task())):
+        print(f"harness: warning: {warning}", file=sys.stderr)
 
     console = _console()
     plugins.pm.register(TerminalReporter(console, spec.metrics), name="terminal-reporter")

@@ -258,3 +258,37 @@ def _can_stratify(labels: list[Any], size: int) -> bool:
     for label in labels:
         counts[label] = counts.get(label, 0) + 1
     return min(counts.values()) >= 2 and len(counts) <= size <= len(labels) - len(counts)
+
+
+def data_checks(data: Datasets, task: Task) -> dict[str, int]:
+    """Counts of what is legal but almost always a mistake: test texts also in train or validation
+    (leakage), texts repeated within a split, and labels with no training example. Texts are compared as
+    written, after trimming white space."""
+
+    def texts(examples: list[Example]) -> list[str]:
+        return [ex.text.strip() for ex in examples]
+
+    train, test = texts(data.train), texts(data.test)
+    seen = set(train) | (set(texts(data.validation)) if data.validation_source != "test" else set())
+    counts = {
+        "test_texts_in_train": sum(text in seen for text in test),
+        "duplicate_train_texts": len(train) - len(set(train)),
+        "duplicate_test_texts": len(test) - len(set(test)),
+    }
+    if task.type == "classification":
+        present = {ex.label for ex in data.train}
+        counts["labels_without_training_examples"] = sum(label not in present for label in task.labels)
+    return counts
+
+
+DATA_WARNINGS = {
+    "test_texts_in_train": "{n} test texts also appear in train or validation: leakage inflates the test figures",
+    "duplicate_train_texts": "{n} training texts are duplicates of others",
+    "duplicate_test_texts": "{n} test texts are duplicates of others: they count twice",
+    "labels_without_training_examples": "{n} labels have no training example",
+}
+
+
+def data_warnings(counts: dict[str, int]) -> list[str]:
+    """One line per non-zero count of :func:`data_checks`."""
+    return [DATA_WARNINGS[key].format(n=n) for key, n in counts.items() if n]

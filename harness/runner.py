@@ -15,7 +15,7 @@ from datetime import datetime, timezone
 from typing import Any
 
 from harness import identity, measure
-from harness.data import Datasets
+from harness.data import Datasets, data_checks
 from harness.errors import UserError
 from harness.launcher import (
     LAUNCHERS, MeasureJob, TrainJob, UnitFailed, check_predictions, run_unit, without_answers, write_data_cache,
@@ -220,6 +220,7 @@ def run_approach(
         n_train=len(data.train), n_validation=len(data.validation), n_test=len(data.test), created=now(),
     )
     record.environment["validation_source"] = data.validation_source
+    record.environment["data_checks"] = data_checks(data, task)
     error_detail = None
     try:
         training = training_identity(plugins, spec, data, plan, task, options, store)

@@ -174,3 +174,21 @@ def test_store_faults_are_one_line_before_anything_trains(cli, tmp_path):
     assert "Traceback" not in result.stderr
     climbing = cli("bench", "--plugin", "naive-bayes", "--spec", "agnews", "--run", "../../etc", "--data", f"train={data},test={data}")
     assert climbing.returncode == 2 and "run id: not a run id: '../../etc'" in climbing.stderr, climbing.stderr
+
+
+def test_likely_mistakes_are_one_warning_line_each_and_counted_in_the_record(cli, tmp_path):
+    # A duplicate; World and Sci/Tech never seen, and the one Sports text is held out for validation.
+    train = write(tmp_path / "train.jsonl", GOOD + GOOD.splitlines()[0] + "\n")
+    test = write(tmp_path / "test.jsonl", GOOD.splitlines()[1] + '\n{"text": "Rain again", "label": 0}\n')
+    result = cli("compare", "--plugins", "naive-bayes", "--spec", "agnews", "--data", f"train={train},test={test}",
+                 "--json", "out.json")
+    assert result.returncode == 0, result.stderr
+    warnings = [line for line in result.stderr.splitlines() if line.startswith("harness: warning: ")]
+    assert warnings == [
+        "harness: warning: 1 test texts also appear in train or validation: leakage inflates the test figures",
+        "harness: warning: 1 training texts are duplicates of others",
+        "harness: warning: 3 labels have no training example",
+    ]
+    (run,) = json.loads((tmp_path / "out.json").read_text())["runs"]
+    assert run["environment"]["data_checks"] == {"test_texts_in_train": 1, "duplicate_train_texts": 1,
+                                                 "duplicate_test_texts": 0, "labels_without_training_examples": 3}
