@@ -82,7 +82,6 @@ def test_qwen_batch_4_equals_batch_2_with_2_accumulation_steps(tiny_qwen, tmp_pa
 @pytest.mark.parametrize(("mixed_precision", "dtype"), [("bf16", "bfloat16"), ("no", "float32")])
 def test_qwen_trains_its_head_under_the_mixed_precision_it_records(tiny_qwen, tmp_path, mixed_precision, dtype):
     """The head's matmul output dtype during training: bf16 autocast on CPU stands in for CUDA's."""
-    import torch
     from transformers import AutoModelForCausalLM
 
     seen = set()
