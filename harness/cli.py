@@ -159,6 +159,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     from harness import measure
     from harness.bench import BenchResult, batch_throughput, bench_table, latency_row, served_requests
     from harness.data import load_datasets, parse_data_option
+    from harness.launcher import load_for_serving
     from harness.plugins import load_plugins
     from harness.progress import SILENT
     from harness.runner import plan_settings, without_answers
@@ -205,10 +206,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
                                     settings=untrained, workdir=Path(workdir), progress=SILENT)
         settings = untrained
         source = "random weights"
-    if plugins.implements(args.plugin, "harness_load"):
-        serving = plugins.call(args.plugin, "harness_load", task=task, artifact=artifact, settings=settings)
-        if serving is not None and serving.batch_size and not settings.get("predict_batch_size"):
-            settings = {**settings, "predict_batch_size": serving.batch_size}
+    _, settings = load_for_serving(plugins, args.plugin, task, artifact, settings)
 
     def predict(examples, call_settings):
         return plugins.call(args.plugin, "harness_predict", task=task, artifact=artifact, examples=examples,

@@ -274,17 +274,9 @@ def measure_unit(plugins: Any, job: MeasureJob, progress: RunProgress) -> dict[s
     data = read_data_cache(job.data_file)
     test = without_answers(data.test)
     artifact = load_artifact(job.artifact_file)
-    settings = dict(job.settings)
-    serving = None
-    load_seconds = None
-    if plugins.implements(job.approach, "harness_load"):
-        serving, load_seconds = measure.timed(lambda: plugins.call(
-            job.approach, "harness_load", task=job.task, artifact=artifact, settings=settings))
-        if serving is not None and not isinstance(serving, Serving):
-            raise TypeError(f"harness_load returned {type(serving).__name__}, not a Serving")
-    batch_size = settings.get("predict_batch_size") or (serving.batch_size if serving else None)
-    if batch_size:
-        settings["predict_batch_size"] = batch_size
+    (serving, settings), load_seconds = measure.timed(
+        lambda: load_for_serving(plugins, job.approach, job.task, artifact, job.settings))
+    batch_size = settings.get("predict_batch_size")
     measure.release_memory()  # what loading left behind is not serving memory
 
     def predict(examples: list[Example], bar: RunProgress | None = None) -> list[Prediction]:
@@ -300,7 +292,7 @@ def measure_unit(plugins: Any, job: MeasureJob, progress: RunProgress) -> dict[s
     write_predictions(job.predictions_file, predictions)
     return {
         "speed": {
-            "load_seconds": load_seconds,
+            "load_seconds": load_seconds if plugins.implements(job.approach, "harness_load") else None,
             "predict_seconds": seconds,
             "predict_samples_per_s": len(test) / seconds if seconds > 0 else None,
             "predict_batch_size": batch_size,
@@ -313,6 +305,21 @@ def measure_unit(plugins: Any, job: MeasureJob, progress: RunProgress) -> dict[s
 
 
 SILENT_PROGRESS = RunProgress()
+
+
+def load_for_serving(plugins: Any, name: str, task: Task, artifact: Artifact,
+                     settings: dict[str, Any]) -> tuple[Serving | None, dict[str, Any]]:
+    """Call ``harness_load`` where the approach has it, and return what it reported with the settings
+    predict gets: ``predict_batch_size`` filled with the reported batch when the settings ask for none.
+    compare's measure unit, ``harness bench``, the pytest fixture and the kit all serve through this."""
+    if not plugins.implements(name, "harness_load"):
+        return None, dict(settings)
+    serving = plugins.call(name, "harness_load", task=task, artifact=artifact, settings=settings)
+    if serving is not None and not isinstance(serving, Serving):
+        raise TypeError(f"harness_load must return a Serving, got {type(serving).__name__}")
+    if serving is not None and serving.batch_size and not settings.get("predict_batch_size"):
+        return serving, {**settings, "predict_batch_size": serving.batch_size}
+    return serving, dict(settings)
 
 
 def without_answers(examples: list[Example]) -> list[Example]:

@@ -47,6 +47,7 @@ def harness_benchmark(request: pytest.FixtureRequest, tmp_path: Path):
     ):
         from harness import measure
         from harness.data import load_datasets
+        from harness.launcher import load_for_serving
         from harness.plugins import load_plugins
         from harness.progress import SILENT
         from harness.runner import plan_settings, without_answers
@@ -64,10 +65,7 @@ def harness_benchmark(request: pytest.FixtureRequest, tmp_path: Path):
             call_settings["num_train_epochs"] = 0.0
         artifact = plugins.call(approach, "harness_train", task=task, train=datasets.train, validation=datasets.validation,
                                 settings=call_settings, workdir=tmp_path, progress=SILENT)
-        if plugins.implements(approach, "harness_load"):
-            serving = plugins.call(approach, "harness_load", task=task, artifact=artifact, settings=call_settings)
-            if serving is not None and serving.batch_size and not call_settings.get("predict_batch_size"):
-                call_settings["predict_batch_size"] = serving.batch_size
+        _, call_settings = load_for_serving(plugins, approach, task, artifact, call_settings)
         examples = without_answers(datasets.test)
 
         def predict():

@@ -85,13 +85,14 @@ def check_plugin(
 
     from harness.data import Datasets
     from harness.errors import UserError
+    from harness.launcher import load_for_serving
     from harness.plugins import load_plugins
     from harness.progress import SILENT
     from harness.report import comparison_table
     from harness.runner import CompareOptions, plan_settings, run_approach, without_answers
     from harness.spec import Spec
     from harness.store import Store, jsonable, load_artifact, read_predictions
-    from harness.types import Comparison, Serving
+    from harness.types import Comparison
 
     if train is None or test is None:
         train, test = tiny_dataset()
@@ -133,11 +134,10 @@ def check_plugin(
     # Served again as `harness bench --run` serves a stored run: from disk, empty state.
     artifact = load_artifact(store.artifact_file(record.training["trained_in"]))
     call_settings = {**plan.settings, "random_weights": False}
-    if plugins.implements(name, "harness_load"):
-        serving = plugins.call(name, "harness_load", task=task, artifact=artifact, settings=call_settings)
-        _expect(serving is None or isinstance(serving, Serving), f"harness_load must return a Serving, got {type(serving).__name__}")
-        if serving is not None and serving.batch_size and not call_settings.get("predict_batch_size"):
-            call_settings["predict_batch_size"] = serving.batch_size
+    try:
+        _, call_settings = load_for_serving(plugins, name, task, artifact, call_settings)
+    except TypeError as exc:
+        raise ConformanceError(str(exc)) from None
 
     def predict(examples: list[Example]) -> list[Prediction]:
         result = plugins.call(name, "harness_predict", task=task, artifact=artifact, examples=examples,
