@@ -135,12 +135,14 @@ def parse_data_option(text: str) -> dict[str, str]:
 
 def read_examples(path: Path, task: Task, text_field: str, label_field: str, fields_field: str) -> list[Example]:
     """Read a JSONL or CSV file; any bad row is a :class:`UserError` naming ``file:line``."""
-    if not path.is_file():
-        raise UserError("no such file", where=str(path))
     try:
         rows = _read_rows(path)
-    except UnicodeDecodeError as exc:
-        raise UserError(f"not UTF-8 text (byte {exc.start})", where=str(path)) from None
+    except FileNotFoundError:
+        raise UserError("no such file", where=str(path)) from None
+    except OSError as exc:  # a directory, no read permission, ...
+        raise UserError(f"cannot be read ({exc.strerror})", where=str(path)) from None
+    except UnicodeDecodeError:
+        raise _not_utf8(path) from None
     if not rows:
         raise UserError("no examples", where=str(path))
     return [_to_example(where, row, task, text_field, label_field, fields_field, i) for i, (where, row) in enumerate(rows)]
@@ -151,8 +153,14 @@ def _read_rows(path: Path) -> list[tuple[str, dict[str, Any]]]:
     # utf-8-sig: spreadsheet exports start with a byte-order mark that would otherwise rename the first column.
     if path.suffix.lower() == ".csv":
         with path.open(encoding="utf-8-sig", newline="") as handle:
-            for lineno, row in enumerate(csv.DictReader(handle), start=2):
-                rows.append((f"{path}:{lineno}", row))
+            reader = csv.reader(handle)
+            header = next((values for values in reader if values), [])
+            # A quoted field may span lines: a record starts on the line after the last one read before it.
+            start = reader.line_num + 1
+            for values in reader:
+                if values:  # blank lines are skipped, as csv.DictReader does
+                    rows.append((f"{path}:{start}", dict(zip(header, values))))
+                start = reader.line_num + 1
         return rows
     with path.open(encoding="utf-8-sig") as handle:
         for lineno, line in enumerate(handle, start=1):
@@ -167,6 +175,19 @@ def _read_rows(path: Path) -> list[tuple[str, dict[str, Any]]]:
                 raise UserError("each line must be a JSON object", where=where)
             rows.append((where, row))
     return rows
+
+
+def _not_utf8(path: Path) -> UserError:
+    """Name the line and file offset of the first byte that is not UTF-8 (a text decoder's own offset counts
+    from the start of its last chunk)."""
+    data = path.read_bytes()
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        return UserError(f"not UTF-8 text (byte 0x{data[exc.start]:02x} at offset {exc.start} of the file)",
+                         where=f"{path}:{line}")
+    return UserError("not UTF-8 text", where=str(path))  # changed since it was read
 
 
 def _read_hub(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import string
 from importlib import resources
 from pathlib import Path
@@ -197,7 +198,10 @@ class Spec(_Strict):
         "test set as the seed articles did; 'none' trains without evaluation. Ignored when a validation file "
         "or split is given",
     )
-    seed: int = 0
+    seed: int = Field(0, description="seeds the data: --limit-* samples and the held-out validation; the "
+                      "training seed too unless seeds is given")
+    seeds: list[int] | None = Field(None, description="train and measure each approach once per seed (the data "
+                                    "stays the seed's sample); the table shows mean ± sd across them")
     metrics: list[str] = Field(default_factory=lambda: ["f1_weighted", "accuracy", "f1_macro"],
                                description="the metrics the table shows, by name (harness.metrics.METRICS, by task type)")
     plugins: dict[str, dict[str, Any]] = Field(
@@ -221,6 +225,8 @@ class Spec(_Strict):
         unknown = [m for m in self.metrics if m not in known]
         if unknown:
             raise ValueError(f"metrics: unknown metric {unknown[0]!r} for {self.task.type}; known: {', '.join(known)}")
+        if self.seeds is not None and (not self.seeds or len(set(self.seeds)) != len(self.seeds)):
+            raise ValueError("seeds: give distinct seeds, at least one")
         if isinstance(self.validation, float) and not 0.0 < self.validation < 1.0:
             raise ValueError("validation must be a fraction between 0 and 1, 'test' or 'none'")
         given = "dataset.validation" if self.dataset.validation else "dataset.validation_split"
@@ -270,6 +276,11 @@ class Spec(_Strict):
         return Prompt(user=fields.get("user") or raw, system=fields.get("system") or None, raw=raw)
 
     @property
+    def training_seeds(self) -> list[int]:
+        """The seeds each approach trains with: ``seeds``, else ``seed``."""
+        return list(self.seeds) if self.seeds else [self.seed]
+
+    @property
     def where(self) -> str:
         return str(self.path) if self.path else self.name
 
@@ -306,9 +317,18 @@ def list_specs() -> list[Path]:
 
 def load_spec(name_or_path: str) -> Spec:
     """Load and validate a spec by name (``agnews``) or path; raise :class:`UserError` on any problem."""
-    path = find_spec(name_or_path)
+    path = Path(name_or_path)
+    if not path.is_dir():  # a directory is read below, so the error says why it cannot be
+        path = find_spec(name_or_path)
     try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+        data = path.read_bytes()
+        raw = yaml.safe_load(data.decode("utf-8"))
+    except OSError as exc:
+        raise UserError(f"cannot be read ({exc.strerror})", where=str(path)) from None
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        raise UserError(f"not UTF-8 text (byte 0x{data[exc.start]:02x} at offset {exc.start} of the file)",
+                        where=f"{path}:{line}") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"{path}:{mark.line + 1}" if mark else str(path)
@@ -345,6 +365,7 @@ def resolve_settings(
     overrides: dict[str, str],
     *,
     choices: dict[str, tuple[Any, ...]] | None = None,
+    limits: dict[str, tuple[Any, Any]] | None = None,
 ) -> dict[str, Any]:
     """Merge an approach's defaults, the spec's ``plugins.<approach>`` section and ``--set`` overrides.
 
@@ -353,18 +374,57 @@ def resolve_settings(
     ``ApproachInfo.choices``) must take one of its allowed values.
     """
     choices = choices or {}
+    limits = {**TRAINER_LIMITS, **(limits or {})}
     settings = dict(defaults)
     for key, value in (spec.plugins.get(approach) or {}).items():
         where = f"{spec.where}: plugins.{approach}.{key}"
-        settings[key] = _allowed(_checked(approach, defaults, key, value, where=where), choices.get(key), where)
+        value = _allowed(_checked(approach, defaults, key, value, where=where), choices.get(key), where)
+        settings[key] = _in_range(value, limits.get(key), where)
     for key, text in overrides.items():
         where = f"--set {approach}.{key}"
         if key == "prompt" and key not in defaults:
             raise UserError(f"the prompt is set in the spec: task.prompt, or plugins.{approach}.prompt for "
                             f"{approach} alone", where=where)
         value = _parse_cli_value(text, defaults.get(key))
-        settings[key] = _allowed(_checked(approach, defaults, key, value, where=where), choices.get(key), where)
+        value = _allowed(_checked(approach, defaults, key, value, where=where), choices.get(key), where)
+        settings[key] = _in_range(value, limits.get(key), where)
     return settings
+
+
+# The Trainer's settings mean the same in every approach that has them: their ranges are checked up front,
+# not when TrainingArguments rejects them after the model has loaded.
+TRAINER_LIMITS: dict[str, tuple[Any, Any]] = {
+    "per_device_train_batch_size": (1, None),
+    "per_device_eval_batch_size": (1, None),
+    "gradient_accumulation_steps": (1, None),
+    "learning_rate": ((">", 0), None),
+    "num_train_epochs": (0, None),
+    "weight_decay": (0, None),
+    "warmup_steps": (0, None),
+    "eval_steps": ((">", 0), None),
+    "logging_steps": ((">", 0), None),
+    "max_grad_norm": (0, None),
+    "max_length": (1, None),
+    "predict_batch_size": (0, None),
+}
+
+
+def _in_range(value: Any, limit: tuple[Any, Any] | None, where: str) -> Any:
+    """NaN and infinities are never a setting; ``limit`` is ``(low, high)``, a bound ``(">", x)`` excluded."""
+    if isinstance(value, float) and not math.isfinite(value):
+        raise UserError(f"must be a finite number, got {value}", where=where)
+    if limit is None or not isinstance(value, (int, float)) or isinstance(value, bool):
+        return value
+    low, high = limit
+    for bound, below in ((low, True), (high, False)):
+        if bound is None:
+            continue
+        strict, bound = (True, bound[1]) if isinstance(bound, tuple) else (False, bound)
+        bad = (value <= bound if strict else value < bound) if below else (value >= bound if strict else value > bound)
+        if bad:
+            relation = (">" if below else "<") + ("" if strict else "=")
+            raise UserError(f"must be {relation} {bound}, got {value}", where=where)
+    return value
 
 
 def _parse_cli_value(text: str, default: Any = None) -> Any:
@@ -386,6 +446,9 @@ def _allowed(value: Any, allowed: tuple[Any, ...] | None, where: str) -> Any:
 
 
 def _checked(approach: str, defaults: dict[str, Any], key: str, value: Any, *, where: str) -> Any:
+    if key == "seed" and key not in defaults:
+        raise UserError("the seed is not a plugin setting: the spec's seed: or seeds:, or --seeds; a plugin gets "
+                        "the run's seed as settings['seed']", where=where)
     if key not in defaults:
         raise UserError(f"unknown setting for {approach}; known: {', '.join(sorted(defaults))}", where=where)
     default = defaults[key]

@@ -102,7 +102,7 @@ def check_plugin(
     info = plugins.call(name, "harness_describe")
     _expect(isinstance(info, ApproachInfo), f"harness_describe must return ApproachInfo, got {type(info).__name__}")
     _expect(task.type in info.task_types, f"plugin declares task types {info.task_types}, not {task.type!r}")
-    for field_name in ("predict_settings", "choices", "model_settings"):
+    for field_name in ("predict_settings", "choices", "model_settings", "limits"):
         stray = set(getattr(info, field_name)) - set(info.settings) - ({"model", "tokenizer"} if field_name == "model_settings" else set())
         _expect(not stray, f"ApproachInfo.{field_name} names {sorted(stray)}, which are not among its settings")
     for key, allowed in info.choices.items():

@@ -127,6 +127,10 @@ class ApproachInfo:
     - ``serves``: for an engine, the approach whose trained model it serves (``bert-onnx`` serves ``bert``).
       An engine has no train hook: the core trains the served approach once (or reuses its stored
       training) and the engine loads and predicts from that artifact. All its own settings are predict settings.
+    - ``limits``: the range of numeric settings, as ``(low, high)`` with None for no bound and a bound
+      written ``(">", 0)`` when it is excluded: ``{"max_new_tokens": (1, None), "temperature": ((">", 0), 2)}``.
+      The Trainer's settings (batch sizes >= 1, learning_rate > 0, ...: ``harness.spec.TRAINER_LIMITS``)
+      are checked for every approach that has them, and no float setting may be NaN or infinite.
     - ``model_settings``: the settings that name a model (a hub id, a local directory or file). A run's
       training identity holds each one's resolved hub revision or the content hash of the local files.
     """
@@ -138,6 +142,7 @@ class ApproachInfo:
     choices: dict[str, tuple[Any, ...]] = field(default_factory=dict)
     serves: str | None = None
     model_settings: tuple[str, ...] = ("model", "tokenizer")
+    limits: dict[str, tuple[Any, Any]] = field(default_factory=dict)
 
 
 @dataclass
@@ -159,6 +164,7 @@ class RunRecord:
     task_type: str
     status: str = "running"
     error: str | None = None
+    seed: int = 0  # the training seed: Python, NumPy and torch are seeded with it, and settings["seed"] is it
     settings: dict[str, Any] = field(default_factory=dict)
     random_weights: bool = False
     train_hash: str = ""

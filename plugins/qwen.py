@@ -37,7 +37,6 @@ TRAINING_ARGUMENTS = {
     "eval_steps": 0.2,
     "logging_steps": 0.01,
     "max_grad_norm": 1.0,
-    "seed": 42,
     "optim": "adamw_torch",
     "metric_for_best_model": "f1_weighted",
 }
@@ -77,6 +76,7 @@ def harness_describe() -> ApproachInfo:
         predict_settings=("predict_batch_size", "bucket_by_length", "scoring"),
         choices={"scoring": ("letter", "perplexity", "likelihood"), "answer": ("letter", "label"),
                  "answer_loss": ("turn", "letter"), "train_sampler": TRAIN_SAMPLERS, "mixed_precision": MIXED_PRECISION},
+        limits={"max_new_tokens": (1, None)},
     )
 
 

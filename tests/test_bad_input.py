@@ -32,6 +32,12 @@ GOOD = '{"text": "Stocks rally on rate cut hopes", "label": 2}\n{"text": "Team w
         ("superscript-label", "train.jsonl:1: label '²' is not one of the spec's labels"),
         ("invisible-text", "test.jsonl:1: empty text (nothing visible in it)"),
         ("unknown-metric", "bad.yaml: metrics: unknown metric 'f1_wieghted' for classification; known: f1_weighted, accuracy"),
+        ("batch-below-one", "--set bert.per_device_train_batch_size: must be >= 1, got 0"),
+        ("learning-rate-zero", "--set bert.learning_rate: must be > 0, got 0.0"),
+        ("epochs-not-finite", "--set bert.num_train_epochs: must be a finite number, got inf"),
+        ("spec-max-new-tokens", "bad.yaml: plugins.qwen.max_new_tokens: must be >= 1, got 0"),
+        ("seed-as-setting", "--set bert.seed: the seed is not a plugin setting: the spec's seed: or seeds:, or --seeds"),
+        ("seeds-repeated", "--seeds: expected distinct integer seeds separated by commas, got '1,1'"),
         ("argparse", "harness: error: argument --limit-train: invalid int value: 'abc' (see harness compare --help)"),
         ("json-is-a-directory", "is a directory; --json takes a file path"),
         ("store-is-a-file", "is not a directory; --store takes a directory"),
@@ -39,7 +45,14 @@ GOOD = '{"text": "Stocks rally on rate cut hopes", "label": 2}\n{"text": "Team w
         ("no-plugins", "--plugins: expected distinct plugin names separated by commas, got ','"),
         ("latency-zero", "--latency-samples: must be at least 1, got 0"),
         ("bad-limit", "--limit-test: must be positive, got 0"),
-        ("not-utf8", "train.jsonl: not UTF-8 text"),
+        ("not-utf8", "train.jsonl:1: not UTF-8 text (byte 0xe9 at offset 13 of the file)"),
+        # Past the decoder's first chunks (64 KiB and more): the offset counts from the start of the file.
+        ("not-utf8-far", "train.jsonl:1401: not UTF-8 text (byte 0xe9 at offset 69313 of the file)"),
+        ("not-utf8-far-csv", "train.csv:3002: not UTF-8 text (byte 0xe9 at offset 66014 of the file)"),
+        ("spec-not-utf8", "bad.yaml:2: not UTF-8 text (byte 0xe9 at offset 51 of the file)"),
+        ("data-is-a-directory", "folder.jsonl: cannot be read (Is a directory)"),
+        ("spec-is-a-directory", "bad.yaml: cannot be read (Is a directory)"),
+        ("csv-quoted-newlines", "train.csv:6: label id 7 outside the spec's 4 labels"),  # the physical line
         ("prompt-placeholder", "bad.yaml: task.prompt.user: unknown placeholder {txt}"),
         ("approach-prompt", "bad.yaml: plugins.naive-bayes.prompt: needs the {text} placeholder"),
         ("set-prompt", "--set naive-bayes.prompt: the prompt is set in the spec"),
@@ -56,7 +69,17 @@ def test_bad_input_is_one_line_exit_2_nothing_written(cli, tmp_path, case, expec
     plugins, spec, extra = "naive-bayes", "agnews", []
     data = None  # train= and test= below, unless a case gives the whole option
     classification = "name: bad\ntask: {type: classification, labels: [World, Sports, Business, Sci/Tech]"
-    if case == "unknown-spec-key":
+    if case in ("batch-below-one", "learning-rate-zero", "epochs-not-finite", "seed-as-setting"):
+        plugins, extra = "bert", ["--set", {"batch-below-one": "bert.per_device_train_batch_size=0",
+                                            "learning-rate-zero": "bert.learning_rate=0", "seed-as-setting": "bert.seed=3",
+                                            "epochs-not-finite": "bert.num_train_epochs=inf"}[case]]
+    elif case == "spec-max-new-tokens":
+        plugins = "qwen"
+        spec = write(tmp_path / "bad.yaml", classification + "}\ndataset: {train: train.jsonl, test: test.jsonl}\n"
+                     "plugins:\n  qwen: {max_new_tokens: 0}\n")
+    elif case == "seeds-repeated":
+        extra = ["--seeds", "1,1"]
+    elif case == "unknown-spec-key":
         spec = write(tmp_path / "bad.yaml", "name: bad\ntask: {type: classification, labels: [a, b]}\ndatset: {hub: x}\n")
     elif case == "wrong-type":
         spec = write(tmp_path / "bad.yaml", "name: bad\ntask: {type: classification, labels: [a, b]}\n"
@@ -100,6 +123,22 @@ def test_bad_input_is_one_line_exit_2_nothing_written(cli, tmp_path, case, expec
         extra = ["--limit-test", "0"]
     elif case == "not-utf8":
         (tmp_path / "train.jsonl").write_bytes('{"text": "caf\u00e9", "label": 0}\n'.encode("latin-1"))
+    elif case == "not-utf8-far":
+        (tmp_path / "train.jsonl").write_bytes((GOOD * 700 + '{"text": "caf\u00e9", "label": 0}\n').encode("latin-1"))
+    elif case == "not-utf8-far-csv":
+        train = str(tmp_path / "train.csv")
+        (tmp_path / "train.csv").write_bytes(("text,label\n" + "Team wins the final,1\n" * 3000 + "caf\u00e9,1\n").encode("latin-1"))
+    elif case == "spec-not-utf8":
+        (tmp_path / "bad.yaml").write_bytes((classification.replace("World", "Caf\u00e9") + "}\n").encode("latin-1"))
+        spec = str(tmp_path / "bad.yaml")
+    elif case == "data-is-a-directory":
+        (tmp_path / "folder.jsonl").mkdir()
+        train = str(tmp_path / "folder.jsonl")
+    elif case == "spec-is-a-directory":
+        (tmp_path / "bad.yaml").mkdir()
+        spec = str(tmp_path / "bad.yaml")
+    elif case == "csv-quoted-newlines":
+        train = write(tmp_path / "train.csv", 'text,label\nTeam wins the final,1\n"Stocks rally\non rate\ncut hopes",2\nRain all week,7\n')
     elif case == "prompt-placeholder":
         spec = write(tmp_path / "bad.yaml", classification + ", prompt: {user: 'Article: {txt}'}}\n")
     elif case == "approach-prompt":
