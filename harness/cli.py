@@ -35,6 +35,8 @@ def build_parser() -> argparse.ArgumentParser:
     cmp.add_argument("--data", help="local files instead of the spec's dataset: train=PATH,test=PATH[,validation=PATH] (JSONL or CSV)")
     cmp.add_argument("--set", dest="overrides", action="append", default=[], metavar="PLUGIN.KEY=VALUE",
                      help="override one setting, e.g. bert.num_train_epochs=1 (repeatable)")
+    cmp.add_argument("--seeds", help="train and measure each approach once per seed, e.g. 0,1,2: the table shows "
+                     "mean ± sd across them (default: the spec's seeds, else its seed)")
     cmp.add_argument("--limit-train", type=int, help="a stratified sample of N training examples")
     cmp.add_argument("--limit-test", type=int, help="a stratified sample of N test examples")
     cmp.add_argument("--random-weights", action="store_true",
@@ -71,6 +73,12 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument("--json", type=Path, help="write the comparison as JSON to this file")
     rep.add_argument("--store", type=Path, help="results store directory")
 
+    sto = commands.add_parser("store", help="look after the results store")
+    store_commands = sto.add_subparsers(dest="store_command", required=True, metavar="ACTION", parser_class=_Parser)
+    chk = store_commands.add_parser("check", help="make the index agree with the run directories: rebuild a corrupt "
+                                    "index, index lost runs, remove runs left .partial by a killed process")
+    chk.add_argument("--store", type=Path, help="results store directory (default: $HARNESS_HOME or .harness)")
+
     plg = commands.add_parser("plugins", help="list the installed approaches and plugins")
     plg.add_argument("--json", action="store_true", help="print JSON")
 
@@ -82,7 +90,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        return {"compare": cmd_compare, "bench": cmd_bench, "report": cmd_report, "plugins": cmd_plugins, "specs": cmd_specs}[
+        return {"compare": cmd_compare, "bench": cmd_bench, "report": cmd_report, "store": cmd_store,
+                "plugins": cmd_plugins, "specs": cmd_specs}[
             args.command
         ](args)
     except UserError as exc:
@@ -112,6 +121,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
         raise UserError(f"expected distinct plugin names separated by commas, got {args.plugins!r}", where="--plugins")
     if args.latency_samples < 1:
         raise UserError(f"must be at least 1, got {args.latency_samples}", where="--latency-samples")
+    seeds = parse_seeds(args.seeds) if args.seeds is not None else None
     spec = load_spec(args.spec)
     plans = plan_settings(plugins, spec, approaches, parse_overrides(args.overrides))
     data = load_datasets(
@@ -128,11 +138,21 @@ def cmd_compare(args: argparse.Namespace) -> int:
     console = _console()
     plugins.pm.register(TerminalReporter(console, spec.metrics), name="terminal-reporter")
     options = CompareOptions(random_weights=args.random_weights, rerun=args.rerun, latency_samples=args.latency_samples,
-                             launcher=args.launcher)
+                             launcher=args.launcher, seeds=seeds)
     comparison = compare(plugins, spec, data, plans, Store(args.store), options, console)
     if args.json is not None:
         write_json(args.json, comparison_to_dict(comparison))
     return 1 if any(run.status == "failed" for run in comparison.runs) else 0
+
+
+def parse_seeds(text: str) -> list[int]:
+    try:
+        seeds = [int(item) for item in text.split(",") if item.strip()]
+    except ValueError:
+        seeds = []
+    if not seeds or len(set(seeds)) != len(seeds):
+        raise UserError(f"expected distinct integer seeds separated by commas, got {text!r}", where="--seeds")
+    return seeds
 
 
 def check_json_target(path: Path | None) -> None:
@@ -240,6 +260,22 @@ def cmd_report(args: argparse.Namespace) -> int:
     _console().print(comparison_table(comparison))
     if args.json is not None:
         write_json(args.json, comparison_to_dict(comparison))
+    return 0
+
+
+def cmd_store(args: argparse.Namespace) -> int:
+    from harness.store import Store
+
+    store = Store(args.store)
+    if not (store.root / "runs.db").exists() and not (store.root / "runs").is_dir():
+        raise UserError("no results store here", where=str(store.root))
+    store.check_writable(open_index=False)  # check is what repairs a corrupt index
+    fixed = store.check()
+    for line in fixed:
+        print(line)
+    runs, comparisons = (store.db.execute(f"SELECT count(*) FROM {table}").fetchone()[0] for table in ("runs", "comparisons"))
+    print(f"{store.root}: {runs} runs and {comparisons} comparisons indexed; "
+          + (f"{len(fixed)} fixed" if fixed else "nothing to fix"))
     return 0
 
 

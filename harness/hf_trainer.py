@@ -73,15 +73,17 @@ def train_with_trainer(
     args = TrainingArguments(
         output_dir=str(workdir / "checkpoints"),
         eval_strategy="steps" if has_validation else "no",
-        save_strategy="steps" if has_validation else "no",
+        # A whole checkpoint (optimizer, scheduler and RNG states too) every eval_steps, with or without
+        # validation: a killed run resumes from the last one (harness.store). The best and the last are kept.
+        save_strategy="steps",
         save_steps=steps(settings["eval_steps"]),
         save_total_limit=1,
-        save_only_model=True,
         load_best_model_at_end=has_validation and settings["load_best_model_at_end"],
         bf16=uses_bf16(settings["mixed_precision"], device),
         use_cpu=device == "cpu",
         disable_tqdm=True,
         report_to="none",
+        seed=settings["seed"],  # the run's seed (the core's): data order, dropout, the sampler
         # Our sampler replaces the Trainer's; its own strategies pass through by name.
         **({} if settings["train_sampler"] == "length_buckets" else {"train_sampling_strategy": settings["train_sampler"]}),
         **{key: steps(settings[key]) if key.endswith("_steps") else settings[key] for key in training_argument_names},
@@ -154,8 +156,11 @@ def train_with_trainer(
     # the loss by the accumulation steps (transformers' Trainer.training_step), set from what the loss is.
     trainer.model_accepts_loss_kwargs = compute_loss is not None
     trainer.loss_is_scaled_for_ga = compute_loss is not None
+    resume = last_checkpoint(Path(args.output_dir))
     with progress.bar("train", total_steps) as bar, progress.phase("train_loop"):
-        result = trainer.train()
+        if resume is not None:
+            bar.advance(int(resume.name.rpartition("-")[2]))
+        result = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
     shutil.rmtree(workdir / "checkpoints", ignore_errors=True)
     best = trainer.state.best_model_checkpoint
     info = {
@@ -163,8 +168,19 @@ def train_with_trainer(
         "best_metric": trainer.state.best_metric,
         "train_loss": result.training_loss,
         "mixed_precision": "bf16" if args.bf16 else "no",
+        **({"resumed_from_checkpoint": resume.name} if resume else {}),
     }
     return trainer.model, info
+
+
+def last_checkpoint(folder: Path) -> Path | None:
+    """The newest complete Trainer checkpoint a killed run left in ``folder`` (its trainer_state.json is
+    written last), or None."""
+    if not folder.is_dir():
+        return None
+    complete = [p for p in folder.glob("checkpoint-*") if (p / "trainer_state.json").is_file()
+                and p.name.rpartition("-")[2].isdigit()]
+    return max(complete, key=lambda p: int(p.name.rpartition("-")[2]), default=None)
 
 
 def describe_model(artifact: Artifact, model: Any, name: str, device: str) -> None:

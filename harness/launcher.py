@@ -38,6 +38,17 @@ from harness.types import Artifact, Example, Prediction, Serving, Task
 LAUNCHERS = ("process", "inline")
 
 
+TRAIN_RESULT = "train_result.json"  # the train unit's figures, written beside artifact.json when it finishes
+
+
+# What to lower when training runs out of memory, where an approach has them.
+TRAIN_MEMORY_SETTINGS = ("per_device_train_batch_size", "max_length")
+
+
+class OutOfMemory(RuntimeError):
+    """Training ran out of accelerator memory: the message names the settings to lower."""
+
+
 class UnitFailed(Exception):
     """A unit raised or its process died: ``detail`` holds the traceback or what the process said."""
 
@@ -245,25 +256,34 @@ class _SeedTorchOnImport(importlib.abc.MetaPathFinder):
 
 def train_unit(plugins: Any, job: TrainJob, progress: RunProgress) -> dict[str, Any]:
     """Train, save ``artifact.json`` beside the model, and return the training figures."""
-    from harness.store import save_artifact
+    from harness.store import save_artifact, write_json
 
     seed_everything(job.seed)
     data = read_data_cache(job.data_file)
     job.workdir.mkdir(parents=True, exist_ok=True)
-    with measure.PeakMemory() as memory:
-        artifact, seconds = measure.timed(lambda: plugins.call(
-            job.approach, "harness_train", task=job.task, train=data.train, validation=data.validation,
-            settings=job.settings, workdir=job.workdir, progress=progress,
-        ))
+    try:
+        with measure.PeakMemory() as memory:
+            artifact, seconds = measure.timed(lambda: plugins.call(
+                job.approach, "harness_train", task=job.task, train=data.train, validation=data.validation,
+                settings=job.settings, workdir=job.workdir, progress=progress,
+            ))
+    except Exception as exc:
+        if not measure.is_out_of_memory(exc):
+            raise
+        lower = [f"{key} (now {job.settings[key]})" for key in TRAIN_MEMORY_SETTINGS if job.settings.get(key)]
+        raise OutOfMemory("out of accelerator memory while training; lower " + (" or ".join(lower) or "the batch size")
+                          + ", and raise gradient_accumulation_steps to keep the effective batch") from None
     if not isinstance(artifact, Artifact):
         raise TypeError(f"harness_train returned {type(artifact).__name__}, not an Artifact")
     save_artifact(artifact, job.workdir)
-    return {
+    result = {
         "seconds": seconds,
         "phases": dict(progress.phases),
         "rss_peak_mb": memory.rss_peak_mb,
         "gpu_peak_mb": memory.gpu_peak_mb,
     }
+    write_json(job.workdir / TRAIN_RESULT, result)  # last: its presence says training finished
+    return result
 
 
 def measure_unit(plugins: Any, job: MeasureJob, progress: RunProgress) -> dict[str, Any]:
@@ -276,21 +296,42 @@ def measure_unit(plugins: Any, job: MeasureJob, progress: RunProgress) -> dict[s
     artifact = load_artifact(job.artifact_file)
     (serving, settings), load_seconds = measure.timed(
         lambda: load_for_serving(plugins, job.approach, job.task, artifact, job.settings))
-    batch_size = settings.get("predict_batch_size")
+    first_batch = settings.get("predict_batch_size")
+    notes: list[str] = []
     measure.release_memory()  # what loading left behind is not serving memory
 
     def predict(examples: list[Example], bar: RunProgress | None = None) -> list[Prediction]:
-        result = plugins.call(job.approach, "harness_predict", task=job.task, artifact=artifact, examples=examples,
-                              settings=settings, progress=bar or SILENT_PROGRESS)
+        nonlocal settings
+        while True:
+            try:
+                result = plugins.call(job.approach, "harness_predict", task=job.task, artifact=artifact,
+                                      examples=examples, settings=settings, progress=bar or SILENT_PROGRESS)
+                break
+            except Exception as exc:
+                batch = settings.get("predict_batch_size") or 0
+                if not measure.is_out_of_memory(exc) or batch <= 1:
+                    raise
+                # Out of memory: half the batch, again, until it fits; the figures are those of the batch that fit.
+                settings = {**settings, "predict_batch_size": batch // 2}
+                measure.release_memory()
         check_predictions(result, examples)
         return result
 
     with measure.PeakMemory() as memory:
         predict(test[: job.warmup_examples])  # first kernels, caches, lazy loads
-        predictions, seconds = measure.timed(lambda: predict(test, progress))
+        while True:  # timed again if the batch had to be halved part-way: the figure is the fitting batch's
+            tried = settings.get("predict_batch_size")
+            predictions, seconds = measure.timed(lambda: predict(test, progress))
+            if settings.get("predict_batch_size") == tried:
+                break
         latency = measure.sampled_batch1_latency(lambda ex: predict([ex]), test, job.latency_samples)
     write_predictions(job.predictions_file, predictions)
+    batch_size = settings.get("predict_batch_size")
+    if batch_size != first_batch:
+        notes.append(f"predict_batch_size {first_batch} ran out of accelerator memory; measured at {batch_size}, "
+                     "the largest halving that fit")
     return {
+        "notes": notes,
         "speed": {
             "load_seconds": load_seconds if plugins.implements(job.approach, "harness_load") else None,
             "predict_seconds": seconds,
@@ -396,6 +437,7 @@ class _RemoteBar(Bar):
 
 
 def _child(kind: str, job: Any, setup: PluginSetup, messages: Any) -> None:
+    _exit_with_parent()
     try:
         plugins = rebuild_plugins(setup)
         result = UNITS[kind](plugins, job, _RemoteProgress(messages))
@@ -403,6 +445,22 @@ def _child(kind: str, job: Any, setup: PluginSetup, messages: Any) -> None:
         messages.put(("error", _one_line(exc), traceback.format_exc()))
     else:
         messages.put(("result", result))
+
+
+def _exit_with_parent() -> None:
+    """A unit whose parent was killed stops too: nothing then writes into a run the next compare may resume."""
+    import os
+    import threading
+    import time
+
+    parent = os.getppid()
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(0.5)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="harness-parent-watch", daemon=True).start()
 
 
 def _in_process(kind: str, job: Any, setup: PluginSetup, progress: RunProgress) -> dict[str, Any]:

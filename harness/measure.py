@@ -86,6 +86,12 @@ def release_memory() -> None:
     _malloc_trim()
 
 
+def is_out_of_memory(exc: BaseException) -> bool:
+    """torch's OutOfMemoryError (CUDA), or a RuntimeError that says it ran out of accelerator memory."""
+    return type(exc).__name__ == "OutOfMemoryError" or (
+        isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower())
+
+
 def _malloc_trim() -> None:
     """Hand freed heap back to the OS (glibc keeps it otherwise), so RSS after training is not
     counted again as prediction memory."""

@@ -6,6 +6,7 @@ from typing import Any, Callable
 
 import pluggy
 
+from harness import stats
 from harness.types import Comparison, RunRecord
 
 hookimpl = pluggy.HookimplMarker("harness")
@@ -31,7 +32,7 @@ class TerminalReporter:
 
     @hookimpl
     def harness_run_started(self, run: RunRecord) -> None:
-        self.console.rule(f"[bold]{run.approach}[/] on {run.spec}")
+        self.console.rule(f"[bold]{run.approach}[/] on {run.spec}, seed {run.seed}")
         self.console.print(
             f"train {run.n_train} (sha256 {run.train_hash[:12]}), validation {run.n_validation} "
             f"({run.environment.get('validation_source', '')}), test {run.n_test} (sha256 {run.test_hash[:12]})"
@@ -66,12 +67,24 @@ class TerminalReporter:
             if run.training.get("trained_in") not in (None, run.run_id):
                 self.console.print(f"{run.approach}: measured the model trained in run {run.training['trained_in']} "
                                    f"({run.training.get('reason', 're-measured')})", highlight=False)
+            if run.training.get("resumed"):
+                self.console.print(f"{run.approach}: {resumed_note(run.training['resumed'])}", highlight=False)
             quality = ", ".join(f"{METRIC_TITLES.get(m, m)} {_number(run.metrics.get(m))}" for m in self.metrics)
             self.console.print(f"{run.approach}: {quality}", highlight=False)
 
     @hookimpl
     def harness_compare_finished(self, comparison: Comparison) -> None:
         self.console.print(comparison_table(comparison))
+
+
+def resumed_note(resumed: dict[str, Any]) -> str:
+    """What a run took over from a killed run with the same training identity."""
+    if resumed.get("finished_training"):
+        return f"run {resumed['run']} finished training before it was killed; its model and training figures are kept"
+    if resumed.get("checkpoint"):
+        return (f"resumed killed run {resumed['run']} from its {resumed['checkpoint']}: Train counts the steps "
+                "after it only")
+    return f"took over killed run {resumed['run']}, which had no checkpoint: trained from the start"
 
 
 def _number(value: Any) -> str:
@@ -128,50 +141,77 @@ def _columns(metrics: list[str]) -> list[Column]:
 
 
 def comparison_table(comparison: Comparison):
-    """The comparison as a rich Table, the best value of each ranked column in bold green."""
+    """The comparison as a rich Table, one row per approach, the best value of each ranked column in bold
+    green. An approach run with several seeds shows each metric as mean ± sd across its seeds and the other
+    columns as their mean."""
     from rich.table import Table
 
     metrics = comparison.metrics
     columns = _columns(metrics)
+    groups = stats.by_approach(comparison)
+    several = any(len(runs) > 1 for runs in groups.values())
     table = Table(title=f"{comparison.spec} — comparison {comparison.comparison_id}", title_justify="left")
     table.add_column("Approach", style="bold")
     table.add_column("Status")
     for title, *_ in columns:
         table.add_column(title, justify="right")
 
-    ranked = [r for r in comparison.runs if r.status in ("ok", "reused")]
+    def figure(runs: list[RunRecord], get: Callable[[RunRecord], Any]) -> Any:
+        if len(runs) == 1:
+            return get(runs[0]) if runs[0].status in stats.MEASURED else None
+        return stats.spread(runs, get)
+
+    def value(cell: Any) -> Any:
+        return cell.mean if isinstance(cell, stats.Spread) else cell
+
     best: dict[str, Any] = {}
     for index, (title, get, _, direction) in enumerate(columns):
-        rows = [r for r in ranked if not (index < len(metrics) and r.random_weights)]
-        values = [get(r) for r in rows if get(r) is not None]
+        values = [value(figure(runs, get)) for runs in groups.values()
+                  if not (index < len(metrics) and runs[0].random_weights)]
+        values = [v for v in values if isinstance(v, (int, float))]
         if direction and len(values) > 1:
             best[title] = max(values) if direction > 0 else min(values)
 
     notes = []
-    for run in comparison.runs:
+    for approach, runs in groups.items():
         cells = []
         for index, (title, get, fmt, _) in enumerate(columns):
-            value = get(run) if run.status in ("ok", "reused") else None
-            text = fmt(value)
-            if index < len(metrics) and run.random_weights and value is not None:
+            cell = figure(runs, get)
+            if isinstance(cell, stats.Spread):
+                if title in ("Batch", "Params"):  # the same for every seed: shown as is
+                    text = fmt(int(cell.mean)) if cell.sd in (None, 0.0) else "varies"
+                elif index < len(metrics):
+                    text = fmt(cell.mean) + ("" if cell.sd is None else f" ± {fmt(cell.sd)}")
+                else:
+                    text = fmt(cell.mean)
+            else:
+                text = fmt(cell)
+            if index < len(metrics) and runs[0].random_weights and cell is not None:
                 text = f"[dim]{text} †[/]"
-            elif title in best and value == best[title]:
+            elif title in best and value(cell) == best[title]:
                 text = f"[bold green]{text}[/]"
             cells.append(text)
-        status = {"ok": "[green]ok[/]", "reused": "[cyan]reused[/]"}.get(run.status, f"[red]{run.status}[/]")
-        table.add_row(run.approach, status, *cells)
-        if run.status == "failed":
-            notes.append(f"[red]{run.approach}[/]: {run.error}")
+        table.add_row(approach, _status(runs), *cells)
+        for run in runs:
+            if run.status == "failed":
+                seed = f" (seed {run.seed})" if len(runs) > 1 else ""
+                notes.append(f"[red]{approach}[/]{seed}: {run.error}")
+    ranked = [r for r in comparison.runs if r.status in stats.MEASURED]
     for run in ranked:
         trained_in = run.training.get("trained_in")
         if run.status == "reused":
             notes.append(f"{run.approach}: reused run {run.run_id} whole (same training and measurement identity)")
         elif trained_in and trained_in != run.run_id:
             notes.append(f"{run.approach}: training reused from run {trained_in}; {run.training.get('reason', 're-measured')}")
+        if run.status != "reused" and run.training.get("resumed"):
+            notes.append(f"{run.approach}: {resumed_note(run.training['resumed'])}")
         for note in run.model.get("notes") or []:
             notes.append(f"{run.approach}: {note}")
         if run.model.get("truncated_predict"):
             notes.append(f"{run.approach}: inputs cut to fit the model in {run.model['truncated_predict']} of {run.n_test} test examples")
+    if several:
+        notes.append("several seeds: each metric is mean ± sample standard deviation across the seeds that "
+                     "finished (Status counts them); the other columns are means")
     if any(r.random_weights for r in comparison.runs):
         notes.append("† random weights (--random-weights): quality is meaningless; speed and memory are real")
     sources = {r.environment.get("validation_source") for r in ranked}
@@ -187,6 +227,15 @@ def comparison_table(comparison: Comparison):
     if ranked:
         notes.append("Train: wall time (--json splits it: load, prepare, loop, evaluation, save); "
                      "Serve RSS/GPU: peak memory serving the test set")
-    table.caption = "\n".join(notes) or None
+    table.caption = "\n".join(dict.fromkeys(notes)) or None
     table.caption_justify = "left"
     return table
+
+
+def _status(runs: list[RunRecord]) -> str:
+    styles = {"ok": "[green]ok[/]", "reused": "[cyan]reused[/]"}
+    if len(runs) == 1:
+        return styles.get(runs[0].status, f"[red]{runs[0].status}[/]")
+    measured = sum(r.status in stats.MEASURED for r in runs)
+    colour = "green" if measured == len(runs) else "yellow" if measured else "red"
+    return f"[{colour}]{measured}/{len(runs)} seeds[/]"

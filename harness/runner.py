@@ -8,9 +8,10 @@ again without training; else the approach trains. Training and measuring run thr
 
 from __future__ import annotations
 
+import json
 import secrets
 import sys
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime, timezone
 from typing import Any
 
@@ -18,7 +19,7 @@ from harness import identity, measure
 from harness.data import Datasets, data_checks
 from harness.errors import UserError
 from harness.launcher import (
-    LAUNCHERS, MeasureJob, TrainJob, UnitFailed, check_predictions, run_unit, without_answers, write_data_cache,
+    LAUNCHERS, TRAIN_RESULT, MeasureJob, TrainJob, UnitFailed, check_predictions, run_unit, without_answers, write_data_cache,
 )
 from harness.plugins import Plugins
 from harness.progress import RunProgress
@@ -36,6 +37,7 @@ class CompareOptions:
     latency_samples: int = 100
     warmup_examples: int = 64
     launcher: str = "process"  # or "inline": every unit in this process, for debugging
+    seeds: list[int] | None = None  # --seeds: instead of the spec's seeds (or its seed)
 
 
 @dataclass
@@ -101,7 +103,8 @@ def plan_settings(
                 f"plugin {name!r} does not support {spec.task.type} (it supports {', '.join(info.task_types)})",
                 where=spec.where,
             )
-        return resolve_settings(name, info.settings, spec, overrides.get(name, {}), choices=info.choices)
+        return resolve_settings(name, info.settings, spec, overrides.get(name, {}), choices=info.choices,
+                                limits=info.limits)
 
     plans = {}
     for name in approaches:
@@ -115,6 +118,9 @@ def plan_settings(
             predict_keys = (*trainer_info.predict_settings, *own)
         else:
             settings, predict_keys = train_settings, info.predict_settings
+        # Every hook call gets the run's seed as settings["seed"] (the first seed here; run_approach sets its own).
+        seed = {"seed": spec.training_seeds[0]}
+        settings, train_settings = {**settings, **seed}, {**train_settings, **seed}
         plans[name] = Plan(name, trainer, settings, train_settings, tuple(dict.fromkeys(predict_keys)),
                            tuple(trainer_info.predict_settings), trainer_info.model_settings, info)
     return plans
@@ -134,8 +140,10 @@ def compare(
         raise UserError(f"expected one of {', '.join(LAUNCHERS)}, got {options.launcher!r}", where="--launcher")
     comparison = Comparison(comparison_id=new_id(spec.name), spec=spec.name, created=now(), runs=[], metrics=spec.metrics)
     for plan in plans.values():
-        comparison.runs.append(run_approach(plugins, spec, data, plan, store, options, console))
+        for seed in options.seeds or spec.training_seeds:
+            comparison.runs.append(run_approach(plugins, spec, data, plan, store, options, console, seed=seed))
     store.save_comparison(comparison)
+    store.remove_stale_partials()  # killed runs no approach here resumed: nothing .partial outlives a compare
     notify(plugins, "harness_compare_finished", comparison=comparison)
     return comparison
 
@@ -156,7 +164,7 @@ def training_identity(plugins: Plugins, spec: Spec, data: Datasets, plan: Plan, 
         "train": data.train_hash,
         "validation": data.validation_hash,
         "validation_source": data.validation_source,
-        "seed": spec.seed,
+        "seed": plan.train_settings["seed"],
         "code": identity.code_fingerprint(plugins.pm.get_plugin(plan.trainer), training_only=True),
         "versions": identity.library_versions(identity.TRAINING_LIBRARIES),
         "accelerator": identity.accelerator(),
@@ -210,12 +218,16 @@ def run_approach(
     store: Store,
     options: CompareOptions,
     console: Any = None,
+    seed: int | None = None,
 ) -> RunRecord:
-    """One row: reused whole, measured on a stored trained model, or trained and measured."""
+    """One run: reused whole, measured on a stored trained model, or trained and measured, with ``seed``
+    (default: the spec's first training seed) seeding the unit processes and given as ``settings["seed"]``."""
+    seed = spec.training_seeds[0] if seed is None else seed
+    plan = replace(plan, settings={**plan.settings, "seed": seed}, train_settings={**plan.train_settings, "seed": seed})
     name = plan.approach
     task = spec.to_task(plan.trainer)  # an engine serves with the prompt its model was trained on
     record = RunRecord(
-        run_id=new_id(name), approach=name, spec=spec.name, task_type=task.type, settings=plan.settings,
+        run_id=new_id(name), approach=name, spec=spec.name, task_type=task.type, seed=seed, settings=plan.settings,
         random_weights=options.random_weights, train_hash=data.train_hash, test_hash=data.test_hash,
         n_train=len(data.train), n_validation=len(data.validation), n_test=len(data.test), created=now(),
     )
@@ -230,11 +242,22 @@ def run_approach(
         record.measurement = {"key": identity.digest(measurement), "identity": measurement}
     except Exception as exc:  # an unreadable model directory, say: this row fails, the others run
         record.status, record.error = "failed", f"{type(exc).__name__}: {exc}".splitlines()[0]
-        store.start_run(record.run_id)
         store.finish_run(record)
         notify(plugins, "harness_run_finished", run=record)
         return record
 
+    def waiting() -> None:
+        print(f"harness: {name} (seed {seed}): another harness process is training or measuring the same model "
+              "on this store; waiting for it to finish, to reuse its run", file=sys.stderr)
+
+    # One process at a time per training identity: a second identical compare waits, then reuses.
+    with store.lock(train_key, on_wait=waiting):
+        return _run_locked(plugins, spec, data, plan, store, options, console, record, task, seed)
+
+
+def _run_locked(plugins: Plugins, spec: Spec, data: Datasets, plan: Plan, store: Store, options: CompareOptions,
+                console: Any, record: RunRecord, task: Task, seed: int) -> RunRecord:
+    name, train_key = plan.approach, record.training["key"]
     if not options.rerun:
         previous = store.find_measured(record.measurement["key"])
         if previous is not None:
@@ -242,8 +265,12 @@ def run_approach(
             notify(plugins, "harness_run_finished", run=previous)
             return previous
     source = None if options.rerun else store.find_trained(train_key)
-
-    workdir = store.start_run(record.run_id)
+    resumed = None if options.rerun or source is not None else store.resume_partial(train_key, record.run_id)
+    if resumed is not None:
+        workdir, killed_run = resumed
+        record.training["resumed"] = {"run": killed_run}
+    else:
+        workdir = store.start_run(record.run_id, {"train_key": train_key, "measure_key": record.measurement["key"]})
     notify(plugins, "harness_run_started", run=record)
 
     def on_log(entry: dict[str, Any]) -> None:
@@ -251,17 +278,23 @@ def run_approach(
         notify(plugins, "harness_training_log", run=record, entry=entry)
 
     progress = RunProgress(console, on_log)
+    error_detail = None
     try:
         data_file = write_data_cache(data, store.root / "data")
+        finished = workdir / "artifact" / TRAIN_RESULT
         if source is not None:
             _reuse_training(record, source)
             artifact_file = store.artifact_file(source.run_id)
+        elif finished.is_file():  # a killed run had finished training: measure its model
+            artifact_file = _record_training(record, json.loads(finished.read_text(encoding="utf-8")), workdir / "artifact")
+            record.training["resumed"]["finished_training"] = True
         else:
             job = TrainJob(plan.trainer, task, data_file, {**plan.train_settings, "random_weights": options.random_weights},
-                           workdir / "artifact", spec.seed)
-            artifact_file = _train(plugins, job, progress, record, options)
+                           workdir / "artifact", seed)
+            result = run_unit("train", job, plugins, progress, launcher=options.launcher)
+            artifact_file = _record_training(record, result, job.workdir)
         job = MeasureJob(plan.approach, task, data_file, {**plan.settings, "random_weights": options.random_weights},
-                         artifact_file, workdir / "predictions.jsonl", spec.seed, options.latency_samples,
+                         artifact_file, workdir / "predictions.jsonl", seed, options.latency_samples,
                          options.warmup_examples)
         _measure(plugins, job, progress, record, options)
         record.metrics = _score(plugins, name, task, data.test, read_predictions(workdir / "predictions.jsonl"))
@@ -279,16 +312,18 @@ def run_approach(
     return record
 
 
-def _train(plugins: Plugins, job: TrainJob, progress: RunProgress, record: RunRecord, options: CompareOptions) -> Any:
-    """Train in a unit of its own; record the training figures; return the artifact file."""
-    result = run_unit("train", job, plugins, progress, launcher=options.launcher)
-    artifact_file = job.workdir / "artifact.json"
+def _record_training(record: RunRecord, result: dict[str, Any], workdir: Any) -> Any:
+    """Record the figures of the train unit that wrote ``workdir``; return its artifact file."""
+    artifact_file = workdir / "artifact.json"
     artifact = load_artifact(artifact_file)
     phases = result["phases"]
     seconds = result["seconds"]
     loop = phases.get("train_loop")
     samples = artifact.train_samples
     record.training["trained_in"] = record.run_id
+    checkpoint = artifact.info.get("resumed_from_checkpoint")
+    if checkpoint:
+        record.training.setdefault("resumed", {})["checkpoint"] = checkpoint
     record.speed.update(
         train_seconds=seconds,
         train_phases=phases,
@@ -321,6 +356,7 @@ def _measure(plugins: Plugins, job: MeasureJob, progress: RunProgress, record: R
     record.memory.update(result["memory"])
     record.serving = result["serving"]
     record.model["truncated_predict"] = result["truncated_predict"]
+    record.model["notes"] = [*(record.model.get("notes") or []), *result["notes"]]
 
 
 def notify(plugins: Plugins, hook: str, **kwargs: Any) -> None:

@@ -25,7 +25,6 @@ TRAINING_ARGUMENTS = {
     "eval_steps": 0.1,
     "logging_steps": 0.02,
     "max_grad_norm": 1.0,
-    "seed": 42,
     "optim": "adamw_torch",
     "metric_for_best_model": "f1_weighted",
 }

@@ -104,7 +104,7 @@ def test_random_weights_builds_from_config_and_marks_quality_meaningless(cli, ti
     (config_only / "config.json").write_text((tiny_bert / "config.json").read_text())
     result = cli("compare", "--plugins", "bert", "--data", ag_news_data, *COMMON, "--random-weights",
                  "--set", f"bert.model={config_only}", "--set", f"bert.tokenizer={tiny_bert}",
-                 "--set", "bert.num_train_epochs=1", "--json", "out.json")
+                 "--set", "bert.num_train_epochs=1", "--launcher", "inline", "--json", "out.json")
     assert result.returncode == 0, result.stderr
     run = json.loads((tmp_path / "out.json").read_text())["runs"][0]
     assert run["random_weights"] is True and run["status"] == "ok"

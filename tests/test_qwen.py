@@ -23,7 +23,7 @@ FAST = {"num_train_epochs": 6.0, "learning_rate": 3e-3, "per_device_train_batch_
 
 
 def settings_for(model: Path, **extra) -> dict:
-    return {**qwen.DEFAULTS, "model": str(model), **FAST, **extra, "random_weights": False}
+    return {**qwen.DEFAULTS, "model": str(model), **FAST, **extra, "random_weights": False, "seed": 42}
 
 
 def test_tiny_qwen_passes_the_conformance_kit(tmp_path, tiny_qwen):

@@ -61,7 +61,7 @@ def no_dropout_bert(tmp_path_factory, shared) -> Path:
 
 def test_bert_batch_4_equals_batch_2_with_2_accumulation_steps(no_dropout_bert, tmp_path):
     task = Task("classification", ("a", "b"))
-    settings = {**bert.DEFAULTS, "model": str(no_dropout_bert), "random_weights": False}
+    settings = {**bert.DEFAULTS, "model": str(no_dropout_bert), "random_weights": False, "seed": 42}
     initial = train_once(bert, "bert", task, settings, tmp_path / "0", num_train_epochs=0.0)
     one = train_once(bert, "bert", task, settings, tmp_path / "1", per_device_train_batch_size=4, gradient_accumulation_steps=1)
     two = train_once(bert, "bert", task, settings, tmp_path / "2", per_device_train_batch_size=2, gradient_accumulation_steps=2)
@@ -71,7 +71,7 @@ def test_bert_batch_4_equals_batch_2_with_2_accumulation_steps(no_dropout_bert, 
 def test_qwen_batch_4_equals_batch_2_with_2_accumulation_steps(tiny_qwen, tmp_path):
     # Answers of different lengths, so a mean per micro-batch would weigh tokens unequally.
     task = Task("classification", ("a", "b"), option_labels=("yes", "a much longer answer than that"))
-    settings = {**qwen.DEFAULTS, "model": str(tiny_qwen), "answer": "label", "scoring": "perplexity",
+    settings = {**qwen.DEFAULTS, "model": str(tiny_qwen), "seed": 42, "answer": "label", "scoring": "perplexity",
                 "random_weights": False}
     initial = train_once(qwen, "qwen", task, settings, tmp_path / "0", num_train_epochs=0.0)
     one = train_once(qwen, "qwen", task, settings, tmp_path / "1", per_device_train_batch_size=4, gradient_accumulation_steps=1)
@@ -94,7 +94,7 @@ def test_qwen_trains_its_head_under_the_mixed_precision_it_records(tiny_qwen, tm
 
     plugins = load_plugins(entry_points=False)
     plugins.register(qwen, "qwen")
-    settings = {**qwen.DEFAULTS, "model": str(tiny_qwen), "random_weights": False, **ONE_SGD_STEP,
+    settings = {**qwen.DEFAULTS, "model": str(tiny_qwen), "seed": 42, "random_weights": False, **ONE_SGD_STEP,
                 "mixed_precision": mixed_precision, "answer": "label", "scoring": "perplexity"}
     AutoModelForCausalLM.from_pretrained = spied
     try:
