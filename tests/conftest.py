@@ -14,6 +14,11 @@ import pytest
 # Tests never reach a model or dataset hub: everything comes from configs, tmp files and ../shared.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+# Under pytest-xdist each worker (and every process it starts) computes on one thread: two workers on two
+# cores then share them instead of fighting over four spinning threads.
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ.setdefault(name, "1")
 
 ROOT = Path(__file__).resolve().parent.parent
 SHARED = ROOT.parent / "shared"

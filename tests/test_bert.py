@@ -20,6 +20,7 @@ def test_tiny_bert_passes_the_conformance_kit(tmp_path, tiny_bert):
         bert, tmp_path=tmp_path,
         settings={"model": str(tiny_bert), "num_train_epochs": 8.0, "learning_rate": 3e-3, "per_device_train_batch_size": 8,
                   "eval_steps": 0.25, "predict_batch_size": 5},
+        launcher="inline",  # the process launcher: tests/test_plugins.py (the kit) and tests/test_compare_cli.py
     )
     # The tiny dataset is separable by keywords: a 2-layer BERT trained from scratch must learn it.
     assert record.metrics["accuracy"] >= 0.8, record.train_log

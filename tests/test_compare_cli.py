@@ -112,12 +112,13 @@ def test_random_weights_builds_from_config_and_marks_quality_meaningless(cli, ti
 
 
 def test_bert_and_qwen_compare_end_to_end_and_sft_learns_ag_news(cli, tiny_bert, tiny_qwen, ag_news_data, tmp_path):
+    # Inline: the four unit processes would cost half a minute of imports; `compared` covers the process launcher.
     result = cli("compare", "--plugins", "bert,qwen", "--data", ag_news_data, "--spec", "agnews",
                  "--limit-train", "400", "--limit-test", "80", "--latency-samples", "5", *bert_args(tiny_bert),
                  "--set", f"qwen.model={tiny_qwen}", "--set", "qwen.num_train_epochs=6", "--set", "qwen.learning_rate=2e-3",
                  "--set", "qwen.per_device_train_batch_size=16", "--set", "qwen.gradient_accumulation_steps=1",
                  # A model this small learns the letter only with the loss on the answer (see test_qwen.FAST).
-                 "--set", "qwen.answer_loss=letter", "--json", "out.json")
+                 "--set", "qwen.answer_loss=letter", "--launcher", "inline", "--json", "out.json")
     assert result.returncode == 0, result.stderr
     bert, qwen = json.loads((tmp_path / "out.json").read_text())["runs"]
     assert bert["status"] == qwen["status"] == "ok"

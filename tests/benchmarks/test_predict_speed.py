@@ -88,7 +88,8 @@ def test_naive_bayes_speed(harness_benchmark):
 def test_the_gate_fails_a_slowed_predict_and_passes_the_normal_code(tmp_path, plugin_site, shared):
     (tmp_path / "test_gated.py").write_text(GATED_TEST)
     storage = f"file://{tmp_path / 'benchmarks'}"
-    env = {**os.environ, "TRAIN": AG["train"], "TEST": AG["test"],
+    # A pytest of its own, not an xdist worker: it must save and compare benchmarks itself.
+    env = {**{k: v for k, v in os.environ.items() if not k.startswith("PYTEST_XDIST")}, "TRAIN": AG["train"], "TEST": AG["test"],
            "PYTHONPATH": os.pathsep.join([str(plugin_site), str(ROOT), os.environ.get("PYTHONPATH", "")])}
 
     def pytest_run(*args: str, slowdown: str = "0") -> subprocess.CompletedProcess:
