@@ -21,13 +21,43 @@ def shipped_config(model: str) -> Path | None:
 
 
 def load_config(model: str, **overrides: Any):
-    """The model's config: a shipped one for the seed models, else from the hub id or local directory."""
+    """The model's config: a shipped one for the seed models, else from the hub id, local directory or GGUF file."""
     from transformers import AutoConfig
 
     path = shipped_config(model)
     if path is not None:
         return AutoConfig.from_pretrained(str(path), **overrides)
-    return AutoConfig.from_pretrained(model, **overrides)
+    source, gguf = pretrained_source(model)
+    return AutoConfig.from_pretrained(source, **gguf, **overrides)
+
+
+def pretrained_source(name: str) -> tuple[str, dict[str, Any]]:
+    """What ``from_pretrained`` takes for a model setting: a hub id or local directory as it is; a ``.gguf``
+    file (a local path, or ``org/repo/file.gguf`` on the hub) as its folder and ``gguf_file=``."""
+    if not name.endswith(".gguf"):
+        return name, {}
+    import importlib.util
+
+    if importlib.util.find_spec("gguf") is None:
+        raise ImportError(f"{name} is a GGUF file: reading it needs the gguf package: pip install 'harness-compare[gguf]'")
+    path = Path(name)
+    if path.is_file():
+        return str(path.parent), {"gguf_file": path.name}
+    repo, _, file = name.rpartition("/")
+    return repo, {"gguf_file": file}
+
+
+def from_pretrained(auto_class: Any, name: str, **kwargs: Any) -> Any:
+    """``auto_class.from_pretrained`` for a model setting (see :func:`pretrained_source`). transformers
+    dequantizes a GGUF file's weights as it reads them; the model then is an ordinary float one, and is
+    told so, so that it can be trained and saved like any other."""
+    source, gguf = pretrained_source(name)
+    loaded = auto_class.from_pretrained(source, **gguf, **kwargs)
+    if gguf and getattr(loaded, "hf_quantizer", None) is not None:
+        loaded.hf_quantizer = None
+        if hasattr(loaded.config, "quantization_config"):
+            del loaded.config.quantization_config
+    return loaded
 
 
 def pick_device(setting: str) -> str:

@@ -182,18 +182,19 @@ def harness_predict(
 def _tokenizer(settings: dict[str, Any]):
     from transformers import AutoTokenizer
 
-    source = settings["tokenizer"] or settings["model"]
-    return AutoTokenizer.from_pretrained(source)
+    from harness.models import from_pretrained
+
+    return from_pretrained(AutoTokenizer, settings["tokenizer"] or settings["model"])
 
 
 def _new_model(task: Task, settings: dict[str, Any], tokenizer: Any):
     from transformers import AutoModelForSequenceClassification
 
-    from harness.models import load_config
+    from harness.models import from_pretrained, load_config
 
     labels = {"num_labels": len(task.labels), "id2label": dict(enumerate(task.labels)), "label2id": {l: i for i, l in enumerate(task.labels)}}
     if not settings.get("random_weights"):
-        return AutoModelForSequenceClassification.from_pretrained(settings["model"], **labels)
+        return from_pretrained(AutoModelForSequenceClassification, settings["model"], **labels)
     config = load_config(settings["model"], **labels)
     # A stand-in tokenizer may have a larger vocabulary than the architecture: grow the embedding to fit.
     config.vocab_size = max(config.vocab_size, len(tokenizer))

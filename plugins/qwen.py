@@ -49,7 +49,9 @@ DEFAULTS: dict[str, Any] = {
     "answer": "letter",  # letter: "C"; label: the option's text, several tokens (needs perplexity or likelihood)
     "answer_loss": "turn",  # turn: the whole assistant turn, as the seed's recipe; letter: answer and end of turn
     "chat_template": True,  # use the tokenizer's chat template (thinking off) when it has one
-    "think_prefix": "<think>\n\n</think>\n\n",  # written before the answer unless the template already does
+    # Written before the answer unless the template already does. Empty: only what the template writes with
+    # thinking off, which is Qwen3's empty <think></think> block and nothing for a template without thinking.
+    "think_prefix": "",
     "max_new_tokens": 256,  # extraction
     "predict_batch_size": 0,  # 0: 64 on CUDA, 16 on CPU
     "bucket_by_length": True,  # False: predict in file order (the baseline bucketing is measured against)
@@ -106,7 +108,8 @@ class Prompter:
             chat = self.tokenizer.apply_chat_template(
                 self._messages(text), tokenize=False, add_generation_prompt=True, enable_thinking=False
             )
-            return chat if chat.endswith(self.settings["think_prefix"]) else chat + self.settings["think_prefix"]
+            prefix = self.settings["think_prefix"]
+            return chat if chat.endswith(prefix) else chat + prefix
         prompt = self.prompt.plain().format(text=text, options=self.options)
         return prompt + (" " if not prompt.endswith((" ", "\n")) else "")
 
@@ -326,7 +329,9 @@ def harness_predict(
 def _tokenizer(settings: dict[str, Any]):
     from transformers import AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(settings["tokenizer"] or settings["model"])
+    from harness.models import from_pretrained
+
+    tokenizer = from_pretrained(AutoTokenizer, settings["tokenizer"] or settings["model"])
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer
@@ -338,10 +343,10 @@ def _base_model(settings: dict[str, Any], tokenizer: Any):
     import torch
     from transformers import AutoModelForCausalLM
 
-    from harness.models import load_config
+    from harness.models import from_pretrained, load_config
 
     if not settings.get("random_weights"):
-        return AutoModelForCausalLM.from_pretrained(settings["model"], dtype=torch.float32)
+        return from_pretrained(AutoModelForCausalLM, settings["model"], dtype=torch.float32)
     config = load_config(settings["model"])
     config.vocab_size = max(config.vocab_size, len(tokenizer))
     return AutoModelForCausalLM.from_config(config, dtype=torch.float32)
@@ -405,12 +410,16 @@ def _likelihood_scores(model: Any, prompt: list[int], prompter: Prompter, device
     """Summed log-probability of each answer after the prompt, or with ``per_token`` its mean per token
     (minus the log of the perplexity); the prompt runs once and its KV cache is shared by all answers,
     which run together as one batch."""
+    import inspect
+
     import torch
 
     answers = [ids + prompter.end_ids for ids in prompter.answer_ids]  # the answer as trained, end of turn included
     out = model(input_ids=torch.tensor([prompt], device=device), use_cache=True, logits_to_keep=1)
     first = out.logits[0, -1].float().log_softmax(-1)
-    cache = out.past_key_values
+    # transformers 5.24 renamed the KV cache from past_key_values to cache, in and out; older 5.x has the old name.
+    renamed = "cache" in inspect.signature(model.forward).parameters
+    cache = out.cache if renamed else out.past_key_values
     cache.batch_repeat_interleave(len(answers))
     width = max(len(a) for a in answers)
     tokens = torch.zeros((len(answers), width), dtype=torch.long, device=device)
@@ -420,7 +429,8 @@ def _likelihood_scores(model: Any, prompt: list[int], prompter: Prompter, device
         answer_mask[i, : len(ids)] = 1
     mask = torch.cat([torch.ones((len(answers), len(prompt)), dtype=torch.long, device=device), answer_mask], dim=1)
     positions = torch.arange(len(prompt), len(prompt) + width, device=device).expand(len(answers), -1)
-    logits = model(input_ids=tokens, attention_mask=mask, position_ids=positions, past_key_values=cache).logits
+    logits = model(input_ids=tokens, attention_mask=mask, position_ids=positions,
+                   **{"cache" if renamed else "past_key_values": cache}).logits
     log_probs = logits.float().log_softmax(-1)
     scores = []
     for i, ids in enumerate(answers):

@@ -193,3 +193,59 @@ def test_extraction_trains_with_validation_and_selects_on_exact_match(tiny_qwen,
                             workdir=tmp_path, progress=SILENT)
     assert artifact.info["best_checkpoint"].startswith("checkpoint-")
     assert 0.0 <= artifact.info["best_metric"] <= 1.0
+
+
+# SmolLM2's chat template, in short: ChatML with no thinking.
+CHATML = ("{% for message in messages %}{{'<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>\n'}}"
+          "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}")
+
+
+def test_only_a_template_that_knows_thinking_gets_a_think_block(tiny_qwen):
+    from transformers import AutoTokenizer
+
+    qwen3 = AutoTokenizer.from_pretrained(tiny_qwen)
+    chatml = AutoTokenizer.from_pretrained(tiny_qwen)
+    chatml.chat_template = CHATML
+    settings = {**qwen.DEFAULTS, "max_length": 120}
+
+    def prompt(tokenizer, **extra):
+        prompter = qwen.Prompter(TINY_TASK, tokenizer, {**settings, **extra})
+        return tokenizer.decode(prompter.prompt_ids("Stocks rise.", reserve=2)[0]), prompter
+
+    text, prompter = prompt(qwen3)
+    assert text.endswith("<|im_start|>assistant\n<think>\n\n</think>\n\n") and prompter.assistant_tokens > 0
+    text, prompter = prompt(chatml)
+    assert text.endswith("<|im_start|>assistant\n") and "<think>" not in text and prompter.assistant_tokens == 0
+    text, _ = prompt(chatml, think_prefix="Let me answer. ")  # a prefix of one's own is still written
+    assert text.endswith("<|im_start|>assistant\nLet me answer. ")
+    text, _ = prompt(qwen3, chat_template=False)  # no template: the plain prompt
+    assert "<|im_start|>" not in text and "<think>" not in text
+
+
+@pytest.mark.slow
+def test_a_gguf_file_names_the_model(shared, tmp_path):
+    """SmolLM2-135M-Instruct as one GGUF file: read (dequantized) through `model:`, prompted with its own
+    ChatML template and nothing of Qwen3's, answering zero-shot, and saved and read back as an ordinary model."""
+    import torch
+
+    gguf = shared / "models" / "smollm2-135m-instruct" / "SmolLM2-135M-Instruct.Q4_1.gguf"
+    plugins = load_plugins(entry_points=False)
+    plugins.register(qwen, "qwen")
+    settings = {**qwen.DEFAULTS, "model": str(gguf), "num_train_epochs": 0.0, "random_weights": False, "seed": 0}
+    artifact = plugins.call("qwen", "harness_train", task=TINY_TASK, train=[], validation=[], settings=settings,
+                            workdir=tmp_path, progress=SILENT)
+    model, tokenizer = artifact.state["model"], artifact.state["tokenizer"]
+    assert type(model).__name__ == "LlamaForCausalLM" and model.dtype == torch.float32
+    assert getattr(model, "hf_quantizer", None) is None and not hasattr(model.config, "quantization_config")
+    prompt = tokenizer.decode(qwen.Prompter(TINY_TASK, tokenizer, settings).prompt_ids("Rain all week.", reserve=2)[0])
+    assert prompt.startswith("<|im_start|>system\n") and prompt.endswith("<|im_start|>assistant\n") and "<think>" not in prompt
+    _, test = tiny_dataset(n_test=6)
+    predictions = plugins.call("qwen", "harness_predict", task=TINY_TASK, artifact=artifact,
+                               examples=without_answers(test), settings=settings, progress=SILENT)
+    assert all(p.label in TINY_TASK.labels and abs(sum(p.scores.values()) - 1) < 1e-4 for p in predictions)
+    model.save_pretrained(tmp_path / "saved")
+    from transformers import AutoModelForCausalLM
+
+    again = AutoModelForCausalLM.from_pretrained(tmp_path / "saved")
+    ids = torch.tensor([tokenizer("Rain all week.")["input_ids"]])
+    assert torch.allclose(model(ids).logits, again(ids).logits, atol=1e-5)
