@@ -33,6 +33,22 @@ class BenchResult:
     latency: dict[str, Any] = field(default_factory=dict)
     served: dict[str, Any] = field(default_factory=dict)
     environment: dict[str, Any] = field(default_factory=dict)
+    # The same model called directly (harness_reference), measured the same way in the same run:
+    # {"throughput": [...], "latency": {...}}; empty when the approach has no reference.
+    raw: dict[str, Any] = field(default_factory=dict)
+
+
+def raw_predict(forward: Callable[[list[str]], Any]) -> Predict:
+    """A reference ``forward(texts)`` as a Predict: consecutive chunks of ``predict_batch_size`` texts, in
+    the order given, so that :func:`batch_throughput` and :func:`latency_row` time it exactly as predict."""
+
+    def predict(examples: list[Example], settings: dict[str, Any]) -> list[Prediction]:
+        size = settings["predict_batch_size"]
+        for start in range(0, len(examples), size):
+            forward([example.text for example in examples[start : start + size]])
+        return []
+
+    return predict
 
 
 def batch_throughput(predict: Predict, examples: list[Example], settings: dict[str, Any], batch_size: int, rounds: int) -> dict[str, Any]:
@@ -138,16 +154,36 @@ def bench_table(result: BenchResult):
                   title_justify="left")
     for column in ("Measure", "Setting", "Samples or req/s", "p50 ms", "p95 ms", "p99 ms", "Peak memory"):
         table.add_column(column, justify="left" if column in ("Measure", "Setting") else "right")
+    raw_rates = {row["batch_size"]: row["samples_per_s"] for row in result.raw.get("throughput", [])}
+
+    def versus(value: float, reference: float | None) -> str:
+        return "" if not reference else f" ({value / reference:.2f}× raw)"
+
+    for row in result.raw.get("throughput", []):
+        table.add_row("[dim]raw[/]", f"batch {row['batch_size']}, tokenizer + forward", f"{row['samples_per_s']:,.1f}",
+                      "-", "-", "-", mem(row))
     for row in result.throughput:
-        table.add_row("throughput", f"batch {row['batch_size']}", f"{row['samples_per_s']:,.1f}", "-", "-", "-", mem(row))
+        table.add_row("throughput", f"batch {row['batch_size']}",
+                      f"{row['samples_per_s']:,.1f}{versus(row['samples_per_s'], raw_rates.get(row['batch_size']))}",
+                      "-", "-", "-", mem(row))
+    raw_latency = result.raw.get("latency")
+    if raw_latency:
+        table.add_row("[dim]raw[/]", "batch 1, tokenizer + forward", f"{raw_latency['requests_per_s']:,.1f}",
+                      f"{raw_latency['latency_p50_ms']:.1f}", f"{raw_latency['latency_p95_ms']:.1f}",
+                      f"{raw_latency['latency_p99_ms']:.1f}", mem(raw_latency))
     lat = result.latency
-    table.add_row("latency", "batch 1, one client", f"{lat['requests_per_s']:,.1f}", f"{lat['latency_p50_ms']:.1f}",
+    table.add_row("latency", "batch 1, one client", f"{lat['requests_per_s']:,.1f}",
+                  f"{lat['latency_p50_ms']:.1f}{versus(lat['latency_p50_ms'], (raw_latency or {}).get('latency_p50_ms'))}",
                   f"{lat['latency_p95_ms']:.1f}", f"{lat['latency_p99_ms']:.1f}", mem(lat))
     s = result.served
     table.add_row("served", f"{s['concurrency']} clients, batch ≤{s['max_batch']}, wait ≤{s['max_wait_ms']:g} ms "
                   f"(mean batch {s['mean_batch']:.1f})", f"{s['requests_per_s']:,.1f}", f"{s['latency_p50_ms']:.1f}",
                   f"{s['latency_p95_ms']:.1f}", f"{s['latency_p99_ms']:.1f}", mem(s))
-    table.caption = f"device: {result.environment.get('device', '')}"
+    notes = [f"device: {result.environment.get('device', '')}"]
+    if result.raw:
+        notes.append("raw: the same loaded model called directly (the approach's harness_reference: tokenizer and "
+                     "forward, texts in the order given), timed the same way in the same run")
+    table.caption = "\n".join(notes)
     table.caption_justify = "left"
     return table
 

@@ -177,7 +177,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     from dataclasses import asdict
 
     from harness import measure
-    from harness.bench import BenchResult, batch_throughput, bench_table, latency_row, served_requests
+    from harness.bench import BenchResult, batch_throughput, bench_table, latency_row, raw_predict, served_requests
     from harness.data import load_datasets, parse_data_option
     from harness.launcher import load_for_serving
     from harness.plugins import load_plugins
@@ -234,7 +234,16 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
     examples = without_answers(data.test)
     result = BenchResult(args.plugin, spec.name, source, len(examples))
-    result.throughput = [batch_throughput(predict, examples, settings, b, args.rounds) for b in batch_sizes]
+    reference = (plugins.call(args.plugin, "harness_reference", task=task, artifact=artifact, settings=settings)
+                 if plugins.implements(args.plugin, "harness_reference") else None)
+    # Raw and harness figures alternate, batch size by batch size, so that a noisy machine moves both alike.
+    for b in batch_sizes:
+        if reference is not None:
+            result.raw.setdefault("throughput", []).append(
+                batch_throughput(raw_predict(reference), examples, settings, b, args.rounds))
+        result.throughput.append(batch_throughput(predict, examples, settings, b, args.rounds))
+    if reference is not None:
+        result.raw["latency"] = latency_row(raw_predict(reference), examples, settings, args.latency_samples)
     result.latency = latency_row(predict, examples, settings, args.latency_samples)
     result.served = served_requests(predict, examples, settings, concurrency=args.concurrency, requests=args.requests,
                                     max_batch=max(batch_sizes), max_wait_ms=args.max_wait_ms)

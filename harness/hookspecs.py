@@ -73,6 +73,24 @@ def harness_load(task: Task, artifact: Artifact, settings: dict[str, Any]) -> Se
 
 
 @hookspec(firstresult=True)
+def harness_reference(task: Task, artifact: Artifact, settings: dict[str, Any]) -> Any:
+    """The loaded model called directly, for the ``raw`` row of ``harness bench``.
+
+    It shows what the harness's own predict path costs on top of the bare model.
+
+    Optional. Called after ``harness_load``. Return a function that takes a list of texts and does what a
+    user would write by hand with the same model and settings: tokenize them as one padded batch, run the
+    forward pass under ``torch.inference_mode``, take the answer (argmax), synchronise the device. No
+    length bucketing, no Prediction objects, no harness code in between.
+
+    :param task: as for train.
+    :param artifact: the artifact, after ``harness_load``.
+    :param settings: as for predict.
+    :return: ``forward(texts: list[str]) -> None``. Stops at first non-None result.
+    """
+
+
+@hookspec(firstresult=True)
 def harness_predict(
     task: Task,
     artifact: Artifact,

@@ -55,6 +55,7 @@ def from_pretrained(auto_class: Any, name: str, **kwargs: Any) -> Any:
     loaded = auto_class.from_pretrained(source, **gguf, **kwargs)
     if gguf and getattr(loaded, "hf_quantizer", None) is not None:
         loaded.hf_quantizer = None
+        loaded.is_quantized = False  # the Trainer refuses to fine-tune a model that says it is quantized
         if hasattr(loaded.config, "quantization_config"):
             del loaded.config.quantization_config
     return loaded

@@ -179,6 +179,22 @@ def harness_predict(
     return predictions  # type: ignore[return-value]
 
 
+@hookimpl
+def harness_reference(task: Task, artifact: Artifact, settings: dict[str, Any]) -> Any:
+    """Tokenizer and forward pass by hand, on the serving model: the floor predict is measured against."""
+    import torch
+
+    model, tokenizer, device = (artifact.state[k] for k in ("serving_model", "tokenizer", "device"))
+
+    def forward(texts: list[str]) -> None:
+        with torch.inference_mode():
+            batch = tokenizer(texts, padding=True, truncation=True, max_length=settings["max_length"],
+                              return_tensors="pt").to(device)
+            model(**batch).logits.argmax(-1).tolist()  # .tolist(): the answers reach the host, as predict's do
+
+    return forward
+
+
 def _tokenizer(settings: dict[str, Any]):
     from transformers import AutoTokenizer
 

@@ -147,6 +147,12 @@ def test_bench_serves_a_stored_run_and_random_weights(compared, workspace, tiny_
     assert served["requests"] == 40 and served["concurrency"] == 4 and 1 <= served["mean_batch"] <= 16
     assert result["latency"]["latency_samples"] == 8
     assert "served" in stored.stdout and "throughput" in stored.stdout
+    # The raw row: the same model called by hand, measured the same way in the same run, for each batch size.
+    raw = result["raw"]
+    assert [row["batch_size"] for row in raw["throughput"]] == [1, 16]
+    assert all(row["samples_per_s"] > 0 and row["rounds"] == 2 for row in raw["throughput"])
+    assert raw["latency"]["latency_samples"] == 8 and raw["latency"]["latency_p50_ms"] > 0
+    assert "tokenizer + forward" in stored.stdout and "× raw" in stored.stdout
 
     fresh = cli("bench", "--plugin", "qwen", "--spec", "agnews", "--random-weights", "--set", f"qwen.model={tiny_qwen}",
                 *small, "--json", "bench-qwen.json")

@@ -237,6 +237,9 @@ def test_a_gguf_file_names_the_model(shared, tmp_path):
     model, tokenizer = artifact.state["model"], artifact.state["tokenizer"]
     assert type(model).__name__ == "LlamaForCausalLM" and model.dtype == torch.float32
     assert getattr(model, "hf_quantizer", None) is None and not hasattr(model.config, "quantization_config")
+    from transformers.trainer_utils import validate_quantization_for_training
+
+    validate_quantization_for_training(model)  # what the Trainer checks before it fine-tunes: it may
     prompt = tokenizer.decode(qwen.Prompter(TINY_TASK, tokenizer, settings).prompt_ids("Rain all week.", reserve=2)[0])
     assert prompt.startswith("<|im_start|>system\n") and prompt.endswith("<|im_start|>assistant\n") and "<think>" not in prompt
     _, test = tiny_dataset(n_test=6)
