@@ -233,7 +233,6 @@ def run_approach(
     )
     record.environment["validation_source"] = data.validation_source
     record.environment["data_checks"] = data_checks(data, task)
-    error_detail = None
     try:
         training = training_identity(plugins, spec, data, plan, task, options, store)
         train_key = identity.digest(training)
