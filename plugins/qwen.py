@@ -326,6 +326,27 @@ def harness_predict(
     return _classify(task, artifact, examples, settings, progress)
 
 
+@hookimpl
+def harness_reference(task: Task, artifact: Artifact, settings: dict[str, Any]) -> Any:
+    """Classification by hand on the serving model: chat template, tokenizer (left padding), one forward
+    pass, the option letters' logits at the last position. Extraction has no reference yet."""
+    if task.type != "classification":
+        return None
+    import torch
+
+    model, tokenizer, device, prompter = (artifact.state[k] for k in ("serving_model", "tokenizer", "device", "prompter"))
+    letters = [ids[0] for ids in prompter.answer_ids]
+
+    def forward(texts: list[str]) -> None:
+        with torch.inference_mode():
+            prompts = [prompter._wrap(text) for text in texts]  # the chat template, as a user would apply it
+            batch = tokenizer(prompts, padding=True, padding_side="left", add_special_tokens=False,
+                              return_tensors="pt").to(device)
+            model(**batch, logits_to_keep=1).logits[:, -1, letters].argmax(-1).tolist()
+
+    return forward
+
+
 def _tokenizer(settings: dict[str, Any]):
     from transformers import AutoTokenizer
 

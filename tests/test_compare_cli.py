@@ -157,7 +157,9 @@ def test_bench_serves_a_stored_run_and_random_weights(compared, workspace, tiny_
     fresh = cli("bench", "--plugin", "qwen", "--spec", "agnews", "--random-weights", "--set", f"qwen.model={tiny_qwen}",
                 *small, "--json", "bench-qwen.json")
     assert fresh.returncode == 0, fresh.stderr
-    assert json.loads((tmp_path / "bench-qwen.json").read_text())["source"] == "random weights"
+    qwen_bench = json.loads((tmp_path / "bench-qwen.json").read_text())
+    assert qwen_bench["source"] == "random weights"
+    assert [row["batch_size"] for row in qwen_bench["raw"]["throughput"]] == [1, 16]  # qwen's reference too
 
     wrong = cli("bench", "--plugin", "qwen", "--spec", "agnews", "--run", bert_run, *small)
     assert wrong.returncode == 2 and f"--run: run {bert_run} is a bert run (ok); --plugin asks for a finished run trained by qwen" in wrong.stderr

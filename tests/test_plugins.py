@@ -74,6 +74,7 @@ def test_plugins_lists_builtins_and_third_party_and_warns_once_for_a_broken_one(
     assert rows["bert"]["builtin"] and rows["bert"]["task_types"] == ["classification"]
     assert rows["bert"]["hooks"] == ["harness_describe", "harness_load", "harness_predict", "harness_reference",
                                      "harness_train"]
+    assert rows["qwen"]["hooks"] == rows["bert"]["hooks"]
     assert rows["naive-bayes"] == {**rows["naive-bayes"], "version": "0.3", "builtin": False}
     warnings = result.stderr.strip().splitlines()
     assert len(warnings) == 1 and "broken-import" in warnings[0] and "ModuleNotFoundError" in warnings[0]
