@@ -9,6 +9,7 @@ import random
 import re
 import unicodedata
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -19,7 +20,8 @@ from harness.types import Example, Task
 
 @dataclass(frozen=True)
 class Datasets:
-    """The examples every approach in a comparison sees, with their content hashes."""
+    """The examples every approach in a comparison sees, with their content hashes (computed once: every
+    run of every approach and seed reads them several times)."""
 
     train: list[Example]
     validation: list[Example]
@@ -27,15 +29,15 @@ class Datasets:
     # "train" (held out of train), "file" or "split" (given, used as is), "test" (as the seeds did) or "none"
     validation_source: str
 
-    @property
+    @cached_property
     def train_hash(self) -> str:
         return dataset_hash(self.train)
 
-    @property
+    @cached_property
     def validation_hash(self) -> str:
         return dataset_hash(self.validation)
 
-    @property
+    @cached_property
     def test_hash(self) -> str:
         return dataset_hash(self.test)
 

@@ -159,7 +159,7 @@ def train_with_trainer(
     resume = last_checkpoint(Path(args.output_dir))
     with progress.bar("train", total_steps) as bar, progress.phase("train_loop"):
         if resume is not None:
-            bar.advance(int(resume.name.rpartition("-")[2]))
+            bar.advance(_step(resume))
         result = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
     shutil.rmtree(workdir / "checkpoints", ignore_errors=True)
     best = trainer.state.best_model_checkpoint
@@ -178,9 +178,14 @@ def last_checkpoint(folder: Path) -> Path | None:
     written last), or None."""
     if not folder.is_dir():
         return None
-    complete = [p for p in folder.glob("checkpoint-*") if (p / "trainer_state.json").is_file()
-                and p.name.rpartition("-")[2].isdigit()]
-    return max(complete, key=lambda p: int(p.name.rpartition("-")[2]), default=None)
+    complete = [p for p in folder.glob("checkpoint-*") if (p / "trainer_state.json").is_file() and _step(p) >= 0]
+    return max(complete, key=_step, default=None)
+
+
+def _step(checkpoint: Path) -> int:
+    """The step in a Trainer checkpoint's name (``checkpoint-16``), or -1 for a name that has none."""
+    step = checkpoint.name.rpartition("-")[2]
+    return int(step) if step.isdigit() else -1
 
 
 def describe_model(artifact: Artifact, model: Any, name: str, device: str) -> None:

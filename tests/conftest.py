@@ -133,6 +133,12 @@ def make_cli(plugin_site: Path, cwd: Path):
     return run
 
 
+def bert_args(tiny_bert: Path, *extra: str) -> list[str]:
+    """``--set`` arguments for a quick bert on the tiny model: one epoch at lr 1e-3, then ``extra`` KEY=VALUEs."""
+    settings = {"model": tiny_bert, "num_train_epochs": 1, "learning_rate": 1e-3, **dict(e.split("=") for e in extra)}
+    return [arg for key, value in settings.items() for arg in ("--set", f"bert.{key}={value}")]
+
+
 @pytest.fixture
 def cli(plugin_site: Path, tmp_path: Path):
     return make_cli(plugin_site, tmp_path)

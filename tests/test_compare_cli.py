@@ -3,17 +3,12 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 
-from conftest import make_cli
+from conftest import bert_args, make_cli
 
 COMMON = ["--spec", "agnews", "--limit-train", "240", "--limit-test", "80", "--latency-samples", "5"]
-
-
-def bert_args(tiny_bert: Path) -> list[str]:
-    return ["--set", f"bert.model={tiny_bert}", "--set", "bert.num_train_epochs=1", "--set", "bert.learning_rate=1e-3"]
 
 
 @pytest.fixture(scope="module")

@@ -15,14 +15,9 @@ from pathlib import Path
 
 import pytest
 
-from conftest import make_cli
+from conftest import bert_args, make_cli
 
 FAST = ["--spec", "agnews", "--limit-train", "240", "--limit-test", "40", "--latency-samples", "3"]
-
-
-def bert_args(tiny_bert: Path, *extra: str) -> list[str]:
-    settings = {"model": tiny_bert, "num_train_epochs": 1, "learning_rate": 1e-3, **dict(e.split("=") for e in extra)}
-    return [arg for key, value in settings.items() for arg in ("--set", f"bert.{key}={value}")]
 
 
 def spawn(plugin_site: Path, cwd: Path, *args: str) -> subprocess.Popen:
