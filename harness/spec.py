@@ -376,18 +376,19 @@ def resolve_settings(
     choices = choices or {}
     limits = {**TRAINER_LIMITS, **(limits or {})}
     settings = dict(defaults)
-    for key, value in (spec.plugins.get(approach) or {}).items():
-        where = f"{spec.where}: plugins.{approach}.{key}"
+
+    def accept(key: str, value: Any, where: str) -> None:  # type, choices, range: the spec and --set alike
         value = _allowed(_checked(approach, defaults, key, value, where=where), choices.get(key), where)
         settings[key] = _in_range(value, limits.get(key), where)
+
+    for key, value in (spec.plugins.get(approach) or {}).items():
+        accept(key, value, f"{spec.where}: plugins.{approach}.{key}")
     for key, text in overrides.items():
         where = f"--set {approach}.{key}"
         if key == "prompt" and key not in defaults:
             raise UserError(f"the prompt is set in the spec: task.prompt, or plugins.{approach}.prompt for "
                             f"{approach} alone", where=where)
-        value = _parse_cli_value(text, defaults.get(key))
-        value = _allowed(_checked(approach, defaults, key, value, where=where), choices.get(key), where)
-        settings[key] = _in_range(value, limits.get(key), where)
+        accept(key, _parse_cli_value(text, defaults.get(key)), where)
     return settings
 
 
