@@ -37,7 +37,7 @@ SERVING_LIBRARIES = (*TRAINING_LIBRARIES, "onnxruntime", "onnxruntime-gpu", "vll
 # learns: editing them re-measures but does not retrain. Every other module (a new one too) counts as
 # training code, so forgetting to list one errs on the side of training again.
 NOT_TRAINING_CODE = {
-    "__init__.py", "__main__.py", "bench.py", "cli.py", "identity.py", "launcher.py", "measure.py",
+    "__init__.py", "__main__.py", "bench.py", "cli.py", "identity.py", "launcher.py", "measure.py", "packing.py",
     "progress.py", "pytest_plugin.py", "report.py", "store.py", "testing.py",
 }
 

@@ -1,0 +1,126 @@
+"""Padding-free prediction for encoders: a batch's sequences packed end to end into one row.
+
+A padded batch computes every layer over ``batch x longest`` positions; texts that arrive in any order (a
+served batch, a file-order sample) pad to their longest, and on a CPU that waste is most of the time: on
+512 AG News texts in arrival order, batches of 8 hold 41,848 positions for 26,988 tokens. Packed, the
+linear layers (most of an encoder's work) see only the real tokens, and attention runs per sequence, so
+no position attends across a boundary and the output equals the padded one to float rounding.
+
+How: the sequences go in as one row with their own ``position_ids`` (each restarting at the family's
+first position) and their cumulative lengths as ``cu_seq_lens_q``/``cu_seq_lens_k``, the keyword
+transformers gives padding-free flash attention. For the call, the model's attention implementation is
+:data:`VARLEN`, registered here: ``scaled_dot_product_attention`` on each sequence's slice. Outside a
+packed call the model keeps its own implementation, so a padded call is exactly transformers' own.
+The encoder's output is cut back to each sequence's first token, which is all a CLS-pooled head reads,
+so the model's own head (pooler, dropout, classifier) runs unchanged on a ``(batch, 1, hidden)`` tensor.
+
+This module never changes what a model learns; it is listed in identity.NOT_TRAINING_CODE.
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from typing import Any
+
+VARLEN = "harness_varlen_sdpa"
+
+# Model families whose sequence-classification head reads only the first token, and the position of a
+# sequence's first token: BERT-style absolute positions start at 0; RoBERTa's at padding_idx + 1.
+# Each is checked against padded logits in tests/test_packing.py.
+CLS_HEADS = {"bert": 0, "electra": 0, "roberta": "pad+1", "xlm-roberta": "pad+1"}
+
+_registered = False
+
+
+def _register() -> None:
+    global _registered
+    if _registered:
+        return
+    from transformers import AttentionInterface
+    from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
+
+    AttentionInterface.register(VARLEN, varlen_sdpa_attention)
+    AttentionMaskInterface.register(VARLEN, sdpa_mask)  # packed calls pass no mask: sdpa's skips it
+    _registered = True
+
+
+def varlen_sdpa_attention(module: Any, query: Any, key: Any, value: Any, attention_mask: Any, dropout: float = 0.0,
+                          scaling: float | None = None, is_causal: bool | None = None, **kwargs: Any):
+    """Attention over a packed row ``(1, heads, tokens, dim)``: each sequence of ``cu_seq_lens_q`` attends
+    only to itself. Returns ``(1, tokens, heads, dim)`` as transformers' attention functions do."""
+    import torch
+    import torch.nn.functional as F
+
+    bounds = kwargs["cu_seq_lens_q"].tolist()
+    causal = bool(is_causal if is_causal is not None else getattr(module, "is_causal", False))
+    outputs = [F.scaled_dot_product_attention(query[:, :, a:b], key[:, :, a:b], value[:, :, a:b], dropout_p=dropout,
+                                              scale=scaling, is_causal=causal and b - a > 1)
+               for a, b in zip(bounds[:-1], bounds[1:])]
+    return torch.cat(outputs, dim=2).transpose(1, 2).contiguous(), None
+
+
+def first_position(model: Any) -> int | None:
+    """Where a sequence's positions start for this model, or None when packing does not apply to it:
+    a family outside :data:`CLS_HEADS`, or a model whose attention does not go through transformers'
+    AttentionInterface (it could not be told where sequences end)."""
+    config = model.config
+    start = CLS_HEADS.get(config.model_type)
+    if start is None or getattr(config, "position_embedding_type", "absolute") != "absolute":
+        return None
+    if not model._can_set_attn_implementation():
+        return None
+    return int(config.pad_token_id) + 1 if start == "pad+1" else start
+
+
+@contextmanager
+def _varlen(model: Any):
+    _register()
+    own = model.config._attn_implementation
+    model.set_attn_implementation(VARLEN)
+    try:
+        yield
+    finally:
+        model.set_attn_implementation(own)
+
+
+@contextmanager
+def packed_calls(model: Any):
+    """For the duration of a predict call: ``forward(sequences) -> logits``, one packed forward per batch
+    of token-id lists. Call it under ``torch.inference_mode()``."""
+    import torch
+
+    start = first_position(model)
+    if start is None:
+        raise ValueError(f"{type(model).__name__} cannot run packed: only {', '.join(CLS_HEADS)} encoders "
+                         "with absolute positions")
+    device = next(model.parameters()).device
+    encoder = model.base_model.encoder
+    firsts: list[Any] = []
+
+    def first_tokens(module: Any, args: Any, output: Any) -> Any:
+        # The encoder's output cut to each sequence's first token: (1, tokens, H) -> (batch, 1, H).
+        output.last_hidden_state = output.last_hidden_state[0, firsts[-1]].unsqueeze(1)
+        return output
+
+    def forward(sequences: list[list[int]]) -> Any:
+        lengths = torch.tensor([len(ids) for ids in sequences])
+        bounds = torch.zeros(len(sequences) + 1, dtype=torch.int32)
+        torch.cumsum(lengths, 0, out=bounds[1:])
+        input_ids = torch.tensor([token for ids in sequences for token in ids]).unsqueeze(0)
+        # Each sequence's positions restart: arange over the packed row minus its sequence's offset.
+        position_ids = (torch.arange(int(bounds[-1])) - torch.repeat_interleave(bounds[:-1].long(), lengths)) + start
+        firsts.append((bounds[:-1].long()).to(device))
+        try:
+            longest = int(lengths.max())
+            return model(input_ids=input_ids.to(device), position_ids=position_ids.unsqueeze(0).to(device),
+                         cu_seq_lens_q=bounds.to(device), cu_seq_lens_k=bounds.to(device),
+                         max_length_q=longest, max_length_k=longest).logits
+        finally:
+            firsts.pop()
+
+    hook = encoder.register_forward_hook(first_tokens)
+    try:
+        with _varlen(model):
+            yield forward
+    finally:
+        hook.remove()

@@ -1,0 +1,102 @@
+"""Padding-free prediction (harness.packing): a packed batch gives the padded batch's logits, for every
+encoder family it is allowed on, and bert's predict packs on CPU with the same answers as padded."""
+
+from __future__ import annotations
+
+import pytest
+
+import harness_plugins.bert as bert
+from harness.packing import CLS_HEADS, first_position, packed_calls
+from harness.progress import SILENT
+from harness.types import Artifact, Example, Task
+
+
+def tiny_classifier(model_type: str):
+    import torch
+    from transformers import AutoConfig, AutoModelForSequenceClassification
+
+    torch.manual_seed(0)
+    config = AutoConfig.for_model(model_type, vocab_size=120, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                                  intermediate_size=64, max_position_embeddings=80, num_labels=3,
+                                  **({"embedding_size": 32} if model_type == "electra" else {}))
+    return AutoModelForSequenceClassification.from_config(config).eval()
+
+
+def padded_logits(model, sequences, pad: int):
+    import torch
+
+    width = max(map(len, sequences))
+    input_ids = torch.tensor([ids + [pad] * (width - len(ids)) for ids in sequences])
+    attention_mask = torch.tensor([[1] * len(ids) + [0] * (width - len(ids)) for ids in sequences])
+    return model(input_ids=input_ids, attention_mask=attention_mask).logits
+
+
+@pytest.mark.parametrize("model_type", sorted(CLS_HEADS))
+def test_a_packed_batch_gives_the_padded_logits(model_type):
+    import random
+
+    import torch
+
+    model = tiny_classifier(model_type)
+    pad = model.config.pad_token_id
+    rng = random.Random(0)
+    # Lengths from 1 to 60, so most rows of the padded batch are padding; ids avoid the pad id.
+    sequences = [[rng.randrange(pad + 1, 120) for _ in range(n)] for n in (60, 1, 17, 3, 42, 9)]
+    with torch.inference_mode():
+        padded = padded_logits(model, sequences, pad)
+        with packed_calls(model) as forward:
+            packed = forward(sequences)
+        # Outside the call the model is back on its own attention, and padded calls are untouched.
+        assert model.config._attn_implementation == "sdpa"
+        again = padded_logits(model, sequences, pad)
+    assert packed.shape == padded.shape == (6, 3)
+    torch.testing.assert_close(packed, padded, atol=1e-5, rtol=1e-4)
+    assert torch.equal(again, padded)
+
+
+def test_a_family_that_pools_elsewhere_is_not_packed():
+    from transformers import AutoModelForSequenceClassification, GPT2Config
+
+    # GPT-2's head reads the last token: packing would give it the wrong one.
+    model = AutoModelForSequenceClassification.from_config(
+        GPT2Config(vocab_size=50, n_embd=16, n_layer=1, n_head=2, num_labels=2, pad_token_id=0))
+    assert first_position(model) is None
+    with pytest.raises(ValueError, match="cannot run packed"):
+        with packed_calls(model):
+            pass
+
+
+def test_bert_predicts_the_same_packed_and_padded(tiny_bert):
+    from harness.errors import UserError
+
+    task = Task("classification", ("a", "b", "c"))
+    settings = {**bert.DEFAULTS, "model": str(tiny_bert), "predict_batch_size": 4, "device": "cpu"}
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_bert)
+    model = bert._new_model(task, {**settings, "random_weights": False}, tokenizer)
+    artifact = Artifact(path=None, device="cpu")
+    artifact.state.update(model=model.eval(), tokenizer=tokenizer)
+    examples = [Example(id=str(i), text=" ".join(["word"] * (1 + 7 * i)) + f" item {i}") for i in range(10)]
+
+    answers = {}
+    for packing in ("padded", "packed", "auto"):
+        serving = bert.harness_load(task=task, artifact=artifact, settings={**settings, "packing": packing})
+        assert artifact.state["packed"] is (packing != "padded")
+        assert serving.notes == ([] if packing == "padded" else ["batches packed end to end, no padding"])
+        answers[packing] = bert.harness_predict(task=task, artifact=artifact, examples=examples,
+                                                settings={**settings, "packing": packing}, progress=SILENT)
+    for packing in ("packed", "auto"):
+        assert [p.label for p in answers[packing]] == [p.label for p in answers["padded"]]
+        for got, want in zip(answers[packing], answers["padded"]):
+            assert got.scores == pytest.approx(want.scores, abs=1e-5)
+    # A family it cannot pack is refused when asked for by name, in one line naming the setting.
+    from transformers import AutoModelForSequenceClassification, GPT2Config
+
+    gpt2 = Artifact(path=None, device="cpu")
+    gpt2.state.update(model=AutoModelForSequenceClassification.from_config(
+        GPT2Config(vocab_size=50, n_embd=16, n_layer=1, n_head=2, num_labels=3, pad_token_id=0)), tokenizer=tokenizer)
+    with pytest.raises(UserError, match="packing: packed needs one of the encoder families") as error:
+        bert.harness_load(task=task, artifact=gpt2, settings={**settings, "packing": "packed"})
+    assert error.value.where == "bert.packing"
+    assert bert.harness_load(task=task, artifact=gpt2, settings={**settings, "packing": "auto"}).notes == []
