@@ -4,7 +4,9 @@
 - batch-1 latency p50/p95/p99 (:func:`harness.measure.batch1_latency`, as compare uses);
 - requests/s at a given concurrency: ``concurrency`` clients each send one request at a time and wait
   for its answer (a closed loop); a server thread batches whatever has arrived, up to ``max_batch``
-  requests or ``max_wait_ms`` after the first, the way a dynamic-batching service would see them.
+  requests or until the oldest has waited ``max_wait_ms``, the way a dynamic-batching service would see
+  them. Requests that queued while the previous batch ran have waited already: they go at once. The
+  median of ``rounds`` rounds, beside offline throughput at the same maximum batch.
 Peak RSS and peak GPU memory are recorded beside every figure.
 """
 
@@ -64,15 +66,42 @@ def batch_throughput(predict: Predict, examples: list[Example], settings: dict[s
 
 def served_requests(
     predict: Predict, examples: list[Example], settings: dict[str, Any], *, concurrency: int, requests: int,
-    max_batch: int, max_wait_ms: float,
+    max_batch: int, max_wait_ms: float, rounds: int = 1,
 ) -> dict[str, Any]:
-    """Requests/s and latency with ``concurrency`` closed-loop clients and a dynamic-batching server."""
-    inbox: queue.Queue = queue.Queue()
+    """Requests/s and latency with ``concurrency`` closed-loop clients and a dynamic-batching server: the
+    median requests/s of ``rounds`` rounds of ``requests`` each, latency percentiles over all of them.
+
+    Each round follows an offline pass over ``examples`` at ``max_batch``, so that ``of_offline``, the
+    median of the rounds' served/offline ratios, compares figures a noisy machine moved alike."""
+    sized = {**settings, "predict_batch_size": max_batch}
+    predict(examples[:max_batch], sized)  # warm-up
+    rates: list[float] = []
+    offline: list[float] = []
     latencies: list[float] = []
     batch_sizes: list[int] = []
+    with measure.PeakMemory() as memory:
+        for _ in range(rounds):
+            offline.append(len(examples) / measure.timed(lambda: predict(examples, sized))[1])
+            wall = _served_round(predict, examples, sized, concurrency, requests, max_batch, max_wait_ms / 1000,
+                                 latencies, batch_sizes)
+            rates.append(requests / wall)
+    return {
+        "concurrency": concurrency, "requests": requests, "max_batch": max_batch, "max_wait_ms": max_wait_ms,
+        "rounds": rounds, "requests_per_s": statistics.median(rates), "rounds_requests_per_s": rates,
+        "offline_samples_per_s": statistics.median(offline), "rounds_offline_samples_per_s": offline,
+        "of_offline": statistics.median(r / o for r, o in zip(rates, offline)),
+        "latency_p50_ms": statistics.median(latencies), "latency_p95_ms": measure.percentile(latencies, 95),
+        "latency_p99_ms": measure.percentile(latencies, 99), "mean_batch": statistics.mean(batch_sizes),
+        "rss_peak_mb": memory.rss_peak_mb, "gpu_peak_mb": memory.gpu_peak_mb,
+    }
+
+
+def _served_round(predict: Predict, examples: list[Example], sized: dict[str, Any], concurrency: int, requests: int,
+                  max_batch: int, max_wait: float, latencies: list[float], batch_sizes: list[int]) -> float:
+    """One closed-loop round; appends each request's latency (ms) and each batch's size; returns its wall time."""
+    inbox: queue.Queue = queue.Queue()
     next_index = iter(range(requests))
     lock = threading.Lock()
-    sized = {**settings, "predict_batch_size": max_batch}
     stop = object()
     failures: list[BaseException] = []
 
@@ -82,65 +111,61 @@ def served_requests(
             if first is stop:
                 return
             batch = [first]
-            deadline = time.perf_counter() + max_wait_ms / 1000
+            # The oldest request's own deadline: one that queued while the last batch ran goes at once,
+            # with whatever queued beside it.
+            deadline = first[2] + max_wait
             while len(batch) < max_batch:
-                remaining = deadline - time.perf_counter()
-                if remaining <= 0:
-                    break
                 try:
-                    item = inbox.get(timeout=remaining)
+                    item = inbox.get_nowait()
                 except queue.Empty:
-                    break
+                    remaining = deadline - time.perf_counter()
+                    if remaining <= 0:
+                        break
+                    try:
+                        item = inbox.get(timeout=remaining)
+                    except queue.Empty:
+                        break
                 if item is stop:
                     inbox.put(stop)
                     break
                 batch.append(item)
             try:
-                predict([example for example, _ in batch], sized)
+                predict([example for example, _, _ in batch], sized)
                 measure.cuda_sync()
             except BaseException as exc:  # clients must not wait for ever on a failed batch
                 failures.append(exc)
             finally:
                 batch_sizes.append(len(batch))
-                for _, done in batch:
+                for _, done, _ in batch:
                     done.set()
 
     def client() -> None:
-        while True:
+        done = threading.Event()
+        while not failures:
             with lock:
                 index = next(next_index, None)
             if index is None:
                 return
-            if failures:
-                return
-            done = threading.Event()
+            done.clear()
             start = time.perf_counter()
-            inbox.put((examples[index % len(examples)], done))
+            inbox.put((examples[index % len(examples)], done, start))
             done.wait()
-            with lock:
-                latencies.append((time.perf_counter() - start) * 1000)
+            latencies.append((time.perf_counter() - start) * 1000)  # list.append is atomic
 
-    predict(examples[:max_batch], sized)  # warm-up
     serving = threading.Thread(target=server, daemon=True)
     clients = [threading.Thread(target=client, daemon=True) for _ in range(concurrency)]
-    with measure.PeakMemory() as memory:
-        serving.start()
-        start = time.perf_counter()
-        for thread in clients:
-            thread.start()
-        for thread in clients:
-            thread.join()
-        wall = time.perf_counter() - start
-        inbox.put(stop)
-        serving.join()
+    serving.start()
+    start = time.perf_counter()
+    for thread in clients:
+        thread.start()
+    for thread in clients:
+        thread.join()
+    wall = time.perf_counter() - start
+    inbox.put(stop)
+    serving.join()
     if failures:
         raise failures[0]
-    return {
-        "concurrency": concurrency, "requests": requests, "max_batch": max_batch, "max_wait_ms": max_wait_ms,
-        "requests_per_s": requests / wall, "latency_p50_ms": statistics.median(latencies),
-        "latency_p95_ms": measure.percentile(latencies, 95), "latency_p99_ms": measure.percentile(latencies, 99),
-        "mean_batch": statistics.mean(batch_sizes), "rss_peak_mb": memory.rss_peak_mb, "gpu_peak_mb": memory.gpu_peak_mb,
-    }
+    return wall
 
 
 def bench_table(result: BenchResult):
@@ -176,10 +201,14 @@ def bench_table(result: BenchResult):
                   f"{lat['latency_p50_ms']:.1f}{versus(lat['latency_p50_ms'], (raw_latency or {}).get('latency_p50_ms'))}",
                   f"{lat['latency_p95_ms']:.1f}", f"{lat['latency_p99_ms']:.1f}", mem(lat))
     s = result.served
+    offline = f" ({s['of_offline']:.2f}× offline)" if s.get("of_offline") else ""
     table.add_row("served", f"{s['concurrency']} clients, batch ≤{s['max_batch']}, wait ≤{s['max_wait_ms']:g} ms "
-                  f"(mean batch {s['mean_batch']:.1f})", f"{s['requests_per_s']:,.1f}", f"{s['latency_p50_ms']:.1f}",
+                  f"(mean batch {s['mean_batch']:.1f})", f"{s['requests_per_s']:,.1f}{offline}", f"{s['latency_p50_ms']:.1f}",
                   f"{s['latency_p95_ms']:.1f}", f"{s['latency_p99_ms']:.1f}", mem(s))
     notes = [f"device: {result.environment.get('device', '')}"]
+    if s.get("of_offline"):
+        notes.append(f"served: median of {s['rounds']} rounds, each after an offline pass at batch {s['max_batch']} "
+                     f"({s['offline_samples_per_s']:,.1f} samples/s); × offline: the median of the rounds' ratios")
     if result.raw:
         notes.append("raw: the same loaded model called directly (the approach's harness_reference: tokenizer and "
                      "forward, texts in the order given), timed the same way in the same run")

@@ -64,7 +64,10 @@ def build_parser() -> argparse.ArgumentParser:
     bch.add_argument("--latency-samples", type=int, default=50, help="requests timed one at a time (default 50)")
     bch.add_argument("--concurrency", type=int, default=8, help="clients sending requests at once (default 8)")
     bch.add_argument("--requests", type=int, default=200, help="requests sent under load (default 200)")
-    bch.add_argument("--max-wait-ms", type=float, default=5.0, help="how long the server waits to fill a batch")
+    bch.add_argument("--max-batch", type=int, help="the served batch limit (default: --concurrency, the most that "
+                     "closed-loop clients can fill); each served round follows an offline pass at it")
+    bch.add_argument("--max-wait-ms", type=float, default=5.0,
+                     help="how long the oldest waiting request may wait for its batch to fill (default 5)")
     bch.add_argument("--json", type=Path, help="also write the figures as JSON to this file")
     bch.add_argument("--store", type=Path, help="results store directory (for --run)")
 
@@ -192,6 +195,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
         raise UserError(f"expected sizes separated by commas, got {args.batch_sizes!r}", where="--batch-sizes") from None
     for flag in ("rounds", "latency_samples", "concurrency", "requests"):
         _positive(getattr(args, flag), "--" + flag.replace("_", "-"))
+    # A closed loop of N clients never has more than N requests waiting: a larger limit could only add waiting.
+    max_batch = args.concurrency if args.max_batch is None else _positive(args.max_batch, "--max-batch")
     check_json_target(args.json)
     plugins = load_plugins()
     spec = load_spec(args.spec)
@@ -246,7 +251,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         result.raw["latency"] = latency_row(raw_predict(reference), examples, settings, args.latency_samples)
     result.latency = latency_row(predict, examples, settings, args.latency_samples)
     result.served = served_requests(predict, examples, settings, concurrency=args.concurrency, requests=args.requests,
-                                    max_batch=max(batch_sizes), max_wait_ms=args.max_wait_ms)
+                                    max_batch=max_batch, max_wait_ms=args.max_wait_ms, rounds=args.rounds)
     result.environment = measure.environment(artifact.state.get("device") or artifact.device)
     _console().print(bench_table(result))
     if args.json is not None:

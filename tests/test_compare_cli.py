@@ -139,7 +139,14 @@ def test_bench_serves_a_stored_run_and_random_weights(compared, workspace, tiny_
     assert [row["batch_size"] for row in result["throughput"]] == [1, 16]
     assert all(row["samples_per_s"] > 0 and row["rss_peak_mb"] > 50 for row in result["throughput"])
     served = result["served"]
-    assert served["requests"] == 40 and served["concurrency"] == 4 and 1 <= served["mean_batch"] <= 16
+    assert served["requests"] == 40 and served["concurrency"] == 4
+    # The served batch limit defaults to the clients' number: four closed-loop clients never fill more.
+    assert served["max_batch"] == 4 and 1 <= served["mean_batch"] <= 4
+    # Two rounds, each after an offline pass at the same batch; the ratio is the median of the pairs'.
+    assert len(served["rounds_requests_per_s"]) == len(served["rounds_offline_samples_per_s"]) == 2
+    pairs = [r / o for r, o in zip(served["rounds_requests_per_s"], served["rounds_offline_samples_per_s"])]
+    assert served["of_offline"] == pytest.approx(sum(pairs) / 2)
+    assert "× offline" in stored.stdout and "each after an offline pass at batch 4" in stored.stdout
     assert result["latency"]["latency_samples"] == 8
     assert "served" in stored.stdout and "throughput" in stored.stdout
     # The raw row: the same model called by hand, measured the same way in the same run, for each batch size.
