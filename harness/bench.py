@@ -42,7 +42,7 @@ class BenchResult:
 
 def raw_predict(forward: Callable[[list[str]], Any]) -> Predict:
     """A reference ``forward(texts)`` as a Predict: consecutive chunks of ``predict_batch_size`` texts, in
-    the order given, so that :func:`batch_throughput` and :func:`latency_row` time it exactly as predict."""
+    the order given, so that :func:`batch_throughput` and :func:`latency_rows` time it exactly as predict."""
 
     def predict(examples: list[Example], settings: dict[str, Any]) -> list[Prediction]:
         size = settings["predict_batch_size"]
@@ -217,7 +217,13 @@ def bench_table(result: BenchResult):
     return table
 
 
-def latency_row(predict: Predict, examples: list[Example], settings: dict[str, Any], samples: int) -> dict[str, Any]:
+def latency_rows(predicts: list[Predict], examples: list[Example], settings: dict[str, Any],
+                 samples: int) -> list[dict[str, Any]]:
+    """Batch-1 latency of each predict on the same sampled requests (as compare samples them), interleaved
+    request by request (:func:`harness.measure.interleaved_batch1_latency`), so their ratio is one run's."""
+    items = measure.latency_sample(examples, samples)
     with measure.PeakMemory() as memory:
-        latency = measure.sampled_batch1_latency(lambda ex: predict([ex], settings), examples, samples)
-    return {**latency.summary(), "rss_peak_mb": memory.rss_peak_mb, "gpu_peak_mb": memory.gpu_peak_mb}
+        latencies = measure.interleaved_batch1_latency(
+            [lambda ex, predict=predict: predict([ex], settings) for predict in predicts], items)
+    return [{**latency.summary(), "rss_peak_mb": memory.rss_peak_mb, "gpu_peak_mb": memory.gpu_peak_mb}
+            for latency in latencies]

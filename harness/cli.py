@@ -180,7 +180,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     from dataclasses import asdict
 
     from harness import measure
-    from harness.bench import BenchResult, batch_throughput, bench_table, latency_row, raw_predict, served_requests
+    from harness.bench import BenchResult, batch_throughput, bench_table, latency_rows, raw_predict, served_requests
     from harness.data import load_datasets, parse_data_option
     from harness.launcher import load_for_serving
     from harness.plugins import load_plugins
@@ -247,9 +247,11 @@ def cmd_bench(args: argparse.Namespace) -> int:
             result.raw.setdefault("throughput", []).append(
                 batch_throughput(raw_predict(reference), examples, settings, b, args.rounds))
         result.throughput.append(batch_throughput(predict, examples, settings, b, args.rounds))
-    if reference is not None:
-        result.raw["latency"] = latency_row(raw_predict(reference), examples, settings, args.latency_samples)
-    result.latency = latency_row(predict, examples, settings, args.latency_samples)
+    if reference is not None:  # raw and harness interleaved request by request
+        result.raw["latency"], result.latency = latency_rows([raw_predict(reference), predict], examples, settings,
+                                                             args.latency_samples)
+    else:
+        [result.latency] = latency_rows([predict], examples, settings, args.latency_samples)
     result.served = served_requests(predict, examples, settings, concurrency=args.concurrency, requests=args.requests,
                                     max_batch=max_batch, max_wait_ms=args.max_wait_ms, rounds=args.rounds)
     result.environment = measure.environment(artifact.state.get("device") or artifact.device)

@@ -140,13 +140,23 @@ def batch1_latency(predict_one: Callable[[Any], object], items: Sequence[Any], *
 
     Sequential requests/s is the reciprocal of the mean latency: one client, no batching.
     """
-    for item in items[:warmup]:
-        predict_one(item)
-    samples = []
-    for item in items:
-        _, seconds = timed(lambda: predict_one(item))
-        samples.append(seconds * 1000)
-    return Latency(samples)
+    return interleaved_batch1_latency([predict_one], items, warmup=warmup)[0]
+
+
+def interleaved_batch1_latency(predict_ones: Sequence[Callable[[Any], object]], items: Sequence[Any], *,
+                               warmup: int = 3) -> list[Latency]:
+    """:func:`batch1_latency` of several functions over the same items, interleaved: each item goes to
+    every function in turn, the order reversed every other item, so that a noisy machine moves them alike."""
+    for predict_one in predict_ones:
+        for item in items[:warmup]:
+            predict_one(item)
+    samples: list[list[float]] = [[] for _ in predict_ones]
+    for k, item in enumerate(items):
+        order = range(len(predict_ones)) if k % 2 == 0 else reversed(range(len(predict_ones)))
+        for i in order:
+            _, seconds = timed(lambda: predict_ones[i](item))
+            samples[i].append(seconds * 1000)
+    return [Latency(times) for times in samples]
 
 
 def on_gpu() -> bool:
@@ -157,9 +167,14 @@ def on_gpu() -> bool:
 def sampled_batch1_latency(predict_one: Callable[[Any], object], items: Sequence[Any], samples: int) -> Latency:
     """:func:`batch1_latency` on a seeded sample of ``samples`` items: the same requests for every approach,
     in compare and in bench alike."""
+    return batch1_latency(predict_one, latency_sample(items, samples))
+
+
+def latency_sample(items: Sequence[Any], samples: int) -> list[Any]:
+    """The seeded sample of requests that batch-1 latency is timed on."""
     import random
 
-    return batch1_latency(predict_one, random.Random(0).sample(list(items), min(samples, len(items))))
+    return random.Random(0).sample(list(items), min(samples, len(items)))
 
 
 def device_name(device: str | None = None) -> str:
