@@ -328,21 +328,24 @@ def harness_predict(
 
 @hookimpl
 def harness_reference(task: Task, artifact: Artifact, settings: dict[str, Any]) -> Any:
-    """Classification by hand on the serving model: chat template, tokenizer (left padding), one forward
-    pass, the option letters' logits at the last position. Extraction has no reference yet."""
-    if task.type != "classification":
-        return None
+    """The model called by hand on the serving model, as a user would: the chat template, the tokenizer
+    (left padding), then for classification one forward pass and the option letters' logits at the last
+    position; for extraction greedy ``generate`` to the end of the turn and the decoded answers."""
     import torch
 
     model, tokenizer, device, prompter = (artifact.state[k] for k in ("serving_model", "tokenizer", "device", "prompter"))
-    letters = [ids[0] for ids in prompter.answer_ids]
+    letters = [ids[0] for ids in prompter.answer_ids] if task.type == "classification" else []
 
-    def forward(texts: list[str]) -> None:
+    def forward(texts: list[str]) -> list[Any]:
         with torch.inference_mode():
             prompts = [prompter._wrap(text) for text in texts]  # the chat template, as a user would apply it
             batch = tokenizer(prompts, padding=True, padding_side="left", add_special_tokens=False,
                               return_tensors="pt").to(device)
-            model(**batch, logits_to_keep=1).logits[:, -1, letters].argmax(-1).tolist()
+            if task.type == "extraction":
+                out = model.generate(**batch, max_new_tokens=settings["max_new_tokens"], do_sample=False,
+                                     eos_token_id=prompter.end_ids or None, pad_token_id=tokenizer.pad_token_id)
+                return tokenizer.batch_decode(out[:, batch["input_ids"].shape[1]:], skip_special_tokens=True)
+            return model(**batch, logits_to_keep=1).logits[:, -1, letters].argmax(-1).tolist()
 
     return forward
 

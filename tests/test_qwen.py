@@ -120,6 +120,9 @@ def test_extraction_generates_and_an_answer_that_is_not_json_is_wrong_not_a_cras
                                settings=settings, progress=SILENT)
     assert len(predictions) == 2 and all(isinstance(p.raw, str) for p in predictions)
     assert all(p.fields is None or isinstance(p.fields, dict) for p in predictions)
+    # bench's raw reference: chat template, tokenizer and generate by hand give predict's answers.
+    forward = plugins.call("qwen", "harness_reference", task=task, artifact=artifact, settings=settings)
+    assert [forward([ex.text])[0].strip() for ex in examples] == [p.raw for p in predictions]
     assert qwen.parse_fields('{"name": "Zhang San", "phone": 13800000000}') == {"name": "Zhang San", "phone": "13800000000"}
     assert qwen.parse_fields("name: Zhang San") is None and qwen.parse_fields("[1, 2]") is None
 
