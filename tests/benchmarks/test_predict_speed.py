@@ -33,8 +33,10 @@ def test_qwen_predict_throughput(harness_benchmark, tiny_qwen):
     assert len(predictions) == 128 and all(abs(sum(p.scores.values()) - 1) < 1e-4 for p in predictions)
 
 
-def test_length_buckets_beat_file_order_in_the_same_run(shared):
-    """Bucketing by length must be faster than file-order batches of the same model, measured interleaved."""
+def test_length_buckets_and_packing_beat_padded_file_order_in_the_same_run(shared):
+    """MiniLM on 256 AG News texts, batches of 64, measured interleaved: padded batches bucketed by length
+    must beat padded batches in file order, and so must packed batches in file order (harness.packing,
+    bert's default on CPU), with the same answers."""
     import harness_plugins.bert as bert
     from harness.data import read_examples
     from harness.progress import SILENT
@@ -43,19 +45,31 @@ def test_length_buckets_beat_file_order_in_the_same_run(shared):
 
     task = load_spec("agnews").to_task()
     examples = without_answers(read_examples(AG_NEWS / "test.jsonl", task, "text", "label", "fields")[:256])
-    settings = {**bert.DEFAULTS, "model": str(MINILM), "num_train_epochs": 0.0, "predict_batch_size": 64}
+    settings = {**bert.DEFAULTS, "model": str(MINILM), "num_train_epochs": 0.0, "predict_batch_size": 64, "device": "cpu"}
     artifact = bert.harness_train(task=task, train=[], validation=[], settings=settings, workdir=Path("."), progress=SILENT)
-    timings: dict[bool, list[float]] = {True: [], False: []}
-    for by_length in (True, False):  # warm-up both paths
-        bert.harness_predict(task, artifact, examples[:64], {**settings, "bucket_by_length": by_length}, SILENT)
+    ways = {"padded, by length": {"packing": "padded", "bucket_by_length": True},
+            "padded, file order": {"packing": "padded", "bucket_by_length": False},
+            "packed, file order": {"packing": "packed", "bucket_by_length": False}}
+    timings: dict[str, list[float]] = {way: [] for way in ways}
+    answers = {}
+
+    def run(way: str) -> float:
+        way_settings = {**settings, **ways[way]}
+        bert.harness_load(task, artifact, way_settings)  # packing is decided at load
+        start = time.perf_counter()
+        answers[way] = bert.harness_predict(task, artifact, examples, way_settings, SILENT)
+        return time.perf_counter() - start
+
+    for way in ways:  # warm-up every path
+        run(way)
     for _ in range(3):
-        for by_length in (True, False):
-            start = time.perf_counter()
-            bert.harness_predict(task, artifact, examples, {**settings, "bucket_by_length": by_length}, SILENT)
-            timings[by_length].append(time.perf_counter() - start)
-    ratio = statistics.median(timings[True]) / statistics.median(timings[False])
-    print(f"bucketed / file order = {ratio:.2f} ({timings})")
-    assert ratio < 0.9
+        for way in ways:
+            timings[way].append(run(way))
+    median = {way: statistics.median(times) for way, times in timings.items()}
+    print({way: f"{len(examples) / seconds:.1f} texts/s" for way, seconds in median.items()})
+    assert median["padded, by length"] / median["padded, file order"] < 0.9
+    assert median["packed, file order"] / median["padded, file order"] < 0.9
+    assert [p.label for p in answers["packed, file order"]] == [p.label for p in answers["padded, file order"]]
 
 
 GATED_TEST = '''
