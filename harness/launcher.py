@@ -297,7 +297,7 @@ def measure_unit(plugins: Any, job: MeasureJob, progress: RunProgress) -> dict[s
     (serving, settings), load_seconds = measure.timed(
         lambda: load_for_serving(plugins, job.approach, job.task, artifact, job.settings))
     first_batch = settings.get("predict_batch_size")
-    notes: list[str] = []
+    notes: list[str] = list(serving.notes) if serving else []  # how it serves, for the table's notes
     measure.release_memory()  # what loading left behind is not serving memory
 
     def predict(examples: list[Example], bar: RunProgress | None = None) -> list[Prediction]:

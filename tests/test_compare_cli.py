@@ -57,6 +57,7 @@ def test_compare_writes_both_rows_on_identical_data(compared, workspace):
         "device": "cpu", "dtype": "float32", "batch_size": 64, "notes": ["batches packed end to end, no padding"]}
     assert bert["memory"]["train_rss_peak_mb"] > 0 and bert["memory"]["predict_rss_peak_mb"] > 0
     assert "Serve RSS" in result.stdout and "Batch" in result.stdout
+    assert "bert: batches packed end to end, no padding" in result.stdout  # how it served, in the notes
     assert bert["environment"]["versions"]["transformers"]
     evaluations = [e for e in bert["train_log"] if "eval_f1_weighted" in e]
     assert len(evaluations) >= 3, bert["train_log"]
