@@ -12,7 +12,9 @@ transformers gives padding-free flash attention. For the call, the model's atten
 :data:`VARLEN`, registered here: ``scaled_dot_product_attention`` on each sequence's slice. Outside a
 packed call the model keeps its own implementation, so a padded call is exactly transformers' own.
 The encoder's output is cut back to each sequence's first token, which is all a CLS-pooled head reads,
-so the model's own head (pooler, dropout, classifier) runs unchanged on a ``(batch, 1, hidden)`` tensor.
+so the model's own head (pooler, dropout, classifier) runs unchanged on a ``(batch, 1, hidden)`` tensor
+(:func:`packed_calls`). A decoder attends causally within each sequence and gives the logits at each
+sequence's last position (:func:`packed_last_logits`), what scoring by the next token reads.
 
 This module never changes what a model learns; it is listed in identity.NOT_TRAINING_CODE.
 """
@@ -28,6 +30,11 @@ VARLEN = "harness_varlen_sdpa"
 # sequence's first token: BERT-style absolute positions start at 0; RoBERTa's at padding_idx + 1.
 # Each is checked against padded logits in tests/test_packing.py.
 CLS_HEADS = {"bert": 0, "electra": 0, "roberta": "pad+1", "xlm-roberta": "pad+1"}
+# Decoder families with rotary positions from ``position_ids``, each checked against left-padded logits.
+DECODERS = ("llama", "qwen2", "qwen3")
+
+PACKING = ("auto", "packed", "padded")  # the choices of a plugin's ``packing`` setting
+NOTE = "batches packed end to end, no padding"  # the serving note of a plugin that packs
 
 _registered = False
 
@@ -37,10 +44,12 @@ def _register() -> None:
     if _registered:
         return
     from transformers import AttentionInterface
-    from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
+    from transformers.masking_utils import AttentionMaskInterface
 
     AttentionInterface.register(VARLEN, varlen_sdpa_attention)
-    AttentionMaskInterface.register(VARLEN, sdpa_mask)  # packed calls pass no mask: sdpa's skips it
+    # A packed call needs no mask: the sequence bounds are the mask. (transformers would otherwise build a
+    # tokens x tokens block mask from the restarting position ids.)
+    AttentionMaskInterface.register(VARLEN, lambda *args, **kwargs: None)
     _registered = True
 
 
@@ -53,14 +62,15 @@ def varlen_sdpa_attention(module: Any, query: Any, key: Any, value: Any, attenti
 
     bounds = kwargs["cu_seq_lens_q"].tolist()
     causal = bool(is_causal if is_causal is not None else getattr(module, "is_causal", False))
+    grouped = key.shape[1] != query.shape[1]  # grouped-query attention: fewer key/value heads
     outputs = [F.scaled_dot_product_attention(query[:, :, a:b], key[:, :, a:b], value[:, :, a:b], dropout_p=dropout,
-                                              scale=scaling, is_causal=causal and b - a > 1)
+                                              scale=scaling, is_causal=causal and b - a > 1, enable_gqa=grouped)
                for a, b in zip(bounds[:-1], bounds[1:])]
     return torch.cat(outputs, dim=2).transpose(1, 2).contiguous(), None
 
 
 def first_position(model: Any) -> int | None:
-    """Where a sequence's positions start for this model, or None when packing does not apply to it:
+    """Where a sequence's positions start for this encoder, or None when packing does not apply to it:
     a family outside :data:`CLS_HEADS`, or a model whose attention does not go through transformers'
     AttentionInterface (it could not be told where sequences end)."""
     config = model.config
@@ -70,6 +80,32 @@ def first_position(model: Any) -> int | None:
     if not model._can_set_attn_implementation():
         return None
     return int(config.pad_token_id) + 1 if start == "pad+1" else start
+
+
+def decoder_packs(model: Any) -> bool:
+    """Whether :func:`packed_last_logits` applies: a family of :data:`DECODERS` whose every layer attends
+    to the whole sequence (a sliding window would need windowed attention per sequence)."""
+    config = model.config
+    layers = getattr(config, "layer_types", None) or ["full_attention"]
+    return (config.model_type in DECODERS and all(kind == "full_attention" for kind in layers)
+            and model._can_set_attn_implementation())
+
+
+def use_packing(model: Any, device: str, packing: str, *, decoder: bool, where: str) -> bool:
+    """What a plugin's ``packing`` setting means for this model: ``auto`` packs on CPU where the model
+    allows it (on CUDA a padded batch runs one kernel per layer, packed attention one per sequence);
+    ``packed`` packs wherever it can and is a one-line error naming ``where`` elsewhere; ``padded`` never."""
+    from harness.errors import UserError
+
+    if packing == "padded" or (packing == "auto" and device != "cpu"):
+        return False
+    if decoder_packs(model) if decoder else first_position(model) is not None:
+        return True
+    if packing == "packed":
+        kind, families = ("decoder", DECODERS) if decoder else ("encoder", CLS_HEADS)
+        raise UserError(f"packing: packed needs one of the {kind} families {', '.join(families)}; this model is "
+                        f"{model.config.model_type}", where=where)
+    return False
 
 
 @contextmanager
@@ -83,18 +119,33 @@ def _varlen(model: Any):
         model.set_attn_implementation(own)
 
 
+def _packed(sequences: list[list[int]], start: int, device: Any) -> tuple[dict[str, Any], Any]:
+    """The model inputs of one packed row, and where each sequence begins in it."""
+    import torch
+
+    lengths = torch.tensor([len(ids) for ids in sequences])
+    bounds = torch.zeros(len(sequences) + 1, dtype=torch.int32)
+    torch.cumsum(lengths, 0, out=bounds[1:])
+    starts = bounds[:-1].long()
+    input_ids = torch.tensor([token for ids in sequences for token in ids]).unsqueeze(0)
+    # Each sequence's positions restart: arange over the packed row minus its sequence's offset.
+    position_ids = torch.arange(int(bounds[-1])) - torch.repeat_interleave(starts, lengths) + start
+    longest = int(lengths.max())
+    inputs = {"input_ids": input_ids.to(device), "position_ids": position_ids.unsqueeze(0).to(device),
+              "cu_seq_lens_q": bounds.to(device), "cu_seq_lens_k": bounds.to(device),
+              "max_length_q": longest, "max_length_k": longest}
+    return inputs, bounds
+
+
 @contextmanager
 def packed_calls(model: Any):
     """For the duration of a predict call: ``forward(sequences) -> logits``, one packed forward per batch
-    of token-id lists. Call it under ``torch.inference_mode()``."""
-    import torch
-
+    of token-id lists through an encoder classifier. Call it under ``torch.inference_mode()``."""
     start = first_position(model)
     if start is None:
         raise ValueError(f"{type(model).__name__} cannot run packed: only {', '.join(CLS_HEADS)} encoders "
                          "with absolute positions")
     device = next(model.parameters()).device
-    encoder = model.base_model.encoder
     firsts: list[Any] = []
 
     def first_tokens(module: Any, args: Any, output: Any) -> Any:
@@ -103,24 +154,35 @@ def packed_calls(model: Any):
         return output
 
     def forward(sequences: list[list[int]]) -> Any:
-        lengths = torch.tensor([len(ids) for ids in sequences])
-        bounds = torch.zeros(len(sequences) + 1, dtype=torch.int32)
-        torch.cumsum(lengths, 0, out=bounds[1:])
-        input_ids = torch.tensor([token for ids in sequences for token in ids]).unsqueeze(0)
-        # Each sequence's positions restart: arange over the packed row minus its sequence's offset.
-        position_ids = (torch.arange(int(bounds[-1])) - torch.repeat_interleave(bounds[:-1].long(), lengths)) + start
-        firsts.append((bounds[:-1].long()).to(device))
+        inputs, bounds = _packed(sequences, start, device)
+        firsts.append(bounds[:-1].long().to(device))
         try:
-            longest = int(lengths.max())
-            return model(input_ids=input_ids.to(device), position_ids=position_ids.unsqueeze(0).to(device),
-                         cu_seq_lens_q=bounds.to(device), cu_seq_lens_k=bounds.to(device),
-                         max_length_q=longest, max_length_k=longest).logits
+            return model(**inputs).logits
         finally:
             firsts.pop()
 
-    hook = encoder.register_forward_hook(first_tokens)
+    hook = model.base_model.encoder.register_forward_hook(first_tokens)
     try:
         with _varlen(model):
             yield forward
     finally:
         hook.remove()
+
+
+@contextmanager
+def packed_last_logits(model: Any):
+    """For the duration of a predict call: ``forward(sequences) -> logits`` of shape (batch, vocabulary),
+    each sequence's next-token logits, from one packed causal forward per batch through a decoder.
+    Call it under ``torch.inference_mode()``."""
+    if not decoder_packs(model):
+        raise ValueError(f"{type(model).__name__} cannot run packed: only {', '.join(DECODERS)} decoders "
+                         "with full attention in every layer")
+    device = next(model.parameters()).device
+
+    def forward(sequences: list[list[int]]) -> Any:
+        inputs, bounds = _packed(sequences, 0, device)
+        lasts = (bounds[1:] - 1).long().to(device)
+        return model(**inputs, logits_to_keep=lasts).logits[0]
+
+    with _varlen(model):
+        yield forward

@@ -50,12 +50,12 @@ DEFAULTS: dict[str, Any] = {
 
 
 TRAIN_SAMPLERS = ("length_buckets", "random", "group_by_length", "sequential")
-PACKING = ("auto", "packed", "padded")
 
 
 @hookimpl
 def harness_describe() -> ApproachInfo:
     from harness.hf_trainer import MIXED_PRECISION
+    from harness.packing import PACKING
 
     return ApproachInfo(
         task_types=("classification",),
@@ -133,6 +133,8 @@ def harness_load(task: Task, artifact: Artifact, settings: dict[str, Any]) -> Se
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
     from harness.models import pick_device, pick_dtype
+    from harness.packing import NOTE as PACKED_NOTE
+    from harness.packing import use_packing
 
     if "serving_model" not in artifact.state:
         device = pick_device(settings["device"])
@@ -149,26 +151,10 @@ def harness_load(task: Task, artifact: Artifact, settings: dict[str, Any]) -> Se
         artifact.state.update(serving_model=model.to(device=device, dtype=dtype).eval(), tokenizer=tokenizer,
                               device=device, dtype=str(dtype).removeprefix("torch."))
     device = artifact.state["device"]
-    artifact.state["packed"] = _packed(artifact.state["serving_model"], device, settings.get("packing", "auto"))
-    notes = ["batches packed end to end, no padding"] if artifact.state["packed"] else []
+    artifact.state["packed"] = use_packing(artifact.state["serving_model"], device, settings.get("packing", "auto"),
+                                           decoder=False, where="bert.packing")
     return Serving(device=device, dtype=artifact.state["dtype"], batch_size=256 if device.startswith("cuda") else 64,
-                   notes=notes)
-
-
-def _packed(model: Any, device: str, packing: str) -> bool:
-    """Whether predict packs its batches: ``auto`` on CPU where the model family allows it. On CUDA a padded
-    batch runs in one kernel per layer while packed attention runs one per sequence, so auto pads there."""
-    from harness.errors import UserError
-    from harness.packing import CLS_HEADS, first_position
-
-    if packing == "padded" or (packing == "auto" and device != "cpu"):
-        return False
-    if first_position(model) is None:
-        if packing == "packed":
-            raise UserError(f"packing: packed needs one of the encoder families {', '.join(CLS_HEADS)} with absolute "
-                            f"positions; this model is {model.config.model_type}", where="bert.packing")
-        return False
-    return True
+                   notes=[PACKED_NOTE] if artifact.state["packed"] else [])
 
 
 @hookimpl

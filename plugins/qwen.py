@@ -55,6 +55,9 @@ DEFAULTS: dict[str, Any] = {
     "max_new_tokens": 256,  # extraction
     "predict_batch_size": 0,  # 0: 64 on CUDA, 16 on CPU
     "bucket_by_length": True,  # False: predict in file order (the baseline bucketing is measured against)
+    # auto: letter scoring packs each batch end to end on CPU (harness.packing) where the model family allows
+    # it, pads elsewhere; packed (an error where it cannot); padded.
+    "packing": "auto",
     "device": "auto",
     "mixed_precision": "auto",  # auto: bf16 autocast on a CUDA GPU that supports it; bf16; no
     "load_best_model_at_end": True,
@@ -69,14 +72,15 @@ DEFAULT_PROMPT = "{text}\n\nOptions:\n{options}\n\nAnswer:"
 @hookimpl
 def harness_describe() -> ApproachInfo:
     from harness.hf_trainer import MIXED_PRECISION
+    from harness.packing import PACKING
     from harness_plugins.bert import TRAIN_SAMPLERS
 
     return ApproachInfo(
         task_types=("classification", "extraction"),
         settings=DEFAULTS,
         description="causal LM fine-tuned on a multiple-choice prompt; scored by option likelihood",
-        predict_settings=("predict_batch_size", "bucket_by_length", "scoring"),
-        choices={"scoring": ("letter", "perplexity", "likelihood"), "answer": ("letter", "label"),
+        predict_settings=("predict_batch_size", "bucket_by_length", "scoring", "packing"),
+        choices={"packing": PACKING, "scoring": ("letter", "perplexity", "likelihood"), "answer": ("letter", "label"),
                  "answer_loss": ("turn", "letter"), "train_sampler": TRAIN_SAMPLERS, "mixed_precision": MIXED_PRECISION},
         limits={"max_new_tokens": (1, None)},
     )
@@ -289,6 +293,8 @@ def harness_load(task: Task, artifact: Artifact, settings: dict[str, Any]) -> Se
     """The model on its device in the serving dtype, once per artifact: the model trained in this process,
     else the stored one, else (nothing trained: zero-shot) the base model."""
     from harness.models import pick_device, pick_dtype
+    from harness.packing import NOTE as PACKED_NOTE
+    from harness.packing import use_packing
 
     if "serving_model" not in artifact.state:
         device = pick_device(settings["device"])
@@ -312,7 +318,11 @@ def harness_load(task: Task, artifact: Artifact, settings: dict[str, Any]) -> Se
                               prompter=artifact.state.get("prompter") or Prompter(task, tokenizer, settings),
                               dtype=str(dtype).removeprefix("torch."))
     device = artifact.state["device"]
-    return Serving(device=device, dtype=artifact.state["dtype"], batch_size=64 if device.startswith("cuda") else 16)
+    # Packing serves letter scoring, one forward per batch; generation and the likelihoods pad.
+    artifact.state["packed"] = (task.type == "classification" and settings["scoring"] == "letter" and use_packing(
+        artifact.state["serving_model"], device, settings.get("packing", "auto"), decoder=True, where="qwen.packing"))
+    return Serving(device=device, dtype=artifact.state["dtype"], batch_size=64 if device.startswith("cuda") else 16,
+                   notes=[PACKED_NOTE] if artifact.state["packed"] else [])
 
 
 @hookimpl
@@ -394,9 +404,12 @@ def _left_padded(rows: list[list[int]], pad: int, device: str):
 def _classify(task: Task, artifact: Artifact, examples: list[Example], settings: dict[str, Any], progress: Any,
               scoring: str | None = None) -> list[Prediction]:
     """``scoring`` defaults to the setting; evaluation during training passes its own."""
+    from contextlib import nullcontext
+
     import torch
 
     from harness.models import length_buckets
+    from harness.packing import packed_last_logits
 
     model, prompter, device = artifact.state["serving_model"], artifact.state["prompter"], artifact.state["device"]
     scoring = scoring or settings["scoring"]
@@ -408,10 +421,12 @@ def _classify(task: Task, artifact: Artifact, examples: list[Example], settings:
         batches = progress.track(batches, "predict", total=len(examples), weight=len)
     predictions: list[Prediction | None] = [None] * len(examples)
     pad = artifact.state["tokenizer"].pad_token_id
-    with torch.inference_mode():
+    # Packed where harness_load chose it (letter scoring, serving); one prompt has no padding to save.
+    packs = artifact.state.get("packed") and scoring == "letter" and len(examples) > 1 and batch_size > 1
+    with torch.inference_mode(), (packed_last_logits(model) if packs else nullcontext()) as packed:
         for batch in batches:
             if scoring == "letter":
-                log_probs = _letter_scores(model, [prompts[i] for i in batch], prompter, pad, device)
+                log_probs = _letter_scores(model, [prompts[i] for i in batch], prompter, pad, device, packed)
             else:
                 log_probs = [_likelihood_scores(model, prompts[i], prompter, device, per_token=scoring == "perplexity")
                              for i in batch]
@@ -422,10 +437,15 @@ def _classify(task: Task, artifact: Artifact, examples: list[Example], settings:
     return predictions  # type: ignore[return-value]
 
 
-def _letter_scores(model: Any, prompts: list[list[int]], prompter: Prompter, pad: int, device: str) -> list[list[float]]:
-    """One forward pass; only the last position's logits, and of those only the option tokens."""
-    input_ids, mask, positions = _left_padded(prompts, pad, device)
-    logits = model(input_ids=input_ids, attention_mask=mask, position_ids=positions, logits_to_keep=1).logits[:, -1]
+def _letter_scores(model: Any, prompts: list[list[int]], prompter: Prompter, pad: int, device: str,
+                   packed: Any = None) -> list[list[float]]:
+    """One forward pass, left-padded or ``packed`` (harness.packing.packed_last_logits); only the last
+    position's logits, and of those only the option tokens."""
+    if packed is not None and len(prompts) > 1:
+        logits = packed(prompts)
+    else:
+        input_ids, mask, positions = _left_padded(prompts, pad, device)
+        logits = model(input_ids=input_ids, attention_mask=mask, position_ids=positions, logits_to_keep=1).logits[:, -1]
     option_tokens = [ids[0] for ids in prompter.answer_ids]
     return logits.float().log_softmax(-1)[:, option_tokens].tolist()
 

@@ -1,12 +1,13 @@
 """Padding-free prediction (harness.packing): a packed batch gives the padded batch's logits, for every
-encoder family it is allowed on, and bert's predict packs on CPU with the same answers as padded."""
+encoder and decoder family it is allowed on, and bert's and qwen's predict pack on CPU with the same
+answers as padded."""
 
 from __future__ import annotations
 
 import pytest
 
 import harness_plugins.bert as bert
-from harness.packing import CLS_HEADS, first_position, packed_calls
+from harness.packing import CLS_HEADS, DECODERS, decoder_packs, first_position, packed_calls, packed_last_logits
 from harness.progress import SILENT
 from harness.types import Artifact, Example, Task
 
@@ -100,3 +101,69 @@ def test_bert_predicts_the_same_packed_and_padded(tiny_bert):
         bert.harness_load(task=task, artifact=gpt2, settings={**settings, "packing": "packed"})
     assert error.value.where == "bert.packing"
     assert bert.harness_load(task=task, artifact=gpt2, settings={**settings, "packing": "auto"}).notes == []
+
+
+def tiny_decoder(model_type: str, **extra):
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    torch.manual_seed(0)
+    config = AutoConfig.for_model(model_type, vocab_size=120, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                                  num_key_value_heads=2, intermediate_size=64, max_position_embeddings=128, **extra)
+    return AutoModelForCausalLM.from_config(config).eval()
+
+
+@pytest.mark.parametrize("model_type", DECODERS)
+def test_a_packed_batch_of_prompts_gives_the_left_padded_next_token_logits(model_type):
+    import random
+
+    import torch
+
+    model = tiny_decoder(model_type)  # grouped-query attention: 4 query heads over 2 key/value heads
+    rng = random.Random(0)
+    sequences = [[rng.randrange(1, 120) for _ in range(n)] for n in (60, 1, 17, 3, 42, 9)]
+    width = max(map(len, sequences))
+    input_ids = torch.tensor([[0] * (width - len(ids)) + ids for ids in sequences])
+    mask = torch.tensor([[0] * (width - len(ids)) + [1] * len(ids) for ids in sequences])
+    with torch.inference_mode():
+        padded = model(input_ids=input_ids, attention_mask=mask, position_ids=(mask.cumsum(-1) - 1).clamp(min=0),
+                       logits_to_keep=1).logits[:, -1]
+        with packed_last_logits(model) as forward:
+            packed = forward(sequences)
+    assert model.config._attn_implementation == "sdpa"
+    assert packed.shape == padded.shape == (6, 120)
+    torch.testing.assert_close(packed, padded, atol=1e-5, rtol=1e-4)
+
+
+def test_a_decoder_with_a_sliding_window_is_not_packed():
+    assert decoder_packs(tiny_decoder("qwen2"))
+    windowed = tiny_decoder("qwen2", use_sliding_window=True, sliding_window=8, max_window_layers=0)
+    assert set(windowed.config.layer_types) == {"sliding_attention"}
+    assert not decoder_packs(windowed)
+    with pytest.raises(ValueError, match="cannot run packed"):
+        with packed_last_logits(windowed):
+            pass
+
+
+def test_qwen_letter_scoring_is_the_same_packed_and_padded(tiny_qwen):
+    import harness_plugins.qwen as qwen
+
+    task = Task("classification", ("World", "Sports", "Business", "Sci/Tech"))
+    settings = {**qwen.DEFAULTS, "model": str(tiny_qwen), "num_train_epochs": 0.0, "predict_batch_size": 4,
+                "device": "cpu", "seed": 0}
+    artifact = qwen.harness_train(task=task, train=[], validation=[], settings=settings, workdir=None, progress=SILENT)
+    examples = [Example(id=str(i), text=" ".join(["news"] * (1 + 9 * i)) + f" story {i}") for i in range(10)]
+    answers = {}
+    for packing in ("padded", "packed"):
+        way = {**settings, "packing": packing}
+        serving = qwen.harness_load(task=task, artifact=artifact, settings=way)
+        assert artifact.state["packed"] is (packing == "packed")
+        assert serving.notes == ([] if packing == "padded" else ["batches packed end to end, no padding"])
+        answers[packing] = qwen.harness_predict(task=task, artifact=artifact, examples=examples, settings=way,
+                                                progress=SILENT)
+    assert [p.label for p in answers["packed"]] == [p.label for p in answers["padded"]]
+    for got, want in zip(answers["packed"], answers["padded"]):
+        assert got.scores == pytest.approx(want.scores, abs=1e-5)
+    # Scoring by likelihood runs one prompt at a time with its KV cache: nothing to pack.
+    qwen.harness_load(task=task, artifact=artifact, settings={**settings, "scoring": "perplexity"})
+    assert artifact.state["packed"] is False
