@@ -1,4 +1,4 @@
-"""Padding-free prediction for encoders: a batch's sequences packed end to end into one row.
+"""Padding-free prediction: a batch's sequences packed end to end into one row, for encoders and decoders.
 
 A padded batch computes every layer over ``batch x longest`` positions; texts that arrive in any order (a
 served batch, a file-order sample) pad to their longest, and on a CPU that waste is most of the time: on
