@@ -53,15 +53,25 @@ def raw_predict(forward: Callable[[list[str]], Any]) -> Predict:
     return predict
 
 
-def batch_throughput(predict: Predict, examples: list[Example], settings: dict[str, Any], batch_size: int, rounds: int) -> dict[str, Any]:
-    """Samples/s over ``examples`` at one batch size: warm-up call, then the median of ``rounds`` timed calls."""
+def batch_throughput(predicts: list[Predict], examples: list[Example], settings: dict[str, Any], batch_size: int,
+                     rounds: int) -> list[dict[str, Any]]:
+    """Samples/s of each predict over ``examples`` at one batch size: a warm-up call each, then ``rounds``
+    timed calls each, the predicts taking turns round by round so that a noisy machine moves them alike;
+    the median round of each."""
     sized = {**settings, "predict_batch_size": batch_size}
+    seconds: list[list[float]] = [[] for _ in predicts]
     with measure.PeakMemory() as memory:
-        predict(examples[: 2 * batch_size], sized)
-        seconds = [measure.timed(lambda: predict(examples, sized))[1] for _ in range(rounds)]
-    median = statistics.median(seconds)
-    return {"batch_size": batch_size, "samples_per_s": len(examples) / median, "median_s": median,
-            "rounds": rounds, "rss_peak_mb": memory.rss_peak_mb, "gpu_peak_mb": memory.gpu_peak_mb}
+        for predict in predicts:
+            predict(examples[: 2 * batch_size], sized)
+        for _ in range(rounds):
+            for predict, times in zip(predicts, seconds):
+                times.append(measure.timed(lambda: predict(examples, sized))[1])
+    rows = []
+    for times in seconds:
+        median = statistics.median(times)
+        rows.append({"batch_size": batch_size, "samples_per_s": len(examples) / median, "median_s": median,
+                     "rounds": rounds, "rss_peak_mb": memory.rss_peak_mb, "gpu_peak_mb": memory.gpu_peak_mb})
+    return rows
 
 
 def served_requests(

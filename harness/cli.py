@@ -241,12 +241,14 @@ def cmd_bench(args: argparse.Namespace) -> int:
     result = BenchResult(args.plugin, spec.name, source, len(examples))
     reference = (plugins.call(args.plugin, "harness_reference", task=task, artifact=artifact, settings=settings)
                  if plugins.implements(args.plugin, "harness_reference") else None)
-    # Raw and harness figures alternate, batch size by batch size, so that a noisy machine moves both alike.
+    # Raw and harness throughput take turns round by round, so that a noisy machine moves both alike.
     for b in batch_sizes:
-        if reference is not None:
-            result.raw.setdefault("throughput", []).append(
-                batch_throughput(raw_predict(reference), examples, settings, b, args.rounds))
-        result.throughput.append(batch_throughput(predict, examples, settings, b, args.rounds))
+        if reference is None:
+            result.throughput += batch_throughput([predict], examples, settings, b, args.rounds)
+        else:
+            raw, harness = batch_throughput([raw_predict(reference), predict], examples, settings, b, args.rounds)
+            result.raw.setdefault("throughput", []).append(raw)
+            result.throughput.append(harness)
     if reference is not None:  # raw and harness interleaved request by request
         result.raw["latency"], result.latency = latency_rows([raw_predict(reference), predict], examples, settings,
                                                              args.latency_samples)
