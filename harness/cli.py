@@ -241,19 +241,17 @@ def cmd_bench(args: argparse.Namespace) -> int:
     result = BenchResult(args.plugin, spec.name, source, len(examples))
     reference = (plugins.call(args.plugin, "harness_reference", task=task, artifact=artifact, settings=settings)
                  if plugins.implements(args.plugin, "harness_reference") else None)
-    # Raw and harness throughput take turns round by round, so that a noisy machine moves both alike.
+    # Raw and harness take turns, round by round for throughput and request by request for latency, so that
+    # a noisy machine moves both alike.
+    predicts = [predict] if reference is None else [raw_predict(reference), predict]
     for b in batch_sizes:
-        if reference is None:
-            result.throughput += batch_throughput([predict], examples, settings, b, args.rounds)
-        else:
-            raw, harness = batch_throughput([raw_predict(reference), predict], examples, settings, b, args.rounds)
-            result.raw.setdefault("throughput", []).append(raw)
-            result.throughput.append(harness)
-    if reference is not None:  # raw and harness interleaved request by request
-        result.raw["latency"], result.latency = latency_rows([raw_predict(reference), predict], examples, settings,
-                                                             args.latency_samples)
-    else:
-        [result.latency] = latency_rows([predict], examples, settings, args.latency_samples)
+        *raw, harness = batch_throughput(predicts, examples, settings, b, args.rounds)
+        result.throughput.append(harness)
+        if raw:
+            result.raw.setdefault("throughput", []).append(raw[0])
+    *raw, result.latency = latency_rows(predicts, examples, settings, args.latency_samples)
+    if raw:
+        result.raw["latency"] = raw[0]
     result.served = served_requests(predict, examples, settings, concurrency=args.concurrency, requests=args.requests,
                                     max_batch=max_batch, max_wait_ms=args.max_wait_ms, rounds=args.rounds)
     result.environment = measure.environment(artifact.state.get("device") or artifact.device)

@@ -13,7 +13,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any, Iterable
 
-from harness.errors import UserError
+from harness.errors import UserError, not_utf8
 from harness.spec import Spec
 from harness.types import Example, Task
 
@@ -186,9 +186,7 @@ def _not_utf8(path: Path) -> UserError:
     try:
         data.decode("utf-8")
     except UnicodeDecodeError as exc:
-        line = data.count(b"\n", 0, exc.start) + 1
-        return UserError(f"not UTF-8 text (byte 0x{data[exc.start]:02x} at offset {exc.start} of the file)",
-                         where=f"{path}:{line}")
+        return not_utf8(path, data, exc)
     return UserError("not UTF-8 text", where=str(path))  # changed since it was read
 
 

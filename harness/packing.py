@@ -36,13 +36,8 @@ DECODERS = ("llama", "qwen2", "qwen3")
 PACKING = ("auto", "packed", "padded")  # the choices of a plugin's ``packing`` setting
 NOTE = "batches packed end to end, no padding"  # the serving note of a plugin that packs
 
-_registered = False
-
-
 def _register() -> None:
-    global _registered
-    if _registered:
-        return
+    """Make :data:`VARLEN` known to transformers (a dict entry each: registering again is harmless)."""
     from transformers import AttentionInterface
     from transformers.masking_utils import AttentionMaskInterface
 
@@ -50,7 +45,6 @@ def _register() -> None:
     # A packed call needs no mask: the sequence bounds are the mask. (transformers would otherwise build a
     # tokens x tokens block mask from the restarting position ids.)
     AttentionMaskInterface.register(VARLEN, lambda *args, **kwargs: None)
-    _registered = True
 
 
 def varlen_sdpa_attention(module: Any, query: Any, key: Any, value: Any, attention_mask: Any, dropout: float = 0.0,
@@ -108,6 +102,15 @@ def use_packing(model: Any, device: str, packing: str, *, decoder: bool, where: 
     return False
 
 
+def packing_if_it_saves(calls: Any, model: Any, packed: bool, n_examples: int, batch_size: int) -> Any:
+    """``calls(model)`` (:func:`packed_calls` or :func:`packed_last_logits`) for a predict call that packs and
+    has batches of several texts; else a context that gives None. One text has no padding to save: it
+    runs as it is, and batch-1 latency pays nothing for packing."""
+    from contextlib import nullcontext
+
+    return calls(model) if packed and n_examples > 1 and batch_size > 1 else nullcontext()
+
+
 @contextmanager
 def _varlen(model: Any):
     _register()
@@ -120,20 +123,18 @@ def _varlen(model: Any):
 
 
 def _packed(sequences: list[list[int]], start: int, device: Any) -> tuple[dict[str, Any], Any]:
-    """The model inputs of one packed row, and where each sequence begins in it."""
+    """The model inputs of one packed row, and the sequence bounds in it (``len(sequences) + 1`` offsets)."""
     import torch
 
     lengths = torch.tensor([len(ids) for ids in sequences])
-    bounds = torch.zeros(len(sequences) + 1, dtype=torch.int32)
+    bounds = torch.zeros(len(sequences) + 1, dtype=torch.long)
     torch.cumsum(lengths, 0, out=bounds[1:])
-    starts = bounds[:-1].long()
     input_ids = torch.tensor([token for ids in sequences for token in ids]).unsqueeze(0)
     # Each sequence's positions restart: arange over the packed row minus its sequence's offset.
-    position_ids = torch.arange(int(bounds[-1])) - torch.repeat_interleave(starts, lengths) + start
-    longest = int(lengths.max())
+    position_ids = torch.arange(int(bounds[-1])) - torch.repeat_interleave(bounds[:-1], lengths) + start
+    bounds = bounds.to(device)
     inputs = {"input_ids": input_ids.to(device), "position_ids": position_ids.unsqueeze(0).to(device),
-              "cu_seq_lens_q": bounds.to(device), "cu_seq_lens_k": bounds.to(device),
-              "max_length_q": longest, "max_length_k": longest}
+              "cu_seq_lens_q": bounds, "cu_seq_lens_k": bounds}
     return inputs, bounds
 
 
@@ -146,20 +147,18 @@ def packed_calls(model: Any):
         raise ValueError(f"{type(model).__name__} cannot run packed: only {', '.join(CLS_HEADS)} encoders "
                          "with absolute positions")
     device = next(model.parameters()).device
-    firsts: list[Any] = []
+    firsts: Any = None  # where each sequence of the current forward begins
 
     def first_tokens(module: Any, args: Any, output: Any) -> Any:
         # The encoder's output cut to each sequence's first token: (1, tokens, H) -> (batch, 1, H).
-        output.last_hidden_state = output.last_hidden_state[0, firsts[-1]].unsqueeze(1)
+        output.last_hidden_state = output.last_hidden_state[0, firsts].unsqueeze(1)
         return output
 
     def forward(sequences: list[list[int]]) -> Any:
+        nonlocal firsts
         inputs, bounds = _packed(sequences, start, device)
-        firsts.append(bounds[:-1].long().to(device))
-        try:
-            return model(**inputs).logits
-        finally:
-            firsts.pop()
+        firsts = bounds[:-1]
+        return model(**inputs).logits
 
     hook = model.base_model.encoder.register_forward_hook(first_tokens)
     try:
@@ -181,8 +180,7 @@ def packed_last_logits(model: Any):
 
     def forward(sequences: list[list[int]]) -> Any:
         inputs, bounds = _packed(sequences, 0, device)
-        lasts = (bounds[1:] - 1).long().to(device)
-        return model(**inputs, logits_to_keep=lasts).logits[0]
+        return model(**inputs, logits_to_keep=bounds[1:] - 1).logits[0]
 
     with _varlen(model):
         yield forward

@@ -23,7 +23,7 @@ from pydantic import (
     model_validator,
 )
 
-from harness.errors import UserError
+from harness.errors import UserError, not_utf8
 from harness.types import Prompt, Task
 
 
@@ -326,9 +326,7 @@ def load_spec(name_or_path: str) -> Spec:
     except OSError as exc:
         raise UserError(f"cannot be read ({exc.strerror})", where=str(path)) from None
     except UnicodeDecodeError as exc:
-        line = data.count(b"\n", 0, exc.start) + 1
-        raise UserError(f"not UTF-8 text (byte 0x{data[exc.start]:02x} at offset {exc.start} of the file)",
-                        where=f"{path}:{line}") from None
+        raise not_utf8(path, data, exc) from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"{path}:{mark.line + 1}" if mark else str(path)

@@ -416,9 +416,7 @@ def jsonable(value: Any, where: str) -> Any:
 def write_predictions(path: Path, predictions: Iterable[Prediction]) -> None:
     """One JSON line per prediction, converted to plain JSON first (a bad value names its prediction)."""
     lines = [json.dumps(jsonable(asdict(p), f"prediction {i}"), ensure_ascii=False) for i, p in enumerate(predictions)]
-    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-    tmp.write_text("".join(line + "\n" for line in lines), encoding="utf-8")
-    tmp.replace(path)
+    write_text(path, "".join(line + "\n" for line in lines))
 
 
 def read_predictions(path: Path) -> list[Prediction]:
@@ -460,7 +458,11 @@ def comparison_to_dict(comparison: Comparison) -> dict[str, Any]:
 
 
 def write_json(path: Path, data: Any) -> None:
+    write_text(path, json.dumps(data, indent=2, ensure_ascii=False, default=str) + "\n")
+
+
+def write_text(path: Path, text: str) -> None:
     """Written whole or not at all, also when two processes write the same file at once."""
     tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(data, indent=2, ensure_ascii=False, default=str) + "\n", encoding="utf-8")
+    tmp.write_text(text, encoding="utf-8")
     tmp.replace(path)

@@ -161,18 +161,16 @@ def harness_load(task: Task, artifact: Artifact, settings: dict[str, Any]) -> Se
 def harness_predict(
     task: Task, artifact: Artifact, examples: list[Example], settings: dict[str, Any], progress: Any
 ) -> list[Prediction]:
-    from contextlib import nullcontext
-
     import torch
 
     from harness.models import length_buckets
-    from harness.packing import packed_calls
+    from harness.packing import packed_calls, packing_if_it_saves
 
-    if "serving_model" not in artifact.state:
-        harness_load(task, artifact, settings)
+    batch_size = settings.get("predict_batch_size")
+    if "serving_model" not in artifact.state or not batch_size:
+        batch_size = batch_size or harness_load(task, artifact, settings).batch_size
     model, tokenizer, device = (artifact.state[k] for k in ("serving_model", "tokenizer", "device"))
     encoded = tokenizer([ex.text for ex in examples], truncation=True, max_length=settings["max_length"])["input_ids"]
-    batch_size = settings.get("predict_batch_size") or harness_load(task, artifact, settings).batch_size
     batches = length_buckets([len(ids) for ids in encoded], batch_size, settings["bucket_by_length"])
     pad = tokenizer.pad_token_id or 0
 
@@ -185,10 +183,9 @@ def harness_predict(
             attention_mask[row, : len(encoded[i])] = 1
         return model(input_ids=input_ids.to(device), attention_mask=attention_mask.to(device)).logits
 
-    # One text has no padding to save: it runs as it is, and batch-1 latency pays nothing for packing.
-    packs = artifact.state.get("packed") and len(examples) > 1 and batch_size > 1
     predictions: list[Prediction | None] = [None] * len(examples)
-    with torch.inference_mode(), (packed_calls(model) if packs else nullcontext()) as packed:
+    with torch.inference_mode(), packing_if_it_saves(packed_calls, model, artifact.state.get("packed", False), len(examples),
+                                                     batch_size) as packed:
         for batch in progress.track(batches, "predict", total=len(examples), weight=len):
             logits = packed([encoded[i] for i in batch]) if packed and len(batch) > 1 else padded(batch)
             probabilities = logits.float().softmax(-1).cpu().tolist()

@@ -20,6 +20,7 @@ the JSON answer; an answer that is not valid JSON is a wrong answer (``Predictio
 
 from __future__ import annotations
 
+import functools
 import json
 from pathlib import Path
 from typing import Any
@@ -100,6 +101,7 @@ class Prompter:
         self.assistant_tokens = self._assistant_tokens()
         answers = list(LETTERS[: len(task.labels)]) if settings["answer"] == "letter" else list(option_labels)
         self.answer_ids = [self._answer_ids(a) for a in answers]
+        self.option_tokens = [ids[0] for ids in self.answer_ids]  # what letter scoring reads
         self.end_ids = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
 
     def _messages(self, text: str) -> list[dict[str, str]]:
@@ -344,7 +346,6 @@ def harness_reference(task: Task, artifact: Artifact, settings: dict[str, Any]) 
     import torch
 
     model, tokenizer, device, prompter = (artifact.state[k] for k in ("serving_model", "tokenizer", "device", "prompter"))
-    letters = [ids[0] for ids in prompter.answer_ids] if task.type == "classification" else []
 
     def forward(texts: list[str]) -> list[Any]:
         with torch.inference_mode():
@@ -355,7 +356,7 @@ def harness_reference(task: Task, artifact: Artifact, settings: dict[str, Any]) 
                 out = model.generate(**batch, max_new_tokens=settings["max_new_tokens"], do_sample=False,
                                      eos_token_id=prompter.end_ids or None, pad_token_id=tokenizer.pad_token_id)
                 return tokenizer.batch_decode(out[:, batch["input_ids"].shape[1]:], skip_special_tokens=True)
-            return model(**batch, logits_to_keep=1).logits[:, -1, letters].argmax(-1).tolist()
+            return model(**batch, logits_to_keep=1).logits[:, -1, prompter.option_tokens].argmax(-1).tolist()
 
     return forward
 
@@ -404,12 +405,10 @@ def _left_padded(rows: list[list[int]], pad: int, device: str):
 def _classify(task: Task, artifact: Artifact, examples: list[Example], settings: dict[str, Any], progress: Any,
               scoring: str | None = None) -> list[Prediction]:
     """``scoring`` defaults to the setting; evaluation during training passes its own."""
-    from contextlib import nullcontext
-
     import torch
 
     from harness.models import length_buckets
-    from harness.packing import packed_last_logits
+    from harness.packing import packed_last_logits, packing_if_it_saves
 
     model, prompter, device = artifact.state["serving_model"], artifact.state["prompter"], artifact.state["device"]
     scoring = scoring or settings["scoring"]
@@ -421,9 +420,10 @@ def _classify(task: Task, artifact: Artifact, examples: list[Example], settings:
         batches = progress.track(batches, "predict", total=len(examples), weight=len)
     predictions: list[Prediction | None] = [None] * len(examples)
     pad = artifact.state["tokenizer"].pad_token_id
-    # Packed where harness_load chose it (letter scoring, serving); one prompt has no padding to save.
-    packs = artifact.state.get("packed") and scoring == "letter" and len(examples) > 1 and batch_size > 1
-    with torch.inference_mode(), (packed_last_logits(model) if packs else nullcontext()) as packed:
+    # Packed where harness_load chose it (letter scoring, serving; not evaluation during training).
+    packs = bool(artifact.state.get("packed")) and scoring == "letter"
+    with torch.inference_mode(), packing_if_it_saves(packed_last_logits, model, packs, len(examples),
+                                                     batch_size) as packed:
         for batch in batches:
             if scoring == "letter":
                 log_probs = _letter_scores(model, [prompts[i] for i in batch], prompter, pad, device, packed)
@@ -446,23 +446,28 @@ def _letter_scores(model: Any, prompts: list[list[int]], prompter: Prompter, pad
     else:
         input_ids, mask, positions = _left_padded(prompts, pad, device)
         logits = model(input_ids=input_ids, attention_mask=mask, position_ids=positions, logits_to_keep=1).logits[:, -1]
-    option_tokens = [ids[0] for ids in prompter.answer_ids]
-    return logits.float().log_softmax(-1)[:, option_tokens].tolist()
+    return logits.float().log_softmax(-1)[:, prompter.option_tokens].tolist()
+
+
+@functools.cache
+def _cache_renamed(model_class: type) -> bool:
+    """transformers 5.24 renamed the KV cache from past_key_values to cache, in and out; older 5.x has the old
+    name. Read once per model class, not once per prompt."""
+    import inspect
+
+    return "cache" in inspect.signature(model_class.forward).parameters
 
 
 def _likelihood_scores(model: Any, prompt: list[int], prompter: Prompter, device: str, per_token: bool = False) -> list[float]:
     """Summed log-probability of each answer after the prompt, or with ``per_token`` its mean per token
     (minus the log of the perplexity); the prompt runs once and its KV cache is shared by all answers,
     which run together as one batch."""
-    import inspect
-
     import torch
 
     answers = [ids + prompter.end_ids for ids in prompter.answer_ids]  # the answer as trained, end of turn included
     out = model(input_ids=torch.tensor([prompt], device=device), use_cache=True, logits_to_keep=1)
     first = out.logits[0, -1].float().log_softmax(-1)
-    # transformers 5.24 renamed the KV cache from past_key_values to cache, in and out; older 5.x has the old name.
-    renamed = "cache" in inspect.signature(model.forward).parameters
+    renamed = _cache_renamed(type(model))
     cache = out.cache if renamed else out.past_key_values
     cache.batch_repeat_interleave(len(answers))
     width = max(len(a) for a in answers)
