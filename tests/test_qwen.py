@@ -1,5 +1,5 @@
-"""The qwen plugin on a tiny Qwen3 with the real Qwen3 tokenizer: prompts, scoring, truncation, zero-shot,
-extraction by generation."""
+"""The qwen plugin and harness.decoder, which it calls, on a tiny Qwen3 with the real Qwen3 tokenizer: prompts,
+scoring, truncation, zero-shot, extraction by generation."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 import harness_plugins.qwen as qwen
+from harness import decoder
 from harness.plugins import load_plugins
 from harness.progress import SILENT
 from harness.runner import without_answers
@@ -62,19 +63,19 @@ def test_letter_and_likelihood_scoring_agree(trained):
 def test_multi_token_answers_need_likelihood_scoring(trained, tiny_qwen, tmp_path):
     plugins, artifact, settings, test, _ = trained
     by_label = {**settings, "answer": "label", "scoring": "likelihood"}
-    prompter = qwen.Prompter(TINY_TASK, artifact.state["tokenizer"], by_label)
+    prompter = decoder.Prompter(TINY_TASK, artifact.state["tokenizer"], by_label)
     tokenizer = artifact.state["tokenizer"]
     assert [tokenizer.decode(ids) for ids in prompter.answer_ids] == ["sport", "weather", "food"]
     task = Task("classification", ("World", "Sports", "Business", "Sci/Tech"),
                 option_labels=("World", "Sports", "Business", "Science/Technology"))
-    prompter = qwen.Prompter(task, artifact.state["tokenizer"], by_label)
+    prompter = decoder.Prompter(task, artifact.state["tokenizer"], by_label)
     assert len(prompter.answer_ids[3]) > 1  # "Science/Technology" is several tokens
     with pytest.raises(ValueError, match="use scoring: perplexity or likelihood"):
-        qwen.check_letter_scoring(prompter)
-    assert qwen.selection_scoring(prompter) == "perplexity"  # checkpoints are still selected on these answers
+        decoder.check_letter_scoring(prompter)
+    assert decoder.selection_scoring(prompter) == "perplexity"  # checkpoints are still selected on these answers
     # Scoring several-token answers through the shared KV cache gives a finite score per option.
     qwen.harness_load(TINY_TASK, artifact, settings)
-    scores = qwen._likelihood_scores(artifact.state["serving_model"], prompter.prompt_ids("Rain again", 8)[0], prompter, "cpu")
+    scores = decoder.likelihood_scores(artifact.state["serving_model"], prompter, prompter.prompt_ids("Rain again", 8)[0], "cpu")
     assert len(scores) == 4 and all(s < 0 for s in scores)
 
 
@@ -83,7 +84,7 @@ def test_prompt_uses_the_chat_template_without_thinking_and_truncates_only_the_a
 
     spec = load_spec("agnews")
     tokenizer = AutoTokenizer.from_pretrained(tiny_qwen)
-    prompter = qwen.Prompter(spec.to_task(), tokenizer, {**qwen.DEFAULTS, "max_length": 120})
+    prompter = decoder.Prompter(spec.to_task(), tokenizer, {**qwen.DEFAULTS, "max_length": 120})
     short, cut = prompter.prompt_ids("Stocks rise.", reserve=2)
     text = tokenizer.decode(short)
     assert not cut
@@ -123,8 +124,8 @@ def test_extraction_generates_and_an_answer_that_is_not_json_is_wrong_not_a_cras
     # bench's raw reference: chat template, tokenizer and generate by hand give predict's answers.
     forward = plugins.call("qwen", "harness_reference", task=task, artifact=artifact, settings=settings)
     assert [forward([ex.text])[0].strip() for ex in examples] == [p.raw for p in predictions]
-    assert qwen.parse_fields('{"name": "Zhang San", "phone": 13800000000}') == {"name": "Zhang San", "phone": "13800000000"}
-    assert qwen.parse_fields("name: Zhang San") is None and qwen.parse_fields("[1, 2]") is None
+    assert decoder.parse_fields('{"name": "Zhang San", "phone": 13800000000}') == {"name": "Zhang San", "phone": "13800000000"}
+    assert decoder.parse_fields("name: Zhang San") is None and decoder.parse_fields("[1, 2]") is None
 
 
 def test_likelihood_with_a_shared_kv_cache_equals_scoring_each_full_sequence(trained):
@@ -133,11 +134,11 @@ def test_likelihood_with_a_shared_kv_cache_equals_scoring_each_full_sequence(tra
     _, artifact, settings, _, _ = trained
     task = Task("classification", ("World", "Sports", "Business", "Sci/Tech"),
                 option_labels=("World", "Sports", "Business", "Science/Technology"))
-    prompter = qwen.Prompter(task, artifact.state["tokenizer"], {**settings, "answer": "label"})
+    prompter = decoder.Prompter(task, artifact.state["tokenizer"], {**settings, "answer": "label"})
     qwen.harness_load(TINY_TASK, artifact, settings)
     model = artifact.state["serving_model"]
     prompt = prompter.prompt_ids("Rain again over the stadium", 8)[0]
-    cached = qwen._likelihood_scores(model, prompt, prompter, "cpu")
+    cached = decoder.likelihood_scores(model, prompter, prompt, "cpu")
     with torch.inference_mode():
         for answer, score in zip(prompter.answer_ids, cached):
             answer = answer + prompter.end_ids  # scored as trained: the end of turn too
@@ -146,7 +147,7 @@ def test_likelihood_with_a_shared_kv_cache_equals_scoring_each_full_sequence(tra
             full = sum(log_probs[len(prompt) - 1 + t, token].item() for t, token in enumerate(answer))
             assert score == pytest.approx(full, abs=1e-4)
     # Perplexity scoring, the seed's: the same sums, each divided by its answer's length in tokens.
-    per_token = qwen._likelihood_scores(model, prompt, prompter, "cpu", per_token=True)
+    per_token = decoder.likelihood_scores(model, prompter, prompt, "cpu", per_token=True)
     lengths = [len(ids) + len(prompter.end_ids) for ids in prompter.answer_ids]
     assert len(set(lengths)) > 1
     assert per_token == pytest.approx([s / n for s, n in zip(cached, lengths)], abs=1e-6)
@@ -176,10 +177,10 @@ def test_answer_loss_under_gradient_accumulation_equals_one_large_batch(tiny_qwe
     labels[2, 6:] = ids[2, 6:]
     labels[3, 10:] = ids[3, 10:]
     mask = torch.ones_like(ids)
-    whole = qwen.answer_loss(model, {"input_ids": ids, "attention_mask": mask, "labels": labels})
+    whole = decoder.answer_loss(model, {"input_ids": ids, "attention_mask": mask, "labels": labels})
     items = int((labels[:, 1:] != -100).sum())
     halves = sum(
-        qwen.answer_loss(model, {"input_ids": ids[s], "attention_mask": mask[s], "labels": labels[s]}, items)
+        decoder.answer_loss(model, {"input_ids": ids[s], "attention_mask": mask[s], "labels": labels[s]}, items)
         for s in (slice(0, 2), slice(2, 4))
     )
     assert halves.item() == pytest.approx(whole.item(), rel=1e-5)
@@ -212,7 +213,7 @@ def test_only_a_template_that_knows_thinking_gets_a_think_block(tiny_qwen):
     settings = {**qwen.DEFAULTS, "max_length": 120}
 
     def prompt(tokenizer, **extra):
-        prompter = qwen.Prompter(TINY_TASK, tokenizer, {**settings, **extra})
+        prompter = decoder.Prompter(TINY_TASK, tokenizer, {**settings, **extra})
         return tokenizer.decode(prompter.prompt_ids("Stocks rise.", reserve=2)[0]), prompter
 
     text, prompter = prompt(qwen3)
@@ -243,7 +244,7 @@ def test_a_gguf_file_names_the_model(shared, tmp_path):
     from transformers.trainer_utils import validate_quantization_for_training
 
     validate_quantization_for_training(model)  # what the Trainer checks before it fine-tunes: it may
-    prompt = tokenizer.decode(qwen.Prompter(TINY_TASK, tokenizer, settings).prompt_ids("Rain all week.", reserve=2)[0])
+    prompt = tokenizer.decode(decoder.Prompter(TINY_TASK, tokenizer, settings).prompt_ids("Rain all week.", reserve=2)[0])
     assert prompt.startswith("<|im_start|>system\n") and prompt.endswith("<|im_start|>assistant\n") and "<think>" not in prompt
     _, test = tiny_dataset(n_test=6)
     predictions = plugins.call("qwen", "harness_predict", task=TINY_TASK, artifact=artifact,

@@ -1,0 +1,323 @@
+"""A decoder LLM asked a multiple-choice or extraction prompt: the prompt, the answer's loss, scoring and generation.
+
+Every decoder approach builds on this module rather than on a copy of it: ``qwen`` (full fine-tuning)
+today, and the planned ``qwen-lora`` (LoRA on the same decoder), ``seqgpt`` (a zero-shot decoder with a raw
+prompt) and a vLLM engine serving their trained models. What each piece is for:
+
+- :class:`Prompter` turns a task and a tokenizer into token ids, the same for training and prediction: the
+  prompt through the model's chat template with thinking off (Qwen3 writes its empty ``<think></think>``
+  block, SmolLM2's ChatML nothing extra), or the plain prompt for a model without a template; the article is
+  cut, never the question, to fit ``max_length``; each option's answer ids (a letter, ``"C"``, or the label's
+  text), tokenized as the tokenizer splits the prompt and answer together; and a training row whose labels
+  cover the answer (``answer_loss: letter``) or the whole assistant turn (``turn``). Every approach uses it; an
+  engine that takes text rather than ids sends :meth:`Prompter.prompt_text`.
+- :func:`answer_loss` is the Trainer's loss for fine-tuning approaches (qwen, qwen-lora): cross-entropy on
+  the answer tokens only, with vocabulary logits computed only where an answer token is predicted.
+- :func:`classify` answers a classification batch by batch without generating. ``scoring: letter`` reads the
+  option letters' logits at the last prompt position (:func:`letter_scores`, one forward per batch, left
+  padded by :func:`left_padded` or packed end to end by :mod:`harness.packing`); ``perplexity`` and
+  ``likelihood`` score each option's whole answer, the mean or the sum of its log-probabilities, on the
+  prompt's shared KV cache (:func:`likelihood_scores`). :func:`check_letter_scoring` refuses letter scoring
+  when the answers are not one distinct token each, and :func:`selection_scoring` is how checkpoints are
+  selected during training.
+- :func:`extract` answers an extraction task by greedy generation (:func:`generate`) of a JSON object,
+  which :func:`parse_fields` reads; an answer that is not a JSON object is a wrong answer, not a crash.
+
+Settings are passed explicitly; the :class:`Prompter` reads its own from the approach's settings (listed
+in its docstring). Nothing here imports torch or transformers at module level.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+from typing import Any
+
+from harness.types import Example, Prediction, Prompt, Task
+
+LETTERS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
+DEFAULT_PROMPT = "{text}\n\nOptions:\n{options}\n\nAnswer:"
+SCORINGS = ("letter", "perplexity", "likelihood")  # the choices of a ``scoring`` setting
+
+
+class Prompter:
+    """Builds prompt and answer token ids exactly as training and prediction both need them.
+
+    ``settings`` are the approach's; read here: ``chat_template`` (use the tokenizer's template, thinking off,
+    when it has one), ``think_prefix`` (written before the answer unless the template already does),
+    ``answer`` (``letter`` or ``label``), ``answer_loss`` (``turn`` or ``letter``), ``max_length`` (prompt
+    and answer together) and, for extraction, ``max_new_tokens`` (the room a prompt leaves for the answer).
+    """
+
+    def __init__(self, task: Task, tokenizer: Any, settings: dict[str, Any]):
+        self.task, self.tokenizer, self.settings = task, tokenizer, settings
+        self.prompt = task.prompt or Prompt(user=DEFAULT_PROMPT)
+        option_labels = task.option_labels or task.labels
+        self.options = "\n".join(f"{LETTERS[i]}. {label}" for i, label in enumerate(option_labels))
+        self.use_chat = bool(settings["chat_template"] and getattr(tokenizer, "chat_template", None))
+        # The template with an empty article tells how many tokens the fixed part costs.
+        self.fixed_tokens = len(self._prefix_ids(""))
+        self.assistant_tokens = self._assistant_tokens()
+        answers = list(LETTERS[: len(task.labels)]) if settings["answer"] == "letter" else list(option_labels)
+        self.answer_ids = [self._answer_ids(a) for a in answers]
+        self.option_tokens = [ids[0] for ids in self.answer_ids]  # what letter scoring reads
+        self.end_ids = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
+
+    def _messages(self, text: str) -> list[dict[str, str]]:
+        system = self.prompt.system and self.prompt.system.format(options=self.options)
+        user = self.prompt.user.format(text=text, options=self.options)
+        return ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": user}]
+
+    def prompt_text(self, text: str) -> str:
+        """The whole prompt for one article, as text: what a user would pass to the tokenizer by hand."""
+        if self.use_chat:
+            chat = self.tokenizer.apply_chat_template(
+                self._messages(text), tokenize=False, add_generation_prompt=True, enable_thinking=False
+            )
+            prefix = self.settings["think_prefix"]
+            return chat if chat.endswith(prefix) else chat + prefix
+        prompt = self.prompt.plain().format(text=text, options=self.options)
+        return prompt + (" " if not prompt.endswith((" ", "\n")) else "")
+
+    def _prefix_ids(self, text: str) -> list[int]:
+        return self.tokenizer(self.prompt_text(text), add_special_tokens=False)["input_ids"]
+
+    def _assistant_tokens(self) -> int:
+        """How many tokens at the prompt's end the assistant writes (the thinking block after the turn's
+        header): the part of the turn that ``answer_loss: turn`` trains on besides the answer."""
+        if not self.use_chat:
+            return 0
+        header = self.tokenizer.apply_chat_template(self._messages(""), tokenize=False, add_generation_prompt=True)
+        header_ids = self.tokenizer(header, add_special_tokens=False)["input_ids"]
+        full = self._prefix_ids("")
+        if full[: len(header_ids)] != header_ids:
+            return 0
+        return len(full) - len(header_ids)
+
+    def _answer_ids(self, answer: str) -> list[int]:
+        # Tokenised after the prefix, as the model sees it, then cut off the prefix.
+        prefix = self._prefix_ids("")
+        both = self.tokenizer(self.prompt_text("") + answer, add_special_tokens=False)["input_ids"]
+        if both[: len(prefix)] != prefix:
+            return self.tokenizer(answer, add_special_tokens=False)["input_ids"]
+        return both[len(prefix) :]
+
+    def single_token_answers(self) -> bool:
+        firsts = [ids[0] for ids in self.answer_ids]
+        return all(len(ids) == 1 for ids in self.answer_ids) and len(set(firsts)) == len(firsts)
+
+    def prompt_ids(self, text: str, reserve: int) -> tuple[list[int], bool]:
+        """The prompt's ids with the article cut (never the question or options) so that ``reserve``
+        answer tokens still fit in ``max_length``; also whether it was cut."""
+        limit = self.settings["max_length"] - reserve
+        budget = limit - self.fixed_tokens
+        text_ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
+        if len(text_ids) <= budget:
+            return self._prefix_ids(text), False
+        while True:
+            # Decoding the cut and encoding it in place can merge into a token or two more: shrink until it fits.
+            ids = self._prefix_ids(self.tokenizer.decode(text_ids[: max(0, budget)]))
+            if len(ids) <= limit or budget <= 0:
+                return ids, True
+            budget -= len(ids) - limit
+
+    def training_row(self, example: Example) -> tuple[dict[str, Any], bool]:
+        """Input ids and labels of one training example, and whether its article was cut. The labels
+        cover the answer and end of turn, and with ``answer_loss: turn`` the rest of the assistant's turn
+        (the thinking block the template writes) too."""
+        if self.task.type == "classification":
+            answer = self.answer_ids[self.task.labels.index(example.label)] + self.end_ids
+            reserve = len(answer)
+        else:  # the same room prediction leaves for generation, so prompts are cut alike
+            answer = self.extraction_answer(example.fields or {}) + self.end_ids
+            reserve = max(self.settings["max_new_tokens"], len(answer))
+        prompt, cut = self.prompt_ids(example.text, reserve=reserve)
+        turn = self.assistant_tokens if self.settings["answer_loss"] == "turn" else 0
+        labels = [-100] * (len(prompt) - turn) + prompt[len(prompt) - turn :] + answer
+        return {"input_ids": prompt + answer, "attention_mask": [1] * (len(prompt) + len(answer)), "labels": labels}, cut
+
+    def extraction_answer(self, fields: dict[str, str]) -> list[int]:
+        return self.tokenizer(json.dumps(fields, ensure_ascii=False), add_special_tokens=False)["input_ids"]
+
+
+def check_letter_scoring(prompter: Prompter) -> None:
+    """A ValueError unless letter scoring can tell the answers apart: each one token, all distinct."""
+    if not prompter.single_token_answers():
+        raise ValueError(
+            "scoring: letter needs every answer to be one distinct token, but the answers tokenize to "
+            f"{prompter.answer_ids}; use scoring: perplexity or likelihood"
+        )
+
+
+def selection_scoring(prompter: Prompter) -> str:
+    """How checkpoints are selected during training: independent of the ``scoring`` predict setting."""
+    return "letter" if prompter.single_token_answers() else "perplexity"
+
+
+def answer_loss(model: Any, inputs: dict[str, Any], num_items_in_batch: Any = None) -> Any:
+    """Cross-entropy on the answer tokens, computing vocabulary logits only where there is an answer
+    token to predict: with a 151k-token vocabulary the full logits would cost far more than the model.
+
+    With ``num_items_in_batch`` (answer tokens in the whole accumulated batch) the sum is divided by it,
+    so gradient accumulation gives the same gradient as one large batch."""
+    import torch
+
+    labels, mask = inputs["labels"], inputs["attention_mask"]
+    positions = (mask.cumsum(-1) - 1).clamp(min=0)
+    hidden = model.model(input_ids=inputs["input_ids"], attention_mask=mask, position_ids=positions).last_hidden_state
+    # Position t predicts token t + 1.
+    targets = labels[:, 1:]
+    where = targets != -100
+    logits = model.lm_head(hidden[:, :-1][where])
+    if num_items_in_batch is None:
+        return torch.nn.functional.cross_entropy(logits.float(), targets[where])
+    total = torch.nn.functional.cross_entropy(logits.float(), targets[where], reduction="sum")
+    return total / num_items_in_batch
+
+
+def left_padded(rows: list[list[int]], pad: int, device: str):
+    """A left-padded batch (input ids, attention mask, position ids) with position ids that start at 0 on
+    every row's first real token, so a padded row computes exactly what it would alone."""
+    import torch
+
+    width = max(len(r) for r in rows)
+    input_ids = torch.full((len(rows), width), pad, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, row in enumerate(rows):
+        input_ids[i, width - len(row) :] = torch.tensor(row)
+        mask[i, width - len(row) :] = 1
+    positions = (mask.cumsum(-1) - 1).clamp(min=0)
+    return input_ids.to(device), mask.to(device), positions.to(device)
+
+
+def classify(model: Any, prompter: Prompter, device: str, examples: list[Example], *, batch_size: int = 16,
+             scoring: str = "letter", bucket_by_length: bool = True, packed: bool = False,
+             progress: Any = None) -> list[Prediction]:
+    """Each example's label and every label's probability, batch by batch, without generating.
+
+    ``scoring`` is one of :data:`SCORINGS`; ``packed`` runs letter scoring packed end to end
+    (:func:`harness.packing.use_packing` decides it), ``bucket_by_length=False`` predicts in file order, and
+    ``progress`` (None: silent) tracks the batches. Runs under ``torch.inference_mode()``."""
+    import torch
+
+    from harness.models import length_buckets
+    from harness.packing import packed_last_logits, packing_if_it_saves
+
+    reserve = max(len(ids) for ids in prompter.answer_ids) + len(prompter.end_ids)
+    prompts, cut = zip(*(prompter.prompt_ids(ex.text, reserve=reserve) for ex in examples)) if examples else ((), ())
+    batches = length_buckets([len(p) for p in prompts], batch_size, bucket_by_length)
+    if progress is not None:
+        batches = progress.track(batches, "predict", total=len(examples), weight=len)
+    predictions: list[Prediction | None] = [None] * len(examples)
+    labels = prompter.task.labels
+    with torch.inference_mode(), packing_if_it_saves(packed_last_logits, model, packed and scoring == "letter",
+                                                     len(examples), batch_size) as packs:
+        for batch in batches:
+            if scoring == "letter":
+                log_probs = letter_scores(model, prompter, [prompts[i] for i in batch], device, packs)
+            else:
+                log_probs = [likelihood_scores(model, prompter, prompts[i], device, per_token=scoring == "perplexity")
+                             for i in batch]
+            for i, scores in zip(batch, log_probs):
+                probabilities = torch.tensor(scores).softmax(-1).tolist()
+                named = dict(zip(labels, probabilities))
+                predictions[i] = Prediction(label=max(named, key=named.__getitem__), scores=named, truncated=cut[i])
+    return predictions  # type: ignore[return-value]
+
+
+def letter_scores(model: Any, prompter: Prompter, prompts: list[list[int]], device: str,
+                  packed: Any = None) -> list[list[float]]:
+    """Each prompt's log-probability of every option's token at its last position: one forward pass,
+    left-padded or through ``packed`` (the forward of :func:`harness.packing.packed_last_logits`); only the
+    last position's logits are computed, and of those only the option tokens are read."""
+    if packed is not None and len(prompts) > 1:
+        logits = packed(prompts)
+    else:
+        input_ids, mask, positions = left_padded(prompts, prompter.tokenizer.pad_token_id, device)
+        logits = model(input_ids=input_ids, attention_mask=mask, position_ids=positions, logits_to_keep=1).logits[:, -1]
+    return logits.float().log_softmax(-1)[:, prompter.option_tokens].tolist()
+
+
+@functools.cache
+def _cache_renamed(model_class: type) -> bool:
+    """transformers 5.24 renamed the KV cache from past_key_values to cache, in and out; older 5.x has the old
+    name. Read once per model class, not once per prompt."""
+    import inspect
+
+    return "cache" in inspect.signature(model_class.forward).parameters
+
+
+def likelihood_scores(model: Any, prompter: Prompter, prompt: list[int], device: str,
+                      per_token: bool = False) -> list[float]:
+    """Summed log-probability of each answer after the prompt, or with ``per_token`` its mean per token
+    (minus the log of the perplexity); the prompt runs once and its KV cache is shared by all answers,
+    which run together as one batch."""
+    import torch
+
+    answers = [ids + prompter.end_ids for ids in prompter.answer_ids]  # the answer as trained, end of turn included
+    out = model(input_ids=torch.tensor([prompt], device=device), use_cache=True, logits_to_keep=1)
+    first = out.logits[0, -1].float().log_softmax(-1)
+    renamed = _cache_renamed(type(model))
+    cache = out.cache if renamed else out.past_key_values
+    cache.batch_repeat_interleave(len(answers))
+    width = max(len(a) for a in answers)
+    tokens = torch.zeros((len(answers), width), dtype=torch.long, device=device)
+    answer_mask = torch.zeros((len(answers), width), dtype=torch.long, device=device)
+    for i, ids in enumerate(answers):
+        tokens[i, : len(ids)] = torch.tensor(ids)
+        answer_mask[i, : len(ids)] = 1
+    mask = torch.cat([torch.ones((len(answers), len(prompt)), dtype=torch.long, device=device), answer_mask], dim=1)
+    positions = torch.arange(len(prompt), len(prompt) + width, device=device).expand(len(answers), -1)
+    logits = model(input_ids=tokens, attention_mask=mask, position_ids=positions,
+                   **{"cache" if renamed else "past_key_values": cache}).logits
+    log_probs = logits.float().log_softmax(-1)
+    scores = []
+    for i, ids in enumerate(answers):
+        score = first[ids[0]].item()
+        for t in range(1, len(ids)):
+            score += log_probs[i, t - 1, ids[t]].item()
+        scores.append(score / len(ids) if per_token else score)
+    return scores
+
+
+def generate(model: Any, prompter: Prompter, input_ids: Any, attention_mask: Any, max_new_tokens: int) -> list[str]:
+    """Greedy ``generate`` of a left-padded batch until the end of the turn; each row's answer, decoded
+    without special tokens."""
+    tokenizer = prompter.tokenizer
+    out = model.generate(input_ids=input_ids, attention_mask=attention_mask, max_new_tokens=max_new_tokens,
+                         do_sample=False, eos_token_id=prompter.end_ids or None, pad_token_id=tokenizer.pad_token_id)
+    return tokenizer.batch_decode(out[:, input_ids.shape[1] :], skip_special_tokens=True)
+
+
+def extract(model: Any, prompter: Prompter, device: str, examples: list[Example], *, max_new_tokens: int,
+            batch_size: int = 16, progress: Any = None) -> list[Prediction]:
+    """Each example's fields by greedy generation, one batch of similar lengths at a time; the answer
+    must be a JSON object (:func:`parse_fields`), and ``Prediction.raw`` keeps what was generated."""
+    import torch
+
+    from harness.models import length_buckets
+
+    prompts, cut = zip(*(prompter.prompt_ids(ex.text, reserve=max_new_tokens) for ex in examples)) \
+        if examples else ((), ())
+    batches = length_buckets([len(p) for p in prompts], batch_size)
+    predictions: list[Prediction | None] = [None] * len(examples)
+    if progress is not None:
+        batches = progress.track(batches, "generate", total=len(examples), weight=len)
+    with torch.inference_mode():
+        for batch in batches:
+            input_ids, mask, _ = left_padded([prompts[i] for i in batch], prompter.tokenizer.pad_token_id, device)
+            for i, answer in zip(batch, generate(model, prompter, input_ids, mask, max_new_tokens)):
+                raw = answer.strip()
+                predictions[i] = Prediction(fields=parse_fields(raw), raw=raw, truncated=cut[i])
+    return predictions  # type: ignore[return-value]
+
+
+def parse_fields(raw: str) -> dict[str, str] | None:
+    """The JSON object in a generated answer, or None when there is none (a wrong answer, not a crash)."""
+    try:
+        value = json.loads(raw)
+    except json.JSONDecodeError:
+        return None
+    if not isinstance(value, dict):
+        return None
+    return {str(k): "" if v is None else str(v) for k, v in value.items()}
