@@ -155,6 +155,11 @@ def parse_seeds(text: str) -> list[int]:
         seeds = []
     if not seeds or len(set(seeds)) != len(seeds):
         raise UserError(f"expected distinct integer seeds separated by commas, got {text!r}", where="--seeds")
+    from harness.spec import seed_problem
+
+    problem = next((p for p in map(seed_problem, seeds) if p), None)
+    if problem:  # numpy would refuse it only once the run has started, as a failed run
+        raise UserError(problem, where="--seeds")
     return seeds
 
 

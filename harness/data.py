@@ -154,16 +154,7 @@ def _read_rows(path: Path) -> list[tuple[str, dict[str, Any]]]:
     rows: list[tuple[str, dict[str, Any]]] = []
     # utf-8-sig: spreadsheet exports start with a byte-order mark that would otherwise rename the first column.
     if path.suffix.lower() == ".csv":
-        with path.open(encoding="utf-8-sig", newline="") as handle:
-            reader = csv.reader(handle)
-            header = next((values for values in reader if values), [])
-            # A quoted field may span lines: a record starts on the line after the last one read before it.
-            start = reader.line_num + 1
-            for values in reader:
-                if values:  # blank lines are skipped, as csv.DictReader does
-                    rows.append((f"{path}:{start}", dict(zip(header, values))))
-                start = reader.line_num + 1
-        return rows
+        return _read_csv_rows(path)
     with path.open(encoding="utf-8-sig") as handle:
         for lineno, line in enumerate(handle, start=1):
             if not line.strip():
@@ -177,6 +168,85 @@ def _read_rows(path: Path) -> list[tuple[str, dict[str, Any]]]:
                 raise UserError("each line must be a JSON object", where=where)
             rows.append((where, row))
     return rows
+
+
+# The csv module's default field limit (131,072 characters) would make a long text an error; any limit is
+# one for the whole process (_csv has no per-reader setting), so it is raised only while a file is read.
+# 2**31 - 1 is the largest a C long holds on every platform.
+CSV_FIELD_LIMIT = 2**31 - 1
+
+
+class _Lines:
+    """The lines a csv reader takes from ``handle``, kept since :meth:`take` last emptied them: the physical
+    lines of the record just read."""
+
+    def __init__(self, handle: Iterable[str]):
+        self._handle = iter(handle)
+        self.lines: list[str] = []
+
+    def __iter__(self) -> _Lines:
+        return self
+
+    def __next__(self) -> str:
+        line = next(self._handle)
+        self.lines.append(line)
+        return line
+
+    def take(self) -> list[str]:
+        lines, self.lines = self.lines, []
+        return lines
+
+
+def _read_csv_rows(path: Path) -> list[tuple[str, dict[str, Any]]]:
+    """Rows of a CSV file, each with ``file:line`` of its first physical line (a quoted field may span lines)."""
+    rows: list[tuple[str, dict[str, Any]]] = []
+    header: list[str] = []
+    last: tuple[int, list[str]] = (1, [])  # the first physical line and the lines of the last record read
+    previous_limit = csv.field_size_limit(CSV_FIELD_LIMIT)
+    try:
+        with path.open(encoding="utf-8-sig", newline="") as handle:
+            lines = _Lines(handle)
+            reader = csv.reader(lines)
+            start = 1
+            try:
+                for values in reader:
+                    last = (start, lines.take())
+                    if values and not header:
+                        header = values
+                    elif values:  # blank lines are skipped, as csv.DictReader does
+                        rows.append((f"{path}:{start}", dict(zip(header, values))))
+                    start = reader.line_num + 1
+            except csv.Error as exc:
+                raise UserError(f"not valid CSV ({exc})", where=f"{path}:{reader.line_num}") from None
+    finally:
+        csv.field_size_limit(previous_limit)
+    quote_line = _open_quote_line(*last)
+    if quote_line is not None:
+        # At the end of the file the reader keeps what an unclosed quote swallowed as one field, without a word.
+        raise UserError(f"unterminated quote starting on line {quote_line}: its field runs to the end of the file",
+                        where=f"{path}:{quote_line}")
+    return rows
+
+
+def _open_quote_line(start: int, lines: list[str]) -> int | None:
+    """The line on which a quoted field opens and never closes in ``lines`` (one record, from line ``start``),
+    or None if every quote closes. The states are the csv module's for its default dialect, read leniently:
+    a quote opens a field only at its start, ``""`` inside one is a quote, and a quote elsewhere is text."""
+    state, opened = "start", start
+    for line, text in enumerate(lines, start=start):
+        for char in text:
+            if state == "quoted":
+                if char == '"':
+                    state = "quote in quoted"
+            elif char in "\r\n" or char == ",":
+                state = "start"
+            elif state == "quote in quoted" and char == '"':
+                state = "quoted"
+            elif state == "start" and char == '"':
+                state, opened = "quoted", line
+            else:
+                state = "field"
+    return opened if state == "quoted" else None
 
 
 def _not_utf8(path: Path) -> UserError:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 import string
 from importlib import resources
 from pathlib import Path
@@ -187,6 +188,22 @@ class DatasetSpec(_Strict):
         return self
 
 
+# numpy's and scikit-learn's seeds are unsigned 32-bit integers: outside this range a run would fail inside them.
+MAX_SEED = 2**32 - 1
+
+
+def seed_problem(seed: int) -> str | None:
+    """Why ``seed`` cannot seed a run, or None: the spec's seed and seeds and ``--seeds`` alike."""
+    if not 0 <= seed <= MAX_SEED:
+        return f"a seed is an integer from 0 to {MAX_SEED}, got {seed}"
+    return None
+
+
+# A spec's name starts every comparison id, and comparison ids are file names in the store: ASCII letters,
+# digits, '.', '_' and '-' as in a run id (harness.store.RUN_ID), no '..', and short enough for a file name.
+SPEC_NAME = re.compile(r"[A-Za-z0-9._-]{1,100}")
+
+
 class Spec(_Strict):
     name: str
     description: str = ""
@@ -214,6 +231,30 @@ class Spec(_Strict):
     path: Path | None = Field(None, exclude=True)
     # plugins.<approach>.prompt, taken out of the settings on load so that it never reaches a plugin as one.
     _prompts: dict[str, str | PromptSpec] = PrivateAttr(default_factory=dict)
+
+    @field_validator("name")
+    @classmethod
+    def _name_is_a_file_name(cls, name: str) -> str:
+        if not SPEC_NAME.fullmatch(name) or ".." in name:
+            raise ValueError("letters, digits, '.', '_' and '-' only, no '..', 1 to 100 characters (it names the "
+                             f"comparison's files), got {name!r}")
+        return name
+
+    @field_validator("seed")
+    @classmethod
+    def _seed_range(cls, seed: int) -> int:
+        problem = seed_problem(seed)
+        if problem:
+            raise ValueError(problem)
+        return seed
+
+    @field_validator("seeds")
+    @classmethod
+    def _seeds_range(cls, seeds: list[int] | None) -> list[int] | None:
+        problem = next((p for p in map(seed_problem, seeds or []) if p), None)
+        if problem:
+            raise ValueError(problem)
+        return seeds
 
     @model_validator(mode="after")
     def _validation_range(self) -> Spec:

@@ -231,3 +231,82 @@ def test_likely_mistakes_are_one_warning_line_each_and_counted_in_the_record(cli
     (run,) = json.loads((tmp_path / "out.json").read_text())["runs"]
     assert run["environment"]["data_checks"] == {"test_texts_in_train": 1, "duplicate_train_texts": 1,
                                                  "duplicate_test_texts": 0, "labels_without_training_examples": 3}
+
+
+def one_line_error(result, tmp_path: Path) -> str:
+    """The one error line of a run that stopped on bad input: exit status 2, no traceback, nothing written."""
+    assert result.returncode == 2, (result.stdout, result.stderr)
+    lines = [line for line in result.stderr.splitlines() if not line.startswith("harness: plugin 'broken-import'")]
+    assert len(lines) == 1 and lines[0].startswith("harness: error: "), result.stderr
+    assert "Traceback" not in result.stderr
+    assert not (tmp_path / ".harness").exists() and not (tmp_path / "out.json").exists()
+    return lines[0].removeprefix("harness: error: ")
+
+
+def compare_on_good_data(cli, tmp_path: Path, *extra: str):
+    data = f"train={write(tmp_path / 'train.jsonl', GOOD)},test={write(tmp_path / 'test.jsonl', GOOD)}"
+    return cli("compare", "--plugins", "naive-bayes", "--spec", "agnews", "--data", data, "--json", "out.json", *extra)
+
+
+# numpy takes seeds from 0 to 2**32 - 1; outside that a run used to start and fail inside it, stored as failed.
+def test_a_negative_seed_on_the_command_line_is_refused_before_anything_runs(cli, tmp_path):
+    error = one_line_error(compare_on_good_data(cli, tmp_path, "--seeds=-1"), tmp_path)
+    assert error == "--seeds: a seed is an integer from 0 to 4294967295, got -1"
+
+
+def test_a_seed_past_32_bits_on_the_command_line_is_refused_before_anything_runs(cli, tmp_path):
+    error = one_line_error(compare_on_good_data(cli, tmp_path, "--seeds", "0,4294967296"), tmp_path)
+    assert error == "--seeds: a seed is an integer from 0 to 4294967295, got 4294967296"
+
+
+SPEC_ON_FILES = "name: {name}\ntask: {{type: classification, labels: [World, Sports, Business, Sci/Tech]}}\n" \
+                "dataset: {{train: train.jsonl, test: test.jsonl}}\n"
+
+
+def compare_with_spec(cli, tmp_path: Path, body: str):
+    write(tmp_path / "train.jsonl", GOOD)
+    write(tmp_path / "test.jsonl", GOOD)
+    spec = write(tmp_path / "mine.yaml", body)
+    return cli("compare", "--plugins", "naive-bayes", "--spec", spec, "--json", "out.json")
+
+
+def test_a_negative_seed_in_the_spec_seeds_is_refused_on_load(cli, tmp_path):
+    error = one_line_error(compare_with_spec(cli, tmp_path, SPEC_ON_FILES.format(name="mine") + "seeds: [0, -3]\n"), tmp_path)
+    assert error == f"{tmp_path / 'mine.yaml'}: seeds: a seed is an integer from 0 to 4294967295, got -3"
+
+
+def test_a_negative_spec_seed_is_refused_on_load(cli, tmp_path):
+    error = one_line_error(compare_with_spec(cli, tmp_path, SPEC_ON_FILES.format(name="mine") + "seed: -1\n"), tmp_path)
+    assert error == f"{tmp_path / 'mine.yaml'}: seed: a seed is an integer from 0 to 4294967295, got -1"
+
+
+# The spec's name starts the comparison id, a file name in the store: it used to fail only after training.
+@pytest.mark.parametrize("name", ["news/v2", "'news\\v2'", "..", "''", "'news: v2'", "'new\u00e9'"],
+                         ids=["slash", "backslash", "dot-dot", "empty", "colon-space", "not-ascii"])
+def test_a_spec_name_that_cannot_be_a_file_name_is_refused_on_load(cli, tmp_path, name):
+    error = one_line_error(compare_with_spec(cli, tmp_path, SPEC_ON_FILES.format(name=name)), tmp_path)
+    assert error.startswith(f"{tmp_path / 'mine.yaml'}: name: letters, digits, '.', '_' and '-' only"), error
+
+
+def test_a_csv_cell_over_the_csv_module_limit_is_read(cli, tmp_path):
+    long_text = "Stocks rally on rate cut hopes " * 6500  # 201,500 characters: the csv module's limit is 131,072
+    rows = ["text,label", f'"{long_text}",2', "Team wins the final,1", "Rain all week,0", "Chips get faster,3"]
+    write(tmp_path / "train.csv", "\n".join(rows) + "\n")
+    write(tmp_path / "test.csv", "\n".join(rows[:3]) + "\n")
+    result = cli("compare", "--plugins", "naive-bayes", "--spec", "agnews", "--data",
+                 f"train={tmp_path / 'train.csv'},test={tmp_path / 'test.csv'}", "--json", "out.json")
+    assert result.returncode == 0 and "Traceback" not in result.stderr, result.stderr
+    (run,) = json.loads((tmp_path / "out.json").read_text())["runs"]
+    assert (run["n_train"] + run["n_validation"], run["n_test"]) == (4, 2)
+
+
+def test_an_unterminated_csv_quote_names_the_line_where_it_opens(cli, tmp_path):
+    # The quote on line 35 never closes: the csv module reads the rest of the file into that one text, silently.
+    rows = ["text,label"] + [f"headline number {i},{i % 4}" for i in range(64)]
+    rows[34] = '"' + rows[34]
+    train = write(tmp_path / "train.csv", "\n".join(rows) + "\n")
+    test = write(tmp_path / "test.jsonl", GOOD)
+    result = cli("compare", "--plugins", "naive-bayes", "--spec", "agnews", "--data", f"train={train},test={test}",
+                 "--json", "out.json")
+    error = one_line_error(result, tmp_path)
+    assert error == f"{train}:35: unterminated quote starting on line 35: its field runs to the end of the file"

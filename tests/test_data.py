@@ -147,3 +147,52 @@ def test_waybill_from_shared_with_its_dev_split(shared):
     first = loaded.validation[0]
     assert first.text.startswith("喻晓刚") and first.fields["phone"] == "18513386163" and first.label is None
     assert set(first.fields) == {"name", "phone", "province", "city", "district", "specific_location"}
+
+
+CSV_TASK = Task(type="classification", labels=("neg", "pos"))
+
+
+def read_csv(path: Path, text: str) -> list[Example]:
+    path.write_text(text, encoding="utf-8")
+    return read_examples(path, CSV_TASK, "text", "label", "fields")
+
+
+def test_csv_quotes_that_close_are_read_as_the_csv_module_reads_them(tmp_path):
+    # A doubled quote inside quotes, a quote inside an unquoted field, text after a closing quote (read leniently),
+    # a quoted last field that ends in a newline, and no newline at the end of the file.
+    text = 'text,label\n"he said ""fine""\nthen left",pos\nab"c,neg\n"x"y,pos\n"two\nlines\n",neg\n"last ""one""",pos'
+    assert [(ex.text, ex.label) for ex in read_csv(tmp_path / "ok.csv", text)] == [
+        ('he said "fine"\nthen left', "pos"), ('ab"c', "neg"), ("xy", "pos"), ("two\nlines\n", "neg"), ('last "one"', "pos")]
+
+
+@pytest.mark.parametrize(
+    "text, line",
+    [
+        ('text,label\ngood,pos\n"opens here,neg\nswallowed,pos\n', 3),
+        ('text,label\r\ngood,pos\r\n"opens ""here""\r\nswallowed,neg\r\n', 3),  # CRLF, a doubled quote inside
+        ('text,label\ngood,pos\nlabel opens,"neg\n', 3),  # in the last field, no line after it
+        ('"text,label\ngood,pos\n', 1),  # in the header
+    ],
+    ids=["text", "crlf-doubled", "label", "header"],
+)
+def test_an_unterminated_csv_quote_is_an_error_on_the_line_it_opens(tmp_path, text, line):
+    path = tmp_path / "bad.csv"
+    with pytest.raises(UserError) as info:
+        read_csv(path, text)
+    assert str(info.value) == f"{path}:{line}: unterminated quote starting on line {line}: its field runs to the end of the file"
+
+
+def test_a_csv_error_is_one_line_naming_the_physical_line_and_the_limit_is_put_back(tmp_path, monkeypatch):
+    import csv
+
+    import harness.data
+
+    before = csv.field_size_limit()
+    assert len(read_csv(tmp_path / "long.csv", f'text,label\n"{"x" * 200_000}",pos\n')[0].text) == 200_000
+    assert csv.field_size_limit() == before  # raised while a file is read, not for the whole process
+    monkeypatch.setattr(harness.data, "CSV_FIELD_LIMIT", 10)  # past any real limit's size, the error is the same
+    path = tmp_path / "over.csv"
+    with pytest.raises(UserError) as info:
+        read_csv(path, 'text,label\nshort,pos\n"two\nlines and over ten",neg\n')
+    assert str(info.value) == f"{path}:4: not valid CSV (field larger than field limit (10))"
+    assert csv.field_size_limit() == before

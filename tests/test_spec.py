@@ -43,12 +43,27 @@ BASE = "name: s\ntask: {type: classification, labels: [a, b]}\ndataset: {train: 
         (BASE.replace("labels: [a, b]", "labels: [a]"), "s.yaml: task: a classification task needs at least two labels"),
         (BASE + "plugins: [bert]\n", "s.yaml: plugins: Input should be a valid dictionary"),
         ("name: s\ntask: [\n", "s.yaml:3: not valid YAML"),
+        (BASE + "seed: -1\n", "s.yaml: seed: a seed is an integer from 0 to 4294967295, got -1"),
+        (BASE + "seed: 4294967296\n", "s.yaml: seed: a seed is an integer from 0 to 4294967295, got 4294967296"),
+        (BASE + "seeds: [1, -3]\n", "s.yaml: seeds: a seed is an integer from 0 to 4294967295, got -3"),
+        (BASE.replace("name: s", "name: a/b"), "s.yaml: name: letters, digits, '.', '_' and '-' only"),
+        (BASE.replace("name: s", "name: 'a\\b'"), "s.yaml: name: letters, digits"),
+        (BASE.replace("name: s", "name: a..b"), "s.yaml: name: letters, digits"),
+        (BASE.replace("name: s", "name: ''"), "s.yaml: name: letters, digits"),
+        (BASE.replace("name: s", "name: 'a b'"), "s.yaml: name: letters, digits"),
+        (BASE.replace("name: s", "name: " + "a" * 101), "s.yaml: name: letters, digits"),
     ],
 )
 def test_spec_errors_name_the_file_and_key(tmp_path, body, message):
     with pytest.raises(UserError) as info:
         load_spec(spec_file(tmp_path, body))
     assert message in str(info.value) and "\n" not in str(info.value)
+
+
+def test_seeds_at_the_ends_of_the_range_and_file_name_spec_names_load(tmp_path):
+    spec = load_spec(spec_file(tmp_path, BASE.replace("name: s", "name: News_v1.2-b") + "seed: 4294967295\nseeds: [0, 4294967295]\n"))
+    assert (spec.name, spec.seed, spec.training_seeds) == ("News_v1.2-b", 4294967295, [0, 4294967295])
+    assert load_spec(spec_file(tmp_path, BASE.replace("name: s", "name: " + "a" * 100))).name == "a" * 100
 
 
 def test_settings_merge_defaults_spec_and_overrides_with_types(tmp_path):
