@@ -55,6 +55,9 @@ class Prompter:
         option_labels = task.option_labels or task.labels
         self.options = "\n".join(f"{LETTERS[i]}. {label}" for i, label in enumerate(option_labels))
         self.use_chat = bool(settings["chat_template"] and getattr(tokenizer, "chat_template", None))
+        # What joins a plain prompt to its answer: BPE tokenizers (GPT-2's, SmolLM2's, Qwen's) split
+        # "Answer: C" as "Answer:" + " C", so the space belongs to the answer, not to the prompt.
+        self.separator = "" if self.use_chat or self.prompt_text("").endswith((" ", "\n")) else " "
         # The template with an empty article tells how many tokens the fixed part costs.
         self.fixed_tokens = len(self._prefix_ids(""))
         self.assistant_tokens = self._assistant_tokens()
@@ -77,7 +80,9 @@ class Prompter:
             prefix = self.settings["think_prefix"]
             return chat if chat.endswith(prefix) else chat + prefix
         prompt = self.prompt.plain().format(text=text, options=self.options)
-        return prompt + (" " if not prompt.endswith((" ", "\n")) else "")
+        # A raw prompt is the model's own format, kept to the byte; one built from the chat messages ends
+        # at its last word, and the answer brings its leading space (``separator``).
+        return prompt if self.prompt.raw is not None else prompt.rstrip(" ")
 
     def _prefix_ids(self, text: str) -> list[int]:
         return self.tokenizer(self.prompt_text(text), add_special_tokens=False)["input_ids"]
@@ -95,8 +100,11 @@ class Prompter:
         return len(full) - len(header_ids)
 
     def _answer_ids(self, answer: str) -> list[int]:
-        # Tokenised after the prefix, as the model sees it, then cut off the prefix.
+        """The answer's ids as the tokenizer splits the whole text, prompt then answer (" C" after a plain
+        "Answer:"), cut off the prompt's ids, so the prompt's last position predicts the answer's first
+        token; tokenised alone where the prompt's last token would merge with the answer."""
         prefix = self._prefix_ids("")
+        answer = self.separator + answer
         both = self.tokenizer(self.prompt_text("") + answer, add_special_tokens=False)["input_ids"]
         if both[: len(prefix)] != prefix:
             return self.tokenizer(answer, add_special_tokens=False)["input_ids"]
@@ -137,7 +145,7 @@ class Prompter:
         return {"input_ids": prompt + answer, "attention_mask": [1] * (len(prompt) + len(answer)), "labels": labels}, cut
 
     def extraction_answer(self, fields: dict[str, str]) -> list[int]:
-        return self.tokenizer(json.dumps(fields, ensure_ascii=False), add_special_tokens=False)["input_ids"]
+        return self._answer_ids(json.dumps(fields, ensure_ascii=False))
 
 
 def check_letter_scoring(prompter: Prompter) -> None:

@@ -1,0 +1,119 @@
+"""harness.decoder's prompter for a model without a chat template, on real BPE tokenizers: the answer is
+tokenized as the tokenizer splits the whole text ("Answer:" + " C"), and training rows and prediction
+prompts agree. (Scoring, generation and the loss run on a tiny Qwen3 in tests/test_qwen.py.)"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from harness.decoder import DEFAULT_PROMPT, Prompter, check_letter_scoring, classify
+from harness.types import Example, Prompt, Task
+
+from conftest import QWEN_TOKENIZER, SHARED
+
+SMOLLM2 = SHARED / "models" / "smollm2-135m-instruct"
+SETTINGS = {"chat_template": False, "think_prefix": "", "answer": "letter", "answer_loss": "turn", "max_length": 512,
+            "max_new_tokens": 32}
+# The user message ends with a space, as prompts written for chat models often do: a plain prompt drops it.
+TASK = Task("classification", ("World", "Sports", "Business", "Sci/Tech"),
+            prompt=Prompt(user="Article: {text}\n{options}\nAnswer: "))
+
+
+@pytest.fixture(scope="module", params=["qwen3", "smollm2"])
+def tokenizer(request, shared):
+    """Qwen3's tokenizer asked for no template (``chat_template: False``), and SmolLM2's GPT-2-style
+    byte-level BPE read from its GGUF file with its template removed: a model that has none."""
+    from transformers import AutoTokenizer
+
+    if request.param == "qwen3":
+        return AutoTokenizer.from_pretrained(QWEN_TOKENIZER)
+    smollm2 = AutoTokenizer.from_pretrained(SMOLLM2, gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf")
+    smollm2.chat_template = None
+    return smollm2
+
+
+def ids(tokenizer, text: str) -> list[int]:
+    return tokenizer(text, add_special_tokens=False)["input_ids"]
+
+
+def test_the_answer_letter_is_the_tokenizers_own_split_of_the_whole_text(tokenizer):
+    prompter = Prompter(TASK, tokenizer, SETTINGS)
+    assert not prompter.use_chat
+    text = prompter.prompt_text("Stocks rise.")
+    assert text == "Article: Stocks rise.\nA. World\nB. Sports\nC. Business\nD. Sci/Tech\nAnswer:"
+    assert [tokenizer.decode(a) for a in prompter.answer_ids] == [" A", " B", " C", " D"]
+    check_letter_scoring(prompter)  # one distinct token each: letter scoring reads them
+    prompt, cut = prompter.prompt_ids("Stocks rise.", reserve=2)
+    assert not cut and prompt == ids(tokenizer, text)  # what a user tokenizing the prompt text gets
+    assert prompt + prompter.answer_ids[2] == ids(tokenizer, text + " C")
+    # The default prompt too, and a label answered by its text.
+    default = Prompter(Task("classification", TASK.labels), tokenizer, {**SETTINGS, "answer": "label"})
+    assert Prompt(user=DEFAULT_PROMPT).plain().endswith("Answer:")
+    whole = default.prompt_text("Stocks rise.") + " Business"
+    assert default.prompt_ids("Stocks rise.", reserve=4)[0] + default.answer_ids[2] == ids(tokenizer, whole)
+
+
+def test_a_training_row_is_the_prediction_prompt_then_the_answer(tokenizer):
+    prompter = Prompter(TASK, tokenizer, SETTINGS)
+    row, cut = prompter.training_row(Example("1", "Stocks rise.", label="Business"))
+    # classify's reserve: the longest answer and the end of turn; the same room training leaves.
+    reserve = max(len(a) for a in prompter.answer_ids) + len(prompter.end_ids)
+    predicted, _ = prompter.prompt_ids("Stocks rise.", reserve=reserve)
+    assert not cut and row["input_ids"] == predicted + prompter.answer_ids[2] + prompter.end_ids
+    # The loss is on the answer and the end of turn only: the prompt's last position predicts " C".
+    assert row["labels"] == [-100] * len(predicted) + prompter.answer_ids[2] + prompter.end_ids
+    assert tokenizer.decode(row["input_ids"]).endswith("Answer: C" + tokenizer.eos_token)
+    # Cut to fit, the row still ends in the same answer after the same prompt prediction reads.
+    cut_prompter = Prompter(TASK, tokenizer, {**SETTINGS, "max_length": 40})
+    row, cut = cut_prompter.training_row(Example("2", "word " * 200, label="Business"))
+    predicted, _ = cut_prompter.prompt_ids("word " * 200, reserve=reserve)
+    assert cut and row["input_ids"] == predicted + cut_prompter.answer_ids[2] + cut_prompter.end_ids
+    assert len(row["input_ids"]) <= 40
+
+
+def test_an_extraction_answer_follows_the_prompt_as_one_text(tokenizer):
+    task = Task("extraction", fields=("name", "phone"), prompt=Prompt(user="{text}\nReturn {options} as JSON:"))
+    prompter = Prompter(task, tokenizer, SETTINGS)
+    fields = {"name": "Zhang San", "phone": "13800000000"}
+    answer = prompter.extraction_answer(fields)
+    text = prompter.prompt_text("Zhang San 13800000000")
+    assert tokenizer.decode(answer) == " " + json.dumps(fields)
+    assert prompter.prompt_ids("Zhang San 13800000000", reserve=32)[0] + answer == ids(tokenizer, text + " " + json.dumps(fields))
+
+
+def test_a_raw_prompt_is_kept_to_the_byte(tokenizer):
+    # A raw prompt is the model's own format (SeqGPT's ends "输出: "): not stripped, nothing appended.
+    task = Task("classification", ("World", "Sports"), prompt=Prompt(user="unused", raw="输入: {text}\n输出: "))
+    prompter = Prompter(task, tokenizer, SETTINGS)
+    assert prompter.prompt_text("天气").endswith("输出: ") and prompter.separator == ""
+    closed = Prompter(Task("classification", ("World", "Sports"), prompt=Prompt(user="unused", raw="{text}\nLabel:")),
+                      tokenizer, SETTINGS)
+    assert closed.prompt_text("x") == "x\nLabel:" and tokenizer.decode(closed.answer_ids[1]) == " B"
+
+
+def test_classify_scores_the_letter_the_prompts_last_position_predicts(tiny_qwen):
+    """On a tiny Qwen3 without its template: the letter scores are the last prompt position's
+    log-probabilities of " A", " B", ..., the tokens training puts there."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_qwen)
+    model = AutoModelForCausalLM.from_pretrained(tiny_qwen).eval()
+    prompter = Prompter(TASK, tokenizer, SETTINGS)
+    examples = [Example("1", "Stocks rise."), Example("2", "Rain all week over the stadium")]
+    predictions = classify(model, prompter, "cpu", examples, batch_size=2)
+    with torch.inference_mode():
+        for example, prediction in zip(examples, predictions):
+            prompt, _ = prompter.prompt_ids(example.text, reserve=2)
+            logits = model(input_ids=torch.tensor([prompt])).logits[0, -1].float().log_softmax(-1)
+            expected = logits[ids(tokenizer, " A") + ids(tokenizer, " B") + ids(tokenizer, " C") + ids(tokenizer, " D")]
+            assert list(prediction.scores.values()) == pytest.approx(expected.softmax(-1).tolist(), abs=1e-5)
+
+
+def test_the_module_imports_without_torch():
+    code = "import sys, harness.decoder; sys.exit('torch' in sys.modules or 'transformers' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code]).returncode == 0
