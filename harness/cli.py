@@ -79,8 +79,18 @@ def build_parser() -> argparse.ArgumentParser:
     sto = commands.add_parser("store", help="look after the results store")
     store_commands = sto.add_subparsers(dest="store_command", required=True, metavar="ACTION", parser_class=_Parser)
     chk = store_commands.add_parser("check", help="make the index agree with the run directories: rebuild a corrupt "
-                                    "index, index lost runs, remove runs left .partial by a killed process")
+                                    "index, index lost runs, drop runs whose directory or record is gone")
     chk.add_argument("--store", type=Path, help="results store directory (default: $HARNESS_HOME or .harness)")
+    chk.add_argument("--remove-partials", action="store_true",
+                     help="also remove runs a killed process left .partial (kept by default: the next compare "
+                     "with the same training resumes them)")
+    gc = store_commands.add_parser("gc", help="remove abandoned work: runs killed and never resumed, data caches")
+    gc.add_argument("--store", type=Path, help="results store directory (default: $HARNESS_HOME or .harness)")
+    gc.add_argument("--older-than", type=float, metavar="DAYS", help="only what has not changed for DAYS days")
+    gc.add_argument("--dry-run", action="store_true", help="list what would be removed and the space it frees")
+    ls = store_commands.add_parser("ls", help="list stored runs and killed runs that can resume, with their size")
+    ls.add_argument("--store", type=Path, help="results store directory (default: $HARNESS_HOME or .harness)")
+    ls.add_argument("--json", action="store_true", help="print JSON")
 
     plg = commands.add_parser("plugins", help="list the installed approaches and plugins")
     plg.add_argument("--json", action="store_true", help="print JSON")
@@ -285,18 +295,48 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_store(args: argparse.Namespace) -> int:
-    from harness.store import Store
+    import math
+
+    from harness.store import Store, size_text
 
     store = Store(args.store)
     if not (store.root / "runs.db").exists() and not (store.root / "runs").is_dir():
-        raise UserError("no results store here", where=str(store.root))
+        raise UserError("no results store here (no runs.db, no runs/)", where=str(store.root))
+    if args.store_command == "ls":
+        rows = store.runs()
+        if args.json:
+            print(json.dumps(rows, indent=2))
+            return 0
+        from rich.table import Table
+
+        table = Table("Run", "Approach", "Spec", "Status", "Model", "Size", title=str(store.root), title_justify="left")
+        for row in rows:
+            table.add_row(row["run_id"], row["approach"], row["spec"], row["status"], row["model"],
+                          "-" if row["bytes"] is None else size_text(row["bytes"]))
+        _console().print(table)
+        return 0
+    if args.store_command == "gc":
+        days = args.older_than
+        if days is not None and (not math.isfinite(days) or days < 0):
+            raise UserError(f"expected a number of days, 0 or more, got {days}", where="--older-than")
+        if not args.dry_run:
+            store.check_writable(open_index=False)
+        found = store.gc(days, dry_run=args.dry_run)
+        for path, size, what in found:
+            print(f"{'would remove' if args.dry_run else 'removed'} {path} ({what}, {size_text(size)})")
+        total = size_text(sum(size for _, size, _ in found))
+        print(f"{store.root}: {len(found)} to remove, {total} to free (dry run: nothing removed)" if args.dry_run
+              else f"{store.root}: {len(found)} removed, {total} freed")
+        return 0
     store.check_writable(open_index=False)  # check is what repairs a corrupt index
-    fixed = store.check()
+    fixed = store.check(remove_partials=args.remove_partials)
     for line in fixed:
         print(line)
     runs, comparisons = (store.db.execute(f"SELECT count(*) FROM {table}").fetchone()[0] for table in ("runs", "comparisons"))
+    kept = [row for row in store.runs() if row["status"].startswith("killed")]
     print(f"{store.root}: {runs} runs and {comparisons} comparisons indexed; "
-          + (f"{len(fixed)} fixed" if fixed else "nothing to fix"))
+          + (f"{len(fixed)} fixed" if fixed else "nothing to fix")
+          + (f"; {len(kept)} killed runs kept to resume (`harness store gc` removes them)" if kept else ""))
     return 0
 
 

@@ -78,13 +78,16 @@ class TerminalReporter:
 
 
 def resumed_note(resumed: dict[str, Any]) -> str:
-    """What a run took over from a killed run with the same training identity."""
-    if resumed.get("finished_training"):
-        return f"run {resumed['run']} finished training before it was killed; its model and training figures are kept"
-    if resumed.get("checkpoint"):
-        return (f"resumed killed run {resumed['run']} from its {resumed['checkpoint']}: Train counts the steps "
-                "after it only")
-    return f"took over killed run {resumed['run']}, which had no checkpoint: trained from the start"
+    """How a run's training went on after it was killed: it resumed as the same run."""
+    kept = resumed.get("from")
+    if kept == "finished training":
+        return (f"run {resumed['run']} was killed after it finished training; its model and training figures "
+                "are kept, measured now")
+    if kept:
+        before = resumed.get("seconds_before_kill")
+        counted = f" (Train adds its {_duration(before)} before the kill)" if before else ""
+        return f"run {resumed['run']} was killed while training and resumed from its {kept}{counted}"
+    return f"run {resumed['run']} was killed before its first checkpoint: trained from the start"
 
 
 def _number(value: Any) -> str:
@@ -193,7 +196,7 @@ def comparison_table(comparison: Comparison):
             cells.append(text)
         table.add_row(approach, _status(runs), *cells)
         for run in runs:
-            if run.status == "failed":
+            if run.status in ("failed", "missing"):
                 seed = f" (seed {run.seed})" if len(runs) > 1 else ""
                 notes.append(f"[red]{approach}[/]{seed}: {run.error}")
     ranked = [r for r in comparison.runs if r.status in stats.MEASURED]
@@ -203,7 +206,7 @@ def comparison_table(comparison: Comparison):
             notes.append(f"{run.approach}: reused run {run.run_id} whole (same training and measurement identity)")
         elif trained_in and trained_in != run.run_id:
             notes.append(f"{run.approach}: training reused from run {trained_in}; {run.training.get('reason', 're-measured')}")
-        if run.status != "reused" and run.training.get("resumed"):
+        if run.training.get("resumed"):
             notes.append(f"{run.approach}: {resumed_note(run.training['resumed'])}")
         for note in run.model.get("notes") or []:
             notes.append(f"{run.approach}: {note}")

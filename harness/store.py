@@ -15,8 +15,10 @@ Layout under the store root (``.harness`` by default, ``--store`` or ``HARNESS_H
 A run is written under ``runs/<run_id>.partial``, which its process holds locked (``.partial/lock``),
 and gets its final name in the same transaction that indexes it: an interrupted run leaves nothing that
 looks finished, and a finished run is never left out of the index. A ``.partial`` nobody holds is
-left by a killed process: the next run with its training identity resumes it (the model it finished
-training, or the Trainer's last checkpoint), and the end of every compare removes the rest.
+left by a killed process: the next run with its training identity resumes it as the same run (the model
+it finished training, or the Trainer's last checkpoint). Nothing that could be resumed is deleted by a
+compare or by ``store check``: the end of a compare removes only ``.partial`` runs that hold nothing (killed
+before their first checkpoint), and ``harness store gc`` removes abandoned work when the user asks.
 ``harness store check`` rebuilds the index from the ``record.json`` files. A run that measured another
 run's trained model (same training identity) has no ``artifact/`` of its own: ``training.trained_in``
 names the run that has it.
@@ -30,6 +32,7 @@ import os
 import re
 import shutil
 import sqlite3
+import sys
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -38,7 +41,7 @@ from typing import Any, Iterable, Iterator
 
 from harness import stats
 from harness.errors import UserError
-from harness.types import Artifact, Comparison, Prediction, RunRecord
+from harness.types import Artifact, Comparison, Example, Prediction, RunRecord
 
 # train_key and measure_key are the digests of a run's training and measurement identities
 # (harness.identity); trained_in is the run whose artifact/ holds the model it measured: itself when it
@@ -78,13 +81,17 @@ class Store:
         self.root = Path(root) if root is not None else default_root()
         self._db: sqlite3.Connection | None = None
         self._held: dict[str, int] = {}  # run id -> the open, locked descriptor of its .partial/lock
+        self._kept: set[str] = set()  # stale partials taken over while stale_partials() yields them
+        self._warned: set[str] = set()  # runs said once to be unreadable
 
     @property
     def db(self) -> sqlite3.Connection:
         # Opened on first use: validating input never creates the store.
         if self._db is None:
-            self.root.mkdir(parents=True, exist_ok=True)
             path = self.root / "runs.db"
+            if path.is_file() and not _writable(self.root, path):
+                return self._read_only_db(path)
+            self.root.mkdir(parents=True, exist_ok=True)
             try:
                 # WAL and a busy timeout: a second compare on the same store waits instead of failing.
                 self._db = sqlite3.connect(path, timeout=60)
@@ -101,6 +108,18 @@ class Store:
                                 "rebuilds it from the runs' record.json files", where=str(path)) from None
         return self._db
 
+    def _read_only_db(self, path: Path) -> sqlite3.Connection:
+        """A store this process cannot write (a read-only mount, another user's): read as it is, for
+        ``report`` and ``store ls``; nobody can be writing it from here, so SQLite need not lock it."""
+        try:
+            self._db = sqlite3.connect(f"{path.absolute().as_uri()}?mode=ro&immutable=1", uri=True)
+            self._db.execute("SELECT count(*) FROM runs").fetchone()
+        except sqlite3.DatabaseError as exc:
+            self._db = None
+            raise UserError(f"not a usable results index ({exc}), and the store is read-only here",
+                            where=str(path)) from None
+        return self._db
+
     def check_writable(self, open_index: bool = True) -> None:
         """One line naming the path if results could not be stored here: checked before anything trains.
         ``open_index``: also open the index, so a corrupt one is reported now."""
@@ -110,7 +129,7 @@ class Store:
         existing = root if root.exists() else next((p for p in root.absolute().parents if p.exists()), None)
         if existing is None:
             raise UserError("cannot be created", where=str(root))
-        for path in (existing, root / "runs.db", root / "runs", root / "locks", root / "comparisons"):
+        for path in (existing, root / "runs.db", root / "runs", root / "locks", root / "comparisons", root / "data"):
             if path.exists() and not os.access(path, os.W_OK | (os.X_OK if path.is_dir() else 0)):
                 read_only = os.statvfs(path).f_flag & os.ST_RDONLY
                 raise UserError(f"cannot be written ({'read-only file system' if read_only else 'permissions'}); "
@@ -181,7 +200,7 @@ class Store:
 
     def stale_partials(self) -> Iterator[tuple[Path, dict[str, Any]]]:
         """The ``.partial`` runs no live process holds (each held by this one while yielded), with their
-        identity (empty if it was never written)."""
+        identity (empty if it was never written). The consumer may :meth:`_keep` the one it takes over."""
         folder = self.root / "runs"
         for path in sorted(folder.glob("*.partial")) if folder.is_dir() else []:
             run_id = path.name.removesuffix(".partial")
@@ -192,34 +211,93 @@ class Store:
             except (RuntimeError, OSError):
                 continue  # a live run, or gone meanwhile
             try:
+                if not _still_there(path, self._held[run_id]):
+                    continue  # finished and renamed between the listing and the lock: not stale
                 try:
                     found = json.loads((path / "identity.json").read_text(encoding="utf-8"))
                 except (OSError, ValueError):
                     found = {}
                 yield path, found if isinstance(found, dict) else {}
             finally:
-                self._release(run_id)
+                if run_id not in self._kept:
+                    self._release(run_id)
+                self._kept.discard(run_id)
 
-    def resume_partial(self, train_key: str, run_id: str) -> tuple[Path, str] | None:
-        """Take over a killed run's ``.partial`` with this training identity as ``run_id``'s workdir (the
-        caller holds :meth:`lock` for ``train_key``); return it with the killed run's id, or None."""
+    def resume_partial(self, train_key: str) -> tuple[Path, str] | None:
+        """Take over a killed run's ``.partial`` with this training identity (the caller holds :meth:`lock`
+        for ``train_key``): the run goes on as itself, under its own id and directory, so every path its
+        checkpoints recorded stays true. Return the directory and the run id, or None."""
         for path, found in self.stale_partials():
             if found.get("train_key") == train_key:
-                old = path.name.removesuffix(".partial")
-                target = self.root / "runs" / f"{run_id}.partial"
-                path.rename(target)
-                self._held[run_id] = self._held.pop(old)  # the same lock, under its new name
-                write_json(target / "identity.json", {**found, "resumed_from_run": old})
-                return target, old
+                run_id = path.name.removesuffix(".partial")
+                self._kept.add(run_id)
+                write_json(path / "identity.json", {**found, "resumed": found.get("resumed", 0) + 1})
+                return path, run_id
         return None
 
-    def remove_stale_partials(self) -> list[str]:
-        """Delete every ``.partial`` no live process holds; return their names."""
+    def remove_empty_partials(self) -> list[str]:
+        """Delete the ``.partial`` runs no live process holds and that hold nothing to resume (killed before
+        their first checkpoint); keep every one with a finished model or a checkpoint. Return their names."""
         removed = []
         for path, _ in self.stale_partials():
-            shutil.rmtree(path, ignore_errors=True)
-            removed.append(path.name)
+            if resumable(path) is None:
+                shutil.rmtree(path, ignore_errors=True)
+                removed.append(path.name)
         return removed
+
+    def abandoned(self, older_than_days: float | None = None) -> list[tuple[Path, int, str]]:
+        """What ``store gc`` would remove: ``.partial`` runs no live process holds and data caches (each made
+        again when needed), untouched for ``older_than_days``: ``(path, bytes, what it is)``."""
+        cutoff = None if older_than_days is None else time.time() - older_than_days * 86400
+        found = []
+        for path, _ in self.stale_partials():
+            if cutoff is None or _newest(path) < cutoff:
+                found.append((path, _size(path), "killed run, " + (resumable(path) or "nothing to resume")))
+        for path in sorted((self.root / "data").glob("*.json")) if (self.root / "data").is_dir() else []:
+            if cutoff is None or path.stat().st_mtime < cutoff:
+                found.append((path, path.stat().st_size, "data cache, written again when a compare needs it"))
+        return found
+
+    def gc(self, older_than_days: float | None = None, dry_run: bool = False) -> list[tuple[Path, int, str]]:
+        """Remove :meth:`abandoned` work (nothing with ``dry_run``); return what was (or would be) removed."""
+        found = self.abandoned(older_than_days)
+        if not dry_run:
+            for path, _, _ in found:
+                run_id = path.name.removesuffix(".partial")
+                if path.is_dir():
+                    try:  # still nobody's: a compare may have started resuming it since the listing
+                        self._hold(run_id, path)
+                    except (RuntimeError, OSError):
+                        continue
+                    try:
+                        shutil.rmtree(path, ignore_errors=True)
+                    finally:
+                        self._release(run_id)
+                else:
+                    path.unlink(missing_ok=True)
+        return found
+
+    def runs(self) -> list[dict[str, Any]]:
+        """Every run on disk, for ``store ls``: the indexed ones and the ``.partial`` ones (running, or killed
+        and resumable), newest first, each with its size on disk."""
+        rows = []
+        if (self.root / "runs.db").exists():
+            for run_id, approach, spec, status, trained_in, created in self.db.execute(
+                    "SELECT run_id, approach, spec, status, trained_in, created FROM runs ORDER BY created DESC"):
+                folder = self.root / "runs" / run_id
+                rows.append({"run_id": run_id, "approach": approach, "spec": spec, "status": status,
+                             "created": created, "bytes": _size(folder) if folder.is_dir() else None,
+                             "model": "own" if trained_in == run_id else (trained_in or "-")})
+        held = set()
+        folder = self.root / "runs"
+        for path in sorted(folder.glob("*.partial"), reverse=True) if folder.is_dir() else []:
+            run_id = path.name.removesuffix(".partial")
+            held.add(run_id)
+            approach = run_id.split("-", 2)[2].rsplit("-", 1)[0] if run_id.count("-") >= 3 else "?"
+            status = "running" if _is_held(path) else "killed: " + (resumable(path) or "nothing to resume")
+            rows.append({"run_id": run_id, "approach": approach, "spec": "", "status": status,
+                         "created": "", "bytes": _size(path), "model": "-"})
+        return rows
 
     def finish_run(
         self,
@@ -228,25 +306,25 @@ class Store:
         error_detail: str | None = None,
     ) -> Path:
         """Write the record (and predictions, unless a unit already wrote them) and make the run permanent:
-        the index row and the final directory name are committed together."""
+        the index row and the final directory name are committed together, and the run's lock is held (its
+        lock file in place) until both are done, so no other process's cleanup can take it meanwhile."""
         partial = self.root / "runs" / f"{record.run_id}.partial"
         if not partial.is_dir():
             self.start_run(record.run_id)
         if predictions is not None:
             write_predictions(partial / "predictions.jsonl", predictions)
-        with (partial / "train_log.jsonl").open("w", encoding="utf-8") as handle:
-            for entry in record.train_log:
-                handle.write(json.dumps(jsonable(entry, "train_log"), default=str) + "\n")
+        write_text(partial / "train_log.jsonl",
+                   "".join(json.dumps(jsonable(entry, "train_log"), default=str) + "\n" for entry in record.train_log))
         if error_detail:
             (partial / "error.txt").write_text(error_detail, encoding="utf-8")
         write_json(partial / "record.json", record_to_dict(record))
-        for name in ("identity.json", "lock"):
-            (partial / name).unlink(missing_ok=True)
+        (partial / "identity.json").unlink(missing_ok=True)
         final = self.run_dir(record.run_id)
         try:
             with self.db:  # a rename that fails rolls the row back; a commit that fails leaves a record to re-index
                 self._index(record)
                 partial.rename(final)
+            (final / "lock").unlink(missing_ok=True)
         finally:
             self._release(record.run_id)
         return final
@@ -262,11 +340,14 @@ class Store:
         """The newest successful run with this measurement identity (which includes its training identity)."""
         if not (self.root / "runs.db").exists():
             return None
-        row = self.db.execute(
-            "SELECT run_id FROM runs WHERE measure_key = ? AND status = 'ok' ORDER BY created DESC LIMIT 1",
-            (measure_key,),
-        ).fetchone()
-        return self.load_run(row[0]) if row else None
+        rows = self.db.execute(
+            "SELECT run_id FROM runs WHERE measure_key = ? AND status = 'ok' ORDER BY created DESC", (measure_key,),
+        ).fetchall()
+        for (run_id,) in rows:
+            record = self._load_or_warn(run_id)
+            if record is not None and (self.run_dir(run_id) / "predictions.jsonl").is_file():
+                return record
+        return None
 
     def find_trained(self, train_key: str) -> RunRecord | None:
         """The newest run that trained a model with this training identity and still has it on disk."""
@@ -277,9 +358,22 @@ class Store:
             (train_key,),
         ).fetchall()
         for (run_id,) in rows:
-            if self.artifact_file(run_id).is_file():
-                return self.load_run(run_id)
+            record = self._load_or_warn(run_id)
+            if record is not None and self.artifact_file(run_id).is_file():
+                return record
         return None
+
+    def _load_or_warn(self, run_id: str) -> RunRecord | None:
+        """A stored run to reuse, or None with one warning line when its directory was deleted or its record
+        cannot be read: the caller trains or measures again instead of failing."""
+        try:
+            return self.load_run(run_id)
+        except UserError as exc:
+            if run_id not in self._warned:
+                self._warned.add(run_id)
+                print(f"harness: warning: {exc}; not reused (`harness store check` drops it from the index)",
+                      file=sys.stderr)
+            return None
 
     def artifact_file(self, run_id: str) -> Path:
         return self.run_dir(run_id) / "artifact" / "artifact.json"
@@ -308,10 +402,11 @@ class Store:
                         (row["comparison_id"], row["spec"], row["created"], json.dumps(row["runs"]),
                          json.dumps(row["metrics"])))
 
-    def check(self) -> list[str]:
+    def check(self, remove_partials: bool = False) -> list[str]:
         """Make the index agree with the run directories and say what was fixed: a corrupt index is moved
-        aside and rebuilt, finished runs missing from it are indexed, rows whose run is gone are dropped,
-        ``.partial`` runs no process holds are removed."""
+        aside and rebuilt, finished runs missing from it are indexed, rows whose run is gone or whose
+        ``record.json`` cannot be read are dropped. ``.partial`` runs no process holds are kept (a killed
+        run resumes from them) unless ``remove_partials``; ``store gc`` is the command for that."""
         fixed = []
         path = self.root / "runs.db"
         try:
@@ -328,6 +423,16 @@ class Store:
                     path.with_name(path.name + suffix).rename(aside.with_name(aside.name + suffix))
             fixed.append(f"{path}: {str(exc).split(';')[0]}; moved to {aside.name} and rebuilt")
         indexed = {row[0] for row in self.db.execute("SELECT run_id FROM runs")}
+        for run_id in sorted(indexed):
+            if (self.root / "runs" / run_id / "record.json").is_file():
+                try:
+                    self.load_run(run_id)
+                except UserError as exc:
+                    with self.db:
+                        self.db.execute("DELETE FROM runs WHERE run_id = ?", (run_id,))
+                    indexed.discard(run_id)
+                    fixed.append(f"{exc.where}: not a readable run record; dropped run {run_id} from the index "
+                                 "(its directory is kept: repair the file and run check again to index it)")
         on_disk = set()
         for record_file in sorted((self.root / "runs").glob("*/record.json")):
             run_id = record_file.parent.name
@@ -338,9 +443,8 @@ class Store:
                 continue
             try:
                 record = self.load_run(run_id)
-            except UserError as exc:
-                fixed.append(f"{exc}; left out of the index")
-                continue
+            except UserError:
+                continue  # said above when it was indexed; an unindexed unreadable record stays out silently
             with self.db:
                 self._index(record)
             fixed.append(f"indexed run {run_id} ({record.approach}, {record.status}), which the index had lost")
@@ -360,7 +464,9 @@ class Store:
                 fixed.append(f"{comparison_file}: not a readable comparison; left out of the index")
                 continue
             fixed.append(f"indexed comparison {comparison_file.stem}")
-        fixed += [f"removed {name}, left by a killed run" for name in self.remove_stale_partials()]
+        if remove_partials:
+            fixed += [f"removed {path.name}, left by a killed run ({what}, {size_text(size)})"
+                      for path, size, what in self.gc() if path.name.endswith(".partial")]
         return fixed
 
     def load_comparison(self, comparison_id: str | None = None) -> Comparison | None:
@@ -375,10 +481,70 @@ class Store:
             return None
         runs = []
         for run_id, status in json.loads(row[3]):
-            record = self.load_run(run_id)
-            record.status = status  # a reused run keeps the status it had in this comparison
+            try:
+                record = self.load_run(run_id)
+                record.status = status  # a reused run keeps the status it had in this comparison
+            except UserError as exc:  # its directory was deleted, or its record damaged: the rest still reports
+                approach = run_id.split("-", 2)[2].rsplit("-", 1)[0] if RUN_ID.fullmatch(run_id) else "?"
+                record = RunRecord(run_id=run_id, approach=approach, spec=row[1], task_type="", status="missing",
+                                   error=str(exc))
             runs.append(record)
         return Comparison(comparison_id=row[0], spec=row[1], created=row[2], runs=runs, metrics=json.loads(row[4]))
+
+
+def resumable(partial: Path) -> str | None:
+    """What a killed run left worth resuming: ``finished training`` (its model and figures), the Trainer's
+    last complete checkpoint (``checkpoint-800``), or None."""
+    from harness.hf_trainer import last_checkpoint
+
+    if (partial / "artifact" / "train_result.json").is_file():
+        return "finished training"
+    checkpoint = last_checkpoint(partial / "artifact" / "checkpoints")
+    return checkpoint.name if checkpoint is not None else None
+
+
+def _still_there(path: Path, fd: int) -> bool:
+    """Whether the lock ``fd`` (opened on ``path/lock``) is still that directory's lock file."""
+    try:
+        return os.fstat(fd).st_ino == os.stat(path / "lock").st_ino
+    except OSError:
+        return False
+
+
+def _is_held(path: Path) -> bool:
+    try:
+        fd = os.open(path / "lock", os.O_RDONLY)
+    except OSError:
+        return False
+    try:
+        if _try_lock(fd):
+            return False
+        return True
+    finally:
+        os.close(fd)
+
+
+def _size(path: Path) -> int:
+    if path.is_file():
+        return path.stat().st_size
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file() and not p.is_symlink())
+
+
+def _newest(path: Path) -> float:
+    """The newest modification time in a directory: when the work in it last moved."""
+    return max([path.stat().st_mtime, *(p.stat().st_mtime for p in path.rglob("*"))])
+
+
+def size_text(size: int) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if size < 1024 or unit == "GB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    return f"{size} B"
+
+
+def _writable(*paths: Path) -> bool:
+    return all(os.access(p, os.W_OK) for p in paths) and not os.statvfs(paths[0]).f_flag & os.ST_RDONLY
 
 
 def _try_lock(fd: int) -> bool:
@@ -413,15 +579,40 @@ def jsonable(value: Any, where: str) -> Any:
                     "return str, int, float, bool, None, lists or dicts")
 
 
-def write_predictions(path: Path, predictions: Iterable[Prediction]) -> None:
-    """One JSON line per prediction, converted to plain JSON first (a bad value names its prediction)."""
-    lines = [json.dumps(jsonable(asdict(p), f"prediction {i}"), ensure_ascii=False) for i, p in enumerate(predictions)]
+def write_predictions(path: Path, predictions: Iterable[Prediction], examples: list[Example] | None = None) -> None:
+    """One JSON line per prediction, converted to plain JSON first (a bad value names its prediction).
+
+    With ``examples`` (the gold examples, in the same order) each line also carries the example's ``id``,
+    ``text`` and ``gold`` answer, so a stored run can be read, and scored again, from this file alone."""
+    lines = []
+    for i, prediction in enumerate(predictions):
+        row = jsonable(asdict(prediction), f"prediction {i}")
+        if examples is not None:
+            ex = examples[i]
+            row = {"id": ex.id, "text": ex.text, "gold": {"label": ex.label, "fields": ex.fields}, **row}
+        lines.append(json.dumps(row, ensure_ascii=False))
     write_text(path, "".join(line + "\n" for line in lines))
+
+
+PREDICTION_FIELDS = set(Prediction.__dataclass_fields__)
 
 
 def read_predictions(path: Path) -> list[Prediction]:
     with path.open(encoding="utf-8") as handle:
-        return [Prediction(**json.loads(line)) for line in handle if line.strip()]
+        return [Prediction(**{k: v for k, v in json.loads(line).items() if k in PREDICTION_FIELDS})
+                for line in handle if line.strip()]
+
+
+def read_scored(path: Path) -> tuple[list[Example], list[Prediction]] | None:
+    """The gold examples and the predictions of a stored run, or None when its file is missing or predates
+    the gold answers in it."""
+    if not path.is_file():
+        return None
+    rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    if not rows or any("gold" not in row for row in rows):
+        return None
+    examples = [Example(id=row["id"], text=row["text"], **row["gold"]) for row in rows]
+    return examples, [Prediction(**{k: v for k, v in row.items() if k in PREDICTION_FIELDS}) for row in rows]
 
 
 ARTIFACT_FIELDS = ("train_samples", "parameters", "model", "dtype", "device", "notes", "info")
