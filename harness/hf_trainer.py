@@ -4,12 +4,15 @@ checkpoint kept, mixed precision and gradient accumulation made explicit."""
 
 from __future__ import annotations
 
+import json
 import math
 import shutil
 from pathlib import Path
 from typing import Any, Callable
 
 from harness.types import Artifact
+
+PHASES_FILE = "harness_phases.json"  # in each checkpoint: the phases' seconds up to it
 
 
 def steps(value: float) -> float | int:
@@ -64,6 +67,7 @@ def train_with_trainer(
     from transformers.trainer_callback import PrinterCallback
 
     from harness.models import LengthBucketSampler
+    from harness.store import write_json
 
     transformers.logging.set_verbosity_error()
     transformers.utils.logging.disable_progress_bar()  # harness draws its own bars
@@ -140,6 +144,11 @@ def train_with_trainer(
         def _save_checkpoint(self, model: Any, trial: Any) -> None:
             with progress.phase("save"):
                 super()._save_checkpoint(model, trial)
+                folder = Path(self.args.output_dir) / f"checkpoint-{self.state.global_step}"
+                if folder.is_dir():  # for a run resumed from this checkpoint: the time and the loss so far
+                    loss_sum = self._total_loss_scalar + self._tr_loss.item()
+                    write_json(folder / PHASES_FILE, {"phases": progress.snapshot(), "loss_sum": loss_sum,
+                                                      "step": self.state.global_step})
 
     trainer = HarnessTrainer(
         model=model,
@@ -157,16 +166,24 @@ def train_with_trainer(
     trainer.model_accepts_loss_kwargs = compute_loss is not None
     trainer.loss_is_scaled_for_ga = compute_loss is not None
     resume = last_checkpoint(Path(args.output_dir))
+    before = json.loads((resume / PHASES_FILE).read_text(encoding="utf-8")) if resume and (resume / PHASES_FILE).is_file() else None
+    if before is not None:
+        # The killed run's time up to its checkpoint; its load and prepare are done again here and count once.
+        progress.carry({name: seconds for name, seconds in before["phases"].items() if name not in ("load", "prepare")})
     with progress.bar("train", total_steps) as bar, progress.phase("train_loop"):
         if resume is not None:
             bar.advance(_step(resume))
         result = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
     shutil.rmtree(workdir / "checkpoints", ignore_errors=True)
     best = trainer.state.best_model_checkpoint
+    train_loss = result.training_loss
+    if before is not None and trainer.state.global_step:
+        # The Trainer averages the loss over the steps it ran since resuming; the run's mean covers them all.
+        train_loss = (before["loss_sum"] + train_loss * (trainer.state.global_step - before["step"])) / trainer.state.global_step
     info = {
         "best_checkpoint": best and Path(best).name,
         "best_metric": trainer.state.best_metric,
-        "train_loss": result.training_loss,
+        "train_loss": train_loss,
         "mixed_precision": "bf16" if args.bf16 else "no",
         **({"resumed_from_checkpoint": resume.name} if resume else {}),
     }

@@ -276,8 +276,10 @@ def train_unit(plugins: Any, job: TrainJob, progress: RunProgress) -> dict[str, 
     if not isinstance(artifact, Artifact):
         raise TypeError(f"harness_train returned {type(artifact).__name__}, not an Artifact")
     save_artifact(artifact, job.workdir)
+    carried = sum(progress.carried.values())  # a resumed run: the killed part's time up to its checkpoint
     result = {
-        "seconds": seconds,
+        "seconds": seconds + carried,
+        "seconds_before_resume": carried or None,
         "phases": dict(progress.phases),
         "rss_peak_mb": memory.rss_peak_mb,
         "gpu_peak_mb": memory.gpu_peak_mb,
@@ -325,7 +327,7 @@ def measure_unit(plugins: Any, job: MeasureJob, progress: RunProgress) -> dict[s
             if settings.get("predict_batch_size") == tried:
                 break
         latency = measure.sampled_batch1_latency(lambda ex: predict([ex]), test, job.latency_samples)
-    write_predictions(job.predictions_file, predictions)
+    write_predictions(job.predictions_file, predictions, data.test)
     batch_size = settings.get("predict_batch_size")
     if batch_size != first_batch:
         notes.append(f"predict_batch_size {first_batch} ran out of accelerator memory; measured at {batch_size}, "

@@ -115,13 +115,21 @@ def length_bucket_order(lengths: list[int], batch_size: int, seed: int, megabatc
 
 
 class LengthBucketSampler:
-    """A torch Sampler over :func:`length_bucket_order`, a new order each epoch."""
+    """A torch Sampler over :func:`length_bucket_order`, a new order each epoch.
+
+    The order is a function of the epoch alone: the Trainer says which epoch it is with ``set_epoch``
+    before each one, also the first epoch of a run resumed from a checkpoint, so a resumed run sees the
+    order the uninterrupted run saw. Iterated without ``set_epoch``, it moves to the next epoch by itself.
+    """
 
     def __init__(self, lengths: list[int], batch_size: int, seed: int):
         self.lengths, self.batch_size, self.seed, self.epoch = lengths, batch_size, seed, 0
 
     def __len__(self) -> int:
         return len(self.lengths)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
 
     def __iter__(self):
         order = length_bucket_order(self.lengths, self.batch_size, self.seed + self.epoch)

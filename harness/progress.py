@@ -28,7 +28,8 @@ class RunProgress:
         self._console = console
         self._on_log = on_log
         self.phases: dict[str, float] = {}
-        self._open: list[list[float]] = []  # per open phase: [seconds spent in phases nested inside it]
+        self._open: list[list[Any]] = []  # per open phase: [name, start, seconds in phases nested inside it]
+        self.carried: dict[str, float] = {}  # phases of a killed run's work, carried into its resumed run
 
     @contextmanager
     def phase(self, name: str) -> Iterator[None]:
@@ -37,16 +38,31 @@ class RunProgress:
         Phases are exclusive: time in a phase nested inside another counts for the inner one only, so an
         evaluation inside the training loop is not training time. A phase entered again adds up.
         """
-        self._open.append([0.0])
-        start = time.perf_counter()
+        self._open.append([name, time.perf_counter(), 0.0])
         try:
             yield
         finally:
+            _, start, nested = self._open.pop()
             elapsed = time.perf_counter() - start
-            nested = self._open.pop()[0]
             self.phases[name] = self.phases.get(name, 0.0) + elapsed - nested
             if self._open:
-                self._open[-1][0] += elapsed
+                self._open[-1][2] += elapsed
+
+    def snapshot(self) -> dict[str, float]:
+        """The phases so far, the open ones up to now: what a checkpoint records of the time spent."""
+        now = time.perf_counter()
+        phases = dict(self.phases)
+        for index, (name, start, nested) in enumerate(self._open):
+            inner = now - self._open[index + 1][1] if index + 1 < len(self._open) else 0.0
+            phases[name] = phases.get(name, 0.0) + now - start - nested - inner
+        return phases
+
+    def carry(self, phases: dict[str, float]) -> None:
+        """Add the phases a killed run spent before the checkpoint this run resumes from: a resumed run's
+        figures then add up to an uninterrupted one's (its load and prepare, done again, count once)."""
+        for name, seconds in phases.items():
+            self.phases[name] = self.phases.get(name, 0.0) + seconds
+            self.carried[name] = self.carried.get(name, 0.0) + seconds
 
     @contextmanager
     def bar(self, description: str, total: float | None) -> Iterator[Bar]:

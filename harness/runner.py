@@ -24,7 +24,7 @@ from harness.launcher import (
 from harness.plugins import Plugins
 from harness.progress import RunProgress
 from harness.spec import Spec, resolve_settings
-from harness.store import Store, load_artifact, read_predictions
+from harness.store import Store, load_artifact, read_predictions, read_scored, resumable, write_text
 from harness.types import ApproachInfo, Comparison, Example, Prediction, RunRecord, Task
 
 __all__ = ["CompareOptions", "Plan", "check_predictions", "compare", "plan_settings", "run_approach", "without_answers"]
@@ -143,7 +143,9 @@ def compare(
         for seed in options.seeds or spec.training_seeds:
             comparison.runs.append(run_approach(plugins, spec, data, plan, store, options, console, seed=seed))
     store.save_comparison(comparison)
-    store.remove_stale_partials()  # killed runs no approach here resumed: nothing .partial outlives a compare
+    # A killed run that holds nothing to resume (no checkpoint, no finished model) is removed; every other
+    # one is kept for the compare that resumes it, or for `harness store gc`.
+    store.remove_empty_partials()
     notify(plugins, "harness_compare_finished", comparison=comparison)
     return comparison
 
@@ -261,19 +263,29 @@ def _run_locked(plugins: Plugins, spec: Spec, data: Datasets, plan: Plan, store:
         previous = store.find_measured(record.measurement["key"])
         if previous is not None:
             previous.status = "reused"
+            _rescore(plugins, store, previous, task)
             notify(plugins, "harness_run_finished", run=previous)
             return previous
     source = None if options.rerun else store.find_trained(train_key)
-    resumed = None if options.rerun or source is not None else store.resume_partial(train_key, record.run_id)
+    resumed = None if options.rerun or source is not None else store.resume_partial(train_key)
+    log_file = None
     if resumed is not None:
-        workdir, killed_run = resumed
-        record.training["resumed"] = {"run": killed_run}
+        # The killed run goes on as itself: its id, its directory, its training log up to what it resumes from.
+        workdir, record.run_id = resumed
+        kept = resumable(workdir)
+        record.training["resumed"] = {"run": record.run_id, "from": kept}
+        record.train_log = _log_until(workdir / "train_log.jsonl", kept)
+        log_file = workdir / "train_log.jsonl"
+        write_text(log_file, "".join(json.dumps(entry, default=str) + "\n" for entry in record.train_log))
     else:
         workdir = store.start_run(record.run_id, {"train_key": train_key, "measure_key": record.measurement["key"]})
+        log_file = workdir / "train_log.jsonl"
     notify(plugins, "harness_run_started", run=record)
 
     def on_log(entry: dict[str, Any]) -> None:
         record.train_log.append(entry)
+        with log_file.open("a", encoding="utf-8") as handle:  # on disk as it is written: a kill loses no line
+            handle.write(json.dumps(entry, default=str) + "\n")
         notify(plugins, "harness_training_log", run=record, entry=entry)
 
     progress = RunProgress(console, on_log)
@@ -286,7 +298,6 @@ def _run_locked(plugins: Plugins, spec: Spec, data: Datasets, plan: Plan, store:
             artifact_file = store.artifact_file(source.run_id)
         elif finished.is_file():  # a killed run had finished training: measure its model
             artifact_file = _record_training(record, json.loads(finished.read_text(encoding="utf-8")), workdir / "artifact")
-            record.training["resumed"]["finished_training"] = True
         else:
             job = TrainJob(plan.trainer, task, data_file, {**plan.train_settings, "random_weights": options.random_weights},
                            workdir / "artifact", seed)
@@ -320,9 +331,8 @@ def _record_training(record: RunRecord, result: dict[str, Any], workdir: Any) ->
     loop = phases.get("train_loop")
     samples = artifact.train_samples
     record.training["trained_in"] = record.run_id
-    checkpoint = artifact.info.get("resumed_from_checkpoint")
-    if checkpoint:
-        record.training.setdefault("resumed", {})["checkpoint"] = checkpoint
+    if result.get("seconds_before_resume"):
+        record.training.setdefault("resumed", {})["seconds_before_kill"] = result["seconds_before_resume"]
     record.speed.update(
         train_seconds=seconds,
         train_phases=phases,
@@ -346,6 +356,8 @@ def _reuse_training(record: RunRecord, source: RunRecord) -> None:
     record.memory.update({k: v for k, v in source.memory.items() if k.startswith("train_")})
     record.model = dict(source.model)
     record.train_log = list(source.train_log)
+    if source.training.get("resumed"):  # the note travels with the model wherever it is measured again
+        record.training["resumed"] = dict(source.training["resumed"])
 
 
 def _measure(plugins: Plugins, job: MeasureJob, progress: RunProgress, record: RunRecord, options: CompareOptions) -> None:
@@ -364,6 +376,28 @@ def notify(plugins: Plugins, hook: str, **kwargs: Any) -> None:
         getattr(plugins.pm.hook, hook)(**kwargs)
     except Exception as exc:
         print(f"harness: a {hook} listener failed: {type(exc).__name__}: {exc}".splitlines()[0], file=sys.stderr)
+
+
+def _rescore(plugins: Plugins, store: Store, record: RunRecord, task: Task) -> None:
+    """A reused row scored again from its stored predictions with the scorers installed now, so the table
+    never shows metrics of a scorer since changed or added. Predictions stored before they carried their
+    gold answers keep the metrics they had."""
+    scored = read_scored(store.run_dir(record.run_id) / "predictions.jsonl")
+    if scored is not None:
+        examples, predictions = scored
+        record.metrics = _score(plugins, record.approach, task, examples, predictions)
+
+
+def _log_until(path: Any, kept: str | None) -> list[dict[str, Any]]:
+    """A killed run's training log lines up to what it resumes from: all of them when it had finished
+    training, those up to the checkpoint's step (the steps after it are trained, and logged, again), or none."""
+    if kept is None or not path.is_file():
+        return []
+    entries = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    if kept.startswith("checkpoint-"):
+        step = int(kept.removeprefix("checkpoint-"))
+        entries = [entry for entry in entries if entry.get("step", 0) <= step]
+    return entries
 
 
 def _score(plugins: Plugins, name: str, task: Task, examples: list[Example], predictions: list[Prediction]) -> dict[str, Any]:

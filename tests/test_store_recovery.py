@@ -70,12 +70,14 @@ def test_killed_while_training_resumes_from_its_last_checkpoint(tmp_path, plugin
     run = only_run(tmp_path / "out.json")
     assert run["status"] == "ok" and run["training"]["trained_in"] == run["run_id"]
     resumed = run["training"]["resumed"]
-    assert resumed["run"] == killed.name.removesuffix(".partial")
-    step = int(resumed["checkpoint"].removeprefix("checkpoint-"))
+    assert resumed["run"] == run["run_id"] == killed.name.removesuffix(".partial")  # it goes on as itself
+    step = int(resumed["from"].removeprefix("checkpoint-"))
     assert step >= 8 and step % 8 == 0
     logged = [entry["step"] for entry in run["train_log"]]
-    assert min(logged) > step and max(logged) == 48  # only the steps after the checkpoint were trained again
-    assert "resumed" in result.stdout and resumed["checkpoint"] in result.stdout
+    # One log: the killed part's lines up to its checkpoint, then the resumed part's, no step twice.
+    losses = [e["step"] for e in run["train_log"] if "loss" in e]
+    assert losses == sorted(set(losses)) and min(logged) <= step < max(logged) == 48
+    assert "resumed" in result.stdout and resumed["from"] in result.stdout
     assert partials(store) == [] and not (store / "runs" / run["run_id"] / "artifact" / "checkpoints").exists()
 
 
@@ -92,19 +94,10 @@ def test_killed_after_training_measures_the_finished_model_without_training_agai
     assert result.returncode == 0, result.stderr
     run = only_run(tmp_path / "out.json")
     assert run["status"] == "ok" and run["training"]["resumed"] == {"run": killed.name.removesuffix(".partial"),
-                                                                    "finished_training": True}
+                                                                    "from": "finished training"}
     assert run["speed"]["train_seconds"] == trained["seconds"]  # the killed run's training figures, kept
     assert run["speed"]["train_phases"] == trained["phases"] and "finished training" in result.stdout
     assert (store / "runs" / run["run_id"] / "artifact" / "artifact.json").is_file() and partials(store) == []
-
-
-def test_a_partial_no_run_resumes_is_removed_by_the_next_compare(tmp_path, plugin_site, ag_news_data):
-    cli = make_cli(plugin_site, tmp_path)
-    store = tmp_path / ".harness"
-    (store / "runs" / "20260101-000000-bert-abcdef.partial" / "artifact").mkdir(parents=True)
-    result = cli("compare", "--plugins", "naive-bayes", "--data", ag_news_data, *FAST)
-    assert result.returncode == 0, result.stderr
-    assert partials(store) == []
 
 
 def test_two_identical_compares_at_once_train_once(tmp_path, plugin_site, tiny_bert, ag_news_data):
@@ -196,3 +189,39 @@ def test_a_read_only_store_is_refused_before_anything_trains(naive_store, target
     reason = "read-only file system" if os.geteuid() == 0 else "permissions"
     assert error_line(result) == f"harness: error: {where}: cannot be written ({reason}); nothing was trained"
     assert sorted(p.name for p in (store / "runs").iterdir()) == before
+
+
+def test_a_run_killed_in_epoch_two_resumes_as_the_same_run(tmp_path, plugin_site, tiny_bert, ag_news_data):
+    """Killed at a checkpoint in the middle of epoch 2, then resumed after another compare on the same store:
+    the same predictions to the last digit of every probability and the same losses as the run left alone.
+    108 training examples in batches of 16 are 7 steps an epoch; a checkpoint every 9 steps falls inside an
+    epoch, where the resumed run must skip the batches it saw in the same order it saw them."""
+    args = ["compare", "--plugins", "bert", "--data", ag_news_data, *FAST, "--limit-train", "120",
+            *bert_args(tiny_bert, "num_train_epochs=8", "eval_steps=9", "logging_steps=1",
+                       "per_device_train_batch_size=16")]
+    whole = make_cli(plugin_site, tmp_path)(*args, "--store", "whole", "--json", "whole.json", "--launcher", "inline")
+    assert whole.returncode == 0, whole.stderr
+    store = tmp_path / ".harness"
+    process = spawn(plugin_site, tmp_path, *args)
+    kill_when(process, lambda: any(store.glob("runs/*.partial/artifact/checkpoints/checkpoint-9/trainer_state.json")))
+    (killed,) = partials(store)
+
+    other = make_cli(plugin_site, tmp_path)("compare", "--plugins", "naive-bayes", "--data", ag_news_data, *FAST)
+    assert other.returncode == 0 and partials(store) == [killed]  # another compare deletes nothing resumable
+
+    result = make_cli(plugin_site, tmp_path)(*args, "--json", "out.json", "--launcher", "inline")
+    assert result.returncode == 0, result.stderr
+    run, alone = only_run(tmp_path / "out.json"), only_run(tmp_path / "whole.json")
+    assert run["run_id"] == killed.name.removesuffix(".partial")
+    step = int(run["training"]["resumed"]["from"].removeprefix("checkpoint-"))
+    assert step % 9 == 0 and step % 7 != 0  # inside an epoch
+    assert (store / "runs" / run["run_id"] / "predictions.jsonl").read_bytes() == \
+        (tmp_path / "whole" / "runs" / alone["run_id"] / "predictions.jsonl").read_bytes()
+    losses = [(e["step"], e["loss"]) for e in run["train_log"] if "loss" in e]
+    assert losses == [(e["step"], e["loss"]) for e in alone["train_log"] if "loss" in e]
+    assert run["model"]["train_loss"] == pytest.approx(alone["model"]["train_loss"], rel=1e-9)
+    assert run["model"]["best_checkpoint"] == alone["model"]["best_checkpoint"]
+    # Seconds add up across the kill: the killed part's time up to its checkpoint is counted, once.
+    assert run["training"]["resumed"]["seconds_before_kill"] > 0
+    assert run["speed"]["train_seconds"] > run["training"]["resumed"]["seconds_before_kill"]
+    assert run["speed"]["train_samples"] == alone["speed"]["train_samples"]
