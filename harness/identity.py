@@ -17,29 +17,45 @@ what changed.
 
 from __future__ import annotations
 
+import ast
 import hashlib
+import importlib
+import importlib.util
 import inspect
 import json
 import marshal
-import os
 import sys
+import textwrap
 from importlib import metadata
 from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-# Libraries whose version changes what training computes.
-TRAINING_LIBRARIES = ("torch", "transformers", "peft", "accelerate")
+# Libraries whose version changes what training computes, or the prompts and data it sees: the chat
+# templates are jinja2, tokenizers split the text, safetensors and gguf read the weights, numpy and
+# scikit-learn compute the validation metrics that select checkpoints.
+TRAINING_LIBRARIES = ("torch", "transformers", "tokenizers", "accelerate", "peft", "safetensors", "jinja2", "numpy",
+                      "scikit-learn", "gguf")
 # ... and those a measurement may run on.
 SERVING_LIBRARIES = (*TRAINING_LIBRARIES, "onnxruntime", "onnxruntime-gpu", "vllm", "harness-compare")
 
-# Modules of the harness package that present, store or time results and never change what a model
-# learns: editing them re-measures but does not retrain. Every other module (a new one too) counts as
-# training code, so forgetting to list one errs on the side of training again.
-NOT_TRAINING_CODE = {
-    "__init__.py", "__main__.py", "bench.py", "cli.py", "identity.py", "launcher.py", "measure.py", "packing.py",
-    "progress.py", "pytest_plugin.py", "report.py", "store.py", "testing.py",
-}
+# The core's code that runs in the train unit around the approach's own training: reading the data,
+# seeding, the call. (The Trainer glue, the sampler and the model loading are reached from the
+# approach's train through what it calls.)
+CORE_TRAINING = ("harness.launcher:train_unit",)
+# ... and the measure unit's.
+CORE_MEASURING = ("harness.launcher:measure_unit",)
+
+# Modules that present, store, time or dispatch and never change what a model learns: the code
+# fingerprint does not follow calls into them. Every other module of harness, harness_plugins or the
+# approach's own package that the training path calls counts, found by following the calls.
+NOT_TRAINING = frozenset({
+    "harness.bench", "harness.cli", "harness.data", "harness.errors", "harness.identity", "harness.measure", "harness.plugins",
+    "harness.progress", "harness.pytest_plugin", "harness.report", "harness.stats", "harness.store",
+    "harness.testing", "harness.types",
+})
+# For the measuring code, timing counts: harness.measure is followed.
+NOT_MEASURING = NOT_TRAINING - {"harness.measure"}
 
 
 def digest(value: Any) -> str:
@@ -116,54 +132,139 @@ def library_versions(names: tuple[str, ...]) -> dict[str, str]:
     return versions
 
 
-def plugin_modules(plugin: Any) -> list[ModuleType]:
-    """The plugin's module and the modules of its own package that it uses directly (``from mypkg.model
-    import Net`` counts ``mypkg.model``): the source whose edits must be seen."""
-    module = plugin if isinstance(plugin, ModuleType) else sys.modules.get(type(plugin).__module__)
-    if module is None:
-        return []
-    top = module.__name__.split(".")[0]
-    found = {module.__name__: module}
-    for value in vars(module).values():
-        owner = value if isinstance(value, ModuleType) else sys.modules.get(getattr(value, "__module__", None) or "")
-        if owner is not None and owner.__name__.split(".")[0] == top and top not in ("harness", "builtins"):
-            found.setdefault(owner.__name__, owner)
-    return [found[name] for name in sorted(found)]
+def code_fingerprint(roots: list[Any], skip: frozenset[str]) -> dict[str, str]:
+    """The code that ``roots`` (functions, classes or ``"module:name"`` strings) run, function by function:
+    each one's qualified name and a digest of its syntax tree, following every name it uses that resolves
+    to a function or class of harness, harness_plugins or the roots' own packages (imports inside
+    functions included), except in the modules of ``skip``. Constants it reads (a module's dict of
+    defaults, a prompt template) count with their values.
 
-
-def module_fingerprint(module: ModuleType) -> str:
-    """sha256 of a module's source file, or of its compiled functions when it has no file (built in memory)."""
-    try:
-        source = inspect.getsourcefile(module)
-    except TypeError:
-        source = None
-    if source and os.path.isfile(source):
-        return file_sha256(Path(source))
-    sha = hashlib.sha256()
-    for name, value in sorted(vars(module).items()):
-        code = getattr(getattr(value, "__func__", value), "__code__", None)
-        if code is not None:
-            sha.update(name.encode() + marshal.dumps(code))
-    return sha.hexdigest()
-
-
-def harness_fingerprint(*, training_only: bool) -> str:
-    """sha256 of the harness package's source: its training code alone, or all of it."""
-    root = Path(__file__).parent
-    sha = hashlib.sha256()
-    for path in sorted(root.glob("*.py")):
-        if training_only and path.name in NOT_TRAINING_CODE:
+    The digest ignores what cannot change a result: comments, formatting, docstrings and the message of a
+    ``raise``. So editing a predict function, bench, the report or an error message changes no training
+    identity; editing the training step, the sampler, the Trainer glue or seeding does.
+    """
+    packages = {"harness", "harness_plugins"} | {_module_of(root).split(".")[0] for root in roots}
+    found: dict[str, str] = {}
+    queue = [_resolve_root(root) for root in roots]
+    while queue:
+        obj = inspect.unwrap(queue.pop())
+        name = f"{obj.__module__}.{obj.__qualname__}"
+        if name in found:
             continue
-        sha.update(f"{path.name}\0{file_sha256(path)}\n".encode())
-    return sha.hexdigest()
+        tree, namespace = _syntax(obj)
+        found[name] = hashlib.sha256(ast.dump(tree).encode()).hexdigest()[:16]
+        for used, value in _used(tree, namespace, obj.__module__):
+            if (inspect.isfunction(value) or inspect.isclass(value)) and _tracked(value, packages, skip):
+                queue.append(value)
+            elif _constant(value) and used in namespace and namespace.get(used) is value:
+                found[f"{obj.__module__}.{used}"] = digest(value)[:16]
+    return dict(sorted(found.items()))
 
 
-def code_fingerprint(plugin: Any, *, training_only: bool) -> dict[str, str]:
-    """The fingerprints of the code that trains (``training_only``) or measures: harness and the plugin."""
-    return {
-        "harness": harness_fingerprint(training_only=training_only),
-        **{f"plugin:{m.__name__}": module_fingerprint(m) for m in plugin_modules(plugin)},
-    }
+def _resolve_root(root: Any) -> Any:
+    if isinstance(root, str):
+        module, _, name = root.partition(":")
+        return getattr(importlib.import_module(module), name)
+    return getattr(root, "__func__", root)
+
+
+def _module_of(root: Any) -> str:
+    return root.partition(":")[0] if isinstance(root, str) else getattr(root, "__module__", "") or ""
+
+
+def _tracked(value: Any, packages: set[str], skip: frozenset[str]) -> bool:
+    module = getattr(value, "__module__", "") or ""
+    return module.split(".")[0] in packages and module not in skip
+
+
+def _constant(value: Any) -> bool:
+    if value is None or isinstance(value, (str, int, float, bool)):
+        return True
+    if isinstance(value, (tuple, list, frozenset)):
+        return all(_constant(v) for v in value)
+    if isinstance(value, dict):
+        return all(isinstance(k, str) and _constant(v) for k, v in value.items())
+    return False
+
+
+def _syntax(obj: Any) -> tuple[ast.AST, dict[str, Any]]:
+    """The normalised syntax tree of a function or class and the globals its names resolve in. Code
+    without source (built in memory) is taken from its compiled form."""
+    namespace = vars(sys.modules[obj.__module__]) if obj.__module__ in sys.modules else {}
+    namespace = getattr(obj, "__globals__", namespace)
+    try:
+        tree = ast.parse(textwrap.dedent(inspect.getsource(obj)))
+    except (OSError, TypeError, SyntaxError):
+        codes = [getattr(v, "__code__", None) for v in ([obj] if inspect.isfunction(obj) else vars(obj).values())]
+        return ast.Constant(b"".join(marshal.dumps(c) for c in codes if c is not None).hex()), namespace
+    return _Normalise().visit(tree), namespace
+
+
+class _Normalise(ast.NodeTransformer):
+    """Drop docstrings and the arguments of raised exceptions: they explain, they do not compute."""
+
+    def _body(self, node: Any) -> Any:
+        self.generic_visit(node)
+        body = node.body
+        if body and isinstance(body[0], ast.Expr) and isinstance(getattr(body[0], "value", None), ast.Constant) \
+                and isinstance(body[0].value.value, str):
+            node.body = body[1:] or [ast.Pass()]
+        return node
+
+    visit_FunctionDef = visit_AsyncFunctionDef = visit_ClassDef = visit_Module = _body
+
+    def visit_Raise(self, node: ast.Raise) -> Any:
+        if isinstance(node.exc, ast.Call):
+            node.exc = node.exc.func
+        node.cause = None
+        return node
+
+
+def _used(tree: ast.AST, namespace: dict[str, Any], module: str) -> list[tuple[str, Any]]:
+    """The names a syntax tree uses, with what they resolve to: globals, ``module.attribute`` chains and
+    names imported inside functions."""
+    used = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Name) and node.id in namespace:
+            used.append((node.id, namespace[node.id]))
+        elif isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id in namespace:
+            owner = namespace[node.value.id]
+            if isinstance(owner, ModuleType) and hasattr(owner, node.attr):
+                used.append((f"{node.value.id}.{node.attr}", getattr(owner, node.attr)))
+        elif isinstance(node, ast.ImportFrom):
+            source = importlib.util.resolve_name("." * node.level + (node.module or ""), module.rpartition(".")[0]) \
+                if node.level else node.module or ""
+            if source.split(".")[0] not in ("harness", "harness_plugins", module.split(".")[0]):
+                continue  # a library: its version is in the identity, its code is not read
+            try:
+                imported = importlib.import_module(source)
+            except ImportError:
+                continue
+            used += [(alias.name, getattr(imported, alias.name)) for alias in node.names if hasattr(imported, alias.name)]
+    return used
+
+
+def approach_code(plugin: Any, hooks: tuple[str, ...], core: tuple[str, ...], skip: frozenset[str]) -> dict[str, str]:
+    """:func:`code_fingerprint` of the core's unit code and the approach's own ``hooks`` that it has."""
+    return code_fingerprint([*core, *(getattr(plugin, hook) for hook in hooks if hasattr(plugin, hook))], skip)
+
+
+def training_code(plugin: Any) -> dict[str, str]:
+    """The code that trains: the train unit and the approach's train, with all they call that can change
+    what the model learns."""
+    return approach_code(plugin, ("harness_train",), CORE_TRAINING, NOT_TRAINING)
+
+
+def measuring_code(plugin: Any) -> dict[str, str]:
+    """The code that serves and times: the measure unit and the approach's load and predict."""
+    return approach_code(plugin, ("harness_load", "harness_predict"), CORE_MEASURING, NOT_MEASURING)
+
+
+def training_device(setting: Any) -> str:
+    """Where training runs, as its identity: an approach's ``train_device`` setting, ``auto`` resolved to
+    this machine's accelerator. A GPU-trained model is found again from a CPU machine by saying
+    ``train_device=cuda`` there; the serving device is a predict setting of its own."""
+    return accelerator() if setting in (None, "auto") else str(setting)
 
 
 def accelerator() -> str:

@@ -201,6 +201,16 @@ def _cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
+def unit_threads() -> int:
+    """The CPU threads a unit process will compute on: ``OMP_NUM_THREADS`` where it is set, else every
+    core this process may use. Part of a measurement's identity: a row timed on 1 thread is not reused
+    for a compare on all of them."""
+    try:
+        return max(1, int(os.environ.get("OMP_NUM_THREADS", "")))
+    except ValueError:
+        return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
 def _cpu_threads() -> int:
     torch = _torch()
     if torch is not None:

@@ -16,7 +16,9 @@ so the model's own head (pooler, dropout, classifier) runs unchanged on a ``(bat
 (:func:`packed_calls`). A decoder attends causally within each sequence and gives the logits at each
 sequence's last position (:func:`packed_last_logits`), what scoring by the next token reads.
 
-This module never changes what a model learns; it is listed in identity.NOT_TRAINING_CODE.
+What a model learns does not depend on this module unless its training calls it (qwen's checkpoint
+selection scores with the decoder's code, which can pack): the training identity follows calls, not
+files (harness.identity.code_fingerprint).
 """
 
 from __future__ import annotations

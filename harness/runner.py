@@ -167,9 +167,9 @@ def training_identity(plugins: Plugins, spec: Spec, data: Datasets, plan: Plan, 
         "validation": data.validation_hash,
         "validation_source": data.validation_source,
         "seed": plan.train_settings["seed"],
-        "code": identity.code_fingerprint(plugins.pm.get_plugin(plan.trainer), training_only=True),
+        "code": identity.training_code(plugins.pm.get_plugin(plan.trainer)),
         "versions": identity.library_versions(identity.TRAINING_LIBRARIES),
-        "accelerator": identity.accelerator(),
+        "accelerator": identity.training_device(settings.get("train_device")),
     }
 
 
@@ -185,7 +185,9 @@ def measurement_identity(plugins: Plugins, data: Datasets, plan: Plan, train_key
         "warmup_examples": options.warmup_examples,
         "machine": measure.machine(),
         "gpu": identity.gpu_name(),
-        "code": identity.code_fingerprint(plugins.pm.get_plugin(plan.approach), training_only=False),
+        "threads": measure.unit_threads(),
+        "launcher": options.launcher,
+        "code": identity.measuring_code(plugins.pm.get_plugin(plan.approach)),
         "versions": identity.library_versions(identity.SERVING_LIBRARIES),
     }
 
@@ -203,7 +205,10 @@ def what_changed(before: dict[str, Any], after: dict[str, Any]) -> list[str]:
                     changes.append(f"{name} {(old or {}).get(name)!r} -> {(new or {}).get(name)!r}")
         elif key == "approach":
             changes.append(f"served by {new} (trained by {before.get('approach')})")
-        elif key in ("latency_samples", "warmup_examples"):
+        elif key == "code":
+            edited = sorted(name for name in set(old or {}) | set(new or {}) if (old or {}).get(name) != (new or {}).get(name))
+            changes.append("measuring code: " + ", ".join(edited[:3]) + (f" and {len(edited) - 3} more" if len(edited) > 3 else ""))
+        elif key in ("latency_samples", "warmup_examples", "threads", "launcher"):
             changes.append(f"{key} {old} -> {new}")
         elif key == "test":
             changes.append("test data")

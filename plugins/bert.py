@@ -39,7 +39,8 @@ DEFAULTS: dict[str, Any] = {
     # auto: packed (padding-free, harness.packing) on CPU where the model family allows it, padded batches
     # elsewhere; packed (an error where it cannot); padded.
     "packing": "auto",
-    "device": "auto",
+    "train_device": "auto",  # where training runs (part of what was trained): auto is CUDA where there is one
+    "device": "auto",  # where the model serves (a predict setting): a GPU-trained model may serve on CPU
     "mixed_precision": "auto",  # auto: bf16 autocast on a CUDA GPU that supports it; bf16; no
     "load_best_model_at_end": True,
     # length_buckets: batches of similar length in shuffled order (harness.models.length_bucket_order);
@@ -61,7 +62,7 @@ def harness_describe() -> ApproachInfo:
         task_types=("classification",),
         settings=DEFAULTS,
         description="encoder + linear head (AutoModelForSequenceClassification), HF Trainer",
-        predict_settings=("predict_batch_size", "bucket_by_length", "packing"),
+        predict_settings=("predict_batch_size", "device", "bucket_by_length", "packing"),
         choices={"train_sampler": TRAIN_SAMPLERS, "mixed_precision": MIXED_PRECISION, "packing": PACKING},
     )
 
@@ -76,7 +77,7 @@ def harness_train(
     from harness.metrics import classification_metrics
     from harness.models import pick_device
 
-    device = pick_device(settings["device"])
+    device = pick_device(settings["train_device"])
     labels = list(task.labels)
     with progress.phase("load"):
         tokenizer = _tokenizer(settings)

@@ -62,7 +62,8 @@ DEFAULTS: dict[str, Any] = {
     # auto: letter scoring packs each batch end to end on CPU (harness.packing) where the model family allows
     # it, pads elsewhere; packed (an error where it cannot); padded.
     "packing": "auto",
-    "device": "auto",
+    "train_device": "auto",  # where training runs (part of what was trained): auto is CUDA where there is one
+    "device": "auto",  # where the model serves (a predict setting): a GPU-trained model may serve on CPU
     "mixed_precision": "auto",  # auto: bf16 autocast on a CUDA GPU that supports it; bf16; no
     "load_best_model_at_end": True,
     "train_sampler": "length_buckets",
@@ -79,7 +80,7 @@ def harness_describe() -> ApproachInfo:
         task_types=("classification", "extraction"),
         settings=DEFAULTS,
         description="causal LM fine-tuned on a multiple-choice prompt; scored by option likelihood",
-        predict_settings=("predict_batch_size", "bucket_by_length", "scoring", "packing"),
+        predict_settings=("predict_batch_size", "device", "bucket_by_length", "scoring", "packing"),
         choices={"packing": PACKING, "scoring": SCORINGS, "answer": ("letter", "label"),
                  "answer_loss": ("turn", "letter"), "train_sampler": TRAIN_SAMPLERS, "mixed_precision": MIXED_PRECISION},
         limits={"max_new_tokens": (1, None)},
@@ -96,7 +97,7 @@ def harness_train(
     from harness.metrics import classification_metrics
     from harness.models import pick_device
 
-    device = pick_device(settings["device"])
+    device = pick_device(settings["train_device"])
     with progress.phase("load"):
         tokenizer = _tokenizer(settings)
         model = _base_model(settings, tokenizer)

@@ -89,14 +89,115 @@ def test_editing_the_plugin_source_retrains_and_a_predict_setting_only_remeasure
     assert [r["status"] for r in runs(work, "3.json")] == ["reused"]
     assert runs(work, "3.json")[0]["run_id"] == trained["run_id"], same.stderr
 
-    # An edit of the plugin's source, even a comment, is new code: it trains again.
+    # A comment or a docstring is no code: the whole row is reused.
     module = site / "harness_naive_bayes.py"
-    module.write_text(module.read_text() + "\n# an edit\n")
-    edited = cli("compare", "--plugins", "naive-bayes", "--data", ag_news_data, *COMMON, "--json", "4.json")
+    module.write_text(module.read_text().replace('"""log P(label)', '"""The log P(label)') + "\n# an edit\n")
+    commented = cli("compare", "--plugins", "naive-bayes", "--data", ag_news_data, *COMMON, "--json", "4.json")
+    assert [r["status"] for r in runs(work, "4.json")] == ["reused"], commented.stderr
+
+    # An edit of a function predict calls re-measures the stored model; it does not train again.
+    module.write_text(module.read_text().replace("top = max(log_p.values())", "top = max(log_p.values()) + 0.0"))
+    predict_edit = cli("compare", "--plugins", "naive-bayes", "--data", ag_news_data, *COMMON, "--json", "5.json")
+    (remeasured,) = runs(work, "5.json")
+    assert remeasured["status"] == "ok" and remeasured["training"]["trained_in"] == trained["run_id"], predict_edit.stderr
+    assert "measuring code: harness_naive_bayes.classify" in remeasured["training"]["reason"]
+
+    # An edit of the training code trains again, and the identity names what changed.
+    module.write_text(module.read_text().replace("json.dumps(model)", "json.dumps(model, sort_keys=True)"))
+    edited = cli("compare", "--plugins", "naive-bayes", "--data", ag_news_data, *COMMON, "--json", "6.json")
     assert edited.returncode == 0, edited.stderr
-    (retrained,) = runs(work, "4.json")
+    (retrained,) = runs(work, "6.json")
     assert retrained["status"] == "ok" and retrained["training"]["trained_in"] == retrained["run_id"]
-    assert retrained["training"]["identity"]["code"] != trained["training"]["identity"]["code"]
+    before, after = trained["training"]["identity"]["code"], retrained["training"]["identity"]["code"]
+    assert [name for name in after if before.get(name) != after[name]] == ["harness_naive_bayes.harness_train"]
+
+
+def test_a_row_measured_on_one_thread_is_not_reused_for_a_compare_on_all_of_them(site_cli, ag_news_data):
+    _, work, cli = site_cli
+    args = ["compare", "--plugins", "naive-bayes", "--data", ag_news_data, *COMMON]
+    assert cli(*args, "--json", "1.json", env={"OMP_NUM_THREADS": "1"}).returncode == 0
+    again = cli(*args, "--json", "2.json", env={"OMP_NUM_THREADS": "2"})
+    (first,), (second,) = runs(work, "1.json"), runs(work, "2.json")
+    assert second["status"] == "ok" and second["training"]["trained_in"] == first["run_id"], again.stderr
+    assert "threads 1 -> 2" in second["training"]["reason"]
+    inline = cli(*args, "--json", "3.json", "--launcher", "inline", env={"OMP_NUM_THREADS": "2"})
+    assert "launcher process -> inline" in runs(work, "3.json")[0]["training"]["reason"], inline.stderr
+
+
+EXTRA_SCORER = """
+from harness import hookimpl
+
+@hookimpl
+def harness_score(examples, predictions):
+    return {"right_answers": sum(p.label == ex.label for p, ex in zip(predictions, examples))}
+"""
+
+
+def test_a_reused_row_is_scored_again_by_the_scorers_installed_now(site_cli, ag_news_data):
+    site, work, cli = site_cli
+    args = ["compare", "--plugins", "naive-bayes", "--data", ag_news_data, *COMMON]
+    assert cli(*args, "--json", "1.json").returncode == 0
+    (first,) = runs(work, "1.json")
+    assert "right_answers" not in first["metrics"]
+    install_site(site, {"extra_scorer": EXTRA_SCORER}, {"naive-bayes": "harness_naive_bayes",
+                                                       "extra-scorer": "extra_scorer"})
+    again = cli(*args, "--json", "2.json")
+    (reused,) = runs(work, "2.json")
+    assert reused["status"] == "reused" and reused["run_id"] == first["run_id"], again.stderr
+    assert reused["metrics"]["right_answers"] == round(first["metrics"]["accuracy"] * first["n_test"])
+    assert reused["metrics"]["accuracy"] == first["metrics"]["accuracy"]
+
+
+def test_the_training_code_is_what_training_calls_and_nothing_else():
+    from harness import identity
+    from harness_plugins import bert
+
+    code = identity.training_code(bert)
+    for trains in ("harness_plugins.bert.harness_train", "harness.hf_trainer.train_with_trainer",
+                   "harness.models.LengthBucketSampler", "harness.models.length_bucket_order",
+                   "harness.launcher.seed_everything", "harness.launcher.train_unit"):
+        assert trains in code
+    for serves in ("harness_plugins.bert.harness_predict", "harness_plugins.bert.harness_load",
+                   "harness.launcher.measure_unit", "harness.packing.packed_calls"):
+        assert serves not in code
+    assert not [name for name in code if name.split(".")[1] in ("measure", "store", "report", "bench", "progress")]
+    assert "harness.packing.packed_calls" in identity.measuring_code(bert)
+
+
+def test_a_docstring_comment_or_error_message_changes_no_fingerprint_and_a_step_does(tmp_path, monkeypatch):
+    from harness import identity
+
+    source = '''
+def harness_train(task, train, settings):
+    """Train."""
+    if not train:
+        raise ValueError("no examples")  # a message
+    return step(train, settings["learning_rate"])
+
+def step(train, lr):
+    return [lr * len(ex.text) for ex in train]
+
+def harness_predict(examples):
+    return [None for _ in examples]
+'''
+    monkeypatch.syspath_prepend(str(tmp_path))
+
+    def fingerprint(text: str, name: str) -> dict[str, str]:
+        (tmp_path / f"{name}.py").write_text(text)
+        import importlib
+
+        code = identity.training_code(importlib.import_module(name))
+        assert "harness.launcher.train_unit" in code  # the core's training path, the same for every approach
+        return {key.removeprefix(f"{name}."): value for key, value in code.items() if key.startswith(name)}
+
+    base = fingerprint(source, "fp_base")
+    assert set(base) == {"harness_train", "step"}
+    quiet = source.replace('"no examples"', '"no training examples: check --limit-train"').replace('"""Train."""', "")
+    assert fingerprint(quiet + "\n# more\n", "fp_quiet") == base
+    predict = source.replace("return [None for _ in examples]", "return [0 for _ in examples]")
+    assert fingerprint(predict, "fp_predict") == base
+    changed = fingerprint(source.replace("lr * len(ex.text)", "lr * len(ex.text) ** 2"), "fp_step")
+    assert changed["harness_train"] == base["harness_train"] and changed["step"] != base["step"]
 
 
 def test_an_engine_serves_the_trained_model_without_training_it_again(site_cli, ag_news_data):
