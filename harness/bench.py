@@ -7,22 +7,28 @@
   requests or until the oldest has waited ``max_wait_ms``, the way a dynamic-batching service would see
   them. Requests that queued while the previous batch ran have waited already: they go at once. The
   median of ``rounds`` rounds, beside offline throughput at the same maximum batch.
-Peak RSS and peak GPU memory are recorded beside every figure.
+Peak RSS and peak GPU memory are recorded beside every figure, each path's own (:func:`own_memory`).
 """
 
 from __future__ import annotations
 
 import queue
 import statistics
+import sys
 import threading
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 from harness import measure
 from harness.types import Example, Prediction
 
 Predict = Callable[[list[Example], dict[str, Any]], list[Prediction]]
+
+# What the raw row runs (:func:`raw_predict` over the reference): the harness's predict may sort texts by length
+# or pack them, so its throughput "× raw" counts what that batching saves as well as what its own code costs.
+RAW_PROTOCOL = "file order, each batch padded to its longest text (no length bucketing, no packing)"
 
 
 @dataclass
@@ -38,6 +44,7 @@ class BenchResult:
     # The same model called directly (harness_reference), measured the same way in the same run:
     # {"throughput": [...], "latency": {...}}; empty when the approach has no reference.
     raw: dict[str, Any] = field(default_factory=dict)
+    raw_protocol: str | None = None  # how raw batches the texts (RAW_PROTOCOL), where there is a raw row
 
 
 def raw_predict(forward: Callable[[list[str]], Any]) -> Predict:
@@ -53,24 +60,53 @@ def raw_predict(forward: Callable[[list[str]], Any]) -> Predict:
     return predict
 
 
+@contextmanager
+def own_memory() -> Iterator[dict[str, float | None]]:
+    """One path's own peak memory over the calls made in the block, filled into the yielded dict on exit.
+
+    RSS peaks are high-water marks of the whole process: what an earlier call freed but the allocator kept
+    would count again, or hide what this call needs. So freed memory goes back to the OS first
+    (:func:`harness.measure.release_memory`), then :class:`harness.measure.PeakMemory` records the block.
+    ``rss_peak_mb`` and ``gpu_peak_mb`` (None off CUDA) include the loaded model and runtime the process
+    holds; ``rss_added_mb`` is the RSS peak over the start, ``gpu_added_mb`` torch's allocations at their
+    peak over those at the start: what the block's calls needed."""
+    measure.release_memory()
+    with measure.PeakMemory() as start:  # an empty block: the same instrument's reading of the start
+        pass
+    gpu_start = _cuda_allocated_mb() if measure.on_gpu() else 0.0
+    figures: dict[str, float | None] = {}
+    with measure.PeakMemory() as memory:  # resets torch's peak, so _cuda_allocated_mb(peak=True) is the block's
+        yield figures
+    figures.update(rss_peak_mb=memory.rss_peak_mb, rss_added_mb=max(0.0, memory.rss_peak_mb - start.rss_peak_mb),
+                   gpu_peak_mb=memory.gpu_peak_mb, gpu_added_mb=None if memory.gpu_peak_mb is None
+                   else max(0.0, _cuda_allocated_mb(peak=True) - gpu_start))
+
+
+def _cuda_allocated_mb(peak: bool = False) -> float:
+    cuda = sys.modules["torch"].cuda  # on_gpu(): the approach imported torch
+    return (cuda.max_memory_allocated() if peak else cuda.memory_allocated()) / 2**20
+
+
 def batch_throughput(predicts: list[Predict], examples: list[Example], settings: dict[str, Any], batch_size: int,
                      rounds: int) -> list[dict[str, Any]]:
     """Samples/s of each predict over ``examples`` at one batch size: a warm-up call each, then ``rounds``
     timed calls each, the predicts taking turns round by round so that a noisy machine moves them alike;
-    the median round of each."""
+    the median round of each. Then one more call each, alone and untimed, for its own peak memory
+    (:func:`own_memory`): taking turns, one process's peaks would mix them."""
     sized = {**settings, "predict_batch_size": batch_size}
     seconds: list[list[float]] = [[] for _ in predicts]
-    with measure.PeakMemory() as memory:
-        for predict in predicts:
-            predict(examples[: 2 * batch_size], sized)
-        for _ in range(rounds):
-            for predict, times in zip(predicts, seconds):
-                times.append(measure.timed(lambda: predict(examples, sized))[1])
+    for predict in predicts:
+        predict(examples[: 2 * batch_size], sized)
+    for _ in range(rounds):
+        for predict, times in zip(predicts, seconds):
+            times.append(measure.timed(lambda: predict(examples, sized))[1])
     rows = []
-    for times in seconds:
+    for predict, times in zip(predicts, seconds):
+        with own_memory() as memory:
+            predict(examples, sized)
         median = statistics.median(times)
         rows.append({"batch_size": batch_size, "samples_per_s": len(examples) / median, "median_s": median,
-                     "rounds": rounds, "rss_peak_mb": memory.rss_peak_mb, "gpu_peak_mb": memory.gpu_peak_mb})
+                     "rounds": rounds, **memory})
     return rows
 
 
@@ -84,12 +120,12 @@ def served_requests(
     Each round follows an offline pass over ``examples`` at ``max_batch``, so that ``of_offline``, the
     median of the rounds' served/offline ratios, compares figures a noisy machine moved alike."""
     sized = {**settings, "predict_batch_size": max_batch}
-    predict(examples[:max_batch], sized)  # warm-up
     rates: list[float] = []
     offline: list[float] = []
     latencies: list[float] = []
     batch_sizes: list[int] = []
-    with measure.PeakMemory() as memory:
+    with own_memory() as memory:  # the warm-up inside, so that nothing released must come back in a timed round
+        predict(examples[:max_batch], sized)  # warm-up
         for _ in range(rounds):
             offline.append(len(examples) / measure.timed(lambda: predict(examples, sized))[1])
             wall = _served_round(predict, examples, sized, concurrency, requests, max_batch, max_wait_ms / 1000,
@@ -101,8 +137,7 @@ def served_requests(
         "offline_samples_per_s": statistics.median(offline), "rounds_offline_samples_per_s": offline,
         "of_offline": statistics.median(r / o for r, o in zip(rates, offline)),
         "latency_p50_ms": statistics.median(latencies), "latency_p95_ms": measure.percentile(latencies, 95),
-        "latency_p99_ms": measure.percentile(latencies, 99), "mean_batch": statistics.mean(batch_sizes),
-        "rss_peak_mb": memory.rss_peak_mb, "gpu_peak_mb": memory.gpu_peak_mb,
+        "latency_p99_ms": measure.percentile(latencies, 99), "mean_batch": statistics.mean(batch_sizes), **memory,
     }
 
 
@@ -183,11 +218,13 @@ def bench_table(result: BenchResult):
 
     def mem(row: dict[str, Any]) -> str:
         gpu = row.get("gpu_peak_mb")
-        return f"{row['rss_peak_mb']:,.0f} MB" + (f" / GPU {gpu:,.0f} MB" if gpu is not None else "")
+        return (f"{row['rss_peak_mb']:,.0f} MB (+{row['rss_added_mb']:,.0f})"
+                + (f" / GPU {gpu:,.0f} MB (+{row['gpu_added_mb']:,.0f})" if gpu is not None else ""))
 
     table = Table(title=f"{result.approach} on {result.spec} ({result.source}, {result.n_examples} examples)",
                   title_justify="left")
-    for column in ("Measure", "Setting", "Samples or req/s", "p50 ms", "p95 ms", "p99 ms", "Peak memory"):
+    rates = "Samples or req/s" + (" (× raw: file order, padded)" if result.raw else "")
+    for column in ("Measure", "Setting", rates, "p50 ms", "p95 ms", "p99 ms", "Peak memory (+added)"):
         table.add_column(column, justify="left" if column in ("Measure", "Setting") else "right")
     raw_rates = {row["batch_size"]: row["samples_per_s"] for row in result.raw.get("throughput", [])}
 
@@ -195,8 +232,8 @@ def bench_table(result: BenchResult):
         return "" if not reference else f" ({value / reference:.2f}× raw)"
 
     for row in result.raw.get("throughput", []):
-        table.add_row("[dim]raw[/]", f"batch {row['batch_size']}, tokenizer + forward", f"{row['samples_per_s']:,.1f}",
-                      "-", "-", "-", mem(row))
+        table.add_row("[dim]raw[/]", f"batch {row['batch_size']}, file order, padded: tokenizer + forward",
+                      f"{row['samples_per_s']:,.1f}", "-", "-", "-", mem(row))
     for row in result.throughput:
         table.add_row("throughput", f"batch {row['batch_size']}",
                       f"{row['samples_per_s']:,.1f}{versus(row['samples_per_s'], raw_rates.get(row['batch_size']))}",
@@ -220,8 +257,12 @@ def bench_table(result: BenchResult):
         notes.append(f"served: median of {s['rounds']} rounds, each after an offline pass at batch {s['max_batch']} "
                      f"({s['offline_samples_per_s']:,.1f} samples/s); × offline: the median of the rounds' ratios")
     if result.raw:
-        notes.append("raw: the same loaded model called directly (the approach's harness_reference: tokenizer and "
-                     "forward, texts in the order given), timed the same way in the same run")
+        notes.append(f"raw: the same loaded model called directly (the approach's harness_reference: tokenizer and "
+                     f"forward), {result.raw_protocol}, timed the same way in the same run; throughput × raw also "
+                     "counts what predict's own batching saves (length bucketing, packing), not only its overhead; "
+                     "at batch 1 both do the same work")
+    notes.append("peak memory: each row's path alone, after freed memory went back to the OS; (+added): what its "
+                 "calls added to the process, which held the loaded model before them")
     table.caption = "\n".join(notes)
     table.caption_justify = "left"
     return table
@@ -230,10 +271,15 @@ def bench_table(result: BenchResult):
 def latency_rows(predicts: list[Predict], examples: list[Example], settings: dict[str, Any],
                  samples: int) -> list[dict[str, Any]]:
     """Batch-1 latency of each predict on the same sampled requests (as compare samples them), interleaved
-    request by request (:func:`harness.measure.interleaved_batch1_latency`), so their ratio is one run's."""
+    request by request (:func:`harness.measure.interleaved_batch1_latency`), so their ratio is one run's.
+    Then the same requests again through each predict, alone and untimed, for its own peak memory."""
     items = measure.latency_sample(examples, samples)
-    with measure.PeakMemory() as memory:
-        latencies = measure.interleaved_batch1_latency(
-            [lambda ex, predict=predict: predict([ex], settings) for predict in predicts], items)
-    return [{**latency.summary(), "rss_peak_mb": memory.rss_peak_mb, "gpu_peak_mb": memory.gpu_peak_mb}
-            for latency in latencies]
+    latencies = measure.interleaved_batch1_latency(
+        [lambda ex, predict=predict: predict([ex], settings) for predict in predicts], items)
+    rows = []
+    for predict, latency in zip(predicts, latencies):
+        with own_memory() as memory:
+            for item in items:
+                predict([item], settings)
+        rows.append({**latency.summary(), **memory})
+    return rows

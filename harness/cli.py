@@ -195,7 +195,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
     from dataclasses import asdict
 
     from harness import measure
-    from harness.bench import BenchResult, batch_throughput, bench_table, latency_rows, raw_predict, served_requests
+    from harness.bench import (RAW_PROTOCOL, BenchResult, batch_throughput, bench_table, latency_rows, raw_predict,
+                               served_requests)
     from harness.data import load_datasets, parse_data_option
     from harness.launcher import load_for_serving
     from harness.plugins import load_plugins
@@ -257,8 +258,9 @@ def cmd_bench(args: argparse.Namespace) -> int:
     reference = (plugins.call(args.plugin, "harness_reference", task=task, artifact=artifact, settings=settings)
                  if plugins.implements(args.plugin, "harness_reference") else None)
     # Raw and harness take turns, round by round for throughput and request by request for latency, so that
-    # a noisy machine moves both alike.
+    # a noisy machine moves both alike; each one's peak memory comes from a pass of its own.
     predicts = [predict] if reference is None else [raw_predict(reference), predict]
+    result.raw_protocol = None if reference is None else RAW_PROTOCOL
     for b in batch_sizes:
         *raw, harness = batch_throughput(predicts, examples, settings, b, args.rounds)
         result.throughput.append(harness)

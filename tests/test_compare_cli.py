@@ -7,6 +7,7 @@ import json
 import pytest
 
 from conftest import bert_args, make_cli
+from harness.bench import RAW_PROTOCOL
 
 COMMON = ["--spec", "agnews", "--limit-train", "240", "--limit-test", "80", "--latency-samples", "5"]
 
@@ -127,6 +128,13 @@ def test_bert_and_qwen_compare_end_to_end_and_sft_learns_ag_news(cli, tiny_bert,
     assert "qwen" in result.stdout and "bert" in result.stdout
 
 
+def assert_own_memory_fields(rows: list[dict]) -> None:
+    """Peak RSS (with the loaded model) and what the row's own calls added; no GPU figures on CPU."""
+    for row in rows:
+        assert row["rss_peak_mb"] > 50 and 0 <= row["rss_added_mb"] < row["rss_peak_mb"], row
+        assert row["gpu_peak_mb"] is None and row["gpu_added_mb"] is None, row
+
+
 def test_bench_serves_a_stored_run_and_random_weights(compared, workspace, tiny_qwen, ag_news_data):
     tmp_path, cli = workspace
     _, out = compared
@@ -156,6 +164,12 @@ def test_bench_serves_a_stored_run_and_random_weights(compared, workspace, tiny_
     assert all(row["samples_per_s"] > 0 and row["rounds"] == 2 for row in raw["throughput"])
     assert raw["latency"]["latency_samples"] == 8 and raw["latency"]["latency_p50_ms"] > 0
     assert "tokenizer + forward" in stored.stdout and "× raw" in stored.stdout
+    # × raw says what raw is: file order, padded batches, where predict may bucket by length.
+    assert result["raw_protocol"] == RAW_PROTOCOL and "file order" in RAW_PROTOCOL and "padded" in RAW_PROTOCOL
+    assert "× raw: file order, padded" in stored.stdout and "file order, padded: tokenizer + forward" in stored.stdout
+    # Each path's own peak memory, in fields of its own: raw's rows and the harness's are measured apart.
+    assert_own_memory_fields([*raw["throughput"], raw["latency"], *result["throughput"], result["latency"], served])
+    assert "peak memory: each row's path alone" in stored.stdout
 
     fresh = cli("bench", "--plugin", "qwen", "--spec", "agnews", "--random-weights", "--set", f"qwen.model={tiny_qwen}",
                 *small, "--json", "bench-qwen.json")
@@ -163,6 +177,14 @@ def test_bench_serves_a_stored_run_and_random_weights(compared, workspace, tiny_
     qwen_bench = json.loads((tmp_path / "bench-qwen.json").read_text())
     assert qwen_bench["source"] == "random weights"
     assert [row["batch_size"] for row in qwen_bench["raw"]["throughput"]] == [1, 16]  # qwen's reference too
+    assert qwen_bench["raw_protocol"] == RAW_PROTOCOL
+    assert_own_memory_fields([*qwen_bench["raw"]["throughput"], qwen_bench["raw"]["latency"], *qwen_bench["throughput"]])
+
+    nb_run = out["runs"][1]["run_id"]
+    no_reference = cli("bench", "--plugin", "naive-bayes", "--spec", "agnews", "--run", nb_run, *small, "--json", "bench-nb.json")
+    assert no_reference.returncode == 0, no_reference.stderr
+    nb_bench = json.loads((tmp_path / "bench-nb.json").read_text())
+    assert nb_bench["raw"] == {} and nb_bench["raw_protocol"] is None and "× raw" not in no_reference.stdout
 
     wrong = cli("bench", "--plugin", "qwen", "--spec", "agnews", "--run", bert_run, *small)
     assert wrong.returncode == 2 and f"--run: run {bert_run} is a bert run (ok); --plugin asks for a finished run trained by qwen" in wrong.stderr
