@@ -198,10 +198,11 @@ def cmd_bench(args: argparse.Namespace) -> int:
     from harness.bench import (RAW_PROTOCOL, BenchResult, batch_throughput, bench_table, latency_rows, raw_predict,
                                served_requests)
     from harness.data import load_datasets, parse_data_option
-    from harness.launcher import load_for_serving
+    from harness import identity
+    from harness.launcher import load_cached, load_for_serving
     from harness.plugins import load_plugins
     from harness.progress import SILENT
-    from harness.runner import plan_settings, without_answers
+    from harness.runner import load_cache, plan_settings, without_answers
     from harness.spec import load_spec, parse_overrides
     from harness.store import Store, load_artifact, write_json
 
@@ -235,19 +236,27 @@ def cmd_bench(args: argparse.Namespace) -> int:
         artifact_file = store.artifact_file(trained_in)
         if not artifact_file.is_file():
             raise UserError(f"run {trained_in} no longer has its trained model", where=str(artifact_file))
-        artifact = load_artifact(artifact_file)
+        cache_dir = load_cache(store, record.training["key"], {
+            "approach": args.plugin, "predict_settings": {k: settings[k] for k in plan.predict_keys if k in settings},
+            "code": identity.measuring_code(plugins.pm.get_plugin(args.plugin)),
+            "versions": identity.library_versions(identity.SERVING_LIBRARIES)})
+        artifact, (_, settings), _, _ = load_cached(plugins, args.plugin, task, lambda: load_artifact(artifact_file),
+                                                    settings, cache_dir)
         source = f"run {args.run}"
     else:
         import tempfile
 
-        untrained = {**settings, "random_weights": True, "num_train_epochs": 0.0}
+        untrained = {"random_weights": True, "num_train_epochs": 0.0}
         # An untrained build keeps nothing on disk that bench needs; a plugin's scratch files go away with it.
-        with tempfile.TemporaryDirectory(prefix="harness-bench-") as workdir:
-            artifact = plugins.call(args.plugin, "harness_train", task=task, train=[], validation=[],
-                                    settings=untrained, workdir=Path(workdir), progress=SILENT)
-        settings = untrained
+        # An engine serves what its approach trains: the approach builds the model, with its own settings.
+        kept = tempfile.TemporaryDirectory(prefix="harness-bench-")  # removed when bench returns
+        scratch = Path(kept.name)
+        artifact = plugins.call(plan.trainer, "harness_train", task=task, train=[], validation=[],
+                                settings={**plan.train_settings, **untrained}, workdir=scratch, progress=SILENT)
+        settings = {**settings, **untrained}
         source = "random weights"
-    _, settings = load_for_serving(plugins, args.plugin, task, artifact, settings)
+        (scratch / "cache").mkdir()
+        _, settings = load_for_serving(plugins, args.plugin, task, artifact, settings, scratch / "cache")
 
     def predict(examples, call_settings):
         return plugins.call(args.plugin, "harness_predict", task=task, artifact=artifact, examples=examples,

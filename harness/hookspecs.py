@@ -56,11 +56,14 @@ def harness_train(
 
 
 @hookspec(firstresult=True)
-def harness_load(task: Task, artifact: Artifact, settings: dict[str, Any]) -> Serving | None:
+def harness_load(task: Task, artifact: Artifact, settings: dict[str, Any], cache_dir: Path | None) -> Serving | None:
     """Make a trained artifact ready to serve.
 
     Load it from ``artifact.path`` (or the base model, when nothing was trained), move it to its device
-    and cast it, keeping it in ``artifact.state``.
+    and cast it, keeping it in ``artifact.state``. What it derives from the model to serve it (an ONNX
+    export, a merged LoRA model, a compiled engine) goes in ``cache_dir``, a directory of its own per
+    trained model and serving settings: the first load that writes there is timed as the build, and
+    every later one loads what it built. ``cache_dir`` is None where there is nowhere to keep it.
 
     Optional. The core calls it once per measuring process, before any prediction is timed, and resets
     the memory peaks after it: serving memory is the loaded model plus what predict needs.
@@ -68,6 +71,7 @@ def harness_load(task: Task, artifact: Artifact, settings: dict[str, Any]) -> Se
     :param task: as for train.
     :param artifact: the stored artifact, ``state`` empty.
     :param settings: as for predict.
+    :param cache_dir: a directory of its own for what it derives to serve, or None.
     :return: the device, dtype and default batch size it will serve with. Stops at first non-None result.
     """
 

@@ -92,6 +92,7 @@ class MeasureJob:
     seed: int
     latency_samples: int
     warmup_examples: int
+    cache_dir: Path | None = None  # harness_load's own place for what it derives from the trained model
 
 
 def plugin_setup(plugins: Any) -> PluginSetup:
@@ -295,9 +296,8 @@ def measure_unit(plugins: Any, job: MeasureJob, progress: RunProgress) -> dict[s
     seed_everything(job.seed)
     data = read_data_cache(job.data_file)
     test = without_answers(data.test)
-    artifact = load_artifact(job.artifact_file)
-    (serving, settings), load_seconds = measure.timed(
-        lambda: load_for_serving(plugins, job.approach, job.task, artifact, job.settings))
+    artifact, (serving, settings), load_seconds, build_seconds = load_cached(
+        plugins, job.approach, job.task, lambda: load_artifact(job.artifact_file), job.settings, job.cache_dir)
     first_batch = settings.get("predict_batch_size")
     notes: list[str] = list(serving.notes) if serving else []  # how it serves, for the table's notes
     measure.release_memory()  # what loading left behind is not serving memory
@@ -336,6 +336,7 @@ def measure_unit(plugins: Any, job: MeasureJob, progress: RunProgress) -> dict[s
         "notes": notes,
         "speed": {
             "load_seconds": load_seconds if plugins.implements(job.approach, "harness_load") else None,
+            "build_seconds": build_seconds,
             "predict_seconds": seconds,
             "predict_samples_per_s": len(test) / seconds if seconds > 0 else None,
             "predict_batch_size": batch_size,
@@ -350,19 +351,81 @@ def measure_unit(plugins: Any, job: MeasureJob, progress: RunProgress) -> dict[s
 SILENT_PROGRESS = RunProgress()
 
 
-def load_for_serving(plugins: Any, name: str, task: Task, artifact: Artifact,
-                     settings: dict[str, Any]) -> tuple[Serving | None, dict[str, Any]]:
+def load_for_serving(plugins: Any, name: str, task: Task, artifact: Artifact, settings: dict[str, Any],
+                     cache_dir: Path | None = None) -> tuple[Serving | None, dict[str, Any]]:
     """Call ``harness_load`` where the approach has it, and return what it reported with the settings
     predict gets: ``predict_batch_size`` filled with the reported batch when the settings ask for none.
     compare's measure unit, ``harness bench``, the pytest fixture and the kit all serve through this."""
     if not plugins.implements(name, "harness_load"):
         return None, dict(settings)
-    serving = plugins.call(name, "harness_load", task=task, artifact=artifact, settings=settings)
+    serving = plugins.call(name, "harness_load", task=task, artifact=artifact, settings=settings, cache_dir=cache_dir)
     if serving is not None and not isinstance(serving, Serving):
         raise TypeError(f"harness_load must return a Serving, got {type(serving).__name__}")
     if serving is not None and serving.batch_size and not settings.get("predict_batch_size"):
         return serving, {**settings, "predict_batch_size": serving.batch_size}
     return serving, dict(settings)
+
+
+BUILT = ".built"  # in a load cache: what harness_load derived there is complete
+
+
+def load_cached(plugins: Any, name: str, task: Task, fresh: Callable[[], Artifact], settings: dict[str, Any],
+                cache_dir: Path | None) -> tuple[Artifact, tuple[Serving | None, dict[str, Any]], float, float | None]:
+    """Serve ``fresh()`` (the stored artifact, empty state) through :func:`load_for_serving` with the load
+    cache ``cache_dir``, one per trained model and serving settings, held against other processes while
+    anything is built in it. A load that derives something there (an export, a merge, a compile) is the
+    build: it is timed on its own, thrown away, and the model loaded again from the cache, so the load
+    time is always a cold load of what serves. Returns the artifact, what the load returned, the load's
+    seconds and the build's (None when nothing was built now)."""
+    import fcntl
+    import shutil
+
+    if cache_dir is None:
+        artifact = fresh()
+        loaded, seconds = measure.timed(lambda: load_for_serving(plugins, name, task, artifact, settings))
+        return artifact, loaded, seconds, None
+    cache_dir.parent.mkdir(parents=True, exist_ok=True)
+    with open(cache_dir.with_name(cache_dir.name + ".lock"), "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # one process builds; the others wait, then load what it built
+        build_seconds = None
+        if not (cache_dir / BUILT).is_file():
+            shutil.rmtree(cache_dir, ignore_errors=True)  # a build that was killed half-way
+            cache_dir.mkdir()
+            before = _children()
+            artifact = fresh()
+            loaded, seconds = measure.timed(lambda: load_for_serving(plugins, name, task, artifact, settings, cache_dir))
+            if not any(cache_dir.iterdir()):  # nothing derived: that was the load
+                return artifact, loaded, seconds, None
+            (cache_dir / BUILT).write_text(f"{seconds}\n", encoding="utf-8")
+            build_seconds = seconds
+            del artifact, loaded
+            _stop(_children() - before)  # what the build's load started (an engine's workers) holds no memory now
+            measure.release_memory()
+    artifact = fresh()
+    loaded, seconds = measure.timed(lambda: load_for_serving(plugins, name, task, artifact, settings, cache_dir))
+    return artifact, loaded, seconds, build_seconds
+
+
+def _children() -> set[Any]:
+    import psutil
+
+    return set(psutil.Process().children(recursive=True))
+
+
+def _stop(processes: set[Any]) -> None:
+    import psutil
+
+    for process in processes:
+        try:
+            process.terminate()
+        except psutil.Error:
+            pass
+    _, alive = psutil.wait_procs(list(processes), timeout=5)
+    for process in alive:
+        try:
+            process.kill()
+        except psutil.Error:
+            pass
 
 
 def without_answers(examples: list[Example]) -> list[Example]:
@@ -391,10 +454,13 @@ UNITS: dict[str, Callable[[Any, Any, RunProgress], dict[str, Any]]] = {"train": 
 def run_unit(kind: str, job: Any, plugins: Any, progress: RunProgress, *, launcher: str = "process") -> dict[str, Any]:
     """Run one unit and return its result; raise :class:`UnitFailed` with the reason if it fails or dies."""
     if launcher == "inline":
+        before = _children()
         try:
             return UNITS[kind](plugins, job, progress)
         except Exception as exc:
             raise UnitFailed(_one_line(exc), traceback.format_exc()) from None
+        finally:
+            _stop(_children() - before)  # processes the unit started end with it, as in a unit's own process
     return _in_process(kind, job, plugin_setup(plugins), progress)
 
 
@@ -439,6 +505,9 @@ class _RemoteBar(Bar):
 
 
 def _child(kind: str, job: Any, setup: PluginSetup, messages: Any) -> None:
+    import os
+
+    os.setsid()  # a process group of its own: the unit and every process it starts are reaped together
     _exit_with_parent()
     try:
         plugins = rebuild_plugins(setup)
@@ -447,10 +516,15 @@ def _child(kind: str, job: Any, setup: PluginSetup, messages: Any) -> None:
         messages.put(("error", _one_line(exc), traceback.format_exc()))
     else:
         messages.put(("result", result))
+    finally:
+        # What the unit started and left running (an engine's workers) stops with it: multiprocessing would
+        # otherwise wait at exit for a worker that never ends.
+        _stop(_children())
 
 
 def _exit_with_parent() -> None:
-    """A unit whose parent was killed stops too: nothing then writes into a run the next compare may resume."""
+    """A unit whose parent was killed stops too, with every process it started: nothing then writes into a
+    run the next compare may resume, and no engine is left holding memory."""
     import os
     import threading
     import time
@@ -460,7 +534,7 @@ def _exit_with_parent() -> None:
     def watch() -> None:
         while os.getppid() == parent:
             time.sleep(0.5)
-        os._exit(1)
+        os.killpg(os.getpgid(0), 9)  # the unit and what it started (an engine's workers): SIGKILL, all at once
 
     threading.Thread(target=watch, name="harness-parent-watch", daemon=True).start()
 
@@ -468,7 +542,8 @@ def _exit_with_parent() -> None:
 def _in_process(kind: str, job: Any, setup: PluginSetup, progress: RunProgress) -> dict[str, Any]:
     context = multiprocessing.get_context("spawn")
     messages = context.Queue()
-    process = context.Process(target=_child, args=(kind, job, setup, messages), name=f"harness-{kind}", daemon=True)
+    # Not daemonic: a unit may start processes of its own (an engine's core, DataLoader workers, datasets.map).
+    process = context.Process(target=_child, args=(kind, job, setup, messages), name=f"harness-{kind}", daemon=False)
     process.start()
     bars: dict[int, tuple[Any, Bar]] = {}
     outcome: tuple[Any, ...] | None = None
@@ -486,18 +561,32 @@ def _in_process(kind: str, job: Any, setup: PluginSetup, progress: RunProgress) 
                 else:
                     continue
             outcome = _dispatch(message, progress, bars)
-        process.join()
+        process.join(timeout=60)  # its last words are in; what does not exit by then is killed below
     finally:
         for manager, _ in bars.values():
             manager.__exit__(None, None, None)
         if process.is_alive():
             process.kill()
             process.join()
+        _reap(process.pid)
     if outcome is None:
         raise UnitFailed(_death(process.exitcode, kind))
     if outcome[0] == "error":
         raise UnitFailed(outcome[1], outcome[2])
     return outcome[1]
+
+
+def _reap(group: int | None) -> None:
+    """Kill what is left of a unit's process group: children it started and did not stop, also after it
+    finished, failed or was killed."""
+    import os
+
+    if group is None:
+        return
+    try:
+        os.killpg(group, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass  # nothing left
 
 
 def _dispatch(message: tuple[Any, ...], progress: RunProgress, bars: dict[int, tuple[Any, Bar]]) -> tuple[Any, ...] | None:

@@ -40,25 +40,31 @@ def timed(fn: Callable[[], T]) -> tuple[T, float]:
 
 @dataclass
 class PeakMemory:
-    """Peak process RSS (sampled every 10 ms by a thread) and peak CUDA memory over a ``with`` block."""
+    """Peak RSS of this process and every process it started (sampled every 10 ms by a thread), and peak
+    CUDA memory over a ``with`` block: an engine's workers count as the serving memory they are. On a GPU,
+    NVML's per-process figures (the ``[nvml]`` extra, nvidia-ml-py) give the whole tree's device memory,
+    which torch's own counter cannot see; without NVML it is this process's torch allocations."""
 
     interval: float = 0.01
     rss_peak_mb: float = 0.0
     gpu_peak_mb: float | None = None
     _stop: threading.Event = field(default_factory=threading.Event, repr=False)
     _thread: threading.Thread | None = field(default=None, repr=False)
+    _tree_gpu_mb: float = 0.0
 
     def __enter__(self) -> PeakMemory:
         import psutil
 
         process = psutil.Process(os.getpid())
-        self.rss_peak_mb = process.memory_info().rss / 2**20
+        self.rss_peak_mb = tree_rss_mb(process)
         if on_gpu():
             _torch().cuda.reset_peak_memory_stats()
 
         def sample() -> None:
             while not self._stop.wait(self.interval):
-                self.rss_peak_mb = max(self.rss_peak_mb, process.memory_info().rss / 2**20)
+                self.rss_peak_mb = max(self.rss_peak_mb, tree_rss_mb(process))
+                if on_gpu():
+                    self._tree_gpu_mb = max(self._tree_gpu_mb, tree_gpu_mb(process) or 0.0)
 
         self._thread = threading.Thread(target=sample, daemon=True)
         self._thread.start()
@@ -70,9 +76,42 @@ class PeakMemory:
         self._stop.set()
         if self._thread is not None:
             self._thread.join()
-        self.rss_peak_mb = max(self.rss_peak_mb, psutil.Process(os.getpid()).memory_info().rss / 2**20)
+        self.rss_peak_mb = max(self.rss_peak_mb, tree_rss_mb(psutil.Process(os.getpid())))
         if on_gpu():  # the block may have imported torch and started CUDA
-            self.gpu_peak_mb = _torch().cuda.max_memory_allocated() / 2**20
+            self.gpu_peak_mb = max(_torch().cuda.max_memory_allocated() / 2**20, self._tree_gpu_mb)
+
+
+def tree_rss_mb(process: Any) -> float:
+    """RSS of ``process`` and its descendants, in MiB (a child that exits between listing and reading is skipped)."""
+    import psutil
+
+    total = 0
+    for member in [process, *process.children(recursive=True)]:
+        try:
+            total += member.memory_info().rss
+        except psutil.Error:
+            continue
+    return total / 2**20
+
+
+def tree_gpu_mb(process: Any) -> float | None:
+    """Device memory NVML sees used by ``process`` and its descendants, in MiB, or None without NVML."""
+    try:
+        import pynvml
+    except ImportError:
+        return None
+    try:
+        pynvml.nvmlInit()
+        pids = {process.pid, *(child.pid for child in process.children(recursive=True))}
+        used = 0
+        for index in range(pynvml.nvmlDeviceGetCount()):
+            handle = pynvml.nvmlDeviceGetHandleByIndex(index)
+            for running in pynvml.nvmlDeviceGetComputeRunningProcesses(handle):
+                if running.pid in pids and running.usedGpuMemory:
+                    used += running.usedGpuMemory
+        return used / 2**20
+    except Exception:  # no driver, no permission: the torch counter stands alone
+        return None
 
 
 def release_memory() -> None:

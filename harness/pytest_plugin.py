@@ -60,12 +60,15 @@ def harness_benchmark(request: pytest.FixtureRequest, tmp_path: Path):
         resolved = plan.settings
         datasets = load_datasets(loaded, data=data, limit_train=limit_train, limit_test=limit_test)
         task = loaded.to_task(plan.trainer)
-        call_settings = {**resolved, "random_weights": random_weights}
-        if random_weights:
-            call_settings["num_train_epochs"] = 0.0
-        artifact = plugins.call(approach, "harness_train", task=task, train=datasets.train, validation=datasets.validation,
-                                settings=call_settings, workdir=tmp_path, progress=SILENT)
-        _, call_settings = load_for_serving(plugins, approach, task, artifact, call_settings)
+        untrained = {"random_weights": random_weights, **({"num_train_epochs": 0.0} if random_weights else {})}
+        # An engine serves what its approach trains: the approach trains, with its own settings.
+        (tmp_path / "train").mkdir()
+        artifact = plugins.call(plan.trainer, "harness_train", task=task, train=datasets.train,
+                                validation=datasets.validation, settings={**plan.train_settings, **untrained},
+                                workdir=tmp_path / "train", progress=SILENT)
+        call_settings = {**resolved, **untrained}
+        (tmp_path / "cache").mkdir()
+        _, call_settings = load_for_serving(plugins, approach, task, artifact, call_settings, tmp_path / "cache")
         examples = without_answers(datasets.test)
 
         def predict():

@@ -310,7 +310,7 @@ def _run_locked(plugins: Plugins, spec: Spec, data: Datasets, plan: Plan, store:
             artifact_file = _record_training(record, result, job.workdir)
         job = MeasureJob(plan.approach, task, data_file, {**plan.settings, "random_weights": options.random_weights},
                          artifact_file, workdir / "predictions.jsonl", seed, options.latency_samples,
-                         options.warmup_examples)
+                         options.warmup_examples, load_cache(store, train_key, record.measurement["identity"]))
         _measure(plugins, job, progress, record, options)
         record.metrics = _score(plugins, name, task, data.test, read_predictions(workdir / "predictions.jsonl"))
         record.status = "ok"
@@ -369,6 +369,9 @@ def _measure(plugins: Plugins, job: MeasureJob, progress: RunProgress, record: R
     """Measure in a unit of its own; record the serving figures (the predictions are in the job's file)."""
     result = run_unit("measure", job, plugins, progress, launcher=options.launcher)
     record.speed.update(result["speed"])
+    if result["speed"].get("build_seconds"):
+        result["notes"].append(f"built what it serves from the trained model in {result['speed']['build_seconds']:.1f} s "
+                               "(once; later measurements load it)")
     record.memory.update(result["memory"])
     record.serving = result["serving"]
     record.model["truncated_predict"] = result["truncated_predict"]
@@ -381,6 +384,14 @@ def notify(plugins: Plugins, hook: str, **kwargs: Any) -> None:
         getattr(plugins.pm.hook, hook)(**kwargs)
     except Exception as exc:
         print(f"harness: a {hook} listener failed: {type(exc).__name__}: {exc}".splitlines()[0], file=sys.stderr)
+
+
+def load_cache(store: Store, train_key: str, measurement: dict[str, Any]) -> Any:
+    """``harness_load``'s own directory for one trained model (its training identity) served one way: the
+    approach that serves, its predict settings but the batch size, its code and library versions."""
+    serving = {k: v for k, v in measurement["predict_settings"].items() if k != "predict_batch_size"}
+    key = identity.digest([measurement["approach"], serving, measurement["code"], measurement["versions"]])
+    return store.root / "cache" / train_key[:16] / f"{measurement['approach']}-{key[:12]}"
 
 
 def _rescore(plugins: Plugins, store: Store, record: RunRecord, task: Task) -> None:

@@ -7,6 +7,7 @@ Layout under the store root (``.harness`` by default, ``--store`` or ``HARNESS_H
     runs/<run_id>/predictions.jsonl, train_log.jsonl, error.txt (failed runs)
     runs/<run_id>/artifact/     what the run trained: artifact.json and the model it names
     data/<hash>.json            the datasets of a comparison, as every unit of work reads them
+    cache/<train key>/<engine>  what harness_load derived from a trained model to serve it (an export, a merge)
     model-hashes.json           sha256 of local model files, by path, size and modification time
 
     comparisons/<id>.json       each comparison, as the index holds it (so the index can be rebuilt)
@@ -253,6 +254,12 @@ class Store:
         for path, _ in self.stale_partials():
             if cutoff is None or _newest(path) < cutoff:
                 found.append((path, _size(path), "killed run, " + (resumable(path) or "nothing to resume")))
+        trained = {row[0][:16] for row in self.db.execute("SELECT train_key FROM runs")} \
+            if (self.root / "runs.db").exists() else set()
+        trained |= {found.get("train_key", "")[:16] for _, found in self.stale_partials()}
+        for path in sorted((self.root / "cache").iterdir()) if (self.root / "cache").is_dir() else []:
+            if path.is_dir() and path.name not in trained and (cutoff is None or _newest(path) < cutoff):
+                found.append((path, _size(path), "load cache of a trained model no run holds"))
         for path in sorted((self.root / "data").glob("*.json")) if (self.root / "data").is_dir() else []:
             if cutoff is None or path.stat().st_mtime < cutoff:
                 found.append((path, path.stat().st_size, "data cache, written again when a compare needs it"))
@@ -264,7 +271,9 @@ class Store:
         if not dry_run:
             for path, _, _ in found:
                 run_id = path.name.removesuffix(".partial")
-                if path.is_dir():
+                if path.parent.name == "cache":
+                    shutil.rmtree(path, ignore_errors=True)
+                elif path.is_dir():
                     try:  # still nobody's: a compare may have started resuming it since the listing
                         self._hold(run_id, path)
                     except (RuntimeError, OSError):
