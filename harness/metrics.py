@@ -50,8 +50,27 @@ def classification_metrics(labels: Sequence[str], gold: Sequence[str], predicted
     return metrics
 
 
+def extraction_metrics(fields: Sequence[str], gold: Sequence[dict[str, str]],
+                       predicted: Sequence[dict[str, str] | None]) -> dict[str, Any]:
+    """``exact_match``: the share of records whose every field equals the gold value (a missing field is
+    the empty string); per field, the share right; ``invalid``: answers that were no record at all."""
+    from sklearn.metrics import accuracy_score
+
+    def value(record: dict[str, str] | None, field: str) -> str:
+        return (record or {}).get(field, "")
+
+    rows = [[value(g, f) == value(p, f) for f in fields] if p is not None else [False] * len(fields)
+            for g, p in zip(gold, predicted)]
+    return {
+        "exact_match": float(accuracy_score([True] * len(rows), [all(row) for row in rows])) if rows else 0.0,
+        "per_field": {f: sum(row[i] for row in rows) / len(rows) if rows else 0.0 for i, f in enumerate(fields)},
+        "invalid": sum(p is None for p in predicted),
+        "n": len(rows),
+    }
+
+
 @hookimpl(trylast=True)
 def harness_score(task: Task, examples: list[Example], predictions: list[Prediction]) -> dict[str, Any] | None:
-    if task.type != "classification":
-        return None
+    if task.type == "extraction":
+        return extraction_metrics(task.fields, [ex.fields or {} for ex in examples], [p.fields for p in predictions])
     return classification_metrics(task.labels, [ex.label for ex in examples], [p.label for p in predictions])

@@ -46,6 +46,26 @@ def tiny_dataset(n_train: int = 48, n_test: int = 24, seed: int = 0) -> tuple[li
     return make(n_train, "train-"), make(n_test, "test-")
 
 
+TINY_EXTRACTION = Task(type="extraction", fields=("name", "city"))
+_NAMES = "Ana Ben Chen Dara Emil Farah Goran Hana Ivo Jun".split()
+_CITIES = "Oslo Lima Perth Kyiv Quito Hanoi Dakar Riga Bern Suva".split()
+
+
+def tiny_extraction(n_train: int = 48, n_test: int = 24, seed: int = 0) -> tuple[list[Example], list[Example]]:
+    """Short shipping notes naming a recipient and a city, each note's fields the gold record, seeded."""
+    rng = random.Random(seed)
+    shapes = ["ship to {name} in {city}", "{name}, {city}: handle with care", "deliver to {city} for {name} today"]
+
+    def make(n: int, prefix: str) -> list[Example]:
+        examples = []
+        for i in range(n):
+            fields = {"name": rng.choice(_NAMES), "city": rng.choice(_CITIES)}
+            examples.append(Example(id=f"{prefix}{i}", text=rng.choice(shapes).format(**fields), fields=fields))
+        return examples
+
+    return make(n_train, "train-"), make(n_test, "test-")
+
+
 class ConformanceError(AssertionError):
     """A plugin broke a contract of the hooks; the message says which."""
 
@@ -53,6 +73,19 @@ class ConformanceError(AssertionError):
 def _expect(condition: bool, message: str) -> None:
     if not condition:
         raise ConformanceError(message)
+
+
+def _same(a: list[Prediction], b: list[Prediction], tolerance: float = 1e-4) -> bool:
+    """The same answers: labels and fields equal, each score within ``tolerance`` (batching and packing
+    change float rounding, never an answer)."""
+    if len(a) != len(b):
+        return False
+    for x, y in zip(a, b):
+        if x.label != y.label or x.fields != y.fields or set(x.scores or {}) != set(y.scores or {}):
+            return False
+        if any(abs(x.scores[k] - y.scores[k]) > tolerance for k in x.scores or {}):
+            return False
+    return True
 
 
 def check_plugin(
@@ -74,9 +107,10 @@ def check_plugin(
     declared settings; ``settings`` pass the same type checks as a spec and ``--set``; the whole run goes
     through the real runner, each unit in its own process, and the store (train returns an Artifact whose
     fields are plain JSON; predictions are stored); the stored run is served again from disk as ``bench
-    --run`` serves it (empty state, ``harness_load``, then predict): the same answers, one Prediction per
-    example in order (also for reversed input and one at a time), labels from the task, scores that are
-    probabilities; changing only the latency options re-measures the stored model without training; the
+    --run`` serves it (empty state, ``harness_load``, then predict): the same answers (labels, extracted
+    fields, and every score within 1e-4), one Prediction per example in order (also for reversed input and
+    one at a time), labels from the task, scores that are probabilities, fields that are a record of the
+    task's fields (an extraction task, ``task=TINY_EXTRACTION``, gets shipping notes to read); changing only the latency options re-measures the stored model without training; the
     report renders the row. An engine (``ApproachInfo.serves``) is checked over ``serves``, the plugin it
     serves. Returns the first run's record, whose ``metrics`` you can hold to your own bar. Raises
     :class:`ConformanceError` on the first broken contract.
@@ -95,7 +129,7 @@ def check_plugin(
     from harness.types import Comparison
 
     if train is None or test is None:
-        train, test = tiny_dataset()
+        train, test = tiny_extraction() if task.type == "extraction" else tiny_dataset()
     plugins = load_plugins(entry_points=False)
     plugins.register(plugin, name)
 
@@ -128,7 +162,8 @@ def check_plugin(
     detail = store.run_dir(record.run_id) / "error.txt"
     _expect(record.status == "ok", f"the runner failed the plugin: {record.error}"
             + (f"\n{detail.read_text()}" if detail.is_file() else ""))
-    _expect(0.0 <= record.metrics.get("accuracy", -1) <= 1.0, "score produced no accuracy in [0, 1]")
+    headline = "accuracy" if task.type == "classification" else "exact_match"
+    _expect(0.0 <= record.metrics.get(headline, -1) <= 1.0, f"score produced no {headline} in [0, 1]")
     stored = read_predictions(store.run_dir(record.run_id) / "predictions.jsonl")
 
     # Served again as `harness bench --run` serves a stored run: from disk, empty state.
@@ -154,20 +189,23 @@ def check_plugin(
 
     test = without_answers(test)
     forward = predict(test)
-    _expect([p.label for p in forward] == [p.label for p in stored],
-            "the stored run served from disk answers differently from the run that stored it")
+    _expect(_same(forward, stored), "the stored run served from disk answers differently from the run that stored it"
+            " (labels, fields, or scores beyond 1e-4)")
     for prediction in forward:
+        if task.type == "extraction":
+            _expect(prediction.fields is None or (set(prediction.fields) <= set(task.fields) and all(
+                isinstance(v, str) for v in prediction.fields.values())),
+                f"fields {prediction.fields!r} are not a record of the task's fields {task.fields} with text values")
+            continue
         _expect(prediction.label is None or prediction.label in task.labels, f"label {prediction.label!r} is not one of {task.labels}")
         for label, score in (prediction.scores or {}).items():
             _expect(label in task.labels, f"scores name {label!r}, which is not a label")
             _expect(0.0 <= score <= 1.0 and not math.isnan(score), f"score {score!r} for {label!r} is not a probability")
     backward = predict(list(reversed(test)))
-    _expect(
-        [p.label for p in reversed(backward)] == [p.label for p in forward],
-        "predictions depend on the order of the examples: batching must restore the input order",
-    )
-    singles = [predict([example])[0].label for example in test[:8]]
-    _expect(singles == [p.label for p in forward[:8]], "one-at-a-time predictions differ from batched predictions")
+    _expect(_same(list(reversed(backward)), forward),
+            "predictions depend on the order of the examples: batching must restore the input order")
+    singles = [predict([example])[0] for example in test[:8]]
+    _expect(_same(singles, forward[:8]), "one-at-a-time predictions differ from batched predictions")
 
     # A measurement-only change measures the stored model again, in a fresh process, without training.
     again = run_approach(plugins, spec, data, plan, store, replace(options, rerun=False, latency_samples=options.latency_samples + 1))

@@ -55,6 +55,78 @@ def test_conformance_kit_catches_a_plugin_that_loses_the_order(tmp_path):
         check_plugin(module, tmp_path=tmp_path, launcher="inline")  # the patch lives in this process only
 
 
+REGEX_EXTRACTOR = '''
+"""Reads a recipient and a city from shipping notes with patterns learnt from the training notes."""
+import json
+import re
+from pathlib import Path
+
+from harness import ApproachInfo, Artifact, Prediction, hookimpl
+
+
+@hookimpl
+def harness_describe():
+    return ApproachInfo(task_types=("extraction",), settings={})
+
+
+@hookimpl
+def harness_train(train, workdir):
+    names = sorted({ex.fields["name"] for ex in train})
+    cities = sorted({ex.fields["city"] for ex in train})
+    path = Path(workdir) / "vocabulary.json"
+    path.write_text(json.dumps({"name": names, "city": cities}))
+    return Artifact(path=path, train_samples=len(train))
+
+
+@hookimpl
+def harness_predict(artifact, examples):
+    vocabulary = json.loads(Path(artifact.path).read_text())
+    out = []
+    for ex in examples:
+        found = {field: next((w for w in re.findall(r"[A-Z][a-z]+", ex.text) if w in words), "")
+                 for field, words in vocabulary.items()}
+        out.append(Prediction(fields=found, raw=json.dumps(found)))
+    return out
+'''
+
+
+def module_from(folder, name: str, source: str) -> types.ModuleType:
+    import importlib.util
+
+    path = folder / f"{name}.py"
+    path.write_text(source, encoding="utf-8")
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_kit_checks_an_extraction_approach(tmp_path):
+    from harness.testing import TINY_EXTRACTION
+
+    record = check_plugin(module_from(tmp_path, "regex_extractor", REGEX_EXTRACTOR), tmp_path=tmp_path,
+                          task=TINY_EXTRACTION, launcher="inline")
+    assert 0.5 < record.metrics["exact_match"] <= 1.0 and record.metrics["per_field"]["city"] > 0.5
+
+
+def test_the_kit_compares_scores_not_only_labels(tmp_path):
+    module = docs_plugin(tmp_path)
+    original = module.harness_predict
+
+    @hookimpl
+    def harness_predict(task, artifact, examples, settings, progress):
+        predictions = original(task=task, artifact=artifact, examples=examples, settings=settings, progress=progress)
+        if len(examples) == 1:  # one at a time: the same label, scores pulled towards uniform
+            for p in predictions:
+                p.scores = {label: 0.9 * score + 0.1 / len(p.scores) for label, score in p.scores.items()}
+        return predictions
+
+    module.harness_predict = harness_predict
+    with pytest.raises(ConformanceError, match="one-at-a-time predictions differ"):
+        check_plugin(module, tmp_path=tmp_path, launcher="inline")
+
+
 def test_a_misspelt_hook_fails_loudly():
     class Typo:
         @hookimpl
