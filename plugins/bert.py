@@ -1,9 +1,21 @@
 """bert: an encoder with a linear classification head, fine-tuned with the Hugging Face Trainer.
 
-Defaults are seed 000's: google-bert/bert-base-cased, cosine schedule, lr 1e-5, batch 64, 5 epochs,
-weight decay 1e-6, 10 evaluations (``eval_steps: 0.1`` of all steps), keep the best checkpoint,
-max 512 tokens. bf16 on CUDA, fp32 on CPU. Prediction runs in length-bucketed batches, packed end to end
-without padding on CPU (``packing``, harness.packing).
+Seed 000's settings (../shared/DESIGN.md): google-bert/bert-base-cased, cosine schedule, lr 1e-5, batch 64,
+5 epochs, weight decay 1e-6, max 512 tokens.
+
+Not the seed's, chosen here and said so:
+- evaluations: ``eval_steps: 0.1`` is a tenth of all training steps, 10 evaluations over the 5 epochs (the
+  seed's cost line counts 10; its settings line says every 0.1 epoch, which would be 50);
+- checkpoints are selected on a validation split held out of train (the seed selected on the test set;
+  ``validation: test`` in the spec reproduces that), and the best one is kept (``load_best_model_at_end``);
+- training batches are length-bucketed in shuffled order (``train_sampler: length_buckets``; ``random`` is
+  the Trainer's default the seed used);
+- what the seed leaves unsaid takes the Trainer's defaults: no warmup, gradient clipping at 1.0,
+  ``adamw_torch``; evaluation batch 256, a log line every 2% of training;
+- bf16 autocast on CUDA, fp32 on CPU (``mixed_precision``); ``train_device`` and the serving ``device``.
+
+Prediction runs in length-bucketed batches, packed end to end without padding on CPU (``packing``,
+harness.packing).
 """
 
 from __future__ import annotations
