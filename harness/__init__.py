@@ -6,10 +6,12 @@ module imports torch or transformers.
 
 import pluggy
 
+from harness.approach import Approach, RunContext, Settings, setting
 from harness.types import ApproachInfo, Artifact, Example, Prediction, Prompt, Serving, Task
 
 __version__ = "0.1.0"
 
 hookimpl = pluggy.HookimplMarker("harness")
 
-__all__ = ["ApproachInfo", "Artifact", "Example", "Prediction", "Prompt", "Serving", "Task", "hookimpl", "__version__"]
+__all__ = ["Approach", "ApproachInfo", "Artifact", "Example", "Prediction", "Prompt", "RunContext", "Serving",
+           "Settings", "Task", "hookimpl", "setting", "__version__"]

@@ -238,7 +238,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
             raise UserError(f"run {trained_in} no longer has its trained model", where=str(artifact_file))
         cache_dir = load_cache(store, record.training["key"], {
             "approach": args.plugin, "predict_settings": {k: settings[k] for k in plan.predict_keys if k in settings},
-            "code": identity.measuring_code(plugins.pm.get_plugin(args.plugin)),
+            "code": identity.measuring_code(plugins.code_roots(args.plugin, ("harness_load", "harness_predict"))),
             "versions": identity.library_versions(identity.SERVING_LIBRARIES)})
         artifact, (_, settings), _, _ = load_cached(plugins, args.plugin, task, lambda: load_artifact(artifact_file),
                                                     settings, cache_dir)
@@ -357,6 +357,8 @@ def cmd_plugins(args: argparse.Namespace) -> int:
     plugins = load_plugins()
     rows: list[dict[str, Any]] = []
     for name, _ in sorted(plugins.pm.list_name_plugin()):
+        if name.endswith(":approaches"):
+            continue  # a module that registers approaches: each approach is its own row
         meta = plugins.meta.get(name)
         row: dict[str, Any] = {
             "name": name,

@@ -16,7 +16,23 @@ from harness.types import ApproachInfo, Artifact, Comparison, Example, Predictio
 hookspec = pluggy.HookspecMarker("harness")
 
 # ---------------------------------------------------------------------------------------------
-# Approach hooks: the core calls these on one approach at a time (the plugin selected by name).
+# Registration: every implementation is called; each registers approach objects.
+# ---------------------------------------------------------------------------------------------
+
+
+@hookspec
+def harness_register_approaches(register: Any) -> None:
+    """Register this plugin's approaches: call ``register(approach)`` once for each.
+
+    :param register: takes an :class:`harness.approach.Approach` instance (its ``name`` is what
+        ``--plugins`` selects). One module may register several approaches (qwen and qwen-lora).
+    """
+
+
+# ---------------------------------------------------------------------------------------------
+# Hook-style approaches: the core calls these on one plugin at a time (the plugin selected by name).
+# A registered Approach is the contract to write against; these hooks remain for plugins written
+# before it, and the core adapts a registered approach's methods to the same calls.
 # ---------------------------------------------------------------------------------------------
 
 

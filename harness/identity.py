@@ -244,20 +244,15 @@ def _used(tree: ast.AST, namespace: dict[str, Any], module: str) -> list[tuple[s
     return used
 
 
-def approach_code(plugin: Any, hooks: tuple[str, ...], core: tuple[str, ...], skip: frozenset[str]) -> dict[str, str]:
-    """:func:`code_fingerprint` of the core's unit code and the approach's own ``hooks`` that it has."""
-    return code_fingerprint([*core, *(getattr(plugin, hook) for hook in hooks if hasattr(plugin, hook))], skip)
+def training_code(roots: list[Any]) -> dict[str, str]:
+    """The code that trains: the train unit and the approach's train (``roots``), with all they call that
+    can change what the model learns."""
+    return code_fingerprint([*CORE_TRAINING, *roots], NOT_TRAINING)
 
 
-def training_code(plugin: Any) -> dict[str, str]:
-    """The code that trains: the train unit and the approach's train, with all they call that can change
-    what the model learns."""
-    return approach_code(plugin, ("harness_train",), CORE_TRAINING, NOT_TRAINING)
-
-
-def measuring_code(plugin: Any) -> dict[str, str]:
-    """The code that serves and times: the measure unit and the approach's load and predict."""
-    return approach_code(plugin, ("harness_load", "harness_predict"), CORE_MEASURING, NOT_MEASURING)
+def measuring_code(roots: list[Any]) -> dict[str, str]:
+    """The code that serves and times: the measure unit and the approach's load and predict (``roots``)."""
+    return code_fingerprint([*CORE_MEASURING, *roots], NOT_MEASURING)
 
 
 def training_device(setting: Any) -> str:

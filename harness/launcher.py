@@ -113,6 +113,10 @@ def _reference(name: str, plugin: Any) -> tuple[str, Any]:
     attribute = next((key for key, value in vars(module).items() if value is plugin), None) if module else None
     if attribute is not None:
         return "attribute", (_module_reference(name, module), attribute)
+    from harness.approach import Approach
+
+    if isinstance(plugin, Approach) and module is not None:  # made again from its class, in its module
+        return "instance", (_module_reference(name, module), type(plugin).__qualname__)
     try:
         return "object", pickle.dumps(plugin)
     except Exception as exc:
@@ -149,9 +153,10 @@ def _load(kind: str, value: Any) -> Any:
         sys.modules[module_name] = module
         spec.loader.exec_module(module)
         return module
-    if kind == "attribute":
+    if kind in ("attribute", "instance"):
         (module_kind, module_value), attribute = value
-        return getattr(_load(module_kind, module_value), attribute)
+        found = getattr(_load(module_kind, module_value), attribute)
+        return found() if kind == "instance" else found
     return pickle.loads(value)
 
 

@@ -19,6 +19,7 @@ from typing import Any
 import pluggy
 
 from harness import hookspecs
+from harness.approach import Approach, RunContext, settings_info
 from harness.errors import UserError
 from harness.types import ApproachInfo
 
@@ -47,24 +48,68 @@ class Plugins:
     # Plugins registered by hand (not found through entry points): a unit's process registers them again.
     registered: dict[str, Any] = field(default_factory=dict)
 
+    # Approaches registered through harness_register_approaches, by name, and the plugin that registered each.
+    registry: dict[str, Approach] = field(default_factory=dict)
+    registered_by: dict[str, str] = field(default_factory=dict)
+
     def approaches(self) -> list[str]:
-        """Names of the registered plugins that implement train or predict, sorted."""
+        """Names of the registered approaches and of the hook-style plugins that train or predict, sorted."""
         names = []
         for name, plugin in self.pm.list_name_plugin():
             if any(hasattr(plugin, hook) for hook in APPROACH_HOOKS):
                 names.append(name)
         return sorted(names)
 
+    def collect(self, plugin_name: str | None = None) -> None:
+        """Ask every plugin (or ``plugin_name`` alone) to register its approaches."""
+        caller = self.pm.hook.harness_register_approaches
+        if plugin_name is not None:
+            others = {impl.plugin for impl in caller.get_hookimpls() if impl.plugin_name != plugin_name}
+            caller = self.pm.subset_hook_caller("harness_register_approaches", remove_plugins=others)
+        for impl_owner, approach in _registrations(caller):
+            self.add(approach, impl_owner or plugin_name or "")
+
+    def add(self, approach: Approach, plugin_name: str = "") -> None:
+        """Register one approach object (what ``register`` does inside ``harness_register_approaches``)."""
+        if not isinstance(approach, Approach):
+            raise TypeError(f"register() takes an harness.approach.Approach, got {type(approach).__name__}")
+        if not approach.name:
+            raise TypeError(f"{type(approach).__name__} has no name")
+        if self.pm.get_plugin(approach.name) is not None:
+            raise ValueError(f"two approaches are named {approach.name!r}")
+        self.registry[approach.name] = approach
+        self.registered_by[approach.name] = plugin_name
+        # Called through pluggy like any plugin, so that wrappers (a profiler, the speed gate) see it too.
+        self.pm.register(_proxy(approach), name=approach.name)
+        owner = self.meta.get(plugin_name)
+        self.meta[approach.name] = PluginMeta(approach.name, type(approach).__module__,
+                                              owner.version if owner else "", bool(owner and owner.builtin))
+
     def register(self, plugin: Any, name: str, *, package: str = "", version: str = "") -> None:
-        """Register ``plugin`` (a module or object) under ``name``, as tests and embedding code do."""
-        self.pm.register(plugin, name=name)
-        self.pm.check_pending()
-        self.meta[name] = PluginMeta(name, package or getattr(plugin, "__name__", name), version, False)
+        """Register ``plugin`` under ``name``, as tests and embedding code do: a module or object with hook
+        implementations (its ``harness_register_approaches`` registers its approaches), or one Approach."""
         self.registered[name] = plugin
+        if isinstance(plugin, Approach):
+            self.add(plugin, name)
+            return
+        pm_name = registrar_name(plugin, name)
+        self.pm.register(plugin, name=pm_name)
+        self.pm.check_pending()
+        self.meta[pm_name] = PluginMeta(name, package or getattr(plugin, "__name__", name), version, False)
+        if pm_name != name:
+            self.collect(pm_name)
 
     def implements(self, name: str, hook: str) -> bool:
         plugin = self.pm.get_plugin(name)
         return plugin is not None and hasattr(plugin, hook)
+
+    def code_roots(self, name: str, hooks: tuple[str, ...]) -> list[Any]:
+        """The functions behind ``hooks`` of approach ``name``, for its code fingerprint."""
+        if name in self.registry:
+            cls = type(self.registry[name])
+            return [getattr(cls, METHODS[hook]) for hook in hooks if self.implements(name, hook) and hook in METHODS]
+        plugin = self.pm.get_plugin(name)
+        return [getattr(plugin, hook) for hook in hooks if hasattr(plugin, hook)]
 
     def require(self, names: list[str]) -> None:
         """Fail with a one-line error naming the known approaches if any name is unknown."""
@@ -102,6 +147,113 @@ class Plugins:
         return sorted(h.name for h in self.pm.get_hookcallers(plugin) or [])
 
 
+# The approach hooks the core calls by name, and the Approach methods behind them.
+METHODS = {"harness_describe": "describe", "harness_train": "train", "harness_load": "load",
+           "harness_predict": "predict", "harness_reference": "reference"}
+# What the core carries in a settings dict that a registered approach gets in its RunContext instead.
+CORE_KEYS = ("seed", "random_weights", "predict_batch_size")
+
+
+def registrar_name(plugin: Any, name: str) -> str:
+    """The plugin manager's name for a plugin: its own name, or for one that registers approaches (whose
+    names may well be its own) ``NAME:approaches``."""
+    return f"{name}:approaches" if hasattr(plugin, "harness_register_approaches") else name
+
+
+hookimpl = pluggy.HookimplMarker("harness")
+
+
+class _Proxy:
+    """A registered approach as pluggy sees it: hook implementations that call its methods with typed
+    settings and a RunContext. Built per approach with only the hooks it implements."""
+
+    def __init__(self, approach: Approach):
+        self.approach = approach
+
+
+@hookimpl
+def _describe(self: _Proxy) -> ApproachInfo:
+    return describe(self.approach)
+
+
+@hookimpl
+def _train(self: _Proxy, task: Any, train: Any, validation: Any, settings: Any, workdir: Any, progress: Any) -> Any:
+    return call_approach(self.approach, "harness_train", locals())
+
+
+@hookimpl
+def _load(self: _Proxy, task: Any, artifact: Any, settings: Any, cache_dir: Any) -> Any:
+    return call_approach(self.approach, "harness_load", locals())
+
+
+@hookimpl
+def _predict(self: _Proxy, task: Any, artifact: Any, examples: Any, settings: Any, progress: Any) -> Any:
+    return call_approach(self.approach, "harness_predict", locals())
+
+
+@hookimpl
+def _reference(self: _Proxy, task: Any, artifact: Any, settings: Any) -> Any:
+    return call_approach(self.approach, "harness_reference", locals())
+
+
+_IMPLS = {"describe": _describe, "train": _train, "load": _load, "predict": _predict, "reference": _reference}
+
+
+def _proxy(approach: Approach) -> _Proxy:
+    cls = type(approach)
+    methods = {f"harness_{method}": impl for method, impl in _IMPLS.items()
+               if method in ("describe", "predict") or getattr(cls, method) is not getattr(Approach, method)}
+    return type(f"Registered{cls.__name__}", (_Proxy,), methods)(approach)
+
+
+def _registrations(caller: Any) -> list[tuple[str, Approach]]:
+    """Call ``harness_register_approaches`` implementation by implementation, so that each registration
+    is known by the plugin that made it."""
+    found: list[tuple[str, Approach]] = []
+    for impl in caller.get_hookimpls():
+        def register(approach: Approach, owner: str = impl.plugin_name) -> None:
+            found.append((owner, approach))
+
+        impl.function(**{name: register for name in impl.argnames})
+    return found
+
+
+def describe(approach: Approach) -> ApproachInfo:
+    """The ApproachInfo the core plans with, read off a registered approach and its Settings class."""
+    info = settings_info(approach.settings)
+    own = tuple(info.defaults) if approach.serves else info.predict  # an engine's settings are all predict settings
+    return ApproachInfo(task_types=tuple(approach.task_types), settings=info.defaults, description=approach.description,
+                        predict_settings=own, choices=info.choices, serves=approach.serves,
+                        model_settings=info.models, limits=info.limits, secret_settings=info.secret)
+
+
+def typed_settings(approach: Approach, settings: dict[str, Any]) -> Any:
+    """The approach's Settings instance from the core's settings dict (the core's own keys left out)."""
+    fields = approach.settings.model_fields
+    return approach.settings.model_validate({k: v for k, v in settings.items() if k in fields})
+
+
+def call_approach(approach: Approach, hook: str, kwargs: dict[str, Any]) -> Any:
+    """A hook-style call (``task=..., settings={...}, workdir=...``) made to a registered approach: its
+    typed settings, and the core's values in a RunContext."""
+    if hook == "harness_describe":
+        return describe(approach)
+    settings = kwargs.get("settings") or {}
+    batch = settings.get("predict_batch_size")
+    context = RunContext(seed=int(settings.get("seed", 0)), random_weights=bool(settings.get("random_weights")),
+                         workdir=kwargs.get("workdir"), cache_dir=kwargs.get("cache_dir"),
+                         batch_size=batch or None, progress=kwargs.get("progress"))
+    typed = typed_settings(approach, settings)
+    task = kwargs["task"]
+    if hook == "harness_train":
+        return approach.train(task, kwargs["train"], kwargs.get("validation", []), typed, context)
+    if hook == "harness_load":
+        return approach.load(task, kwargs["artifact"], typed, context)
+    if hook == "harness_predict":
+        return approach.predict(task, kwargs["artifact"], kwargs["examples"], typed, context)
+    return approach.reference(task, kwargs["artifact"], typed, context)
+
+
 def _third_party_allowed(name: str) -> bool:
     setting = os.environ.get("HARNESS_LOAD_PLUGINS")
     if setting is None:
@@ -131,18 +283,24 @@ def load_plugins(*, entry_points: bool = True) -> Plugins:
                 continue
             if pm.get_plugin(ep.name) is not None:
                 continue
+            pm_name = ep.name
             try:
                 module: ModuleType = ep.load()
-                pm.register(module, name=ep.name)
+                pm_name = registrar_name(module, ep.name)
+                pm.register(module, name=pm_name)
                 pm.check_pending()
+                plugins.meta[pm_name] = PluginMeta(ep.name, ep.value, ep.dist.version if ep.dist else "", builtin)
+                if pm_name != ep.name:
+                    plugins.collect(pm_name)
             except Exception as exc:  # a broken plugin must not take the others down
-                if pm.get_plugin(ep.name) is not None:
-                    pm.unregister(name=ep.name)
+                for name in [pm_name, *(n for n, owner in plugins.registered_by.items() if owner == pm_name)]:
+                    if pm.get_plugin(name) is not None:
+                        pm.unregister(name=name)
+                    plugins.registry.pop(name, None)
                 message = f"harness: plugin {ep.name!r} ({ep.value}) not loaded: {type(exc).__name__}: {exc}"
                 plugins.warnings.append(message)
                 print(message.splitlines()[0], file=sys.stderr)
                 continue
-            plugins.meta[ep.name] = PluginMeta(ep.name, ep.value, ep.dist.version if ep.dist else "", builtin)
 
     pm.check_pending()
     if os.environ.get("HARNESS_TRACE_PLUGINS"):

@@ -57,6 +57,7 @@ class Plan:
     train_predict_keys: tuple[str, ...] = ()  # the trainer's own predict settings: not part of what it trains
     model_settings: tuple[str, ...] = ()
     info: ApproachInfo | None = field(default=None, repr=False)
+    secrets: tuple[str, ...] = ()  # settings never written to a record, a log or an error message
 
 
 def now() -> str:
@@ -104,7 +105,7 @@ def plan_settings(
                 where=spec.where,
             )
         return resolve_settings(name, info.settings, spec, overrides.get(name, {}), choices=info.choices,
-                                limits=info.limits)
+                                limits=info.limits, secret=info.secret_settings)
 
     plans = {}
     for name in approaches:
@@ -122,7 +123,8 @@ def plan_settings(
         seed = {"seed": spec.training_seeds[0]}
         settings, train_settings = {**settings, **seed}, {**train_settings, **seed}
         plans[name] = Plan(name, trainer, settings, train_settings, tuple(dict.fromkeys(predict_keys)),
-                           tuple(trainer_info.predict_settings), trainer_info.model_settings, info)
+                           tuple(trainer_info.predict_settings), trainer_info.model_settings, info,
+                           tuple({*info.secret_settings, *trainer_info.secret_settings}))
     return plans
 
 
@@ -153,7 +155,8 @@ def compare(
 def training_identity(plugins: Plugins, spec: Spec, data: Datasets, plan: Plan, task: Task,
                       options: CompareOptions, store: Store) -> dict[str, Any]:
     """What was trained: see harness.identity."""
-    settings = {k: v for k, v in plan.train_settings.items() if k not in plan.train_predict_keys}
+    # Secrets (API keys) change no weights and never reach a record: they are not part of the identity.
+    settings = {k: v for k, v in plan.train_settings.items() if k not in plan.train_predict_keys and k not in plan.secrets}
     with store.model_hashes() as cache:
         models = {key: identity.model_identity(str(settings[key]), cache)
                   for key in plan.model_settings if settings.get(key)}
@@ -167,7 +170,7 @@ def training_identity(plugins: Plugins, spec: Spec, data: Datasets, plan: Plan, 
         "validation": data.validation_hash,
         "validation_source": data.validation_source,
         "seed": plan.train_settings["seed"],
-        "code": identity.training_code(plugins.pm.get_plugin(plan.trainer)),
+        "code": identity.training_code(plugins.code_roots(plan.trainer, ("harness_train",))),
         "versions": identity.library_versions(identity.TRAINING_LIBRARIES),
         "accelerator": identity.training_device(settings.get("train_device")),
     }
@@ -179,7 +182,7 @@ def measurement_identity(plugins: Plugins, data: Datasets, plan: Plan, train_key
     return {
         "train_key": train_key,
         "approach": plan.approach,
-        "predict_settings": {k: plan.settings[k] for k in plan.predict_keys if k in plan.settings},
+        "predict_settings": {k: plan.settings[k] for k in plan.predict_keys if k in plan.settings and k not in plan.secrets},
         "test": data.test_hash,
         "latency_samples": options.latency_samples,
         "warmup_examples": options.warmup_examples,
@@ -187,7 +190,7 @@ def measurement_identity(plugins: Plugins, data: Datasets, plan: Plan, train_key
         "gpu": identity.gpu_name(),
         "threads": measure.unit_threads(),
         "launcher": options.launcher,
-        "code": identity.measuring_code(plugins.pm.get_plugin(plan.approach)),
+        "code": identity.measuring_code(plugins.code_roots(plan.approach, ("harness_load", "harness_predict"))),
         "versions": identity.library_versions(identity.SERVING_LIBRARIES),
     }
 
@@ -234,7 +237,8 @@ def run_approach(
     name = plan.approach
     task = spec.to_task(plan.trainer)  # an engine serves with the prompt its model was trained on
     record = RunRecord(
-        run_id=new_id(name), approach=name, spec=spec.name, task_type=task.type, seed=seed, settings=plan.settings,
+        run_id=new_id(name), approach=name, spec=spec.name, task_type=task.type, seed=seed,
+        settings={k: SECRET if k in plan.secrets else v for k, v in plan.settings.items()},
         random_weights=options.random_weights, train_hash=data.train_hash, test_hash=data.test_hash,
         n_train=len(data.train), n_validation=len(data.validation), n_test=len(data.test), created=now(),
     )
@@ -322,6 +326,8 @@ def _run_locked(plugins: Plugins, spec: Spec, data: Datasets, plan: Plan, store:
         record.status, record.error = "failed", f"{type(exc).__name__}: {exc}".splitlines()[0]
         error_detail = traceback.format_exc()
     record.environment.update(measure.environment(record.serving.get("device") or record.model.get("device")))
+    hidden = [str(plan.settings[k]) for k in plan.secrets if len(str(plan.settings.get(k) or "")) >= 4]
+    record.error, error_detail = (_hide(text, hidden) for text in (record.error, error_detail))
     store.finish_run(record, None, error_detail)
     notify(plugins, "harness_run_finished", run=record)
     return record
@@ -384,6 +390,17 @@ def notify(plugins: Plugins, hook: str, **kwargs: Any) -> None:
         getattr(plugins.pm.hook, hook)(**kwargs)
     except Exception as exc:
         print(f"harness: a {hook} listener failed: {type(exc).__name__}: {exc}".splitlines()[0], file=sys.stderr)
+
+
+SECRET = "<secret>"  # what a record holds for a setting marked secret
+
+
+def _hide(text: str | None, secrets: list[str]) -> str | None:
+    """An error message or traceback with every secret's value replaced: an approach's exception may
+    quote the key it was given."""
+    for value in secrets:
+        text = text.replace(value, SECRET) if text else text
+    return text
 
 
 def load_cache(store: Store, train_key: str, measurement: dict[str, Any]) -> Any:

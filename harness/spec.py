@@ -405,6 +405,7 @@ def resolve_settings(
     *,
     choices: dict[str, tuple[Any, ...]] | None = None,
     limits: dict[str, tuple[Any, Any]] | None = None,
+    secret: tuple[str, ...] = (),
 ) -> dict[str, Any]:
     """Merge an approach's defaults, the spec's ``plugins.<approach>`` section and ``--set`` overrides.
 
@@ -417,8 +418,15 @@ def resolve_settings(
     settings = dict(defaults)
 
     def accept(key: str, value: Any, where: str) -> None:  # type, choices, range: the spec and --set alike
-        value = _allowed(_checked(approach, defaults, key, value, where=where), choices.get(key), where)
-        settings[key] = _in_range(value, limits.get(key), where)
+        try:
+            value = _allowed(_checked(approach, defaults, key, value, where=where), choices.get(key), where)
+            settings[key] = _in_range(value, limits.get(key), where)
+        except UserError:
+            if key not in secret:
+                raise
+            # A secret is never printed back, not even to say what is wrong with it.
+            raise UserError(f"not a valid {type(defaults[key]).__name__} (a secret: its value is not shown)",
+                            where=where) from None
 
     for key, value in (spec.plugins.get(approach) or {}).items():
         accept(key, value, f"{spec.where}: plugins.{approach}.{key}")

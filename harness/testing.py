@@ -18,6 +18,7 @@ import random
 from pathlib import Path
 from typing import Any
 
+from harness.approach import Approach
 from harness.types import ApproachInfo, Example, Prediction, RunRecord, Task
 
 TINY_TASK = Task(type="classification", labels=("sport", "weather", "food"))
@@ -100,8 +101,9 @@ def check_plugin(
     serves: Any = None,
     launcher: str = "process",
 ) -> RunRecord:
-    """Check ``plugin`` (a module with a file, or a picklable object, with hook implementations) against
-    everything the core and ``harness bench --run`` do with an approach.
+    """Check ``plugin`` (a module with a file that registers approaches, or one Approach, or a hook-style
+    plugin) against everything the core and ``harness bench --run`` do with an approach. ``name`` says
+    which approach to check where the module registers several.
 
     Checks: describe returns an ApproachInfo for the task's type whose predict settings and choices name
     declared settings; ``settings`` pass the same type checks as a spec and ``--set``; the whole run goes
@@ -131,7 +133,13 @@ def check_plugin(
     if train is None or test is None:
         train, test = tiny_extraction() if task.type == "extraction" else tiny_dataset()
     plugins = load_plugins(entry_points=False)
-    plugins.register(plugin, name)
+    plugins.register(plugin, "kit-candidate" if not isinstance(plugin, Approach) else name)
+    if isinstance(plugin, Approach):
+        name = plugin.name
+    elif name not in plugins.approaches():
+        mine = [n for n, owner in plugins.registered_by.items() if owner.startswith("kit-candidate")] or ["kit-candidate"]
+        _expect(len(mine) == 1, f"the plugin registers {', '.join(sorted(mine))}: pass name= to say which to check")
+        name = mine[0]
 
     info = plugins.call(name, "harness_describe")
     _expect(isinstance(info, ApproachInfo), f"harness_describe must return ApproachInfo, got {type(info).__name__}")
@@ -141,7 +149,7 @@ def check_plugin(
         _expect(not stray, f"ApproachInfo.{field_name} names {sorted(stray)}, which are not among its settings")
     for key, allowed in info.choices.items():
         _expect(info.settings[key] in allowed, f"the default {key}={info.settings[key]!r} is not one of its choices {allowed}")
-    if info.serves:
+    if info.serves and info.serves not in plugins.approaches():
         _expect(serves is not None, f"plugin serves {info.serves!r}: pass that plugin as serves=")
         plugins.register(serves, info.serves)
 

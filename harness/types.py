@@ -143,6 +143,7 @@ class ApproachInfo:
     serves: str | None = None
     model_settings: tuple[str, ...] = ("model", "tokenizer")
     limits: dict[str, tuple[Any, Any]] = field(default_factory=dict)
+    secret_settings: tuple[str, ...] = ()  # accepted, never written to a record, a log or an error message
 
 
 @dataclass

@@ -114,8 +114,7 @@ def plugin_site(tmp_path_factory: pytest.TempPathFactory) -> Path:
         tmp_path_factory.mktemp("site"),
         {"harness_naive_bayes": docs_plugin_source(), "failing_train_plugin": FAILING_TRAIN,
          "broken_import_plugin": BROKEN_IMPORT},
-        {"naive-bayes": "harness_naive_bayes", "naive-bayes-tables": "harness_naive_bayes:tables",
-         "failing-train": "failing_train_plugin", "broken-import": "broken_import_plugin"},
+        {"naive-bayes": "harness_naive_bayes", "failing-train": "failing_train_plugin", "broken-import": "broken_import_plugin"},
     )
 
 

@@ -59,7 +59,7 @@ def site_cli(tmp_path):
     site = install_site(
         tmp_path / "site",
         {"harness_naive_bayes": docs_plugin_source(), "aborts_plugin": ABORTS_IN_PREDICT, "numpy_plugin": NUMPY_SCORES},
-        {"naive-bayes": "harness_naive_bayes", "naive-bayes-tables": "harness_naive_bayes:tables",
+        {"naive-bayes": "harness_naive_bayes",
          "aborts": "aborts_plugin", "numpy-scores": "numpy_plugin"},
     )
     work = tmp_path / "work"
@@ -109,7 +109,7 @@ def test_editing_the_plugin_source_retrains_and_a_predict_setting_only_remeasure
     (retrained,) = runs(work, "6.json")
     assert retrained["status"] == "ok" and retrained["training"]["trained_in"] == retrained["run_id"]
     before, after = trained["training"]["identity"]["code"], retrained["training"]["identity"]["code"]
-    assert [name for name in after if before.get(name) != after[name]] == ["harness_naive_bayes.harness_train"]
+    assert [name for name in after if before.get(name) != after[name]] == ["harness_naive_bayes.NaiveBayes.train"]
 
 
 def test_a_row_measured_on_one_thread_is_not_reused_for_a_compare_on_all_of_them(site_cli, ag_news_data):
@@ -150,9 +150,10 @@ def test_a_reused_row_is_scored_again_by_the_scorers_installed_now(site_cli, ag_
 
 def test_the_training_code_is_what_training_calls_and_nothing_else():
     from harness import identity
-    from harness_plugins import bert
+    from harness.plugins import load_plugins
 
-    code = identity.training_code(bert)
+    plugins = load_plugins()
+    code = identity.training_code(plugins.code_roots("bert", ("harness_train",)))
     for trains in ("harness_plugins.bert.harness_train", "harness.hf_trainer.train_with_trainer",
                    "harness.models.LengthBucketSampler", "harness.models.length_bucket_order",
                    "harness.launcher.seed_everything", "harness.launcher.train_unit"):
@@ -161,7 +162,7 @@ def test_the_training_code_is_what_training_calls_and_nothing_else():
                    "harness.launcher.measure_unit", "harness.packing.packed_calls"):
         assert serves not in code
     assert not [name for name in code if name.split(".")[1] in ("measure", "store", "report", "bench", "progress")]
-    assert "harness.packing.packed_calls" in identity.measuring_code(bert)
+    assert "harness.packing.packed_calls" in identity.measuring_code(plugins.code_roots("bert", ("harness_predict",)))
 
 
 def test_a_docstring_comment_or_error_message_changes_no_fingerprint_and_a_step_does(tmp_path, monkeypatch):
@@ -186,7 +187,7 @@ def harness_predict(examples):
         (tmp_path / f"{name}.py").write_text(text)
         import importlib
 
-        code = identity.training_code(importlib.import_module(name))
+        code = identity.training_code([importlib.import_module(name).harness_train])
         assert "harness.launcher.train_unit" in code  # the core's training path, the same for every approach
         return {key.removeprefix(f"{name}."): value for key, value in code.items() if key.startswith(name)}
 

@@ -29,30 +29,34 @@ def docs_plugin(folder) -> types.ModuleType:
 
 
 def test_docs_tutorial_plugin_passes_the_conformance_kit(tmp_path):
-    record = check_plugin(docs_plugin(tmp_path), tmp_path=tmp_path, settings={"smoothing": 0.5})
+    record = check_plugin(docs_plugin(tmp_path), tmp_path=tmp_path, name="naive-bayes", settings={"smoothing": 0.5})
     assert record.metrics["accuracy"] > 0.8
     assert record.speed["requests_per_s"] > 0
+    assert record.settings["smoothing"] == 0.5 and "seed" in record.settings
 
 
 def test_the_docs_engine_passes_the_kit_over_the_plugin_it_serves(tmp_path):
     module = docs_plugin(tmp_path)
-    record = check_plugin(module.tables, tmp_path=tmp_path, name="naive-bayes-tables", serves=module)
+    record = check_plugin(module, tmp_path=tmp_path, name="naive-bayes-tables")  # one module registers both
     assert record.metrics["accuracy"] > 0.8 and record.serving["dtype"] == "float64"
     assert record.training["identity"]["approach"] == "naive-bayes"
 
 
+def test_the_kit_asks_which_approach_when_a_module_registers_several(tmp_path):
+    with pytest.raises(ConformanceError, match="registers naive-bayes, naive-bayes-tables: pass name="):
+        check_plugin(docs_plugin(tmp_path), tmp_path=tmp_path)
+
+
 def test_conformance_kit_catches_a_plugin_that_loses_the_order(tmp_path):
     module = docs_plugin(tmp_path)
-    original = module.harness_predict
 
-    @hookimpl
-    def harness_predict(task, artifact, examples, settings, progress):
-        ordered = sorted(examples, key=lambda ex: len(ex.text))  # bucketed, but never put back in order
-        return original(task=task, artifact=artifact, examples=ordered, settings=settings, progress=progress)
+    class Unordered(module.NaiveBayes):
+        def predict(self, task, artifact, examples, settings, context):
+            ordered = sorted(examples, key=lambda ex: len(ex.text))  # bucketed, but never put back in order
+            return super().predict(task, artifact, ordered, settings, context)
 
-    module.harness_predict = harness_predict
     with pytest.raises(ConformanceError, match="depend on the order"):
-        check_plugin(module, tmp_path=tmp_path, launcher="inline")  # the patch lives in this process only
+        check_plugin(Unordered(), tmp_path=tmp_path, launcher="inline")  # defined in this test: inline
 
 
 REGEX_EXTRACTOR = '''
@@ -112,19 +116,17 @@ def test_the_kit_checks_an_extraction_approach(tmp_path):
 
 def test_the_kit_compares_scores_not_only_labels(tmp_path):
     module = docs_plugin(tmp_path)
-    original = module.harness_predict
 
-    @hookimpl
-    def harness_predict(task, artifact, examples, settings, progress):
-        predictions = original(task=task, artifact=artifact, examples=examples, settings=settings, progress=progress)
-        if len(examples) == 1:  # one at a time: the same label, scores pulled towards uniform
-            for p in predictions:
-                p.scores = {label: 0.9 * score + 0.1 / len(p.scores) for label, score in p.scores.items()}
-        return predictions
+    class Flattened(module.NaiveBayes):
+        def predict(self, task, artifact, examples, settings, context):
+            predictions = super().predict(task, artifact, examples, settings, context)
+            if len(examples) == 1:  # one at a time: the same label, scores pulled towards uniform
+                for p in predictions:
+                    p.scores = {label: 0.9 * score + 0.1 / len(p.scores) for label, score in p.scores.items()}
+            return predictions
 
-    module.harness_predict = harness_predict
     with pytest.raises(ConformanceError, match="one-at-a-time predictions differ"):
-        check_plugin(module, tmp_path=tmp_path, launcher="inline")
+        check_plugin(Flattened(), tmp_path=tmp_path, launcher="inline")
 
 
 def test_a_misspelt_hook_fails_loudly():
@@ -157,7 +159,9 @@ def test_safe_mode_loads_no_third_party_plugin_but_keeps_builtins(cli):
     assert {row["name"] for row in json.loads(result.stdout)} == {"bert", "metrics", "qwen"}
     assert result.stderr == ""
     only = cli("plugins", "--json", env={"HARNESS_LOAD_PLUGINS": "naive-bayes"})
-    assert {row["name"] for row in json.loads(only.stdout)} == {"bert", "metrics", "qwen", "naive-bayes"}
+    # The one module registers two approaches: the approach and its engine.
+    assert {row["name"] for row in json.loads(only.stdout)} == {"bert", "metrics", "qwen", "naive-bayes",
+                                                                "naive-bayes-tables"}
 
 
 def test_listing_and_help_import_no_torch():
@@ -177,3 +181,52 @@ def test_specs_lists_the_shipped_agnews_spec(cli):
     rows = {row["name"]: row for row in json.loads(result.stdout)}
     assert rows["agnews"]["task"] == "classification" and rows["agnews"]["plugins"] == ["bert", "qwen"]
     assert rows["agnews"]["dataset"] == "fancyzhx/ag_news"
+
+
+SECRETIVE = '''
+from harness import Approach, Artifact, Settings, hookimpl, setting
+
+
+class KeySettings(Settings):
+    api_key: str = setting("", secret=True, help="the endpoint's key; prefer the environment")
+    retries: int = setting(2, ge=0, predict=True)
+    pin: int = setting(0, ge=0, secret=True)
+
+
+class Secretive(Approach):
+    name = "secretive"
+    settings = KeySettings
+
+    def train(self, task, train, validation, settings, context):
+        return Artifact(train_samples=len(train))
+
+    def predict(self, task, artifact, examples, settings, context):
+        raise RuntimeError(f"the server refused key {settings.api_key} after {settings.retries} retries")
+
+
+@hookimpl
+def harness_register_approaches(register):
+    register(Secretive())
+'''
+
+
+def test_a_secret_setting_reaches_the_approach_and_nothing_else(tmp_path, ag_news_data):
+    from conftest import install_site, make_cli
+
+    site = install_site(tmp_path / "site", {"secretive": SECRETIVE}, {"secretive": "secretive"})
+    cli = make_cli(site, tmp_path)
+    key = "sk-TOPSECRET-4f9a"
+    result = cli("compare", "--plugins", "secretive", "--spec", "agnews", "--data", ag_news_data, "--limit-train", "40",
+                 "--limit-test", "8", "--set", f"secretive.api_key={key}", "--json", "out.json")
+    assert result.returncode == 1  # the approach got the key: its error quotes it
+    (run,) = json.loads((tmp_path / "out.json").read_text())["runs"]
+    assert run["error"] == "RuntimeError: the server refused key <secret> after 2 retries"
+    assert run["settings"]["api_key"] == "<secret>" and "api_key" not in run["training"]["identity"]["settings"]
+    written = [p for p in tmp_path.rglob("*") if p.is_file() and "site" not in p.parts]
+    assert written and not [p for p in written if key.encode() in p.read_bytes()]
+    assert key not in result.stdout + result.stderr
+
+    wrong = cli("compare", "--plugins", "secretive", "--spec", "agnews", "--data", ag_news_data,
+                "--set", "secretive.pin=sk-NOT-A-NUMBER")
+    assert wrong.returncode == 2 and "sk-NOT-A-NUMBER" not in wrong.stderr
+    assert "--set secretive.pin: not a valid int (a secret: its value is not shown)" in wrong.stderr

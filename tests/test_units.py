@@ -61,6 +61,7 @@ def harness_load(task, artifact, cache_dir):
 
 @hookimpl
 def harness_predict(task, examples):
+    time.sleep(0.005 * len(examples))  # a killed compare finds it still serving
     return [Prediction(label=task.labels[0]) for _ in examples]
 
 

@@ -1,0 +1,164 @@
+"""The approach contract: an approach is an object with ``train``, ``load``, ``predict`` (and optionally
+``reference``) methods and typed settings, registered by a plugin through ``harness_register_approaches``.
+
+As simonw/llm registers models, a plugin module registers one or several approaches::
+
+    @hookimpl
+    def harness_register_approaches(register):
+        register(Bert())
+
+The core gives each method the task, the data, the approach's own settings (an instance of its
+:class:`Settings` class: typed, validated, with nothing of the core's in it) and a :class:`RunContext`
+(the run's seed, whether weights are random, the directories it may write, the batch the core asks for,
+progress). What many plugins answer (scores, events, the identity and environment) stays pluggy hooks.
+"""
+
+from __future__ import annotations
+
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, ClassVar, Literal, Protocol
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from harness.types import Artifact, Example, Prediction, Serving, Task, TaskType
+
+
+class Progress(Protocol):
+    """What ``RunContext.progress`` offers (harness.progress.RunProgress): bars, log lines, timed phases."""
+
+    def bar(self, description: str, total: float | None) -> Any: ...
+    def track(self, items: Any, description: str, total: float | None = None, weight: Any = None) -> Any: ...
+    def log(self, **entry: Any) -> None: ...
+    def phase(self, name: str) -> Any: ...
+
+
+class Settings(BaseModel):
+    """An approach's settings: subclass it, one field each, declared with :func:`setting`. The field's
+    type is enforced, a ``Literal`` gives its choices, ``ge``/``gt``/``le``/``lt`` its range."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    def as_dict(self) -> dict[str, Any]:
+        return self.model_dump()
+
+
+def setting(default: Any, *, predict: bool = False, secret: bool = False, model: bool = False, help: str = "",
+            ge: float | None = None, gt: float | None = None, le: float | None = None,
+            lt: float | None = None) -> Any:
+    """One setting: its default, and what the core must know about it.
+
+    - ``predict``: it changes only how predict runs (a batch size, a scoring rule, the serving device):
+      changing it measures the stored model again instead of training a new one.
+    - ``secret``: an API key or token: accepted from the spec or ``--set``, never written to a record, a
+      log or an error message (the records hold ``"<secret>"``). Prefer reading it from the environment.
+    - ``model``: it names a model (a hub id, a local directory or file): the run's training identity
+      holds its resolved hub revision or the content hash of its files.
+    """
+    extra = {"predict": predict, "secret": secret, "model": model}
+    return Field(default, description=help, ge=ge, gt=gt, le=le, lt=lt, json_schema_extra=extra)
+
+
+@dataclass(frozen=True)
+class SettingsInfo:
+    """What the core reads off a :class:`Settings` class."""
+
+    defaults: dict[str, Any]
+    choices: dict[str, tuple[Any, ...]]
+    limits: dict[str, tuple[Any, Any]]
+    predict: tuple[str, ...]
+    secret: tuple[str, ...]
+    models: tuple[str, ...]
+
+
+def settings_info(cls: type[Settings]) -> SettingsInfo:
+    import annotated_types
+
+    defaults, choices, limits, predict, secret, models = {}, {}, {}, [], [], []
+    hints = typing.get_type_hints(cls)
+    for name, info in cls.model_fields.items():
+        defaults[name] = info.default
+        if typing.get_origin(hints[name]) is Literal:
+            choices[name] = typing.get_args(hints[name])
+        low = high = None
+        for bound in info.metadata:
+            if isinstance(bound, annotated_types.Ge):
+                low = bound.ge
+            elif isinstance(bound, annotated_types.Gt):
+                low = (">", bound.gt)
+            elif isinstance(bound, annotated_types.Le):
+                high = bound.le
+            elif isinstance(bound, annotated_types.Lt):
+                high = ("<", bound.lt)
+        if low is not None or high is not None:
+            limits[name] = (low, high)
+        extra = info.json_schema_extra if isinstance(info.json_schema_extra, dict) else {}
+        for flag, names in (("predict", predict), ("secret", secret), ("model", models)):
+            if extra.get(flag):
+                names.append(name)
+    return SettingsInfo(defaults, choices, limits, tuple(predict), tuple(secret), tuple(models))
+
+
+@dataclass
+class RunContext:
+    """What the core gives every method besides the task, the data and the settings.
+
+    - ``seed``: the run's training seed; Python, NumPy and torch are seeded with it before the call.
+    - ``random_weights``: build the model from its config, without weights (speed only).
+    - ``workdir``: train's directory of its own in the store, for checkpoints and the final model; the
+      same directory comes back to a run resumed after a kill.
+    - ``cache_dir``: load's directory of its own per trained model and serving settings, for what it
+      derives to serve (an export, a merge); the first load that writes there is timed as the build.
+    - ``batch_size``: the batch predict is asked for (the approach's ``predict_batch_size`` setting, or
+      when that is 0 the batch load reported); None for an approach without one.
+    - ``progress``: bars, training log lines, timed phases.
+    """
+
+    seed: int = 0
+    random_weights: bool = False
+    workdir: Path | None = None
+    cache_dir: Path | None = None
+    batch_size: int | None = None
+    progress: Progress = field(default=None, repr=False)  # type: ignore[assignment]
+
+    def __post_init__(self) -> None:
+        if self.progress is None:
+            from harness.progress import SILENT
+
+            self.progress = SILENT
+
+
+class Approach:
+    """The base of a registered approach. Subclass it, set the class attributes, implement the methods.
+
+    ``name`` is what ``--plugins`` selects; ``serves`` names the approach whose trained model an engine
+    serves (an engine trains nothing: the core trains that approach, or finds its stored training, and
+    the engine loads and predicts from the artifact; all its own settings are predict settings).
+    """
+
+    name: ClassVar[str] = ""
+    task_types: ClassVar[tuple[TaskType, ...]] = ("classification",)
+    settings: ClassVar[type[Settings]] = Settings
+    description: ClassVar[str] = ""
+    serves: ClassVar[str | None] = None
+
+    def train(self, task: Task, train: list[Example], validation: list[Example], settings: Any,
+              context: RunContext) -> Artifact:
+        """Train on ``train``, selecting checkpoints on ``validation``; save the model under
+        ``context.workdir`` and return its :class:`~harness.types.Artifact`."""
+        raise NotImplementedError(f"{self.name} does not train; an engine sets serves=")
+
+    def load(self, task: Task, artifact: Artifact, settings: Any, context: RunContext) -> Serving | None:
+        """Make the artifact ready to serve (called once per measuring process, before anything is timed)."""
+        return None
+
+    def predict(self, task: Task, artifact: Artifact, examples: list[Example], settings: Any,
+                context: RunContext) -> list[Prediction]:
+        """Exactly one :class:`~harness.types.Prediction` per example, in the order given."""
+        raise NotImplementedError
+
+    def reference(self, task: Task, artifact: Artifact, settings: Any,
+                  context: RunContext) -> Callable[[list[str]], Any] | None:
+        """The loaded model called by hand, for bench's ``raw`` row; None when there is none."""
+        return None
