@@ -8,8 +8,9 @@ import json
 import math
 import shutil
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Literal
 
+from harness.approach import Settings, setting
 from harness.types import Artifact
 
 PHASES_FILE = "harness_phases.json"  # in each checkpoint: the phases' seconds up to it
@@ -21,6 +22,38 @@ def steps(value: float) -> float | int:
 
 
 MIXED_PRECISION = ("auto", "bf16", "no")
+TRAIN_SAMPLERS = ("length_buckets", "random", "group_by_length", "sequential")
+
+
+class TrainerSettings(Settings):
+    """The settings every approach trained with the Hugging Face Trainer has, under the names users know
+    from ``TrainingArguments``, with their ranges. An approach subclasses it and redeclares the defaults it
+    wants (bert's and qwen's are their seeds'); :data:`TRAINING_ARGUMENTS` go to TrainingArguments as they are."""
+
+    learning_rate: float = setting(5e-5, gt=0)
+    num_train_epochs: float = setting(1.0, ge=0, help="0: no training (zero-shot, or an untrained head for speed)")
+    per_device_train_batch_size: int = setting(8, ge=1)
+    per_device_eval_batch_size: int = setting(64, ge=1)
+    gradient_accumulation_steps: int = setting(1, ge=1)
+    lr_scheduler_type: str = setting("linear")
+    weight_decay: float = setting(0.0, ge=0)
+    warmup_steps: float = setting(0.0, ge=0, help="below 1: a fraction of all steps")
+    eval_steps: float = setting(0.1, gt=0, help="an evaluation and a checkpoint every so many steps; below 1: a fraction")
+    logging_steps: float = setting(0.02, gt=0)
+    max_grad_norm: float = setting(1.0, ge=0)
+    optim: str = setting("adamw_torch")
+    metric_for_best_model: str = setting("f1_weighted")
+    load_best_model_at_end: bool = setting(True)
+    # length_buckets: batches of similar length in shuffled order (harness.models.length_bucket_order);
+    # or a Trainer train_sampling_strategy: random, group_by_length, sequential.
+    train_sampler: Literal["length_buckets", "random", "group_by_length", "sequential"] = setting("length_buckets")
+    mixed_precision: Literal["auto", "bf16", "no"] = setting("auto", help="auto: bf16 autocast on a CUDA GPU that has it")
+    train_device: str = setting("auto", help="where training runs (part of what was trained): auto is CUDA where there is one")
+
+
+TRAINING_ARGUMENTS = ("learning_rate", "num_train_epochs", "per_device_train_batch_size", "per_device_eval_batch_size",
+                      "gradient_accumulation_steps", "lr_scheduler_type", "weight_decay", "warmup_steps", "eval_steps",
+                      "logging_steps", "max_grad_norm", "optim", "metric_for_best_model")
 
 
 def uses_bf16(setting: str, device: str) -> bool:

@@ -74,7 +74,7 @@ DEFAULTS: dict[str, Any] = {
 def harness_describe() -> ApproachInfo:
     from harness.hf_trainer import MIXED_PRECISION
     from harness.packing import PACKING
-    from harness_plugins.bert import TRAIN_SAMPLERS
+    from harness.hf_trainer import TRAIN_SAMPLERS
 
     return ApproachInfo(
         task_types=("classification", "extraction"),

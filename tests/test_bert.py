@@ -39,7 +39,7 @@ def test_random_weights_from_the_shipped_bert_base_config(shared):
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(MINILM)
-    model = bert._new_model(AG_TASK, {**bert.DEFAULTS, "random_weights": True}, tokenizer)
+    model = bert._new_model(AG_TASK, bert.BertSettings(), tokenizer, random_weights=True)
     # bert-base-cased has 108.3M parameters; MiniLM's 30,522-token vocabulary adds 1,526 embedding rows.
     assert sum(p.numel() for p in model.parameters()) == pytest.approx(108_313_348 + 1526 * 768, rel=1e-4)
     assert model.config.num_labels == 4

@@ -154,11 +154,11 @@ def test_the_training_code_is_what_training_calls_and_nothing_else():
 
     plugins = load_plugins()
     code = identity.training_code(plugins.code_roots("bert", ("harness_train",)))
-    for trains in ("harness_plugins.bert.harness_train", "harness.hf_trainer.train_with_trainer",
+    for trains in ("harness_plugins.bert.Bert.train", "harness.hf_trainer.train_with_trainer",
                    "harness.models.LengthBucketSampler", "harness.models.length_bucket_order",
                    "harness.launcher.seed_everything", "harness.launcher.train_unit"):
         assert trains in code
-    for serves in ("harness_plugins.bert.harness_predict", "harness_plugins.bert.harness_load",
+    for serves in ("harness_plugins.bert.Bert.predict", "harness_plugins.bert.Bert.load",
                    "harness.launcher.measure_unit", "harness.packing.packed_calls"):
         assert serves not in code
     assert not [name for name in code if name.split(".")[1] in ("measure", "store", "report", "bench", "progress")]

@@ -70,23 +70,27 @@ def test_a_family_that_pools_elsewhere_is_not_packed():
 def test_bert_predicts_the_same_packed_and_padded(tiny_bert):
     from harness.errors import UserError
 
+    from harness import RunContext
+
     task = Task("classification", ("a", "b", "c"))
-    settings = {**bert.DEFAULTS, "model": str(tiny_bert), "predict_batch_size": 4, "device": "cpu"}
+    settings = bert.BertSettings(model=str(tiny_bert), predict_batch_size=4, device="cpu")
+    context = RunContext(batch_size=4)
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(tiny_bert)
-    model = bert._new_model(task, {**settings, "random_weights": False}, tokenizer)
+    model = bert._new_model(task, settings, tokenizer)
     artifact = Artifact(path=None, device="cpu")
     artifact.state.update(model=model.eval(), tokenizer=tokenizer)
     examples = [Example(id=str(i), text=" ".join(["word"] * (1 + 7 * i)) + f" item {i}") for i in range(10)]
 
     answers = {}
+    approach = bert.Bert()
     for packing in ("padded", "packed", "auto"):
-        serving = bert.harness_load(task=task, artifact=artifact, settings={**settings, "packing": packing})
+        way = settings.model_copy(update={"packing": packing})
+        serving = approach.load(task, artifact, way, context)
         assert artifact.state["packed"] is (packing != "padded")
         assert serving.notes == ([] if packing == "padded" else ["batches packed end to end, no padding"])
-        answers[packing] = bert.harness_predict(task=task, artifact=artifact, examples=examples,
-                                                settings={**settings, "packing": packing}, progress=SILENT)
+        answers[packing] = approach.predict(task, artifact, examples, way, context)
     for packing in ("packed", "auto"):
         assert [p.label for p in answers[packing]] == [p.label for p in answers["padded"]]
         for got, want in zip(answers[packing], answers["padded"]):
@@ -98,9 +102,9 @@ def test_bert_predicts_the_same_packed_and_padded(tiny_bert):
     gpt2.state.update(model=AutoModelForSequenceClassification.from_config(
         GPT2Config(vocab_size=50, n_embd=16, n_layer=1, n_head=2, num_labels=3, pad_token_id=0)), tokenizer=tokenizer)
     with pytest.raises(UserError, match="packing: packed needs one of the encoder families") as error:
-        bert.harness_load(task=task, artifact=gpt2, settings={**settings, "packing": "packed"})
+        approach.load(task, gpt2, settings.model_copy(update={"packing": "packed"}), context)
     assert error.value.where == "bert.packing"
-    assert bert.harness_load(task=task, artifact=gpt2, settings={**settings, "packing": "auto"}).notes == []
+    assert approach.load(task, gpt2, settings.model_copy(update={"packing": "auto"}), context).notes == []
 
 
 def tiny_decoder(model_type: str, **extra):

@@ -45,8 +45,11 @@ def test_length_buckets_and_packing_beat_padded_file_order_in_the_same_run(share
 
     task = load_spec("agnews").to_task()
     examples = without_answers(read_examples(AG_NEWS / "test.jsonl", task, "text", "label", "fields")[:256])
-    settings = {**bert.DEFAULTS, "model": str(MINILM), "num_train_epochs": 0.0, "predict_batch_size": 64, "device": "cpu"}
-    artifact = bert.harness_train(task=task, train=[], validation=[], settings=settings, workdir=Path("."), progress=SILENT)
+    from harness import RunContext
+
+    settings = bert.BertSettings(model=str(MINILM), num_train_epochs=0.0, predict_batch_size=64, device="cpu")
+    approach, context = bert.Bert(), RunContext(batch_size=64, workdir=Path("."), progress=SILENT)
+    artifact = approach.train(task, [], [], settings, context)
     ways = {"padded, by length": {"packing": "padded", "bucket_by_length": True},
             "padded, file order": {"packing": "padded", "bucket_by_length": False},
             "packed, file order": {"packing": "packed", "bucket_by_length": False}}
@@ -54,10 +57,10 @@ def test_length_buckets_and_packing_beat_padded_file_order_in_the_same_run(share
     answers = {}
 
     def run(way: str) -> float:
-        way_settings = {**settings, **ways[way]}
-        bert.harness_load(task, artifact, way_settings)  # packing is decided at load
+        way_settings = settings.model_copy(update=ways[way])
+        approach.load(task, artifact, way_settings, context)  # packing is decided at load
         start = time.perf_counter()
-        answers[way] = bert.harness_predict(task, artifact, examples, way_settings, SILENT)
+        answers[way] = approach.predict(task, artifact, examples, way_settings, context)
         return time.perf_counter() - start
 
     for way in ways:  # warm-up every path
