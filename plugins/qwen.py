@@ -24,71 +24,85 @@ approach; this module loads the model and tokenizer, trains with the Hugging Fac
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
-from harness import ApproachInfo, Artifact, Example, Prediction, Serving, Task, hookimpl
-from harness.decoder import (SCORINGS, Prompter, answer_loss, check_letter_scoring, classify, extract, generate,
+from harness import Approach, Artifact, Example, Prediction, RunContext, Serving, Task, hookimpl, setting
+from harness.decoder import (Prompter, answer_loss, check_letter_scoring, classify, extract, generate,
                              selection_scoring)
+from harness.hf_trainer import TRAINING_ARGUMENTS, TrainerSettings
 
-TRAINING_ARGUMENTS = {
-    "learning_rate": 1.2e-5,
-    "num_train_epochs": 1.0,
-    "per_device_train_batch_size": 12,
-    "gradient_accumulation_steps": 8,
-    "lr_scheduler_type": "cosine",
-    "warmup_steps": 0.01,
-    "weight_decay": 0.0,
-    "eval_steps": 0.2,
-    "logging_steps": 0.01,
-    "max_grad_norm": 1.0,
-    "optim": "adamw_torch",
-    "metric_for_best_model": "f1_weighted",
-}
 
-DEFAULTS: dict[str, Any] = {
-    "model": "Qwen/Qwen3-0.6B",
-    "tokenizer": "",  # empty: the model's own
-    "max_length": 512,  # the seed's cutoff: prompt and answer together
-    "scoring": "letter",  # letter | perplexity (mean log-probability per answer token) | likelihood (the sum)
-    "answer": "letter",  # letter: "C"; label: the option's text, several tokens (needs perplexity or likelihood)
-    "answer_loss": "turn",  # turn: the whole assistant turn, as the seed's recipe; letter: answer and end of turn
-    "chat_template": True,  # use the tokenizer's chat template (thinking off) when it has one
+class QwenSettings(TrainerSettings):
+    model: str = setting("Qwen/Qwen3-0.6B", model=True, help="a hub id, a local directory or one .gguf file")
+    tokenizer: str = setting("", model=True, help="empty: the model's own")
+    max_length: int = setting(512, ge=1, help="the seed's cutoff: prompt and answer together")
+    # letter | perplexity (mean log-probability per answer token) | likelihood (the sum)
+    scoring: Literal["letter", "perplexity", "likelihood"] = setting("letter", predict=True)
+    # letter: "C"; label: the option's text, several tokens (needs perplexity or likelihood)
+    answer: Literal["letter", "label"] = setting("letter")
+    # turn: the whole assistant turn, as the seed's recipe; letter: answer and end of turn
+    answer_loss: Literal["turn", "letter"] = setting("turn")
+    chat_template: bool = setting(True, help="use the tokenizer's chat template (thinking off) when it has one")
     # Written before the answer unless the template already does. Empty: only what the template writes with
     # thinking off, which is Qwen3's empty <think></think> block and nothing for a template without thinking.
-    "think_prefix": "",
-    "max_new_tokens": 256,  # extraction
-    "predict_batch_size": 0,  # 0: 64 on CUDA, 16 on CPU
-    "bucket_by_length": True,  # False: predict in file order (the baseline bucketing is measured against)
+    think_prefix: str = setting("")
+    max_new_tokens: int = setting(256, ge=1, help="extraction: the longest answer generated")
+    predict_batch_size: int = setting(0, ge=0, predict=True, help="0: 64 on CUDA, 16 on CPU")
+    bucket_by_length: bool = setting(True, predict=True, help="False: predict in file order (the baseline)")
     # auto: letter scoring packs each batch end to end on CPU (harness.packing) where the model family allows
     # it, pads elsewhere; packed (an error where it cannot); padded.
-    "packing": "auto",
-    "train_device": "auto",  # where training runs (part of what was trained): auto is CUDA where there is one
-    "device": "auto",  # where the model serves (a predict setting): a GPU-trained model may serve on CPU
-    "mixed_precision": "auto",  # auto: bf16 autocast on a CUDA GPU that supports it; bf16; no
-    "load_best_model_at_end": True,
-    "train_sampler": "length_buckets",
-    **TRAINING_ARGUMENTS,
-}
+    packing: Literal["auto", "packed", "padded"] = setting("auto", predict=True)
+    device: str = setting("auto", predict=True, help="where the model serves: a GPU-trained model may serve on CPU")
+    # Seed 000's training settings.
+    learning_rate: float = setting(1.2e-5, gt=0)
+    num_train_epochs: float = setting(1.0, ge=0, help="0: the untuned model with the same prompt (zero-shot)")
+    per_device_train_batch_size: int = setting(12, ge=1)
+    gradient_accumulation_steps: int = setting(8, ge=1)
+    lr_scheduler_type: str = setting("cosine")
+    warmup_steps: float = setting(0.01, ge=0)
+    eval_steps: float = setting(0.2, gt=0)
+    logging_steps: float = setting(0.01, gt=0)
+
+
+DEFAULTS: dict[str, Any] = QwenSettings().as_dict()
+
+
+class Qwen(Approach):
+    """Full fine-tuning of a decoder on the spec's prompt; its settings typed, its work done by the
+    dict-based functions below (shared with evaluation during training)."""
+
+    name = "qwen"
+    task_types = ("classification", "extraction")
+    settings = QwenSettings
+    description = "causal LM fine-tuned on a multiple-choice prompt; scored by option likelihood"
+
+    def train(self, task: Task, train: list[Example], validation: list[Example], settings: QwenSettings,
+              context: RunContext) -> Artifact:
+        return _train(task, train, validation, _as_dict(settings, context), context.workdir, context.progress)
+
+    def load(self, task: Task, artifact: Artifact, settings: QwenSettings, context: RunContext) -> Serving:
+        return _load(task, artifact, _as_dict(settings, context))
+
+    def predict(self, task: Task, artifact: Artifact, examples: list[Example], settings: QwenSettings,
+                context: RunContext) -> list[Prediction]:
+        return _predict(task, artifact, examples, _as_dict(settings, context), context.progress)
+
+    def reference(self, task: Task, artifact: Artifact, settings: QwenSettings, context: RunContext) -> Any:
+        return _reference(task, artifact, _as_dict(settings, context))
+
+
+def _as_dict(settings: QwenSettings, context: RunContext) -> dict[str, Any]:
+    """The settings as the functions below (and harness.decoder's Prompter) read them, with the run's values."""
+    return {**settings.as_dict(), "seed": context.seed, "random_weights": context.random_weights,
+            "predict_batch_size": context.batch_size or settings.predict_batch_size}
+
 
 @hookimpl
-def harness_describe() -> ApproachInfo:
-    from harness.hf_trainer import MIXED_PRECISION
-    from harness.packing import PACKING
-    from harness.hf_trainer import TRAIN_SAMPLERS
-
-    return ApproachInfo(
-        task_types=("classification", "extraction"),
-        settings=DEFAULTS,
-        description="causal LM fine-tuned on a multiple-choice prompt; scored by option likelihood",
-        predict_settings=("predict_batch_size", "device", "bucket_by_length", "scoring", "packing"),
-        choices={"packing": PACKING, "scoring": SCORINGS, "answer": ("letter", "label"),
-                 "answer_loss": ("turn", "letter"), "train_sampler": TRAIN_SAMPLERS, "mixed_precision": MIXED_PRECISION},
-        limits={"max_new_tokens": (1, None)},
-    )
+def harness_register_approaches(register: Any) -> None:
+    register(Qwen())
 
 
-@hookimpl
-def harness_train(
+def _train(
     task: Task, train: list[Example], validation: list[Example], settings: dict[str, Any], workdir: Path, progress: Any
 ) -> Artifact:
     from transformers import DataCollatorForSeq2Seq
@@ -159,8 +173,7 @@ def harness_train(
     return artifact
 
 
-@hookimpl
-def harness_load(task: Task, artifact: Artifact, settings: dict[str, Any]) -> Serving:
+def _load(task: Task, artifact: Artifact, settings: dict[str, Any]) -> Serving:
     """The model on its device in the serving dtype, once per artifact: the model trained in this process,
     else the stored one, else (nothing trained: zero-shot) the base model."""
     from harness.models import pick_device, pick_dtype
@@ -196,11 +209,10 @@ def harness_load(task: Task, artifact: Artifact, settings: dict[str, Any]) -> Se
                    notes=[PACKED_NOTE] if artifact.state["packed"] else [])
 
 
-@hookimpl
-def harness_predict(
+def _predict(
     task: Task, artifact: Artifact, examples: list[Example], settings: dict[str, Any], progress: Any
 ) -> list[Prediction]:
-    serving = harness_load(task, artifact, settings)
+    serving = _load(task, artifact, settings)
     settings = {**settings, "predict_batch_size": settings.get("predict_batch_size") or serving.batch_size}
     model, prompter = artifact.state["serving_model"], artifact.state["prompter"]
     if task.type == "extraction":
@@ -209,8 +221,7 @@ def harness_predict(
     return _classify(model, prompter, serving.device, examples, settings, progress, packed=artifact.state["packed"])
 
 
-@hookimpl
-def harness_reference(task: Task, artifact: Artifact, settings: dict[str, Any]) -> Any:
+def _reference(task: Task, artifact: Artifact, settings: dict[str, Any]) -> Any:
     """The model called by hand on the serving model, as a user would: the chat template, the tokenizer
     (left padding), then for classification one forward pass and the option letters' logits at the last
     position; for extraction greedy ``generate`` to the end of the turn and the decoded answers."""

@@ -155,19 +155,19 @@ def test_qwen_letter_scoring_is_the_same_packed_and_padded(tiny_qwen):
     task = Task("classification", ("World", "Sports", "Business", "Sci/Tech"))
     settings = {**qwen.DEFAULTS, "model": str(tiny_qwen), "num_train_epochs": 0.0, "predict_batch_size": 4,
                 "device": "cpu", "seed": 0}
-    artifact = qwen.harness_train(task=task, train=[], validation=[], settings=settings, workdir=None, progress=SILENT)
+    artifact = qwen._train(task=task, train=[], validation=[], settings=settings, workdir=None, progress=SILENT)
     examples = [Example(id=str(i), text=" ".join(["news"] * (1 + 9 * i)) + f" story {i}") for i in range(10)]
     answers = {}
     for packing in ("padded", "packed"):
         way = {**settings, "packing": packing}
-        serving = qwen.harness_load(task=task, artifact=artifact, settings=way)
+        serving = qwen._load(task=task, artifact=artifact, settings=way)
         assert artifact.state["packed"] is (packing == "packed")
         assert serving.notes == ([] if packing == "padded" else ["batches packed end to end, no padding"])
-        answers[packing] = qwen.harness_predict(task=task, artifact=artifact, examples=examples, settings=way,
+        answers[packing] = qwen._predict(task=task, artifact=artifact, examples=examples, settings=way,
                                                 progress=SILENT)
     assert [p.label for p in answers["packed"]] == [p.label for p in answers["padded"]]
     for got, want in zip(answers["packed"], answers["padded"]):
         assert got.scores == pytest.approx(want.scores, abs=1e-5)
     # Scoring by likelihood runs one prompt at a time with its KV cache: nothing to pack.
-    qwen.harness_load(task=task, artifact=artifact, settings={**settings, "scoring": "perplexity"})
+    qwen._load(task=task, artifact=artifact, settings={**settings, "scoring": "perplexity"})
     assert artifact.state["packed"] is False

@@ -74,7 +74,7 @@ def test_multi_token_answers_need_likelihood_scoring(trained, tiny_qwen, tmp_pat
         decoder.check_letter_scoring(prompter)
     assert decoder.selection_scoring(prompter) == "perplexity"  # checkpoints are still selected on these answers
     # Scoring several-token answers through the shared KV cache gives a finite score per option.
-    qwen.harness_load(TINY_TASK, artifact, settings)
+    qwen._load(TINY_TASK, artifact, settings)
     scores = decoder.likelihood_scores(artifact.state["serving_model"], prompter, prompter.prompt_ids("Rain again", 8)[0], "cpu")
     assert len(scores) == 4 and all(s < 0 for s in scores)
 
@@ -135,7 +135,7 @@ def test_likelihood_with_a_shared_kv_cache_equals_scoring_each_full_sequence(tra
     task = Task("classification", ("World", "Sports", "Business", "Sci/Tech"),
                 option_labels=("World", "Sports", "Business", "Science/Technology"))
     prompter = decoder.Prompter(task, artifact.state["tokenizer"], {**settings, "answer": "label"})
-    qwen.harness_load(TINY_TASK, artifact, settings)
+    qwen._load(TINY_TASK, artifact, settings)
     model = artifact.state["serving_model"]
     prompt = prompter.prompt_ids("Rain again over the stadium", 8)[0]
     cached = decoder.likelihood_scores(model, prompter, prompt, "cpu")
