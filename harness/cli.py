@@ -344,7 +344,7 @@ def cmd_store(args: argparse.Namespace) -> int:
     for line in fixed:
         print(line)
     runs, comparisons = (store.db.execute(f"SELECT count(*) FROM {table}").fetchone()[0] for table in ("runs", "comparisons"))
-    kept = [row for row in store.runs() if row["status"].startswith("killed")]
+    kept = list(store.stale_partials())  # killed runs, without sizing every run in the store
     print(f"{store.root}: {runs} runs and {comparisons} comparisons indexed; "
           + (f"{len(fixed)} fixed" if fixed else "nothing to fix")
           + (f"; {len(kept)} killed runs kept to resume (`harness store gc` removes them)" if kept else ""))

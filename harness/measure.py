@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import platform
 import statistics
@@ -94,14 +95,24 @@ def tree_rss_mb(process: Any) -> float:
     return total / 2**20
 
 
-def tree_gpu_mb(process: Any) -> float | None:
-    """Device memory NVML sees used by ``process`` and its descendants, in MiB, or None without NVML."""
+@functools.cache
+def _nvml() -> Any:
+    """pynvml, initialised once per process (the sampler asks every 10 ms), or None without it or a driver."""
     try:
         import pynvml
-    except ImportError:
+
+        pynvml.nvmlInit()
+        return pynvml
+    except Exception:
+        return None
+
+
+def tree_gpu_mb(process: Any) -> float | None:
+    """Device memory NVML sees used by ``process`` and its descendants, in MiB, or None without NVML."""
+    pynvml = _nvml()
+    if pynvml is None:
         return None
     try:
-        pynvml.nvmlInit()
         pids = {process.pid, *(child.pid for child in process.children(recursive=True))}
         used = 0
         for index in range(pynvml.nvmlDeviceGetCount()):

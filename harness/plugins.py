@@ -150,8 +150,6 @@ class Plugins:
 # The approach hooks the core calls by name, and the Approach methods behind them.
 METHODS = {"harness_describe": "describe", "harness_train": "train", "harness_load": "load",
            "harness_predict": "predict", "harness_reference": "reference"}
-# What the core carries in a settings dict that a registered approach gets in its RunContext instead.
-CORE_KEYS = ("seed", "random_weights", "predict_batch_size")
 
 
 def registrar_name(plugin: Any, name: str) -> str:

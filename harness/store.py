@@ -251,12 +251,12 @@ class Store:
         again when needed), untouched for ``older_than_days``: ``(path, bytes, what it is)``."""
         cutoff = None if older_than_days is None else time.time() - older_than_days * 86400
         found = []
-        for path, _ in self.stale_partials():
-            if cutoff is None or _newest(path) < cutoff:
-                found.append((path, _size(path), "killed run, " + (resumable(path) or "nothing to resume")))
         trained = {row[0][:16] for row in self.db.execute("SELECT train_key FROM runs")} \
             if (self.root / "runs.db").exists() else set()
-        trained |= {found.get("train_key", "")[:16] for _, found in self.stale_partials()}
+        for path, identity in self.stale_partials():  # a killed run still holds its model's load cache
+            trained.add(identity.get("train_key", "")[:16])
+            if cutoff is None or _newest(path) < cutoff:
+                found.append((path, _size(path), "killed run, " + (resumable(path) or "nothing to resume")))
         for path in sorted((self.root / "cache").iterdir()) if (self.root / "cache").is_dir() else []:
             if path.is_dir() and path.name not in trained and (cutoff is None or _newest(path) < cutoff):
                 found.append((path, _size(path), "load cache of a trained model no run holds"))
@@ -302,7 +302,7 @@ class Store:
         for path in sorted(folder.glob("*.partial"), reverse=True) if folder.is_dir() else []:
             run_id = path.name.removesuffix(".partial")
             held.add(run_id)
-            approach = run_id.split("-", 2)[2].rsplit("-", 1)[0] if run_id.count("-") >= 3 else "?"
+            approach = _approach_of(run_id)
             status = "running" if _is_held(path) else "killed: " + (resumable(path) or "nothing to resume")
             rows.append({"run_id": run_id, "approach": approach, "spec": "", "status": status,
                          "created": "", "bytes": _size(path), "model": "-"})
@@ -494,11 +494,15 @@ class Store:
                 record = self.load_run(run_id)
                 record.status = status  # a reused run keeps the status it had in this comparison
             except UserError as exc:  # its directory was deleted, or its record damaged: the rest still reports
-                approach = run_id.split("-", 2)[2].rsplit("-", 1)[0] if RUN_ID.fullmatch(run_id) else "?"
-                record = RunRecord(run_id=run_id, approach=approach, spec=row[1], task_type="", status="missing",
+                record = RunRecord(run_id=run_id, approach=_approach_of(run_id), spec=row[1], task_type="", status="missing",
                                    error=str(exc))
             runs.append(record)
         return Comparison(comparison_id=row[0], spec=row[1], created=row[2], runs=runs, metrics=json.loads(row[4]))
+
+
+def _approach_of(run_id: str) -> str:
+    """The approach named in a run id (``20260101-000000-qwen-lora-a1b2c3``), for a run whose record is gone."""
+    return run_id.split("-", 2)[2].rsplit("-", 1)[0] if RUN_ID.fullmatch(run_id) else "?"
 
 
 def resumable(partial: Path) -> str | None:
