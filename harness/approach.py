@@ -22,7 +22,7 @@ from typing import Any, Callable, ClassVar, Literal, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from harness.types import Artifact, Example, Prediction, Serving, Task, TaskType
+from harness.types import Artifact, Example, Parity, Prediction, Serving, Task, TaskType
 
 
 class Progress(Protocol):
@@ -161,4 +161,12 @@ class Approach:
     def reference(self, task: Task, artifact: Artifact, settings: Any,
                   context: RunContext) -> Callable[[list[str]], Any] | None:
         """The loaded model called by hand, for bench's ``raw`` row; None when there is none."""
+        return None
+
+    def parity(self, task: Task, artifact: Artifact, examples: list[Example], settings: Any,
+               context: RunContext) -> Parity | None:
+        """After the timed pass, untimed: check that what serves answers as the model it was derived from
+        (a merged adapter against the adapter, an export against PyTorch) on ``examples`` (the test set
+        without answers). A :class:`~harness.types.Parity` that is not ``ok`` fails the row with its message.
+        None: nothing to check."""
         return None

@@ -238,7 +238,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
             raise UserError(f"run {trained_in} no longer has its trained model", where=str(artifact_file))
         cache_dir = load_cache(store, record.training["key"], {
             "approach": args.plugin, "predict_settings": {k: settings[k] for k in plan.predict_keys if k in settings},
-            "code": identity.measuring_code(plugins.code_roots(args.plugin, ("harness_load", "harness_predict"))),
+            "code": identity.measuring_code(plugins.code_roots(args.plugin, ("harness_load", "harness_predict", "harness_parity"))),
             "versions": identity.library_versions(identity.SERVING_LIBRARIES)})
         artifact, (_, settings), _, _ = load_cached(plugins, args.plugin, task, lambda: load_artifact(artifact_file),
                                                     settings, cache_dir)
@@ -288,7 +288,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from harness.report import comparison_table
+    from harness.report import comparison_table, per_field_table
     from harness.store import Store, comparison_to_dict, write_json
 
     check_json_target(args.json)
@@ -300,6 +300,9 @@ def cmd_report(args: argparse.Namespace) -> int:
             where=str(store.root),
         )
     _console().print(comparison_table(comparison))
+    fields = per_field_table(comparison)
+    if fields is not None:
+        _console().print(fields)
     if args.json is not None:
         write_json(args.json, comparison_to_dict(comparison))
     return 0

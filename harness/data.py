@@ -292,10 +292,16 @@ def _to_example(
         fields = row.get(fields_field)
         if not isinstance(fields, dict):
             raise UserError(f"missing fields object {fields_field!r}", where=where)
-        unknown = set(fields) - set(task.fields)
+        unknown = [f for f in fields if f not in task.fields]
         if unknown:
-            raise UserError(f"field {sorted(unknown)[0]!r} is not one of the spec's fields", where=where)
-        return Example(example_id, text, fields={k: str(v) for k, v in fields.items()})
+            raise UserError(f"field {unknown[0]!r} is not one of the spec's fields ({', '.join(task.fields)})",
+                            where=where)
+        missing = [f for f in task.fields if f not in fields]
+        if missing:
+            raise UserError(f"field {missing[0]!r} of the spec is missing (an empty value is \"\" or null)", where=where)
+        # null is the empty value, as in the scorer (harness.metrics.normalise); other values keep their text.
+        return Example(example_id, text, fields={k: "" if v is None else v if isinstance(v, str)
+                                                 else json.dumps(v, ensure_ascii=False) for k, v in fields.items()})
     label = row.get(label_field)
     if isinstance(label, str) and re.fullmatch(r"\s*-?[0-9]+\s*", label) and label not in task.labels:
         label = int(label)  # CSV cells are strings; an id written as text is still an id (ASCII digits only: "²" is not)

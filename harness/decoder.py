@@ -31,6 +31,9 @@ from __future__ import annotations
 
 import functools
 import json
+import re
+from dataclasses import dataclass
+from dataclasses import fields as dataclass_fields
 from typing import Any
 
 from harness.types import Example, Prediction, Prompt, Task
@@ -40,28 +43,54 @@ DEFAULT_PROMPT = "{text}\n\nOptions:\n{options}\n\nAnswer:"
 SCORINGS = ("letter", "perplexity", "likelihood")  # the choices of a ``scoring`` setting
 
 
-class Prompter:
-    """Builds prompt and answer token ids exactly as training and prediction both need them.
+@dataclass(frozen=True)
+class PromptSettings:
+    """What a :class:`Prompter` reads of an approach's settings.
 
-    ``settings`` are the approach's; read here: ``chat_template`` (use the tokenizer's template, thinking off,
-    when it has one), ``think_prefix`` (written before the answer unless the template already does),
-    ``answer`` (``letter`` or ``label``), ``answer_loss`` (``turn`` or ``letter``), ``max_length`` (prompt
-    and answer together) and, for extraction, ``max_new_tokens`` (the room a prompt leaves for the answer).
+    ``chat_template``: use the tokenizer's template, thinking off, when it has one; ``think_prefix``: written
+    before the answer unless the template already does; ``answer``: ``letter`` or ``label``;
+    ``answer_loss``: ``turn`` or ``letter``; ``max_length``: prompt and answer together; ``answer_reserve``:
+    extraction, the room a training prompt leaves for its answer (prediction leaves ``max_new_tokens``).
     """
 
-    def __init__(self, task: Task, tokenizer: Any, settings: dict[str, Any]):
+    chat_template: bool = True
+    think_prefix: str = ""
+    answer: str = "letter"
+    answer_loss: str = "turn"
+    max_length: int = 512
+    answer_reserve: int = 256
+
+    @classmethod
+    def of(cls, settings: Any) -> PromptSettings:
+        """From an approach's typed settings (attributes) or a mapping of the same names."""
+        if isinstance(settings, cls):
+            return settings
+        get = settings.get if isinstance(settings, dict) else lambda key, default: getattr(settings, key, default)
+        reserve = get("answer_reserve", None)
+        if reserve is None:
+            reserve = get("max_new_tokens", cls.answer_reserve)
+        return cls(**{f.name: get(f.name, f.default) for f in dataclass_fields(cls) if f.name != "answer_reserve"},
+                   answer_reserve=reserve)
+
+
+class Prompter:
+    """Builds prompt and answer token ids exactly as training and prediction both need them, from the
+    approach's settings (:class:`PromptSettings`, or the approach's typed settings that have those names)."""
+
+    def __init__(self, task: Task, tokenizer: Any, settings: Any):
+        settings = PromptSettings.of(settings)
         self.task, self.tokenizer, self.settings = task, tokenizer, settings
         self.prompt = task.prompt or Prompt(user=DEFAULT_PROMPT)
         option_labels = task.option_labels or task.labels
         self.options = "\n".join(f"{LETTERS[i]}. {label}" for i, label in enumerate(option_labels))
-        self.use_chat = bool(settings["chat_template"] and getattr(tokenizer, "chat_template", None))
+        self.use_chat = bool(settings.chat_template and getattr(tokenizer, "chat_template", None))
         # What joins a plain prompt to its answer: BPE tokenizers (GPT-2's, SmolLM2's, Qwen's) split
         # "Answer: C" as "Answer:" + " C", so the space belongs to the answer, not to the prompt.
         self.separator = "" if self.use_chat or self.prompt_text("").endswith((" ", "\n")) else " "
         # The template with an empty article tells how many tokens the fixed part costs.
         self.fixed_tokens = len(self._prefix_ids(""))
         self.assistant_tokens = self._assistant_tokens()
-        answers = list(LETTERS[: len(task.labels)]) if settings["answer"] == "letter" else list(option_labels)
+        answers = list(LETTERS[: len(task.labels)]) if settings.answer == "letter" else list(option_labels)
         self.answer_ids = [self._answer_ids(a) for a in answers]
         self.option_tokens = [ids[0] for ids in self.answer_ids]  # what letter scoring reads
         self.end_ids = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
@@ -77,7 +106,7 @@ class Prompter:
             chat = self.tokenizer.apply_chat_template(
                 self._messages(text), tokenize=False, add_generation_prompt=True, enable_thinking=False
             )
-            prefix = self.settings["think_prefix"]
+            prefix = self.settings.think_prefix
             return chat if chat.endswith(prefix) else chat + prefix
         prompt = self.prompt.plain().format(text=text, options=self.options)
         # A raw prompt is the model's own format, kept to the byte; one built from the chat messages ends
@@ -117,7 +146,7 @@ class Prompter:
     def prompt_ids(self, text: str, reserve: int) -> tuple[list[int], bool]:
         """The prompt's ids with the article cut (never the question or options) so that ``reserve``
         answer tokens still fit in ``max_length``; also whether it was cut."""
-        limit = self.settings["max_length"] - reserve
+        limit = self.settings.max_length - reserve
         budget = limit - self.fixed_tokens
         text_ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
         if len(text_ids) <= budget:
@@ -138,9 +167,9 @@ class Prompter:
             reserve = len(answer)
         else:  # the same room prediction leaves for generation, so prompts are cut alike
             answer = self.extraction_answer(example.fields or {}) + self.end_ids
-            reserve = max(self.settings["max_new_tokens"], len(answer))
+            reserve = max(self.settings.answer_reserve, len(answer))
         prompt, cut = self.prompt_ids(example.text, reserve=reserve)
-        turn = self.assistant_tokens if self.settings["answer_loss"] == "turn" else 0
+        turn = self.assistant_tokens if self.settings.answer_loss == "turn" else 0
         labels = [-100] * (len(prompt) - turn) + prompt[len(prompt) - turn :] + answer
         return {"input_ids": prompt + answer, "attention_mask": [1] * (len(prompt) + len(answer)), "labels": labels}, cut
 
@@ -172,6 +201,8 @@ def answer_loss(model: Any, inputs: dict[str, Any], num_items_in_batch: Any = No
 
     labels, mask = inputs["labels"], inputs["attention_mask"]
     positions = (mask.cumsum(-1) - 1).clamp(min=0)
+    if hasattr(model, "get_base_model"):  # a peft model: its adapters are injected into the base model's layers
+        model = model.get_base_model()
     hidden = model.model(input_ids=inputs["input_ids"], attention_mask=mask, position_ids=positions).last_hidden_state
     # Position t predicts token t + 1.
     targets = labels[:, 1:]
@@ -291,10 +322,22 @@ def likelihood_scores(model: Any, prompter: Prompter, prompt: list[int], device:
 def generate(model: Any, prompter: Prompter, input_ids: Any, attention_mask: Any, max_new_tokens: int) -> list[str]:
     """Greedy ``generate`` of a left-padded batch until the end of the turn; each row's answer, decoded
     without special tokens."""
+    return [text for text, _ in generate_counted(model, prompter, input_ids, attention_mask, max_new_tokens)]
+
+
+def generate_counted(model: Any, prompter: Prompter, input_ids: Any, attention_mask: Any,
+                     max_new_tokens: int) -> list[tuple[str, int]]:
+    """:func:`generate`, with each row's generated token count (its end-of-turn token included; the padding
+    a finished row gets while the others go on is not): what generated tokens/s counts."""
     tokenizer = prompter.tokenizer
     out = model.generate(input_ids=input_ids, attention_mask=attention_mask, max_new_tokens=max_new_tokens,
                          do_sample=False, eos_token_id=prompter.end_ids or None, pad_token_id=tokenizer.pad_token_id)
-    return tokenizer.batch_decode(out[:, input_ids.shape[1] :], skip_special_tokens=True)
+    new = out[:, input_ids.shape[1] :]
+    counts = []
+    for row in new.tolist():
+        ends = [i for i, token in enumerate(row) if token in prompter.end_ids]
+        counts.append(ends[0] + 1 if ends else len(row))
+    return list(zip(tokenizer.batch_decode(new, skip_special_tokens=True), counts))
 
 
 def extract(model: Any, prompter: Prompter, device: str, examples: list[Example], *, max_new_tokens: int,
@@ -314,18 +357,31 @@ def extract(model: Any, prompter: Prompter, device: str, examples: list[Example]
     with torch.inference_mode():
         for batch in batches:
             input_ids, mask, _ = left_padded([prompts[i] for i in batch], prompter.tokenizer.pad_token_id, device)
-            for i, answer in zip(batch, generate(model, prompter, input_ids, mask, max_new_tokens)):
+            for i, (answer, tokens) in zip(batch, generate_counted(model, prompter, input_ids, mask, max_new_tokens)):
                 raw = answer.strip()
-                predictions[i] = Prediction(fields=parse_fields(raw), raw=raw, truncated=cut[i])
+                predictions[i] = Prediction(fields=parse_fields(raw), raw=raw, truncated=cut[i], generated_tokens=tokens)
     return predictions  # type: ignore[return-value]
 
 
-def parse_fields(raw: str) -> dict[str, str] | None:
-    """The JSON object in a generated answer, or None when there is none (a wrong answer, not a crash)."""
+def parse_fields(raw: str) -> dict[str, Any] | None:
+    """The JSON object of a generated answer, or None when it is not one (a wrong answer, not a crash).
+
+    The answer is the object alone, or the object in one Markdown code fence (```json ... ```), as chat models
+    often write it; anything else around it makes it no answer. Values stay as the model wrote them (null
+    included), numbers and lists as their JSON text: the scorer normalises gold and predicted values alike
+    (harness.metrics.normalise)."""
+    text = raw.strip()
+    fenced = FENCE.fullmatch(text)
+    if fenced:
+        text = fenced.group(1)
     try:
-        value = json.loads(raw)
+        value = json.loads(text)
     except json.JSONDecodeError:
         return None
     if not isinstance(value, dict):
         return None
-    return {str(k): "" if v is None else str(v) for k, v in value.items()}
+    # Text as written; null kept (the scorer's empty value); a number or list as its JSON text, as gold's are.
+    return {str(k): v if v is None or isinstance(v, str) else json.dumps(v, ensure_ascii=False) for k, v in value.items()}
+
+
+FENCE = re.compile(r"```(?:json)?\s*(.*?)\s*```", re.DOTALL)

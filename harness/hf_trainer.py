@@ -47,7 +47,8 @@ class TrainerSettings(Settings):
     # length_buckets: batches of similar length in shuffled order (harness.models.length_bucket_order);
     # or a Trainer train_sampling_strategy: random, group_by_length, sequential.
     train_sampler: Literal["length_buckets", "random", "group_by_length", "sequential"] = setting("length_buckets")
-    mixed_precision: Literal["auto", "bf16", "no"] = setting("auto", help="auto: bf16 autocast on a CUDA GPU that has it")
+    mixed_precision: Literal["auto", "bf16", "no"] = setting("auto", help="auto: bf16 autocast on a CUDA GPU that has "
+                                                             "it (and for decoders on a CPU with bf16 units)")
     train_device: str = setting("auto", help="where training runs (part of what was trained): auto is CUDA where there is one")
 
 
@@ -56,13 +57,18 @@ TRAINING_ARGUMENTS = ("learning_rate", "num_train_epochs", "per_device_train_bat
                       "logging_steps", "max_grad_norm", "optim", "metric_for_best_model")
 
 
-def uses_bf16(setting: str, device: str) -> bool:
-    """``mixed_precision``: auto is bf16 autocast on a CUDA GPU that supports it, fp32 elsewhere;
-    bf16 forces it (CPUs with bf16 units run it too); no is fp32 throughout."""
+def uses_bf16(setting: str, device: str, cpu_bf16: bool = False) -> bool:
+    """``mixed_precision``: auto is bf16 autocast on a CUDA GPU that supports it, and with ``cpu_bf16``
+    (decoders) on a CPU with bf16 units (:func:`harness.models.cpu_has_bf16`); fp32 elsewhere. bf16
+    forces it (on any CPU); no is fp32 throughout."""
     import torch
 
+    from harness.models import cpu_has_bf16
+
     if setting == "auto":
-        return device.startswith("cuda") and torch.cuda.is_bf16_supported()
+        if device.startswith("cuda"):
+            return torch.cuda.is_bf16_supported()
+        return device == "cpu" and cpu_bf16 and cpu_has_bf16()
     return setting == "bf16"
 
 
@@ -81,6 +87,7 @@ def train_with_trainer(
     compute_metrics: Callable[[Any], dict[str, float]] | None = None,
     evaluate: Callable[[Any], dict[str, float]] | None = None,
     compute_loss: Callable[[Any, dict[str, Any], Any], Any] | None = None,
+    cpu_bf16: bool = False,
 ) -> tuple[Any, dict[str, Any]]:
     """Train ``model`` and return it (the best checkpoint when there is validation) with what to record.
 
@@ -116,7 +123,7 @@ def train_with_trainer(
         save_steps=steps(settings["eval_steps"]),
         save_total_limit=1,
         load_best_model_at_end=has_validation and settings["load_best_model_at_end"],
-        bf16=uses_bf16(settings["mixed_precision"], device),
+        bf16=uses_bf16(settings["mixed_precision"], device, cpu_bf16),
         use_cpu=device == "cpu",
         disable_tqdm=True,
         report_to="none",
@@ -169,7 +176,8 @@ def train_with_trainer(
                 if evaluate is None:
                     return super().evaluate(eval_dataset, ignore_keys, metric_key_prefix)
                 self.model.eval()
-                metrics = {f"{metric_key_prefix}_{k}": v for k, v in evaluate(self.model).items()}
+                with self.accelerator.autocast():  # the training's precision: bf16 where it trains in bf16
+                    metrics = {f"{metric_key_prefix}_{k}": v for k, v in evaluate(self.model).items()}
                 self.model.train()
             self.log(metrics)
             return metrics

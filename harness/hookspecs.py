@@ -11,7 +11,7 @@ from typing import Any
 
 import pluggy
 
-from harness.types import ApproachInfo, Artifact, Comparison, Example, Prediction, RunRecord, Serving, Task
+from harness.types import ApproachInfo, Artifact, Comparison, Example, Parity, Prediction, RunRecord, Serving, Task
 
 hookspec = pluggy.HookspecMarker("harness")
 
@@ -129,6 +129,24 @@ def harness_predict(
     :param progress: as for train; ``track()`` draws a bar when the core wants one.
     :return: exactly one :class:`Prediction` per example, in the order given.
         Stops at first non-None result.
+    """
+
+
+@hookspec(firstresult=True)
+def harness_parity(task: Task, artifact: Artifact, examples: list[Example], settings: dict[str, Any]) -> Parity | None:
+    """Check that what serves answers as the model it was derived from.
+
+    A merged adapter against the adapter, an ONNX export against PyTorch.
+
+    Optional. Called once per measurement after the timed pass (not timed), on the test examples without
+    their answers. A :class:`Parity` with ``ok`` False fails the row with its one-line ``message``; the
+    figures are recorded in the row's ``serving.parity`` either way.
+
+    :param task: as for train.
+    :param artifact: the artifact after ``harness_load``, serving.
+    :param examples: the test examples, without their gold answers.
+    :param settings: as for predict.
+    :return: a Parity, or None when there is nothing to check. Stops at first non-None result.
     """
 
 

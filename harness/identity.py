@@ -262,6 +262,16 @@ def training_device(setting: Any) -> str:
     return accelerator() if setting in (None, "auto") else str(setting)
 
 
+def cpu_bf16() -> bool:
+    """Whether this CPU has bf16 units (harness.models.cpu_has_bf16); False where torch is missing."""
+    try:
+        from harness.models import cpu_has_bf16
+
+        return cpu_has_bf16()
+    except ImportError:
+        return False
+
+
 def accelerator() -> str:
     """``cuda`` where torch sees a CUDA GPU, else ``cpu``: training on one or the other is not the same run."""
     try:

@@ -33,7 +33,7 @@ from typing import Any, Callable
 from harness import measure
 from harness.data import Datasets
 from harness.progress import Bar, RunProgress
-from harness.types import Artifact, Example, Prediction, Serving, Task
+from harness.types import Artifact, Example, Parity, Prediction, Serving, Task
 
 LAUNCHERS = ("process", "inline")
 
@@ -333,6 +333,12 @@ def measure_unit(plugins: Any, job: MeasureJob, progress: RunProgress) -> dict[s
                 break
         latency = measure.sampled_batch1_latency(lambda ex: predict([ex]), test, job.latency_samples)
     write_predictions(job.predictions_file, predictions, data.test)
+    parity = None
+    if plugins.implements(job.approach, "harness_parity"):
+        parity = plugins.call(job.approach, "harness_parity", task=job.task, artifact=artifact, examples=test,
+                              settings=settings)
+        if parity is not None and not isinstance(parity, Parity):
+            raise TypeError(f"harness_parity must return a Parity, got {type(parity).__name__}")
     batch_size = settings.get("predict_batch_size")
     if batch_size != first_batch:
         notes.append(f"predict_batch_size {first_batch} ran out of accelerator memory; measured at {batch_size}, "
@@ -344,13 +350,22 @@ def measure_unit(plugins: Any, job: MeasureJob, progress: RunProgress) -> dict[s
             "build_seconds": build_seconds,
             "predict_seconds": seconds,
             "predict_samples_per_s": len(test) / seconds if seconds > 0 else None,
+            **generation_speed(predictions, seconds),
             "predict_batch_size": batch_size,
             **latency.summary(),
         },
         "memory": {"predict_rss_peak_mb": memory.rss_peak_mb, "predict_gpu_peak_mb": memory.gpu_peak_mb},
-        "serving": asdict(serving) if serving else {},
+        "serving": {**(asdict(serving) if serving else {}), **({"parity": asdict(parity)} if parity else {})},
         "truncated_predict": sum(1 for p in predictions if p.truncated),
     }
+
+
+def generation_speed(predictions: list[Prediction], seconds: float) -> dict[str, Any]:
+    """Generated tokens and tokens/s of the timed pass, where the approach generates (and counts them)."""
+    counted = [p.generated_tokens for p in predictions if p.generated_tokens is not None]
+    if not counted or seconds <= 0:
+        return {}
+    return {"generated_tokens": sum(counted), "generated_tokens_per_s": sum(counted) / seconds}
 
 
 SILENT_PROGRESS = RunProgress()

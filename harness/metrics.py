@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any, Sequence
 
 import pluggy
@@ -18,8 +19,10 @@ INVALID = "<invalid>"
 METRICS = {
     "classification": ("f1_weighted", "accuracy", "f1_macro", "precision_weighted", "recall_weighted",
                        "precision_macro", "recall_macro", "invalid"),
-    "extraction": ("exact_match",),
+    "extraction": ("exact_match", "valid_rate", "field_f1", "field_precision", "field_recall", "invalid"),
 }
+# What the table shows when a spec names no metrics: the headline columns of each task type.
+DEFAULT_METRICS = {"classification": ("f1_weighted", "accuracy", "f1_macro"), "extraction": ("exact_match", "valid_rate")}
 
 
 def classification_metrics(labels: Sequence[str], gold: Sequence[str], predicted: Sequence[str | None]) -> dict[str, Any]:
@@ -50,27 +53,86 @@ def classification_metrics(labels: Sequence[str], gold: Sequence[str], predicted
     return metrics
 
 
-def extraction_metrics(fields: Sequence[str], gold: Sequence[dict[str, str]],
-                       predicted: Sequence[dict[str, str] | None]) -> dict[str, Any]:
-    """``exact_match``: the share of records whose every field equals the gold value (a missing field is
-    the empty string); per field, the share right; ``invalid``: answers that were no record at all."""
-    from sklearn.metrics import accuracy_score
+def normalise(value: Any, unicode: bool = True) -> str:
+    """The one form gold and predicted field values are compared in: None, a missing key and ``""`` are all
+    the empty value ``""``; numbers become their text; with ``unicode`` (the spec's ``normalize``, on by
+    default) Unicode NFKC (full-width digits and letters become ASCII) and surrounding whitespace trimmed."""
+    import unicodedata
 
-    def value(record: dict[str, str] | None, field: str) -> str:
-        return (record or {}).get(field, "")
+    if value is None:
+        return ""
+    text = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
+    return unicodedata.normalize("NFKC", text).strip() if unicode else text
 
-    rows = [[value(g, f) == value(p, f) for f in fields] if p is not None else [False] * len(fields)
-            for g, p in zip(gold, predicted)]
+
+def valid_record(record: dict[str, Any] | None, fields: Sequence[str]) -> bool:
+    """A valid answer: a JSON object that has every one of the task's fields as a key (null allowed)."""
+    return record is not None and all(f in record for f in fields)
+
+
+def extraction_metrics(fields: Sequence[str], gold: Sequence[dict[str, Any]],
+                       predicted: Sequence[dict[str, Any] | None], unicode: bool = True) -> dict[str, Any]:
+    """Seed 001's scores of extracted records, every value compared after :func:`normalise`.
+
+    - ``valid_rate``: the share of answers that are a valid record (:func:`valid_record`); ``invalid`` counts
+      the others (not JSON, JSON but no object, an object lacking a field).
+    - ``exact_match`` (exact record, the seed's metric): the share of answers that are valid and equal to the
+      gold record in every field.
+    - ``per_field``: per field, ``accuracy`` (the value equals gold; an answer that is no object has every
+      field wrong, a missing key is the empty value), and ``precision``, ``recall`` and ``f1`` of non-empty
+      values: a non-empty predicted value equal to gold is a true positive, any other non-empty prediction a
+      false positive (where gold is empty too), any non-empty gold value not predicted exactly a false
+      negative; ``support`` is the non-empty gold values.
+    - ``field_precision``, ``field_recall``, ``field_f1``: the same counts summed over every field (micro).
+    """
+    fields = list(fields)
+    n = len(gold)
+    counts = {f: {"right": 0, "tp": 0, "fp": 0, "fn": 0, "support": 0} for f in fields}
+    exact = valid = 0
+    for g, p in zip(gold, predicted):
+        ok = valid_record(p, fields)
+        valid += ok
+        all_right = True
+        for f in fields:
+            gold_value = normalise((g or {}).get(f), unicode)
+            value = normalise(p.get(f), unicode) if p is not None else None  # None: no answer at all
+            c = counts[f]
+            right = value == gold_value
+            all_right &= right
+            c["right"] += right
+            c["support"] += bool(gold_value)
+            if value:  # a non-empty prediction
+                c["tp" if right else "fp"] += 1
+            if gold_value and not right:
+                c["fn"] += 1
+        exact += ok and all_right
+
+    def prf(tp: int, fp: int, fn: int) -> tuple[float, float, float]:
+        precision = tp / (tp + fp) if tp + fp else 0.0
+        recall = tp / (tp + fn) if tp + fn else 0.0
+        return precision, recall, (2 * precision * recall / (precision + recall) if precision + recall else 0.0)
+
+    per_field = {}
+    for f, c in counts.items():
+        precision, recall, f1 = prf(c["tp"], c["fp"], c["fn"])
+        per_field[f] = {"accuracy": c["right"] / n if n else 0.0, "precision": precision, "recall": recall,
+                        "f1": f1, "support": c["support"]}
+    precision, recall, f1 = prf(*(sum(c[k] for c in counts.values()) for k in ("tp", "fp", "fn")))
     return {
-        "exact_match": float(accuracy_score([True] * len(rows), [all(row) for row in rows])) if rows else 0.0,
-        "per_field": {f: sum(row[i] for row in rows) / len(rows) if rows else 0.0 for i, f in enumerate(fields)},
-        "invalid": sum(p is None for p in predicted),
-        "n": len(rows),
+        "exact_match": exact / n if n else 0.0,
+        "valid_rate": valid / n if n else 0.0,
+        "field_precision": precision,
+        "field_recall": recall,
+        "field_f1": f1,
+        "per_field": per_field,
+        "invalid": n - valid,
+        "n": n,
     }
 
 
 @hookimpl(trylast=True)
 def harness_score(task: Task, examples: list[Example], predictions: list[Prediction]) -> dict[str, Any] | None:
     if task.type == "extraction":
-        return extraction_metrics(task.fields, [ex.fields or {} for ex in examples], [p.fields for p in predictions])
+        return extraction_metrics(task.fields, [ex.fields or {} for ex in examples], [p.fields for p in predictions],
+                                  unicode=task.normalize)
     return classification_metrics(task.labels, [ex.label for ex in examples], [p.label for p in predictions])

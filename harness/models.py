@@ -69,13 +69,29 @@ def pick_device(setting: str) -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
-def pick_dtype(device: str):
-    """bf16 on a CUDA GPU that supports it, fp32 elsewhere."""
+def pick_dtype(device: str, setting: str = "auto", cpu_bf16: bool = False):
+    """The serving dtype. ``setting``: ``bfloat16``, ``float32``, or ``auto``: bf16 on a CUDA GPU that
+    supports it, and with ``cpu_bf16`` (decoders) on a CPU with bf16 units too (:func:`cpu_has_bf16`);
+    fp32 elsewhere."""
     import torch
 
+    if setting != "auto":
+        return getattr(torch, setting)
     if device.startswith("cuda") and torch.cuda.is_bf16_supported():
         return torch.bfloat16
+    if device == "cpu" and cpu_bf16 and cpu_has_bf16():
+        return torch.bfloat16
     return torch.float32
+
+
+def cpu_has_bf16() -> bool:
+    """Whether this CPU computes in bfloat16 natively (AVX512-BF16 or AMX), as torch's oneDNN sees it.
+    Without it bf16 is emulated and slower than fp32, so fp32 stays."""
+    import torch
+
+    cpu = getattr(torch, "cpu", None)
+    checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
+    return any(bool(getattr(cpu, name, lambda: False)()) for name in checks)
 
 
 def count_parameters(model: Any) -> int:

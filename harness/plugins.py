@@ -149,7 +149,7 @@ class Plugins:
 
 # The approach hooks the core calls by name, and the Approach methods behind them.
 METHODS = {"harness_describe": "describe", "harness_train": "train", "harness_load": "load",
-           "harness_predict": "predict", "harness_reference": "reference"}
+           "harness_predict": "predict", "harness_reference": "reference", "harness_parity": "parity"}
 
 
 def registrar_name(plugin: Any, name: str) -> str:
@@ -194,7 +194,13 @@ def _reference(self: _Proxy, task: Any, artifact: Any, settings: Any) -> Any:
     return call_approach(self.approach, "harness_reference", locals())
 
 
-_IMPLS = {"describe": _describe, "train": _train, "load": _load, "predict": _predict, "reference": _reference}
+@hookimpl
+def _parity(self: _Proxy, task: Any, artifact: Any, examples: Any, settings: Any) -> Any:
+    return call_approach(self.approach, "harness_parity", locals())
+
+
+_IMPLS = {"describe": _describe, "train": _train, "load": _load, "predict": _predict, "reference": _reference,
+          "parity": _parity}
 
 
 def _proxy(approach: Approach) -> _Proxy:
@@ -249,6 +255,8 @@ def call_approach(approach: Approach, hook: str, kwargs: dict[str, Any]) -> Any:
         return approach.load(task, kwargs["artifact"], typed, context)
     if hook == "harness_predict":
         return approach.predict(task, kwargs["artifact"], kwargs["examples"], typed, context)
+    if hook == "harness_parity":
+        return approach.parity(task, kwargs["artifact"], kwargs["examples"], typed, context)
     return approach.reference(task, kwargs["artifact"], typed, context)
 
 

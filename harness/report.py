@@ -19,6 +19,11 @@ METRIC_TITLES = {
     "recall_weighted": "R (w)",
     "precision_macro": "P (m)",
     "recall_macro": "R (m)",
+    "exact_match": "Exact rec",
+    "valid_rate": "Valid",
+    "field_f1": "Field F1",
+    "field_precision": "Field P",
+    "field_recall": "Field R",
 }
 
 
@@ -75,6 +80,9 @@ class TerminalReporter:
     @hookimpl
     def harness_compare_finished(self, comparison: Comparison) -> None:
         self.console.print(comparison_table(comparison))
+        fields = per_field_table(comparison)
+        if fields is not None:
+            self.console.print(fields)
 
 
 def resumed_note(resumed: dict[str, Any]) -> str:
@@ -126,13 +134,16 @@ def _params(value: int | None) -> str:
 Column = tuple[str, Callable[[RunRecord], Any], Callable[[Any], str], int]
 
 
-def _columns(metrics: list[str]) -> list[Column]:
+def _columns(metrics: list[str], generates: bool = False) -> list[Column]:
     quality: list[Column] = [
-        (METRIC_TITLES.get(m, m), lambda r, m=m: r.metrics.get(m), _number, +1) for m in metrics
+        (METRIC_TITLES.get(m, m), lambda r, m=m: r.metrics.get(m), _number, -1 if m == "invalid" else +1) for m in metrics
     ]
+    generation: list[Column] = [
+        ("Gen tok/s", lambda r: r.speed.get("generated_tokens_per_s"), _rate, +1)] if generates else []
     return quality + [
         ("Train", lambda r: r.speed.get("train_seconds"), _duration, -1),
         ("Predict /s", lambda r: r.speed.get("predict_samples_per_s"), _rate, +1),
+        *generation,
         ("p50 ms", lambda r: r.speed.get("latency_p50_ms"), lambda v: "-" if v is None else f"{v:.1f}", -1),
         ("p95 ms", lambda r: r.speed.get("latency_p95_ms"), lambda v: "-" if v is None else f"{v:.1f}", -1),
         ("Req/s", lambda r: r.speed.get("requests_per_s"), _rate, +1),
@@ -140,6 +151,7 @@ def _columns(metrics: list[str]) -> list[Column]:
         ("Serve RSS", lambda r: r.memory.get("predict_rss_peak_mb"), _mb, -1),
         ("Serve GPU", lambda r: r.memory.get("predict_gpu_peak_mb"), _mb, -1),
         ("Params", lambda r: r.model.get("parameters"), _params, 0),
+        ("Dtype", lambda r: r.serving.get("dtype"), lambda v: v or "-", 0),
     ]
 
 
@@ -150,7 +162,7 @@ def comparison_table(comparison: Comparison):
     from rich.table import Table
 
     metrics = comparison.metrics
-    columns = _columns(metrics)
+    columns = _columns(metrics, generates=any(r.speed.get("generated_tokens_per_s") for r in comparison.runs))
     groups = stats.by_approach(comparison)
     several = any(len(runs) > 1 for runs in groups.values())
     table = Table(title=f"{comparison.spec} — comparison {comparison.comparison_id}", title_justify="left")
@@ -183,6 +195,8 @@ def comparison_table(comparison: Comparison):
             if isinstance(cell, stats.Spread):
                 if title in ("Batch", "Params"):  # the same for every seed: shown as is
                     text = fmt(int(cell.mean)) if cell.sd in (None, 0.0) else "varies"
+                elif title == "Dtype":
+                    text = fmt(runs[0].serving.get("dtype"))
                 elif index < len(metrics):
                     text = fmt(cell.mean) + ("" if cell.sd is None else f" ± {fmt(cell.sd)}")
                 else:
@@ -229,9 +243,39 @@ def comparison_table(comparison: Comparison):
         notes.append("device: " + "; ".join(devices))
     if ranked:
         notes.append("Train: wall time (--json splits it: load, prepare, loop, evaluation, save); "
-                     "Serve RSS/GPU: peak memory serving the test set")
+                     "Serve RSS/GPU: peak memory serving the test set; Dtype: the weights' dtype serving")
+    if any(r.task_type == "extraction" for r in ranked):
+        notes.append("Exact rec: answers that are a JSON object with every field right (after Unicode NFKC and "
+                     "trimming; null, missing and \"\" are one empty value); Valid: answers that are a JSON object "
+                     "with every field; Predict /s: records per second" + ("; Gen tok/s: generated tokens per "
+                                                                           "second" if any(r.speed.get("generated_tokens_per_s") for r in ranked) else ""))
     table.caption = "\n".join(dict.fromkeys(notes)) or None
     table.caption_justify = "left"
+    return table
+
+
+def per_field_table(comparison: Comparison):
+    """Extraction: each field's accuracy and F1 per approach (mean over seeds), or None for classification."""
+    from rich.table import Table
+
+    groups = stats.by_approach(comparison)
+    fields = next((list(r.metrics.get("per_field") or {}) for r in comparison.runs if r.metrics.get("per_field")), [])
+    if not fields:
+        return None
+    table = Table(title="per field: accuracy / F1 (non-empty values)", title_justify="left")
+    table.add_column("Approach", style="bold")
+    for field in fields:
+        table.add_column(field, justify="right")
+    for approach, runs in groups.items():
+        measured = [r for r in runs if r.status in stats.MEASURED and r.metrics.get("per_field")]
+        if not measured:
+            continue
+        cells = []
+        for field in fields:
+            accuracy = sum(r.metrics["per_field"][field]["accuracy"] for r in measured) / len(measured)
+            f1 = sum(r.metrics["per_field"][field]["f1"] for r in measured) / len(measured)
+            cells.append(f"{accuracy:.3f} / {f1:.3f}")
+        table.add_row(approach, *cells)
     return table
 
 

@@ -58,6 +58,14 @@ class Plan:
     model_settings: tuple[str, ...] = ()
     info: ApproachInfo | None = field(default=None, repr=False)
     secrets: tuple[str, ...] = ()  # settings never written to a record, a log or an error message
+    # The row's name in the table (``approach`` unless the spec's plugins.<row>.approach names another),
+    # and the row whose prompt the model is trained and asked with (the served row, for an engine).
+    row: str = ""
+    prompt_row: str = ""
+
+    @property
+    def name(self) -> str:
+        return self.row or self.approach
 
 
 def now() -> str:
@@ -84,16 +92,16 @@ def plan_settings(
     An engine (``ApproachInfo.serves``) is planned over the approach it serves, whose settings come from the
     spec's and ``--set``'s entries for that approach.
     """
-    plugins.require(approaches)
-    infos = {name: _describe(plugins, name) for name in approaches}
+    plugins.require([spec.approach_of(name) for name in approaches])
+    infos = {name: _describe(plugins, spec.approach_of(name)) for name in approaches}
     served = {info.serves for info in infos.values() if info.serves}
     for name in sorted(served):
-        if not plugins.implements(name, "harness_train"):
+        if not plugins.implements(spec.approach_of(name), "harness_train"):
             engine = next(n for n, i in infos.items() if i.serves == name)
             raise UserError(f"plugin {engine!r} serves {name!r}, which is not an installed approach that trains",
                             where="--plugins")
-        infos.setdefault(name, _describe(plugins, name))
-    unknown = sorted(set(overrides) - set(approaches) - served)
+        infos.setdefault(name, _describe(plugins, spec.approach_of(name)))
+    unknown = sorted(set(overrides) - set(approaches) - served - {spec.approach_of(name) for name in approaches})
     if unknown:
         raise UserError(f"{unknown[0]!r} is not among --plugins ({', '.join(approaches)})", where="--set")
 
@@ -104,8 +112,11 @@ def plan_settings(
                 f"plugin {name!r} does not support {spec.task.type} (it supports {', '.join(info.task_types)})",
                 where=spec.where,
             )
+        # A row of another approach (plugins.<row>.approach) takes that approach's --set values, then its own.
+        base = spec.approach_of(name)
         return resolve_settings(name, info.settings, spec, overrides.get(name, {}), choices=info.choices,
-                                limits=info.limits, secret=info.secret_settings)
+                                limits=info.limits, secret=info.secret_settings,
+                                base_overrides=overrides.get(base, {}) if base != name else None)
 
     plans = {}
     for name in approaches:
@@ -122,9 +133,10 @@ def plan_settings(
         # Every hook call gets the run's seed as settings["seed"] (the first seed here; run_approach sets its own).
         seed = {"seed": spec.training_seeds[0]}
         settings, train_settings = {**settings, **seed}, {**train_settings, **seed}
-        plans[name] = Plan(name, trainer, settings, train_settings, tuple(dict.fromkeys(predict_keys)),
-                           tuple(trainer_info.predict_settings), trainer_info.model_settings, info,
-                           tuple({*info.secret_settings, *trainer_info.secret_settings}))
+        plans[name] = Plan(spec.approach_of(name), spec.approach_of(trainer), settings, train_settings,
+                           tuple(dict.fromkeys(predict_keys)), tuple(trainer_info.predict_settings),
+                           trainer_info.model_settings, info, tuple({*info.secret_settings, *trainer_info.secret_settings}),
+                           row=name, prompt_row=trainer)
     return plans
 
 
@@ -165,7 +177,7 @@ def training_identity(plugins: Plugins, spec: Spec, data: Datasets, plan: Plan, 
         "settings": settings,
         "random_weights": options.random_weights,
         "models": models,
-        "task": asdict(task),
+        "task": {k: v for k, v in asdict(task).items() if k != "normalize"},  # normalize only changes scoring
         "train": data.train_hash,
         "validation": data.validation_hash,
         "validation_source": data.validation_source,
@@ -173,6 +185,8 @@ def training_identity(plugins: Plugins, spec: Spec, data: Datasets, plan: Plan, 
         "code": identity.training_code(plugins.code_roots(plan.trainer, ("harness_train",))),
         "versions": identity.library_versions(identity.TRAINING_LIBRARIES),
         "accelerator": identity.training_device(settings.get("train_device")),
+        # On a CPU with bf16 units decoders train under bf16 autocast (mixed_precision: auto): not the same run.
+        "cpu_bf16": identity.cpu_bf16(),
     }
 
 
@@ -190,7 +204,7 @@ def measurement_identity(plugins: Plugins, data: Datasets, plan: Plan, train_key
         "gpu": identity.gpu_name(),
         "threads": measure.unit_threads(),
         "launcher": options.launcher,
-        "code": identity.measuring_code(plugins.code_roots(plan.approach, ("harness_load", "harness_predict"))),
+        "code": identity.measuring_code(plugins.code_roots(plan.approach, ("harness_load", "harness_predict", "harness_parity"))),
         "versions": identity.library_versions(identity.SERVING_LIBRARIES),
     }
 
@@ -234,8 +248,8 @@ def run_approach(
     (default: the spec's first training seed) seeding the unit processes and given as ``settings["seed"]``."""
     seed = spec.training_seeds[0] if seed is None else seed
     plan = replace(plan, settings={**plan.settings, "seed": seed}, train_settings={**plan.train_settings, "seed": seed})
-    name = plan.approach
-    task = spec.to_task(plan.trainer)  # an engine serves with the prompt its model was trained on
+    name = plan.name
+    task = spec.to_task(plan.prompt_row or plan.trainer)  # an engine serves with the prompt its model was trained on
     record = RunRecord(
         run_id=new_id(name), approach=name, spec=spec.name, task_type=task.type, seed=seed,
         settings={k: SECRET if k in plan.secrets else v for k, v in plan.settings.items()},
@@ -267,7 +281,7 @@ def run_approach(
 
 def _run_locked(plugins: Plugins, spec: Spec, data: Datasets, plan: Plan, store: Store, options: CompareOptions,
                 console: Any, record: RunRecord, task: Task, seed: int) -> RunRecord:
-    name, train_key = plan.approach, record.training["key"]
+    name, train_key = plan.name, record.training["key"]
     if not options.rerun:
         previous = store.find_measured(record.measurement["key"])
         if previous is not None:
@@ -317,7 +331,11 @@ def _run_locked(plugins: Plugins, spec: Spec, data: Datasets, plan: Plan, store:
                          options.warmup_examples, load_cache(store, train_key, record.measurement["identity"]))
         _measure(plugins, job, progress, record, options)
         record.metrics = _score(plugins, name, task, data.test, read_predictions(workdir / "predictions.jsonl"))
-        record.status = "ok"
+        parity = record.serving.get("parity")
+        if parity and not parity.get("ok", True):  # predictions and figures are kept; the row says why it failed
+            record.status, record.error = "failed", f"parity: {parity.get('message') or 'failed'}"
+        else:
+            record.status = "ok"
     except UnitFailed as exc:
         record.status, record.error, error_detail = "failed", str(exc), exc.detail or None
     except Exception as exc:  # one approach failing must not lose the others' results

@@ -141,6 +141,12 @@ class TaskSpec(_Strict):
     option_labels: list[str] = Field(
         default_factory=list, description="how each label is written in the prompt's options (defaults to labels)"
     )
+    prompts: dict[str, PromptValue] = Field(
+        default_factory=dict,
+        description="named prompts besides task.prompt: an approach selects one with plugins.<approach>.prompt: NAME",
+    )
+    normalize: bool = Field(True, description="extraction: compare field values after Unicode NFKC and trimming "
+                            "whitespace (null, a missing key and \"\" are always the same empty value)")
 
     @model_validator(mode="after")
     def _labels_for_classification(self) -> TaskSpec:
@@ -219,8 +225,8 @@ class Spec(_Strict):
                       "training seed too unless seeds is given")
     seeds: list[int] | None = Field(None, description="train and measure each approach once per seed (the data "
                                     "stays the seed's sample); the table shows mean ± sd across them")
-    metrics: list[str] = Field(default_factory=lambda: ["f1_weighted", "accuracy", "f1_macro"],
-                               description="the metrics the table shows, by name (harness.metrics.METRICS, by task type)")
+    metrics: list[str] = Field(default_factory=list,
+                               description="the metrics the table shows (default: the task type's headline ones), by name (harness.metrics.METRICS, by task type)")
     plugins: dict[str, dict[str, Any]] = Field(
         default_factory=dict,
         description="per-approach settings; the key 'prompt' is not a setting but that approach's prompt, "
@@ -231,6 +237,10 @@ class Spec(_Strict):
     path: Path | None = Field(None, exclude=True)
     # plugins.<approach>.prompt, taken out of the settings on load so that it never reaches a plugin as one.
     _prompts: dict[str, str | PromptSpec] = PrivateAttr(default_factory=dict)
+    _prompt_names: dict[str, str] = PrivateAttr(default_factory=dict)  # plugins.<row>.prompt: NAME of task.prompts
+    # plugins.<row>.approach: a row of its own name that runs an installed approach with its own settings
+    # and prompt (a zero-shot row of qwen beside the tuned one, say).
+    _bases: dict[str, str] = PrivateAttr(default_factory=dict)
 
     @field_validator("name")
     @classmethod
@@ -258,11 +268,11 @@ class Spec(_Strict):
 
     @model_validator(mode="after")
     def _validation_range(self) -> Spec:
-        from harness.metrics import METRICS
+        from harness.metrics import DEFAULT_METRICS, METRICS
 
         known = METRICS[self.task.type]
-        if "metrics" not in self.model_fields_set and self.task.type == "extraction":
-            self.metrics = list(known)
+        if "metrics" not in self.model_fields_set:
+            self.metrics = list(DEFAULT_METRICS[self.task.type])
         unknown = [m for m in self.metrics if m not in known]
         if unknown:
             raise ValueError(f"metrics: unknown metric {unknown[0]!r} for {self.task.type}; known: {', '.join(known)}")
@@ -281,12 +291,31 @@ class Spec(_Strict):
         problem = self.task.prompt is not None and _prompt_problem(_prompt_fields(self.task.prompt))
         if problem:
             raise ValueError(f"task.prompt: {problem}")
+        for name, prompt in self.task.prompts.items():
+            problem = _prompt_problem(_prompt_fields(prompt))
+            if problem:
+                raise ValueError(f"task.prompts.{name}: {problem}")
+        for row, section in self.plugins.items():
+            if "approach" in section:
+                base = section.pop("approach")
+                if not isinstance(base, str) or not base or base == row:
+                    raise ValueError(f"plugins.{row}.approach: the name of an installed approach this row runs "
+                                     f"with its own settings, got {base!r}")
+                self._bases[row] = base
         for approach, section in self.plugins.items():
             if "prompt" not in section:
                 continue
             where = f"plugins.{approach}.prompt"
+            value = section.pop("prompt")
+            if isinstance(value, str) and value in self.task.prompts:
+                # A named prompt is whole: it replaces task.prompt, its absent system or raw removing the task's.
+                self._prompts[approach] = PromptSpec.model_construct(**{"system": "", "raw": "", **_prompt_fields(self.task.prompts[value])})
+                self._prompt_names[approach] = value
+                continue
+            if isinstance(value, str) and "{" not in value and self.task.prompts:
+                raise ValueError(f"{where}: {value!r} is not one of task.prompts ({', '.join(self.task.prompts)})")
             try:
-                override = _PROMPT.validate_python(section.pop("prompt"))
+                override = _PROMPT.validate_python(value)
             except ValidationError as exc:
                 loc, message = _error_parts(exc)
                 raise ValueError(f"{where}{'.' + loc if loc else ''}: {message}") from None
@@ -303,18 +332,28 @@ class Spec(_Strict):
             type=self.task.type,
             labels=tuple(self.task.labels),
             fields=tuple(self.task.fields),
+            normalize=self.task.normalize,
             prompt=self.prompt_for(approach),
             option_labels=tuple(self.task.option_labels or self.task.labels),
         )
 
     def prompt_for(self, approach: str | None = None) -> Prompt | None:
-        fields = _merged_prompt(self.task.prompt, self._prompts.get(approach) if approach else None)
+        override = (self._prompts.get(approach) or self._prompts.get(self.approach_of(approach))) if approach else None
+        fields = _merged_prompt(self.task.prompt, override)
         if not fields:
             return None
         # "" in an override removes the task's system message or raw prompt; a raw-only prompt is what a
         # chat model gets as its user message too (validation guarantees user or raw is there).
         raw = fields.get("raw") or None
         return Prompt(user=fields.get("user") or raw, system=fields.get("system") or None, raw=raw)
+
+    def approach_of(self, row: str) -> str:
+        """The installed approach a row of the table runs: its own name, or ``plugins.<row>.approach``."""
+        return self._bases.get(row, row)
+
+    def prompt_name(self, row: str) -> str | None:
+        """The name of the task.prompts entry a row asks with, or None (task.prompt, maybe overridden)."""
+        return self._prompt_names.get(row)
 
     @property
     def training_seeds(self) -> list[int]:
@@ -406,6 +445,7 @@ def resolve_settings(
     choices: dict[str, tuple[Any, ...]] | None = None,
     limits: dict[str, tuple[Any, Any]] | None = None,
     secret: tuple[str, ...] = (),
+    base_overrides: dict[str, str] | None = None,
 ) -> dict[str, Any]:
     """Merge an approach's defaults, the spec's ``plugins.<approach>`` section and ``--set`` overrides.
 
@@ -428,14 +468,22 @@ def resolve_settings(
             raise UserError(f"not a valid {type(defaults[key]).__name__} (a secret: its value is not shown)",
                             where=where) from None
 
-    for key, value in (spec.plugins.get(approach) or {}).items():
-        accept(key, value, f"{spec.where}: plugins.{approach}.{key}")
-    for key, text in overrides.items():
-        where = f"--set {approach}.{key}"
-        if key == "prompt" and key not in defaults:
-            raise UserError(f"the prompt is set in the spec: task.prompt, or plugins.{approach}.prompt for "
-                            f"{approach} alone", where=where)
-        accept(key, _parse_cli_value(text, defaults.get(key)), where)
+    def set_values(section: str, given: dict[str, str]) -> None:
+        for key, text in given.items():
+            where = f"--set {section}.{key}"
+            if key == "prompt" and key not in defaults:
+                raise UserError(f"the prompt is set in the spec: task.prompt, or plugins.{section}.prompt for "
+                                f"{section} alone", where=where)
+            accept(key, _parse_cli_value(text, defaults.get(key)), where)
+
+    # A row that runs another approach (plugins.<row>.approach) starts from that approach's section and
+    # --set values; what the row's own section and --set say comes after.
+    base = spec.approach_of(approach)
+    layers = [(base, base_overrides or {}), (approach, overrides)] if base != approach else [(approach, overrides)]
+    for section, given in layers:
+        for key, value in (spec.plugins.get(section) or {}).items():
+            accept(key, value, f"{spec.where}: plugins.{section}.{key}")
+        set_values(section, given)
     return settings
 
 

@@ -34,10 +34,11 @@ class Prediction:
     """
 
     label: str | None = None
-    fields: dict[str, str] | None = None
+    fields: dict[str, Any] | None = None
     scores: dict[str, float] | None = None
     raw: str | None = None
     truncated: bool = False  # the input was cut to fit the model: the table counts these
+    generated_tokens: int | None = None  # tokens a generating approach wrote for this answer (tokens/s)
 
 
 @dataclass(frozen=True)
@@ -70,6 +71,8 @@ class Task:
     fields: tuple[str, ...] = ()
     prompt: Prompt | None = None
     option_labels: tuple[str, ...] = ()
+    # Extraction: compare field values after Unicode NFKC and trimming (harness.metrics.normalise).
+    normalize: bool = True
 
 
 @dataclass
@@ -194,3 +197,17 @@ class Comparison:
     created: str
     runs: list[RunRecord]
     metrics: list[str] = field(default_factory=lambda: ["f1_weighted", "accuracy"])
+
+
+@dataclass
+class Parity:
+    """What an approach's parity check found (:meth:`harness.approach.Approach.parity`): how often what
+    serves gave the same answer as the model it was derived from, and the largest difference in their
+    outputs. ``ok`` False fails the row with ``message``."""
+
+    against: str  # what it was compared with, in words: "the unmerged adapter", "PyTorch"
+    n: int
+    agreement: float  # the share of the n examples with the same answer
+    max_abs_diff: float | None = None  # the largest |difference| of the compared logits or probabilities
+    ok: bool = True
+    message: str = ""

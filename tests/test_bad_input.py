@@ -61,6 +61,10 @@ GOOD = '{"text": "Stocks rally on rate cut hopes", "label": 2}\n{"text": "Team w
         ("validation-and-test", "--data: validation= and "),
         ("spec-validation-and-test", "bad.yaml: validation: 'test' and dataset.validation both say how checkpoints"),
         ("no-data", "bad.yaml: dataset: the spec names no hub dataset or files: give --data train=PATH,test=PATH"),
+        ("waybill-field-missing", "train.jsonl:2: field 'phone' of the spec is missing"),
+        ("waybill-field-unknown", "test.jsonl:1: field 'zip' is not one of the spec's fields (name, phone"),
+        ("unknown-named-prompt", "bad.yaml: plugins.qwen.prompt: 'long' is not one of task.prompts (instruction)"),
+        ("variant-of-nothing", "--plugins: unknown plugin 'qwne'; known:"),
     ],
 )
 def test_bad_input_is_one_line_exit_2_nothing_written(cli, tmp_path, case, expected):
@@ -155,6 +159,20 @@ def test_bad_input_is_one_line_exit_2_nothing_written(cli, tmp_path, case, expec
     elif case == "spec-validation-and-test":
         spec = write(tmp_path / "bad.yaml", classification + "}\ndataset: {train: train.jsonl, test: test.jsonl, "
                      "validation: test.jsonl}\nvalidation: test\n")
+    elif case.startswith("waybill"):
+        plugins, spec = "qwen", "waybill"
+        line = '{"text": "13552664307姜骏炜云南省德宏州盈江县平原镇", "fields": {"name": "姜骏炜", "phone": "13552664307", ' \
+               '"province": "云南省", "city": "德宏州", "district": "盈江县", "specific_location": null}}\n'
+        train = write(tmp_path / "train.jsonl", line + (line.replace(', "phone": "13552664307"', "")
+                                                         if case == "waybill-field-missing" else line))
+        test = write(tmp_path / "test.jsonl", line.replace('"name"', '"zip": "1", "name"')
+                     if case == "waybill-field-unknown" else line)
+    elif case in ("unknown-named-prompt", "variant-of-nothing"):
+        spec = write(tmp_path / "bad.yaml", "name: bad\ntask: {type: extraction, fields: [name], prompt: '{text}', "
+                     "prompts: {instruction: 'Name in {text}?'}}\ndataset: {train: train.jsonl, test: test.jsonl}\n"
+                     + ("plugins:\n  qwen: {prompt: long}\n" if case == "unknown-named-prompt"
+                        else "plugins:\n  zero: {approach: qwne}\n"))
+        plugins = "qwen" if case == "unknown-named-prompt" else "zero"
     elif case == "no-data":
         spec = write(tmp_path / "bad.yaml", classification + "}\ndataset: {text_field: text}\n")
     args = ["compare", "--plugins", plugins, "--spec", spec, *extra, *([] if "--json" in extra else ["--json", "out.json"])]

@@ -18,13 +18,53 @@ def test_metrics_match_hand_computed_values():
     assert m["confusion_matrix"] == {"labels": ["a", "b", "c", INVALID], "matrix": [[2, 1, 0, 0], [0, 1, 0, 1], [0, 0, 1, 0]]}
 
 
-def test_extraction_exact_match_needs_every_field_and_counts_answers_that_were_no_record():
+def test_extraction_metrics_follow_every_counting_rule_on_a_hand_checked_fixture():
+    """Six answers, each exercising one rule; every count below was worked out by hand."""
     from harness.metrics import extraction_metrics
 
-    gold = [{"name": "Ana", "city": "Oslo"}, {"name": "Ben", "city": "Lima"}, {"name": "Chen", "city": ""}]
-    predicted = [{"name": "Ana", "city": "Oslo"}, {"name": "Ben", "city": "Riga"}, None]
-    metrics = extraction_metrics(("name", "city"), gold, predicted)
-    assert metrics["exact_match"] == 1 / 3 and metrics["invalid"] == 1 and metrics["n"] == 3
-    assert metrics["per_field"] == {"name": 2 / 3, "city": 1 / 3}
-    # A field the answer leaves out is the empty string: right where the gold value is empty.
-    assert extraction_metrics(("name", "city"), gold[2:], [{"name": "Chen"}])["exact_match"] == 1.0
+    fields = ("name", "city")
+    gold = [
+        {"name": "Ana", "city": "Oslo"},    # 0: answered exactly
+        {"name": "Ben", "city": "Lima"},    # 1: city wrong (a non-empty wrong value: FP and FN)
+        {"name": "Chen", "city": ""},       # 2: not JSON at all (None): invalid, every field wrong
+        {"name": "Dee", "city": None},      # 3: gold null, answer "" (same empty value); name in full-width letters
+        {"name": "Eve", "city": ""},        # 4: answer lacks "city": invalid record, but the field counts as empty
+        {"name": "", "city": "Rome"},       # 5: predicts a name where gold is empty: a false positive
+    ]
+    predicted = [
+        {"name": "Ana", "city": "Oslo"},
+        {"name": "Ben", "city": "Riga"},
+        None,
+        {"name": " Ｄｅｅ ", "city": ""},
+        {"name": "Eve"},
+        {"name": "Fay", "city": "Rome"},
+    ]
+    m = extraction_metrics(fields, gold, predicted)
+    assert m["n"] == 6
+    # 2 is no object, 4 an object without every field: both invalid answers, wrong records.
+    assert m["valid_rate"] == 4 / 6 and m["invalid"] == 2
+    m4 = extraction_metrics(fields, gold[4:5], predicted[4:5])
+    assert m4["valid_rate"] == 0.0 and m4["exact_match"] == 0.0 and m4["per_field"]["city"]["accuracy"] == 1.0
+    assert m["exact_match"] == 2 / 6                                 # 0 and 3
+    name, city = m["per_field"]["name"], m["per_field"]["city"]
+    # name: right in 0, 1, 3, 4; wrong in 2 (no answer) and 5 (Fay where gold is empty).
+    assert name["accuracy"] == 4 / 6
+    # non-empty predictions: Ana, Ben, Dee, Eve (TP), Fay (FP); non-empty gold: 5, Chen missed (FN).
+    assert (name["precision"], name["recall"], name["support"]) == (4 / 5, 4 / 5, 5)
+    # city: right in 0, 3, 4, 5; wrong in 1 (Riga) and 2. Predictions: Oslo, Rome (TP), Riga (FP);
+    # gold non-empty: Oslo, Lima, Rome; Lima missed (FN).
+    assert city["accuracy"] == 4 / 6
+    assert (city["precision"], city["recall"], city["support"]) == (2 / 3, 2 / 3, 3)
+    assert city["f1"] == pytest.approx(2 / 3)
+    # Micro over both fields: TP 6, FP 2, FN 2.
+    assert m["field_precision"] == m["field_recall"] == m["field_f1"] == pytest.approx(6 / 8)
+
+
+def test_extraction_metrics_count_invalid_correctly_and_normalisation_can_be_switched_off():
+    from harness.metrics import extraction_metrics, normalise
+
+    gold = [{"name": "Dee", "city": ""}]
+    assert extraction_metrics(("name", "city"), gold, [{"name": "Ｄｅｅ", "city": None}])["exact_match"] == 1.0
+    assert extraction_metrics(("name", "city"), gold, [{"name": "Ｄｅｅ", "city": None}], unicode=False)["exact_match"] == 0.0
+    assert normalise(None) == normalise("") == normalise("  ") == ""
+    assert normalise(12) == "12" and normalise("１２３") == "123"

@@ -153,21 +153,22 @@ def test_qwen_letter_scoring_is_the_same_packed_and_padded(tiny_qwen):
     import harness_plugins.qwen as qwen
 
     task = Task("classification", ("World", "Sports", "Business", "Sci/Tech"))
-    settings = {**qwen.DEFAULTS, "model": str(tiny_qwen), "num_train_epochs": 0.0, "predict_batch_size": 4,
-                "device": "cpu", "seed": 0}
-    artifact = qwen._train(task=task, train=[], validation=[], settings=settings, workdir=None, progress=SILENT)
+    from harness.approach import RunContext
+
+    settings = qwen.QwenSettings(model=str(tiny_qwen), num_train_epochs=0.0, predict_batch_size=4, device="cpu",
+                                 dtype="float32")  # packed and padded compared to 1e-5: fp32
+    artifact = qwen._train(task, [], [], settings, RunContext(seed=0), adapter=False)
     examples = [Example(id=str(i), text=" ".join(["news"] * (1 + 9 * i)) + f" story {i}") for i in range(10)]
     answers = {}
     for packing in ("padded", "packed"):
-        way = {**settings, "packing": packing}
-        serving = qwen._load(task=task, artifact=artifact, settings=way)
+        way = settings.model_copy(update={"packing": packing})
+        serving = qwen._load(task, artifact, way, RunContext())
         assert artifact.state["packed"] is (packing == "packed")
         assert serving.notes == ([] if packing == "padded" else ["batches packed end to end, no padding"])
-        answers[packing] = qwen._predict(task=task, artifact=artifact, examples=examples, settings=way,
-                                                progress=SILENT)
+        answers[packing] = qwen.Qwen().predict(task, artifact, examples, way, RunContext(batch_size=4))
     assert [p.label for p in answers["packed"]] == [p.label for p in answers["padded"]]
     for got, want in zip(answers["packed"], answers["padded"]):
         assert got.scores == pytest.approx(want.scores, abs=1e-5)
     # Scoring by likelihood runs one prompt at a time with its KV cache: nothing to pack.
-    qwen._load(task=task, artifact=artifact, settings={**settings, "scoring": "perplexity"})
+    qwen._load(task, artifact, settings.model_copy(update={"scoring": "perplexity"}), RunContext())
     assert artifact.state["packed"] is False

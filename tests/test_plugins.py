@@ -111,7 +111,7 @@ def test_the_kit_checks_an_extraction_approach(tmp_path):
 
     record = check_plugin(module_from(tmp_path, "regex_extractor", REGEX_EXTRACTOR), tmp_path=tmp_path,
                           task=TINY_EXTRACTION, launcher="inline")
-    assert 0.5 < record.metrics["exact_match"] <= 1.0 and record.metrics["per_field"]["city"] > 0.5
+    assert 0.5 < record.metrics["exact_match"] <= 1.0 and record.metrics["per_field"]["city"]["accuracy"] > 0.5
 
 
 def test_the_kit_compares_scores_not_only_labels(tmp_path):
@@ -156,11 +156,11 @@ def test_plugins_lists_builtins_and_third_party_and_warns_once_for_a_broken_one(
 
 def test_safe_mode_loads_no_third_party_plugin_but_keeps_builtins(cli):
     result = cli("plugins", "--json", env={"HARNESS_LOAD_PLUGINS": ""})
-    assert {row["name"] for row in json.loads(result.stdout)} == {"bert", "metrics", "qwen"}
+    assert {row["name"] for row in json.loads(result.stdout)} == {"bert", "metrics", "qwen", "qwen-lora"}
     assert result.stderr == ""
     only = cli("plugins", "--json", env={"HARNESS_LOAD_PLUGINS": "naive-bayes"})
     # The one module registers two approaches: the approach and its engine.
-    assert {row["name"] for row in json.loads(only.stdout)} == {"bert", "metrics", "qwen", "naive-bayes",
+    assert {row["name"] for row in json.loads(only.stdout)} == {"bert", "metrics", "qwen", "qwen-lora", "naive-bayes",
                                                                 "naive-bayes-tables"}
 
 

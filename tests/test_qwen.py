@@ -10,6 +10,7 @@ import pytest
 import harness_plugins.qwen as qwen
 from harness import decoder
 from harness.plugins import load_plugins
+from harness.approach import RunContext
 from harness.progress import SILENT
 from harness.runner import without_answers
 from harness.spec import load_spec
@@ -19,8 +20,20 @@ from harness.types import Example, Prompt, Task
 # A 2-layer, 64-wide model learns the letter in 6 epochs only when the loss is on the answer alone: with
 # the whole turn (the default, the seed's recipe) its few weights go first to the thinking block it shares
 # with every example. Real models learn both; tests/test_training_numerics.py checks the turn's labels.
+# fp32 throughout: these tests compare scorings to 1e-4; bf16 (the default on a CPU with bf16 units) is
+# checked on its own below.
 FAST = {"num_train_epochs": 6.0, "learning_rate": 3e-3, "per_device_train_batch_size": 8,
-        "gradient_accumulation_steps": 1, "eval_steps": 0.25, "answer_loss": "letter"}
+        "gradient_accumulation_steps": 1, "eval_steps": 0.25, "answer_loss": "letter", "mixed_precision": "no",
+        "dtype": "float32"}
+
+
+def typed(settings: dict) -> qwen.QwenSettings:
+    """A settings dict as the approach's typed settings (the core's own keys left out)."""
+    return qwen.QwenSettings.model_validate({k: v for k, v in settings.items() if k in qwen.QwenSettings.model_fields})
+
+
+def load(task, artifact, settings: dict):
+    return qwen._load(task, artifact, typed(settings), RunContext())
 
 
 def settings_for(model: Path, **extra) -> dict:
@@ -29,7 +42,7 @@ def settings_for(model: Path, **extra) -> dict:
 
 def test_tiny_qwen_passes_the_conformance_kit(tmp_path, tiny_qwen):
     # Inline: the kit's process launcher is exercised by the docs' plugin (tests/test_plugins.py).
-    record = check_plugin(qwen, tmp_path=tmp_path, settings={"model": str(tiny_qwen), **FAST}, launcher="inline")
+    record = check_plugin(qwen, name="qwen", tmp_path=tmp_path, settings={"model": str(tiny_qwen), **FAST}, launcher="inline")
     assert record.metrics["accuracy"] >= 0.7, record.train_log
     losses = [e["loss"] for e in record.train_log if "loss" in e]
     assert losses[-1] < losses[0] / 2
@@ -74,7 +87,7 @@ def test_multi_token_answers_need_likelihood_scoring(trained, tiny_qwen, tmp_pat
         decoder.check_letter_scoring(prompter)
     assert decoder.selection_scoring(prompter) == "perplexity"  # checkpoints are still selected on these answers
     # Scoring several-token answers through the shared KV cache gives a finite score per option.
-    qwen._load(TINY_TASK, artifact, settings)
+    load(TINY_TASK, artifact, settings)
     scores = decoder.likelihood_scores(artifact.state["serving_model"], prompter, prompter.prompt_ids("Rain again", 8)[0], "cpu")
     assert len(scores) == 4 and all(s < 0 for s in scores)
 
@@ -135,7 +148,7 @@ def test_likelihood_with_a_shared_kv_cache_equals_scoring_each_full_sequence(tra
     task = Task("classification", ("World", "Sports", "Business", "Sci/Tech"),
                 option_labels=("World", "Sports", "Business", "Science/Technology"))
     prompter = decoder.Prompter(task, artifact.state["tokenizer"], {**settings, "answer": "label"})
-    qwen._load(TINY_TASK, artifact, settings)
+    load(TINY_TASK, artifact, settings)
     model = artifact.state["serving_model"]
     prompt = prompter.prompt_ids("Rain again over the stadium", 8)[0]
     cached = decoder.likelihood_scores(model, prompter, prompt, "cpu")
@@ -159,7 +172,7 @@ def test_random_weights_build_the_shipped_qwen3_0_6b_architecture(tiny_qwen):
 
     tokenizer = AutoTokenizer.from_pretrained(tiny_qwen)
     with torch.device("meta"):  # shapes only: no 2.4 GB of fp32 weights in a unit test
-        model = qwen._base_model({**qwen.DEFAULTS, "random_weights": True}, tokenizer)
+        model = qwen._base_model(qwen.QwenSettings(), tokenizer, random_weights=True)
     assert model.config.num_hidden_layers == 28 and model.config.vocab_size == 151936
     # Qwen3-0.6B: 596M parameters with tied input and output embeddings.
     assert sum(p.numel() for p in model.parameters()) == pytest.approx(596_049_920, rel=1e-3)
@@ -256,3 +269,20 @@ def test_a_gguf_file_names_the_model(shared, tmp_path):
     again = AutoModelForCausalLM.from_pretrained(tmp_path / "saved")
     ids = torch.tensor([tokenizer("Rain all week.")["input_ids"]])
     assert torch.allclose(model(ids).logits, again(ids).logits, atol=1e-5)
+
+
+def test_on_a_cpu_with_bf16_units_the_default_serves_in_bf16_and_agrees_with_fp32(trained):
+    from harness.models import cpu_has_bf16
+
+    plugins, artifact, settings, test, _ = trained
+    auto = {**settings, "dtype": "auto"}
+    answers = {}
+    for dtype, given in (("float32", settings), ("auto", auto)):
+        served = qwen.Artifact(path=artifact.path, info=artifact.info)
+        serving = plugins.call("qwen", "harness_load", task=TINY_TASK, artifact=served, settings=given, cache_dir=None)
+        answers[dtype] = [p.label for p in plugins.call("qwen", "harness_predict", task=TINY_TASK, artifact=served,
+                                                        examples=test, settings=given, progress=SILENT)]
+        if dtype == "auto":
+            assert serving.dtype == ("bfloat16" if cpu_has_bf16() else "float32")
+    agree = sum(a == b for a, b in zip(answers["float32"], answers["auto"])) / len(test)
+    assert agree >= 0.9, agree
