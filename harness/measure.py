@@ -20,8 +20,13 @@ T = TypeVar("T")
 
 
 def _torch():
-    """torch if the approach already imported it; the core never imports it on its own."""
-    return sys.modules.get("torch")
+    """torch if the approach already imported it, whole; the core never imports it on its own. The memory
+    sampler's thread asks while the unit's main thread may be halfway through ``import torch``: a module
+    still initialising is not there yet."""
+    torch = sys.modules.get("torch")
+    if torch is None or getattr(getattr(torch, "__spec__", None), "_initializing", False):
+        return None
+    return torch
 
 
 def cuda_sync() -> None:

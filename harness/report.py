@@ -222,6 +222,10 @@ def comparison_table(comparison: Comparison):
             notes.append(f"{run.approach}: training reused from run {trained_in}; {run.training.get('reason', 're-measured')}")
         if run.training.get("resumed"):
             notes.append(f"{run.approach}: {resumed_note(run.training['resumed'])}")
+        if run.environment.get("runs") or run.environment.get("prompt"):
+            what = [f"runs {run.environment['runs']}"] if run.environment.get("runs") else []
+            what += [f"asked with {run.environment['prompt']}"] if run.environment.get("prompt") else []
+            notes.append(f"{run.approach}: {', '.join(what)}")
         for note in run.model.get("notes") or []:
             notes.append(f"{run.approach}: {note}")
         if run.model.get("truncated_predict"):

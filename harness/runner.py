@@ -257,6 +257,10 @@ def run_approach(
         n_train=len(data.train), n_validation=len(data.validation), n_test=len(data.test), created=now(),
     )
     record.environment["validation_source"] = data.validation_source
+    if spec.prompt_name(plan.prompt_row or plan.trainer):
+        record.environment["prompt"] = f"task.prompts.{spec.prompt_name(plan.prompt_row or plan.trainer)}"
+    if plan.name != plan.approach:
+        record.environment["runs"] = plan.approach  # a row of the spec's that runs another approach
     record.environment["data_checks"] = data_checks(data, task)
     try:
         training = training_identity(plugins, spec, data, plan, task, options, store)

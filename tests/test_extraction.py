@@ -72,6 +72,7 @@ def test_zero_shot_sft_and_lora_rows_in_one_table_with_the_extraction_metrics(co
     assert evaluations and all("eval_valid_rate" in e and "eval_field_f1" in e for e in evaluations)
     # Exact record and valid rate are the table's headline columns.
     assert "Exact rec" in result.stdout and "Valid" in result.stdout and "Gen tok/s" in result.stdout, result.stdout
+    assert "zero-shot: runs qwen, asked with task.prompts.instruction" in result.stdout
     assert "per field: accuracy / F1" in result.stdout and "specific_location" in result.stdout
 
 

@@ -252,3 +252,23 @@ def test_waybill_spec_is_seed_001_with_its_short_system_prompt(shared):
     assert task.prompt == Prompt(user="{text}", system=seed_001_system_prompt(shared))
     # The data is not on the hub in this shape: the spec names none, and is run with --data.
     assert not spec.dataset.hub and not spec.dataset.train
+    # The zero-shot row is qwen untuned, asked with the long instruction that lists every field.
+    assert spec.approach_of("zero-shot") == "qwen" and spec.plugins["zero-shot"] == {"num_train_epochs": 0}
+    instruction = spec.to_task("zero-shot").prompt
+    assert instruction.user == "{text}" and all(field in instruction.system for field in task.fields)
+    assert spec.metrics == ["exact_match", "valid_rate"]
+
+
+def test_a_row_of_another_approach_layers_its_settings_over_that_approachs(tmp_path):
+    body = (BASE.replace("labels: [a, b]", "labels: [a, b], prompt: 'Q {text}', prompts: {long: {system: S, user: 'L {text}'}}")
+            + "plugins:\n  qwen: {learning_rate: 0.001, max_length: 64}\n"
+              "  untuned: {approach: qwen, num_train_epochs: 0, prompt: long}\n")
+    spec = load_spec(spec_file(tmp_path, body))
+    defaults = {"learning_rate": 1e-5, "max_length": 512, "num_train_epochs": 1.0}
+    settings = resolve_settings("untuned", defaults, spec, {"max_length": "32"}, base_overrides={"max_length": "128",
+                                                                                                  "num_train_epochs": "3"})
+    # Defaults, then qwen's section and --set, then the row's section and --set: the row's own word wins.
+    assert settings == {"learning_rate": 0.001, "max_length": 32, "num_train_epochs": 0.0}
+    assert spec.to_task("untuned").prompt == Prompt(user="L {text}", system="S")  # the named prompt, whole
+    assert spec.to_task("qwen").prompt == Prompt(user="Q {text}")
+    assert spec.prompt_name("untuned") == "long" and spec.approach_of("qwen") == "qwen"

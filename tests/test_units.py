@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import sys
 import time
 from pathlib import Path
 
@@ -156,3 +157,21 @@ def test_bench_builds_an_engines_model_through_the_approach_that_trains_it(tmp_p
                                   "--json", "b.json", env={"HARNESS_LOAD_PLUGINS": "hosts-worker,worker-engine"})
     assert result.returncode == 0, result.stderr
     assert json.loads((work / "b.json").read_text())["throughput"][0]["samples_per_s"] > 0
+
+
+def test_the_memory_sampler_ignores_a_torch_still_being_imported(monkeypatch):
+    """The sampler thread runs while the unit imports torch: a half-imported module has no ``cuda`` yet, and
+    asking it killed the thread (and with it the row's peak memory)."""
+    import importlib.machinery
+    import types
+
+    from harness import measure
+
+    half = types.ModuleType("torch")
+    half.__spec__ = importlib.machinery.ModuleSpec("torch", None)
+    half.__spec__._initializing = True
+    monkeypatch.setitem(sys.modules, "torch", half)
+    assert measure._torch() is None and measure.on_gpu() is False
+    with measure.PeakMemory(interval=0.001) as memory:
+        time.sleep(0.05)
+    assert memory.rss_peak_mb > 0 and memory._thread is not None and not memory._thread.is_alive()
