@@ -73,6 +73,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     rep = commands.add_parser("report", help="re-render a stored comparison (the newest by default)")
     rep.add_argument("comparison_id", nargs="?", help="a comparison id from an earlier compare")
+    rep.add_argument("--compare", nargs="+", metavar="RUN_OR_COMPARISON",
+                     help="one table from stored runs and comparisons of the same spec and test set (made on other "
+                     "days, machines or seeds), with the same statistics")
+    rep.add_argument("--html", type=Path, metavar="PATH", help="also write one self-contained HTML page: the table, "
+                     "the statistics, per-class or per-field metrics, plots, settings, hashes and the worst mistakes")
     rep.add_argument("--json", type=Path, help="write the comparison as JSON to this file")
     rep.add_argument("--store", type=Path, help="results store directory")
 
@@ -152,7 +157,11 @@ def cmd_compare(args: argparse.Namespace) -> int:
     plugins.pm.register(TerminalReporter(console, spec.metrics), name="terminal-reporter")
     options = CompareOptions(random_weights=args.random_weights, rerun=args.rerun, latency_samples=args.latency_samples,
                              launcher=args.launcher, seeds=seeds)
-    comparison = compare(plugins, spec, data, plans, Store(args.store), options, console)
+    store = Store(args.store)
+    comparison = compare(plugins, spec, data, plans, store, options, console)
+    from harness.report import write_plots
+
+    write_plots(comparison, store.root / "comparisons" / comparison.comparison_id, store, console)
     if args.json is not None:
         write_json(args.json, comparison_to_dict(comparison))
     return 1 if any(run.status == "failed" for run in comparison.runs) else 0
@@ -288,21 +297,37 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from harness.report import comparison_table, per_field_table
+    from harness.report import comparison_table, per_field_table, write_plots
+    from harness.runner import comparison_statistics
     from harness.store import Store, comparison_to_dict, write_json
 
     check_json_target(args.json)
+    if args.html is not None and args.html.is_dir():
+        raise UserError("is a directory; --html takes a file path", where=str(args.html))
     store = Store(args.store)
-    comparison = store.load_comparison(args.comparison_id)
+    if args.compare:
+        if args.comparison_id:
+            raise UserError("give a comparison id or --compare, not both", where="--compare")
+        comparison = store.combine(args.compare)
+    else:
+        comparison = store.load_comparison(args.comparison_id)
     if comparison is None:
         raise UserError(
             f"no comparison {args.comparison_id!r}" if args.comparison_id else "no comparison stored yet",
             where=str(store.root),
         )
-    _console().print(comparison_table(comparison))
+    comparison.statistics = comparison_statistics(comparison, store)
+    console = _console()
+    console.print(comparison_table(comparison))
     fields = per_field_table(comparison)
     if fields is not None:
-        _console().print(fields)
+        console.print(fields)
+    plots = write_plots(comparison, store.root / "comparisons" / comparison.comparison_id, store, console)
+    if args.html is not None:
+        from harness.html import write_html
+
+        write_html(args.html, comparison, store, plots)
+        console.print(f"report: {args.html}", highlight=False)
     if args.json is not None:
         write_json(args.json, comparison_to_dict(comparison))
     return 0

@@ -70,6 +70,23 @@ def valid_record(record: dict[str, Any] | None, fields: Sequence[str]) -> bool:
     return record is not None and all(f in record for f in fields)
 
 
+def record_outcome(fields: Sequence[str], gold: dict[str, Any] | None, predicted: dict[str, Any] | None,
+                   unicode: bool = True) -> dict[str, Any]:
+    """One answer's counts, which :func:`extraction_metrics` sums (and the report's statistics resample):
+    ``valid``, ``exact``, and per field ``right``, ``tp``, ``fp``, ``fn`` and ``support`` (0 or 1 each)."""
+    per_field = {}
+    all_right = True
+    for f in fields:
+        gold_value = normalise((gold or {}).get(f), unicode)
+        value = normalise(predicted.get(f), unicode) if predicted is not None else None  # None: no answer at all
+        right = value == gold_value
+        all_right &= right
+        per_field[f] = {"right": int(right), "tp": int(bool(value) and right), "fp": int(bool(value) and not right),
+                        "fn": int(bool(gold_value) and not right), "support": int(bool(gold_value))}
+    valid = valid_record(predicted, fields)
+    return {"valid": int(valid), "exact": int(valid and all_right), "fields": per_field}
+
+
 def extraction_metrics(fields: Sequence[str], gold: Sequence[dict[str, Any]],
                        predicted: Sequence[dict[str, Any] | None], unicode: bool = True) -> dict[str, Any]:
     """Seed 001's scores of extracted records, every value compared after :func:`normalise`.
@@ -90,22 +107,12 @@ def extraction_metrics(fields: Sequence[str], gold: Sequence[dict[str, Any]],
     counts = {f: {"right": 0, "tp": 0, "fp": 0, "fn": 0, "support": 0} for f in fields}
     exact = valid = 0
     for g, p in zip(gold, predicted):
-        ok = valid_record(p, fields)
-        valid += ok
-        all_right = True
+        outcome = record_outcome(fields, g, p, unicode)
+        valid += outcome["valid"]
+        exact += outcome["exact"]
         for f in fields:
-            gold_value = normalise((g or {}).get(f), unicode)
-            value = normalise(p.get(f), unicode) if p is not None else None  # None: no answer at all
-            c = counts[f]
-            right = value == gold_value
-            all_right &= right
-            c["right"] += right
-            c["support"] += bool(gold_value)
-            if value:  # a non-empty prediction
-                c["tp" if right else "fp"] += 1
-            if gold_value and not right:
-                c["fn"] += 1
-        exact += ok and all_right
+            for key, value in outcome["fields"][f].items():
+                counts[f][key] += value
 
     def prf(tp: int, fp: int, fn: int) -> tuple[float, float, float]:
         precision = tp / (tp + fp) if tp + fp else 0.0

@@ -179,13 +179,17 @@ def comparison_table(comparison: Comparison):
     def value(cell: Any) -> Any:
         return cell.mean if isinstance(cell, stats.Spread) else cell
 
+    statistics = comparison.statistics or {}
+    intervals = statistics.get("intervals", {})
     best: dict[str, Any] = {}
     for index, (title, get, _, direction) in enumerate(columns):
-        values = [value(figure(runs, get)) for runs in groups.values()
-                  if not (index < len(metrics) and runs[0].random_weights)]
+        if index < len(metrics):
+            continue  # quality: bold only what the statistics call significantly better (below)
+        values = [value(figure(runs, get)) for runs in groups.values()]
         values = [v for v in values if isinstance(v, (int, float))]
         if direction and len(values) > 1:
             best[title] = max(values) if direction > 0 else min(values)
+    winner = statistics.get("best")
 
     notes = []
     for approach, runs in groups.items():
@@ -198,13 +202,18 @@ def comparison_table(comparison: Comparison):
                 elif title == "Dtype":
                     text = fmt(runs[0].serving.get("dtype"))
                 elif index < len(metrics):
-                    text = fmt(cell.mean) + ("" if cell.sd is None else f" ± {fmt(cell.sd)}")
+                    text = fmt(cell.mean) + ("" if cell.sd is None else f" ± {fmt(cell.sd)} sd")
                 else:
                     text = fmt(cell.mean)
             else:
                 text = fmt(cell)
+                ci = intervals.get(runs[0].run_id, {}).get(metrics[index]) if index < len(metrics) and cell is not None else None
+                if ci is not None:
+                    text += f" ±{(ci['high'] - ci['low']) / 2:.3f}"
             if index < len(metrics) and runs[0].random_weights and cell is not None:
                 text = f"[dim]{text} †[/]"
+            elif index == 0 and approach == winner:
+                text = f"[bold green]{text}[/]"
             elif title in best and value(cell) == best[title]:
                 text = f"[bold green]{text}[/]"
             cells.append(text)
@@ -231,8 +240,9 @@ def comparison_table(comparison: Comparison):
         if run.model.get("truncated_predict"):
             notes.append(f"{run.approach}: inputs cut to fit the model in {run.model['truncated_predict']} of {run.n_test} test examples")
     if several:
-        notes.append("several seeds: each metric is mean ± sample standard deviation across the seeds that "
+        notes.append("several seeds: each metric is mean ± sample standard deviation (sd) across the seeds that "
                      "finished (Status counts them); the other columns are means")
+    notes.extend(statistics_lines(comparison))
     if any(r.random_weights for r in comparison.runs):
         notes.append("† random weights (--random-weights): quality is meaningless; speed and memory are real")
     sources = {r.environment.get("validation_source") for r in ranked}
@@ -256,6 +266,28 @@ def comparison_table(comparison: Comparison):
     table.caption = "\n".join(dict.fromkeys(notes)) or None
     table.caption_justify = "left"
     return table
+
+
+def statistics_lines(comparison: Comparison) -> list[str]:
+    """What the statistics say, in words: how the intervals were made, each pair, where seeds vary more
+    than the test sample."""
+    statistics = comparison.statistics or {}
+    if not statistics.get("intervals"):
+        return []
+    headline = statistics.get("headline")
+    title = METRIC_TITLES.get(headline, headline)
+    lines = [f"±: half the width of the {stats.METHOD.split(' (')[0]} ({stats.RESAMPLES} resamples); "
+             f"bold {title}: significantly better than every other row (McNemar's exact test, Holm-adjusted, "
+             f"p < {stats.ALPHA})"]
+    lines += [stats.pair_line(pair, title) for pair in statistics.get("pairs", [])]
+    for approach, metrics in statistics.get("seeds", {}).items():
+        figure = metrics.get(headline)
+        if figure and figure["sd"] is not None:
+            larger = ("seeds move it more than the test sample does" if figure["larger"] == "seeds"
+                      else "the test sample moves it more than the seeds do")
+            lines.append(f"{approach}: {title} sd across seeds {figure['sd']:.3f}, test-sample 95% CI ±"
+                         f"{figure['ci_half_width']:.3f}: {larger}")
+    return lines
 
 
 def per_field_table(comparison: Comparison):
@@ -290,3 +322,123 @@ def _status(runs: list[RunRecord]) -> str:
     measured = sum(r.status in stats.MEASURED for r in runs)
     colour = "green" if measured == len(runs) else "yellow" if measured else "red"
     return f"[{colour}]{measured}/{len(runs)} seeds[/]"
+
+
+# ---------------------------------------------------------------------------------------------
+# Plots (matplotlib, the [plots] extra): PNG files in the comparison's directory of the store.
+# ---------------------------------------------------------------------------------------------
+
+PLOTS_FILE = "plots.json"  # beside the PNGs: each plot's file, what it shows and its series
+
+
+def write_plots(comparison: Comparison, folder: Any, store: Any, console: Any = None) -> dict[str, dict[str, Any]]:
+    """Each approach's training curves (loss, and every evaluation metric, against step) and confusion matrix,
+    and quality against predict throughput and against batch-1 latency for all approaches with the Pareto
+    front marked. Returns ``{file name: {"title", "series"}}`` (also written to ``plots.json``); without
+    matplotlib one line says which extra to install, and nothing is drawn."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        if console is not None:
+            console.print("plots: not drawn (pip install 'harness-compare[plots]' for matplotlib)", highlight=False)
+        return {}
+    from pathlib import Path
+
+    from harness.store import write_json
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    plots: dict[str, dict[str, Any]] = {}
+    groups = {name: [r for r in runs if r.status in stats.MEASURED] for name, runs in stats.by_approach(comparison).items()}
+    groups = {name: runs for name, runs in groups.items() if runs}
+    headline = next((m for m in comparison.metrics if m not in stats.COUNTS), None)
+
+    def save(fig: Any, name: str, title: str, series: list[str]) -> None:
+        fig.tight_layout()
+        fig.savefig(folder / name, dpi=110)
+        plt.close(fig)
+        plots[name] = {"title": title, "series": series}
+
+    for approach, runs in groups.items():
+        run = runs[0]
+        losses = [(e["step"], e["loss"]) for e in run.train_log if "loss" in e and "step" in e]
+        evaluations = sorted({k for e in run.train_log for k in e if k.startswith("eval_") and k not in
+                              ("eval_runtime", "eval_samples_per_second", "eval_steps_per_second")})
+        if losses or evaluations:
+            fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.6))
+            series = []
+            if losses:
+                left.plot(*zip(*losses), label="training loss")
+                series.append("training loss")
+            if any("eval_loss" in e for e in run.train_log):
+                left.plot(*zip(*[(e["step"], e["eval_loss"]) for e in run.train_log if "eval_loss" in e]), marker="o",
+                          label="evaluation loss")
+                series.append("evaluation loss")
+            left.set(xlabel="step", ylabel="loss", title=f"{approach}: loss")
+            left.legend()
+            for key in evaluations:
+                if key == "eval_loss":
+                    continue
+                points = [(e["step"], e[key]) for e in run.train_log if isinstance(e.get(key), (int, float))]
+                right.plot(*zip(*points), marker="o", label=key.removeprefix("eval_"))
+                series.append(key)
+            right.set(xlabel="step", ylabel="validation metric", title=f"{approach}: evaluation")
+            if len(series) > (len(losses) > 0) + any("eval_loss" in e for e in run.train_log):
+                right.legend()
+            save(fig, f"training-{approach}.png", f"{approach}: training loss and evaluation metrics against step", series)
+        matrix = run.metrics.get("confusion_matrix")
+        if matrix:
+            fig, ax = plt.subplots(figsize=(1.2 + 0.8 * len(matrix["labels"]), 1 + 0.8 * len(matrix["matrix"])))
+            image = ax.imshow(matrix["matrix"], cmap="Blues")
+            ax.set_xticks(range(len(matrix["labels"])), matrix["labels"], rotation=45, ha="right")
+            ax.set_yticks(range(len(matrix["matrix"])), matrix["labels"][: len(matrix["matrix"])])
+            for i, row in enumerate(matrix["matrix"]):
+                for j, count in enumerate(row):
+                    ax.text(j, i, str(count), ha="center", va="center", fontsize=8)
+            ax.set(xlabel="predicted", ylabel="gold", title=f"{approach}: confusion matrix")
+            fig.colorbar(image, ax=ax)
+            save(fig, f"confusion-{approach}.png", f"{approach}: confusion matrix (rows gold, columns predicted)",
+                 [approach])
+
+    if headline is not None and len(groups) > 0:
+        title = METRIC_TITLES.get(headline, headline)
+        for name, key, label, higher in (("quality-throughput.png", "predict_samples_per_s", "predict throughput (examples/s)", True),
+                                         ("quality-latency.png", "latency_p50_ms", "batch-1 latency p50 (ms)", False)):
+            points = []
+            for approach, runs in groups.items():
+                x = stats.spread(runs, lambda r, key=key: r.speed.get(key))
+                y = stats.spread(runs, lambda r: r.metrics.get(headline))
+                if x is not None and y is not None:
+                    points.append((approach, x.mean, y.mean))
+            if not points:
+                continue
+            front = pareto_front([(x, y) for _, x, y in points], higher_x=higher)
+            fig, ax = plt.subplots(figsize=(6, 4))
+            for i, (approach, x, y) in enumerate(points):
+                ax.scatter([x], [y], s=60, marker="*" if i in front else "o", label=approach)
+                ax.annotate(approach, (x, y), textcoords="offset points", xytext=(5, 5), fontsize=8)
+            ordered = sorted((points[i][1], points[i][2]) for i in front)
+            ax.plot(*zip(*ordered), linestyle="--", color="grey", label="Pareto front")
+            if not higher:
+                ax.set_xscale("log")
+            ax.set(xlabel=label, ylabel=title, title=f"{title} against {label.split(' (')[0]}")
+            ax.legend(fontsize=8)
+            save(fig, name, f"{title} against {label}; stars and the dashed line: the Pareto front",
+                 [approach for approach, _, _ in points] + ["Pareto front"])
+    write_json(folder / PLOTS_FILE, plots)
+    if console is not None and plots:
+        console.print(f"plots: {len(plots)} PNG files in {folder}", highlight=False)
+    return plots
+
+
+def pareto_front(points: list[tuple[float, float]], higher_x: bool = True) -> list[int]:
+    """The indices of the points no other point beats on both axes (y higher is better; x higher or lower)."""
+    def beats(a: tuple[float, float], b: tuple[float, float]) -> bool:
+        x_better = a[0] >= b[0] if higher_x else a[0] <= b[0]
+        x_strict = a[0] > b[0] if higher_x else a[0] < b[0]
+        return x_better and a[1] >= b[1] and (x_strict or a[1] > b[1])
+
+    return [i for i, p in enumerate(points) if not any(beats(q, p) for j, q in enumerate(points) if j != i)]

@@ -157,11 +157,27 @@ def compare(
         for seed in options.seeds or spec.training_seeds:
             comparison.runs.append(run_approach(plugins, spec, data, plan, store, options, console, seed=seed))
     store.save_comparison(comparison)
+    comparison.statistics = comparison_statistics(comparison, store)
     # A killed run that holds nothing to resume (no checkpoint, no finished model) is removed; every other
     # one is kept for the compare that resumes it, or for `harness store gc`.
     store.remove_empty_partials()
     notify(plugins, "harness_compare_finished", comparison=comparison)
     return comparison
+
+
+def comparison_statistics(comparison: Comparison, store: Store) -> dict[str, Any]:
+    """harness.stats.analyse over the runs' stored predictions; a failure costs one warning line and the
+    statistics, never the table."""
+    from harness import stats
+
+    def scored(run: RunRecord) -> Any:
+        return read_scored(store.run_dir(run.run_id) / "predictions.jsonl")
+
+    try:
+        return stats.analyse(comparison, scored)
+    except ValueError as exc:  # runs of different test sets, say
+        print(f"harness: no statistics: {exc}", file=sys.stderr)
+        return {}
 
 
 def training_identity(plugins: Plugins, spec: Spec, data: Datasets, plan: Plan, task: Task,
@@ -262,6 +278,8 @@ def run_approach(
     if plan.name != plan.approach:
         record.environment["runs"] = plan.approach  # a row of the spec's that runs another approach
     record.environment["data_checks"] = data_checks(data, task)
+    if task.type == "extraction":
+        record.environment["normalize"] = task.normalize  # how its field values are compared (the statistics too)
     try:
         training = training_identity(plugins, spec, data, plan, task, options, store)
         train_key = identity.digest(training)

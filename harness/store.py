@@ -500,6 +500,39 @@ class Store:
         return Comparison(comparison_id=row[0], spec=row[1], created=row[2], runs=runs, metrics=json.loads(row[4]))
 
 
+    def combine(self, items: list[str]) -> Comparison:
+        """One comparison of the runs named by run ids and comparison ids, for ``report --compare``: they must
+        be of one spec and one test set (a one-line error otherwise)."""
+        runs: list[RunRecord] = []
+        metrics: list[str] | None = None
+        for item in items:
+            comparison = self.load_comparison(item) if (self.root / "comparisons" / f"{item}.json").is_file() else None
+            if comparison is not None:
+                runs += comparison.runs
+                metrics = metrics or comparison.metrics
+            elif RUN_ID.fullmatch(item) and self.run_dir(item).is_dir():
+                runs.append(self.load_run(item))
+            else:
+                raise UserError(f"{item!r} is neither a stored run nor a stored comparison", where="--compare")
+        unique = list({r.run_id: r for r in runs}.values())
+        specs = sorted({r.spec for r in unique})
+        if len(specs) > 1:
+            raise UserError(f"runs of different specs ({', '.join(specs)}) are not one comparison", where="--compare")
+        tests = sorted({r.test_hash[:12] for r in unique if r.status != "missing"})
+        if len(tests) > 1:
+            raise UserError(f"runs scored on different test sets (sha256 {', '.join(tests)}) cannot be compared "
+                            "example by example", where="--compare")
+        if metrics is None:
+            from harness.metrics import DEFAULT_METRICS
+
+            metrics = list(DEFAULT_METRICS.get(unique[0].task_type, ("f1_weighted", "accuracy")))
+        from hashlib import sha256
+
+        digest = sha256(" ".join(r.run_id for r in unique).encode()).hexdigest()[:6]
+        return Comparison(comparison_id=f"{specs[0]}-combined-{digest}", spec=specs[0], created=unique[0].created,
+                          runs=unique, metrics=metrics)
+
+
 def _approach_of(run_id: str) -> str:
     """The approach named in a run id (``20260101-000000-qwen-lora-a1b2c3``), for a run whose record is gone."""
     return run_id.split("-", 2)[2].rsplit("-", 1)[0] if RUN_ID.fullmatch(run_id) else "?"
@@ -657,6 +690,7 @@ def comparison_to_dict(comparison: Comparison) -> dict[str, Any]:
         "created": comparison.created,
         "metrics": comparison.metrics,
         "summary": stats.summary(comparison),  # per approach: each metric's mean, sd, n and values across seeds
+        "statistics": comparison.statistics,  # intervals, seed spreads and pairwise tests (harness.stats.analyse)
         "runs": [record_to_dict(r) for r in comparison.runs],  # every seed's run, whole
     }
 

@@ -61,3 +61,8 @@ def test_several_seeds_store_a_run_each_and_the_table_shows_mean_and_sd(tmp_path
     f1 = summary["metrics"]["f1_weighted"]
     assert f"{f1['mean']:.4f} ± {f1['sd']:.4f}" in result.stdout and "3/3 seeds" in result.stdout
     assert "mean ± sample standard deviation" in result.stdout
+    # Which moves the figure more, the seeds or the test sample, is said and kept.
+    spread = out["statistics"]["seeds"]["bert"]["f1_weighted"]
+    assert spread["sd"] == pytest.approx(f1["sd"]) and spread["ci_half_width"] > 0
+    assert spread["larger"] == ("seeds" if spread["sd"] > spread["ci_half_width"] else "test sample")
+    assert f"bert: F1 (w) sd across seeds {spread['sd']:.3f}, test-sample 95% CI ±{spread['ci_half_width']:.3f}" in result.stdout
