@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from harness import stats
-from harness.report import METRIC_TITLES, statistics_lines
+from harness.report import METRIC_TITLES, _params, statistics_lines
 from harness.types import Comparison, RunRecord
 
 MISTAKES = 20
@@ -42,7 +42,7 @@ def write_html(path: Path, comparison: Comparison, store: Any, plots: dict[str, 
     parts = [f"<h1>{escape(comparison.spec)}: comparison {escape(comparison.comparison_id)}</h1>",
              f"<p class='note'>created {escape(comparison.created)}; {len(comparison.runs)} runs</p>",
              "<h2>Results</h2>", _table(comparison, groups)]
-    lines = statistics_lines(comparison)
+    lines = statistics_lines(comparison)[1:]  # the first says what ± means in the terminal; the page shows brackets
     if lines:
         parts.append("<ul>" + "".join(f"<li>{escape(line)}</li>" for line in lines) + "</ul>")
     parts.append(_detail_tables(comparison, groups))
@@ -100,7 +100,7 @@ def _table(comparison: Comparison, groups: dict[str, list[RunRecord]]) -> str:
                  _figure(runs, lambda r: r.memory.get("predict_rss_peak_mb"))]
         cells += ["-" if v is None else f"{v:,.1f}" for v in speed]
         parameters = measured[0].model.get("parameters") if measured else None
-        cells.append("-" if not parameters else f"{parameters / 1e6:,.1f} M")
+        cells.append(_params(parameters))
         cells.append(escape(str(measured[0].serving.get("dtype") or "-")) if measured else "-")
         rows.append("<tr>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")
         for run in runs:

@@ -276,7 +276,8 @@ def statistics_lines(comparison: Comparison) -> list[str]:
         return []
     headline = statistics.get("headline")
     title = METRIC_TITLES.get(headline, headline)
-    lines = [f"±: half the width of the {stats.METHOD.split(' (')[0]} ({stats.RESAMPLES} resamples); "
+    lines = [f"±: half the width of the 95% bootstrap interval over the test examples (percentile, "
+             f"{stats.RESAMPLES} resamples); "
              f"bold {title}: significantly better than every other row (McNemar's exact test, Holm-adjusted, "
              f"p < {stats.ALPHA})"]
     lines += [stats.pair_line(pair, title) for pair in statistics.get("pairs", [])]
@@ -422,8 +423,7 @@ def write_plots(comparison: Comparison, folder: Any, store: Any, console: Any = 
                 ax.annotate(approach, (x, y), textcoords="offset points", xytext=(5, 5), fontsize=8)
             ordered = sorted((points[i][1], points[i][2]) for i in front)
             ax.plot(*zip(*ordered), linestyle="--", color="grey", label="Pareto front")
-            if not higher:
-                ax.set_xscale("log")
+            ax.set_xscale("log")  # approaches differ by orders of magnitude in speed
             ax.set(xlabel=label, ylabel=title, title=f"{title} against {label.split(' (')[0]}")
             ax.legend(fontsize=8)
             save(fig, name, f"{title} against {label}; stars and the dashed line: the Pareto front",
