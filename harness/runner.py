@@ -126,8 +126,13 @@ def plan_settings(
         trainer_info = infos[trainer]
         if info.serves:
             own = resolved(name)
+            # A setting the engine shares with what it serves (bert-onnx's max_length) takes the trained run's
+            # value unless the engine's own section or --set names it.
+            named = {*(spec.plugins.get(name) or {}), *(spec.plugins.get(spec.approach_of(name)) or {}),
+                     *overrides.get(name, {}), *overrides.get(spec.approach_of(name), {})}
+            own = {k: v for k, v in own.items() if k not in train_settings or k in named}
             settings = {**train_settings, **own}
-            predict_keys = (*trainer_info.predict_settings, *own)
+            predict_keys = (*trainer_info.predict_settings, *info.settings)
         else:
             settings, predict_keys = train_settings, info.predict_settings
         # Every hook call gets the run's seed as settings["seed"] (the first seed here; run_approach sets its own).

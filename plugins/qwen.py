@@ -235,6 +235,8 @@ def _train(task: Task, train: list[Example], validation: list[Example], settings
                 artifact.info["base_path"] = "base"
         if adapter:
             artifact.info["adapter_bytes"] = sum(p.stat().st_size for p in artifact.path.glob("adapter_model*"))
+            artifact.notes.append(f"LoRA: trained {artifact.info['trainable_parameters'] / 1e6:.2f} M parameters; the "
+                                  f"stored adapter is {artifact.info['adapter_bytes'] / 2**20:.1f} MB")
     describe_model(artifact, model, settings.model, device)
     if adapter:
         artifact.info["base_model"] = settings.model

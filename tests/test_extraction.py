@@ -90,6 +90,7 @@ def test_lora_trains_and_stores_only_its_adapter(compared, tiny_qwen):
         names = list(adapter.keys())
     assert names and all("lora_" in name for name in names)
     assert model["adapter_bytes"] == (stored / "adapter_model.safetensors").stat().st_size
+    assert any(note.startswith("LoRA: trained ") for note in model["notes"])
     # The full fine-tune stores the whole model instead.
     assert list((folder / ".harness" / "runs" / sft["run_id"] / "artifact" / "model").glob("model*.safetensors"))
     # And LoRA's loss went down: the adapter learned something of the answers.
