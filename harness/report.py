@@ -351,7 +351,15 @@ def write_plots(comparison: Comparison, folder: Any, store: Any, console: Any = 
     from harness.store import write_json
 
     folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe = folder / ".write-test"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as exc:  # a read-only store still reports: the plots are what it cannot keep
+        if console is not None:
+            console.print(f"plots: not drawn ({folder} cannot be written: {exc.strerror})", highlight=False)
+        return {}
     plots: dict[str, dict[str, Any]] = {}
     groups = {name: [r for r in runs if r.status in stats.MEASURED] for name, runs in stats.by_approach(comparison).items()}
     groups = {name: runs for name, runs in groups.items() if runs}

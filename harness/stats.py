@@ -217,11 +217,8 @@ def analyse(comparison: Comparison, scored: Callable[[RunRecord], Any]) -> dict[
 
     ``scored(run)`` gives a run's gold examples and predictions (from its ``predictions.jsonl``), or None
     when the store has none: that run gets no interval. Runs must share one test set (the test hash)."""
-    import time
-
     import numpy as np
 
-    start = time.perf_counter()
     groups = {name: [r for r in runs if r.status in MEASURED] for name, runs in by_approach(comparison).items()}
     headline = next((m for m in comparison.metrics if m not in COUNTS), None)
     result: dict[str, Any] = {"method": METHOD, "headline": headline, "intervals": {}, "seeds": {}, "pairs": [],
@@ -283,7 +280,6 @@ def analyse(comparison: Comparison, scored: Callable[[RunRecord], Any]) -> dict[
         pair["significant"] = adjusted < ALPHA
     result["pairs"] = pairs
     result["best"] = _significantly_best(names, pairs)
-    result["seconds"] = time.perf_counter() - start
     return result
 
 

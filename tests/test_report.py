@@ -53,7 +53,6 @@ def test_compare_prints_intervals_and_one_line_per_pair_and_json_holds_them(comp
     assert "naive-bayes vs naive-bayes-tables: +0.000" in result.stdout and "not a significant difference" in result.stdout
     # No single row is significantly better than every other (naive-bayes ties its engine): nothing in bold.
     assert statistics["best"] is None
-    assert statistics["seconds"] < 1.0
 
 
 def test_plots_are_pngs_with_the_expected_series(compared, workspace):
