@@ -241,8 +241,8 @@ def what_changed(before: dict[str, Any], after: dict[str, Any]) -> list[str]:
             for name in sorted(set(old or {}) | set(new or {})):
                 if (old or {}).get(name) != (new or {}).get(name):
                     changes.append(f"{name} {(old or {}).get(name)!r} -> {(new or {}).get(name)!r}")
-        elif key == "approach":
-            changes.append(f"served by {new} (trained by {before.get('approach')})")
+        elif key == "approach":  # another approach serves it: every other difference follows from that
+            return [f"served by {new} (trained by {before.get('approach')})"]
         elif key == "code":
             edited = sorted(name for name in set(old or {}) | set(new or {}) if (old or {}).get(name) != (new or {}).get(name))
             changes.append("measuring code: " + ", ".join(edited[:3]) + (f" and {len(edited) - 3} more" if len(edited) > 3 else ""))
@@ -410,7 +410,8 @@ def _reuse_training(record: RunRecord, source: RunRecord) -> None:
     record.training["reason"] = "re-measured" + (f": {', '.join(changes)}" if changes else "")
     record.speed.update({k: v for k, v in source.speed.items() if k.startswith("train_")})
     record.memory.update({k: v for k, v in source.memory.items() if k.startswith("train_")})
-    record.model = dict(source.model)
+    serving_notes = source.serving.get("run_notes") or []  # the source's own measurement's, not the model's
+    record.model = {**source.model, "notes": [n for n in source.model.get("notes") or [] if n not in serving_notes]}
     record.train_log = list(source.train_log)
     if source.training.get("resumed"):  # the note travels with the model wherever it is measured again
         record.training["resumed"] = dict(source.training["resumed"])
@@ -427,6 +428,7 @@ def _measure(plugins: Plugins, job: MeasureJob, progress: RunProgress, record: R
     record.serving = result["serving"]
     record.model["truncated_predict"] = result["truncated_predict"]
     record.model["notes"] = [*(record.model.get("notes") or []), *result["notes"]]
+    record.serving["run_notes"] = list(result["notes"])  # how this measurement served: not part of the model
 
 
 def notify(plugins: Plugins, hook: str, **kwargs: Any) -> None:

@@ -141,8 +141,8 @@ class BertOnnx(Approach):
         if ceiling is not None and diff > ceiling:
             problems.append(f"largest |logit difference| from PyTorch {diff:.2g}, above max_logit_diff {ceiling:g}")
         return Parity(against="PyTorch", n=len(texts), agreement=agreement, max_abs_diff=diff, ok=not problems,
-                      message=f"{settings.precision}: " + "; ".join(problems) + " (loosen with --set bert-onnx.min_agreement "
-                      "or max_logit_diff)" if problems else "")
+                      message=f"{settings.precision}: " + "; ".join(problems) + " (the row's min_agreement and "
+                      "max_logit_diff settings loosen it)" if problems else "")
 
 
 @hookimpl
