@@ -55,7 +55,8 @@ def test_compare_writes_both_rows_on_identical_data(compared, workspace):
     assert sum(speed["train_phases"].values()) <= speed["train_seconds"]
     assert speed["train_loop_samples_per_s"] > speed["train_samples_per_s"] > 0
     assert speed["predict_batch_size"] == 64 and bert["serving"] == {
-        "device": "cpu", "dtype": "float32", "batch_size": 64, "notes": ["batches packed end to end, no padding"]}
+        "device": "cpu", "dtype": "float32", "batch_size": 64, "notes": ["batches packed end to end, no padding"],
+        "run_notes": ["batches packed end to end, no padding"]}
     assert bert["memory"]["train_rss_peak_mb"] > 0 and bert["memory"]["predict_rss_peak_mb"] > 0
     assert "Serve RSS" in result.stdout and "Batch" in result.stdout
     assert "bert: batches packed end to end, no padding" in result.stdout  # how it served, in the notes
