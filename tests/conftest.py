@@ -138,6 +138,13 @@ def bert_args(tiny_bert: Path, *extra: str) -> list[str]:
     return [arg for key, value in settings.items() for arg in ("--set", f"bert.{key}={value}")]
 
 
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory: pytest.TempPathFactory, plugin_site: Path):
+    """A directory shared by one test module's tests, and the CLI run in it: for outputs several tests read."""
+    path = tmp_path_factory.mktemp("workspace")
+    return path, make_cli(plugin_site, path)
+
+
 @pytest.fixture
 def cli(plugin_site: Path, tmp_path: Path):
     return make_cli(plugin_site, tmp_path)

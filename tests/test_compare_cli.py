@@ -6,16 +6,10 @@ import json
 
 import pytest
 
-from conftest import bert_args, make_cli
+from conftest import bert_args
 from harness.bench import RAW_PROTOCOL
 
 COMMON = ["--spec", "agnews", "--limit-train", "240", "--limit-test", "80", "--latency-samples", "5"]
-
-
-@pytest.fixture(scope="module")
-def workspace(tmp_path_factory, plugin_site):
-    path = tmp_path_factory.mktemp("workspace")
-    return path, make_cli(plugin_site, path)
 
 
 @pytest.fixture(scope="module")

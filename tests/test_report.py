@@ -10,16 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from conftest import bert_args, make_cli
+from conftest import bert_args
 
 COMMON = ["--spec", "agnews", "--limit-train", "400", "--limit-test", "300", "--latency-samples", "5"]
 PNG = b"\x89PNG\r\n\x1a\n"
-
-
-@pytest.fixture(scope="module")
-def workspace(tmp_path_factory, plugin_site):
-    path = tmp_path_factory.mktemp("report")
-    return path, make_cli(plugin_site, path)
 
 
 @pytest.fixture(scope="module")
