@@ -320,24 +320,54 @@ def likelihood_scores(model: Any, prompter: Prompter, prompt: list[int], device:
 
 
 def generate(model: Any, prompter: Prompter, input_ids: Any, attention_mask: Any, max_new_tokens: int) -> list[str]:
-    """Greedy ``generate`` of a left-padded batch until the end of the turn; each row's answer, decoded
-    without special tokens."""
-    return [text for text, _ in generate_counted(model, prompter, input_ids, attention_mask, max_new_tokens)]
-
-
-def generate_counted(model: Any, prompter: Prompter, input_ids: Any, attention_mask: Any,
-                     max_new_tokens: int) -> list[tuple[str, int]]:
-    """:func:`generate`, with each row's generated token count (its end-of-turn token included; the padding
-    a finished row gets while the others go on is not): what generated tokens/s counts."""
+    """Greedy ``model.generate`` of a left-padded batch until the end of the turn, each row's answer decoded
+    without special tokens: the library's own loop, as a user would call it (the raw reference of
+    ``harness bench``). harness serves with :func:`greedy_answers`, which gives the same tokens faster."""
     tokenizer = prompter.tokenizer
     out = model.generate(input_ids=input_ids, attention_mask=attention_mask, max_new_tokens=max_new_tokens,
                          do_sample=False, eos_token_id=prompter.end_ids or None, pad_token_id=tokenizer.pad_token_id)
-    new = out[:, input_ids.shape[1] :]
-    counts = []
-    for row in new.tolist():
-        ends = [i for i, token in enumerate(row) if token in prompter.end_ids]
-        counts.append(ends[0] + 1 if ends else len(row))
-    return list(zip(tokenizer.batch_decode(new, skip_special_tokens=True), counts))
+    return tokenizer.batch_decode(out[:, input_ids.shape[1] :], skip_special_tokens=True)
+
+
+def greedy_answers(model: Any, prompter: Prompter, input_ids: Any, attention_mask: Any,
+                   max_new_tokens: int) -> list[tuple[str, int]]:
+    """Greedy decoding of a left-padded batch with the KV cache, each row until its end of turn; every row's
+    answer (decoded without special tokens) and its generated token count (the end of turn included).
+
+    The same tokens as ``model.generate(do_sample=False)`` (tests/test_extraction.py checks it), but a row that
+    has finished leaves the batch and its cache: ``generate`` keeps computing finished rows as padding until the
+    longest answer ends, which on waybill records (72 to 138 tokens in a batch of 64) is a quarter of the work."""
+    import torch
+
+    renamed = _cache_renamed(type(model))
+    cache_name = "cache" if renamed else "past_key_values"
+    ends = set(prompter.end_ids)
+    positions = (attention_mask.cumsum(-1) - 1).clamp(min=0)
+    out = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=positions, use_cache=True,
+                logits_to_keep=1)
+    rows = list(range(input_ids.shape[0]))  # the batch's rows still generating, by their index in the batch
+    answers: list[list[int]] = [[] for _ in rows]
+    mask, position = attention_mask, positions[:, -1:]
+    for step in range(max_new_tokens):
+        cache = out.cache if renamed else out.past_key_values
+        tokens = out.logits[:, -1].argmax(-1)
+        keep = []
+        for j, token in enumerate(tokens.tolist()):
+            answers[rows[j]].append(token)
+            if token not in ends:
+                keep.append(j)
+        if not keep or step == max_new_tokens - 1:
+            break
+        if len(keep) < len(rows):  # finished rows leave the batch, and their cache with them
+            index = torch.tensor(keep, device=tokens.device)
+            cache.batch_select_indices(index)
+            rows, tokens, mask, position = [rows[j] for j in keep], tokens[index], mask[index], position[index]
+        mask = torch.cat([mask, mask.new_ones((len(rows), 1))], dim=1)
+        position = position + 1
+        out = model(input_ids=tokens[:, None], attention_mask=mask, position_ids=position, use_cache=True,
+                    **{cache_name: cache})
+    texts = prompter.tokenizer.batch_decode(answers, skip_special_tokens=True)
+    return [(text, len(ids)) for text, ids in zip(texts, answers)]
 
 
 def extract(model: Any, prompter: Prompter, device: str, examples: list[Example], *, max_new_tokens: int,
@@ -357,7 +387,7 @@ def extract(model: Any, prompter: Prompter, device: str, examples: list[Example]
     with torch.inference_mode():
         for batch in batches:
             input_ids, mask, _ = left_padded([prompts[i] for i in batch], prompter.tokenizer.pad_token_id, device)
-            for i, (answer, tokens) in zip(batch, generate_counted(model, prompter, input_ids, mask, max_new_tokens)):
+            for i, (answer, tokens) in zip(batch, greedy_answers(model, prompter, input_ids, mask, max_new_tokens)):
                 raw = answer.strip()
                 predictions[i] = Prediction(fields=parse_fields(raw), raw=raw, truncated=cut[i], generated_tokens=tokens)
     return predictions  # type: ignore[return-value]

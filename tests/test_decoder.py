@@ -10,7 +10,7 @@ import sys
 
 import pytest
 
-from harness.decoder import DEFAULT_PROMPT, Prompter, check_letter_scoring, classify
+from harness.decoder import DEFAULT_PROMPT, Prompter, check_letter_scoring, classify, generate, greedy_answers, left_padded
 from harness.types import Example, Prompt, Task
 
 from conftest import QWEN_TOKENIZER, SHARED
@@ -112,6 +112,31 @@ def test_classify_scores_the_letter_the_prompts_last_position_predicts(tiny_qwen
             logits = model(input_ids=torch.tensor([prompt])).logits[0, -1].float().log_softmax(-1)
             expected = logits[ids(tokenizer, " A") + ids(tokenizer, " B") + ids(tokenizer, " C") + ids(tokenizer, " D")]
             assert list(prediction.scores.values()) == pytest.approx(expected.softmax(-1).tolist(), abs=1e-5)
+
+
+def test_greedy_answers_are_the_tokens_generate_gives_with_finished_rows_leaving_the_batch(tiny_qwen):
+    """harness's decoding loop against the library's ``generate``, on a left-padded batch of different lengths
+    where rows end at different steps: the end token is one the first row emits on its third step, so that row
+    leaves the batch (and its cache) while the others go on."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_qwen)
+    model = AutoModelForCausalLM.from_pretrained(tiny_qwen).eval()
+    task = Task("extraction", fields=("name",), prompt=Prompt(user="{text}"))
+    prompter = Prompter(task, tokenizer, SETTINGS)
+    texts = ["Zhang San, 13800000000", "Li Si", "a much longer waybill line, Beijing Haidian, 100 Main Street", "x"]
+    input_ids, mask, _ = left_padded([prompter.prompt_ids(t, reserve=12)[0] for t in texts], tokenizer.pad_token_id, "cpu")
+    with torch.inference_mode():
+        free = model.generate(input_ids=input_ids, attention_mask=mask, max_new_tokens=12, do_sample=False,
+                              eos_token_id=None, pad_token_id=tokenizer.pad_token_id)[:, input_ids.shape[1]:]
+        prompter.end_ids = [free[0, 2].item()]
+        lengths = [row.index(prompter.end_ids[0]) + 1 if prompter.end_ids[0] in row else 12 for row in free.tolist()]
+        assert lengths[0] == 3 and max(lengths) > 3, lengths  # rows end at different steps
+        ours = greedy_answers(model, prompter, input_ids, mask, max_new_tokens=12)
+        theirs = generate(model, prompter, input_ids, mask, max_new_tokens=12)
+    assert [text for text, _ in ours] == theirs
+    assert [count for _, count in ours] == lengths
 
 
 def test_the_module_imports_without_torch():
