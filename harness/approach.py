@@ -143,6 +143,12 @@ class Approach:
     description: ClassVar[str] = ""
     serves: ClassVar[str | None] = None
 
+    def check(self, task: Task, settings: Any, context: RunContext) -> None:
+        """Before anything trains or serves, in the process that runs the compare: make sure what the approach
+        needs outside harness is there (an endpoint that answers and accepts the key, a command that exists),
+        and raise :class:`harness.errors.UserError` in one line when it is not: the compare stops with exit 2."""
+        return None
+
     def train(self, task: Task, train: list[Example], validation: list[Example], settings: Any,
               context: RunContext) -> Artifact:
         """Train on ``train``, selecting checkpoints on ``validation``; save the model under

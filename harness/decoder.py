@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import functools
 import json
+import math
 import re
 from dataclasses import dataclass
 from dataclasses import fields as dataclass_fields
@@ -82,7 +83,7 @@ class Prompter:
         self.task, self.tokenizer, self.settings = task, tokenizer, settings
         self.prompt = task.prompt or Prompt(user=DEFAULT_PROMPT)
         option_labels = task.option_labels or task.labels
-        self.options = "\n".join(f"{LETTERS[i]}. {label}" for i, label in enumerate(option_labels))
+        self.options = options_text(task)
         self.use_chat = bool(settings.chat_template and getattr(tokenizer, "chat_template", None))
         # What joins a plain prompt to its answer: BPE tokenizers (GPT-2's, SmolLM2's, Qwen's) split
         # "Answer: C" as "Answer:" + " C", so the space belongs to the answer, not to the prompt.
@@ -96,9 +97,7 @@ class Prompter:
         self.end_ids = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
 
     def _messages(self, text: str) -> list[dict[str, str]]:
-        system = self.prompt.system and self.prompt.system.format(options=self.options)
-        user = self.prompt.user.format(text=text, options=self.options)
-        return ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": user}]
+        return chat_messages(self.task, text)
 
     def prompt_text(self, text: str) -> str:
         """The whole prompt for one article, as text: what a user would pass to the tokenizer by hand."""
@@ -175,6 +174,49 @@ class Prompter:
 
     def extraction_answer(self, fields: dict[str, str]) -> list[int]:
         return self._answer_ids(json.dumps(fields, ensure_ascii=False))
+
+
+def options_text(task: Task) -> str:
+    """What a prompt's ``{options}`` becomes: the lettered options of a classification task, one a line."""
+    return "\n".join(f"{LETTERS[i]}. {label}" for i, label in enumerate(task.option_labels or task.labels))
+
+
+def chat_messages(task: Task, text: str) -> list[dict[str, str]]:
+    """The task's prompt for one article as chat messages (system, if the spec has one, then user): what a
+    tokenizer's chat template renders, and what an OpenAI-compatible chat endpoint is sent."""
+    prompt, options = task.prompt or Prompt(user=DEFAULT_PROMPT), options_text(task)
+    system = prompt.system and prompt.system.format(options=options)
+    user = prompt.user.format(text=text, options=options)
+    return ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": user}]
+
+
+def letter_choice(task: Task, top: dict[str, float] | None, text: str) -> tuple[str | None, dict[str, float] | None]:
+    """A classification answer read off a server's reply: the option letters' probabilities from the first
+    answer token's top log-probabilities (``top``: token text to log-probability; the letters found there,
+    renormalised, the others 0), else the answer text parsed (a letter, "B." or "(B)", or an option's text);
+    (None, None) when neither names an option: an invalid answer."""
+    labels, options = list(task.labels), list(task.option_labels or task.labels)
+    letters = LETTERS[: len(labels)]
+    found: dict[str, float] = {}
+    for token, logprob in (top or {}).items():
+        letter = token.strip().strip("(.):").upper()
+        if len(letter) == 1 and letter in letters and token.strip():
+            found[letter] = max(found.get(letter, float("-inf")), logprob)
+    if found:
+        peak = max(found.values())
+        weights = {letter: math.exp(found[letter] - peak) if letter in found else 0.0 for letter in letters}
+        total = sum(weights.values())
+        scores = {label: weights[letter] / total for label, letter in zip(labels, letters)}
+        return max(scores, key=scores.__getitem__), scores
+    answer = text.strip()
+    matched = re.match(r"^\(?([A-Z])(?:[).:]|\s|$)", answer)
+    if matched and matched.group(1) in letters:
+        return labels[letters.index(matched.group(1))], None
+    folded = answer.rstrip(".").strip().casefold()
+    for label, option in zip(labels, options):
+        if folded in (label.casefold(), option.casefold()):
+            return label, None
+    return None, None
 
 
 def check_letter_scoring(prompter: Prompter) -> None:

@@ -133,6 +133,19 @@ def harness_predict(
 
 
 @hookspec(firstresult=True)
+def harness_check(task: Task, settings: dict[str, Any]) -> None:
+    """Make sure what the approach needs outside harness is there, before anything trains or serves.
+
+    Optional. Called once per selected approach (and the approach an engine serves) in the process that
+    runs the compare, before the first run: reach an endpoint, check a key or a command. Raise
+    :class:`harness.errors.UserError` with one line saying what is missing; the compare stops with exit 2.
+
+    :param task: as for train.
+    :param settings: as for predict.
+    """
+
+
+@hookspec(firstresult=True)
 def harness_parity(task: Task, artifact: Artifact, examples: list[Example], settings: dict[str, Any]) -> Parity | None:
     """Check that what serves answers as the model it was derived from.
 

@@ -304,7 +304,8 @@ def measure_unit(plugins: Any, job: MeasureJob, progress: RunProgress) -> dict[s
     artifact, (serving, settings), load_seconds, build_seconds = load_cached(
         plugins, job.approach, job.task, lambda: load_artifact(job.artifact_file), job.settings, job.cache_dir)
     first_batch = settings.get("predict_batch_size")
-    notes: list[str] = list(serving.notes) if serving else []  # how it serves, for the table's notes
+    notes: list[str] = []  # the core's own notes; the Serving's (which predict may add to: a server's
+    # fingerprint) come first, read after the timed pass
     measure.release_memory()  # what loading left behind is not serving memory
 
     def predict(examples: list[Example], bar: RunProgress | None = None) -> list[Prediction]:
@@ -340,11 +341,14 @@ def measure_unit(plugins: Any, job: MeasureJob, progress: RunProgress) -> dict[s
         if parity is not None and not isinstance(parity, Parity):
             raise TypeError(f"harness_parity must return a Parity, got {type(parity).__name__}")
     batch_size = settings.get("predict_batch_size")
+    failed = [p.error for p in predictions if p.error]
+    if failed:
+        notes.append(f"{len(failed)} of {len(predictions)} answers failed and count as wrong (first: {failed[0]})")
     if batch_size != first_batch:
         notes.append(f"predict_batch_size {first_batch} ran out of accelerator memory; measured at {batch_size}, "
                      "the largest halving that fit")
     return {
-        "notes": notes,
+        "notes": [*(serving.notes if serving else []), *notes],
         "speed": {
             "load_seconds": load_seconds if plugins.implements(job.approach, "harness_load") else None,
             "build_seconds": build_seconds,
@@ -361,11 +365,14 @@ def measure_unit(plugins: Any, job: MeasureJob, progress: RunProgress) -> dict[s
 
 
 def generation_speed(predictions: list[Prediction], seconds: float) -> dict[str, Any]:
-    """Generated tokens and tokens/s of the timed pass, where the approach generates (and counts them)."""
+    """Generated tokens and tokens/s of the timed pass, where the approach generates (and counts them), and the
+    prompt tokens a server reported."""
     counted = [p.generated_tokens for p in predictions if p.generated_tokens is not None]
+    prompts = [p.prompt_tokens for p in predictions if p.prompt_tokens is not None]
+    figures: dict[str, Any] = {"prompt_tokens": sum(prompts)} if prompts else {}
     if not counted or seconds <= 0:
-        return {}
-    return {"generated_tokens": sum(counted), "generated_tokens_per_s": sum(counted) / seconds}
+        return figures
+    return {**figures, "generated_tokens": sum(counted), "generated_tokens_per_s": sum(counted) / seconds}
 
 
 SILENT_PROGRESS = RunProgress()

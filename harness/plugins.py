@@ -149,7 +149,8 @@ class Plugins:
 
 # The approach hooks the core calls by name, and the Approach methods behind them.
 METHODS = {"harness_describe": "describe", "harness_train": "train", "harness_load": "load",
-           "harness_predict": "predict", "harness_reference": "reference", "harness_parity": "parity"}
+           "harness_predict": "predict", "harness_reference": "reference", "harness_parity": "parity",
+           "harness_check": "check"}
 
 
 def registrar_name(plugin: Any, name: str) -> str:
@@ -199,7 +200,12 @@ def _parity(self: _Proxy, task: Any, artifact: Any, examples: Any, settings: Any
     return call_approach(self.approach, "harness_parity", locals())
 
 
-_IMPLS = {"describe": _describe, "train": _train, "load": _load, "predict": _predict, "reference": _reference,
+@hookimpl
+def _check(self: _Proxy, task: Any, settings: Any) -> Any:
+    return call_approach(self.approach, "harness_check", locals())
+
+
+_IMPLS = {"check": _check, "describe": _describe, "train": _train, "load": _load, "predict": _predict, "reference": _reference,
           "parity": _parity}
 
 
@@ -257,6 +263,8 @@ def call_approach(approach: Approach, hook: str, kwargs: dict[str, Any]) -> Any:
         return approach.predict(task, kwargs["artifact"], kwargs["examples"], typed, context)
     if hook == "harness_parity":
         return approach.parity(task, kwargs["artifact"], kwargs["examples"], typed, context)
+    if hook == "harness_check":
+        return approach.check(task, typed, context)
     return approach.reference(task, kwargs["artifact"], typed, context)
 
 

@@ -157,6 +157,7 @@ def compare(
     """Run every planned approach (from :func:`plan_settings`) in order; failures become failed rows."""
     if options.launcher not in LAUNCHERS:
         raise UserError(f"expected one of {', '.join(LAUNCHERS)}, got {options.launcher!r}", where="--launcher")
+    check_approaches(plugins, spec, plans)
     comparison = Comparison(comparison_id=new_id(spec.name), spec=spec.name, created=now(), runs=[], metrics=spec.metrics)
     for plan in plans.values():
         for seed in options.seeds or spec.training_seeds:
@@ -168,6 +169,19 @@ def compare(
     store.remove_empty_partials()
     notify(plugins, "harness_compare_finished", comparison=comparison)
     return comparison
+
+
+def check_approaches(plugins: Plugins, spec: Spec, plans: dict[str, Plan]) -> None:
+    """Each approach's ``check`` (an endpoint reached, a command found), once, before anything runs: what is
+    missing outside harness is one line and exit 2 before an hour of training, not a failed row after it."""
+    checked = set()
+    for plan in plans.values():
+        task = spec.to_task(plan.prompt_row or plan.trainer)
+        for name, settings in ((plan.trainer, plan.train_settings), (plan.approach, plan.settings)):
+            key = (name, json.dumps(settings, sort_keys=True, default=str))
+            if key not in checked and plugins.implements(name, "harness_check"):
+                checked.add(key)
+                plugins.call(name, "harness_check", task=task, settings=settings)
 
 
 def comparison_statistics(comparison: Comparison, store: Store) -> dict[str, Any]:

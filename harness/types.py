@@ -39,6 +39,8 @@ class Prediction:
     raw: str | None = None
     truncated: bool = False  # the input was cut to fit the model: the table counts these
     generated_tokens: int | None = None  # tokens a generating approach wrote for this answer (tokens/s)
+    prompt_tokens: int | None = None  # tokens of the prompt, where a server reports its usage
+    error: str | None = None  # no answer could be had (a request that failed after its retries): counted, wrong
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,165 @@
+"""A real OpenAI-compatible HTTP server on 127.0.0.1 for the tests: the subset harness uses (GET /v1/models,
+POST /v1/chat/completions with logprobs and response_format), answering from gold, with the faults a real
+endpoint has: some answers wrong, some not an answer at all, a 429 with Retry-After on a text's first request,
+a slow answer, a request that always fails with 500, and a key it checks.
+
+It knows nothing of harness: it finds which example a request asks about by the example's text in the user
+message, and it logs every request (path, arrival time, example, status) for the tests to read."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+LETTERS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
+
+
+@dataclass
+class Faults:
+    wrong: set[str] = field(default_factory=set)  # texts answered with another label, or a field changed
+    garbage: set[str] = field(default_factory=set)  # texts answered with prose: no letter, no JSON
+    throttle: set[str] = field(default_factory=set)  # texts whose first request gets 429 with Retry-After: 1
+    slow: set[str] = field(default_factory=set)  # texts answered after 1.5 s
+    broken: set[str] = field(default_factory=set)  # texts that always get 500
+
+
+class OpenAIServer:
+    """``with OpenAIServer(gold, labels) as server:`` serves on ``server.base_url`` until the block ends.
+    ``gold`` maps an example's text to its label (classification) or fields (extraction)."""
+
+    def __init__(self, gold: dict[str, Any], labels: list[str] | None = None, *, model: str = "test-model",
+                 key: str | None = None, faults: Faults | None = None):
+        self.gold, self.labels, self.model, self.key = gold, labels or [], model, key
+        self.faults = faults or Faults()
+        self.log: list[dict[str, Any]] = []
+        self._lock = threading.Lock()
+        self._seen: set[str] = set()
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
+        self.base_url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
+
+    def __enter__(self) -> OpenAIServer:
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+    def requests_for(self, text: str) -> list[dict[str, Any]]:
+        return [entry for entry in self.log if entry["text"] == text]
+
+    def _example(self, messages: list[dict[str, str]]) -> str | None:
+        user = next((m["content"] for m in reversed(messages) if m.get("role") == "user"), "")
+        found = [text for text in self.gold if text in user]
+        return max(found, key=len) if found else None
+
+    def _answer(self, text: str, body: dict[str, Any]) -> tuple[str, list[dict[str, Any]] | None]:
+        gold = self.gold[text]
+        if isinstance(gold, dict):  # extraction: the record as JSON
+            if text in self.faults.garbage:
+                return "Sorry, I cannot find a recipient in this line.", None
+            record = dict(gold)
+            if text in self.faults.wrong:
+                record["name"] = (record.get("name") or "") + "X"
+            return json.dumps(record, ensure_ascii=False), None
+        letters = LETTERS[: len(self.labels)]
+        letter = letters[self.labels.index(gold)]
+        if text in self.faults.wrong:
+            letter = letters[(letters.index(letter) + 1) % len(letters)]
+        if text in self.faults.garbage:
+            content, top = "I am not sure.", [("I", -0.2), (" The", -2.0)]
+        else:
+            content = letter
+            top = [(letter, -0.05)] + [(other, -4.0 - i) for i, other in enumerate(l for l in letters if l != letter)]
+        logprobs = None
+        if body.get("logprobs"):
+            first = content.split()[0] if " " in content else content
+            alternatives = [{"token": t, "logprob": lp, "bytes": None} for t, lp in top[: body.get("top_logprobs") or 1]]
+            logprobs = [{"token": first, "logprob": top[0][1], "bytes": None, "top_logprobs": alternatives}]
+        return content, logprobs
+
+    def _handler(self) -> type[BaseHTTPRequestHandler]:
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args: Any) -> None:  # quiet
+                pass
+
+            def _send(self, status: int, payload: dict[str, Any], headers: dict[str, str] | None = None) -> None:
+                data = json.dumps(payload).encode()
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                for name, value in (headers or {}).items():
+                    self.send_header(name, value)
+                self.end_headers()
+                self.wfile.write(data)
+
+            def _authorised(self) -> bool:
+                if server.key is None or self.headers.get("Authorization") == f"Bearer {server.key}":
+                    return True
+                self._send(401, {"error": {"message": "Incorrect API key provided", "type": "invalid_request_error",
+                                           "code": "invalid_api_key"}})
+                return False
+
+            def do_GET(self) -> None:  # noqa: N802
+                if not self._authorised():
+                    return
+                if self.path.rstrip("/") == "/v1/models":
+                    self._send(200, {"object": "list", "data": [{"id": server.model, "object": "model", "created": 0,
+                                                                 "owned_by": "test"}]})
+                else:
+                    self._send(404, {"error": {"message": f"no route {self.path}"}})
+
+            def do_POST(self) -> None:  # noqa: N802
+                arrived = time.time()
+                body = json.loads(self.rfile.read(int(self.headers.get("Content-Length") or 0)) or b"{}")
+                if not self._authorised():
+                    return
+                if self.path.rstrip("/") != "/v1/chat/completions":
+                    self._send(404, {"error": {"message": f"no route {self.path}"}})
+                    return
+                if body.get("model") != server.model:
+                    self._send(404, {"error": {"message": f"The model `{body.get('model')}` does not exist."}})
+                    return
+                text = server._example(body.get("messages") or [])
+                status = 200
+                with server._lock:
+                    first = text not in server._seen
+                    server._seen.add(text or "")
+                if text is None:
+                    status = 400
+                elif text in server.faults.broken:
+                    status = 500
+                elif text in server.faults.throttle and first:
+                    status = 429
+                with server._lock:
+                    server.log.append({"path": self.path, "time": arrived, "text": text, "status": status,
+                                       "body": body})
+                if status == 400:
+                    self._send(400, {"error": {"message": "no known example in the messages"}})
+                elif status == 500:
+                    self._send(500, {"error": {"message": "internal error"}})
+                elif status == 429:
+                    self._send(429, {"error": {"message": "Rate limit reached", "type": "requests"}},
+                               {"Retry-After": "1"})
+                else:
+                    if text in server.faults.slow:
+                        time.sleep(1.5)
+                    content, logprobs = server._answer(text, body)
+                    prompt_tokens = sum(len(m.get("content", "").split()) for m in body["messages"])
+                    self._send(200, {
+                        "id": f"chatcmpl-{len(server.log)}", "object": "chat.completion", "created": int(arrived),
+                        "model": server.model, "system_fingerprint": "fp_test_1",
+                        "choices": [{"index": 0, "finish_reason": "stop",
+                                     "message": {"role": "assistant", "content": content},
+                                     "logprobs": {"content": logprobs} if logprobs else None}],
+                        "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": len(content.split()),
+                                  "total_tokens": prompt_tokens + len(content.split())},
+                    })
+
+        return Handler
