@@ -1,0 +1,98 @@
+"""The vllm engine: a command that is not there stops the compare before anything trains; a server that dies
+while starting fails its row with its last log lines and loses no other row; and, where vLLM is installed
+(HARNESS_VLLM_COMMAND, which .ci/run sets to the CPU build in a venv of its own), the real server serves what
+qwen trained on a tiny Qwen3, with parity against transformers recorded and no server left running."""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import subprocess
+import sys
+
+import pytest
+
+from conftest import AG_NEWS
+
+VLLM_COMMAND = os.environ.get("HARNESS_VLLM_COMMAND", "")
+
+
+@pytest.fixture(scope="module")
+def qwen_for_vllm(tmp_path_factory, shared):
+    """A 2-layer Qwen3 with random weights and the real Qwen3 tokenizer, with 64-wide heads: vLLM's CPU attention
+    has no kernel for the 16-wide heads of conftest's tiny_qwen."""
+    import torch
+    from transformers import AutoTokenizer, Qwen3Config, Qwen3ForCausalLM
+
+    from conftest import QWEN_TOKENIZER
+
+    path = tmp_path_factory.mktemp("qwen-head64")
+    tokenizer = AutoTokenizer.from_pretrained(QWEN_TOKENIZER)
+    config = Qwen3Config(vocab_size=len(tokenizer), hidden_size=128, intermediate_size=256, num_hidden_layers=2,
+                         num_attention_heads=2, num_key_value_heads=1, head_dim=64, max_position_embeddings=1024,
+                         tie_word_embeddings=True)
+    torch.manual_seed(0)
+    Qwen3ForCausalLM(config).save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path
+
+
+def ag_files(folder, n_train: int, n_test: int) -> str:
+    for split, n in (("train", n_train), ("test", n_test)):
+        lines = (AG_NEWS / f"{split}.jsonl").read_text(encoding="utf-8").splitlines()[:n]
+        (folder / f"{split}.jsonl").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return f"train={folder / 'train.jsonl'},test={folder / 'test.jsonl'}"
+
+
+def tiny(tiny_qwen, *extra: str) -> list[str]:
+    settings = {"model": tiny_qwen, "num_train_epochs": 1, "learning_rate": 1e-3, "per_device_train_batch_size": 8,
+                "gradient_accumulation_steps": 1, "max_length": 256, "eval_steps": 0.5, "dtype": "float32",
+                **dict(e.split("=", 1) for e in extra)}
+    return [arg for key, value in settings.items() for arg in ("--set", f"qwen.{key}={value}")]
+
+
+def test_a_vllm_command_that_is_not_there_stops_the_compare_before_anything_trains(cli, tiny_qwen, tmp_path):
+    result = cli("compare", "--plugins", "qwen,vllm", "--spec", "agnews", "--data", ag_files(tmp_path, 16, 8),
+                 *tiny(tiny_qwen), "--set", "vllm.command=/nowhere/bin/vllm serve")
+    assert result.returncode == 2, result.stderr
+    errors = [line for line in result.stderr.splitlines() if line.startswith("harness: error")]
+    assert errors == ["harness: error: command: '/nowhere/bin/vllm' is not a command here: set vllm.command to how "
+                      "vLLM's server starts where it is installed (e.g. /opt/vllm/bin/vllm serve)"]
+    assert not list(tmp_path.glob(".harness/runs/*"))
+
+
+def test_a_server_that_dies_while_starting_fails_its_row_with_its_last_lines(cli, tiny_qwen, tmp_path):
+    dying = f"{shlex.quote(sys.executable)} -c \"print('loading weights'); print('RuntimeError: no KV cache space'); raise SystemExit(3)\""
+    result = cli("compare", "--plugins", "qwen,vllm", "--spec", "agnews", "--data", ag_files(tmp_path, 16, 8),
+                 *tiny(tiny_qwen, "num_train_epochs=0"), "--set", f"vllm.command={dying}", "--json", "out.json")
+    runs = {run["approach"]: run for run in json.loads((tmp_path / "out.json").read_text())["runs"]}
+    assert runs["qwen"]["status"] == "ok"
+    assert runs["vllm"]["status"] == "failed"
+    assert "exited with status 3 while starting: loading weights | RuntimeError: no KV cache space" in runs["vllm"]["error"]
+    assert result.returncode != 0
+
+
+@pytest.mark.vllm
+def test_vllm_serves_what_qwen_trained_with_the_same_answers(cli, qwen_for_vllm, tmp_path):
+    if not VLLM_COMMAND:
+        message = "HARNESS_VLLM_COMMAND must name vLLM's server command (.ci/run installs the CPU build)"
+        pytest.fail(message) if os.environ.get("CI") else pytest.skip(message)
+    result = cli("compare", "--plugins", "qwen,vllm", "--spec", "agnews", "--data", ag_files(tmp_path, 32, 24),
+                 *tiny(qwen_for_vllm), "--set", f"vllm.command={VLLM_COMMAND}",
+                 # On CPU the memory fraction is of the machine's memory: 2.4 GB here.
+                 "--set", "vllm.extra_args=--enforce-eager --gpu-memory-utilization 0.1",
+                 "--latency-samples", "2", "--json", "out.json", timeout=900)
+    runs = {run["approach"]: run for run in json.loads((tmp_path / "out.json").read_text())["runs"]}
+    assert runs["qwen"]["status"] == "ok", runs["qwen"]["error"]
+    assert runs["vllm"]["status"] == "ok", (runs["vllm"]["error"], result.stderr[-3000:])
+    parity = runs["vllm"]["serving"]["parity"]
+    assert parity["n"] == 24 and parity["agreement"] >= 0.99 and parity["max_abs_diff"] < 1e-2, parity
+    # The same trained model: vllm trained nothing of its own.
+    assert runs["vllm"]["training"]["key"] == runs["qwen"]["training"]["key"]
+    qwen = [json.loads(line)["label"] for line in open(next(tmp_path.glob(f".harness/runs/{runs['qwen']['run_id']}*/predictions.jsonl")))]
+    vllm = [json.loads(line)["label"] for line in open(next(tmp_path.glob(f".harness/runs/{runs['vllm']['run_id']}*/predictions.jsonl")))]
+    assert sum(a == b for a, b in zip(qwen, vllm)) >= 23
+    # No server is left running after harness exits.
+    left = subprocess.run(["pgrep", "-f", "harness-served"], capture_output=True, text=True).stdout.split()
+    assert not left, left
