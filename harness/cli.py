@@ -37,6 +37,8 @@ def build_parser() -> argparse.ArgumentParser:
                      help="override one setting, e.g. bert.num_train_epochs=1 (repeatable)")
     cmp.add_argument("--seeds", help="train and measure each approach once per seed, e.g. 0,1,2: the table shows "
                      "mean ± sd across them (default: the spec's seeds, else its seed)")
+    cmp.add_argument("--teacher", help="an approach that labels the train examples first (e.g. openai at an endpoint); "
+                     "the students train on its labels, cached in the store")
     cmp.add_argument("--limit-train", type=int, help="a stratified sample of N training examples")
     cmp.add_argument("--limit-test", type=int, help="a stratified sample of N test examples")
     cmp.add_argument("--random-weights", action="store_true",
@@ -141,7 +143,11 @@ def cmd_compare(args: argparse.Namespace) -> int:
         raise UserError(f"must be at least 1, got {args.latency_samples}", where="--latency-samples")
     seeds = parse_seeds(args.seeds) if args.seeds is not None else None
     spec = load_spec(args.spec)
-    plans = plan_settings(plugins, spec, approaches, parse_overrides(args.overrides))
+    teacher = args.teacher or spec.teacher
+    rows = approaches + ([teacher] if teacher and teacher not in approaches else [])
+    plans = plan_settings(plugins, spec, rows, parse_overrides(args.overrides))
+    teacher_plan = plans[teacher] if teacher else None
+    plans = {name: plans[name] for name in approaches}
     data = load_datasets(
         spec,
         data=parse_data_option(args.data) if args.data else None,
@@ -158,6 +164,13 @@ def cmd_compare(args: argparse.Namespace) -> int:
     options = CompareOptions(random_weights=args.random_weights, rerun=args.rerun, latency_samples=args.latency_samples,
                              launcher=args.launcher, seeds=seeds)
     store = Store(args.store)
+    if teacher_plan is not None:
+        from harness.runner import check_approaches
+        from harness.teacher import describe, teach
+
+        check_approaches(plugins, spec, plans)  # the students' endpoints and commands too, before the teacher is asked
+        data, options.teacher = teach(plugins, spec, data, teacher_plan, store, console)
+        console.print(describe(options.teacher))
     comparison = compare(plugins, spec, data, plans, store, options, console)
     from harness.report import write_plots
 

@@ -38,6 +38,7 @@ class CompareOptions:
     warmup_examples: int = 64
     launcher: str = "process"  # or "inline": every unit in this process, for debugging
     seeds: list[int] | None = None  # --seeds: instead of the spec's seeds (or its seed)
+    teacher: dict[str, Any] | None = None  # what harness.teacher did to the training data, for every record
 
 
 @dataclass
@@ -297,6 +298,8 @@ def run_approach(
     if plan.name != plan.approach:
         record.environment["runs"] = plan.approach  # a row of the spec's that runs another approach
     record.environment["data_checks"] = data_checks(data, task)
+    if options.teacher:
+        record.environment["teacher"] = options.teacher
     if task.type == "extraction":
         record.environment["normalize"] = task.normalize  # how its field values are compared (the statistics too)
     try:

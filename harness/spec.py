@@ -227,6 +227,8 @@ class Spec(_Strict):
                                     "stays the seed's sample); the table shows mean ± sd across them")
     metrics: list[str] = Field(default_factory=list,
                                description="the metrics the table shows (default: the task type's headline ones), by name (harness.metrics.METRICS, by task type)")
+    teacher: str | None = Field(None, description="an approach (or row) that labels the train examples before the "
+                                "approaches train, such as openai at an endpoint (harness.teacher); --teacher overrides")
     plugins: dict[str, dict[str, Any]] = Field(
         default_factory=dict,
         description="per-approach settings; the key 'prompt' is not a setting but that approach's prompt, "

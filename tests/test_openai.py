@@ -127,3 +127,88 @@ def test_an_endpoint_that_cannot_serve_stops_the_compare_in_one_line_before_anyt
     assert "sk-wrong-1234" not in result.stderr and KEY not in result.stderr
     assert not served and not list(tmp_path.glob(".harness/runs/*"))
     assert not list(tmp_path.glob(".harness/comparisons/*"))
+
+
+LORA = ["--set", "qwen-lora.num_train_epochs=1", "--set", "qwen-lora.per_device_train_batch_size=8",
+        "--set", "qwen-lora.gradient_accumulation_steps=1", "--set", "qwen-lora.max_length=256",
+        "--set", "qwen-lora.answer_reserve=96", "--set", "qwen-lora.max_new_tokens=24", "--set", "qwen-lora.eval_steps=0.5",
+        "--set", "qwen-lora.learning_rate=1e-2", "--set", "qwen-lora.dtype=float32"]
+
+
+def waybill_with_gold(folder: Path, n_train: int, n_test: int) -> tuple[str, dict[str, dict], list[str]]:
+    """Train, validation and test files from ../shared's waybill, every text's gold record (what the server
+    answers from), and the train texts in order."""
+    gold, texts = {}, []
+    for split, source, n in (("train", "train", n_train), ("dev", "dev", 4), ("test", "test", n_test)):
+        lines = (WAYBILL / f"{source}.jsonl").read_text(encoding="utf-8").splitlines()[:n]
+        (folder / f"{split}.jsonl").write_text("\n".join(lines) + "\n", encoding="utf-8")
+        for line in lines:
+            row = json.loads(line)
+            gold[row["text"]] = row["fields"]
+            if split == "train":
+                texts.append(row["text"])
+    data = f"train={folder / 'train.jsonl'},validation={folder / 'dev.jsonl'},test={folder / 'test.jsonl'}"
+    return data, gold, texts
+
+
+def test_a_teacher_labels_the_students_training_data_once(cli, tmp_path, tiny_qwen):
+    data, gold, texts = waybill_with_gold(tmp_path, 24, 6)
+    faults = Faults(wrong=set(texts[:4]), garbage=set(texts[4:6]))
+    with OpenAIServer(gold, faults=faults) as server:
+        args = ["compare", "--plugins", "openai,qwen-lora", "--spec", "waybill", "--teacher", "openai", "--data", data,
+                *endpoint_args(server, "--set", "openai.api_key_env="), "--set", f"qwen-lora.model={tiny_qwen}", *LORA,
+                "--latency-samples", "1", "--launcher", "inline", "--json", "out.json"]
+        first = cli(*args)
+        assert first.returncode == 0, first.stderr
+        asked = [e["text"] for e in server.log if e["path"].endswith("completions")]
+        assert set(texts) <= set(asked)  # every train text asked once (then test texts for the openai row)
+        assert all(asked.count(t) == 1 for t in texts)
+        runs = {r["approach"]: r for r in json.loads((tmp_path / "out.json").read_text())["runs"]}
+        teacher = runs["qwen-lora"]["environment"]["teacher"]
+        # 24 texts: 2 answered with prose (dropped), 4 with a wrong name: 18 of the 22 kept agree with gold.
+        assert teacher["asked"] == 24 and teacher["dropped_invalid"] == 2 and teacher["kept"] == 22
+        assert teacher["agreement_with_gold"] == pytest.approx(18 / 22)
+        assert "trained on the labels of teacher openai: 22 kept, 2 invalid answers dropped, 81.8% agreeing with gold" in first.stdout
+        assert runs["openai"]["status"] == "ok" and runs["qwen-lora"]["status"] == "ok"
+        # The student trained on the teacher's 22 valid answers, not on the 24 gold lines.
+        assert runs["qwen-lora"]["n_train"] == 22 and runs["qwen-lora"]["train_log"]
+
+        before = len(server.log)
+        second = cli(*args)
+        assert second.returncode == 0, second.stderr
+        # Nothing asked again: the teacher's answers are cached, the student's run and the openai row reused.
+        assert [e for e in server.log[before:] if e["path"].endswith("completions")] == []
+        assert {r["status"] for r in json.loads((tmp_path / "out.json").read_text())["runs"]} == {"reused"}
+
+
+def test_a_teacher_killed_while_labelling_resumes_from_what_it_cached(plugin_site, tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    data, gold, texts = waybill_with_gold(tmp_path, 40, 4)
+    # The second chunk of 32 (texts 32 to 39) answers slowly: the run is killed while it is being asked.
+    with OpenAIServer(gold, faults=Faults(slow=set(texts[32:]))) as server:
+        args = [sys.executable, "-m", "harness", "compare", "--plugins", "openai", "--spec", "waybill", "--teacher", "openai",
+                "--data", data, *endpoint_args(server, "--set", "openai.api_key_env="), "--latency-samples", "1"]
+        env = {**os.environ, "PYTHONPATH": str(plugin_site)}
+        process = subprocess.Popen(args, cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                   start_new_session=True)
+        cache = tmp_path / ".harness" / "teacher"
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            files = list(cache.glob("*.jsonl"))
+            if files and len(files[0].read_text().splitlines()) >= 32:
+                break
+            time.sleep(0.05)
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+        assert len(files[0].read_text().splitlines()) == 32
+        before = len(server.log)
+        rerun = subprocess.run(args, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+        assert rerun.returncode == 0, rerun.stderr
+        asked_again = {e["text"] for e in server.log[before:] if e["text"] in texts}
+        assert asked_again == set(texts[32:])  # only what the kill lost
+        assert "asking 8 of 40 training texts (32 answered before)" in rerun.stdout

@@ -1,0 +1,141 @@
+"""A teacher labels the training examples before the approaches train: seed 001's first step, a large model
+behind an API labelling waybill lines as JSON, on which the small student is tuned.
+
+``--teacher NAME`` (or ``teacher: NAME`` in the spec) names an approach that answers without training, such as
+``openai`` pointed at any OpenAI-compatible endpoint (a hosted model, ``vllm serve``, a llama.cpp server); its
+settings come from the spec and ``--set NAME.key=value`` as for any row. Before anything trains:
+
+- its ``check`` runs (an endpoint that cannot serve is one line, exit 2);
+- every train example's text is asked, in chunks, and each chunk's answers are appended to a cache in the store
+  (``teacher/<key>.jsonl``, keyed by the approach, its settings without secrets, the task's prompt and each
+  text's sha256) and flushed to disk as they arrive: a rerun, or one after a crash or a kill, asks only what is
+  not there yet;
+- an answer that is no label of the task (or no valid record) is dropped and counted;
+- the students train on the teacher's labels: their training data hash is the hash of those labels, so a
+  different teacher is a different training run. Validation and test keep their gold answers, so checkpoints
+  are selected and rows scored against gold;
+- the agreement of the teacher's labels with the gold ones is reported (where the data has gold).
+
+The teacher's own row on the test set is a row like any other: ``--plugins openai,qwen-lora --teacher openai``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from dataclasses import asdict, replace
+from pathlib import Path
+from typing import Any
+
+from harness.errors import UserError
+from harness.types import Example, Task
+
+CHUNK = 32  # answers asked, then written, at a time: what a kill can lose
+
+
+def text_key(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def cache_key(plan: Any, task: Task) -> str:
+    from harness import identity
+
+    settings = {k: v for k, v in plan.settings.items() if k not in plan.secrets and k != "seed"}
+    return identity.digest({"approach": plan.approach, "settings": settings,
+                            "task": {k: v for k, v in asdict(task).items() if k != "normalize"}})[:32]
+
+
+def teach(plugins: Any, spec: Any, data: Any, plan: Any, store: Any, console: Any = None) -> tuple[Any, dict[str, Any]]:
+    """``data`` with its train examples labelled by the teacher ``plan`` (invalid answers dropped), and what
+    happened: asked, cached, dropped, agreement with gold."""
+    from harness.data import Datasets
+    from harness.launcher import SILENT_PROGRESS, load_for_serving, without_answers
+    from harness.metrics import record_outcome, valid_record
+
+    name = plan.approach
+    if plan.trainer != plan.approach:
+        raise UserError(f"{plan.name!r} serves a model that must train first; a teacher answers without training: "
+                        "start the server yourself (vllm serve ...) and point openai at it", where="--teacher")
+    task = spec.to_task(plan.prompt_row or plan.trainer)
+    if plugins.implements(name, "harness_check"):
+        plugins.call(name, "harness_check", task=task, settings=plan.settings)
+    path = store.root / "teacher" / f"{cache_key(plan, task)}.jsonl"
+    answers = _read(path)
+    todo = list({text_key(ex.text): ex for ex in data.train if text_key(ex.text) not in answers}.values())
+    if todo:
+        if console is not None:
+            console.print(f"teacher {plan.name}: asking {len(todo)} of {len(data.train)} training texts "
+                          f"({len(data.train) - len(todo)} answered before)")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(prefix="harness-teacher-") as workdir:
+            artifact = plugins.call(name, "harness_train", task=task, train=[], validation=[], settings=plan.train_settings,
+                                    workdir=Path(workdir), progress=SILENT_PROGRESS)
+            _, settings = load_for_serving(plugins, name, task, artifact, plan.settings)
+            with path.open("a", encoding="utf-8") as handle:
+                if handle.tell() and not path.read_bytes().endswith(b"\n"):
+                    handle.write("\n")  # a line a kill cut short stays a line of its own, ignored
+                for start in range(0, len(todo), CHUNK):
+                    chunk = todo[start:start + CHUNK]
+                    predictions = plugins.call(name, "harness_predict", task=task, artifact=artifact,
+                                               examples=without_answers(chunk), settings=settings,
+                                               progress=SILENT_PROGRESS)
+                    for example, prediction in zip(chunk, predictions):
+                        row = {"text": text_key(example.text), "label": prediction.label, "fields": prediction.fields,
+                               "error": prediction.error}
+                        answers[row["text"]] = row
+                        handle.write(json.dumps(row, ensure_ascii=False) + "\n")
+                    handle.flush()
+                    os.fsync(handle.fileno())
+    labelled: list[Example] = []
+    dropped, agree, with_gold = 0, 0, 0
+    for example in data.train:
+        answer = answers[text_key(example.text)]
+        if task.type == "classification":
+            valid = answer["label"] in task.labels
+            new = replace(example, label=answer["label"]) if valid else None
+            right = valid and answer["label"] == example.label
+        else:
+            valid = valid_record(answer["fields"], task.fields)
+            record = {f: "" if answer["fields"][f] is None else str(answer["fields"][f]) for f in task.fields} if valid else None
+            new = replace(example, fields=record) if valid else None
+            right = valid and record_outcome(task.fields, example.fields, record, task.normalize)["exact"] == 1
+        if new is None or answer.get("error"):
+            dropped += 1
+            continue
+        labelled.append(new)
+        if example.label is not None or example.fields is not None:
+            with_gold += 1
+            agree += bool(right)
+    if not labelled:
+        raise UserError(f"the teacher {plan.name!r} gave no valid answer for any of the {len(data.train)} training texts",
+                        where="--teacher")
+    summary = {"teacher": plan.name, "asked": len(todo), "answered_before": len(data.train) - len(todo),
+               "dropped_invalid": dropped, "kept": len(labelled), "cache": path.name,
+               "agreement_with_gold": agree / with_gold if with_gold else None}
+    taught = Datasets(train=labelled, validation=data.validation, test=data.test,
+                      validation_source=data.validation_source)
+    return taught, summary
+
+
+def _read(path: Path) -> dict[str, dict[str, Any]]:
+    """The cached answers by text key; a last line cut by a kill is ignored (that text is asked again)."""
+    answers: dict[str, dict[str, Any]] = {}
+    if not path.is_file():
+        return answers
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        answers[row["text"]] = row
+    return answers
+
+
+def describe(summary: dict[str, Any]) -> str:
+    agreement = summary.get("agreement_with_gold")
+    return (f"trained on the labels of teacher {summary['teacher']}: {summary['kept']} kept, "
+            f"{summary['dropped_invalid']} invalid answers dropped"
+            + (f", {agreement:.1%} agreeing with gold" if agreement is not None else ""))
+
