@@ -361,14 +361,29 @@ def likelihood_scores(model: Any, prompter: Prompter, prompt: list[int], device:
     return scores
 
 
-def generate(model: Any, prompter: Prompter, input_ids: Any, attention_mask: Any, max_new_tokens: int) -> list[str]:
-    """Greedy ``model.generate`` of a left-padded batch until the end of the turn, each row's answer decoded
-    without special tokens: the library's own loop, as a user would call it (the raw reference of
-    ``harness bench``). harness serves with :func:`greedy_answers`, which gives the same tokens faster."""
+def generate(model: Any, prompter: Prompter, input_ids: Any, attention_mask: Any, max_new_tokens: int,
+             num_beams: int = 1) -> list[str]:
+    """Greedy (or with ``num_beams``, beam search) ``model.generate`` of a left-padded batch until the end of
+    the turn, each row's answer decoded without special tokens: the library's own loop, as a user would call
+    it (the raw reference of ``harness bench``). harness serves greedy decoding with :func:`greedy_answers`,
+    which gives the same tokens faster."""
+    return [text for text, _ in generate_counted(model, prompter, input_ids, attention_mask, max_new_tokens, num_beams)]
+
+
+def generate_counted(model: Any, prompter: Prompter, input_ids: Any, attention_mask: Any, max_new_tokens: int,
+                     num_beams: int = 1) -> list[tuple[str, int]]:
+    """:func:`generate`, with each row's generated token count (its end-of-turn token included; the padding
+    a finished row gets while the others go on is not). Beam search (seqgpt's) runs here, in the library."""
     tokenizer = prompter.tokenizer
     out = model.generate(input_ids=input_ids, attention_mask=attention_mask, max_new_tokens=max_new_tokens,
-                         do_sample=False, eos_token_id=prompter.end_ids or None, pad_token_id=tokenizer.pad_token_id)
-    return tokenizer.batch_decode(out[:, input_ids.shape[1] :], skip_special_tokens=True)
+                         do_sample=False, num_beams=num_beams, eos_token_id=prompter.end_ids or None,
+                         pad_token_id=tokenizer.pad_token_id)
+    new = out[:, input_ids.shape[1] :]
+    counts = []
+    for row in new.tolist():
+        ends = [i for i, token in enumerate(row) if token in prompter.end_ids]
+        counts.append(ends[0] + 1 if ends else len(row))
+    return list(zip(tokenizer.batch_decode(new, skip_special_tokens=True), counts))
 
 
 def greedy_answers(model: Any, prompter: Prompter, input_ids: Any, attention_mask: Any,

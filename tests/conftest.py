@@ -169,3 +169,34 @@ def tiny_qwen(tmp_path_factory: pytest.TempPathFactory, shared: Path) -> Path:
     Qwen3ForCausalLM(config).save_pretrained(path)
     tokenizer.save_pretrained(path)
     return path
+
+
+@pytest.fixture(scope="session")
+def tiny_bloom(tmp_path_factory: pytest.TempPathFactory, shared: Path) -> Path:
+    """A 2-layer, 64-wide BLOOM (SeqGPT's architecture) with random weights, and a real byte-level BPE
+    tokenizer trained with the ``tokenizers`` library on ../shared's Chinese texts (BLOOM's own tokenizer is
+    not in ../shared): 2,000 tokens, BLOOM's special tokens."""
+    import json
+
+    import torch
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import BloomConfig, BloomForCausalLM, PreTrainedTokenizerFast
+
+    path = tmp_path_factory.mktemp("tiny-bloom")
+    texts = []
+    for source in (SHARED / "data" / "thucnews" / "train.jsonl", SHARED / "data" / "waybill" / "train.jsonl"):
+        texts += [json.loads(line)["text"] for line in source.read_text(encoding="utf-8").splitlines()[:3000]]
+    texts += ["输入: \n分类: 抽取: 输出: [GEN] None 无"]
+    bpe = Tokenizer(models.BPE(unk_token="<unk>"))
+    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    bpe.decoder = decoders.ByteLevel()
+    bpe.train_from_iterator(texts, trainers.BpeTrainer(vocab_size=2000, special_tokens=["<unk>", "<s>", "</s>", "<pad>"],
+                                                       initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=bpe, unk_token="<unk>", bos_token="<s>", eos_token="</s>",
+                                        pad_token="<pad>")
+    config = BloomConfig(vocab_size=len(tokenizer), hidden_size=64, n_layer=2, n_head=4, bos_token_id=1,
+                         eos_token_id=2, pad_token_id=3)
+    torch.manual_seed(0)
+    BloomForCausalLM(config).save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path

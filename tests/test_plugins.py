@@ -156,11 +156,11 @@ def test_plugins_lists_builtins_and_third_party_and_warns_once_for_a_broken_one(
 
 def test_safe_mode_loads_no_third_party_plugin_but_keeps_builtins(cli):
     result = cli("plugins", "--json", env={"HARNESS_LOAD_PLUGINS": ""})
-    assert {row["name"] for row in json.loads(result.stdout)} == {"bert", "bert-onnx", "metrics", "openai", "qwen", "qwen-lora"}
+    assert {row["name"] for row in json.loads(result.stdout)} == {"bert", "bert-onnx", "metrics", "openai", "qwen", "qwen-lora", "seqgpt", "vllm", "vllm-lora"}
     assert result.stderr == ""
     only = cli("plugins", "--json", env={"HARNESS_LOAD_PLUGINS": "naive-bayes"})
     # The one module registers two approaches: the approach and its engine.
-    assert {row["name"] for row in json.loads(only.stdout)} == {"bert", "bert-onnx", "metrics", "openai", "qwen", "qwen-lora", "naive-bayes",
+    assert {row["name"] for row in json.loads(only.stdout)} == {"bert", "bert-onnx", "metrics", "openai", "qwen", "qwen-lora", "seqgpt", "vllm", "vllm-lora", "naive-bayes",
                                                                 "naive-bayes-tables"}
 
 
