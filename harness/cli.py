@@ -99,6 +99,18 @@ def build_parser() -> argparse.ArgumentParser:
     ls.add_argument("--store", type=Path, help="results store directory (default: $HARNESS_HOME or .harness)")
     ls.add_argument("--json", action="store_true", help="print JSON")
 
+    tr = commands.add_parser("try", help="every approach of a stored comparison answering your text, side by side "
+                             "(a local web page, or --text in the terminal)")
+    tr.add_argument("--spec", required=True, help="a spec name or YAML file")
+    tr.add_argument("--comparison", help="a stored comparison of the spec (default: its newest)")
+    tr.add_argument("--text", help="answer this text in the terminal instead of serving the page")
+    tr.add_argument("--set", dest="overrides", action="append", default=[], metavar="PLUGIN.KEY=VALUE",
+                    help="predict settings, e.g. qwen.device=cpu")
+    tr.add_argument("--host", default="127.0.0.1", help="the page's address (default 127.0.0.1: this machine only)")
+    tr.add_argument("--port", type=int, default=7860)
+    tr.add_argument("--share", action="store_true", help="also ask Gradio for a public share link (off by default)")
+    tr.add_argument("--store", type=Path, help="results store directory (default: $HARNESS_HOME or .harness)")
+
     plg = commands.add_parser("plugins", help="list the installed approaches and plugins")
     plg.add_argument("--json", action="store_true", help="print JSON")
 
@@ -111,12 +123,34 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return {"compare": cmd_compare, "bench": cmd_bench, "report": cmd_report, "store": cmd_store,
-                "plugins": cmd_plugins, "specs": cmd_specs}[
+                "plugins": cmd_plugins, "specs": cmd_specs, "try": cmd_try}[
             args.command
         ](args)
     except UserError as exc:
         print(f"harness: error: {exc}", file=sys.stderr)
         return 2
+
+
+def cmd_try(args: argparse.Namespace) -> int:
+    from harness.plugins import load_plugins
+    from harness.spec import load_spec, parse_overrides
+    from harness.store import Store
+    from harness.tryout import answer_all, gradio_module, load_rows, page, terminal_table
+
+    plugins = load_plugins()
+    spec = load_spec(args.spec)
+    if args.text is None:
+        gradio_module()  # the extra's one line before minutes of loading models
+    comparison_id, rows = load_rows(plugins, spec, Store(args.store), args.comparison, parse_overrides(args.overrides))
+    console = _console()
+    if args.text is not None:
+        console.print(terminal_table(answer_all(plugins, rows, args.text), args.text))
+        return 0
+    demo = page(plugins, rows, spec, comparison_id)
+    console.print(f"harness try: {', '.join(row.name for row in rows)} of comparison {comparison_id}")
+    demo.launch(server_name=args.host, server_port=args.port, share=args.share, inbrowser=False, show_error=True,
+                quiet=False)
+    return 0
 
 
 def _console():
@@ -220,13 +254,12 @@ def cmd_bench(args: argparse.Namespace) -> int:
     from harness.bench import (RAW_PROTOCOL, BenchResult, batch_throughput, bench_table, latency_rows, raw_predict,
                                served_requests)
     from harness.data import load_datasets, parse_data_option
-    from harness import identity
-    from harness.launcher import load_cached, load_for_serving
+    from harness.launcher import load_for_serving
     from harness.plugins import load_plugins
     from harness.progress import SILENT
-    from harness.runner import load_cache, plan_settings, without_answers
+    from harness.runner import plan_settings, without_answers
     from harness.spec import load_spec, parse_overrides
-    from harness.store import Store, load_artifact, write_json
+    from harness.store import Store, write_json
 
     try:
         batch_sizes = [_positive(int(b), "--batch-sizes") for b in args.batch_sizes.split(",") if b.strip()]
@@ -245,25 +278,9 @@ def cmd_bench(args: argparse.Namespace) -> int:
     data = load_datasets(spec, data=parse_data_option(args.data) if args.data else None, limit_test=args.limit_test)
     task = spec.to_task(plan.trainer)
     if args.run:
-        store = Store(args.store)
-        record = store.load_run(args.run)
-        trained_in = record.training.get("trained_in")
-        trainer = record.training.get("identity", {}).get("approach")
-        if record.status != "ok" or plan.trainer != trainer or not trained_in:
-            raise UserError(f"run {args.run} is a {record.approach} run ({record.status}); --plugin asks for a finished run "
-                            f"trained by {plan.trainer}", where="--run")
-        # The run's own settings, with this command's --set on top (an engine's own settings from its defaults).
-        settings = {**settings, **record.settings, **{key: settings[key] for key in overrides.get(args.plugin, {})},
-                    **({key: settings[key] for key in plan.info.settings} if plan.info.serves else {})}
-        artifact_file = store.artifact_file(trained_in)
-        if not artifact_file.is_file():
-            raise UserError(f"run {trained_in} no longer has its trained model", where=str(artifact_file))
-        cache_dir = load_cache(store, record.training["key"], {
-            "approach": args.plugin, "predict_settings": {k: settings[k] for k in plan.predict_keys if k in settings},
-            "code": identity.measuring_code(plugins.code_roots(args.plugin, ("harness_load", "harness_predict", "harness_parity"))),
-            "versions": identity.library_versions(identity.SERVING_LIBRARIES)})
-        artifact, (_, settings), _, _ = load_cached(plugins, args.plugin, task, lambda: load_artifact(artifact_file),
-                                                    settings, cache_dir)
+        from harness.serving import load_stored_run
+
+        artifact, settings = load_stored_run(plugins, Store(args.store), args.run, plan, task, overrides.get(args.plugin, {}))
         source = f"run {args.run}"
     else:
         import tempfile

@@ -478,6 +478,14 @@ class Store:
                       for path, size, what in self.gc() if path.name.endswith(".partial")]
         return fixed
 
+    def newest_comparison(self, spec: str) -> str | None:
+        """The id of the newest stored comparison of ``spec``, if any."""
+        if not (self.root / "runs.db").exists():
+            return None
+        row = self.db.execute("SELECT comparison_id FROM comparisons WHERE spec = ? ORDER BY created DESC, rowid DESC "
+                              "LIMIT 1", (spec,)).fetchone()
+        return row[0] if row else None
+
     def load_comparison(self, comparison_id: str | None = None) -> Comparison | None:
         """A stored comparison by id, or the newest one."""
         if not (self.root / "runs.db").exists():

@@ -5,7 +5,6 @@ records as the unmerged one, and the extraction metrics in the table, the record
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 
@@ -124,6 +123,7 @@ def test_target_modules_that_match_nothing_fail_the_row_in_one_line_naming_the_l
     result = cli("compare", "--plugins", "qwen-lora", "--spec", "waybill", "--data", waybill_files,
                      "--set", f"qwen-lora.model={tiny_qwen}", "--set", "qwen-lora.target_modules=qkv_proj",
                      "--set", "qwen-lora.num_train_epochs=1", "--launcher", "inline", "--json", "out.json")
+    assert result.returncode == 1
     (run,) = json.loads((tmp_path / "out.json").read_text())["runs"]
     assert run["status"] == "failed"
     assert run["error"].startswith("ValueError: target_modules 'qkv_proj' match no layer of "), run["error"]

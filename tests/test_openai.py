@@ -7,7 +7,6 @@ anything runs."""
 from __future__ import annotations
 
 import json
-import re
 from pathlib import Path
 
 import pytest

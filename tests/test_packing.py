@@ -8,7 +8,6 @@ import pytest
 
 import harness_plugins.bert as bert
 from harness.packing import CLS_HEADS, DECODERS, decoder_packs, first_position, packed_calls, packed_last_logits
-from harness.progress import SILENT
 from harness.types import Artifact, Example, Task
 
 
