@@ -52,6 +52,28 @@ def build_parser() -> argparse.ArgumentParser:
     cmp.add_argument("--json", type=Path, help="also write the comparison as JSON to this file")
     cmp.add_argument("--store", type=Path, help="results store directory (default: $HARNESS_HOME or .harness)")
 
+    grd = commands.add_parser("grid", help="approaches x settings x seeds x specs as runs, locally or on a Ray cluster")
+    grd.add_argument("--spec", dest="specs", action="append", required=True, help="a spec (repeatable: one comparison each)")
+    grd.add_argument("--plugins", required=True, help="approaches, by name: bert,qwen")
+    grd.add_argument("--seeds", default="0", help="seeds, e.g. 0,1,2 (default 0)")
+    grd.add_argument("--set", dest="overrides", action="append", default=[], metavar="PLUGIN.KEY=VALUE[,VALUE...]",
+                     help="a setting, or several values for it: one row per value (bert.learning_rate=1e-5,2e-5)")
+    grd.add_argument("--data", help="local files instead of each spec's dataset: train=PATH,test=PATH[,validation=PATH]")
+    grd.add_argument("--limit-train", type=int, help="a stratified sample of N training examples")
+    grd.add_argument("--limit-test", type=int, help="a stratified sample of N test examples")
+    grd.add_argument("--executor", choices=("local", "ray"), default="local",
+                     help="local (default): runs one after another, a process per unit; ray: each unit a Ray task")
+    grd.add_argument("--address", help="the Ray cluster to join (auto: the one this machine is part of); "
+                     "default: a local Ray with --cpus CPUs")
+    grd.add_argument("--cpus", type=int, help="a local Ray's CPUs (default: this machine's)")
+    grd.add_argument("--cpus-per-run", type=float, default=1.0, help="CPUs each unit asks Ray for (default 1)")
+    grd.add_argument("--gpus-per-run", type=float, default=0.0, help="GPUs each unit asks Ray for (default 0)")
+    grd.add_argument("--parallel", type=int, help="runs at once on Ray (default: as many as the grid has)")
+    grd.add_argument("--random-weights", action="store_true", help="models from their configs: speed only")
+    grd.add_argument("--latency-samples", type=int, default=100, help="requests timed one at a time (default 100)")
+    grd.add_argument("--json", type=Path, help="also write the comparisons as JSON to this file")
+    grd.add_argument("--store", type=Path, help="results store directory (default: $HARNESS_HOME or .harness)")
+
     bch = commands.add_parser("bench", help="serving speed of one approach: batch sizes, latency, requests/s under load")
     bch.add_argument("--plugin", required=True, help="the approach to measure")
     bch.add_argument("--spec", required=True, help="a spec name or YAML file (its test split is the request sample)")
@@ -123,12 +145,61 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return {"compare": cmd_compare, "bench": cmd_bench, "report": cmd_report, "store": cmd_store,
-                "plugins": cmd_plugins, "specs": cmd_specs, "try": cmd_try}[
+                "plugins": cmd_plugins, "specs": cmd_specs, "try": cmd_try, "grid": cmd_grid}[
             args.command
         ](args)
     except UserError as exc:
         print(f"harness: error: {exc}", file=sys.stderr)
         return 2
+
+
+def cmd_grid(args: argparse.Namespace) -> int:
+    import time
+
+    from harness.data import load_datasets, parse_data_option
+    from harness.grid import grid_plans
+    from harness.plugins import load_plugins
+    from harness.report import TerminalReporter
+    from harness.runner import CompareOptions, compare
+    from harness.spec import load_spec
+    from harness.store import Store, comparison_to_dict, write_json
+
+    plugins = load_plugins()
+    approaches = [name.strip() for name in args.plugins.split(",") if name.strip()]
+    if not approaches or len(set(approaches)) != len(approaches):
+        raise UserError(f"expected distinct plugin names separated by commas, got {args.plugins!r}", where="--plugins")
+    seeds = parse_seeds(args.seeds)
+    specs = [load_spec(name) for name in args.specs]
+    grids = [(spec, grid_plans(plugins, spec, approaches, args.overrides)) for spec in specs]
+    datas = [load_datasets(spec, data=parse_data_option(args.data) if args.data else None, limit_train=args.limit_train,
+                           limit_test=args.limit_test) for spec in specs]
+    check_json_target(args.json)
+    store = Store(args.store)
+    store.check_writable()
+    units = sum(len(plans) for _, plans in grids) * len(seeds)
+    launcher = "process"
+    if args.executor == "ray":
+        from harness import ray_executor
+
+        ray_executor.start(args.address, args.cpus)
+        ray_executor.RESOURCES.update(cpus=args.cpus_per_run, gpus=args.gpus_per_run)
+        launcher = "ray"
+    console = _console()
+    plugins.pm.register(TerminalReporter(console, []), name="terminal-reporter")
+    comparisons = []
+    start = time.perf_counter()
+    for (spec, plans), data in zip(grids, datas):
+        options = CompareOptions(random_weights=args.random_weights, latency_samples=args.latency_samples,
+                                 launcher=launcher, seeds=seeds,
+                                 parallel=(args.parallel or units) if launcher == "ray" else 1)
+        comparisons.append(compare(plugins, spec, data, plans, store, options, console))
+    seconds = time.perf_counter() - start
+    console.print(f"grid: {units} runs ({', '.join(c.comparison_id for c in comparisons)}) in {seconds:.1f} s, "
+                  f"{args.executor}")
+    if args.json is not None:
+        write_json(args.json, {"seconds": seconds, "executor": args.executor,
+                               "comparisons": [comparison_to_dict(c) for c in comparisons]})
+    return 1 if any(run.status == "failed" for c in comparisons for run in c.runs) else 0
 
 
 def cmd_try(args: argparse.Namespace) -> int:

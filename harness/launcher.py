@@ -35,7 +35,7 @@ from harness.data import Datasets
 from harness.progress import Bar, RunProgress
 from harness.types import Artifact, Example, Parity, Prediction, Serving, Task
 
-LAUNCHERS = ("process", "inline")
+LAUNCHERS = ("process", "inline", "ray")  # ray: harness.ray_executor (harness grid --executor ray)
 
 
 TRAIN_RESULT = "train_result.json"  # the train unit's figures, written beside artifact.json when it finishes
@@ -488,6 +488,10 @@ def run_unit(kind: str, job: Any, plugins: Any, progress: RunProgress, *, launch
             raise UnitFailed(_one_line(exc), traceback.format_exc()) from None
         finally:
             _stop(_children() - before)  # processes the unit started end with it, as in a unit's own process
+    if launcher == "ray":
+        from harness.ray_executor import run_unit_on_ray
+
+        return run_unit_on_ray(kind, job, plugin_setup(plugins), progress)
     return _in_process(kind, job, plugin_setup(plugins), progress)
 
 

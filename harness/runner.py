@@ -9,6 +9,7 @@ again without training; else the approach trains. Training and measuring run thr
 from __future__ import annotations
 
 import json
+import re
 import secrets
 import sys
 from dataclasses import asdict, dataclass, field, replace
@@ -39,6 +40,7 @@ class CompareOptions:
     launcher: str = "process"  # or "inline": every unit in this process, for debugging
     seeds: list[int] | None = None  # --seeds: instead of the spec's seeds (or its seed)
     teacher: dict[str, Any] | None = None  # what harness.teacher did to the training data, for every record
+    parallel: int = 1  # runs at once (harness grid on Ray); 1: one after another
 
 
 @dataclass
@@ -74,7 +76,10 @@ def now() -> str:
 
 
 def new_id(prefix: str) -> str:
-    return f"{datetime.now(timezone.utc).strftime('%Y%m%d-%H%M%S')}-{prefix}-{secrets.token_hex(3)}"
+    """A run or comparison id: time, the name (a grid row's ``bert@learning_rate=1e-5`` as ``bert.learning_rate.1e-5``:
+    the characters a path and a run id take), a random suffix."""
+    safe = re.sub(r"[^A-Za-z0-9_.-]+", ".", prefix).strip(".") or "run"
+    return f"{datetime.now(timezone.utc).strftime('%Y%m%d-%H%M%S')}-{safe}-{secrets.token_hex(3)}"
 
 
 def _describe(plugins: Plugins, name: str) -> ApproachInfo:
@@ -160,8 +165,18 @@ def compare(
         raise UserError(f"expected one of {', '.join(LAUNCHERS)}, got {options.launcher!r}", where="--launcher")
     check_approaches(plugins, spec, plans)
     comparison = Comparison(comparison_id=new_id(spec.name), spec=spec.name, created=now(), runs=[], metrics=spec.metrics)
-    for plan in plans.values():
-        for seed in options.seeds or spec.training_seeds:
+    units = [(plan, seed) for plan in plans.values() for seed in options.seeds or spec.training_seeds]
+    if options.parallel > 1 and len(units) > 1:
+        # A grid on Ray: runs at once from threads of this process, each waiting on its units' Ray tasks. Runs
+        # that share a trained model wait on its lock, so it is trained once, then reused.
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(max_workers=options.parallel, thread_name_prefix="harness-run") as pool:
+            futures = [pool.submit(run_approach, plugins, spec, data, plan, store, options, console, seed=seed)
+                       for plan, seed in units]
+            comparison.runs.extend(future.result() for future in futures)
+    else:
+        for plan, seed in units:
             comparison.runs.append(run_approach(plugins, spec, data, plan, store, options, console, seed=seed))
     store.save_comparison(comparison)
     comparison.statistics = comparison_statistics(comparison, store)

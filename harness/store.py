@@ -33,6 +33,7 @@ import os
 import re
 import shutil
 import sqlite3
+import threading
 import sys
 import time
 from dataclasses import asdict
@@ -80,10 +81,19 @@ def default_root() -> Path:
 class Store:
     def __init__(self, root: Path | None = None):
         self.root = Path(root) if root is not None else default_root()
-        self._db: sqlite3.Connection | None = None
+        # One SQLite connection per thread (a grid runs several runs at once from threads of one process).
+        self._local = threading.local()
         self._held: dict[str, int] = {}  # run id -> the open, locked descriptor of its .partial/lock
         self._kept: set[str] = set()  # stale partials taken over while stale_partials() yields them
         self._warned: set[str] = set()  # runs said once to be unreadable
+
+    @property
+    def _db(self) -> sqlite3.Connection | None:
+        return getattr(self._local, "db", None)
+
+    @_db.setter
+    def _db(self, value: sqlite3.Connection | None) -> None:
+        self._local.db = value
 
     @property
     def db(self) -> sqlite3.Connection:

@@ -1,0 +1,121 @@
+"""Units on a Ray cluster (the ``[ray]`` extra): ``harness grid --executor ray`` hands each train and measure
+unit to Ray as a task instead of starting its process here.
+
+- Each unit is a Ray task asking for what a run needs (``cpus`` CPUs, ``gpus`` GPUs), in a fresh worker
+  process (``max_calls=1``); inside it the unit runs in a process of its own as locally, so its memory figures
+  are the run's own. A task whose worker dies (killed, out of memory, a lost node) is retried once
+  (``max_retries=1``); a unit that fails with an error is not retried: its row fails, as locally.
+- The data is shipped through Ray's object store: the driver puts each data file's bytes once, and a worker
+  writes them to its own disk before the unit reads them, so every worker sees byte-identical examples.
+- Results, training logs and the unit's notes come back to the driver, which alone writes the store's index
+  and records. The unit writes its model and predictions under the store's run directory: on one machine
+  that is the store itself; on a cluster the store directory must be a path every node sees (a shared
+  filesystem), as ``docs/grid.md`` says.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import tempfile
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+from harness.errors import UserError
+
+
+def ray_module() -> Any:
+    try:
+        import ray
+    except ImportError:
+        raise UserError("--executor ray needs Ray: pip install 'harness-compare[ray]'", where="--executor") from None
+    return ray
+
+
+def start(address: str | None, cpus: int | None) -> None:
+    """Connect to the cluster at ``address`` (``auto``: the one this machine belongs to), or start a local one
+    with ``cpus`` CPUs."""
+    ray = ray_module()
+    if ray.is_initialized():
+        return
+    quiet = {"include_dashboard": False, "log_to_driver": False, "configure_logging": False}
+    if address:
+        ray.init(address=address, **quiet)
+    else:
+        ray.init(num_cpus=cpus or os.cpu_count(), **quiet)
+
+
+@functools.cache
+def _data_ref(path: str) -> Any:
+    """The data file's bytes in the object store, put once per file."""
+    return ray_module().put(Path(path).read_bytes())
+
+
+def _materialise(name: str, data: bytes) -> Path:
+    """The shipped data on this worker's disk, written once (atomically) per data file."""
+    folder = Path(tempfile.gettempdir()) / "harness-ray-data"
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / name
+    if not path.is_file():
+        scratch = folder / f".{name}.{os.getpid()}"
+        scratch.write_bytes(data)
+        os.replace(scratch, path)
+    return path
+
+
+def _run(kind: str, job: Any, setup: Any, data: bytes) -> dict[str, Any]:
+    from harness.launcher import _in_process
+    from harness.progress import RunProgress
+
+    class Collected(RunProgress):
+        def __init__(self) -> None:
+            super().__init__()
+            self.entries: list[dict[str, Any]] = []
+
+        def log(self, **entry: Any) -> None:
+            self.entries.append(entry)
+
+    job = replace(job, data_file=_materialise(Path(job.data_file).name, data))
+    progress = Collected()
+    result = _in_process(kind, job, setup, progress)
+    return {"result": result, "logs": progress.entries, "node": os.uname().nodename, "worker_pid": os.getpid()}
+
+
+@functools.cache
+def _tasks() -> dict[str, Any]:
+    """One remote function per unit kind (named so, in ``ps`` and Ray's dashboard: ray::harness_train_unit)."""
+    ray = ray_module()
+
+    def harness_train_unit(job: Any, setup: Any, data: bytes) -> dict[str, Any]:
+        return _run("train", job, setup, data)
+
+    def harness_measure_unit(job: Any, setup: Any, data: bytes) -> dict[str, Any]:
+        return _run("measure", job, setup, data)
+
+    options = {"max_calls": 1, "max_retries": 1, "retry_exceptions": False}
+    return {"train": ray.remote(**options)(harness_train_unit), "measure": ray.remote(**options)(harness_measure_unit)}
+
+
+RESOURCES = {"cpus": 1, "gpus": 0}  # what each unit asks for; harness grid sets them from its options
+
+
+def run_unit_on_ray(kind: str, job: Any, setup: Any, progress: Any) -> dict[str, Any]:
+    """Run one unit as a Ray task and return its result; its training log entries are replayed into
+    ``progress`` (the driver writes them to the run's log). A unit that failed raises UnitFailed."""
+    from harness.launcher import UnitFailed
+
+    ray = ray_module()
+    task = _tasks()[kind].options(num_cpus=RESOURCES["cpus"], num_gpus=RESOURCES["gpus"])
+    try:
+        answer = ray.get(task.remote(job, setup, _data_ref(str(job.data_file))))
+    except ray.exceptions.RayTaskError as exc:
+        cause = exc.cause if isinstance(getattr(exc, "cause", None), UnitFailed) else None
+        if cause is not None:
+            raise cause from None
+        raise UnitFailed(f"{type(exc.cause).__name__}: {exc.cause}".splitlines()[0]) from None
+    except (ray.exceptions.WorkerCrashedError, ray.exceptions.NodeDiedError) as exc:
+        raise UnitFailed(f"its Ray worker died twice (retried once): {type(exc).__name__}") from None
+    for entry in answer["logs"]:
+        progress.log(**entry)
+    return answer["result"]
