@@ -26,7 +26,7 @@ GOOD = '{"text": "Stocks rally on rate cut hopes", "label": 2}\n{"text": "Team w
         ("label-name-outside", "train.jsonl:1: label 'Weather' is not one of the spec's labels"),
         ("empty-text", "test.jsonl:1: empty text"),
         ("missing-file", "missing.jsonl: no such file"),
-        ("unknown-plugin", "--plugins: unknown plugin 'bret'; known: bert, bert-onnx, failing-train, naive-bayes, naive-bayes-tables, qwen, qwen-lora"),
+        ("unknown-plugin", "--plugins: unknown plugin 'bret'; known: bert, bert-onnx, failing-train, naive-bayes, naive-bayes-tables, openai, qwen, qwen-lora, seqgpt, vllm, vllm-lora"),
         ("unknown-setting", "--set naive-bayes.smoth: unknown setting for naive-bayes; known: smoothing"),
         ("not-a-choice", "--set qwen.scoring: 'leter' is not one of letter, perplexity, likelihood"),
         ("superscript-label", "train.jsonl:1: label '²' is not one of the spec's labels"),

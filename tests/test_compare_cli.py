@@ -182,4 +182,4 @@ def test_bench_serves_a_stored_run_and_random_weights(compared, workspace, tiny_
     assert nb_bench["raw"] == {} and nb_bench["raw_protocol"] is None and "× raw" not in no_reference.stdout
 
     wrong = cli("bench", "--plugin", "qwen", "--spec", "agnews", "--run", bert_run, *small)
-    assert wrong.returncode == 2 and f"--run: run {bert_run} is a bert run (ok); --plugin asks for a finished run trained by qwen" in wrong.stderr
+    assert wrong.returncode == 2 and f"--run: run {bert_run} is a bert run (ok); qwen serves a finished run trained by qwen" in wrong.stderr

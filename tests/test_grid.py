@@ -40,6 +40,7 @@ def statuses(path):
     return sorted((r["approach"], r["seed"], r["status"]) for c in json.loads(path.read_text())["comparisons"] for r in c["runs"])
 
 
+@pytest.mark.grid
 def test_a_local_grid_runs_every_cell_and_a_second_one_trains_nothing(cli, tmp_path, tiny_bert, ag_news_data):
     first = cli(*grid_args(tiny_bert, ag_news_data, "--json", "grid.json"))
     assert first.returncode == 0, first.stderr

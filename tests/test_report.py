@@ -97,6 +97,7 @@ def chromium() -> str | None:
     return shutil.which("chromium") or shutil.which("chromium-browser")
 
 
+@pytest.mark.browser
 def test_the_html_report_renders_offline_in_a_real_browser(compared, workspace):
     tmp_path, cli = workspace
     _, out = compared

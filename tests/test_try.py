@@ -53,6 +53,7 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+@pytest.mark.browser
 def test_try_serves_a_page_that_answers_typed_text_in_a_real_browser(compared, workspace, plugin_site):
     from test_report import chromium
 
