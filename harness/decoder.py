@@ -396,7 +396,8 @@ def greedy_answers(model: Any, prompter: Prompter, input_ids: Any, attention_mas
     longest answer ends, which on waybill records (72 to 138 tokens in a batch of 64) is a quarter of the work."""
     import torch
 
-    renamed = _cache_renamed(type(model))
+    # A peft model (qwen-lora's evaluation while training) passes the cache on to the model it wraps.
+    renamed = _cache_renamed(type(model.get_base_model() if hasattr(model, "get_base_model") else model))
     cache_name = "cache" if renamed else "past_key_values"
     ends = set(prompter.end_ids)
     positions = (attention_mask.cumsum(-1) - 1).clamp(min=0)

@@ -12,6 +12,8 @@ SHIPPED_CONFIGS = {
     "google-bert/bert-base-cased": "bert-base-cased.json",
     "bert-base-cased": "bert-base-cased.json",
     "Qwen/Qwen3-0.6B": "qwen3-0.6b.json",
+    # SeqGPT-560M is BLOOM-560M's architecture (bigscience/bloom-560m's config): 24 layers, 1024 wide, 16 heads.
+    "DAMO-NLP/SeqGPT-560M": "seqgpt-560m.json",
 }
 
 
