@@ -308,15 +308,41 @@ def classify(model: Any, prompter: Prompter, device: str, examples: list[Example
 
 def letter_scores(model: Any, prompter: Prompter, prompts: list[list[int]], device: str,
                   packed: Any = None) -> list[list[float]]:
-    """Each prompt's log-probability of every option's token at its last position: one forward pass,
-    left-padded or through ``packed`` (the forward of :func:`harness.packing.packed_last_logits`); only the
-    last position's logits are computed, and of those only the option tokens are read."""
+    """Each prompt's option tokens' logits at its last position (softmax over them gives each option's
+    probability, as the full vocabulary's log-probabilities would): one forward pass, left-padded or through
+    ``packed`` (the forward of :func:`harness.packing.packed_last_logits`), and only the option tokens' logits
+    computed, in fp32 (:func:`token_logits`)."""
     if packed is not None and len(prompts) > 1:
-        logits = packed(prompts)
+        logits = packed(prompts, prompter.option_tokens)
     else:
         input_ids, mask, positions = left_padded(prompts, prompter.tokenizer.pad_token_id, device)
-        logits = model(input_ids=input_ids, attention_mask=mask, position_ids=positions, logits_to_keep=1).logits[:, -1]
-    return logits.float().log_softmax(-1)[:, prompter.option_tokens].tolist()
+        logits = token_logits(model, prompter.option_tokens, input_ids=input_ids, attention_mask=mask,
+                              position_ids=positions)[:, -1]
+    return logits.tolist()
+
+
+def token_logits(model: Any, tokens: list[int], positions: Any = None, **inputs: Any) -> Any:
+    """The logits of ``tokens`` alone, shape (batch, positions, len(tokens)), at ``positions`` of the sequence
+    (default: the last), computed in fp32 from the decoder's last hidden states and the output head's rows of
+    those tokens. A bf16 model's own logits are rounded to bf16, a step of 1/16 to 1/8 at the magnitudes
+    options score (10 to 30): close options then tie, and argmax picks the first; on SmolLM2 tuned on AG News,
+    bf16 answers agreed with fp32 on 88.4% of 500 texts before this, with ties in the disagreements. A model
+    whose head is more than a linear layer (logit scaling or soft-capping in its config) keeps its own logits."""
+    import torch
+
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    config = getattr(model, "config", None)
+    special = any(getattr(config, name, None) for name in ("final_logit_softcapping", "logit_scale", "logits_scaling"))
+    keep = positions if positions is not None else 1
+    if head is None or not isinstance(head, torch.nn.Linear) or special:
+        logits = model(**inputs, logits_to_keep=keep).logits
+        return logits[..., tokens].float()
+    hidden = model.get_decoder()(**inputs).last_hidden_state
+    hidden = hidden[:, -1:] if positions is None else hidden[:, positions]
+    logits = hidden.float() @ head.weight[tokens].float().T
+    if head.bias is not None:
+        logits = logits + head.bias[tokens].float()
+    return logits
 
 
 @functools.cache

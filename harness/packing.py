@@ -172,16 +172,21 @@ def packed_calls(model: Any):
 
 @contextmanager
 def packed_last_logits(model: Any):
-    """For the duration of a predict call: ``forward(sequences) -> logits`` of shape (batch, vocabulary),
-    each sequence's next-token logits, from one packed causal forward per batch through a decoder.
+    """For the duration of a predict call: ``forward(sequences, tokens=None) -> logits`` of shape (batch,
+    vocabulary), each sequence's next-token logits, from one packed causal forward per batch through a decoder;
+    with ``tokens``, only those tokens' logits, in fp32 (:func:`harness.decoder.token_logits`).
     Call it under ``torch.inference_mode()``."""
+    from harness.decoder import token_logits
+
     if not decoder_packs(model):
         raise ValueError(f"{type(model).__name__} cannot run packed: only {', '.join(DECODERS)} decoders "
                          "with full attention in every layer")
     device = next(model.parameters()).device
 
-    def forward(sequences: list[list[int]]) -> Any:
+    def forward(sequences: list[list[int]], tokens: list[int] | None = None) -> Any:
         inputs, bounds = _packed(sequences, 0, device)
+        if tokens is not None:
+            return token_logits(model, tokens, positions=bounds[1:] - 1, **inputs)[0]
         return model(**inputs, logits_to_keep=bounds[1:] - 1).logits[0]
 
     with _varlen(model):

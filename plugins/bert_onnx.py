@@ -199,9 +199,13 @@ def build(model_dir: Path, folder: Path, settings: BertOnnxSettings, device: str
         current = folder / f"model-optimized-{level}-{settings.precision}.onnx"
         optimized.save_model_to_file(str(current))
     if settings.precision == "int8":
+        import onnx
         from onnxruntime.quantization import QuantType, quantize_dynamic
 
-        quantize_dynamic(str(current), str(final), weight_type=QuantType.QInt8)
+        # DefaultTensorType: the optimizer's fused nodes (com.microsoft domain) have outputs that ONNX's shape
+        # inference cannot type; without it quantizing an optimized graph fails ("Unable to find data type").
+        quantize_dynamic(str(current), str(final), weight_type=QuantType.QInt8,
+                         extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT})
     elif current != final:
         shutil.copyfile(current, final)
     return final, None if level == "off" else level

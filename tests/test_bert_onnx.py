@@ -73,3 +73,17 @@ def test_without_onnx_runtime_the_row_fails_in_one_line_naming_the_extra(tmp_pat
     assert bert["status"] == "ok" and onnx["status"] == "failed"
     assert onnx["error"] == ("ImportError: bert-onnx needs ONNX Runtime: pip install 'harness-compare[onnx]' "
                              "(or [onnx-gpu] for CUDA)")
+
+
+def test_int8_quantizes_the_optimized_graph_too(compared, tiny_bert, ag_news_data):
+    """onnxruntime's fused nodes have outputs ONNX's shape inference cannot type: quantizing the optimized graph
+    needs a default tensor type, or it fails (it did, on MiniLM, before)."""
+    folder, cli, _, out = compared
+    fused = cli("compare", "--plugins", "bert,bert-onnx-int8", "--data", ag_news_data, *COMMON, *bert_args(tiny_bert),
+                "--set", "bert-onnx-int8.optimize=all", "--set", "bert-onnx-int8.min_agreement=0", "--json", "fused.json")
+    assert fused.returncode == 0, fused.stderr
+    bert, int8 = json.loads((folder / "fused.json").read_text())["runs"]
+    assert bert["training"]["trained_in"] == out["runs"][0]["run_id"]
+    assert int8["status"] == "ok" and int8["serving"]["dtype"] == "int8"
+    assert any("graph optimized (all)" in note for note in int8["model"]["notes"])
+    assert list((folder / ".harness" / "cache").glob("*/bert-onnx-*/model-int8-all.onnx"))

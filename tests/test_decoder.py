@@ -139,6 +139,29 @@ def test_greedy_answers_are_the_tokens_generate_gives_with_finished_rows_leaving
     assert [count for _, count in ours] == lengths
 
 
+def test_option_logits_are_the_models_own_computed_in_fp32(tiny_qwen):
+    """token_logits: the option tokens' logits from the last hidden state and the head's rows, in fp32; equal to
+    the model's own logits in fp32, and in bf16 no longer rounded to bf16's step (which tied close options)."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from harness.decoder import token_logits
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_qwen).eval()
+    ids = torch.tensor([[5, 17, 300, 42, 7], [9, 9, 1000, 3, 11]])
+    tokens = [32, 33, 34, 35]
+    with torch.inference_mode():
+        full = model(input_ids=ids).logits[:, -1, tokens]
+        ours = token_logits(model, tokens, input_ids=ids)[:, -1]
+        torch.testing.assert_close(ours, full, atol=1e-5, rtol=1e-5)
+        assert ours.dtype == torch.float32
+        model = model.to(torch.bfloat16)
+        rounded = model(input_ids=ids).logits[:, -1, tokens]
+        kept = token_logits(model, tokens, input_ids=ids)[:, -1]
+    assert rounded.dtype == torch.bfloat16 and kept.dtype == torch.float32
+    assert not torch.equal(kept, rounded.float())  # finer than bf16's rounding of the logits
+
+
 def test_the_module_imports_without_torch():
     code = "import sys, harness.decoder; sys.exit('torch' in sys.modules or 'transformers' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code]).returncode == 0
