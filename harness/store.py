@@ -718,7 +718,8 @@ def write_json(path: Path, data: Any) -> None:
 
 
 def write_text(path: Path, text: str) -> None:
-    """Written whole or not at all, also when two processes write the same file at once."""
-    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+    """Written whole or not at all, also when two processes, or two threads of one (a grid's runs), write the
+    same file at once."""
+    tmp = path.with_name(f"{path.name}.{os.getpid()}-{threading.get_ident()}.tmp")
     tmp.write_text(text, encoding="utf-8")
     tmp.replace(path)
