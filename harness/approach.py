@@ -176,3 +176,14 @@ class Approach:
         without answers). A :class:`~harness.types.Parity` that is not ``ok`` fails the row with its message.
         None: nothing to check."""
         return None
+
+
+class ZeroShotApproach(Approach):
+    """An approach that answers without training (a model asked as it is, an endpoint): ``train`` stores
+    nothing and says so in the row's notes."""
+
+    def train(self, task: Task, train: list[Example], validation: list[Example], settings: Any,
+              context: RunContext) -> Artifact:
+        artifact = Artifact(path=None)
+        artifact.notes.append("zero-shot: nothing trains")
+        return artifact

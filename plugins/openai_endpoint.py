@@ -25,8 +25,8 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from harness import Approach, Artifact, Example, Prediction, RunContext, Serving, Task, hookimpl, setting
-from harness.approach import Settings
+from harness import Artifact, Example, Prediction, RunContext, Serving, Task, hookimpl, setting
+from harness.approach import Settings, ZeroShotApproach
 from harness.decoder import chat_messages, letter_choice, parse_fields
 from harness.endpoint import Endpoint, Reply
 
@@ -46,7 +46,7 @@ class OpenAISettings(Settings):
                                                               help="extraction: ask for a JSON object")
 
 
-class OpenAIEndpoint(Approach):
+class OpenAIEndpoint(ZeroShotApproach):
     name = "openai"
     task_types = ("classification", "extraction")
     settings = OpenAISettings
@@ -54,12 +54,6 @@ class OpenAIEndpoint(Approach):
 
     def check(self, task: Task, settings: OpenAISettings, context: RunContext) -> None:
         _endpoint(settings).check()
-
-    def train(self, task: Task, train: list[Example], validation: list[Example], settings: OpenAISettings,
-              context: RunContext) -> Artifact:
-        artifact = Artifact(path=None)
-        artifact.notes.append("zero-shot: nothing trains")
-        return artifact
 
     def load(self, task: Task, artifact: Artifact, settings: OpenAISettings, context: RunContext) -> Serving:
         if "serving" not in artifact.state:

@@ -31,8 +31,8 @@ import re
 import unicodedata
 from typing import Any, Literal
 
-from harness import Approach, Artifact, Example, Prediction, RunContext, Serving, Task, hookimpl, setting
-from harness.approach import Settings
+from harness import Artifact, Example, Prediction, RunContext, Serving, Task, hookimpl, setting
+from harness.approach import Settings, ZeroShotApproach
 from harness.decoder import Prompter, generate, generate_counted, left_padded
 from harness.types import Prompt
 
@@ -56,17 +56,11 @@ class SeqGPTSettings(Settings):
         "auto", predict=True, help="auto: bf16 on a GPU or a CPU with bf16 units, else fp32")
 
 
-class SeqGPT(Approach):
+class SeqGPT(ZeroShotApproach):
     name = "seqgpt"
     task_types = ("classification", "extraction")
     settings = SeqGPTSettings
     description = "zero-shot SeqGPT (BLOOM): the seed's prompt, beam search, answers parsed; nothing trains"
-
-    def train(self, task: Task, train: list[Example], validation: list[Example], settings: SeqGPTSettings,
-              context: RunContext) -> Artifact:
-        artifact = Artifact(path=None)
-        artifact.notes.append("zero-shot: nothing trains")
-        return artifact
 
     def load(self, task: Task, artifact: Artifact, settings: SeqGPTSettings, context: RunContext) -> Serving:
         if "model" not in artifact.state:
