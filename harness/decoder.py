@@ -339,7 +339,8 @@ def token_logits(model: Any, tokens: list[int], positions: Any = None, **inputs:
         return logits[..., tokens].float()
     hidden = model.get_decoder()(**inputs).last_hidden_state
     hidden = hidden[:, -1:] if positions is None else hidden[:, positions]
-    logits = hidden.float() @ head.weight[tokens].float().T
+    with torch.autocast(hidden.device.type, enabled=False):  # fp32 under a caller's autocast too
+        logits = hidden.float() @ head.weight[tokens].float().T
     if head.bias is not None:
         logits = logits + head.bias[tokens].float()
     return logits
