@@ -186,3 +186,61 @@ def test_option_logits_stay_fp32_under_a_callers_autocast(tiny_qwen):
 def test_the_module_imports_without_torch():
     code = "import sys, harness.decoder; sys.exit('torch' in sys.modules or 'transformers' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code]).returncode == 0
+
+
+def test_next_tokens_tell_apart_in_fp32_what_bf16_logits_tie():
+    """Two tokens whose logits are 20.02 and 20.05: bf16 rounds both to 20.0 and argmax takes the first; scored
+    again in fp32 from the hidden state and the head's rows, the second wins. fp32 logits are argmax as they are."""
+    import torch
+
+    from harness.decoder import next_tokens
+
+    head = torch.nn.Linear(2, 3, bias=False)
+    head.weight.data = torch.tensor([[20.02, 0.0], [20.05, 0.0], [1.0, 0.0]])
+    hidden = torch.tensor([[1.0, 0.0]])
+    exact = head(hidden)
+    rounded = exact.to(torch.bfloat16)
+    assert rounded[0, 0] == rounded[0, 1] and rounded.argmax(-1).item() == 0  # the tie, and argmax's first pick
+    assert next_tokens(rounded, hidden, head, candidates=2).item() == 1
+    assert next_tokens(exact, hidden, head).item() == 1 == exact.argmax(-1).item()
+    assert next_tokens(rounded).item() == 0  # no hidden state: the logits as they are
+
+
+def test_greedy_answers_in_bf16_pick_by_the_heads_fp32_product(tiny_qwen):
+    """A bf16 model's greedy token at every step is the highest fp32 product of the head's input with the head's
+    rows over the whole vocabulary (read here by hooks on the same forward passes), not the bf16 logits' argmax."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from harness.decoder import greedy_answers
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_qwen)
+    model = AutoModelForCausalLM.from_pretrained(tiny_qwen).eval().to(torch.bfloat16)
+    task = Task("extraction", fields=("name",), prompt=Prompt(user="{text}"))
+    prompter = Prompter(task, tokenizer, SETTINGS)
+    prompter.end_ids = [-1]  # never ends: every row runs all steps
+    ids, mask, _ = left_padded([prompter.prompt_ids(t, reserve=8)[0] for t in ["Zhang San", "Li Si, Beijing", "x"]],
+                               tokenizer.pad_token_id, "cpu")
+    head = model.get_output_embeddings()
+    with torch.no_grad():
+        # Logits of a trained model's size (tens, where bf16's step is 1/8), and the vocabulary in pairs of rows
+        # that differ in one coordinate by 1/32: each pair's products differ by less than the step, so bf16
+        # logits tie within a pair and argmax takes the even token, where the fp32 product picks either.
+        weight = head.weight.float()
+        weight *= 30 / (model.get_decoder()(input_ids=ids).last_hidden_state.float() @ weight.T).abs().max()
+        pairs = weight.shape[0] // 2 * 2
+        weight[1:pairs:2] = weight[0:pairs:2]
+        weight[0:pairs:2, 0], weight[1:pairs:2, 0] = 0.0, 1 / 32
+        head.weight.copy_(weight)
+    hidden, fed = [], []
+    hooks = [head.register_forward_hook(lambda m, args, out: hidden.append(args[0][:, -1].float())),
+             model.register_forward_pre_hook(lambda m, args, kwargs: fed.append(kwargs["input_ids"]), with_kwargs=True)]
+    with torch.inference_mode():
+        answers = greedy_answers(model, prompter, ids, mask, max_new_tokens=24)
+        for hook in hooks:
+            hook.remove()
+        exact = torch.stack([h @ head.weight.float().T for h in hidden[:-1]])  # (steps, rows, vocabulary)
+    assert [count for _, count in answers] == [24] * 3 and len(hidden) == len(fed) == 24
+    chosen = torch.stack([tokens[:, 0] for tokens in fed[1:]])  # each step's token is the next forward's input
+    assert torch.equal(chosen, exact.argmax(-1))
+    assert (chosen % 2 == 1).any()  # some steps chose the odd token of a pair, which bf16's argmax never takes
