@@ -7,11 +7,13 @@ from __future__ import annotations
 import json
 import os
 import signal
+import subprocess
 import sys
 import time
 from pathlib import Path
 
 import psutil
+import pytest
 
 from conftest import install_site, make_cli
 from test_store_recovery import FAST, spawn
@@ -175,3 +177,34 @@ def test_the_memory_sampler_ignores_a_torch_still_being_imported(monkeypatch):
     with measure.PeakMemory(interval=0.001) as memory:
         time.sleep(0.05)
     assert memory.rss_peak_mb > 0 and memory._thread is not None and not memory._thread.is_alive()
+
+
+def test_the_memory_sampler_counts_a_process_started_inside_the_block():
+    """An engine's server starts while serving is measured: the sampler renews its list of descendants every
+    ``children_every`` seconds (not at every sample, which cost throughput), and the child's memory counts."""
+    from harness import measure
+
+    code = "import time; block = b'x' * (300 * 2**20); time.sleep(1.5)"
+    with measure.PeakMemory() as alone:
+        time.sleep(0.1)
+    with measure.PeakMemory() as memory:
+        subprocess.run([sys.executable, "-c", code], check=True)
+    assert memory.rss_peak_mb >= alone.rss_peak_mb + 250
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the kernel's peak RSS is Linux's")
+def test_the_peak_is_the_kernels_own_for_the_block_alone():
+    """A spike shorter than any sampling interval is in the peak (the kernel's VmHWM, reset when the block
+    starts), and a larger one before the block is not."""
+    from harness import measure
+
+    before = b"x" * (400 * 2**20)
+    del before
+    with measure.PeakMemory(interval=60, children_every=60) as memory:  # the thread never samples
+        spike = b"x" * (150 * 2**20)
+        del spike
+    with measure.PeakMemory(interval=60, children_every=60) as quiet:
+        pass
+    assert memory._kernel_peak and quiet._kernel_peak
+    assert memory.rss_peak_mb >= quiet.rss_peak_mb + 120
+    assert quiet.rss_peak_mb < memory.rss_peak_mb < quiet.rss_peak_mb + 300  # the 400 MB before it is not counted
