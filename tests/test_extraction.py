@@ -108,7 +108,7 @@ def test_a_merged_adapter_serves_the_same_records_without_training_again(compare
     assert merged["status"] == "ok", merged["error"]
     assert merged["training"]["trained_in"] == unmerged["run_id"]  # a predict setting: measured again, not trained
     parity = merged["serving"]["parity"]
-    assert parity["against"] == "the unmerged adapter" and parity["n"] == 8 and parity["agreement"] == 1.0
+    assert parity["against"] == "the unmerged adapter (both in fp32)" and parity["n"] == 8 and parity["agreement"] == 1.0
     assert parity["max_abs_diff"] < 1e-4  # fp32: merging changes rounding only
 
     def records(run):
@@ -116,6 +116,22 @@ def test_a_merged_adapter_serves_the_same_records_without_training_again(compare
         return [json.loads(line)["raw"] for line in path.read_text(encoding="utf-8").splitlines()]
 
     assert records(merged) == records(unmerged)
+
+
+def test_a_merged_adapter_served_in_bf16_is_checked_in_fp32(compared, plugin_site, tiny_qwen, waybill_files):
+    """Served in bf16, the merged weights and the adapter would be two roundings of one model, apart by bf16's
+    step; the parity check compares them in fp32, where a right merge moves nothing but rounding."""
+    folder, _, out = compared
+    result = make_cli(plugin_site, folder)("compare", "--plugins", "qwen-lora", "--spec", "waybill", "--data", waybill_files,
+                     "--set", f"qwen-lora.model={tiny_qwen}", *TINY[TINY.index("qwen-lora.num_train_epochs=2") - 1:],
+                     "--set", "qwen-lora.merge=true", "--set", "qwen-lora.dtype=bfloat16", "--latency-samples", "2",
+                     "--launcher", "inline", "--json", "merged-bf16.json")
+    assert result.returncode == 0, result.stderr
+    (merged,) = json.loads((folder / "merged-bf16.json").read_text())["runs"]
+    assert merged["status"] == "ok", merged["error"]
+    assert merged["serving"]["dtype"] == "bfloat16" and merged["training"]["trained_in"] == out["runs"][2]["run_id"]
+    parity = merged["serving"]["parity"]
+    assert parity["agreement"] == 1.0 and parity["max_abs_diff"] < 1e-4, parity
 
 
 def test_target_modules_that_match_nothing_fail_the_row_in_one_line_naming_the_linear_layers(cli, tmp_path, tiny_qwen,
