@@ -502,14 +502,45 @@ def _rescore(plugins: Plugins, store: Store, record: RunRecord, task: Task) -> N
 
 def _log_until(path: Any, kept: str | None) -> list[dict[str, Any]]:
     """A killed run's training log lines up to what it resumes from: all of them when it had finished
-    training, those up to the checkpoint's step (the steps after it are trained, and logged, again), or none."""
+    training, those up to the checkpoint's step (the steps after it are trained, and logged, again), or none.
+
+    A line reaches the file when the parent has read it from the unit, so a kill can lose the last lines
+    before a checkpoint the unit had already saved. The Trainer's own history in the checkpoint
+    (``trainer_state.json``) has every one: the lines the file lacks are taken from it, in the form the
+    training callback writes them (an evaluation carries the last training loss before it)."""
     if kept is None or not path.is_file():
         return []
     entries = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-    if kept.startswith("checkpoint-"):
-        step = int(kept.removeprefix("checkpoint-"))
-        entries = [entry for entry in entries if entry.get("step", 0) <= step]
-    return entries
+    if not kept.startswith("checkpoint-"):
+        return entries
+    step = int(kept.removeprefix("checkpoint-"))
+    entries = [entry for entry in entries if entry.get("step", 0) <= step]
+    state_file = path.parent / "artifact" / "checkpoints" / kept / "trainer_state.json"
+    try:
+        history = json.loads(state_file.read_text(encoding="utf-8")).get("log_history") or []
+    except (OSError, ValueError):
+        return entries
+
+    def kind(entry: dict[str, Any]) -> tuple[Any, bool]:
+        return entry.get("step"), any(k.startswith("eval_") for k in entry)
+
+    have = {kind(e): e for e in entries}
+    rebuilt: list[dict[str, Any]] = []
+    seen, last_loss = set(), None
+    for item in history:
+        if item.get("step", 0) > step:
+            break
+        if kind(item) in seen:  # the Trainer reports the evaluation at the last step twice; the callback once
+            continue
+        seen.add(kind(item))
+        entry = have.pop(kind(item), None)
+        if entry is None:
+            entry = {"step": item.get("step"), "epoch": item.get("epoch"), **item}
+            if kind(item)[1]:
+                entry["train_loss"] = last_loss
+        last_loss = entry.get("loss", last_loss)
+        rebuilt.append(entry)
+    return rebuilt + list(have.values())
 
 
 def _score(plugins: Plugins, name: str, task: Task, examples: list[Example], predictions: list[Prediction]) -> dict[str, Any]:

@@ -225,3 +225,29 @@ def test_a_run_killed_in_epoch_two_resumes_as_the_same_run(tmp_path, plugin_site
     assert run["training"]["resumed"]["seconds_before_kill"] > 0
     assert run["speed"]["train_seconds"] > run["training"]["resumed"]["seconds_before_kill"]
     assert run["speed"]["train_samples"] == alone["speed"]["train_samples"]
+
+
+def test_a_resumed_log_takes_the_lines_a_kill_lost_from_the_checkpoints_history(tmp_path):
+    """The parent writes a log line when it reads it from the unit: a kill can lose lines the unit had logged
+    before saving a checkpoint. Resuming from that checkpoint, the lines come from the Trainer's history in
+    it (``log_history``: the callback's fields and the step), in the callback's form; lines after the
+    checkpoint's step are dropped (they are trained and logged again)."""
+    from harness.runner import _log_until
+
+    def train(step):
+        return {"loss": round(2.0 - step / 10, 3), "grad_norm": 1.5, "learning_rate": 1e-3, "epoch": step / 4}
+
+    history = [{**train(s), "step": s} for s in range(1, 7)]
+    history.insert(4, {"eval_loss": 1.2, "eval_f1_weighted": 0.5, "epoch": 1.0, "step": 4})
+    checkpoint = tmp_path / "run.partial" / "artifact" / "checkpoints" / "checkpoint-6"
+    checkpoint.mkdir(parents=True)
+    (checkpoint / "trainer_state.json").write_text(json.dumps({"global_step": 6, "log_history": history}))
+    # What the callback wrote for every line: the step, the epoch, the Trainer's logs; an evaluation also
+    # carries the last training loss.
+    callback = [{"step": s, "epoch": s / 4, **train(s)} for s in range(1, 7)]
+    callback.insert(4, {"step": 4, "epoch": 1.0, "eval_loss": 1.2, "eval_f1_weighted": 0.5, "train_loss": train(4)["loss"]})
+    # The file has the first two lines and one of step 8, after the checkpoint: steps 3 to 6 were lost.
+    log = tmp_path / "run.partial" / "train_log.jsonl"
+    log.write_text("".join(json.dumps(e) + "\n" for e in [*callback[:2], {"step": 8, "epoch": 2.0, **train(8)}]))
+    assert _log_until(log, "checkpoint-6") == callback
+    assert _log_until(log, "finished training")[-1]["step"] == 8  # a finished run keeps its whole log
