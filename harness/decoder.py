@@ -348,11 +348,17 @@ def token_logits(model: Any, tokens: list[int], positions: Any = None, **inputs:
         return logits[..., tokens].float()
     hidden = model.get_decoder()(**inputs).last_hidden_state
     hidden = hidden[:, -1:] if positions is None else hidden[:, positions]
-    with torch.autocast(hidden.device.type, enabled=False):  # fp32 under a caller's autocast too
-        logits = hidden.float() @ head.weight[tokens].float().T
-    if head.bias is not None:
-        logits = logits + head.bias[tokens].float()
-    return logits
+    return _fp32_head(hidden, head, tokens)
+
+
+def _fp32_head(hidden: Any, head: Any, rows: Any) -> Any:
+    """The head's logits of ``rows`` (token ids: a list for every position, or a (batch, k) tensor for each
+    row of a (batch, 1, hidden) state), computed in fp32 from ``hidden``, under a caller's autocast too."""
+    import torch
+
+    with torch.autocast(hidden.device.type, enabled=False):
+        logits = hidden.float() @ head.weight[rows].float().transpose(-1, -2)
+    return logits + head.bias[rows].float().unsqueeze(-2) if head.bias is not None else logits
 
 
 def next_tokens(logits: Any, hidden: Any = None, head: Any = None, candidates: int = 8) -> Any:
@@ -366,10 +372,7 @@ def next_tokens(logits: Any, hidden: Any = None, head: Any = None, candidates: i
     if hidden is None or head is None or logits.dtype == torch.float32:
         return logits.argmax(-1)
     top = logits.topk(min(candidates, logits.shape[-1]), dim=-1).indices
-    with torch.autocast(hidden.device.type, enabled=False):
-        exact = torch.einsum("rd,rkd->rk", hidden.float(), head.weight[top].float())
-    if head.bias is not None:
-        exact = exact + head.bias[top].float()
+    exact = _fp32_head(hidden[:, None], head, top)[:, 0]
     return top.gather(-1, exact.argmax(-1, keepdim=True)).squeeze(-1)
 
 

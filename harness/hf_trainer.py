@@ -72,6 +72,30 @@ def uses_bf16(setting: str, device: str, cpu_bf16: bool = False) -> bool:
     return setting == "bf16"
 
 
+class LogLines:
+    """The training log's lines made from the Trainer's logs: by the callback as training runs, and again from
+    a checkpoint's ``log_history`` when a killed run resumes (:func:`harness.runner._log_until`). The step and
+    epoch come first; an evaluation, which the Trainer reports twice at the last step, is one line, carrying
+    the last training loss before it."""
+
+    def __init__(self) -> None:
+        self.last_loss: float | None = None
+        self.last_eval_step = -1
+
+    def line(self, step: int, epoch: float | None, logs: dict[str, Any]) -> dict[str, Any] | None:
+        is_eval = any(k.startswith("eval_") for k in logs)
+        if is_eval and step == self.last_eval_step:
+            return None
+        if is_eval:
+            self.last_eval_step = step
+        if "loss" in logs:
+            self.last_loss = logs["loss"]
+        entry = {"step": step, "epoch": epoch, **logs}
+        if is_eval:
+            entry["train_loss"] = self.last_loss
+        return entry
+
+
 def train_with_trainer(
     *,
     model: Any,
@@ -134,25 +158,15 @@ def train_with_trainer(
     )
 
     class Progress(TrainerCallback):
-        last_loss: float | None = None
-        last_eval_step = -1
+        lines = LogLines()
 
         def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
             bar.advance(1)
 
         def on_log(self, args: Any, state: Any, control: Any, logs: dict[str, float] | None = None, **kwargs: Any) -> None:
-            logs = dict(logs or {})
-            is_eval = any(k.startswith("eval_") for k in logs)
-            if is_eval and state.global_step == self.last_eval_step:
-                return  # the Trainer reports the evaluation at the last step twice
-            if is_eval:
-                self.last_eval_step = state.global_step
-            if "loss" in logs:
-                self.last_loss = logs["loss"]
-            entry = {"step": state.global_step, "epoch": state.epoch, **logs}
-            if is_eval:
-                entry["train_loss"] = self.last_loss
-            progress.log(**entry)
+            entry = self.lines.line(state.global_step, state.epoch, logs or {})
+            if entry is not None:
+                progress.log(**entry)
 
     class HarnessTrainer(Trainer):
         def _get_train_sampler(self, train_dataset: Any = None) -> Any:

@@ -19,6 +19,7 @@ from typing import Any
 from harness import identity, measure
 from harness.data import Datasets, data_checks
 from harness.errors import UserError
+from harness.hf_trainer import LogLines
 from harness.launcher import (
     LAUNCHERS, TRAIN_RESULT, MeasureJob, TrainJob, UnitFailed, check_predictions, run_unit, without_answers, write_data_cache,
 )
@@ -506,8 +507,8 @@ def _log_until(path: Any, kept: str | None) -> list[dict[str, Any]]:
 
     A line reaches the file when the parent has read it from the unit, so a kill can lose the last lines
     before a checkpoint the unit had already saved. The Trainer's own history in the checkpoint
-    (``trainer_state.json``) has every one: the lines the file lacks are taken from it, in the form the
-    training callback writes them (an evaluation carries the last training loss before it)."""
+    (``trainer_state.json``) has every one: the lines are made from it again by the callback's own rules
+    (:class:`harness.hf_trainer.LogLines`)."""
     if kept is None or not path.is_file():
         return []
     entries = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
@@ -521,26 +522,10 @@ def _log_until(path: Any, kept: str | None) -> list[dict[str, Any]]:
     except (OSError, ValueError):
         return entries
 
-    def kind(entry: dict[str, Any]) -> tuple[Any, bool]:
-        return entry.get("step"), any(k.startswith("eval_") for k in entry)
-
-    have = {kind(e): e for e in entries}
-    rebuilt: list[dict[str, Any]] = []
-    seen, last_loss = set(), None
-    for item in history:
-        if item.get("step", 0) > step:
-            break
-        if kind(item) in seen:  # the Trainer reports the evaluation at the last step twice; the callback once
-            continue
-        seen.add(kind(item))
-        entry = have.pop(kind(item), None)
-        if entry is None:
-            entry = {"step": item.get("step"), "epoch": item.get("epoch"), **item}
-            if kind(item)[1]:
-                entry["train_loss"] = last_loss
-        last_loss = entry.get("loss", last_loss)
-        rebuilt.append(entry)
-    return rebuilt + list(have.values())
+    lines = LogLines()  # the callback's own rules, replayed
+    rebuilt = (lines.line(item["step"], item.get("epoch"), {k: v for k, v in item.items() if k != "step"})
+               for item in history if item.get("step", 0) <= step)
+    return [entry for entry in rebuilt if entry is not None]
 
 
 def _score(plugins: Plugins, name: str, task: Task, examples: list[Example], predictions: list[Prediction]) -> dict[str, Any]:
