@@ -176,13 +176,10 @@ def _train(task: Task, train: list[Example], validation: list[Example], settings
         artifact.info.update(_adapter_info(model, settings))
 
     if settings.num_train_epochs > 0:
-        truncated = 0
-
-        def encode(example: Example) -> dict[str, Any]:
-            nonlocal truncated
-            row, cut = prompter.training_row(example)
-            truncated += cut
-            return row
+        def encode(examples: list[Example]) -> tuple[list[dict[str, Any]], int]:
+            """The examples' training rows, and how many had their article cut."""
+            rows = [prompter.training_row(ex) for ex in examples]
+            return [row for row, _ in rows], sum(cut for _, cut in rows)
 
         scoring = selection_scoring(prompter) if task.type == "classification" else None
         batch = settings.per_device_eval_batch_size
@@ -205,7 +202,7 @@ def _train(task: Task, train: list[Example], validation: list[Example], settings
             trainer_settings["metric_for_best_model"] = "exact_match"
 
         with progress.phase("prepare"):
-            train_rows, validation_rows = [encode(ex) for ex in train], [encode(ex) for ex in validation]
+            (train_rows, truncated), (validation_rows, _) = encode(train), encode(validation)
         model, info = train_with_trainer(
             model=model,
             tokenizer=tokenizer,

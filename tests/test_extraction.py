@@ -145,3 +145,16 @@ def test_target_modules_that_match_nothing_fail_the_row_in_one_line_naming_the_l
     assert run["error"].startswith("ValueError: target_modules 'qkv_proj' match no layer of "), run["error"]
     assert run["error"].endswith("its linear layers: down_proj, gate_proj, k_proj, lm_head, o_proj, q_proj, up_proj, v_proj")
     assert "\n" not in run["error"]
+
+
+def test_the_cut_articles_note_counts_training_prompts_only(tmp_path, plugin_site, tiny_qwen, waybill_files):
+    """Every prompt cut (max_length barely above the answer's room): the note counts the 40 training prompts,
+    not the validation prompts that were encoded beside them."""
+    result = make_cli(plugin_site, tmp_path)("compare", "--plugins", "qwen", "--spec", "waybill", "--data", waybill_files,
+                     "--set", f"qwen.model={tiny_qwen}", *TINY[:TINY.index("qwen-lora.num_train_epochs=2") - 1],
+                     "--set", "qwen.num_train_epochs=1",
+                     "--set", "qwen.max_length=140", "--latency-samples", "1", "--launcher", "inline", "--json", "out.json")
+    assert result.returncode == 0, result.stderr
+    (run,) = json.loads((tmp_path / "out.json").read_text())["runs"]
+    assert run["model"]["truncated_train"] == 40
+    assert "articles cut to fit max_length in 40 of 40 training prompts" in run["model"]["notes"]
