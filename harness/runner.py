@@ -26,7 +26,7 @@ from harness.launcher import (
 from harness.plugins import Plugins
 from harness.progress import RunProgress
 from harness.spec import Spec, resolve_settings
-from harness.store import Store, load_artifact, read_predictions, read_scored, resumable, write_text
+from harness.store import Store, load_artifact, read_predictions, read_scored, resumable, shown_as, write_text
 from harness.types import ApproachInfo, Comparison, Example, Prediction, RunRecord, Task
 
 __all__ = ["CompareOptions", "Plan", "check_predictions", "compare", "plan_settings", "run_approach", "without_answers"]
@@ -345,10 +345,11 @@ def _run_locked(plugins: Plugins, spec: Spec, data: Datasets, plan: Plan, store:
     if not options.rerun:
         previous = store.find_measured(record.measurement["key"])
         if previous is not None:
-            previous.status = "reused"
-            _rescore(plugins, store, previous, task)
-            notify(plugins, "harness_run_finished", run=previous)
-            return previous
+            # The stored run, shown under this row's name and seed (its record.json keeps the name it was made under).
+            reused = shown_as(previous, name, seed, "reused")
+            _rescore(plugins, store, reused, task)
+            notify(plugins, "harness_run_finished", run=reused)
+            return reused
     source = None if options.rerun else store.find_trained(train_key)
     resumed = None if options.rerun or source is not None else store.resume_partial(train_key)
     log_file = None

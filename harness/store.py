@@ -36,7 +36,7 @@ import sqlite3
 import threading
 import sys
 import time
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 from contextlib import contextmanager
 from typing import Any, Iterable, Iterator
@@ -408,8 +408,12 @@ class Store:
                             where=str(path)) from None
 
     def save_comparison(self, comparison: Comparison) -> None:
+        # Each row as the comparison showed it: the run it shows, its status there, and the row's name and seed
+        # (a reused run is stored under the name of the row that made it: see shown_as).
         row = {"comparison_id": comparison.comparison_id, "spec": comparison.spec, "created": comparison.created,
-               "runs": [(r.run_id, r.status) for r in comparison.runs], "metrics": comparison.metrics}
+               "runs": [{"run_id": r.run_id, "status": r.status, "approach": r.approach, "seed": r.seed}
+                        for r in comparison.runs],
+               "metrics": comparison.metrics}
         folder = self.root / "comparisons"
         folder.mkdir(exist_ok=True)
         write_json(folder / f"{comparison.comparison_id}.json", row)
@@ -507,13 +511,17 @@ class Store:
         if row is None:
             return None
         runs = []
-        for run_id, status in json.loads(row[3]):
+        for entry in json.loads(row[3]):
+            # [run_id, status] in a comparison stored before rows kept their names: the run's own name and seed.
+            run_id, status, name, seed = ((entry["run_id"], entry["status"], entry.get("approach"), entry.get("seed"))
+                                          if isinstance(entry, dict) else (*entry[:2], None, None))
             try:
                 record = self.load_run(run_id)
-                record.status = status  # a reused run keeps the status it had in this comparison
+                # A reused run keeps the status, and shows the row name and seed, it had in this comparison.
+                record = shown_as(record, name or record.approach, record.seed if seed is None else seed, status)
             except UserError as exc:  # its directory was deleted, or its record damaged: the rest still reports
-                record = RunRecord(run_id=run_id, approach=_approach_of(run_id), spec=row[1], task_type="", status="missing",
-                                   error=str(exc))
+                record = RunRecord(run_id=run_id, approach=name or _approach_of(run_id), spec=row[1], task_type="",
+                                   status="missing", error=str(exc), seed=seed or 0)
             runs.append(record)
         return Comparison(comparison_id=row[0], spec=row[1], created=row[2], runs=runs, metrics=json.loads(row[4]))
 
@@ -532,7 +540,8 @@ class Store:
                 runs.append(self.load_run(item))
             else:
                 raise UserError(f"{item!r} is neither a stored run nor a stored comparison", where="--compare")
-        unique = list({r.run_id: r for r in runs}.values())
+        # A run given twice counts once; one run shown by two rows (toy and toy-copy) stays two rows.
+        unique = list({(r.approach, r.run_id): r for r in runs}.values())
         specs = sorted({r.spec for r in unique})
         if len(specs) > 1:
             raise UserError(f"runs of different specs ({', '.join(specs)}) are not one comparison", where="--compare")
@@ -549,6 +558,25 @@ class Store:
         digest = sha256(" ".join(r.run_id for r in unique).encode()).hexdigest()[:6]
         return Comparison(comparison_id=f"{specs[0]}-combined-{digest}", spec=specs[0], created=unique[0].created,
                           runs=unique, metrics=metrics)
+
+
+def shown_as(record: RunRecord, row: str, seed: int, status: str) -> RunRecord:
+    """A stored run as one row of a comparison shows it: under that row's name and seed, with its status there.
+
+    A run is stored once, under the name of the row that made it; a later row with the same measurement
+    identity reuses it whole (status ``reused``) and shows it under its own name: ``toy-copy`` (a spec row with
+    ``approach: toy``) beside ``toy`` in one compare is two rows, each counted once, and a grid's
+    ``bert@learning_rate=1e-5`` reused by a compare's ``bert`` row shows as ``bert``. ``run_id`` stays the
+    stored run's (its predictions and model are there). A copy: the stored record is never changed."""
+    environment = record.environment
+    if row != record.approach:  # what the row runs, when it runs another approach (spec rows, grid rows)
+        environment = dict(environment)
+        served = (record.measurement.get("identity") or {}).get("approach")
+        if served and served != row:
+            environment["runs"] = served
+        else:
+            environment.pop("runs", None)
+    return replace(record, approach=row, seed=seed, status=status, environment=environment)
 
 
 def _approach_of(run_id: str) -> str:
