@@ -20,8 +20,11 @@ prompt) and a vLLM engine serving their trained models. What each piece is for:
   prompt's shared KV cache (:func:`likelihood_scores`). :func:`check_letter_scoring` refuses letter scoring
   when the answers are not one distinct token each, and :func:`selection_scoring` is how checkpoints are
   selected during training.
-- :func:`extract` answers an extraction task by greedy generation (:func:`generate`) of a JSON object,
-  which :func:`parse_fields` reads; an answer that is not a JSON object is a wrong answer, not a crash.
+- :func:`extract` answers an extraction task by greedy generation (:func:`greedy_answers`, the same tokens
+  as :func:`generate`, the model's generation_config applied alike) of a JSON object, which
+  :func:`parse_fields` reads; an answer that is not a JSON object is a wrong answer, not a crash.
+- :func:`letter_choice` reads a server's classification answer: an option letter as a model writes one, or
+  an option named exactly; anything else is an invalid answer.
 
 Settings are passed explicitly; the :class:`Prompter` reads its own from the approach's settings (listed
 in its docstring). Nothing here imports torch or transformers at module level.
@@ -190,33 +193,68 @@ def chat_messages(task: Task, text: str) -> list[dict[str, str]]:
     return ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": user}]
 
 
+# How a model writes an option letter: "B", "B.", "B:", "B)" or "(B)", alone or before the option's text ("B. Sports").
+LETTER_ANSWER = re.compile(r"(?:\(([A-Z])\)[.:]?|([A-Z])(?:[.:)]|(?=\s)|$))(?:\s+(.*))?", re.DOTALL)
+LETTER_MARKS = "()[].:"  # what a letter token may carry besides whitespace: " B", "(", "B."
+
+
 def letter_choice(task: Task, top: dict[str, float] | None, text: str) -> tuple[str | None, dict[str, float] | None]:
-    """A classification answer read off a server's reply: the option letters' probabilities from the first
-    answer token's top log-probabilities (``top``: token text to log-probability; the letters found there,
-    renormalised, the others 0), else the answer text parsed (a letter, "B." or "(B)", or an option's text);
-    (None, None) when neither names an option: an invalid answer."""
+    """A classification answer read off a server's reply: ``text`` (the answer) and ``top`` (its first token's
+    top log-probabilities, token text to log-probability); (None, None) when the answer names no option: an
+    invalid answer, counted as such.
+
+    An option letter counts only as a model writes one: a capital among the options' letters, the whole answer
+    (``B``, ``B.``, ``B:``, ``B)``, ``(B)``) or followed by that same option's text (``B. Sports``). "I think..."
+    and a lowercase "a" are words, not options I and A; a letter inside a sentence ("it is 体育 (H)") is not an
+    answer either. An answer that is an option's label or text (casefolded, trailing punctuation stripped)
+    names that option. Anything else is invalid.
+
+    The log-probabilities give the scores (the letters' probabilities, renormalised over the letters in
+    ``top``, the others 0) only for a letter answer whose first token is that letter: the best token in ``top``
+    (what a temperature-0 answer starts with), stripped of whitespace and brackets, is the answer's letter. An
+    answer "Sports" whose top tokens list "A" (World) further down is Sports; "(C)", whose first token is "(",
+    is C without scores. Empty ``text`` means the caller has only the first token's log-probabilities (vLLM's
+    request constrained to the option tokens, ``max_tokens=1``): the best token is then the answer."""
     labels, options = list(task.labels), list(task.option_labels or task.labels)
     letters = LETTERS[: len(labels)]
-    found: dict[str, float] = {}
+    found: dict[str, float] = {}  # each letter's best log-probability among the tokens that write it
     for token, logprob in (top or {}).items():
-        letter = token.strip().strip("(.):").upper()
-        if len(letter) == 1 and letter in letters and token.strip():
+        letter = token.strip().strip(LETTER_MARKS)
+        if len(letter) == 1 and letter in letters:
             found[letter] = max(found.get(letter, float("-inf")), logprob)
-    if found:
+    first = max(top, key=top.__getitem__).strip().strip(LETTER_MARKS) if top else ""
+    answer = text.strip() or first
+    letter = _answer_letter(answer, letters, labels, options)
+    if letter is not None:
+        index = letters.index(letter)
+        if first != letter or not found:
+            return labels[index], None
         peak = max(found.values())
-        weights = {letter: math.exp(found[letter] - peak) if letter in found else 0.0 for letter in letters}
-        total = sum(weights.values())
-        scores = {label: weights[letter] / total for label, letter in zip(labels, letters)}
-        return max(scores, key=scores.__getitem__), scores
-    answer = text.strip()
-    matched = re.match(r"^\(?([A-Z])(?:[).:]|\s|$)", answer)
-    if matched and matched.group(1) in letters:
-        return labels[letters.index(matched.group(1))], None
-    folded = answer.rstrip(".").strip().casefold()
+        weights = [math.exp(found[x] - peak) if x in found else 0.0 for x in letters]
+        return labels[index], {label: weight / sum(weights) for label, weight in zip(labels, weights)}
+    return _named_option(answer, labels, options), None
+
+
+def _answer_letter(answer: str, letters: str, labels: list[str], options: list[str]) -> str | None:
+    """The option letter ``answer`` is (:data:`LETTER_ANSWER`, within ``letters``), or None."""
+    matched = LETTER_ANSWER.fullmatch(answer)
+    if not matched:
+        return None
+    letter, rest = matched.group(1) or matched.group(2), matched.group(3)
+    if letter not in letters:
+        return None
+    if rest is not None and _named_option(rest, labels, options) != labels[letters.index(letter)]:
+        return None  # "B. World", "I think ...": not the letter alone, nor the letter with its own option
+    return letter
+
+
+def _named_option(answer: str, labels: list[str], options: list[str]) -> str | None:
+    """The label whose label or option text ``answer`` is (casefolded, trailing punctuation stripped), or None."""
+    folded = answer.strip().rstrip(".。!！:：;；,，").strip().casefold()
     for label, option in zip(labels, options):
         if folded in (label.casefold(), option.casefold()):
-            return label, None
-    return None, None
+            return label
+    return None
 
 
 def check_letter_scoring(prompter: Prompter) -> None:
@@ -361,19 +399,82 @@ def _fp32_head(hidden: Any, head: Any, rows: Any) -> Any:
     return logits + head.bias[rows].float().unsqueeze(-2) if head.bias is not None else logits
 
 
-def next_tokens(logits: Any, hidden: Any = None, head: Any = None, candidates: int = 8) -> Any:
+def next_tokens(logits: Any, hidden: Any = None, head: Any = None, candidates: int = 8, process: Any = None) -> Any:
     """Each row's greedy next token from its last-position ``logits`` (rows, vocabulary). Logits below fp32
     (a bf16 model's, or any model's under bf16 autocast) are rounded to a step of 1/16 to 1/8 where tokens
     score: close tokens tie and argmax takes the lowest id. With the ``hidden`` state the ``head`` read, the
     top ``candidates`` are scored again in fp32 from the head's rows, as :func:`token_logits` scores options:
-    the token whose exact product is highest, which the rounding cannot have pushed out of the top few."""
+    the token whose exact product is highest, which the rounding cannot have pushed out of the top few.
+
+    ``process`` (fp32 scores to scores: the model's generation_config's logits processors on the rows' ids,
+    :func:`greedy_processors`) is applied as ``generate`` applies it, to an fp32 copy of the logits; the
+    candidates are the top of the processed scores, and their exact products are processed again (each in
+    its place among the others' logits) before they are compared."""
     import torch
 
+    scores = logits if process is None else process(logits.to(dtype=torch.float32, copy=True))
     if hidden is None or head is None or logits.dtype == torch.float32:
-        return logits.argmax(-1)
-    top = logits.topk(min(candidates, logits.shape[-1]), dim=-1).indices
+        return scores.argmax(-1)
+    top = scores.topk(min(candidates, scores.shape[-1]), dim=-1).indices
     exact = _fp32_head(hidden[:, None], head, top)[:, 0]
+    if process is not None:
+        exact = process(logits.float().scatter(-1, top, exact)).gather(-1, top)
     return top.gather(-1, exact.argmax(-1, keepdim=True)).squeeze(-1)
+
+
+# What of a generation_config changes greedy scores (the logits processors ``generate`` builds without
+# sampling), with each setting's value that builds none. Sampling settings (temperature, top_p, top_k) don't
+# apply to greedy decoding: ``generate(do_sample=False)`` ignores them too.
+PROCESSOR_SETTINGS = {"repetition_penalty": 1.0, "no_repeat_ngram_size": 0, "encoder_repetition_penalty": 1.0,
+                      "encoder_no_repeat_ngram_size": 0, "bad_words_ids": None, "sequence_bias": None,
+                      "min_length": 0, "min_new_tokens": 0, "forced_bos_token_id": None, "forced_eos_token_id": None,
+                      "remove_invalid_values": False, "exponential_decay_length_penalty": None,
+                      "suppress_tokens": None, "begin_suppress_tokens": None, "guidance_scale": 1.0,
+                      "watermarking_config": None}
+
+
+def generation_settings(model: Any) -> dict[str, Any]:
+    """The settings of the model's generation_config that greedy decoding applies (:data:`PROCESSOR_SETTINGS`
+    not at their neutral value): {} for plain greedy."""
+    config = getattr(model, "generation_config", None)
+    found = {}
+    for name, neutral in PROCESSOR_SETTINGS.items():
+        value = getattr(config, name, None)
+        if value is not None and value != neutral and value != [] and value != {}:
+            found[name] = value
+    return found
+
+
+def decoding_note(model: Any) -> str:
+    """The serving row's note on the rule greedy decoding follows: the model's generation_config, or plain."""
+    found = generation_settings(model)
+    if not found:
+        return "plain greedy decoding (the model's generation_config sets no logits processors)"
+    return "greedy decoding applies the model's generation_config: " + ", ".join(f"{k}={v}" for k, v in found.items())
+
+
+def greedy_processors(model: Any, prompter: Prompter, input_ids: Any, attention_mask: Any, max_new_tokens: int) -> Any:
+    """The logits processors ``model.generate(do_sample=False)`` builds from the model's generation_config for
+    this left-padded batch (transformers' own: repetition penalty, no-repeat n-grams, ...), or None when it
+    builds none. They read each row's whole ids, padding included, as ``generate`` passes them; a repetition
+    penalty skips each row's left padding (read off ``attention_mask``), as ``generate`` has it."""
+    if not generation_settings(model):
+        return None
+    if model.generation_config.guidance_scale not in (None, 1.0) or model.generation_config.watermarking_config:
+        raise ValueError("harness's greedy decoding cannot apply a generation_config's guidance_scale or "
+                         "watermarking_config (they keep state across the batch); remove them from the model's "
+                         "generation_config")
+    width = input_ids.shape[1]
+    config, _ = model._prepare_generation_config(
+        None, do_sample=False, num_beams=1, max_new_tokens=max_new_tokens, eos_token_id=prompter.end_ids or None,
+        pad_token_id=prompter.tokenizer.pad_token_id)
+    model._prepare_special_tokens(config, True, device=input_ids.device, batch_size=input_ids.shape[0])
+    config.max_length = width + max_new_tokens  # as generate prepares the lengths
+    if config.min_new_tokens is not None:
+        config.min_length = config.min_new_tokens + width
+    processors = model._get_logits_processor(config, input_ids_seq_length=width, encoder_input_ids=input_ids,
+                                             device=input_ids.device, model_kwargs={"attention_mask": attention_mask})
+    return processors or None
 
 
 @functools.cache
@@ -452,14 +553,23 @@ def greedy_answers(model: Any, prompter: Prompter, input_ids: Any, attention_mas
     each step's close tokens are told apart in fp32 (:func:`next_tokens`), where ``generate`` takes the lowest
     id among the tokens bf16 rounds to the same logit. A row that has finished leaves the batch and its cache:
     ``generate`` keeps computing finished rows as padding until the longest answer ends, which on waybill
-    records (72 to 138 tokens in a batch of 64) is a quarter of the work."""
+    records (72 to 138 tokens in a batch of 64) is a quarter of the work.
+
+    The model's generation_config decodes as it does in ``generate`` and vLLM: its logits processors
+    (:func:`greedy_processors`; a repetition penalty, no-repeat n-grams...) see each row's own ids, its padded
+    prompt then its answer so far, and are built again for the rows left when rows finish. Without any, the
+    loop is plain greedy at no extra cost. Sampling settings don't apply to greedy decoding."""
     import torch
 
     # A peft model (qwen-lora's evaluation while training) passes the cache on to the model it wraps.
-    renamed = _cache_renamed(type(model.get_base_model() if hasattr(model, "get_base_model") else model))
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    renamed = _cache_renamed(type(base))
     cache_name = "cache" if renamed else "past_key_values"
     ends = set(prompter.end_ids)
     head, seen = _plain_head(model), []  # the head's input: the last hidden state, for next_tokens
+    # The generation_config's processors (None: plain greedy, nothing more to do), on each row's whole ids.
+    processors = greedy_processors(base, prompter, input_ids, attention_mask, max_new_tokens)
+    history = input_ids
     hook = head.register_forward_hook(lambda module, args, output: seen.append(args[0][:, -1])) if head is not None else None
     try:
         positions = (attention_mask.cumsum(-1) - 1).clamp(min=0)
@@ -470,7 +580,8 @@ def greedy_answers(model: Any, prompter: Prompter, input_ids: Any, attention_mas
         mask, position = attention_mask, positions[:, -1:]
         for step in range(max_new_tokens):
             cache = out.cache if renamed else out.past_key_values
-            tokens = next_tokens(out.logits[:, -1], seen.pop() if seen else None, head)
+            process = None if processors is None else functools.partial(processors, history)
+            tokens = next_tokens(out.logits[:, -1], seen.pop() if seen else None, head, process=process)
             keep = []
             for j, token in enumerate(tokens.tolist()):
                 answers[rows[j]].append(token)
@@ -478,10 +589,16 @@ def greedy_answers(model: Any, prompter: Prompter, input_ids: Any, attention_mas
                     keep.append(j)
             if not keep or step == max_new_tokens - 1:
                 break
+            if processors is not None:
+                history = torch.cat([history, tokens[:, None]], dim=1)
             if len(keep) < len(rows):  # finished rows leave the batch, and their cache with them
                 index = torch.tensor(keep, device=tokens.device)
                 cache.batch_select_indices(index)
                 rows, tokens, mask, position = [rows[j] for j in keep], tokens[index], mask[index], position[index]
+                if processors is not None:  # built again for the rows left: a processor may hold one value a row
+                    history, left = history[index], torch.tensor(rows, device=tokens.device)
+                    processors = greedy_processors(base, prompter, input_ids[left], attention_mask[left],
+                                                   max_new_tokens)
             mask = torch.cat([mask, mask.new_ones((len(rows), 1))], dim=1)
             position = position + 1
             out = model(input_ids=tokens[:, None], attention_mask=mask, position_ids=position, use_cache=True,

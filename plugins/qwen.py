@@ -16,7 +16,8 @@ computed). With ``scoring: perplexity`` (seed 000's "lowest perplexity") each op
 by its mean log-probability per token, and with ``scoring: likelihood`` by the sum, all options in one
 batch that reuses the prompt's KV cache. Checkpoints are selected with letter scoring when every answer
 is one distinct token, else with perplexity, whatever ``scoring`` says: scoring is a predict setting.
-Extraction generates greedily (batched, left padded, KV cache, each row stopping at its end of turn) and
+Extraction generates greedily (batched, left padded, KV cache, each row stopping at its end of turn, the
+model's generation_config applied as ``generate`` applies it: the row's notes say which rule decoded) and
 parses the JSON record; checkpoints are selected on exact record. ``num_train_epochs: 0`` asks the untuned
 model with the same prompt (zero-shot).
 
@@ -35,7 +36,7 @@ from typing import Any, Literal
 
 from harness import (Approach, Artifact, Example, Parity, Prediction, RunContext, Serving, Task, hookimpl,
                      setting)
-from harness.decoder import (Prompter, answer_loss, check_letter_scoring, classify, extract, generate,
+from harness.decoder import (Prompter, answer_loss, check_letter_scoring, classify, decoding_note, extract, generate,
                              selection_scoring)
 from harness.hf_trainer import TRAINING_ARGUMENTS, TrainerSettings
 
@@ -303,6 +304,8 @@ def _load(task: Task, artifact: Artifact, settings: QwenSettings, context: RunCo
     artifact.state["packed"] = (task.type == "classification" and settings.scoring == "letter" and use_packing(
         artifact.state["serving_model"], device, settings.packing, decoder=True, where="qwen.packing"))
     notes = [PACKED_NOTE] if artifact.state["packed"] else []
+    if task.type == "extraction":  # which rule greedy decoding follows: the model's generation_config, or plain
+        notes.append(decoding_note(artifact.state["serving_model"]))
     if merge:
         notes.append("the LoRA adapter merged into the weights for serving")
     # On CPU, scoring saturates the cores at 16 prompts a batch; generation's one-token steps need more rows

@@ -10,7 +10,8 @@ import sys
 
 import pytest
 
-from harness.decoder import DEFAULT_PROMPT, Prompter, check_letter_scoring, classify, generate, greedy_answers, left_padded
+from harness.decoder import (DEFAULT_PROMPT, Prompter, check_letter_scoring, classify, decoding_note, generate,
+                             generate_counted, greedy_answers, left_padded, letter_choice)
 from harness.types import Example, Prompt, Task
 
 from conftest import QWEN_TOKENIZER, SHARED
@@ -206,9 +207,13 @@ def test_next_tokens_tell_apart_in_fp32_what_bf16_logits_tie():
     assert next_tokens(rounded).item() == 0  # no hidden state: the logits as they are
 
 
-def test_greedy_answers_in_bf16_pick_by_the_heads_fp32_product(tiny_qwen):
+@pytest.mark.parametrize("penalty", [None, 1.3])
+def test_greedy_answers_in_bf16_pick_by_the_heads_fp32_product(tiny_qwen, penalty):
     """A bf16 model's greedy token at every step is the highest fp32 product of the head's input with the head's
-    rows over the whole vocabulary (read here by hooks on the same forward passes), not the bf16 logits' argmax."""
+    rows over the whole vocabulary (read here by hooks on the same forward passes), not the bf16 logits' argmax;
+    with a repetition penalty in the model's generation_config, the highest such product once penalised (each
+    token of the row's prompt, padding left out, and answer so far: a positive logit divided by the penalty, a
+    negative one multiplied)."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -216,6 +221,8 @@ def test_greedy_answers_in_bf16_pick_by_the_heads_fp32_product(tiny_qwen):
 
     tokenizer = AutoTokenizer.from_pretrained(tiny_qwen)
     model = AutoModelForCausalLM.from_pretrained(tiny_qwen).eval().to(torch.bfloat16)
+    if penalty is not None:
+        model.generation_config.repetition_penalty = penalty
     task = Task("extraction", fields=("name",), prompt=Prompt(user="{text}"))
     prompter = Prompter(task, tokenizer, SETTINGS)
     prompter.end_ids = [-1]  # never ends: every row runs all steps
@@ -242,5 +249,123 @@ def test_greedy_answers_in_bf16_pick_by_the_heads_fp32_product(tiny_qwen):
         exact = torch.stack([h @ head.weight.float().T for h in hidden[:-1]])  # (steps, rows, vocabulary)
     assert [count for _, count in answers] == [24] * 3 and len(hidden) == len(fed) == 24
     chosen = torch.stack([tokens[:, 0] for tokens in fed[1:]])  # each step's token is the next forward's input
-    assert torch.equal(chosen, exact.argmax(-1))
+    penalised = exact.clone()
+    if penalty is not None:
+        for step in range(len(chosen)):
+            for row in range(len(ids)):
+                seen = torch.cat([ids[row][mask[row] == 1], chosen[:step, row]]).unique()
+                scores = penalised[step, row, seen]
+                penalised[step, row, seen] = torch.where(scores < 0, scores * penalty, scores / penalty)
+        assert not torch.equal(penalised.argmax(-1), exact.argmax(-1))  # the penalty moved some answers
+    assert torch.equal(chosen, penalised.argmax(-1))
     assert (chosen % 2 == 1).any()  # some steps chose the odd token of a pair, which bf16's argmax never takes
+
+
+@pytest.fixture(scope="module")
+def repeating_qwen(shared):
+    """A 2-layer, 64-wide Qwen3 with random weights drawn wider than the tiny one's (std 0.1): greedy decoding
+    repeats tokens, so a generation_config that forbids or penalises repeats changes its answers."""
+    import torch
+    from transformers import AutoTokenizer, Qwen3Config, Qwen3ForCausalLM
+
+    tokenizer = AutoTokenizer.from_pretrained(QWEN_TOKENIZER)
+    config = Qwen3Config(
+        vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, head_dim=16, max_position_embeddings=1024, tie_word_embeddings=True, initializer_range=0.1,
+    )
+    torch.manual_seed(0)
+    return Qwen3ForCausalLM(config).eval(), tokenizer
+
+
+@pytest.mark.parametrize("setting", [{"repetition_penalty": 1.3}, {"no_repeat_ngram_size": 2}],
+                         ids=["repetition_penalty", "no_repeat_ngram_size"])
+def test_greedy_answers_apply_the_models_generation_config_as_generate_does(repeating_qwen, setting):
+    """Six left-padded rows of different lengths, one ending on its third step and leaving the batch: with the
+    model's generation_config setting a repetition penalty or no-repeat n-grams, harness's loop gives
+    ``generate(do_sample=False)``'s tokens, and plain greedy (the setting removed) answers otherwise."""
+    import torch
+
+    model, tokenizer = repeating_qwen
+    prompter = Prompter(Task("extraction", fields=("name",), prompt=Prompt(user="{text}")), tokenizer, SETTINGS)
+    texts = ["Zhang San, 13800000000", "Li Si", "a much longer waybill line, Beijing Haidian, 100 Main Street", "x",
+             "Wang Wu 13900000000 Shanghai", "Room 5, Building 2"]
+    input_ids, mask, _ = left_padded([prompter.prompt_ids(t, reserve=12)[0] for t in texts], tokenizer.pad_token_id, "cpu")
+    plain = {name: getattr(model.generation_config, name) for name in setting}
+    try:
+        with torch.inference_mode():
+            model.generation_config.update(**setting)
+            free = model.generate(input_ids=input_ids, attention_mask=mask, max_new_tokens=12, do_sample=False,
+                                  eos_token_id=None, pad_token_id=tokenizer.pad_token_id)[:, input_ids.shape[1]:]
+            prompter.end_ids = [free[0, 2].item()]
+            lengths = [row.index(prompter.end_ids[0]) + 1 if prompter.end_ids[0] in row else 12 for row in free.tolist()]
+            assert lengths[0] == 3 and max(lengths) > 3, lengths  # rows end at different steps
+            ours = greedy_answers(model, prompter, input_ids, mask, max_new_tokens=12)
+            theirs = generate_counted(model, prompter, input_ids, mask, max_new_tokens=12)
+            note = decoding_note(model)
+            model.generation_config.update(**plain)
+            unprocessed = greedy_answers(model, prompter, input_ids, mask, max_new_tokens=12)
+    finally:
+        model.generation_config.update(**plain)
+    assert ours == theirs
+    assert [count for _, count in ours] == lengths
+    assert sum(a != b for a, b in zip(ours, unprocessed)) >= 3  # the setting changes most answers
+    name, value = next(iter(setting.items()))
+    assert note == f"greedy decoding applies the model's generation_config: {name}={value}"
+    assert decoding_note(model) == "plain greedy decoding (the model's generation_config sets no logits processors)"
+
+
+THUCNEWS = Task("classification", ("财经", "房产", "股票", "教育", "科技", "社会", "时政", "体育", "游戏", "娱乐"))
+AG_NEWS = Task("classification", ("World", "Sports", "Business", "Sci/Tech"),
+               option_labels=("World", "Sports", "Business", "Science/Technology"))
+
+
+def test_a_letter_inside_a_sentence_is_no_answer_on_thucnews():
+    """The 10-label THUCNews spec, where I and H are options: "I think it is 体育 (H)" names no option exactly
+    and is not a letter answer (the letter alone, or before its option's text), whatever its top tokens say."""
+    answer = "I think it is 体育 (H)"
+    assert letter_choice(THUCNEWS, None, answer) == (None, None)
+    assert letter_choice(THUCNEWS, {"I": -0.1, " think": -1.0, "H": -3.0}, answer) == (None, None)
+    assert letter_choice(THUCNEWS, None, "体育") == ("体育", None)
+    assert letter_choice(THUCNEWS, None, "(H).") == ("体育", None)
+    assert letter_choice(THUCNEWS, {"I": -0.1}, "I")[0] == "游戏"  # the letter alone: option I of ten
+    assert letter_choice(AG_NEWS, {"I": -0.1}, "I") == (None, None)  # of four, no option
+
+
+@pytest.mark.parametrize("text, top, label", [
+    ("I think Sports", None, None),
+    ("I think Sports", {"I": -0.05, " think": -3.0, "A": -6.0}, None),
+    ("a", None, None),  # lowercase: a word, not option A
+    ("a", {"a": -0.1, "A": -4.0}, None),
+    ("Sports", None, "Sports"),
+    ("sports.", None, "Sports"),
+    ("Science/Technology", None, "Sci/Tech"),  # the option's text names its label
+    ("Sports news", None, None),
+    ("(C)", None, "Business"),
+    ("(C)", {"(": -0.01, "C": -6.0, "A": -7.0}, "Business"),  # the first token "(" is no letter: no scores
+    ("B.", None, "Sports"), ("B:", None, "Sports"), ("B)", None, "Sports"),
+    ("B. Sports", None, "Sports"),
+    ("B. World", None, None),  # a letter and another option's text
+    ("E", None, None),  # out of range on four options
+    ("Business", None, "Business"),  # a word that starts with a capital letter is no letter
+])
+def test_an_answer_is_a_letter_as_a_model_writes_one_or_an_option_named_exactly(text, top, label):
+    assert letter_choice(AG_NEWS, top, text) == (label, None)
+
+
+def test_log_probabilities_score_only_an_answer_whose_first_token_is_its_letter():
+    import math
+
+    # The model answered "Sports": its first token's top list holds other words and, far down, the letter A.
+    # The text names Sports; the letter tokens that happen to be there don't decide (they used to: World, 1.0).
+    assert letter_choice(AG_NEWS, {"Sports": -0.01, "World": -5.0, "A": -7.0}, "Sports") == ("Sports", None)
+    assert letter_choice(AG_NEWS, {"A": -0.01, "Sports": -5.0}, "Sports") == ("Sports", None)
+    # The model answered "B": the letters' probabilities, renormalised over the letters in the list.
+    label, scores = letter_choice(AG_NEWS, {"B": math.log(0.6), "A": math.log(0.2), " C": math.log(0.1),
+                                            " B": math.log(0.05), "The": math.log(0.05)}, "B")
+    assert label == "Sports"
+    assert scores == pytest.approx({"World": 2 / 9, "Sports": 6 / 9, "Business": 1 / 9, "Sci/Tech": 0.0})
+    assert letter_choice(AG_NEWS, {" B": -0.1, "A": -2.0}, "B. Sports")[1]["Sports"] > 0.8
+    # No text, the first token's log-probabilities alone (vLLM's request constrained to the option tokens).
+    label, scores = letter_choice(AG_NEWS, {"A": math.log(0.3), "D": math.log(0.7)}, "")
+    assert label == "Sci/Tech" and scores == pytest.approx({"World": 0.3, "Sports": 0.0, "Business": 0.0, "Sci/Tech": 0.7})
+    assert letter_choice(AG_NEWS, {"a": -0.1, "The": -1.0}, "") == (None, None)

@@ -137,6 +137,15 @@ def test_extraction_generates_and_an_answer_that_is_not_json_is_wrong_not_a_cras
     # bench's raw reference: chat template, tokenizer and generate by hand give predict's answers.
     forward = plugins.call("qwen", "harness_reference", task=task, artifact=artifact, settings=settings)
     assert [forward([ex.text])[0].strip() for ex in examples] == [p.raw for p in predictions]
+    plain = "plain greedy decoding (the model's generation_config sets no logits processors)"
+    assert plain in load(task, artifact, settings).notes
+    # A model whose generation_config penalises repeats (as Qwen2.5-Instruct's does) decodes by it, as generate does.
+    artifact.state["serving_model"].generation_config.repetition_penalty = 1.3
+    penalty = "greedy decoding applies the model's generation_config: repetition_penalty=1.3"
+    assert penalty in load(task, artifact, settings).notes and plain not in load(task, artifact, settings).notes
+    penalised = plugins.call("qwen", "harness_predict", task=task, artifact=artifact, examples=examples,
+                             settings=settings, progress=SILENT)
+    assert [forward([ex.text])[0].strip() for ex in examples] == [p.raw for p in penalised] != [p.raw for p in predictions]
     assert decoder.parse_fields('{"name": "Zhang San", "phone": 13800000000}') == {"name": "Zhang San", "phone": "13800000000"}
     assert decoder.parse_fields("name: Zhang San") is None and decoder.parse_fields("[1, 2]") is None
 
