@@ -19,6 +19,7 @@ import threading
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Callable, Iterator
 
 from harness import measure
@@ -45,6 +46,25 @@ class BenchResult:
     # {"throughput": [...], "latency": {...}}; empty when the approach has no reference.
     raw: dict[str, Any] = field(default_factory=dict)
     raw_protocol: str | None = None  # how raw batches the texts (RAW_PROTOCOL), where there is a raw row
+
+
+# What `harness bench` without --run adds to the settings of the approach that trains, beside no examples.
+UNTRAINED = {"random_weights": True, "num_train_epochs": 0.0}
+
+
+def untrained(plugins: Any, plan: Any, task: Any, scratch: Path) -> tuple[Any, dict[str, Any]]:
+    """The model `harness bench --random-weights` times: the approach that trains (an engine's served one)
+    called with no train or validation examples and :data:`UNTRAINED` on top of its settings, so that it
+    builds its model from its config, untrained, under ``scratch``; then loaded to serve. Returns the
+    artifact and the settings predict gets. The conformance kit calls this too."""
+    from harness.launcher import load_for_serving
+    from harness.progress import SILENT
+
+    artifact = plugins.call(plan.trainer, "harness_train", task=task, train=[], validation=[],
+                            settings={**plan.train_settings, **UNTRAINED}, workdir=scratch, progress=SILENT)
+    (scratch / "cache").mkdir()
+    _, settings = load_for_serving(plugins, plan.approach, task, artifact, {**plan.settings, **UNTRAINED}, scratch / "cache")
+    return artifact, settings
 
 
 def raw_predict(forward: Callable[[list[str]], Any]) -> Predict:

@@ -48,11 +48,12 @@ CORE_MEASURING = ("harness.launcher:measure_unit",)
 
 # Modules that present, store, time or dispatch and never change what a model learns: the code
 # fingerprint does not follow calls into them. Every other module of harness, harness_plugins or the
-# approach's own package that the training path calls counts, found by following the calls.
+# approach's own package that the training path calls counts, found by following the calls (harness.types
+# among them: Prompt.plain builds every prompt without a chat template).
 NOT_TRAINING = frozenset({
     "harness.bench", "harness.cli", "harness.data", "harness.errors", "harness.identity", "harness.measure", "harness.plugins",
     "harness.progress", "harness.pytest_plugin", "harness.report", "harness.stats", "harness.store",
-    "harness.testing", "harness.types",
+    "harness.testing",
 })
 # For the measuring code, timing counts: harness.measure is followed.
 NOT_MEASURING = NOT_TRAINING - {"harness.measure"}
@@ -133,39 +134,105 @@ def library_versions(names: tuple[str, ...]) -> dict[str, str]:
 
 
 def code_fingerprint(roots: list[Any], skip: frozenset[str]) -> dict[str, str]:
-    """The code that ``roots`` (functions, classes or ``"module:name"`` strings) run, function by function:
-    each one's qualified name and a digest of its syntax tree, following every name it uses that resolves
-    to a function or class of harness, harness_plugins or the roots' own packages (imports inside
+    """The code that ``roots`` (functions, methods, classes or ``"module:name"`` strings) run, function by
+    function: each one's qualified name and a digest of its syntax tree, following every name it uses that
+    resolves to a function or class of harness, harness_plugins or the roots' own packages (imports inside
     functions included), except in the modules of ``skip``. Constants it reads (a module's dict of
     defaults, a prompt template) count with their values.
 
+    A method's ``self.<name>`` is looked up on its class and the class's bases, as Python looks it up: a
+    method found there is followed like a function, a class attribute that is a constant counts with its
+    value, and an attribute the class does not have (set on the instance) follows the class's
+    ``__init__``. The class is the instance's, for a bound method; else the one the method is defined in.
+
     The digest ignores what cannot change a result: comments, formatting, docstrings and the message of a
     ``raise``. So editing a predict function, bench, the report or an error message changes no training
-    identity; editing the training step, the sampler, the Trainer glue or seeding does.
+    identity; editing the training step, a helper it calls through ``self``, the sampler, the Trainer glue
+    or seeding does.
     """
     packages = {"harness", "harness_plugins"} | {_module_of(root).split(".")[0] for root in roots}
     found: dict[str, str] = {}
+    seen: set[tuple[str, Any]] = set()
     queue = [_resolve_root(root) for root in roots]
     while queue:
-        obj = inspect.unwrap(queue.pop())
+        obj, owner = queue.pop()
+        obj = inspect.unwrap(obj)
         name = f"{obj.__module__}.{obj.__qualname__}"
-        if name in found:
+        if (name, owner) in seen:
             continue
+        seen.add((name, owner))
         tree, namespace = _syntax(obj)
         found[name] = hashlib.sha256(ast.dump(tree).encode()).hexdigest()[:16]
         for used, value in _used(tree, namespace, obj.__module__):
             if (inspect.isfunction(value) or inspect.isclass(value)) and _tracked(value, packages, skip):
-                queue.append(value)
+                queue.append((value, value if inspect.isclass(value) else None))
             elif _constant(value) and used in namespace and namespace.get(used) is value:
                 found[f"{obj.__module__}.{used}"] = digest(value)[:16]
+        if owner is None:
+            continue
+        for attr in _self_attributes(tree):
+            defined_in, value = _lookup(owner, attr)
+            if defined_in is None:  # set on the instance: by __init__
+                defined_in, value = _lookup(owner, "__init__")
+            if defined_in is obj:
+                continue  # a class's own methods are in its digest already
+            if inspect.isfunction(value) or inspect.isclass(value):
+                if _tracked(value, packages, skip):
+                    queue.append((value, value if inspect.isclass(value) else owner))
+            elif _constant(value) and _tracked(defined_in, packages, skip):
+                found[f"{owner.__module__}.{owner.__qualname__}.{attr}"] = digest(value)[:16]
     return dict(sorted(found.items()))
 
 
-def _resolve_root(root: Any) -> Any:
+def _resolve_root(root: Any) -> tuple[Any, type | None]:
+    """A root's function or class, and the class its ``self`` is looked up on (None for a plain function)."""
     if isinstance(root, str):
         module, _, name = root.partition(":")
-        return getattr(importlib.import_module(module), name)
-    return getattr(root, "__func__", root)
+        root = getattr(importlib.import_module(module), name)
+    if inspect.isclass(root):
+        return root, root
+    if inspect.ismethod(root):  # bound: the instance's own class (a classmethod's: the class itself)
+        bound = root.__self__
+        return root.__func__, bound if inspect.isclass(bound) else type(bound)
+    return root, defining_class(root)
+
+
+def defining_class(function: Any) -> type | None:
+    """The class a function is defined in, found by its qualified name in its module; None for a function
+    outside a class (or inside another function)."""
+    path = getattr(function, "__qualname__", "").split(".")[:-1]
+    value = sys.modules.get(getattr(function, "__module__", None) or "")
+    if not path or "<locals>" in path or value is None:
+        return None
+    for part in path:
+        value = getattr(value, part, None)
+    return value if inspect.isclass(value) else None
+
+
+def _self_attributes(tree: ast.AST) -> set[str]:
+    """The ``<self>.<name>`` names that a method, or a class's methods, read: ``<self>`` is each method's
+    first parameter (a static method has none)."""
+    body = getattr(tree, "body", [])
+    methods = [node for item in body for node in (item.body if isinstance(item, ast.ClassDef) else [item])
+               if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef))
+               and not any(isinstance(d, ast.Name) and d.id == "staticmethod" for d in node.decorator_list)]
+    names = {first.arg for node in methods for first in (node.args.posonlyargs + node.args.args)[:1]}
+    return {node.attr for node in ast.walk(tree)
+            if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id in names}
+
+
+def _lookup(owner: type, attr: str) -> tuple[type | None, Any]:
+    """The class of ``owner``'s method resolution order that defines ``attr``, and what it holds there
+    (a static or class method's function, a property's getter, a wrapper's wrapped function)."""
+    for cls in owner.__mro__:
+        if attr in vars(cls):
+            value = vars(cls)[attr]
+            if isinstance(value, (staticmethod, classmethod)):
+                value = value.__func__
+            elif isinstance(value, property):
+                value = value.fget
+            return cls, inspect.unwrap(value) if callable(value) else value
+    return None, None
 
 
 def _module_of(root: Any) -> str:

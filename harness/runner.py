@@ -261,29 +261,52 @@ def measurement_identity(plugins: Plugins, data: Datasets, plan: Plan, train_key
     }
 
 
-def what_changed(before: dict[str, Any], after: dict[str, Any]) -> list[str]:
-    """The measurement identity's differences, in words: ``predict_batch_size 0 -> 8``, ``test data``."""
+def what_changed(before: dict[str, Any], after: dict[str, Any], training: bool = False) -> list[str]:
+    """Two measurement identities' differences (two training identities', with ``training``), in words:
+    ``predict_batch_size 0 -> 8``, ``test data``, ``training code: plugins.toy.Toy._fit``."""
     changes = []
     for key in sorted(set(before) | set(after)):
         old, new = before.get(key), after.get(key)
         if old == new or key == "train_key":
             continue
-        if key == "predict_settings":
+        if key in ("predict_settings", "settings"):
             for name in sorted(set(old or {}) | set(new or {})):
                 if (old or {}).get(name) != (new or {}).get(name):
                     changes.append(f"{name} {(old or {}).get(name)!r} -> {(new or {}).get(name)!r}")
-        elif key == "approach":  # another approach serves it: every other difference follows from that
+        elif key == "approach" and not training:  # another approach serves it: every other difference follows from that
             return [f"served by {new} (trained by {before.get('approach')})"]
         elif key == "code":
             edited = sorted(name for name in set(old or {}) | set(new or {}) if (old or {}).get(name) != (new or {}).get(name))
-            changes.append("measuring code: " + ", ".join(edited[:3]) + (f" and {len(edited) - 3} more" if len(edited) > 3 else ""))
-        elif key in ("latency_samples", "warmup_examples", "threads", "launcher"):
+            changes.append(f"{'training' if training else 'measuring'} code: " + ", ".join(edited[:3])
+                           + (f" and {len(edited) - 3} more" if len(edited) > 3 else ""))
+        elif key in ("latency_samples", "warmup_examples", "threads", "launcher", "approach", "random_weights", "accelerator"):
             changes.append(f"{key} {old} -> {new}")
-        elif key == "test":
-            changes.append("test data")
+        elif key in ("test", "train", "validation"):
+            changes.append(f"{key} data")
         else:
             changes.append(key)
     return changes
+
+
+def training_reason(store: Store, record: RunRecord, rerun: bool) -> str:
+    """Why a row trains: ``--rerun``, or what changed in its training identity since the newest model the
+    same row trained with the same seed on the same spec (``training code: plugins.toy.Toy._fit``)."""
+    if rerun:
+        return "--rerun"
+    rows = []
+    if (store.root / "runs.db").exists():
+        rows = store.db.execute("SELECT run_id FROM runs WHERE approach = ? AND spec = ? AND trained_in = run_id "
+                                "ORDER BY created DESC", (record.approach, record.spec)).fetchall()
+    for (run_id,) in rows:
+        try:
+            before = store.load_run(run_id)
+        except UserError:
+            continue
+        if before.seed == record.seed and before.training.get("identity"):
+            now = json.loads(json.dumps(record.training["identity"], default=str))  # as stored: tuples are lists
+            changes = what_changed(before.training["identity"], now, training=True)
+            return ", ".join(changes) or f"the model run {run_id} trained is no longer stored"
+    return "no model of this row stored yet"
 
 
 def run_approach(
@@ -383,6 +406,7 @@ def _run_locked(plugins: Plugins, spec: Spec, data: Datasets, plan: Plan, store:
         elif finished.is_file():  # a killed run had finished training: measure its model
             artifact_file = _record_training(record, json.loads(finished.read_text(encoding="utf-8")), workdir / "artifact")
         else:
+            record.training["reason"] = training_reason(store, record, options.rerun)
             job = TrainJob(plan.trainer, task, data_file, {**plan.train_settings, "random_weights": options.random_weights},
                            workdir / "artifact", seed)
             result = run_unit("train", job, plugins, progress, launcher=options.launcher)

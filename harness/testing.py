@@ -13,13 +13,17 @@ In your plugin's tests::
 
 from __future__ import annotations
 
+import ast
+import importlib.util
+import inspect
 import math
 import random
+import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 from harness.approach import Approach
-from harness.types import ApproachInfo, Example, Prediction, RunRecord, Task
+from harness.types import ApproachInfo, Artifact, Example, Prediction, RunRecord, Task
 
 TINY_TASK = Task(type="classification", labels=("sport", "weather", "food"))
 
@@ -102,7 +106,8 @@ def check_plugin(
     launcher: str = "process",
 ) -> RunRecord:
     """Check ``plugin`` (a module with a file that registers approaches, or one Approach, or a hook-style
-    plugin) against everything the core and ``harness bench --run`` do with an approach. ``name`` says
+    plugin) against everything the core and ``harness bench`` (``--run``, ``--random-weights``) do with an
+    approach. ``name`` says
     which approach to check where the module registers several.
 
     Checks: describe returns an ApproachInfo for the task's type whose predict settings and choices name
@@ -112,13 +117,17 @@ def check_plugin(
     --run`` serves it (empty state, ``harness_load``, then predict): the same answers (labels, extracted
     fields, and every score within 1e-4), one Prediction per example in order (also for reversed input and
     one at a time), labels from the task, scores that are probabilities, fields that are a record of the
-    task's fields (an extraction task, ``task=TINY_EXTRACTION``, gets shipping notes to read); changing only the latency options re-measures the stored model without training; the
-    report renders the row. An engine (``ApproachInfo.serves``) is checked over ``serves``, the plugin it
-    serves. Returns the first run's record, whose ``metrics`` you can hold to your own bar. Raises
+    task's fields (an extraction task, ``task=TINY_EXTRACTION``, gets shipping notes to read); changing only the latency options re-measures the stored model without training; an
+    edit of each helper that train calls through ``self`` or by name in its own file (made in a copy of the
+    file) changes the training identity, so compare trains again; ``harness bench --random-weights`` works:
+    train with no examples and ``random_weights: True, num_train_epochs: 0`` (:func:`harness.bench.untrained`,
+    what bench calls), then predict; the report renders the row. An engine (``ApproachInfo.serves``) is
+    checked over ``serves``, the plugin it serves. Returns the first run's record, whose ``metrics`` you can hold to your own bar. Raises
     :class:`ConformanceError` on the first broken contract.
     """
     from dataclasses import asdict, replace
 
+    from harness.bench import UNTRAINED, untrained
     from harness.data import Datasets
     from harness.errors import UserError
     from harness.launcher import load_for_serving
@@ -182,9 +191,9 @@ def check_plugin(
     except TypeError as exc:
         raise ConformanceError(str(exc)) from None
 
-    def predict(examples: list[Example]) -> list[Prediction]:
+    def predict(examples: list[Example], artifact: Any = artifact, settings: dict[str, Any] = call_settings) -> list[Prediction]:
         result = plugins.call(name, "harness_predict", task=task, artifact=artifact, examples=examples,
-                              settings=call_settings, progress=SILENT)
+                              settings=settings, progress=SILENT)
         _expect(isinstance(result, list), f"harness_predict must return a list, got {type(result).__name__}")
         _expect(len(result) == len(examples), f"harness_predict returned {len(result)} predictions for {len(examples)} examples")
         for i, prediction in enumerate(result):
@@ -219,9 +228,93 @@ def check_plugin(
     again = run_approach(plugins, spec, data, plan, store, replace(options, rerun=False, latency_samples=options.latency_samples + 1))
     _expect(again.status == "ok", f"measuring the stored model again failed: {again.error}")
     _expect(again.training.get("trained_in") == record.run_id, "a latency-only change trained again instead of re-measuring")
+    # An edit of a helper that train calls trains again: it changes the training identity.
+    for helper, before, after in _edited_helpers(plugins.code_roots(plan.trainer, ("harness_train",)), tmp_path / "edited"):
+        _expect(before != after, f"editing {helper}, which train calls, leaves the training identity as it was: "
+                "compare would reuse the model trained before the edit (harness.identity follows the functions and "
+                "methods train names; a wrapper without functools.wraps hides what it wraps)")
+
+    # `harness bench --random-weights` times an untrained model: train with no examples, then predict.
+    scratch = tmp_path / "random-weights"
+    scratch.mkdir(exist_ok=True)
+    try:
+        built, built_settings = untrained(plugins, plan, task, scratch)
+        _expect(isinstance(built, Artifact), f"harness_train must return an Artifact, got {type(built).__name__}")
+        predict(test[:4], built, built_settings)
+    except ConformanceError:
+        raise
+    except Exception as exc:
+        raise ConformanceError(
+            f"`harness bench --random-weights` failed: train gets no examples and {UNTRAINED} in its settings "
+            f"(context.random_weights), and must build an untrained model that predicts: {type(exc).__name__}: {exc}"
+            .splitlines()[0]) from exc
     from io import StringIO
 
     from rich.console import Console
 
     Console(file=StringIO(), width=200).print(comparison_table(Comparison("conformance", "conformance", record.created, [record, again])))
     return record
+
+
+def _edited_helpers(roots: list[Any], folder: Path) -> Iterator[tuple[str, dict[str, str], dict[str, str]]]:
+    """For each helper that train (``roots``: its function, as the runner fingerprints it) calls through
+    ``self`` or by name, defined in train's own file (outside harness): its name, the training code of train,
+    and that of train in a copy of the file with a statement added to the helper's body."""
+    from harness import identity
+
+    for root in roots:
+        train = inspect.unwrap(getattr(root, "__func__", root))
+        module, qualname = train.__module__, train.__qualname__
+        try:
+            path = Path(inspect.getsourcefile(train) or "")
+            source = path.read_text(encoding="utf-8")
+        except (OSError, TypeError):
+            continue
+        if module.split(".")[0] == "harness" or "<locals>" in qualname:
+            continue
+        tree = ast.parse(source)
+        node = _find(tree, qualname)
+        owner = identity.defining_class(train)
+        classes = {cls.__name__ for cls in (owner.__mro__ if owner else ()) if cls.__module__ == module}
+        if node is None:
+            continue
+        parameters = node.args.posonlyargs + node.args.args
+        self_name = parameters[0].arg if owner and parameters else None
+        called = {n.id for n in ast.walk(node) if isinstance(n, ast.Name)}
+        through_self = {n.attr for n in ast.walk(node) if isinstance(n, ast.Attribute)
+                        and isinstance(n.value, ast.Name) and n.value.id == self_name}
+        helpers = [(f.name, f) for f in tree.body if isinstance(f, ast.FunctionDef) and f.name in called]
+        helpers += [(f"{c.name}.{f.name}", f) for c in tree.body if isinstance(c, ast.ClassDef) and c.name in classes
+                    for f in c.body if isinstance(f, ast.FunctionDef) and f.name in through_self and f is not node]
+        before = identity.training_code([train]) if helpers else {}
+        for i, (helper, definition) in enumerate(helpers):
+            first = definition.body[0]
+            if first.lineno == definition.lineno:
+                continue  # a one-line def: no line to add
+            lines = source.splitlines(keepends=True)
+            lines.insert(first.lineno - 1, " " * first.col_offset + "pass\n")
+            copy = folder / str(i) / path.name
+            copy.parent.mkdir(parents=True, exist_ok=True)
+            copy.write_text("".join(lines), encoding="utf-8")
+            name = f"{module}_kit_edited_{i}"  # beside the original, so that its relative imports resolve
+            spec = importlib.util.spec_from_file_location(name, copy)
+            edited = importlib.util.module_from_spec(spec)
+            sys.modules[name] = edited
+            try:
+                spec.loader.exec_module(edited)
+                after = identity.training_code([_find(edited, qualname)])
+            finally:
+                sys.modules.pop(name, None)
+            yield f"{module}.{helper}", before, {k.replace(f"{name}.", f"{module}.", 1): v for k, v in after.items()}
+
+
+def _find(scope: Any, qualname: str) -> Any:
+    """What ``qualname`` names in a module object, or its definition in a module's syntax tree."""
+    for part in qualname.split("."):
+        if isinstance(scope, ast.AST):
+            scope = next((n for n in scope.body if isinstance(n, (ast.ClassDef, ast.FunctionDef)) and n.name == part), None)
+        else:
+            scope = getattr(scope, part, None)
+        if scope is None:
+            return None
+    return scope

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import sys
 from pathlib import Path
 
 import pytest
@@ -110,6 +111,7 @@ def test_editing_the_plugin_source_retrains_and_a_predict_setting_only_remeasure
     assert retrained["status"] == "ok" and retrained["training"]["trained_in"] == retrained["run_id"]
     before, after = trained["training"]["identity"]["code"], retrained["training"]["identity"]["code"]
     assert [name for name in after if before.get(name) != after[name]] == ["harness_naive_bayes.NaiveBayes.train"]
+    assert retrained["training"]["reason"] == "training code: harness_naive_bayes.NaiveBayes.train"
 
 
 def test_a_row_measured_on_one_thread_is_not_reused_for_a_compare_on_all_of_them(site_cli, ag_news_data):
@@ -199,6 +201,72 @@ def harness_predict(examples):
     assert fingerprint(predict, "fp_predict") == base
     changed = fingerprint(source.replace("lr * len(ex.text)", "lr * len(ex.text) ** 2"), "fp_step")
     assert changed["harness_train"] == base["harness_train"] and changed["step"] != base["step"]
+
+
+# An approach whose train reaches a helper and a class constant through self; predict has a helper of its own.
+HELPERS = '''
+from harness import Approach, Artifact, Prediction
+
+
+class Base(Approach):
+    step = 1
+
+    def _fit(self, train):
+        return sum(self.step for _ in train)
+
+
+class Counting(Base):
+    name = "counting"
+
+    def train(self, task, train, validation, settings, context):
+        return Artifact(train_samples=self._fit(train))
+
+    def predict(self, task, artifact, examples, settings, context):
+        return [self._answer(task) for _ in examples]
+
+    def _answer(self, task):
+        return Prediction(label=task.labels[0])
+'''
+
+
+def test_the_training_code_follows_self_into_the_methods_and_constants_train_reaches(tmp_path, monkeypatch):
+    import importlib
+
+    from harness import identity
+    from harness.plugins import load_plugins
+    from harness.runner import what_changed
+
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setattr(sys, "dont_write_bytecode", True)  # each reload compiles the file as edited
+    path = tmp_path / "counting_plugin.py"
+
+    def training_code(source: str) -> dict[str, str]:
+        path.write_text(source)  # the same file edited, as a plugin author edits it
+        module = importlib.reload(importlib.import_module("counting_plugin"))
+        plugins = load_plugins(entry_points=False)
+        plugins.register(module.Counting(), "counting")
+        code = identity.training_code(plugins.code_roots("counting", ("harness_train",)))
+        return {key: value for key, value in code.items() if key.startswith("counting_plugin.")}
+
+    base = training_code(HELPERS)
+    # Its own train, the base class's _fit found through self, and the constant _fit reads through self.
+    assert set(base) == {"counting_plugin.Counting.train", "counting_plugin.Base._fit", "counting_plugin.Counting.step"}
+    fit = training_code(HELPERS.replace("sum(self.step for _ in train)", "sum(2 * self.step for _ in train)"))
+    assert what_changed({"code": base}, {"code": fit}, training=True) == ["training code: counting_plugin.Base._fit"]
+    step = training_code(HELPERS.replace("step = 1", "step = 10"))
+    assert what_changed({"code": base}, {"code": step}, training=True) == ["training code: counting_plugin.Counting.step"]
+    # What train never reaches, predict's helper, trains nothing again.
+    assert training_code(HELPERS.replace("label=task.labels[0]", "label=task.labels[-1]")) == base
+
+
+def test_the_prompt_types_are_training_code():
+    from harness import identity
+    from harness.plugins import load_plugins
+
+    # Prompt.plain builds every prompt of a model without a chat template: qwen's training code holds it.
+    code = identity.training_code(load_plugins().code_roots("qwen", ("harness_train",)))
+    assert {"harness.types.Prompt", "harness.types.Example", "harness.types.Task"} <= set(code)
+    assert "harness.decoder.Prompter" in code
 
 
 def test_an_engine_serves_the_trained_model_without_training_it_again(site_cli, ag_news_data):

@@ -129,6 +129,89 @@ def test_the_kit_compares_scores_not_only_labels(tmp_path):
         check_plugin(Flattened(), tmp_path=tmp_path, launcher="inline")
 
 
+# A majority-class approach whose train and predict each call a helper of their own through self.
+COUNTS = '''
+import json
+
+from harness import Approach, Artifact, Prediction, hookimpl
+
+
+class Counts(Approach):
+    name = "counts"
+
+    def train(self, task, train, validation, settings, context):
+        path = context.workdir / "counts.json"
+        path.write_text(json.dumps(self._fit(task, train)))
+        return Artifact(path=path, train_samples=len(train))
+
+    def _fit(self, task, train):
+        counts = {label: 0 for label in task.labels}
+        for example in train:
+            counts[example.label] += 1
+        return counts
+
+    def predict(self, task, artifact, examples, settings, context):
+        scores = self._scores(task, json.loads(artifact.path.read_text()))
+        return [Prediction(label=max(scores, key=scores.get), scores=scores) for _ in examples]
+
+    def _scores(self, task, counts):
+        total = sum(counts.values()) + len(task.labels)
+        return {label: (counts[label] + 1) / total for label in task.labels}
+
+
+@hookimpl
+def harness_register_approaches(register):
+    register(Counts())
+'''
+
+
+def test_the_kit_passes_a_plugin_whose_train_calls_a_helper_through_self(tmp_path):
+    record = check_plugin(module_from(tmp_path, "counts_plugin", COUNTS), tmp_path=tmp_path, launcher="inline")
+    assert "counts_plugin.Counts._fit" in record.training["identity"]["code"]
+
+
+def test_the_kit_fails_a_plugin_whose_helper_edits_would_not_train_again(tmp_path):
+    # A wrapper without functools.wraps: what train calls through self is `logging`, which hides _fit.
+    hidden = COUNTS.replace("class Counts(Approach):", '''def logged(fit):
+    def logging(*args):
+        return fit(*args)
+    return logging
+
+
+class Counts(Approach):''').replace("    def _fit(", "    @logged\n    def _fit(")
+    with pytest.raises(ConformanceError, match=r"editing hidden_counts\.Counts\._fit, which train calls, leaves the "
+                                               "training identity as it was"):
+        check_plugin(module_from(tmp_path, "hidden_counts", hidden), tmp_path=tmp_path, launcher="inline")
+
+
+MEAN_LENGTH = '''
+from harness import ApproachInfo, Artifact, Prediction, hookimpl
+
+
+@hookimpl
+def harness_describe():
+    return ApproachInfo(task_types=("classification",), settings={})
+
+
+@hookimpl
+def harness_train(train):
+    mean = sum(len(example.text) for example in train) / len(train)
+    return Artifact(train_samples=len(train), info={"mean_length": mean})
+
+
+@hookimpl
+def harness_predict(task, examples):
+    return [Prediction(label=task.labels[0]) for _ in examples]
+'''
+
+
+def test_the_kit_runs_train_as_bench_random_weights_does_with_no_examples(tmp_path):
+    with pytest.raises(ConformanceError, match=r"`harness bench --random-weights` failed: train gets no examples .*"
+                                               "ZeroDivisionError: division by zero") as caught:
+        check_plugin(module_from(tmp_path, "mean_length", MEAN_LENGTH), tmp_path=tmp_path, launcher="inline")
+    assert "\n" not in str(caught.value) and isinstance(caught.value.__cause__, ZeroDivisionError)
+
+
 def test_a_misspelt_hook_fails_loudly():
     class Typo:
         @hookimpl
