@@ -2,40 +2,54 @@
 
 What the ``openai`` approach (any endpoint), the ``vllm`` engine (a server harness starts) and a teacher share:
 
-- :class:`Endpoint`: one base URL and model, asked with up to ``concurrency`` requests in flight (asyncio, the
-  client's ``AsyncOpenAI``). Time-outs, connection errors, 429s and 5xxs are retried by the client with its
-  exponential backoff, and a 429's ``Retry-After`` is honoured (openai-python waits what the server asks, up to
-  a minute); what still fails is a :class:`Reply` with ``error`` set, never an exception: the run finishes and
-  counts it. Each reply keeps its latency, token usage and the server's ``system_fingerprint``.
+- :class:`Session`: one event loop and one ``AsyncOpenAI`` client (one connection pool) on it, made on first
+  use and kept until :meth:`Session.close` (or until it is garbage, or the process exits): every request of a
+  unit goes through the same client and open connections, as a real client's do, so batch-1 latency measures
+  the server, not a new client, event loop and TCP connection per request.
+- :class:`Endpoint`: one base URL and model, asked with up to ``concurrency`` requests in flight on its
+  session. Time-outs, connection errors, 429s and 5xxs are retried by the client with its exponential
+  backoff, and a 429's ``Retry-After`` is honoured (openai-python waits what the server asks, up to a minute);
+  what still fails is a :class:`Reply` with ``error`` set: the run finishes and counts it. Each reply keeps its
+  latency, token usage and the server's ``system_fingerprint``. Once more than half of everything an endpoint
+  was asked has failed, it raises :class:`EndpointFailed` (one line, the first error): a row, or a teacher,
+  that got no answers is a failure, never a result.
 - :meth:`Endpoint.check`: the endpoint reached, the key accepted, the model served, in one line each
   (:class:`~harness.errors.UserError`) before anything trains.
 - The key comes from an environment variable named by a setting: it is given to the client and nowhere else,
   and every message that leaves this module has it replaced by ``<secret>``.
+- :func:`redact_settings`: settings as a record and an identity may hold them: the values of an engine's
+  ``env`` and the value after a secret-looking command-line option (``--api-key``, ``--hf-token``, any option
+  whose name has a word key, token, secret or password) are ``<secret>``; the server gets the real ones.
 - :class:`Server`: an OpenAI-compatible server started from a command (``vllm serve``), waited for until
-  ``/health`` answers, stopped (SIGTERM, then SIGKILL) when done or when the process exits; one that dies while
-  starting is one line with the last lines of its log.
+  ``/health`` answers, stopped (SIGTERM, then SIGKILL, with what it started) when done, when the process
+  exits, and when the process gets SIGTERM; one that dies while starting is one line with the last lines of
+  its log.
 """
 
 from __future__ import annotations
 
 import asyncio
 import os
+import re
 import shlex
 import signal
 import socket
 import subprocess
 import tempfile
+import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Sequence
+import weakref
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from harness.errors import UserError
 
 SECRET = "<secret>"
+T = TypeVar("T")
 
 
 def openai_module() -> Any:
@@ -45,6 +59,103 @@ def openai_module() -> Any:
         raise ImportError("talking to an OpenAI-compatible endpoint needs the openai client: "
                           "pip install 'harness-compare[openai]'") from None
     return openai
+
+
+class EndpointFailed(RuntimeError):
+    """Most of what an endpoint was asked failed: the row (or the teacher) has no answers to speak of."""
+
+
+# ---------------------------------------------------------------------------------------------
+# One client, one connection pool, one event loop.
+# ---------------------------------------------------------------------------------------------
+
+
+class _Loop:
+    """An event loop and the AsyncOpenAI client made on it: what a :class:`Session` holds. The loop runs in
+    the calling thread, one call at a time (a lock), and waits, stopped, in between, its connections kept
+    open: no thread to wake and hand the answer over, so a request costs what the client's own loop costs.
+    It never refers to its Session, so the Session's finalizer can close it."""
+
+    def __init__(self, options: dict[str, Any]):
+        self.options = options
+        self.client: Any = None
+        self.loop = asyncio.new_event_loop()
+        self.lock = threading.RLock()
+
+    def run(self, make: Callable[[Any], Awaitable[T]]) -> T:
+        async def call() -> T:
+            if self.client is None:
+                self.client = openai_module().AsyncOpenAI(**self.options)
+            return await make(self.client)
+
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:  # the usual case: a plain thread, no loop of its own running
+            with self.lock:
+                return self.loop.run_until_complete(call())
+        # Called from a coroutine (a notebook, an async caller): its loop is busy, so ours runs on a helper
+        # thread, and the caller waits for it as for any blocking call.
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(1, thread_name_prefix="harness-endpoint") as pool:
+            return pool.submit(self.run, make).result()
+
+    def close(self) -> None:
+        if not self.lock.acquire(timeout=10):  # a call still running on another thread: the process ends it
+            return
+        try:
+            if self.loop.is_closed() or self.loop.is_running():  # garbage-collected inside its own call
+                return
+            try:
+                asyncio.get_running_loop()
+                return  # inside another loop, ours cannot run here: its sockets close with the process
+            except RuntimeError:
+                pass
+            try:
+                if self.client is not None:
+                    self.loop.run_until_complete(self.client.close())
+            except Exception:  # a connection that will not close cleanly is closed with the loop
+                pass
+            self.client = None
+            self.loop.close()
+        finally:
+            self.lock.release()
+
+
+class Session:
+    """One ``AsyncOpenAI`` client for ``base_url`` (its connection pool) on one event loop, both made on the
+    first :meth:`run` and kept until :meth:`close`: the life of a unit. Callable from any thread, one call at
+    a time (the requests within a call run ``concurrency`` at once)."""
+
+    def __init__(self, base_url: str, api_key: str = "", *, timeout: float = 60.0, max_retries: int = 2):
+        self._options = {"base_url": base_url, "api_key": api_key or "EMPTY", "timeout": timeout,
+                         "max_retries": max_retries}
+        self._lock = threading.Lock()
+        self._loop: _Loop | None = None
+        self._finalizer: Any = None
+
+    def run(self, make: Callable[[Any], Awaitable[T]]) -> T:
+        """``await make(client)`` on the session's loop; its result, or its exception."""
+        with self._lock:
+            if self._loop is None:
+                self._loop = _Loop(self._options)
+                # Closed when the session is garbage, or at interpreter exit, if nobody closed it before.
+                self._finalizer = weakref.finalize(self, self._loop.close)
+            loop = self._loop
+        return loop.run(make)
+
+    def close(self) -> None:
+        """Close the client's connections and stop the loop; a later :meth:`run` starts them again."""
+        with self._lock:
+            finalizer, self._loop, self._finalizer = self._finalizer, None, None
+        if finalizer is not None:
+            finalizer()
+
+    def __enter__(self) -> Session:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
 
 
 @dataclass
@@ -63,7 +174,8 @@ class Reply:
 
 class Endpoint:
     """``model`` on the OpenAI-compatible server at ``base_url``; the key is read from the environment variable
-    ``api_key_env`` (empty: no key, as a local vLLM or llama.cpp server takes)."""
+    ``api_key_env`` (empty: no key, as a local vLLM or llama.cpp server takes). One :class:`Session` for its
+    life: :meth:`close` (or ``with``) ends it."""
 
     def __init__(self, base_url: str, model: str, *, api_key_env: str = "", concurrency: int = 8,
                  timeout: float = 60.0, max_retries: int = 4):
@@ -74,26 +186,31 @@ class Endpoint:
         if api_key_env and not self._key:
             raise UserError(f"the environment variable {api_key_env} that should hold the API key is not set",
                             where="api_key_env")
+        self.session = Session(self.base_url, self._key, timeout=timeout, max_retries=max_retries)
+        self.asked, self.failed, self.first_error = 0, 0, ""
 
     def hide(self, text: str) -> str:
         """``text`` with the key replaced: what any message about a request may say."""
         return text.replace(self._key, SECRET) if self._key else text
 
-    def _client(self) -> Any:
-        openai = openai_module()
-        return openai.AsyncOpenAI(base_url=self.base_url, api_key=self._key or "EMPTY", timeout=self.timeout,
-                                  max_retries=self.max_retries)
+    def close(self) -> None:
+        self.session.close()
+
+    def __enter__(self) -> Endpoint:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
 
     def check(self) -> None:
         """The server answers, takes the key and serves the model; else one line, and the compare stops."""
         openai = openai_module()
 
-        async def models() -> list[str]:
-            async with self._client().with_options(max_retries=1) as client:
-                return [m.id async for m in client.models.list()]
+        async def models(client: Any) -> list[str]:
+            return [m.id async for m in client.with_options(max_retries=1).models.list()]
 
         try:
-            served = asyncio.run(models())
+            served = self.session.run(models)
         except openai.AuthenticationError:
             raise UserError(f"{self.base_url} refused the API key in ${self.api_key_env or '(none set)'} (401)",
                             where="api_key_env") from None
@@ -115,16 +232,33 @@ class Endpoint:
         return self._run("completion", list(prompts), params)
 
     def _run(self, kind: str, items: list[Any], params: dict[str, Any]) -> list[Reply]:
-        async def all_of() -> list[Reply]:
+        if not items:
+            return []
+
+        async def all_of(client: Any) -> list[Reply]:
+            if len(items) == 1:  # batch 1: the request itself, no task to schedule around it
+                return [await self._ask(client, kind, items[0], params)]
             gate = asyncio.Semaphore(self.concurrency)
-            async with self._client() as client:
-                async def one(item: Any) -> Reply:
-                    async with gate:
-                        return await self._ask(client, kind, item, params)
 
-                return await asyncio.gather(*(one(item) for item in items))
+            async def one(item: Any) -> Reply:
+                async with gate:
+                    return await self._ask(client, kind, item, params)
 
-        return asyncio.run(all_of()) if items else []
+            return await asyncio.gather(*(one(item) for item in items))
+
+        replies = self.session.run(all_of)
+        self._count(replies)
+        return replies
+
+    def _count(self, replies: list[Reply]) -> None:
+        """Count what failed, over the endpoint's life; more than half failed: :class:`EndpointFailed`."""
+        failed = [reply.error for reply in replies if reply.error]
+        self.asked += len(replies)
+        self.failed += len(failed)
+        self.first_error = self.first_error or (failed[0] if failed else "")
+        if 2 * self.failed > self.asked:
+            raise EndpointFailed(f"{self.failed} of {self.asked} requests to {self.model} at {self.base_url} failed "
+                                 f"(first: {self.first_error})".splitlines()[0])
 
     async def _ask(self, client: Any, kind: str, item: Any, params: dict[str, Any]) -> Reply:
         openai = openai_module()
@@ -170,16 +304,112 @@ def _cause(exc: BaseException) -> str:
     return str(exc).splitlines()[0] if str(exc) else type(exc).__name__
 
 
+# ---------------------------------------------------------------------------------------------
+# Secrets in an engine's settings.
+# ---------------------------------------------------------------------------------------------
+
+# An option whose name has one of these words (split at - and _) takes a secret: --api-key, --hf-token,
+# --token, --client-secret, --db-password. Not --max-num-batched-tokens, --tokenizer or --ssl-keyfile.
+SECRET_WORDS = frozenset({"key", "keys", "apikey", "token", "secret", "secrets", "password", "passwd"})
+ENV_SETTING = "env"  # KEY=VALUE pairs separated by commas: the environment of a server harness starts
+
+
+def secret_option(arg: str) -> bool:
+    """``--api-key`` or ``--api-key=...``: an option whose value is a secret."""
+    if not arg.startswith("-") or arg.lstrip("-") == "":
+        return False
+    words = re.split(r"[-_.]+", arg.lstrip("-").split("=", 1)[0].lower())
+    return any(word in SECRET_WORDS for word in words)
+
+
+def redact_args(args: list[str]) -> list[str]:
+    """``args`` with the value of every secret-looking option (the next argument, or what follows ``=``)
+    replaced by ``<secret>``."""
+    out, hide_next = [], False
+    for arg in args:
+        if hide_next:
+            out.append(SECRET)
+            hide_next = False
+        elif secret_option(arg):
+            if "=" in arg:
+                out.append(arg.split("=", 1)[0] + "=" + SECRET)
+            else:
+                out.append(arg)
+                hide_next = True
+        else:
+            out.append(arg)
+    return out
+
+
+def parse_env(text: str) -> dict[str, str]:
+    """An ``env`` setting (``KEY=VALUE,KEY=VALUE``) as a dict."""
+    return dict(pair.strip().split("=", 1) for pair in text.split(",") if "=" in pair)
+
+
+def redact_value(name: str, value: Any) -> Any:
+    """One setting as a record may hold it: an ``env`` setting's values ``<secret>``; a string that is a
+    command line with a secret-looking option, that option's value ``<secret>``. Anything else as it is (the
+    same object: an identity without secrets does not change)."""
+    if not isinstance(value, str) or not value:
+        return value
+    if name == ENV_SETTING and "=" in value:
+        return ",".join(f"{key}={SECRET}" for key in parse_env(value))
+    if "-" not in value:
+        return value
+    try:
+        args = shlex.split(value)
+    except ValueError:  # an unclosed quote: not a command line
+        return value
+    redacted = redact_args(args)
+    return value if redacted == args else " ".join(a if a.endswith(SECRET) else shlex.quote(a) for a in redacted)
+
+
+def redact_settings(settings: dict[str, Any]) -> dict[str, Any]:
+    """``settings`` with :func:`redact_value` applied to each: what a record's settings and a run's identity
+    hold (the runner applies it where it writes them); the real values still go to the approach."""
+    return {name: redact_value(name, value) for name, value in settings.items()}
+
+
+def secret_values(args: list[str], env: dict[str, str] | None) -> list[str]:
+    """The secrets in a server's arguments and environment, to be hidden in anything it wrote."""
+    values = [value for value in (env or {}).values() if len(value) >= 4]
+    for arg, shown in zip(args, redact_args(args)):
+        if arg != shown:
+            secret = arg.split("=", 1)[1] if "=" in arg and secret_option(arg) else arg
+            if len(secret) >= 4:
+                values.append(secret)
+    return values
+
+
+# ---------------------------------------------------------------------------------------------
+# A server harness starts.
+# ---------------------------------------------------------------------------------------------
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
 
 
+def _exit_on_sigterm(signum: int, frame: Any) -> None:
+    raise SystemExit(128 + signum)
+
+
+def _stop_on_sigterm() -> None:
+    """SIGTERM raises SystemExit in this process, so ``finally`` blocks and atexit (which stop the servers it
+    started) run: by default SIGTERM ends Python at once and a server it started would run on. Only where
+    nobody installed a handler of their own, and only from the main thread (where Python runs handlers)."""
+    if threading.current_thread() is threading.main_thread() and signal.getsignal(signal.SIGTERM) == signal.SIG_DFL:
+        signal.signal(signal.SIGTERM, _exit_on_sigterm)
+
+
 class Server:
     """An OpenAI-compatible server started from ``command`` (split as a shell would, then ``args`` appended),
     listening on 127.0.0.1:``port``, in the calling process's process group: a harness unit's group, so it
-    stops with the unit even if the unit is killed. :meth:`stop` (also at interpreter exit) ends it."""
+    stops with the unit even if the unit is killed. :meth:`stop` (also at interpreter exit, and on SIGTERM to
+    this process) ends it and what it started. ``env`` is added to its environment; the values there and
+    after secret-looking options in ``args`` are hidden in every message about it."""
 
     def __init__(self, command: str, args: list[str], port: int, *, start_timeout: float = 600.0,
                  env: dict[str, str] | None = None):
@@ -188,11 +418,13 @@ class Server:
         self.env = env
         self.process: subprocess.Popen | None = None
         self.log = Path(tempfile.mkstemp(prefix="harness-server-", suffix=".log")[1])
+        self._secrets = secret_values(list(args), env)
 
     def start(self) -> Server:
         import atexit
 
         argv = shlex.split(self.command) + self.args
+        _stop_on_sigterm()
         try:
             handle = self.log.open("wb")
             self.process = subprocess.Popen(argv, stdout=handle, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
@@ -224,16 +456,39 @@ class Server:
                            f"{self.last_lines()}")
 
     def last_lines(self, n: int = 3) -> str:
-        lines = [line.strip() for line in self.log.read_text(errors="replace").splitlines() if line.strip()]
+        text = self.log.read_text(errors="replace")
+        for secret in self._secrets:  # a server that logs its arguments (vLLM does) would write the key
+            text = text.replace(secret, SECRET)
+        lines = [line.strip() for line in text.splitlines() if line.strip()]
         return " | ".join(lines[-n:]) or "(it wrote nothing)"
 
     def stop(self) -> None:
+        """SIGTERM, up to 30 s to exit, then SIGKILL; then what it started and left behind (an engine's
+        workers), the same way."""
+        import psutil
+
         process, self.process = self.process, None
         if process is None or process.poll() is not None:
             return
+        try:
+            children = psutil.Process(process.pid).children(recursive=True)
+        except psutil.Error:
+            children = []
         process.send_signal(signal.SIGTERM)
         try:
             process.wait(timeout=30)
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()
+        alive = [child for child in children if child.is_running()]
+        for child in alive:
+            try:
+                child.terminate()
+            except psutil.Error:
+                pass
+        _, alive = psutil.wait_procs(alive, timeout=5)
+        for child in alive:
+            try:
+                child.kill()
+            except psutil.Error:
+                pass

@@ -220,7 +220,10 @@ def training_identity(plugins: Plugins, spec: Spec, data: Datasets, plan: Plan, 
                       options: CompareOptions, store: Store) -> dict[str, Any]:
     """What was trained: see harness.identity."""
     # Secrets (API keys) change no weights and never reach a record: they are not part of the identity.
-    settings = {k: v for k, v in plan.train_settings.items() if k not in plan.train_predict_keys and k not in plan.secrets}
+    from harness.endpoint import redact_settings
+
+    settings = redact_settings({k: v for k, v in plan.train_settings.items()
+                                if k not in plan.train_predict_keys and k not in plan.secrets})
     with store.model_hashes() as cache:
         models = {key: identity.model_identity(str(settings[key]), cache)
                   for key in plan.model_settings if settings.get(key)}
@@ -245,10 +248,14 @@ def training_identity(plugins: Plugins, spec: Spec, data: Datasets, plan: Plan, 
 def measurement_identity(plugins: Plugins, data: Datasets, plan: Plan, train_key: str,
                          options: CompareOptions) -> dict[str, Any]:
     """How it was measured: see harness.identity."""
+    from harness.endpoint import redact_settings
+
     return {
         "train_key": train_key,
         "approach": plan.approach,
-        "predict_settings": {k: plan.settings[k] for k in plan.predict_keys if k in plan.settings and k not in plan.secrets},
+        # An engine's env values and the value after --api-key in its arguments never reach a record.
+        "predict_settings": redact_settings({k: plan.settings[k] for k in plan.predict_keys
+                                             if k in plan.settings and k not in plan.secrets}),
         "test": data.test_hash,
         "latency_samples": options.latency_samples,
         "warmup_examples": options.warmup_examples,
@@ -321,13 +328,15 @@ def run_approach(
 ) -> RunRecord:
     """One run: reused whole, measured on a stored trained model, or trained and measured, with ``seed``
     (default: the spec's first training seed) seeding the unit processes and given as ``settings["seed"]``."""
+    from harness.endpoint import redact_settings
+
     seed = spec.training_seeds[0] if seed is None else seed
     plan = replace(plan, settings={**plan.settings, "seed": seed}, train_settings={**plan.train_settings, "seed": seed})
     name = plan.name
     task = spec.to_task(plan.prompt_row or plan.trainer)  # an engine serves with the prompt its model was trained on
     record = RunRecord(
         run_id=new_id(name), approach=name, spec=spec.name, task_type=task.type, seed=seed,
-        settings={k: SECRET if k in plan.secrets else v for k, v in plan.settings.items()},
+        settings=redact_settings({k: SECRET if k in plan.secrets else v for k, v in plan.settings.items()}),
         random_weights=options.random_weights, train_hash=data.train_hash, test_hash=data.test_hash,
         n_train=len(data.train), n_validation=len(data.validation), n_test=len(data.test), created=now(),
     )

@@ -7,9 +7,14 @@ settings come from the spec and ``--set NAME.key=value`` as for any row. Before 
 
 - its ``check`` runs (an endpoint that cannot serve is one line, exit 2);
 - every train example's text is asked, in chunks, and each chunk's answers are appended to a cache in the store
-  (``teacher/<key>.jsonl``, keyed by the approach, its settings without secrets, the task's prompt and each
-  text's sha256) and flushed to disk as they arrive: a rerun, or one after a crash or a kill, asks only what is
-  not there yet;
+  (``teacher/<key>.jsonl``, keyed by what changes answers: the approach, its settings without secrets and
+  without those that only change how it asks (``concurrency``, ``timeout``, ``max_retries``, ...), the task's
+  prompt; each line by its text's sha256) and flushed to disk as they arrive: a rerun, or one after a crash or
+  a kill, asks only what is not there yet. Each answer keeps the server's ``system_fingerprint`` where it
+  gave one;
+- only answers are cached: a request that failed (a 429, a 5xx, a time-out, after the retries) is not, so it
+  is left out of this run's labels (counted) and asked again by the next run. A teacher most of whose requests
+  fail (more than half) stops the compare in one line with the first error (exit 2), before anything trains;
 - an answer that is no label of the task (or no valid record) is dropped and counted;
 - the students train on the teacher's labels: their training data hash is the hash of those labels, so a
   different teacher is a different training run. Validation and test keep their gold answers, so checkpoints
@@ -39,10 +44,16 @@ def text_key(text: str) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
+# Settings that change how a teacher asks, never what it answers: not part of its cache's key.
+HOW_IT_ASKS = frozenset({"seed", "concurrency", "timeout", "max_retries", "api_key_env", "predict_batch_size",
+                         "start_timeout"})
+
+
 def cache_key(plan: Any, task: Task) -> str:
     from harness import identity
+    from harness.endpoint import redact_settings
 
-    settings = {k: v for k, v in plan.settings.items() if k not in plan.secrets and k != "seed"}
+    settings = redact_settings({k: v for k, v in plan.settings.items() if k not in plan.secrets and k not in HOW_IT_ASKS})
     return identity.digest({"approach": plan.approach, "settings": settings,
                             "task": {k: v for k, v in asdict(task).items() if k != "normalize"}})[:32]
 
@@ -51,6 +62,7 @@ def teach(plugins: Any, spec: Any, data: Any, plan: Any, store: Any, console: An
     """``data`` with its train examples labelled by the teacher ``plan`` (invalid answers dropped), and what
     happened: asked, cached, dropped, agreement with gold."""
     from harness.data import Datasets
+    from harness.endpoint import Endpoint, EndpointFailed
     from harness.launcher import SILENT_PROGRESS, load_for_serving, without_answers
     from harness.metrics import record_outcome, valid_record
 
@@ -64,34 +76,52 @@ def teach(plugins: Any, spec: Any, data: Any, plan: Any, store: Any, console: An
     path = store.root / "teacher" / f"{cache_key(plan, task)}.jsonl"
     answers = _read(path)
     todo = list({text_key(ex.text): ex for ex in data.train if text_key(ex.text) not in answers}.values())
+    failed: dict[str, str] = {}  # text key -> the error of a request that got no answer (not cached)
     if todo:
         if console is not None:
             console.print(f"teacher {plan.name}: asking {len(todo)} of {len(data.train)} training texts "
                           f"({len(data.train) - len(todo)} answered before)")
-        path.parent.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryDirectory(prefix="harness-teacher-") as workdir:
             artifact = plugins.call(name, "harness_train", task=task, train=[], validation=[], settings=plan.train_settings,
                                     workdir=Path(workdir), progress=SILENT_PROGRESS)
-            _, settings = load_for_serving(plugins, name, task, artifact, plan.settings)
-            with path.open("a", encoding="utf-8") as handle:
-                if handle.tell() and not path.read_bytes().endswith(b"\n"):
-                    handle.write("\n")  # a line a kill cut short stays a line of its own, ignored
+            try:
+                _, settings = load_for_serving(plugins, name, task, artifact, plan.settings)
+                asked = 0
                 for start in range(0, len(todo), CHUNK):
                     chunk = todo[start:start + CHUNK]
-                    predictions = plugins.call(name, "harness_predict", task=task, artifact=artifact,
-                                               examples=without_answers(chunk), settings=settings,
-                                               progress=SILENT_PROGRESS)
-                    for example, prediction in zip(chunk, predictions):
-                        row = {"text": text_key(example.text), "label": prediction.label, "fields": prediction.fields,
-                               "error": prediction.error}
-                        answers[row["text"]] = row
-                        handle.write(json.dumps(row, ensure_ascii=False) + "\n")
-                    handle.flush()
-                    os.fsync(handle.fileno())
+                    try:
+                        predictions = plugins.call(name, "harness_predict", task=task, artifact=artifact,
+                                                   examples=without_answers(chunk), settings=settings,
+                                                   progress=SILENT_PROGRESS)
+                    except EndpointFailed as exc:
+                        raise UserError(f"the teacher {plan.name!r} failed: {exc}", where="--teacher") from None
+                    # Each answer's system_fingerprint, where the approach keeps them (openai does).
+                    fingerprints = artifact.state.get("reply_fingerprints") or []
+                    fingerprints = fingerprints if len(fingerprints) == len(chunk) else [None] * len(chunk)
+                    rows = []
+                    for example, prediction, fingerprint in zip(chunk, predictions, fingerprints):
+                        if prediction.error:  # no answer: never cached, asked again next time
+                            failed[text_key(example.text)] = prediction.error
+                            continue
+                        rows.append({"text": text_key(example.text), "label": prediction.label,
+                                     "fields": prediction.fields, "system_fingerprint": fingerprint})
+                    _append(path, rows)
+                    answers.update((row["text"], row) for row in rows)
+                    asked += len(chunk)
+                    if 2 * len(failed) > asked:
+                        first = next(iter(failed.values()))
+                        raise UserError(f"the teacher {plan.name!r} failed: {len(failed)} of {asked} requests got no "
+                                        f"answer (first: {first})".splitlines()[0], where="--teacher")
+            finally:
+                for value in artifact.state.values():  # its client's connections
+                    if isinstance(value, Endpoint):
+                        value.close()
     labelled: list[Example] = []
     dropped, agree, with_gold = 0, 0, 0
     for example in data.train:
-        answer = answers[text_key(example.text)]
+        answer = answers.get(text_key(example.text))
+        if answer is None:  # its request failed: asked again by the next run
+            continue
         if task.type == "classification":
             valid = answer["label"] in task.labels
             new = replace(example, label=answer["label"]) if valid else None
@@ -101,7 +131,7 @@ def teach(plugins: Any, spec: Any, data: Any, plan: Any, store: Any, console: An
             record = {f: "" if answer["fields"][f] is None else str(answer["fields"][f]) for f in task.fields} if valid else None
             new = replace(example, fields=record) if valid else None
             right = valid and record_outcome(task.fields, example.fields, record, task.normalize)["exact"] == 1
-        if new is None or answer.get("error"):
+        if new is None:
             dropped += 1
             continue
         labelled.append(new)
@@ -112,15 +142,29 @@ def teach(plugins: Any, spec: Any, data: Any, plan: Any, store: Any, console: An
         raise UserError(f"the teacher {plan.name!r} gave no valid answer for any of the {len(data.train)} training texts",
                         where="--teacher")
     summary = {"teacher": plan.name, "asked": len(todo), "answered_before": len(data.train) - len(todo),
-               "dropped_invalid": dropped, "kept": len(labelled), "cache": path.name,
+               "dropped_invalid": dropped, "failed": len(failed), "kept": len(labelled), "cache": path.name,
                "agreement_with_gold": agree / with_gold if with_gold else None}
     taught = Datasets(train=labelled, validation=data.validation, test=data.test,
                       validation_source=data.validation_source)
     return taught, summary
 
 
+def _append(path: Path, rows: list[dict[str, Any]]) -> None:
+    """Append answers to the cache and put them on disk: a kill loses none of them."""
+    if not rows:
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("a", encoding="utf-8") as handle:
+        if handle.tell() and not path.read_bytes().endswith(b"\n"):
+            handle.write("\n")  # a line a kill cut short stays a line of its own, ignored
+        handle.writelines(json.dumps(row, ensure_ascii=False) + "\n" for row in rows)
+        handle.flush()
+        os.fsync(handle.fileno())
+
+
 def _read(path: Path) -> dict[str, dict[str, Any]]:
-    """The cached answers by text key; a last line cut by a kill is ignored (that text is asked again)."""
+    """The cached answers by text key; a last line cut by a kill is ignored (that text is asked again), and so
+    is a failed request a cache of an older harness kept (asked again)."""
     answers: dict[str, dict[str, Any]] = {}
     if not path.is_file():
         return answers
@@ -129,13 +173,16 @@ def _read(path: Path) -> dict[str, dict[str, Any]]:
             row = json.loads(line)
         except json.JSONDecodeError:
             continue
-        answers[row["text"]] = row
+        if isinstance(row, dict) and "text" in row and not row.get("error"):
+            answers[row["text"]] = row
     return answers
 
 
 def describe(summary: dict[str, Any]) -> str:
     agreement = summary.get("agreement_with_gold")
+    failed = summary.get("failed") or 0
     return (f"trained on the labels of teacher {summary['teacher']}: {summary['kept']} kept, "
             f"{summary['dropped_invalid']} invalid answers dropped"
+            + (f", {failed} requests failed (left out; asked again next run)" if failed else "")
             + (f", {agreement:.1%} agreeing with gold" if agreement is not None else ""))
 

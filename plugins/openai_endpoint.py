@@ -15,7 +15,12 @@ that still fails counted as wrong and noted).
   in a record, a log or an error. The endpoint and model are in the run's identity (they are its settings);
   the server's ``system_fingerprint``, known only once it answers, is in the row's notes.
 - Speed is the client's view: requests/s over the test set at ``concurrency`` in flight, batch-1 latency,
-  prompt and completion tokens as the server counts them.
+  prompt and completion tokens as the server counts them. One client (one connection pool, one event loop)
+  serves the unit's every request (:class:`harness.endpoint.Session`), as a real client would.
+- A row most of whose requests failed (more than half, after retries) fails, in one line with the first error
+  (:class:`harness.endpoint.EndpointFailed`); a few failed requests are answers counted as wrong, and noted.
+- bench's raw row (``reference``): the same chat requests from a bare loop over one persistent client, nothing
+  parsed.
 
 ``harness compare`` checks the endpoint before anything trains: unreachable, a refused key (401) or a model it
 does not serve (404) is one line and exit 2.
@@ -28,7 +33,7 @@ from typing import Any, Literal
 from harness import Artifact, Example, Prediction, RunContext, Serving, Task, hookimpl, setting
 from harness.approach import Settings, ZeroShotApproach
 from harness.decoder import chat_messages, letter_choice, parse_fields
-from harness.endpoint import Endpoint, Reply
+from harness.endpoint import Endpoint, Reply, Session
 
 
 class OpenAISettings(Settings):
@@ -53,7 +58,8 @@ class OpenAIEndpoint(ZeroShotApproach):
     description = "any OpenAI-compatible endpoint, zero-shot on the spec's prompt (openai client)"
 
     def check(self, task: Task, settings: OpenAISettings, context: RunContext) -> None:
-        _endpoint(settings).check()
+        with _endpoint(settings) as endpoint:
+            endpoint.check()
 
     def load(self, task: Task, artifact: Artifact, settings: OpenAISettings, context: RunContext) -> Serving:
         if "serving" not in artifact.state:
@@ -69,18 +75,49 @@ class OpenAIEndpoint(ZeroShotApproach):
         self.load(task, artifact, settings, context)
         endpoint: Endpoint = artifact.state["endpoint"]
         conversations = [chat_messages(task, ex.text) for ex in examples]
-        params: dict[str, Any] = {"temperature": 0, "seed": context.seed}
-        if task.type == "classification":
-            params["max_tokens"] = 16
-            if settings.logprobs:
-                params.update(logprobs=True, top_logprobs=20)
-        else:
-            params["max_tokens"] = settings.max_tokens
-            if settings.response_format != "none":
-                params["response_format"] = {"type": settings.response_format}
-        replies = endpoint.chat(conversations, **params)
+        replies = endpoint.chat(conversations, **_params(task, settings, context.seed))
         _note_fingerprints(artifact, replies)
+        # Each answer's system_fingerprint, for a teacher's cache (harness.teacher): the last call's, in order.
+        artifact.state["reply_fingerprints"] = [reply.fingerprint for reply in replies]
         return [answer(task, reply) for reply in replies]
+
+    def reference(self, task: Task, artifact: Artifact, settings: OpenAISettings, context: RunContext) -> Any:
+        """bench's raw row: the same chat requests, ``concurrency`` in flight, from a bare loop over the
+        endpoint's persistent client (:class:`harness.endpoint.Session`), nothing parsed or counted."""
+        import asyncio
+
+        self.load(task, artifact, settings, context)
+        session: Session = artifact.state["endpoint"].session
+        params = _params(task, settings, context.seed)
+
+        def forward(texts: list[str]) -> list[Any]:
+            async def run(client: Any) -> list[Any]:
+                gate = asyncio.Semaphore(settings.concurrency)
+
+                async def one(text: str) -> Any:
+                    async with gate:
+                        return await client.chat.completions.create(model=settings.model,
+                                                                    messages=chat_messages(task, text), **params)
+
+                return await asyncio.gather(*(one(text) for text in texts))
+
+            return session.run(run)
+
+        return forward
+
+
+def _params(task: Task, settings: OpenAISettings, seed: int) -> dict[str, Any]:
+    """The request's parameters besides the messages: greedy, seeded, and what the task asks for."""
+    params: dict[str, Any] = {"temperature": 0, "seed": seed}
+    if task.type == "classification":
+        params["max_tokens"] = 16
+        if settings.logprobs:
+            params.update(logprobs=True, top_logprobs=20)
+    else:
+        params["max_tokens"] = settings.max_tokens
+        if settings.response_format != "none":
+            params["response_format"] = {"type": settings.response_format}
+    return params
 
 
 def answer(task: Task, reply: Reply) -> Prediction:

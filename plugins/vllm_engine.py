@@ -6,7 +6,9 @@ serves the same stored model both ways. vLLM is not a dependency of harness: it 
 own, as its users run it, and ``command`` says how to start its server there (``vllm serve`` by default; the
 model directory and the options below are appended as ``--model DIR --port N ...``, which ``vllm serve`` and
 ``python -m vllm.entrypoints.openai.api_server`` both take). ``extra_args`` adds options (``--enforce-eager``),
-``env`` environment variables (``VLLM_CPU_KVCACHE_SPACE=4``).
+``env`` environment variables (``VLLM_CPU_KVCACHE_SPACE=4``). The server gets them as written; a record (its
+settings and identity) holds ``env``'s values and the value after a secret-looking option (``--api-key``,
+``--hf-token``) as ``<secret>`` (:func:`harness.endpoint.redact_settings`).
 
 - What is served: the stored fine-tuned directory as it is; an adapter merged into its base first (vllm-lora
   serves merged weights, not vLLM's LoRA path: one model, the same weights qwen-lora's ``merge: true`` serves),
@@ -18,13 +20,15 @@ model directory and the options below are appended as ``--model DIR --port N ...
   log-probabilities after that restriction (the server runs with ``--logprobs-mode processed_logprobs``): the
   softmax over the letters that qwen's letter scoring computes. Extraction: greedy generation to the end of the
   turn (``stop_token_ids``), the JSON record parsed by the core's :func:`harness.decoder.parse_fields`.
-- ``concurrency`` requests in flight (:class:`harness.endpoint.Endpoint`); speed is what a client sees.
+- ``concurrency`` requests in flight (:class:`harness.endpoint.Endpoint`), all through one client and its
+  connection pool for the unit's life; speed is what a client sees. A row most of whose requests failed fails.
 - Parity on every run, after the timed pass: the same model through transformers (qwen's serving path, same
   dtype) on ``parity_samples`` test examples (0: all); answer agreement and, for classification, the largest
   letter-probability difference are recorded, and below ``min_agreement`` the row fails in one line (vLLM's
   kernels differ from torch's: bf16 answers near a tie may flip, which the default 0.99 allows).
 - The server is started in the measuring unit's process group, so it stops with the unit, also when the unit
-  is killed; it is stopped (SIGTERM, then SIGKILL) when measuring ends.
+  is killed; it is stopped (SIGTERM, then SIGKILL) when measuring ends, and (bench, try) when harness gets
+  SIGTERM or exits.
 
 Needs the ``[openai]`` extra (the client) here and vLLM wherever ``command`` points.
 """
@@ -38,7 +42,7 @@ from typing import Any
 
 from harness import Approach, Artifact, Example, Parity, Prediction, RunContext, Serving, Task, hookimpl, setting
 from harness.decoder import LETTERS, classify, extract, letter_choice, parse_fields
-from harness.endpoint import Endpoint, Server, free_port
+from harness.endpoint import Endpoint, Server, free_port, parse_env
 from harness.errors import UserError
 from harness_plugins.qwen import QwenLora, QwenLoraSettings
 
@@ -80,8 +84,8 @@ class Vllm(Approach):
                     "--port", str(port), "--dtype", dtype, "--max-model-len", str(settings.max_length),
                     "--logprobs-mode", "processed_logprobs", "--seed", str(context.seed),
                     *shlex.split(settings.extra_args)]
-            env = dict(pair.split("=", 1) for pair in settings.env.split(",") if "=" in pair)
-            server = Server(settings.command, args, port, start_timeout=settings.start_timeout, env=env).start()
+            server = Server(settings.command, args, port, start_timeout=settings.start_timeout,
+                            env=parse_env(settings.env)).start()
             artifact.state.update(server=server, prompter=prompter, dtype=dtype, folder=folder,
                                   endpoint=Endpoint(server.base_url, SERVED_NAME, concurrency=settings.concurrency,
                                                     timeout=settings.timeout, max_retries=2))
@@ -118,12 +122,12 @@ class Vllm(Approach):
 
     def reference(self, task: Task, artifact: Artifact, settings: VllmSettings, context: RunContext) -> Any:
         """A bare client loop against the same server: the openai client's completions, ``concurrency`` in
-        flight, the same prompts and parameters, nothing parsed."""
+        flight, the same prompts and parameters, nothing parsed; through the endpoint's one persistent client
+        (:class:`harness.endpoint.Session`), as predict's requests."""
         import asyncio
 
-        from harness.endpoint import openai_module
-
-        prompter, server = artifact.state["prompter"], artifact.state["server"]
+        self.load(task, artifact, settings, context)
+        prompter, session = artifact.state["prompter"], artifact.state["endpoint"].session
         if task.type == "extraction":
             reserve = settings.max_new_tokens
             params = {"max_tokens": settings.max_new_tokens, "extra_body": {"stop_token_ids": prompter.end_ids}}
@@ -135,17 +139,17 @@ class Vllm(Approach):
         def forward(texts: list[str]) -> list[Any]:
             prompts = [prompter.prompt_ids(text, reserve=reserve)[0] for text in texts]
 
-            async def run() -> list[Any]:
+            async def run(client: Any) -> list[Any]:
                 gate = asyncio.Semaphore(settings.concurrency)
-                async with openai_module().AsyncOpenAI(base_url=server.base_url, api_key="EMPTY") as client:
-                    async def one(prompt: list[int]) -> Any:
-                        async with gate:
-                            return await client.completions.create(model=SERVED_NAME, prompt=prompt, temperature=0,
-                                                                   **params)
 
-                    return await asyncio.gather(*(one(p) for p in prompts))
+                async def one(prompt: list[int]) -> Any:
+                    async with gate:
+                        return await client.completions.create(model=SERVED_NAME, prompt=prompt, temperature=0,
+                                                               **params)
 
-            return asyncio.run(run())
+                return await asyncio.gather(*(one(p) for p in prompts))
+
+            return session.run(run)
 
         return forward
 
@@ -174,7 +178,8 @@ class Vllm(Approach):
         message = "" if ok else (f"vLLM's {what} equal transformers' on {agreement:.1%} of {len(sample)} test examples, "
                                  f"below min_agreement {settings.min_agreement:.1%}"
                                  + (f"; largest letter-probability difference {diff:.3g}" if diff is not None else ""))
-        state["server"].stop()  # measuring is done
+        state["endpoint"].close()  # measuring is done: the client's connections, then the server
+        state["server"].stop()
         return Parity(against=f"{self.serves} through transformers ({state['dtype']})", n=len(sample),
                       agreement=agreement, max_abs_diff=diff, ok=ok, message=message)
 

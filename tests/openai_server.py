@@ -1,7 +1,8 @@
 """A real OpenAI-compatible HTTP server on 127.0.0.1 for the tests: the subset harness uses (GET /v1/models,
 POST /v1/chat/completions with logprobs and response_format), answering from gold, with the faults a real
 endpoint has: some answers wrong, some not an answer at all, a 429 with Retry-After on a text's first request,
-a slow answer, a request that always fails with 500, and a key it checks.
+a slow answer, a request that always fails with 500 (while its text is in ``faults.broken``, which a test may
+change between runs), and a key it checks. It keeps connections alive (HTTP/1.1), as real servers do.
 
 It knows nothing of harness: it finds which example a request asks about by the example's text in the user
 message, and it logs every request (path, arrival time, example, status) for the tests to read."""
@@ -86,6 +87,14 @@ class OpenAIServer:
         server = self
 
         class Handler(BaseHTTPRequestHandler):
+            # Keep-alive, as real servers (vLLM's uvicorn, hosted APIs) keep connections open: a client that
+            # reuses its connections pays no TCP handshake per request. Every answer has a Content-Length.
+            protocol_version = "HTTP/1.1"
+            # Each answer in one write, sent at once: headers and body written apart on a kept-alive connection
+            # would wait for the client's delayed ACK (Nagle), 40 ms a request that no real server adds.
+            wbufsize = -1  # buffered; BaseHTTPRequestHandler flushes after each request
+            disable_nagle_algorithm = True
+
             def log_message(self, *args: Any) -> None:  # quiet
                 pass
 

@@ -211,3 +211,123 @@ def test_a_teacher_killed_while_labelling_resumes_from_what_it_cached(plugin_sit
         asked_again = {e["text"] for e in server.log[before:] if e["text"] in texts}
         assert asked_again == set(texts[32:])  # only what the kill lost
         assert "asking 8 of 40 training texts (32 answered before)" in rerun.stdout
+
+
+def test_batch1_latency_through_harness_is_that_of_one_persistent_client(ag_test, tmp_path, capsys):
+    """Batch-1 latency timed as compare times it (harness.measure, through the approach's predict hook) is the
+    server's, not a new client, event loop and connection per request: within 1.5x of a bare loop over one
+    persistent client, the two taking turns request by request in one process, after a warm-up, medians."""
+    import asyncio
+
+    import openai
+
+    from harness import measure
+    from harness.decoder import chat_messages
+    from harness.launcher import SILENT_PROGRESS, load_for_serving, without_answers
+    from harness.plugins import load_plugins
+    from harness.runner import plan_settings
+    from harness.spec import load_spec, parse_overrides
+    from harness.types import Example
+
+    gold = {row["text"]: AG_LABELS[row["label"]] for row in ag_test}
+    examples = without_answers([Example(str(i), row["text"]) for i, row in enumerate(ag_test)]) * 4
+    with OpenAIServer(gold, AG_LABELS) as server:
+        plugins = load_plugins()
+        spec = load_spec("agnews")
+        overrides = parse_overrides([f"openai.base_url={server.base_url}", "openai.model=test-model"])
+        plan = plan_settings(plugins, spec, ["openai"], overrides)["openai"]
+        task = spec.to_task("openai")
+        artifact = plugins.call("openai", "harness_train", task=task, train=[], validation=[],
+                                settings=plan.train_settings, workdir=tmp_path, progress=SILENT_PROGRESS)
+        _, settings = load_for_serving(plugins, "openai", task, artifact, plan.settings)
+
+        def harness_one(example: Example) -> object:  # what measure_unit's predict([ex]) calls
+            return plugins.call("openai", "harness_predict", task=task, artifact=artifact, examples=[example],
+                                settings=settings, progress=SILENT_PROGRESS)
+
+        loop = asyncio.new_event_loop()
+        client = openai.AsyncOpenAI(base_url=server.base_url, api_key="EMPTY", max_retries=0)
+
+        def client_one(example: Example) -> object:
+            return loop.run_until_complete(client.chat.completions.create(
+                model="test-model", messages=chat_messages(task, example.text), temperature=0, seed=settings["seed"],
+                max_tokens=16, logprobs=True, top_logprobs=20))
+
+        try:
+            ours, bare = measure.interleaved_batch1_latency([harness_one, client_one], examples, warmup=5)
+        finally:
+            loop.run_until_complete(client.close())
+            loop.close()
+            artifact.state["endpoint"].close()
+    ours_p50, bare_p50 = ours.summary()["latency_p50_ms"], bare.summary()["latency_p50_ms"]
+    with capsys.disabled():
+        print(f"\nbatch-1 p50 over {len(examples)} requests on tests/openai_server.py: harness (openai approach) "
+              f"{ours_p50:.2f} ms, one persistent AsyncOpenAI client {bare_p50:.2f} ms ({ours_p50 / bare_p50:.2f}x)")
+    assert all(len(latency.samples_ms) == len(examples) for latency in (ours, bare))
+    assert ours_p50 <= 1.5 * bare_p50, (ours_p50, bare_p50)
+
+
+@pytest.mark.parametrize("broken", [8, 5])
+def test_a_row_most_of_whose_requests_fail_is_a_failed_row_and_is_asked_again(cli, ag_test, tmp_path, broken):
+    texts = [row["text"] for row in ag_test[:8]]
+    gold = {row["text"]: AG_LABELS[row["label"]] for row in ag_test[:8]}
+    faults = Faults(broken=set(texts[:broken]))
+    with OpenAIServer(gold, AG_LABELS, faults=faults) as server:
+        args = ["compare", "--plugins", "openai", "--spec", "agnews", "--data", data_files(tmp_path, AG_NEWS, 8),
+                *endpoint_args(server, "--set", "openai.api_key_env="), "--latency-samples", "1", "--json", "out.json"]
+        first = cli(*args)
+        assert first.returncode == 1, first.stderr
+        (run,) = json.loads((tmp_path / "out.json").read_text())["runs"]
+        assert run["status"] == "failed"
+        assert run["error"] == (f"EndpointFailed: {broken} of 8 requests to test-model at {server.base_url} failed "
+                                "(first: HTTP 500: internal error)")
+        server.faults.broken.clear()  # the server is back: the failed row is not reused, it is asked again
+        before = len(server.log)
+        second = cli(*args)
+        assert second.returncode == 0, second.stderr
+        (run,) = json.loads((tmp_path / "out.json").read_text())["runs"]
+        assert run["status"] == "ok" and run["metrics"]["accuracy"] == 1.0
+        assert set(texts) <= {e["text"] for e in server.log[before:]}
+
+
+def test_a_teacher_caches_only_answers_and_a_rerun_asks_the_failed_ones_again(cli, tmp_path, shared):
+    data, gold, texts = waybill_with_gold(tmp_path, 12, 4)
+    with OpenAIServer(gold, faults=Faults(broken=set(texts[:3]))) as server:
+        args = ["compare", "--plugins", "openai", "--spec", "waybill", "--teacher", "openai", "--data", data,
+                *endpoint_args(server, "--set", "openai.api_key_env="), "--latency-samples", "1", "--json", "out.json"]
+        first = cli(*args)
+        assert first.returncode == 0, first.stderr
+        assert "3 requests failed (left out; asked again next run)" in first.stdout
+        teacher = json.loads((tmp_path / "out.json").read_text())["runs"][0]["environment"]["teacher"]
+        assert teacher["failed"] == 3 and teacher["kept"] == 9 and teacher["dropped_invalid"] == 0
+        (cache,) = (tmp_path / ".harness" / "teacher").glob("*.jsonl")
+        rows = [json.loads(line) for line in cache.read_text().splitlines()]
+        assert len(rows) == 9 and not any(row.get("error") for row in rows)
+        assert {row["system_fingerprint"] for row in rows} == {"fp_test_1"}
+
+        # The server answers again; how the teacher asks changes, what it answers does not: the same cache,
+        # and only the 3 failed texts are asked.
+        server.faults.broken.clear()
+        before = len(server.log)
+        second = cli(*args, "--set", "openai.concurrency=2", "--set", "openai.timeout=20", "--set", "openai.max_retries=0")
+        assert second.returncode == 0, second.stderr
+        assert "asking 3 of 12 training texts (9 answered before)" in second.stdout
+        assert sorted(e["text"] for e in server.log[before:] if e["text"] in texts) == sorted(texts[:3])
+        assert list((tmp_path / ".harness" / "teacher").glob("*.jsonl")) == [cache]
+        assert len(cache.read_text().splitlines()) == 12
+        teacher = json.loads((tmp_path / "out.json").read_text())["runs"][0]["environment"]["teacher"]
+        assert teacher["failed"] == 0 and teacher["kept"] == 12
+
+
+def test_a_teacher_that_fails_every_request_stops_in_one_line_and_caches_nothing(cli, tmp_path, shared):
+    data, gold, texts = waybill_with_gold(tmp_path, 12, 4)
+    with OpenAIServer(gold, faults=Faults(broken=set(texts))) as server:
+        result = cli("compare", "--plugins", "openai", "--spec", "waybill", "--teacher", "openai", "--data", data,
+                     *endpoint_args(server, "--set", "openai.api_key_env="), "--latency-samples", "1")
+    assert result.returncode == 2, result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.strip() and "broken-import" not in line]
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("harness: error: --teacher: the teacher 'openai' failed: 12 of 12 requests")
+    assert lines[0].endswith("(first: HTTP 500: internal error)")
+    assert not list(tmp_path.glob(".harness/teacher/*.jsonl"))
+    assert not list(tmp_path.glob(".harness/runs/*"))

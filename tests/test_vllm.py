@@ -62,15 +62,44 @@ def test_a_vllm_command_that_is_not_there_stops_the_compare_before_anything_trai
     assert not list(tmp_path.glob(".harness/runs/*"))
 
 
+HF_TOKEN = "hf_live_7f3a9c2b1d"
+API_KEY = "sk-live-1b2c3d4e5f"
+
+
 def test_a_server_that_dies_while_starting_fails_its_row_with_its_last_lines(cli, tiny_qwen, tmp_path):
-    dying = f"{shlex.quote(sys.executable)} -c \"print('loading weights'); print('RuntimeError: no KV cache space'); raise SystemExit(3)\""
+    """Also: the server gets its env and extra_args as written, and no record, page or message holds the
+    env's values or the value after --api-key (the dying server even logs them)."""
+    seen = tmp_path / "server-saw.txt"
+    dying = tmp_path / "dying_server.py"
+    dying.write_text(
+        "import os, sys\n"
+        f"open({str(seen)!r}, 'w').write(' '.join(sys.argv[1:]) + ' ' + os.environ['HF_TOKEN'])\n"
+        "print('args:', *sys.argv[1:])\nprint('token', os.environ['HF_TOKEN'])\n"
+        "print('loading weights')\nprint('RuntimeError: no KV cache space')\nraise SystemExit(3)\n")
     result = cli("compare", "--plugins", "qwen,vllm", "--spec", "agnews", "--data", ag_files(tmp_path, 16, 8),
-                 *tiny(tiny_qwen, "num_train_epochs=0"), "--set", f"vllm.command={dying}", "--json", "out.json")
+                 *tiny(tiny_qwen, "num_train_epochs=0"), "--set", f"vllm.command={shlex.quote(sys.executable)} {dying}",
+                 "--set", f"vllm.env=HF_TOKEN={HF_TOKEN},VLLM_CPU_KVCACHE_SPACE=1",
+                 "--set", f"vllm.extra_args=--enforce-eager --api-key {API_KEY}", "--json", "out.json")
     runs = {run["approach"]: run for run in json.loads((tmp_path / "out.json").read_text())["runs"]}
     assert runs["qwen"]["status"] == "ok"
     assert runs["vllm"]["status"] == "failed"
-    assert "exited with status 3 while starting: loading weights | RuntimeError: no KV cache space" in runs["vllm"]["error"]
+    assert "exited with status 3 while starting: token <secret> | loading weights | RuntimeError: no KV cache space" \
+        in runs["vllm"]["error"]
     assert result.returncode != 0
+    # The server got the real values; the record holds <secret> in their place, in its settings and identity.
+    assert f"--api-key {API_KEY}" in seen.read_text() and seen.read_text().endswith(HF_TOKEN)
+    settings = runs["vllm"]["settings"]
+    assert settings["env"] == "HF_TOKEN=<secret>,VLLM_CPU_KVCACHE_SPACE=<secret>"
+    assert settings["extra_args"] == "--enforce-eager --api-key <secret>"
+    assert runs["vllm"]["measurement"]["identity"]["predict_settings"]["extra_args"] == "--enforce-eager --api-key <secret>"
+    page = cli("report", "--html", "page.html")
+    assert page.returncode == 0, page.stderr
+    for text in (result.stdout, result.stderr, page.stdout, page.stderr):
+        assert HF_TOKEN not in text and API_KEY not in text
+    for path in tmp_path.rglob("*"):
+        if path.is_file() and path not in (seen, dying):
+            data = path.read_bytes()
+            assert HF_TOKEN.encode() not in data and API_KEY.encode() not in data, path
 
 
 @pytest.mark.vllm
