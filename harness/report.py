@@ -63,7 +63,10 @@ class TerminalReporter:
     @hookimpl
     def harness_run_finished(self, run: RunRecord) -> None:
         if run.status == "failed":
-            self.console.print(f"[red]{run.approach} failed:[/] {run.error}", highlight=False)
+            from rich.markup import escape
+
+            # An error may name an extra ("pip install 'harness-compare[onnx]'"): its brackets are text, not markup.
+            self.console.print(f"[red]{run.approach} failed:[/] {escape(str(run.error))}", highlight=False)
         elif run.status == "reused":
             self.console.print(f"{run.approach}: reused run {run.run_id} (same training and measurement identity: "
                                "approach, settings, data, model, code, libraries, machine; --rerun to run again)",
@@ -159,6 +162,7 @@ def comparison_table(comparison: Comparison):
     """The comparison as a rich Table, one row per approach, the best value of each ranked column in bold
     green. An approach run with several seeds shows each metric as mean ± sd across its seeds and the other
     columns as their mean."""
+    from rich.markup import escape
     from rich.table import Table
 
     metrics = comparison.metrics
@@ -221,7 +225,7 @@ def comparison_table(comparison: Comparison):
         for run in runs:
             if run.status in ("failed", "missing"):
                 seed = f" (seed {run.seed})" if len(runs) > 1 else ""
-                notes.append(f"[red]{approach}[/]{seed}: {run.error}")
+                notes.append(f"[red]{approach}[/]{seed}: {escape(str(run.error))}")  # its brackets are text
     ranked = [r for r in comparison.runs if r.status in stats.MEASURED]
     for run in ranked:
         trained_in = run.training.get("trained_in")
@@ -278,9 +282,9 @@ def statistics_lines(comparison: Comparison) -> list[str]:
     title = METRIC_TITLES.get(headline, headline)
     lines = [f"±: half the width of the 95% bootstrap interval over the test examples (percentile, "
              f"{stats.RESAMPLES} resamples); "
-             f"bold {title}: significantly better than every other row (McNemar's exact test, Holm-adjusted, "
-             f"p < {stats.ALPHA})"]
-    lines += [stats.pair_line(pair, title) for pair in statistics.get("pairs", [])]
+             f"bold {title}: significantly better than every other row (a paired bootstrap of the {title} "
+             f"difference over the test examples, Holm-adjusted, p < {stats.ALPHA})"]
+    lines += [line for pair in statistics.get("pairs", []) for line in stats.pair_lines(pair, title)]
     for approach, metrics in statistics.get("seeds", {}).items():
         figure = metrics.get(headline)
         if figure and figure["sd"] is not None:
@@ -344,7 +348,9 @@ def write_plots(comparison: Comparison, folder: Any, store: Any, console: Any = 
         import matplotlib.pyplot as plt
     except ImportError:
         if console is not None:
-            console.print("plots: not drawn (pip install 'harness-compare[plots]' for matplotlib)", highlight=False)
+            # markup=False: rich would take "[plots]" for a tag and print "pip install 'harness-compare'".
+            console.print("plots: not drawn (pip install 'harness-compare[plots]' for matplotlib)", markup=False,
+                          highlight=False)
         return {}
     from pathlib import Path
 

@@ -63,12 +63,17 @@ def summary(comparison: Comparison) -> dict[str, dict[str, Any]]:
 # ---------------------------------------------------------------------------------------------
 
 RESAMPLES = 1000
+PAIR_RESAMPLES = 10_000  # a pair's interval and test: enough draws to resolve p < 0.001
 CONFIDENCE = 0.95
 ALPHA = 0.05
 BOOTSTRAP_SEED = 0  # every interval is seeded: a report renders the same figures each time
+ASO_THRESHOLD = 0.2  # eps_min below it: one row's seeds almost stochastically dominate the other's (Ulmer et al. 2022)
+ASO_MIN_SEEDS = 3
 METHOD = (f"95% percentile bootstrap over test examples ({RESAMPLES} resamples, NumPy, seed {BOOTSTRAP_SEED}); "
-          "pairs: McNemar's exact test on per-example correctness, Holm-adjusted across pairs, and a paired "
-          "bootstrap of the difference")
+          f"pairs: a paired bootstrap of the headline difference ({PAIR_RESAMPLES} resamples of the test examples, "
+          "each example carrying every seed's answer), its two-sided p-value Holm-adjusted across pairs; McNemar's "
+          "exact test on per-example correctness where both rows have one seed; almost stochastic order "
+          f"(Dror et al. 2019) of the per-seed headline figures where both have {ASO_MIN_SEEDS} or more")
 # Metrics that are counts, not rates: no interval.
 COUNTS = ("invalid", "n")
 
@@ -154,7 +159,7 @@ def metric_from_sums(stats_: ExampleStats, metric: str, sums: Any) -> Any:
         return (per_class * support).sum(-1) / total
 
 
-def resample_counts(n: int, resamples: int = RESAMPLES, seed: int = BOOTSTRAP_SEED) -> Any:
+def resample_counts(n: int, resamples: int = RESAMPLES, seed: int | list[int] = BOOTSTRAP_SEED) -> Any:
     """``resamples`` bootstrap resamples of ``n`` examples, each a row of how often each example was drawn."""
     import numpy as np
 
@@ -162,6 +167,14 @@ def resample_counts(n: int, resamples: int = RESAMPLES, seed: int = BOOTSTRAP_SE
     drawn = rng.integers(0, n, size=(resamples, n))
     offsets = (np.arange(resamples)[:, None] * n + drawn).ravel()
     return np.bincount(offsets, minlength=resamples * n).reshape(resamples, n).astype(float)
+
+
+def resample_blocks(n: int, resamples: int = PAIR_RESAMPLES, block: int = RESAMPLES) -> Any:
+    """:func:`resample_counts` in blocks of ``block`` rows (memory stays ``block`` x ``n``), seeded: the first
+    block is the intervals' own resamples, block ``i`` after it is seeded ``[BOOTSTRAP_SEED, i]``."""
+    for index in range(-(-resamples // block)):
+        yield resample_counts(n, min(block, resamples - index * block),
+                              BOOTSTRAP_SEED if index == 0 else [BOOTSTRAP_SEED, index])
 
 
 def _percentiles(values: Any) -> tuple[float, float]:
@@ -203,13 +216,76 @@ def holm(p_values: list[float]) -> list[float]:
     return adjusted
 
 
-def paired_difference(a: ExampleStats, b: ExampleStats, metric: str, weights: Any = None) -> Interval:
-    """``a``'s metric minus ``b``'s on the same examples, with a paired bootstrap interval: both resampled
-    with the same draws."""
-    weights = resample_counts(a.rows.shape[0]) if weights is None else weights
-    estimate = float(metric_from_sums(a, metric, a.rows.sum(0)) - metric_from_sums(b, metric, b.rows.sum(0)))
-    differences = metric_from_sums(a, metric, weights @ a.rows) - metric_from_sums(b, metric, weights @ b.rows)
-    return Interval(estimate, *_percentiles(differences))
+def seed_mean(runs: list[ExampleStats], metric: str, sums: Any) -> Any:
+    """The metric averaged over a row's seeds, each seed's figure from its own sums (``sums``: seeds x ... x d)."""
+    import numpy as np
+
+    return np.mean([metric_from_sums(run, metric, total) for run, total in zip(runs, sums)], axis=0)
+
+
+def paired_difference(a: ExampleStats | list[ExampleStats], b: ExampleStats | list[ExampleStats], metric: str,
+                      resamples: int = PAIR_RESAMPLES) -> dict[str, Any]:
+    """``a``'s metric minus ``b``'s on the same test examples (each side one run, or its seeds' mean), with a
+    paired bootstrap: both sides resampled with the same draws of examples, every seed's answer to an example
+    drawn with it, so seeds are nested within the example (the unit of resampling). The 95% percentile interval
+    and the two-sided p-value come from the same draws: ``p = 2 min(P*(d <= 0), P*(d >= 0))`` (each count + 1
+    over resamples + 1), so p < 0.05 exactly when the interval leaves out 0."""
+    import numpy as np
+
+    a, b = (side if isinstance(side, list) else [side] for side in (a, b))
+    runs = a + b
+    width = runs[0].rows.shape[1]
+    stacked = np.concatenate([run.rows for run in runs], axis=1)  # one product per block for every seed of both
+
+    def difference(sums: Any) -> Any:
+        per_run = np.moveaxis(sums.reshape(*sums.shape[:-1], len(runs), width), -2, 0)
+        return seed_mean(a, metric, per_run[: len(a)]) - seed_mean(b, metric, per_run[len(a):])
+
+    estimate = float(difference(stacked.sum(0)))
+    draws = np.concatenate([difference(weights @ stacked) for weights in resample_blocks(stacked.shape[0], resamples)])
+    low, high = _percentiles(draws)
+    tail = min(int((draws <= 0).sum()), int((draws >= 0).sum()))
+    return {"difference": estimate, "low": low, "high": high,
+            "p": min(1.0, 2 * (tail + 1) / (draws.size + 1)), "resamples": int(draws.size)}
+
+
+def violation_ratio(a: Any, b: Any, dt: float = 0.005) -> Any:
+    """Dror et al. (2019)'s violation ratio of ``a`` over ``b`` (scores, last axis; leading axes vectorised):
+    the share of the squared Wasserstein-2 distance between their empirical quantile functions where ``b``'s
+    quantile is above ``a``'s. 0: ``a`` stochastically dominates ``b``; 0.5 with equal distributions."""
+    import numpy as np
+
+    t = np.arange(dt, 1, dt)
+
+    def quantiles(scores: Any) -> Any:
+        ordered = np.sort(scores, axis=-1)
+        index = np.clip(np.ceil(scores.shape[-1] * t).astype(int) - 1, 0, scores.shape[-1] - 1)
+        return ordered[..., index]
+
+    f, g = quantiles(np.asarray(a, float)), quantiles(np.asarray(b, float))
+    squared = ((g - f) ** 2 * dt).sum(-1)
+    violated = (np.where(f < g, g - f, 0.0)[..., 1:] ** 2 * dt).sum(-1)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(squared > 0, violated / np.where(squared > 0, squared, 1), 0.5)
+
+
+def aso(a: list[float], b: list[float], comparisons: int = 1, confidence: float = CONFIDENCE,
+        resamples: int = RESAMPLES, seed: int = BOOTSTRAP_SEED, dt: float = 0.005) -> float:
+    """Almost stochastic order (Dror et al. 2019, as deepsig's ``aso``): eps_min, an upper bound on how far
+    ``a``'s scores (higher is better) fail to stochastically dominate ``b``'s at ``confidence``, Bonferroni
+    over ``comparisons``. Below :data:`ASO_THRESHOLD`: ``a`` is better; near 0.5: no order. The violation
+    ratio's spread comes from ``resamples`` bootstrap draws of each side's scores, seeded."""
+    import numpy as np
+    from scipy.stats import norm
+
+    a_, b_ = np.asarray(a, float), np.asarray(b, float)
+    confidence = 1 - (1 - confidence) / comparisons  # Bonferroni (deepsig's own correction is milder past 2)
+    observed = float(violation_ratio(a_, b_, dt))
+    rng = np.random.default_rng(seed)
+    draws = violation_ratio(rng.choice(a_, (resamples, a_.size)), rng.choice(b_, (resamples, b_.size)), dt)
+    const = np.sqrt(a_.size * b_.size / (a_.size + b_.size))
+    sigma = float(np.std(const * (draws - observed)))
+    return float(np.clip(observed - sigma / const * norm.ppf(1 - confidence), 0, 1))
 
 
 def analyse(comparison: Comparison, scored: Callable[[RunRecord], Any]) -> dict[str, Any]:
@@ -217,8 +293,6 @@ def analyse(comparison: Comparison, scored: Callable[[RunRecord], Any]) -> dict[
 
     ``scored(run)`` gives a run's gold examples and predictions (from its ``predictions.jsonl``), or None
     when the store has none: that run gets no interval. Runs must share one test set (the test hash)."""
-    import numpy as np
-
     groups = {name: [r for r in runs if r.status in MEASURED] for name, runs in by_approach(comparison).items()}
     headline = next((m for m in comparison.metrics if m not in COUNTS), None)
     result: dict[str, Any] = {"method": METHOD, "headline": headline, "intervals": {}, "seeds": {}, "pairs": [],
@@ -258,38 +332,51 @@ def analyse(comparison: Comparison, scored: Callable[[RunRecord], Any]) -> dict[
     if len(hashes) > 1:
         raise ValueError("runs scored on different test sets (test hashes " + ", ".join(sorted(h[:12] for h in hashes))
                          + ") cannot be compared example by example")
-    pairs = []
-    for i, a in enumerate(names):
-        for b in names[i + 1:]:
-            matched = _matched(groups[a], groups[b], per_run)
-            if not matched:
-                continue
-            rows_a, rows_b = (sum(per_run[x].rows for x in side) for side in zip(*matched))
-            first_a, first_b = per_run[matched[0][0]], per_run[matched[0][1]]
-            pooled_a = ExampleStats(first_a.task_type, rows_a, first_a.correct, first_a.n_labels)
-            pooled_b = ExampleStats(first_b.task_type, rows_b, first_b.correct, first_b.n_labels)
-            difference = paired_difference(pooled_a, pooled_b, headline, weights)
-            correct_a = np.concatenate([per_run[x].correct for x, _ in matched])
-            correct_b = np.concatenate([per_run[y].correct for _, y in matched])
-            p, only_a, only_b = mcnemar_exact(correct_a, correct_b)
-            pairs.append({"a": a, "b": b, "metric": headline, "difference": difference.estimate,
-                          "low": difference.low, "high": difference.high, "p": p, "a_only_right": only_a,
-                          "b_only_right": only_b, "seeds": len(matched), "n": int(correct_a.size)})
-    for pair, adjusted in zip(pairs, holm([p["p"] for p in pairs])):
-        pair["p_holm"] = adjusted
-        pair["significant"] = adjusted < ALPHA
-    result["pairs"] = pairs
-    result["best"] = _significantly_best(names, pairs)
+    result["pairs"] = compare_pairs({name: [per_run[r.run_id] for r in groups[name] if r.run_id in per_run]
+                                     for name in names}, headline)
+    result["best"] = _significantly_best(names, result["pairs"])
     return result
 
 
-def _matched(a: list[RunRecord], b: list[RunRecord], per_run: dict[str, ExampleStats]) -> list[tuple[str, str]]:
-    """The runs of two approaches to pair: those of the same seed, else in order."""
-    a = [r for r in a if r.run_id in per_run]
-    b = [r for r in b if r.run_id in per_run]
-    by_seed = {r.seed: r.run_id for r in b}
-    same = [(r.run_id, by_seed[r.seed]) for r in a if r.seed in by_seed]
-    return same or [(x.run_id, y.run_id) for x, y in zip(a, b)]
+def compare_pairs(rows: dict[str, list[ExampleStats]], headline: str, resamples: int = PAIR_RESAMPLES) -> list[dict[str, Any]]:
+    """Every pair of rows (each a list of its seeds' test-set stats, on the same examples in the same order):
+    the headline difference with its paired bootstrap interval and p-value, Holm-adjusted across pairs, and the
+    verdict; McNemar's exact test where both rows have one seed; almost stochastic order over the per-seed
+    headline figures where both have :data:`ASO_MIN_SEEDS` or more."""
+    names = list(rows)
+    pairs = []
+    for i, a in enumerate(names):
+        for b in names[i + 1:]:
+            runs_a, runs_b = rows[a], rows[b]
+            pair = {"a": a, "b": b, "metric": headline, "seeds": [len(runs_a), len(runs_b)],
+                    "n": int(runs_a[0].rows.shape[0]), "test": "paired bootstrap",
+                    **paired_difference(runs_a, runs_b, headline, resamples)}
+            if len(runs_a) == len(runs_b) == 1:  # McNemar's exact test assumes one answer per example and row
+                p, only_a, only_b = mcnemar_exact(runs_a[0].correct, runs_b[0].correct)
+                pair["mcnemar"] = {"metric": "exact_match" if runs_a[0].task_type == "extraction" else "accuracy",
+                                   "p": p, "a_only_right": only_a, "b_only_right": only_b}
+            if min(len(runs_a), len(runs_b)) >= ASO_MIN_SEEDS:
+                pair["seed_figures"] = [[float(metric_from_sums(r, headline, r.rows.sum(0))) for r in side]
+                                        for side in (runs_a, runs_b)]
+            pairs.append(pair)
+    for pair, adjusted in zip(pairs, holm([p["p"] for p in pairs])):
+        pair["p_holm"] = adjusted
+        # The word follows the test of the headline difference, and only where its interval agrees in sign
+        # (with p from the interval's own draws it always does, but for an estimate outside its interval).
+        ahead = pair["low"] > 0 if pair["difference"] > 0 else pair["high"] < 0 if pair["difference"] < 0 else False
+        pair["significant"] = bool(adjusted < ALPHA and ahead)
+    tested = [pair for pair in pairs if "mcnemar" in pair]
+    for pair, adjusted in zip(tested, holm([p["mcnemar"]["p"] for p in tested])):
+        pair["mcnemar"]["p_holm"] = adjusted
+    ordered = [pair for pair in pairs if "seed_figures" in pair]
+    for pair in ordered:
+        a_scores, b_scores = pair.pop("seed_figures")
+        forward, backward = (aso(x, y, comparisons=len(ordered)) for x, y in ((a_scores, b_scores), (b_scores, a_scores)))
+        verdict = pair["a"] if forward < ASO_THRESHOLD else pair["b"] if backward < ASO_THRESHOLD else None
+        pair["seeds_test"] = {"test": "almost stochastic order", "a_scores": a_scores, "b_scores": b_scores,
+                              "eps_min_a_over_b": forward, "eps_min_b_over_a": backward,
+                              "threshold": ASO_THRESHOLD, "better": verdict}
+    return pairs
 
 
 def _significantly_best(names: list[str], pairs: list[dict[str, Any]]) -> str | None:
@@ -309,16 +396,33 @@ def _significantly_best(names: list[str], pairs: list[dict[str, Any]]) -> str | 
     return None
 
 
-def pair_line(pair: dict[str, Any], title: str) -> str:
-    """One pairwise comparison in words: ``bert vs qwen: +0.004 F1 [-0.002, +0.010], p = 0.21 (Holm) — not a
-    significant difference``."""
-    p = pair["p_holm"]
-    p_text = "p < 0.001" if p < 0.001 else f"p = {p:.3f}" if p < 0.01 else f"p = {p:.2f}"
+def _p_text(p: float) -> str:
+    return "p < 0.001" if p < 0.001 else f"p = {p:.3f}" if p < 0.01 else f"p = {p:.2f}"
+
+
+def pair_lines(pair: dict[str, Any], title: str) -> list[str]:
+    """One pairwise comparison in words, then a line for each other test that applied: ``bert vs qwen: +0.004 F1
+    [-0.002, +0.010], p = 0.21 (paired bootstrap, Holm) — not a significant difference``."""
     if pair["significant"]:
-        winner = pair["a"] if pair["difference"] > 0 else pair["b"]
-        verdict = f"{winner} is significantly better"
+        verdict = f"{pair['a'] if pair['difference'] > 0 else pair['b']} is significantly better"
     else:
         verdict = "not a significant difference"
-    seeds = f" over {pair['seeds']} seeds" if pair["seeds"] > 1 else ""
-    return (f"{pair['a']} vs {pair['b']}: {pair['difference']:+.3f} {title} [{pair['low']:+.3f}, {pair['high']:+.3f}]"
-            f"{seeds}, {p_text} (McNemar, Holm) — {verdict}")
+    seeds = pair["seeds"]
+    nested = f", {seeds[0]} and {seeds[1]} seeds nested in {pair['n']} examples" if max(seeds) > 1 else ""
+    lines = [f"{pair['a']} vs {pair['b']}: {pair['difference']:+.3f} {title} [{pair['low']:+.3f}, {pair['high']:+.3f}], "
+             f"{_p_text(pair['p_holm'])} ({pair['test']}{nested}, Holm) — {verdict}"]
+    mcnemar = pair.get("mcnemar")
+    if mcnemar and "p_holm" in mcnemar:
+        what = "exact record" if mcnemar["metric"] == "exact_match" else "accuracy"
+        lines.append(f"  McNemar's exact test on {what}: {pair['a']} alone right {mcnemar['a_only_right']}, "
+                     f"{pair['b']} alone right {mcnemar['b_only_right']}, {_p_text(mcnemar['p_holm'])} (Holm)")
+    elif max(seeds) > 1:
+        lines.append("  McNemar's test left out: it takes one answer per example and row")
+    order = pair.get("seeds_test")
+    if order:
+        said = (f"{order['better']}'s seeds almost stochastically dominate" if order["better"]
+                else "neither row's seeds dominate")
+        lines.append(f"  seeds (almost stochastic order, {seeds[0]} vs {seeds[1]}): eps_min {pair['a']} over {pair['b']} "
+                     f"{order['eps_min_a_over_b']:.2f}, {pair['b']} over {pair['a']} {order['eps_min_b_over_a']:.2f} "
+                     f"(below {order['threshold']}: better) — {said}")
+    return lines

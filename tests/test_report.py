@@ -38,12 +38,14 @@ def test_compare_prints_intervals_and_one_line_per_pair_and_json_holds_them(comp
     assert set(pairs) == {("naive-bayes", "bert"), ("naive-bayes", "naive-bayes-tables"), ("bert", "naive-bayes-tables")}
     # The engine serves the very model naive-bayes trained: the same answers, no difference at all.
     same = pairs[("naive-bayes", "naive-bayes-tables")]
-    assert same["difference"] == 0 and same["a_only_right"] == same["b_only_right"] == 0 and same["p_holm"] == 1.0
-    assert not same["significant"]
+    assert same["difference"] == same["low"] == same["high"] == 0 and same["p_holm"] == 1.0
+    assert same["mcnemar"]["a_only_right"] == same["mcnemar"]["b_only_right"] == 0 and not same["significant"]
     # Trained naive Bayes against a barely trained tiny BERT on 300 texts: a real, significant gap.
     gap = pairs[("naive-bayes", "bert")]
-    assert gap["difference"] > 0.1 and gap["significant"] and gap["p_holm"] >= gap["p"]
-    assert "naive-bayes vs bert: +" in result.stdout and "is significantly better" in result.stdout
+    assert gap["difference"] > 0.1 and gap["significant"] and gap["p_holm"] >= gap["p"] and gap["low"] > 0
+    assert gap["test"] == "paired bootstrap" and gap["resamples"] == 10_000 and gap["seeds"] == [1, 1]
+    assert "naive-bayes vs bert: +" in result.stdout and "(paired bootstrap, Holm) — naive-bayes is significantly better" in result.stdout
+    assert "  McNemar's exact test on accuracy: naive-bayes alone right" in result.stdout
     assert "naive-bayes vs naive-bayes-tables: +0.000" in result.stdout and "not a significant difference" in result.stdout
     # No single row is significantly better than every other (naive-bayes ties its engine): nothing in bold.
     assert statistics["best"] is None

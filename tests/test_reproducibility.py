@@ -36,21 +36,43 @@ def test_two_reruns_of_minilm_give_identical_predictions_and_metrics(tmp_path, p
     assert first["metrics"]["accuracy"] > 0.65 and first["metrics"]["f1_weighted"] > 0.6, first["metrics"]
 
 
-def test_several_seeds_store_a_run_each_and_the_table_shows_mean_and_sd(tmp_path, plugin_site, tiny_bert, ag_news_data):
+def test_several_seeds_store_a_run_each_and_the_table_shows_mean_and_sd(tmp_path, plugin_site, tiny_bert, tiny_qwen,
+                                                                        ag_news_data):
     import statistics
 
     cli = make_cli(plugin_site, tmp_path)
     # Inline: the seed loop and the table are what is tested here; the test above covers fresh processes.
-    args = ["compare", "--plugins", "bert", "--spec", "agnews", "--data", ag_news_data, "--limit-train", "120",
+    args = ["compare", "--plugins", "bert,qwen", "--spec", "agnews", "--data", ag_news_data, "--limit-train", "120",
             "--limit-test", "40", "--latency-samples", "3", "--set", f"bert.model={tiny_bert}", "--launcher", "inline",
-            "--set", "bert.num_train_epochs=1", "--set", "bert.learning_rate=1e-3", "--set", "bert.eval_steps=0.5"]
+            "--set", "bert.num_train_epochs=1", "--set", "bert.learning_rate=1e-3", "--set", "bert.eval_steps=0.5",
+            "--set", f"qwen.model={tiny_qwen}", "--set", "qwen.num_train_epochs=1", "--set", "qwen.learning_rate=2e-3",
+            "--set", "qwen.per_device_train_batch_size=16", "--set", "qwen.gradient_accumulation_steps=1",
+            "--set", "qwen.eval_steps=0.5"]
     result = cli(*args, "--seeds", "0,1,2", "--json", "three.json")
     assert result.returncode == 0, result.stderr
     out = json.loads((tmp_path / "three.json").read_text())
-    runs = out["runs"]
+    qwen_runs = [run for run in out["runs"] if run["approach"] == "qwen"]
+    assert [run["seed"] for run in qwen_runs] == [0, 1, 2] and [run["status"] for run in qwen_runs] == ["ok"] * 3
+    # The pair line: 3 and 3 seeds nested in the 40 examples; its word, sign and bold agree; the seeds' own test.
+    pair, = out["statistics"]["pairs"]
+    assert (pair["a"], pair["b"], pair["seeds"], pair["n"]) == ("bert", "qwen", [3, 3], 40) and "mcnemar" not in pair
+    line = next(line.rstrip() for line in result.stdout.splitlines() if line.startswith("bert vs qwen: "))
+    assert f"{pair['difference']:+.3f} F1 (w) [{pair['low']:+.3f}, {pair['high']:+.3f}]" in line
+    assert "(paired bootstrap, 3 and 3 seeds nested in 40 examples, Holm)" in line
+    if pair["significant"]:
+        winner = "bert" if pair["difference"] > 0 else "qwen"
+        assert line.endswith(f"— {winner} is significantly better") and out["statistics"]["best"] == winner
+        assert (pair["low"] > 0) if winner == "bert" else (pair["high"] < 0)
+    else:
+        assert line.endswith("— not a significant difference") and out["statistics"]["best"] is None
+    order = pair["seeds_test"]
+    assert order["test"] == "almost stochastic order" and len(order["a_scores"]) == len(order["b_scores"]) == 3
+    assert order["a_scores"] == pytest.approx([run["metrics"]["f1_weighted"] for run in out["runs"][:3]])
+    assert "  seeds (almost stochastic order, 3 vs 3): eps_min bert over qwen" in result.stdout
+    runs = [run for run in out["runs"] if run["approach"] == "bert"]
     assert [run["seed"] for run in runs] == [0, 1, 2] and [run["settings"]["seed"] for run in runs] == [0, 1, 2]
     assert [run["status"] for run in runs] == ["ok"] * 3 and len({run["run_id"] for run in runs}) == 3
-    assert len(list((tmp_path / ".harness" / "runs").iterdir())) == 3  # each seed its own stored run
+    assert len(list((tmp_path / ".harness" / "runs").iterdir())) == 6  # each seed of each row its own stored run
     assert len({tuple(e.get("loss") for e in run["train_log"]) for run in runs}) == 3  # three different trainings
     summary = out["summary"]["bert"]
     assert summary["seeds"] == [0, 1, 2] and summary["failed"] == 0

@@ -1,0 +1,58 @@
+"""How often a pair line says "significantly better": simulated test sets scored by two simulated approaches.
+
+Each test set has ``n`` examples of 4 classes, each example a difficulty drawn uniformly. An approach of
+quality ``q`` answers an example right where its difficulty is below ``q`` (examples hard for one approach
+are hard for the other: the two are correlated, as real models are), except that each seed answers 20% of
+the examples afresh (right with probability ``q``), and a wrong answer is another class at random. With equal
+``q`` the two approaches are equally good; the verdict is harness.stats.compare_pairs', F1 (w) as headline.
+
+    python tests/stats_simulation.py            # the table in docs/benchmarks.md (about 10 minutes)
+
+``seed_sd`` adds a whole-model shift per seed (the seed's ``q`` drawn around the approach's): the pair test is
+about the models trained, over the test sample, and the almost-stochastic-order line is what speaks to seeds.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from harness import stats
+
+LABELS = 4
+
+
+def _seed_stats(rng, gold, difficulty, quality: float, seed_sd: float = 0.0) -> stats.ExampleStats:
+    n = gold.size
+    q = quality + rng.normal(0, seed_sd) if seed_sd else quality
+    right = np.where(rng.random(n) < 0.8, difficulty < q, rng.random(n) < q)
+    predicted = np.where(right, gold, (gold + rng.integers(1, LABELS, n)) % LABELS)
+    rows = np.zeros((n, LABELS * (LABELS + 1)))
+    rows[np.arange(n), gold * (LABELS + 1) + predicted] = 1.0
+    return stats.ExampleStats("classification", rows, right, LABELS)
+
+
+def simulate(seeds: int, n: int = 200, quality: float = 0.75, delta: float = 0.0, trials: int = 200,
+             seed: int = 0, seed_sd: float = 0.0, headline: str = "f1_weighted",
+             resamples: int = stats.PAIR_RESAMPLES) -> dict[str, float]:
+    """Of ``trials`` simulated test sets, the share whose pair line calls either approach significantly better
+    (a's quality ``quality + delta``, b's ``quality``), and the share where the better one is named."""
+    rng = np.random.default_rng(seed)
+    said = right = 0
+    for _ in range(trials):
+        gold = rng.integers(0, LABELS, n)
+        difficulty = rng.random(n)
+        rows = {name: [_seed_stats(rng, gold, difficulty, q, seed_sd) for _ in range(seeds)]
+                for name, q in (("a", quality + delta), ("b", quality))}
+        pair = stats.compare_pairs(rows, headline, resamples)[0]
+        said += pair["significant"]
+        right += pair["significant"] and pair["difference"] > 0
+    return {"significant": said / trials, "a_named": right / trials}
+
+
+if __name__ == "__main__":
+    print("| seeds | n | true difference (accuracy) | seed sd | 'significantly better' | better one named |")
+    print("| --- | --- | --- | --- | --- | --- |")
+    for seeds in (1, 3, 5):
+        for delta, seed_sd in ((0.0, 0.0), (0.0, 0.02), (0.03, 0.0), (0.05, 0.0)):
+            figure = simulate(seeds, delta=delta, seed_sd=seed_sd)
+            print(f"| {seeds} | 200 | {delta:+.2f} | {seed_sd} | {figure['significant']:.1%} | {figure['a_named']:.1%} |")
