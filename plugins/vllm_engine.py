@@ -78,21 +78,25 @@ class Vllm(Approach):
 
     def load(self, task: Task, artifact: Artifact, settings: VllmSettings, context: RunContext) -> Serving:
         if "endpoint" not in artifact.state:
-            folder, prompter, dtype = _served_model(task, artifact, settings, context)
+            folder, prompter, dtype, generation = _served_model(task, artifact, settings, context)
             port = free_port()
+            # --generation-config auto: the model's generation_config is the requests' default (vLLM's own
+            # default since 0.8, said here so an older server decodes by the same rule).
             args = ["--model", str(folder), "--served-model-name", SERVED_NAME, "--host", "127.0.0.1",
                     "--port", str(port), "--dtype", dtype, "--max-model-len", str(settings.max_length),
-                    "--logprobs-mode", "processed_logprobs", "--seed", str(context.seed),
+                    "--logprobs-mode", "processed_logprobs", "--seed", str(context.seed), "--generation-config", "auto",
                     *shlex.split(settings.extra_args)]
             server = Server(settings.command, args, port, start_timeout=settings.start_timeout,
                             env=parse_env(settings.env)).start()
-            artifact.state.update(server=server, prompter=prompter, dtype=dtype, folder=folder,
+            artifact.state.update(server=server, prompter=prompter, dtype=dtype, folder=folder, generation=generation,
                                   endpoint=Endpoint(server.base_url, SERVED_NAME, concurrency=settings.concurrency,
                                                     timeout=settings.timeout, max_retries=2))
         notes = [f"vLLM ({settings.command}) on {artifact.state['folder'].name}, {artifact.state['dtype']}, "
                  f"{settings.concurrency} requests in flight"]
         if self.serves == "qwen-lora":
             notes.append("the LoRA adapter merged into the weights for vLLM")
+        if task.type == "extraction":
+            notes.append(vllm_decoding_note(artifact.state["generation"]))
         return Serving(device="server", dtype=artifact.state["dtype"], batch_size=settings.concurrency, notes=notes)
 
     def predict(self, task: Task, artifact: Artifact, examples: list[Example], settings: VllmSettings,
@@ -197,18 +201,41 @@ def _qwen_settings(settings: VllmSettings, serves: str) -> QwenLoraSettings:
     return QwenLoraSettings(**{**fields, "merge": serves == "qwen-lora"})
 
 
-def _served_model(task: Task, artifact: Artifact, settings: VllmSettings, context: RunContext) -> tuple[Path, Any, str]:
-    """The directory vLLM loads, the Prompter, and the serving dtype. A stored fine-tuned model is served from
-    its own directory; a merged adapter or a base model that is not a plain directory is saved once in the
-    load cache."""
+# What of a generation_config vLLM applies to a greedy request (its default sampling parameters: sampling
+# settings aside, only the repetition penalty changes greedy scores); harness's loop and generate apply more.
+VLLM_GENERATION = ("repetition_penalty",)
+
+
+def vllm_decoding_note(generation: dict[str, Any]) -> str:
+    """The extraction row's note on the decoding rule: what of the model's generation_config vLLM applies,
+    and what it cannot (answers may then differ from transformers', which the parity check counts)."""
+    applied = {k: v for k, v in generation.items() if k in VLLM_GENERATION}
+    missing = {k: v for k, v in generation.items() if k not in VLLM_GENERATION}
+    note = ("vLLM decodes greedy with the model's generation_config: " + ", ".join(f"{k}={v}" for k, v in applied.items())
+            if applied else "vLLM decodes plain greedy (the model's generation_config sets no repetition_penalty)")
+    if missing:
+        note += ("; vLLM has no " + ", ".join(f"{k}={v}" for k, v in missing.items())
+                 + ", which transformers applies: answers may differ (the parity check counts them)")
+    return note
+
+
+def _served_model(task: Task, artifact: Artifact, settings: VllmSettings,
+                  context: RunContext) -> tuple[Path, Any, str, dict[str, Any]]:
+    """The directory vLLM loads, the Prompter, the serving dtype, and what of the model's generation_config
+    changes greedy decoding (:func:`harness.decoder.generation_settings`). A stored fine-tuned model is served
+    from its own directory; a merged adapter or a base model that is not a plain directory is saved once in
+    the load cache."""
     import json
+
+    from harness.decoder import generation_settings
 
     local = Artifact(path=artifact.path, info=artifact.info)
     serving = QwenLora().load(task, local, _qwen_settings(settings, "qwen-lora"), context)
     prompter, tokenizer, dtype = local.state["prompter"], local.state["tokenizer"], serving.dtype
+    generation = generation_settings(local.state["serving_model"])
     path = artifact.path
     if path is not None and (Path(path) / "config.json").is_file() and not (Path(path) / "adapter_config.json").is_file():
-        return Path(path), prompter, dtype
+        return Path(path), prompter, dtype, generation
     folder = (context.cache_dir or Path(path or ".").parent) / "vllm-model"
     done = folder / "harness-built.json"
     if not done.is_file():
@@ -217,7 +244,7 @@ def _served_model(task: Task, artifact: Artifact, settings: VllmSettings, contex
         local.state["serving_model"].save_pretrained(folder)
         tokenizer.save_pretrained(folder)
         done.write_text(json.dumps({"from": str(path or settings.model), "dtype": dtype}))
-    return folder, prompter, dtype
+    return folder, prompter, dtype, generation
 
 
 def _prompts(prompter: Any, examples: list[Example], reserve: int) -> tuple[list[list[int]], list[bool]]:

@@ -125,3 +125,14 @@ def test_vllm_serves_what_qwen_trained_with_the_same_answers(cli, qwen_for_vllm,
     # No server is left running after harness exits.
     left = subprocess.run(["pgrep", "-f", "harness-served"], capture_output=True, text=True).stdout.split()
     assert not left, left
+
+
+def test_the_vllm_extraction_row_says_which_decoding_rule_its_server_follows():
+    from harness_plugins.vllm_engine import vllm_decoding_note
+
+    assert vllm_decoding_note({}) == "vLLM decodes plain greedy (the model's generation_config sets no repetition_penalty)"
+    assert vllm_decoding_note({"repetition_penalty": 1.3}) == \
+        "vLLM decodes greedy with the model's generation_config: repetition_penalty=1.3"
+    both = vllm_decoding_note({"repetition_penalty": 1.3, "no_repeat_ngram_size": 3})
+    assert both.startswith("vLLM decodes greedy with the model's generation_config: repetition_penalty=1.3; vLLM has "
+                           "no no_repeat_ngram_size=3, which transformers applies")
