@@ -115,6 +115,18 @@ def test_classify_scores_the_letter_the_prompts_last_position_predicts(tiny_qwen
             assert list(prediction.scores.values()) == pytest.approx(expected.softmax(-1).tolist(), abs=1e-5)
 
 
+def rows_ending_at_step_three(model, tokenizer, prompter, texts: list[str]):
+    """The texts' prompts left padded, with the prompter's end token set to the one the first row emits on its
+    third step under ``generate``, so that rows end at different steps; and each row's answer length."""
+    input_ids, mask, _ = left_padded([prompter.prompt_ids(t, reserve=12)[0] for t in texts], tokenizer.pad_token_id, "cpu")
+    free = model.generate(input_ids=input_ids, attention_mask=mask, max_new_tokens=12, do_sample=False,
+                          eos_token_id=None, pad_token_id=tokenizer.pad_token_id)[:, input_ids.shape[1]:]
+    prompter.end_ids = [free[0, 2].item()]
+    lengths = [row.index(prompter.end_ids[0]) + 1 if prompter.end_ids[0] in row else 12 for row in free.tolist()]
+    assert lengths[0] == 3 and max(lengths) > 3, lengths  # rows end at different steps
+    return input_ids, mask, lengths
+
+
 def test_greedy_answers_are_the_tokens_generate_gives_with_finished_rows_leaving_the_batch(tiny_qwen):
     """harness's decoding loop against the library's ``generate``, on a left-padded batch of different lengths
     where rows end at different steps: the end token is one the first row emits on its third step, so that row
@@ -127,13 +139,8 @@ def test_greedy_answers_are_the_tokens_generate_gives_with_finished_rows_leaving
     task = Task("extraction", fields=("name",), prompt=Prompt(user="{text}"))
     prompter = Prompter(task, tokenizer, SETTINGS)
     texts = ["Zhang San, 13800000000", "Li Si", "a much longer waybill line, Beijing Haidian, 100 Main Street", "x"]
-    input_ids, mask, _ = left_padded([prompter.prompt_ids(t, reserve=12)[0] for t in texts], tokenizer.pad_token_id, "cpu")
     with torch.inference_mode():
-        free = model.generate(input_ids=input_ids, attention_mask=mask, max_new_tokens=12, do_sample=False,
-                              eos_token_id=None, pad_token_id=tokenizer.pad_token_id)[:, input_ids.shape[1]:]
-        prompter.end_ids = [free[0, 2].item()]
-        lengths = [row.index(prompter.end_ids[0]) + 1 if prompter.end_ids[0] in row else 12 for row in free.tolist()]
-        assert lengths[0] == 3 and max(lengths) > 3, lengths  # rows end at different steps
+        input_ids, mask, lengths = rows_ending_at_step_three(model, tokenizer, prompter, texts)
         ours = greedy_answers(model, prompter, input_ids, mask, max_new_tokens=12)
         theirs = generate(model, prompter, input_ids, mask, max_new_tokens=12)
     assert [text for text, _ in ours] == theirs
@@ -289,16 +296,11 @@ def test_greedy_answers_apply_the_models_generation_config_as_generate_does(repe
     prompter = Prompter(Task("extraction", fields=("name",), prompt=Prompt(user="{text}")), tokenizer, SETTINGS)
     texts = ["Zhang San, 13800000000", "Li Si", "a much longer waybill line, Beijing Haidian, 100 Main Street", "x",
              "Wang Wu 13900000000 Shanghai", "Room 5, Building 2"]
-    input_ids, mask, _ = left_padded([prompter.prompt_ids(t, reserve=12)[0] for t in texts], tokenizer.pad_token_id, "cpu")
     plain = {name: getattr(model.generation_config, name) for name in setting}
     try:
         with torch.inference_mode():
             model.generation_config.update(**setting)
-            free = model.generate(input_ids=input_ids, attention_mask=mask, max_new_tokens=12, do_sample=False,
-                                  eos_token_id=None, pad_token_id=tokenizer.pad_token_id)[:, input_ids.shape[1]:]
-            prompter.end_ids = [free[0, 2].item()]
-            lengths = [row.index(prompter.end_ids[0]) + 1 if prompter.end_ids[0] in row else 12 for row in free.tolist()]
-            assert lengths[0] == 3 and max(lengths) > 3, lengths  # rows end at different steps
+            input_ids, mask, lengths = rows_ending_at_step_three(model, tokenizer, prompter, texts)
             ours = greedy_answers(model, prompter, input_ids, mask, max_new_tokens=12)
             theirs = generate_counted(model, prompter, input_ids, mask, max_new_tokens=12)
             note = decoding_note(model)
