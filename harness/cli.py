@@ -325,7 +325,6 @@ def cmd_bench(args: argparse.Namespace) -> int:
     from harness.bench import (RAW_PROTOCOL, BenchResult, batch_throughput, bench_table, latency_rows, raw_predict,
                                served_requests)
     from harness.data import load_datasets, parse_data_option
-    from harness.launcher import load_for_serving
     from harness.plugins import load_plugins
     from harness.progress import SILENT
     from harness.runner import plan_settings, without_answers
@@ -345,9 +344,9 @@ def cmd_bench(args: argparse.Namespace) -> int:
     spec = load_spec(args.spec)
     overrides = parse_overrides(args.overrides)
     plan = plan_settings(plugins, spec, [args.plugin], overrides)[args.plugin]
-    settings = plan.settings
     data = load_datasets(spec, data=parse_data_option(args.data) if args.data else None, limit_test=args.limit_test)
-    task = spec.to_task(plan.trainer)
+    # As compare does: the row's prompt (an engine's: the served row's); hooks go to the approach the row runs.
+    task = spec.to_task(plan.prompt_row or plan.trainer)
     if args.run:
         from harness.serving import load_stored_run
 
@@ -356,26 +355,21 @@ def cmd_bench(args: argparse.Namespace) -> int:
     else:
         import tempfile
 
-        untrained = {"random_weights": True, "num_train_epochs": 0.0}
+        from harness.bench import untrained
+
         # An untrained build keeps nothing on disk that bench needs; a plugin's scratch files go away with it.
-        # An engine serves what its approach trains: the approach builds the model, with its own settings.
         kept = tempfile.TemporaryDirectory(prefix="harness-bench-")  # removed when bench returns
-        scratch = Path(kept.name)
-        artifact = plugins.call(plan.trainer, "harness_train", task=task, train=[], validation=[],
-                                settings={**plan.train_settings, **untrained}, workdir=scratch, progress=SILENT)
-        settings = {**settings, **untrained}
+        artifact, settings = untrained(plugins, plan, task, Path(kept.name))
         source = "random weights"
-        (scratch / "cache").mkdir()
-        _, settings = load_for_serving(plugins, args.plugin, task, artifact, settings, scratch / "cache")
 
     def predict(examples, call_settings):
-        return plugins.call(args.plugin, "harness_predict", task=task, artifact=artifact, examples=examples,
+        return plugins.call(plan.approach, "harness_predict", task=task, artifact=artifact, examples=examples,
                             settings=call_settings, progress=SILENT)
 
     examples = without_answers(data.test)
     result = BenchResult(args.plugin, spec.name, source, len(examples))
-    reference = (plugins.call(args.plugin, "harness_reference", task=task, artifact=artifact, settings=settings)
-                 if plugins.implements(args.plugin, "harness_reference") else None)
+    reference = (plugins.call(plan.approach, "harness_reference", task=task, artifact=artifact, settings=settings)
+                 if plugins.implements(plan.approach, "harness_reference") else None)
     # Raw and harness take turns, round by round for throughput and request by request for latency, so that
     # a noisy machine moves both alike; each one's peak memory comes from a pass of its own.
     predicts = [predict] if reference is None else [raw_predict(reference), predict]

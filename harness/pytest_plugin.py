@@ -25,7 +25,8 @@ def harness_benchmark(request: pytest.FixtureRequest, tmp_path: Path):
     :param settings: setting overrides, as ``--set`` gives them (values may be typed).
     :param limit_train: a stratified sample of the training split.
     :param limit_test: a stratified sample of the test split: the benchmarked requests.
-    :param random_weights: build the model from its config, untrained (speed only).
+    :param random_weights: build the model from its config, untrained (speed only): no training examples,
+        as ``harness bench --random-weights`` builds it (:func:`harness.bench.untrained`).
     :param rounds: timed rounds; pytest-benchmark reports their statistics.
     :param warmup_rounds: untimed rounds first.
     :param plugins: a :class:`harness.plugins.Plugins` to use instead of the installed plugins.
@@ -46,6 +47,7 @@ def harness_benchmark(request: pytest.FixtureRequest, tmp_path: Path):
         plugins: Any = None,
     ):
         from harness import measure
+        from harness.bench import untrained
         from harness.data import load_datasets
         from harness.launcher import load_for_serving
         from harness.plugins import load_plugins
@@ -57,22 +59,24 @@ def harness_benchmark(request: pytest.FixtureRequest, tmp_path: Path):
         loaded = load_spec(spec)
         overrides = {approach: {k: str(v) for k, v in (settings or {}).items()}}
         plan = plan_settings(plugins, loaded, [approach], overrides)[approach]
-        resolved = plan.settings
         datasets = load_datasets(loaded, data=data, limit_train=limit_train, limit_test=limit_test)
-        task = loaded.to_task(plan.trainer)
-        untrained = {"random_weights": random_weights, **({"num_train_epochs": 0.0} if random_weights else {})}
-        # An engine serves what its approach trains: the approach trains, with its own settings.
+        # As compare does: the row's prompt (an engine's: the served row's); hooks go to the approach the row runs.
+        task = loaded.to_task(plan.prompt_row or plan.trainer)
         (tmp_path / "train").mkdir()
-        artifact = plugins.call(plan.trainer, "harness_train", task=task, train=datasets.train,
-                                validation=datasets.validation, settings={**plan.train_settings, **untrained},
-                                workdir=tmp_path / "train", progress=SILENT)
-        call_settings = {**resolved, **untrained}
-        (tmp_path / "cache").mkdir()
-        _, call_settings = load_for_serving(plugins, approach, task, artifact, call_settings, tmp_path / "cache")
+        if random_weights:  # as `harness bench --random-weights` builds it
+            artifact, call_settings = untrained(plugins, plan, task, tmp_path / "train")
+        else:
+            # An engine serves what its approach trains: the approach trains, with its own settings.
+            artifact = plugins.call(plan.trainer, "harness_train", task=task, train=datasets.train,
+                                    validation=datasets.validation, settings={**plan.train_settings, "random_weights": False},
+                                    workdir=tmp_path / "train", progress=SILENT)
+            (tmp_path / "cache").mkdir()
+            _, call_settings = load_for_serving(plugins, plan.approach, task, artifact,
+                                                {**plan.settings, "random_weights": False}, tmp_path / "cache")
         examples = without_answers(datasets.test)
 
         def predict():
-            predictions = plugins.call(approach, "harness_predict", task=task, artifact=artifact, examples=examples,
+            predictions = plugins.call(plan.approach, "harness_predict", task=task, artifact=artifact, examples=examples,
                                        settings=call_settings, progress=SILENT)
             measure.cuda_sync()
             return predictions
