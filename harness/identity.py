@@ -150,7 +150,7 @@ def code_fingerprint(roots: list[Any], skip: frozenset[str]) -> dict[str, str]:
     identity; editing the training step, a helper it calls through ``self``, the sampler, the Trainer glue
     or seeding does.
     """
-    packages = {"harness", "harness_plugins"} | {_module_of(root).split(".")[0] for root in roots}
+    packages = {"harness", "harness_plugins"} | {module.split(".")[0] for root in roots for module in _modules_of(root)}
     found: dict[str, str] = {}
     seen: set[tuple[str, Any]] = set()
     queue = [_resolve_root(root) for root in roots]
@@ -235,8 +235,14 @@ def _lookup(owner: type, attr: str) -> tuple[type | None, Any]:
     return None, None
 
 
-def _module_of(root: Any) -> str:
-    return root.partition(":")[0] if isinstance(root, str) else getattr(root, "__module__", "") or ""
+def _modules_of(root: Any) -> set[str]:
+    """The root's module, and for a bound method its object's class's too: a subclass in a package of its
+    own that inherits ``train`` from another package is followed into both."""
+    if isinstance(root, str):
+        return {root.partition(":")[0]}
+    owner = getattr(root, "__self__", None)
+    owner_module = (owner if inspect.isclass(owner) else type(owner)).__module__ if owner is not None else ""
+    return {name for name in (getattr(root, "__module__", "") or "", owner_module) if name}
 
 
 def _tracked(value: Any, packages: set[str], skip: frozenset[str]) -> bool:

@@ -104,10 +104,12 @@ class Plugins:
         return plugin is not None and hasattr(plugin, hook)
 
     def code_roots(self, name: str, hooks: tuple[str, ...]) -> list[Any]:
-        """The functions behind ``hooks`` of approach ``name``, for its code fingerprint."""
+        """The functions behind ``hooks`` of approach ``name``, for its code fingerprint. A registered approach's
+        are its methods bound to the registered object, so that harness.identity looks up what they reach through
+        ``self`` on its own class: an inherited ``train`` calling ``self._fit`` reaches the subclass's ``_fit``."""
         if name in self.registry:
-            cls = type(self.registry[name])
-            return [getattr(cls, METHODS[hook]) for hook in hooks if self.implements(name, hook) and hook in METHODS]
+            approach = self.registry[name]
+            return [getattr(approach, METHODS[hook]) for hook in hooks if self.implements(name, hook) and hook in METHODS]
         plugin = self.pm.get_plugin(name)
         return [getattr(plugin, hook) for hook in hooks if hasattr(plugin, hook)]
 

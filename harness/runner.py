@@ -300,11 +300,7 @@ def training_reason(store: Store, record: RunRecord, rerun: bool) -> str:
     same row trained with the same seed on the same spec (``training code: plugins.toy.Toy._fit``)."""
     if rerun:
         return "--rerun"
-    rows = []
-    if (store.root / "runs.db").exists():
-        rows = store.db.execute("SELECT run_id FROM runs WHERE approach = ? AND spec = ? AND trained_in = run_id "
-                                "ORDER BY created DESC", (record.approach, record.spec)).fetchall()
-    for (run_id,) in rows:
+    for run_id in store.trained_runs(record.approach, record.spec):
         try:
             before = store.load_run(run_id)
         except UserError:

@@ -368,6 +368,15 @@ class Store:
                 return record
         return None
 
+    def trained_runs(self, approach: str, spec: str) -> list[str]:
+        """The runs in which row ``approach`` trained a model on ``spec`` (not those that reused one), newest
+        first; none before the index exists."""
+        if not (self.root / "runs.db").exists():
+            return []
+        rows = self.db.execute("SELECT run_id FROM runs WHERE approach = ? AND spec = ? AND trained_in = run_id "
+                               "ORDER BY created DESC", (approach, spec)).fetchall()
+        return [run_id for (run_id,) in rows]
+
     def find_trained(self, train_key: str) -> RunRecord | None:
         """The newest run that trained a model with this training identity and still has it on disk."""
         if not (self.root / "runs.db").exists():

@@ -74,6 +74,7 @@ def test_editing_the_plugin_source_retrains_and_a_predict_setting_only_remeasure
     assert first.returncode == 0, first.stderr
     (trained,) = runs(work, "1.json")
     assert trained["training"]["trained_in"] == trained["run_id"]
+    assert trained["training"]["reason"] == "no model of this row stored yet"
 
     # smoothing is a predict setting of the docs' plugin: measured again on the stored model.
     smoothed = cli("compare", "--plugins", "naive-bayes", "--data", ag_news_data, *COMMON,
@@ -112,6 +113,11 @@ def test_editing_the_plugin_source_retrains_and_a_predict_setting_only_remeasure
     before, after = trained["training"]["identity"]["code"], retrained["training"]["identity"]["code"]
     assert [name for name in after if before.get(name) != after[name]] == ["harness_naive_bayes.NaiveBayes.train"]
     assert retrained["training"]["reason"] == "training code: harness_naive_bayes.NaiveBayes.train"
+    # The runs that trained this row, newest first: what the reason compares with (the re-measured runs did not train).
+    from harness.store import Store
+
+    assert Store(work / ".harness").trained_runs("naive-bayes", "agnews") == [retrained["run_id"], trained["run_id"]]
+    assert Store(work / ".harness").trained_runs("naive-bayes", "another-spec") == []
 
 
 def test_a_row_measured_on_one_thread_is_not_reused_for_a_compare_on_all_of_them(site_cli, ag_news_data):
@@ -259,6 +265,65 @@ def test_the_training_code_follows_self_into_the_methods_and_constants_train_rea
     assert training_code(HELPERS.replace("label=task.labels[0]", "label=task.labels[-1]")) == base
 
 
+# A subclass that keeps its base's train and overrides the helper that train calls through self.
+INHERITED_TRAIN = '''
+from harness import Approach, Artifact, Prediction
+
+
+class Fitting(Approach):
+    name = "fitting"
+
+    def train(self, task, train, validation, settings, context):
+        return Artifact(train_samples=self._fit(train))
+
+    def predict(self, task, artifact, examples, settings, context):
+        return [Prediction(label=task.labels[0]) for _ in examples]
+
+    def _fit(self, train):
+        return len(train)
+
+
+class Doubling(Fitting):
+    name = "doubling"
+
+    def _fit(self, train):
+        return 2 * len(train)
+'''
+
+
+def test_an_inherited_train_reaches_the_subclasss_own_helper(tmp_path, monkeypatch):
+    """``self._fit`` in a train inherited from the base is looked up on the registered approach's class, as
+    Python calls it: editing the subclass's ``_fit`` changes the subclass's training identity."""
+    import importlib
+
+    from harness import identity
+    from harness.plugins import load_plugins
+    from harness.runner import what_changed
+
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setattr(sys, "dont_write_bytecode", True)  # each reload compiles the file as edited
+    path = tmp_path / "inheriting_plugin.py"
+
+    def training_code(source: str, name: str) -> dict[str, str]:
+        path.write_text(source)
+        module = importlib.reload(importlib.import_module("inheriting_plugin"))
+        plugins = load_plugins(entry_points=False)
+        plugins.register(module.Fitting(), "fitting")
+        plugins.register(module.Doubling(), "doubling")
+        code = identity.training_code(plugins.code_roots(name, ("harness_train",)))
+        return {key: value for key, value in code.items() if key.startswith("inheriting_plugin.")}
+
+    base = training_code(INHERITED_TRAIN, "doubling")
+    assert set(base) == {"inheriting_plugin.Fitting.train", "inheriting_plugin.Doubling._fit"}
+    edited = INHERITED_TRAIN.replace("return 2 * len(train)", "return 3 * len(train)")
+    assert what_changed({"code": base}, {"code": training_code(edited, "doubling")}, training=True) == [
+        "training code: inheriting_plugin.Doubling._fit"]
+    # The base approach keeps its own helper, which the subclass's edit does not touch.
+    parent = training_code(INHERITED_TRAIN, "fitting")
+    assert set(parent) == {"inheriting_plugin.Fitting.train", "inheriting_plugin.Fitting._fit"}
+    assert training_code(edited, "fitting") == parent
+
+
 def test_the_prompt_types_are_training_code():
     from harness import identity
     from harness.plugins import load_plugins
@@ -384,3 +449,29 @@ def test_a_validation_file_is_used_as_given_and_is_part_of_the_training_identity
     assert (run["n_train"], run["n_validation"], run["environment"]["validation_source"]) == (120, 50, "file")
     assert run["training"]["identity"]["validation_source"] == "file"
     assert "validation 50 (file)" in result.stdout
+
+
+def test_a_subclass_in_another_package_is_followed_into_its_own_helper(tmp_path, monkeypatch):
+    """The subclass's package is tracked though train is defined in the base's: a user's ``MyApproach(Fitting)``
+    in a package of their own trains again when its ``_fit`` is edited."""
+    import importlib
+
+    from harness import identity
+    from harness.plugins import load_plugins
+
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setattr(sys, "dont_write_bytecode", True)
+    base, _, sub = INHERITED_TRAIN.partition("class Doubling(Fitting):")
+    (tmp_path / "fitting_base.py").write_text(base)
+    importlib.reload(importlib.import_module("fitting_base"))
+
+    def training_code(body: str) -> dict[str, str]:
+        (tmp_path / "doubling_elsewhere.py").write_text("from fitting_base import Fitting\n\n\nclass Doubling(Fitting):" + body)
+        module = importlib.reload(importlib.import_module("doubling_elsewhere"))
+        plugins = load_plugins(entry_points=False)
+        plugins.register(module.Doubling(), "doubling")
+        return identity.training_code(plugins.code_roots("doubling", ("harness_train",)))
+
+    first = training_code(sub)
+    assert "doubling_elsewhere.Doubling._fit" in first and "fitting_base.Fitting.train" in first
+    assert training_code(sub.replace("return 2 * len(train)", "return 3 * len(train)")) != first
