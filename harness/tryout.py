@@ -103,13 +103,17 @@ def _scores_text(prediction: Any) -> str:
 
 
 def terminal_table(answers: list[Answer], text: str) -> Any:
+    from rich.markup import escape
     from rich.table import Table
+    from rich.text import Text
 
-    table = Table(title=f"harness try: {text if len(text) <= 80 else text[:77] + '...'}")
+    # Answers, errors and the text are shown as written: "[B]" or "pip install 'harness-compare[onnx]'" are no markup.
+    table = Table(title=escape(f"harness try: {text if len(text) <= 80 else text[:77] + '...'}"))
     for column, justify in (("Approach", "left"), ("Answer", "left"), ("Scores", "left"), ("ms", "right")):
         table.add_column(column, justify=justify)  # type: ignore[arg-type]
     for a in answers:
-        table.add_row(a.approach, a.answer if not a.error else f"[red]{a.error}[/red]", a.scores, f"{a.latency_ms:.1f}")
+        table.add_row(Text(a.approach), Text(a.error, style="red") if a.error else Text(a.answer), Text(a.scores),
+                      f"{a.latency_ms:.1f}")
     return table
 
 
