@@ -36,8 +36,8 @@ def test_sigterm_to_harness_stops_the_server_it_started(tmp_path):
 
         port = free_port()
         server = Server({command!r}, [str(port)], port, start_timeout=60).start()
-        print(server.process.pid, flush=True)
         try:
+            print(server.process.pid, flush=True)  # inside the try: the SIGTERM it invites finds the finally
             time.sleep(300)
         finally:
             print("finally ran", flush=True)
