@@ -33,6 +33,18 @@ details { margin: 0.4em 0; } summary { cursor: pointer; }
 """
 
 
+def _statistics_list(lines: list[str]) -> str:
+    """The statistics lines as a list; an indented line (a pair's McNemar or seeds line) nested under its pair."""
+    items: list[list[str]] = []
+    for line in lines:
+        if line.startswith("  ") and items:
+            items[-1].append(line.strip())
+        else:
+            items.append([line])
+    return "<ul>" + "".join(f"<li>{escape(first)}" + ("<ul>" + "".join(f"<li>{escape(sub)}</li>" for sub in rest)
+                                                       + "</ul>" if rest else "") + "</li>" for first, *rest in items) + "</ul>"
+
+
 def write_html(path: Path, comparison: Comparison, store: Any, plots: dict[str, dict[str, Any]]) -> None:
     """Write the page for ``comparison`` (its statistics already computed) to ``path``."""
     from harness.store import read_scored, write_text
@@ -44,7 +56,7 @@ def write_html(path: Path, comparison: Comparison, store: Any, plots: dict[str, 
              "<h2>Results</h2>", _table(comparison, groups)]
     lines = statistics_lines(comparison)[1:]  # the first says what ± means in the terminal; the page shows brackets
     if lines:
-        parts.append("<ul>" + "".join(f"<li>{escape(line)}</li>" for line in lines) + "</ul>")
+        parts.append(_statistics_list(lines))
     parts.append(_detail_tables(comparison, groups))
     if plots:
         parts.append("<h2>Plots</h2>")

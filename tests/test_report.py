@@ -132,3 +132,14 @@ def test_the_html_report_renders_offline_in_a_real_browser(compared, workspace):
         browser.close()
     assert shot.read_bytes().startswith(PNG)
     assert all(url.startswith(("file://", "data:")) for url in requests), requests
+
+
+def test_the_pages_statistics_nest_each_pairs_second_lines_under_it():
+    from harness.html import _statistics_list
+
+    page = _statistics_list(["a vs b: +0.1 F1 (w) [...] — a is significantly better",
+                             "  McNemar's exact test on accuracy: a alone right 3, b alone right 1, p = 0.62 (Holm)",
+                             "a: F1 (w) sd across seeds 0.010 <x>"])
+    assert page == ("<ul><li>a vs b: +0.1 F1 (w) [...] — a is significantly better<ul><li>McNemar&#x27;s exact test on "
+                    "accuracy: a alone right 3, b alone right 1, p = 0.62 (Holm)</li></ul></li>"
+                    "<li>a: F1 (w) sd across seeds 0.010 &lt;x&gt;</li></ul>")
