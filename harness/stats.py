@@ -56,10 +56,11 @@ def summary(comparison: Comparison) -> dict[str, dict[str, Any]]:
 
 
 # ---------------------------------------------------------------------------------------------
-# Uncertainty over the test examples: bootstrap intervals, paired comparisons (McNemar, paired bootstrap,
-# Holm). NumPy, vectorised: every resample is a row of multinomial counts over the examples, and a metric
-# is computed from counts summed per resample (a confusion matrix, or true/false positives), so 1,000
-# resamples of 2,000 examples cost one matrix product. scipy gives the exact binomial test.
+# Uncertainty over the test examples: bootstrap intervals, and pairs tested on the headline metric itself
+# (paired bootstrap, Holm; McNemar and almost stochastic order as labelled second lines). NumPy, vectorised:
+# every resample is a row of multinomial counts over the examples, and a metric is computed from counts
+# summed per resample (a confusion matrix, or true/false positives), so 1,000 resamples of 2,000 examples
+# cost one matrix product. scipy gives the exact binomial test and the normal quantile.
 # ---------------------------------------------------------------------------------------------
 
 RESAMPLES = 1000

@@ -199,12 +199,11 @@ def test_mcnemar_matches_statsmodels_exact_test():
 
 def test_almost_stochastic_order_matches_deepsig():
     """The violation ratio to the digit, and eps_min within the bootstrap's own noise (1,000 draws each, with
-    different generators), on score lists of 3 to 10 seeds; Bonferroni over two comparisons as deepsig's."""
+    different generators), on score lists of 5 to 10 seeds; Bonferroni over two comparisons as deepsig's."""
     from deepsig.aso import aso as deepsig_aso, compute_violation_ratio
 
     rng = np.random.default_rng(2)
-    cases = [([0.80, 0.81, 0.79], [0.70, 0.72, 0.71], 1),
-             (list(rng.normal(0.80, 0.02, 5)), list(rng.normal(0.79, 0.02, 5)), 1),
+    cases = [(list(rng.normal(0.80, 0.02, 5)), list(rng.normal(0.79, 0.02, 5)), 1),
              (list(rng.normal(0.80, 0.02, 10)), list(rng.normal(0.80, 0.02, 8)), 2)]
     for a, b, comparisons in cases:
         assert float(stats.violation_ratio(a, b)) == pytest.approx(
