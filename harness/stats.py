@@ -376,8 +376,18 @@ def compare_pairs(rows: dict[str, list[ExampleStats]], headline: str, resamples:
         verdict = pair["a"] if forward < ASO_THRESHOLD else pair["b"] if backward < ASO_THRESHOLD else None
         pair["seeds_test"] = {"test": "almost stochastic order", "a_scores": a_scores, "b_scores": b_scores,
                               "eps_min_a_over_b": forward, "eps_min_b_over_a": backward,
-                              "threshold": ASO_THRESHOLD, "better": verdict}
+                              "threshold": ASO_THRESHOLD, "better": verdict,
+                              "chance_separated": chance_separated(len(a_scores), len(b_scores))}
     return pairs
+
+
+def chance_separated(a: int, b: int) -> float:
+    """How often ``a`` and ``b`` seeds of two equally good rows come out completely ordered (every seed of one
+    above every seed of the other) by chance alone: 2 / C(a + b, a). 3 against 3: 0.1, so no ordering of so few
+    seeds can be significant at 0.05, and almost stochastic order then names a row more often than that."""
+    from math import comb
+
+    return 2 / comb(a + b, a)
 
 
 def _significantly_best(names: list[str], pairs: list[dict[str, Any]]) -> str | None:
@@ -423,6 +433,9 @@ def pair_lines(pair: dict[str, Any], title: str) -> list[str]:
     if order:
         said = (f"{order['better']}'s seeds almost stochastically dominate" if order["better"]
                 else "neither row's seeds dominate")
+        if order["better"] and order["chance_separated"] > ALPHA:
+            said += (f" (with {seeds[0]} and {seeds[1]} seeds, chance alone orders two equal rows completely "
+                     f"{order['chance_separated']:.0%} of the time)")
         lines.append(f"  seeds (almost stochastic order, {seeds[0]} vs {seeds[1]}): eps_min {pair['a']} over {pair['b']} "
                      f"{order['eps_min_a_over_b']:.2f}, {pair['b']} over {pair['a']} {order['eps_min_b_over_a']:.2f} "
                      f"(below {order['threshold']}: better) — {said}")

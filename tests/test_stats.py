@@ -224,4 +224,10 @@ def test_three_seeds_a_side_add_the_seeds_own_verdict():
     order = pair["seeds_test"]
     assert order["a_scores"] == pytest.approx([0.80, 0.81, 0.82]) and order["better"] == "a"
     assert order["eps_min_a_over_b"] < stats.ASO_THRESHOLD < order["eps_min_b_over_a"]
-    assert stats.pair_lines(pair, "Exact rec")[-1].endswith("— a's seeds almost stochastically dominate")
+    assert stats.pair_lines(pair, "Exact rec")[-1].endswith(
+        "— a's seeds almost stochastically dominate (with 3 and 3 seeds, chance alone orders two equal rows "
+        "completely 10% of the time)")
+    assert [stats.chance_separated(n, n) for n in (3, 4, 5)] == pytest.approx([0.1, 2 / 70, 2 / 252])
+    five, = stats.compare_pairs({"a": seeds([0.80, 0.81, 0.82, 0.80, 0.81]), "b": seeds([0.70, 0.71, 0.72, 0.70, 0.71])},
+                                "exact_match")
+    assert stats.pair_lines(five, "Exact rec")[-1].endswith("— a's seeds almost stochastically dominate")
