@@ -80,11 +80,9 @@ class Vllm(Approach):
         if "endpoint" not in artifact.state:
             folder, prompter, dtype, generation = _served_model(task, artifact, settings, context)
             port = free_port()
-            # --generation-config auto: the model's generation_config is the requests' default (vLLM's own
-            # default since 0.8, said here so an older server decodes by the same rule).
             args = ["--model", str(folder), "--served-model-name", SERVED_NAME, "--host", "127.0.0.1",
                     "--port", str(port), "--dtype", dtype, "--max-model-len", str(settings.max_length),
-                    "--logprobs-mode", "processed_logprobs", "--seed", str(context.seed), "--generation-config", "auto",
+                    "--logprobs-mode", "processed_logprobs", "--seed", str(context.seed),
                     *shlex.split(settings.extra_args)]
             server = Server(settings.command, args, port, start_timeout=settings.start_timeout,
                             env=parse_env(settings.env)).start()
@@ -96,7 +94,7 @@ class Vllm(Approach):
         if self.serves == "qwen-lora":
             notes.append("the LoRA adapter merged into the weights for vLLM")
         if task.type == "extraction":
-            notes.append(vllm_decoding_note(artifact.state["generation"]))
+            notes.append(vllm_decoding_note(artifact.state["generation"], settings.extra_args))
         return Serving(device="server", dtype=artifact.state["dtype"], batch_size=settings.concurrency, notes=notes)
 
     def predict(self, task: Task, artifact: Artifact, examples: list[Example], settings: VllmSettings,
@@ -201,14 +199,22 @@ def _qwen_settings(settings: VllmSettings, serves: str) -> QwenLoraSettings:
     return QwenLoraSettings(**{**fields, "merge": serves == "qwen-lora"})
 
 
-# What of a generation_config vLLM applies to a greedy request (its default sampling parameters: sampling
-# settings aside, only the repetition penalty changes greedy scores); harness's loop and generate apply more.
+# What of a generation_config vLLM applies to a greedy request (its default sampling parameters, read from the
+# model's generation_config under --generation-config auto, vLLM's default: sampling settings aside, only the
+# repetition penalty changes greedy scores); harness's loop and generate apply more.
 VLLM_GENERATION = ("repetition_penalty",)
 
 
-def vllm_decoding_note(generation: dict[str, Any]) -> str:
+def vllm_decoding_note(generation: dict[str, Any], extra_args: str = "") -> str:
     """The extraction row's note on the decoding rule: what of the model's generation_config vLLM applies,
     and what it cannot (answers may then differ from transformers', which the parity check counts)."""
+    args = shlex.split(extra_args)
+    source = next((arg.partition("=")[2] or (args[i + 1] if i + 1 < len(args) else "")
+                   for i, arg in enumerate(args) if arg.partition("=")[0] == "--generation-config"), "auto")
+    if source != "auto":
+        return (f"vLLM decodes plain greedy (--generation-config {source}): it applies none of the model's "
+                "generation_config, which harness's transformers path does" if generation else
+                f"vLLM decodes plain greedy (--generation-config {source})")
     applied = {k: v for k, v in generation.items() if k in VLLM_GENERATION}
     missing = {k: v for k, v in generation.items() if k not in VLLM_GENERATION}
     note = ("vLLM decodes greedy with the model's generation_config: " + ", ".join(f"{k}={v}" for k, v in applied.items())

@@ -136,3 +136,7 @@ def test_the_vllm_extraction_row_says_which_decoding_rule_its_server_follows():
     both = vllm_decoding_note({"repetition_penalty": 1.3, "no_repeat_ngram_size": 3})
     assert both.startswith("vLLM decodes greedy with the model's generation_config: repetition_penalty=1.3; vLLM has "
                            "no no_repeat_ngram_size=3, which transformers applies")
+    # A server told to ignore the model's generation_config decodes plain greedy, and the note says so.
+    assert vllm_decoding_note({"repetition_penalty": 1.3}, "--enforce-eager --generation-config vllm").startswith(
+        "vLLM decodes plain greedy (--generation-config vllm): it applies none of the model's generation_config")
+    assert vllm_decoding_note({}, "--generation-config=vllm") == "vLLM decodes plain greedy (--generation-config vllm)"
