@@ -49,6 +49,11 @@ class OutOfMemory(RuntimeError):
     """Training ran out of accelerator memory: the message names the settings to lower."""
 
 
+class AnswersFailed(RuntimeError):
+    """Most answers of the timed pass failed (an endpoint's requests, after retries): the row has no result to
+    speak of, and is a failed row, never stored ``ok`` or reused."""
+
+
 class UnitFailed(Exception):
     """A unit raised or its process died: ``detail`` holds the traceback or what the process said."""
 
@@ -332,6 +337,9 @@ def measure_unit(plugins: Any, job: MeasureJob, progress: RunProgress) -> dict[s
             predictions, seconds = measure.timed(lambda: predict(test, progress))
             if settings.get("predict_batch_size") == tried:
                 break
+        failed = [p.error for p in predictions if p.error]
+        if 2 * len(failed) > len(predictions):  # judged on the timed pass alone, not warm-up or latency requests
+            raise AnswersFailed(f"{len(failed)} of {len(predictions)} answers failed (first: {failed[0]})".splitlines()[0])
         latency = measure.sampled_batch1_latency(lambda ex: predict([ex]), test, job.latency_samples)
     write_predictions(job.predictions_file, predictions, data.test)
     parity = None
@@ -341,7 +349,6 @@ def measure_unit(plugins: Any, job: MeasureJob, progress: RunProgress) -> dict[s
         if parity is not None and not isinstance(parity, Parity):
             raise TypeError(f"harness_parity must return a Parity, got {type(parity).__name__}")
     batch_size = settings.get("predict_batch_size")
-    failed = [p.error for p in predictions if p.error]
     if failed:
         notes.append(f"{len(failed)} of {len(predictions)} answers failed and count as wrong (first: {failed[0]})")
     if batch_size != first_batch:

@@ -223,7 +223,7 @@ def training_identity(plugins: Plugins, spec: Spec, data: Datasets, plan: Plan, 
     from harness.endpoint import redact_settings
 
     settings = redact_settings({k: v for k, v in plan.train_settings.items()
-                                if k not in plan.train_predict_keys and k not in plan.secrets})
+                                if k not in plan.train_predict_keys and k not in plan.secrets}, store.secret_mark)
     with store.model_hashes() as cache:
         models = {key: identity.model_identity(str(settings[key]), cache)
                   for key in plan.model_settings if settings.get(key)}
@@ -246,7 +246,7 @@ def training_identity(plugins: Plugins, spec: Spec, data: Datasets, plan: Plan, 
 
 
 def measurement_identity(plugins: Plugins, data: Datasets, plan: Plan, train_key: str,
-                         options: CompareOptions) -> dict[str, Any]:
+                         options: CompareOptions, store: Store) -> dict[str, Any]:
     """How it was measured: see harness.identity."""
     from harness.endpoint import redact_settings
 
@@ -255,7 +255,7 @@ def measurement_identity(plugins: Plugins, data: Datasets, plan: Plan, train_key
         "approach": plan.approach,
         # An engine's env values and the value after --api-key in its arguments never reach a record.
         "predict_settings": redact_settings({k: plan.settings[k] for k in plan.predict_keys
-                                             if k in plan.settings and k not in plan.secrets}),
+                                             if k in plan.settings and k not in plan.secrets}, store.secret_mark),
         "test": data.test_hash,
         "latency_samples": options.latency_samples,
         "warmup_examples": options.warmup_examples,
@@ -349,7 +349,7 @@ def run_approach(
     try:
         training = training_identity(plugins, spec, data, plan, task, options, store)
         train_key = identity.digest(training)
-        measurement = measurement_identity(plugins, data, plan, train_key, options)
+        measurement = measurement_identity(plugins, data, plan, train_key, options, store)
         record.training = {"key": train_key, "identity": training, "trained_in": None}
         record.measurement = {"key": identity.digest(measurement), "identity": measurement}
     except Exception as exc:  # an unreadable model directory, say: this row fails, the others run

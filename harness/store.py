@@ -148,6 +148,29 @@ class Store:
         if open_index and (root / "runs.db").exists():
             _ = self.db  # a corrupt index is one line now, not after training
 
+    def secret_mark(self, value: str) -> str:
+        """How an identity holds a secret setting's value: ``<secret 1a2b3c4d5e6f>``, a keyed digest (HMAC-SHA256
+        with a random key kept in this store, never the value), so that a changed value is a changed identity
+        while no record can give the value back, nor let it be guessed from a list of candidates elsewhere."""
+        import hashlib
+        import hmac
+        import secrets
+
+        path = self.root / "secret-key"
+        if not path.is_file():  # made once, whole: a second process that races here keeps the first one's key
+            self.root.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_name(f"secret-key.{os.getpid()}-{threading.get_ident()}.tmp")
+            tmp.write_text(secrets.token_hex(32), encoding="utf-8")
+            tmp.chmod(0o600)
+            try:
+                os.link(tmp, path)
+            except FileExistsError:
+                pass
+            finally:
+                tmp.unlink()
+        key = path.read_text(encoding="utf-8").strip().encode()
+        return f"<secret {hmac.new(key, value.encode(), hashlib.sha256).hexdigest()[:12]}>"
+
     @contextmanager
     def model_hashes(self) -> Iterator[dict[str, Any]]:
         """The cache of local model files' sha256 (by path, size and mtime), saved back after the block."""

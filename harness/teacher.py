@@ -49,11 +49,14 @@ HOW_IT_ASKS = frozenset({"seed", "concurrency", "timeout", "max_retries", "api_k
                          "start_timeout"})
 
 
-def cache_key(plan: Any, task: Task) -> str:
+def cache_key(plan: Any, task: Task, mark: Any = None) -> str:
+    """The teacher cache's name: what changes answers (approach, settings, task); a secret setting's value by
+    ``mark`` (the store's keyed digest: a changed value is another cache)."""
     from harness import identity
     from harness.endpoint import redact_settings
 
-    settings = redact_settings({k: v for k, v in plan.settings.items() if k not in plan.secrets and k not in HOW_IT_ASKS})
+    settings = redact_settings({k: v for k, v in plan.settings.items() if k not in plan.secrets and k not in HOW_IT_ASKS},
+                               mark)
     return identity.digest({"approach": plan.approach, "settings": settings,
                             "task": {k: v for k, v in asdict(task).items() if k != "normalize"}})[:32]
 
@@ -62,7 +65,7 @@ def teach(plugins: Any, spec: Any, data: Any, plan: Any, store: Any, console: An
     """``data`` with its train examples labelled by the teacher ``plan`` (invalid answers dropped), and what
     happened: asked, cached, dropped, agreement with gold."""
     from harness.data import Datasets
-    from harness.endpoint import Endpoint, EndpointFailed
+    from harness.endpoint import Endpoint
     from harness.launcher import SILENT_PROGRESS, load_for_serving, without_answers
     from harness.metrics import record_outcome, valid_record
 
@@ -73,7 +76,7 @@ def teach(plugins: Any, spec: Any, data: Any, plan: Any, store: Any, console: An
     task = spec.to_task(plan.prompt_row or plan.trainer)
     if plugins.implements(name, "harness_check"):
         plugins.call(name, "harness_check", task=task, settings=plan.settings)
-    path = store.root / "teacher" / f"{cache_key(plan, task)}.jsonl"
+    path = store.root / "teacher" / f"{cache_key(plan, task, store.secret_mark)}.jsonl"
     answers = _read(path)
     todo = list({text_key(ex.text): ex for ex in data.train if text_key(ex.text) not in answers}.values())
     failed: dict[str, str] = {}  # text key -> the error of a request that got no answer (not cached)
@@ -89,12 +92,9 @@ def teach(plugins: Any, spec: Any, data: Any, plan: Any, store: Any, console: An
                 asked = 0
                 for start in range(0, len(todo), CHUNK):
                     chunk = todo[start:start + CHUNK]
-                    try:
-                        predictions = plugins.call(name, "harness_predict", task=task, artifact=artifact,
-                                                   examples=without_answers(chunk), settings=settings,
-                                                   progress=SILENT_PROGRESS)
-                    except EndpointFailed as exc:
-                        raise UserError(f"the teacher {plan.name!r} failed: {exc}", where="--teacher") from None
+                    predictions = plugins.call(name, "harness_predict", task=task, artifact=artifact,
+                                               examples=without_answers(chunk), settings=settings,
+                                               progress=SILENT_PROGRESS)
                     # Each answer's system_fingerprint, where the approach keeps them (openai does).
                     fingerprints = artifact.state.get("reply_fingerprints") or []
                     fingerprints = fingerprints if len(fingerprints) == len(chunk) else [None] * len(chunk)

@@ -17,8 +17,9 @@ that still fails counted as wrong and noted).
 - Speed is the client's view: requests/s over the test set at ``concurrency`` in flight, batch-1 latency,
   prompt and completion tokens as the server counts them. One client (one connection pool, one event loop)
   serves the unit's every request (:class:`harness.endpoint.Session`), as a real client would.
-- A row most of whose requests failed (more than half, after retries) fails, in one line with the first error
-  (:class:`harness.endpoint.EndpointFailed`); a few failed requests are answers counted as wrong, and noted.
+- A row most of whose answers in the timed pass failed (more than half, after retries) fails, in one line with
+  the first error (the core's rule, :class:`harness.launcher.AnswersFailed`); a few failed requests are answers
+  counted as wrong, and noted.
 - bench's raw row (``reference``): the same chat requests from a bare loop over one persistent client, nothing
   parsed.
 

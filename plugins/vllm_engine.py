@@ -89,7 +89,7 @@ class Vllm(Approach):
             artifact.state.update(server=server, prompter=prompter, dtype=dtype, folder=folder, generation=generation,
                                   endpoint=Endpoint(server.base_url, SERVED_NAME, concurrency=settings.concurrency,
                                                     timeout=settings.timeout, max_retries=2))
-        notes = [f"vLLM ({settings.command}) on {artifact.state['folder'].name}, {artifact.state['dtype']}, "
+        notes = [f"vLLM ({artifact.state['server'].shown}) on {artifact.state['folder'].name}, {artifact.state['dtype']}, "
                  f"{settings.concurrency} requests in flight"]
         if self.serves == "qwen-lora":
             notes.append("the LoRA adapter merged into the weights for vLLM")
@@ -200,8 +200,9 @@ def _qwen_settings(settings: VllmSettings, serves: str) -> QwenLoraSettings:
 
 
 # What of a generation_config vLLM applies to a greedy request (its default sampling parameters, read from the
-# model's generation_config under --generation-config auto, vLLM's default: sampling settings aside, only the
-# repetition penalty changes greedy scores); harness's loop and generate apply more.
+# model's generation_config under --generation-config auto, vLLM's default since 0.8, which .ci/run's 0.32
+# has: sampling settings aside, only the repetition penalty changes greedy scores); harness's loop and
+# generate apply more.
 VLLM_GENERATION = ("repetition_penalty",)
 
 
@@ -211,10 +212,13 @@ def vllm_decoding_note(generation: dict[str, Any], extra_args: str = "") -> str:
     args = shlex.split(extra_args)
     source = next((arg.partition("=")[2] or (args[i + 1] if i + 1 < len(args) else "")
                    for i, arg in enumerate(args) if arg.partition("=")[0] == "--generation-config"), "auto")
-    if source != "auto":
-        return (f"vLLM decodes plain greedy (--generation-config {source}): it applies none of the model's "
+    if source == "vllm":
+        return ("vLLM decodes plain greedy (--generation-config vllm): it applies none of the model's "
                 "generation_config, which harness's transformers path does" if generation else
-                f"vLLM decodes plain greedy (--generation-config {source})")
+                "vLLM decodes plain greedy (--generation-config vllm)")
+    if source != "auto":  # a folder: its generation_config.json, not the model's
+        return (f"vLLM decodes greedy with the generation_config in {source} (--generation-config), not the model's: "
+                "answers may differ from transformers' (the parity check counts them)")
     applied = {k: v for k, v in generation.items() if k in VLLM_GENERATION}
     missing = {k: v for k, v in generation.items() if k not in VLLM_GENERATION}
     note = ("vLLM decodes greedy with the model's generation_config: " + ", ".join(f"{k}={v}" for k, v in applied.items())

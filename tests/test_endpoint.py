@@ -86,3 +86,34 @@ def test_an_engines_env_values_and_secret_arguments_are_redacted_and_nothing_els
     # What a server's log is searched for before its last lines reach an error message.
     assert set(secret_values(["--api-key", "sk-live-1b2c3d", "--hf-token=hf_other_9z8y", "--port", "8000"],
                              {"HF_TOKEN": "hf_live_7f3a9c"})) == {"sk-live-1b2c3d", "hf_other_9z8y", "hf_live_7f3a9c"}
+
+
+def test_an_identity_holds_a_keyed_digest_of_a_secret_so_a_changed_value_is_a_changed_identity(tmp_path):
+    from harness.store import Store
+
+    store, other = Store(tmp_path / "a"), Store(tmp_path / "b")
+    one, two = ({"env": f"VLLM_ATTENTION_BACKEND={backend}", "extra_args": "--api-key sk-live-1b2c3d"}
+                for backend in ("FLASH_ATTN", "TORCH_SDPA"))
+    first, again, changed = (redact_settings(s, store.secret_mark) for s in (one, dict(one), two))
+    assert first == again and first["env"] != changed["env"] and first["extra_args"] == changed["extra_args"]
+    assert first["env"].startswith("VLLM_ATTENTION_BACKEND=<secret ") and "FLASH_ATTN" not in repr(first)
+    assert "sk-live-1b2c3d" not in repr(first) and first["extra_args"].startswith("--api-key <secret ")
+    # Another store keys its digests with another key: a digest means nothing outside its store.
+    assert redact_settings(one, other.secret_mark)["env"] != first["env"]
+    assert (tmp_path / "a" / "secret-key").stat().st_mode & 0o077 == 0
+
+
+def test_a_secret_in_the_servers_command_is_hidden_in_what_it_says(tmp_path):
+    import pytest
+
+    from harness.endpoint import Server
+
+    command = (f"{shlex.quote(sys.executable)} -c 'import sys; print(sys.argv); sys.exit(3)' "
+               "--api-key sk-live-cmd-0042")
+    server = Server(command, ["--port", "1"], 1, start_timeout=30)
+    assert "sk-live-cmd-0042" not in server.shown and "--api-key <secret>" in server.shown
+    with pytest.raises(RuntimeError) as failed:
+        server.start()
+    message = str(failed.value)
+    assert "exited with status 3" in message and "sk-live-cmd-0042" not in message, message
+    assert SECRET in message

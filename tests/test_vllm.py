@@ -6,6 +6,7 @@ qwen trained on a tiny Qwen3, with parity against transformers recorded and no s
 from __future__ import annotations
 
 import json
+import re
 import os
 import shlex
 import subprocess
@@ -91,7 +92,9 @@ def test_a_server_that_dies_while_starting_fails_its_row_with_its_last_lines(cli
     settings = runs["vllm"]["settings"]
     assert settings["env"] == "HF_TOKEN=<secret>,VLLM_CPU_KVCACHE_SPACE=<secret>"
     assert settings["extra_args"] == "--enforce-eager --api-key <secret>"
-    assert runs["vllm"]["measurement"]["identity"]["predict_settings"]["extra_args"] == "--enforce-eager --api-key <secret>"
+    # The identity holds a keyed digest in their place (a changed value is a changed identity), never the value.
+    shown = runs["vllm"]["measurement"]["identity"]["predict_settings"]["extra_args"]
+    assert re.fullmatch(r"--enforce-eager --api-key <secret [0-9a-f]{12}>", shown), shown
     page = cli("report", "--html", "page.html")
     assert page.returncode == 0, page.stderr
     for text in (result.stdout, result.stderr, page.stdout, page.stderr):
@@ -140,3 +143,5 @@ def test_the_vllm_extraction_row_says_which_decoding_rule_its_server_follows():
     assert vllm_decoding_note({"repetition_penalty": 1.3}, "--enforce-eager --generation-config vllm").startswith(
         "vLLM decodes plain greedy (--generation-config vllm): it applies none of the model's generation_config")
     assert vllm_decoding_note({}, "--generation-config=vllm") == "vLLM decodes plain greedy (--generation-config vllm)"
+    assert vllm_decoding_note({}, "--generation-config /models/gc").startswith(
+        "vLLM decodes greedy with the generation_config in /models/gc (--generation-config), not the model's")
