@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import statistics
 from dataclasses import asdict, dataclass
 from typing import Any, Callable
@@ -230,7 +231,8 @@ def paired_difference(a: ExampleStats | list[ExampleStats], b: ExampleStats | li
     paired bootstrap: both sides resampled with the same draws of examples, every seed's answer to an example
     drawn with it, so seeds are nested within the example (the unit of resampling). The 95% percentile interval
     and the two-sided p-value come from the same draws: ``p = 2 min(P*(d <= 0), P*(d >= 0))`` (each count + 1
-    over resamples + 1), so p < 0.05 exactly when the interval leaves out 0."""
+    over resamples + 1), and the interval's ends are the order statistics for which p < 0.05 exactly when the
+    interval leaves out 0, ties at 0 included."""
     import numpy as np
 
     a, b = (side if isinstance(side, list) else [side] for side in (a, b))
@@ -243,10 +245,13 @@ def paired_difference(a: ExampleStats | list[ExampleStats], b: ExampleStats | li
         return seed_mean(a, metric, per_run[: len(a)]) - seed_mean(b, metric, per_run[len(a):])
 
     estimate = float(difference(stacked.sum(0)))
-    draws = np.concatenate([difference(weights @ stacked) for weights in resample_blocks(stacked.shape[0], resamples)])
-    low, high = _percentiles(draws)
+    draws = np.sort(np.concatenate([difference(weights @ stacked)
+                                    for weights in resample_blocks(stacked.shape[0], resamples)]))
+    # The bounds are order statistics: the (k+1)-th draw from each end, k the most draws on one side of 0 that
+    # still give p < 1 - CONFIDENCE (k = 249 of 10,000), so that the interval leaves out 0 exactly when p says so.
+    k = max(0, math.ceil((1 - CONFIDENCE) * (draws.size + 1) / 2 - 1) - 1)
     tail = min(int((draws <= 0).sum()), int((draws >= 0).sum()))
-    return {"difference": estimate, "low": low, "high": high,
+    return {"difference": estimate, "low": float(draws[k]), "high": float(draws[draws.size - 1 - k]),
             "p": min(1.0, 2 * (tail + 1) / (draws.size + 1)), "resamples": int(draws.size)}
 
 
