@@ -57,13 +57,21 @@ def untrained(plugins: Any, plan: Any, task: Any, scratch: Path) -> tuple[Any, d
     called with no train or validation examples and :data:`UNTRAINED` on top of its settings, so that it
     builds its model from its config, untrained, under ``scratch``; then loaded to serve. Returns the
     artifact and the settings predict gets. The conformance kit calls this too."""
+    return trained(plugins, plan, task, scratch, [], [], UNTRAINED)
+
+
+def trained(plugins: Any, plan: Any, task: Any, scratch: Path, train: list[Any], validation: list[Any],
+            extra: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
+    """The approach that trains, trained on ``train`` with ``extra`` on top of both its settings and the
+    approach's, under ``scratch``, then loaded to serve (its load cache in ``scratch/cache``): the artifact and
+    the settings predict gets."""
     from harness.launcher import load_for_serving
     from harness.progress import SILENT
 
-    artifact = plugins.call(plan.trainer, "harness_train", task=task, train=[], validation=[],
-                            settings={**plan.train_settings, **UNTRAINED}, workdir=scratch, progress=SILENT)
+    artifact = plugins.call(plan.trainer, "harness_train", task=task, train=train, validation=validation,
+                            settings={**plan.train_settings, **extra}, workdir=scratch, progress=SILENT)
     (scratch / "cache").mkdir()
-    _, settings = load_for_serving(plugins, plan.approach, task, artifact, {**plan.settings, **UNTRAINED}, scratch / "cache")
+    _, settings = load_for_serving(plugins, plan.approach, task, artifact, {**plan.settings, **extra}, scratch / "cache")
     return artifact, settings
 
 

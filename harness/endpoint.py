@@ -175,7 +175,7 @@ class Endpoint:
     def __init__(self, base_url: str, model: str, *, api_key_env: str = "", concurrency: int = 8,
                  timeout: float = 60.0, max_retries: int = 4):
         self.base_url, self.model = base_url.rstrip("/"), model
-        self.concurrency, self.timeout, self.max_retries = concurrency, timeout, max_retries
+        self.concurrency = concurrency
         self.api_key_env = api_key_env
         self._key = os.environ.get(api_key_env, "") if api_key_env else ""
         if api_key_env and not self._key:
@@ -370,13 +370,9 @@ def _split(command: str) -> list[str]:
 
 def secret_values(args: list[str], env: dict[str, str] | None) -> list[str]:
     """The secrets in a server's arguments and environment, to be hidden in anything it wrote."""
-    values = [value for value in (env or {}).values() if len(value) >= 4]
-    for arg, shown in zip(args, redact_args(args)):
-        if arg != shown:
-            secret = arg.split("=", 1)[1] if "=" in arg and secret_option(arg) else arg
-            if len(secret) >= 4:
-                values.append(secret)
-    return values
+    values = list((env or {}).values())
+    redact_args(args, lambda secret: values.append(secret) or SECRET)  # the values redact_args would hide
+    return [value for value in values if len(value) >= 4]
 
 
 # ---------------------------------------------------------------------------------------------

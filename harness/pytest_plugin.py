@@ -47,9 +47,8 @@ def harness_benchmark(request: pytest.FixtureRequest, tmp_path: Path):
         plugins: Any = None,
     ):
         from harness import measure
-        from harness.bench import untrained
+        from harness.bench import trained, untrained
         from harness.data import load_datasets
-        from harness.launcher import load_for_serving
         from harness.plugins import load_plugins
         from harness.progress import SILENT
         from harness.runner import plan_settings, without_answers
@@ -65,14 +64,9 @@ def harness_benchmark(request: pytest.FixtureRequest, tmp_path: Path):
         (tmp_path / "train").mkdir()
         if random_weights:  # as `harness bench --random-weights` builds it
             artifact, call_settings = untrained(plugins, plan, task, tmp_path / "train")
-        else:
-            # An engine serves what its approach trains: the approach trains, with its own settings.
-            artifact = plugins.call(plan.trainer, "harness_train", task=task, train=datasets.train,
-                                    validation=datasets.validation, settings={**plan.train_settings, "random_weights": False},
-                                    workdir=tmp_path / "train", progress=SILENT)
-            (tmp_path / "cache").mkdir()
-            _, call_settings = load_for_serving(plugins, plan.approach, task, artifact,
-                                                {**plan.settings, "random_weights": False}, tmp_path / "cache")
+        else:  # an engine serves what its approach trains: the approach trains, with its own settings
+            artifact, call_settings = trained(plugins, plan, task, tmp_path / "train", datasets.train,
+                                              datasets.validation, {"random_weights": False})
         examples = without_answers(datasets.test)
 
         def predict():

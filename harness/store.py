@@ -28,6 +28,7 @@ names the run that has it.
 from __future__ import annotations
 
 import fcntl
+import functools
 import json
 import os
 import re
@@ -154,10 +155,17 @@ class Store:
         while no record can give the value back, nor let it be guessed from a list of candidates elsewhere."""
         import hashlib
         import hmac
+
+        return f"<secret {hmac.new(self._secret_key, value.encode(), hashlib.sha256).hexdigest()[:12]}>"
+
+    @functools.cached_property
+    def _secret_key(self) -> bytes:
+        """The store's key for :meth:`secret_mark`: made once, whole (a second process that races to make it keeps
+        the first one's), then read once per Store."""
         import secrets
 
         path = self.root / "secret-key"
-        if not path.is_file():  # made once, whole: a second process that races here keeps the first one's key
+        if not path.is_file():
             self.root.mkdir(parents=True, exist_ok=True)
             tmp = path.with_name(f"secret-key.{os.getpid()}-{threading.get_ident()}.tmp")
             tmp.write_text(secrets.token_hex(32), encoding="utf-8")
@@ -168,8 +176,7 @@ class Store:
                 pass
             finally:
                 tmp.unlink()
-        key = path.read_text(encoding="utf-8").strip().encode()
-        return f"<secret {hmac.new(key, value.encode(), hashlib.sha256).hexdigest()[:12]}>"
+        return path.read_text(encoding="utf-8").strip().encode()
 
     @contextmanager
     def model_hashes(self) -> Iterator[dict[str, Any]]:

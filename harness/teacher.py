@@ -155,11 +155,18 @@ def _append(path: Path, rows: list[dict[str, Any]]) -> None:
         return
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("a", encoding="utf-8") as handle:
-        if handle.tell() and not path.read_bytes().endswith(b"\n"):
+        if handle.tell() and not _ends_a_line(path):
             handle.write("\n")  # a line a kill cut short stays a line of its own, ignored
         handle.writelines(json.dumps(row, ensure_ascii=False) + "\n" for row in rows)
         handle.flush()
         os.fsync(handle.fileno())
+
+
+def _ends_a_line(path: Path) -> bool:
+    """Whether the file's last byte is a newline (read alone: a large cache is not read again per chunk)."""
+    with path.open("rb") as handle:
+        handle.seek(-1, os.SEEK_END)
+        return handle.read(1) == b"\n"
 
 
 def _read(path: Path) -> dict[str, dict[str, Any]]:
