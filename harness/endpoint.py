@@ -7,15 +7,20 @@ What the ``openai`` approach (any endpoint), the ``vllm`` engine (a server harne
   unit goes through the same client and open connections, as a real client's do, so batch-1 latency measures
   the server, not a new client, event loop and TCP connection per request.
 - :class:`Endpoint`: one base URL and model, asked with up to ``concurrency`` requests in flight on its
-  session. Time-outs, connection errors, 429s and 5xxs are retried by the client with its exponential
-  backoff, and a 429's ``Retry-After`` is honoured (openai-python waits what the server asks, up to a minute);
-  what still fails is a :class:`Reply` with ``error`` set: the run finishes and counts it. Each reply keeps its
-  latency, token usage and the server's ``system_fingerprint``. Whoever asked decides what too many failures
-  mean: a row most of whose timed answers failed fails (harness.launcher), a teacher stops in one line.
-- :meth:`Endpoint.check`: the endpoint reached, the key accepted, the model served, in one line each
-  (:class:`~harness.errors.UserError`) before anything trains.
+  session. Every try of a request has a deadline, ``timeout`` seconds for all of it (connecting, waiting,
+  reading the whole answer): the client's own time-out bounds each read, and a server that sends a byte a
+  second would never reach it. Time-outs (a try past its deadline among them), connection errors, 429s and 5xxs
+  are retried by the client with its exponential backoff, each try with a deadline of its own, and a 429's
+  ``Retry-After`` is honoured (openai-python waits what the server asks, up to a minute); what still fails is a
+  :class:`Reply` with ``error`` set: the run finishes and counts it. So is an answer that is not a completion
+  (not JSON, an HTML page, no choices, a field missing or of the wrong type), with what was wrong. Each reply
+  keeps its latency, token usage and the server's ``system_fingerprint``. Whoever asked decides what too many
+  failures mean: a row most of whose timed answers failed fails (harness.launcher), a teacher stops in one line.
+- :meth:`Endpoint.check`: the endpoint reached within its deadline, OpenAI-compatible (a model list), the key
+  accepted, the model served, in one line each (:class:`~harness.errors.UserError`) before anything trains.
 - The key comes from an environment variable named by a setting: it is given to the client and nowhere else,
-  and every message that leaves this module has it replaced by ``<secret>``.
+  and every message that leaves this module has it replaced by ``<secret>``; so has every reply (its text,
+  top-logprob tokens, fingerprint and error), for a server may echo the request back.
 - :func:`redact_settings`: settings as a record and an identity may hold them: the values of an engine's
   ``env`` and the value after a secret-looking command-line option (``--api-key``, ``--hf-token``, any option
   whose name has a word key, token, secret or password) are ``<secret>``; the server gets the real ones.
@@ -28,12 +33,15 @@ What the ``openai`` approach (any endpoint), the ``vllm`` engine (a server harne
 from __future__ import annotations
 
 import asyncio
+import functools
+import json
 import os
 import re
 import shlex
 import signal
 import socket
 import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -80,7 +88,8 @@ class _Loop:
     def run(self, make: Callable[[Any], Awaitable[T]]) -> T:
         async def call() -> T:
             if self.client is None:
-                self.client = openai_module().AsyncOpenAI(**self.options)
+                http_client = deadline_client_class()(deadline=self.options["timeout"])
+                self.client = openai_module().AsyncOpenAI(**self.options, http_client=http_client)
             return await make(self.client)
 
         try:
@@ -117,12 +126,46 @@ class _Loop:
             self.lock.release()
 
 
+@functools.lru_cache(maxsize=None)
+def deadline_client_class() -> type:
+    """The openai client's own httpx client (its connection limits, redirects), each try of a request bounded
+    by ``deadline`` seconds as a whole: connecting, the first byte and the whole answer. A try past it raises
+    the client's read time-out, which the openai client retries as any time-out (a new try, a new deadline)."""
+    base = openai_module().DefaultAsyncHttpxClient
+    # httpx, or the httpx2 of openai 3: the package whose AsyncClient the openai client's is.
+    http = sys.modules[next(c for c in base.__mro__ if c.__name__ == "AsyncClient").__module__.split(".")[0]]
+
+    class DeadlineClient(base):  # type: ignore[misc, valid-type]
+        def __init__(self, *, deadline: float, **kwargs: Any):
+            super().__init__(**kwargs)
+            self.deadline = deadline
+
+        async def send(self, request: Any, **kwargs: Any) -> Any:
+            try:
+                return await within(self.deadline, super().send(request, **kwargs))
+            except asyncio.TimeoutError:
+                raise http.ReadTimeout(f"no whole answer within the {self.deadline:g} s deadline",
+                                       request=request) from None
+
+    return DeadlineClient
+
+
+async def within(seconds: float, awaitable: Awaitable[T]) -> T:
+    """``await awaitable``, cancelled after ``seconds`` (:class:`asyncio.TimeoutError`)."""
+    if sys.version_info >= (3, 11):  # no task of its own around the request
+        async with asyncio.timeout(seconds):
+            return await awaitable
+    return await asyncio.wait_for(awaitable, seconds)
+
+
 class Session:
     """One ``AsyncOpenAI`` client for ``base_url`` (its connection pool) on one event loop, both made on the
     first :meth:`run` and kept until :meth:`close`: the life of a unit. Callable from any thread, one call at
-    a time (the requests within a call run ``concurrency`` at once)."""
+    a time (the requests within a call run ``concurrency`` at once). Each try of a request has ``timeout``
+    seconds for all of it (:func:`deadline_client_class`); a retry starts a new deadline."""
 
     def __init__(self, base_url: str, api_key: str = "", *, timeout: float = 60.0, max_retries: int = 2):
+        self.timeout = timeout
         self._options = {"base_url": base_url, "api_key": api_key or "EMPTY", "timeout": timeout,
                          "max_retries": max_retries}
         self._lock = threading.Lock()
@@ -187,6 +230,16 @@ class Endpoint:
         """``text`` with the key replaced: what any message about a request may say."""
         return text.replace(self._key, SECRET) if self._key else text
 
+    def hide_reply(self, reply: Reply) -> Reply:
+        """``reply`` with the key replaced wherever a server could have put it (one that echoes the request)."""
+        if self._key:
+            hide = self.hide
+            reply.text, reply.error = hide(reply.text), reply.error and hide(reply.error)
+            reply.fingerprint = reply.fingerprint and hide(reply.fingerprint)
+            reply.top_logprobs = [{hide(token): logprob for token, logprob in position.items()}
+                                  for position in reply.top_logprobs]
+        return reply
+
     def close(self) -> None:
         self.session.close()
 
@@ -200,22 +253,29 @@ class Endpoint:
         """The server answers, takes the key and serves the model; else one line, and the compare stops."""
         openai = openai_module()
 
-        async def models(client: Any) -> list[str]:
-            return [m.id async for m in client.with_options(max_retries=1).models.list()]
+        async def models(client: Any) -> Any:
+            return await client.with_options(max_retries=1).models.with_raw_response.list()
 
         try:
-            served = self.session.run(models)
+            raw = self.session.run(models)
         except openai.AuthenticationError:
             raise UserError(f"{self.base_url} refused the API key in ${self.api_key_env or '(none set)'} (401)",
                             where="api_key_env") from None
+        except openai.APITimeoutError:
+            raise UserError(f"{self.base_url} did not answer GET /models within the {self.session.timeout:g} s "
+                            "deadline", where="base_url") from None
         except openai.APIConnectionError as exc:
             raise UserError(f"cannot reach {self.base_url}: {self.hide(_cause(exc))}", where="base_url") from None
         except openai.APIStatusError as exc:
             raise UserError(f"{self.base_url} answered GET /models with {self.hide(_status_line(exc))}",
                             where="base_url") from None
+        served = _model_ids(raw)
+        if served is None:
+            raise UserError(f"{self.base_url} answered GET /models with something that is not an OpenAI-compatible "
+                            f"model list ({self.hide(_glimpse(raw))}): is base_url right?", where="base_url")
         if served and self.model not in served:
             raise UserError(f"{self.base_url} does not serve model {self.model!r} (404); it serves "
-                            f"{', '.join(served[:10])}", where="model")
+                            f"{self.hide(', '.join(served[:10]))}", where="model")
 
     def chat(self, conversations: Sequence[list[dict[str, str]]], **params: Any) -> list[Reply]:
         """One chat completion per conversation, in order, ``concurrency`` in flight."""
@@ -247,28 +307,114 @@ class Endpoint:
         start = time.perf_counter()
         try:
             if kind == "chat":
-                response = await client.chat.completions.create(model=self.model, messages=item, **params)
+                raw = await client.chat.completions.with_raw_response.create(model=self.model, messages=item, **params)
             else:
-                response = await client.completions.create(model=self.model, prompt=item, **params)
+                raw = await client.completions.with_raw_response.create(model=self.model, prompt=item, **params)
+            reply = read_completion(kind, raw)
         except openai.APIStatusError as exc:
-            return Reply(seconds=time.perf_counter() - start, error=self.hide(_status_line(exc)))
-        except (openai.APIConnectionError, openai.APITimeoutError) as exc:
-            return Reply(seconds=time.perf_counter() - start, error=self.hide(f"{type(exc).__name__}: {_cause(exc)}"))
-        seconds = time.perf_counter() - start
-        choice = response.choices[0]
-        usage = response.usage
-        reply = Reply(seconds=seconds, fingerprint=getattr(response, "system_fingerprint", None),
-                      prompt_tokens=usage.prompt_tokens if usage else None,
-                      completion_tokens=usage.completion_tokens if usage else None)
-        if kind == "chat":
-            reply.text = choice.message.content or ""
-            content = choice.logprobs.content if choice.logprobs and choice.logprobs.content else []
-            reply.top_logprobs = [{alt.token: alt.logprob for alt in position.top_logprobs} for position in content]
-        else:
-            reply.text = choice.text or ""
-            if choice.logprobs and choice.logprobs.top_logprobs:
-                reply.top_logprobs = [dict(position or {}) for position in choice.logprobs.top_logprobs]
-        return reply
+            reply = Reply(error=_status_line(exc))
+        except openai.APITimeoutError:
+            reply = Reply(error=f"no whole answer within the {self.session.timeout:g} s deadline")
+        except openai.APIConnectionError as exc:
+            reply = Reply(error=f"{type(exc).__name__}: {_cause(exc)}")
+        except Unreadable as exc:
+            reply = Reply(error=f"not a completion: {exc}")
+        reply.seconds = time.perf_counter() - start
+        return self.hide_reply(reply)
+
+
+class Unreadable(ValueError):
+    """A reply that is not a completion; the message says what is wrong with it."""
+
+
+def read_completion(kind: str, raw: Any) -> Reply:
+    """A 200 reply (the client's raw response) read as a ``chat`` completion or a text one, every field of the
+    answer checked (the client's own models take anything: ``choices: []`` would fail later, unexplained);
+    :class:`Unreadable` says what is not as a completion has it. Usage and fingerprint of another type are left
+    out, the answer kept."""
+    try:
+        body = json.loads(raw.content)
+    except ValueError:  # not JSON, or not UTF-8
+        raise Unreadable(f"not JSON ({_glimpse(raw)})") from None
+    if not isinstance(body, dict):
+        raise Unreadable(f"the body is {_json_type(body)}, not an object")
+    if not body.get("choices") and isinstance(body.get("error"), dict):  # an error sent with status 200
+        raise Unreadable(f"an error: {body['error'].get('message')}".splitlines()[0])
+    choices = _field(body, "choices", "a list", "choices")
+    if not choices:
+        raise Unreadable("no choices")
+    choice = _typed(choices[0], "an object", "choices[0]")
+    logprobs = _field(choice, "logprobs", "an object", "choices[0].logprobs", nullable=True, optional=True) or {}
+    top: list[dict[str, float]] = []
+    if kind == "chat":
+        message = _field(choice, "message", "an object", "choices[0].message")
+        text = _field(message, "content", "a string", "choices[0].message.content", nullable=True)
+        where = "choices[0].logprobs.content"
+        for i, position in enumerate(_field(logprobs, "content", "a list", where, nullable=True, optional=True) or []):
+            at = f"{where}[{i}].top_logprobs"
+            alternatives = _field(_typed(position, "an object", f"{where}[{i}]"), "top_logprobs", "a list", at,
+                                  nullable=True, optional=True) or []
+            top.append({_field(_typed(alt, "an object", f"{at}[{j}]"), "token", "a string", f"{at}[{j}].token"):
+                        _field(alt, "logprob", "a number", f"{at}[{j}].logprob") for j, alt in enumerate(alternatives)})
+    else:
+        text = _field(choice, "text", "a string", "choices[0].text", nullable=True)
+        where = "choices[0].logprobs.top_logprobs"
+        for i, position in enumerate(_field(logprobs, "top_logprobs", "a list", where, nullable=True, optional=True) or []):
+            alternatives = _typed(position, "an object", f"{where}[{i}]") if position is not None else {}
+            top.append({token: _typed(logprob, "a number", f"{where}[{i}][{token!r}]")
+                        for token, logprob in alternatives.items()})
+    usage = body.get("usage") if isinstance(body.get("usage"), dict) else {}
+    fingerprint = body.get("system_fingerprint")
+    return Reply(text=text or "", top_logprobs=top, prompt_tokens=_count(usage.get("prompt_tokens")),
+                 completion_tokens=_count(usage.get("completion_tokens")),
+                 fingerprint=fingerprint if isinstance(fingerprint, str) else None)
+
+
+def _json_type(value: Any) -> str:
+    if isinstance(value, bool):
+        return "a boolean"
+    return {dict: "an object", list: "a list", str: "a string", int: "a number", float: "a number",
+            type(None): "null"}.get(type(value), type(value).__name__)
+
+
+def _typed(value: Any, kind: str, path: str) -> Any:
+    if _json_type(value) != kind:
+        raise Unreadable(f"{path} is {_json_type(value)}, not {kind}")
+    return value
+
+
+def _field(parent: dict[str, Any], key: str, kind: str, path: str, *, nullable: bool = False,
+           optional: bool = False) -> Any:
+    """``parent[key]``, of JSON type ``kind``; None where it may be null or missing and is."""
+    if key not in parent:
+        if optional:
+            return None
+        raise Unreadable(f"no {path}")
+    value = parent[key]
+    return None if value is None and nullable else _typed(value, kind, path)
+
+
+def _count(value: Any) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+def _model_ids(raw: Any) -> list[str] | None:
+    """The model ids of a GET /models reply, or None when it is not a model list."""
+    try:
+        body = json.loads(raw.content)
+    except ValueError:
+        return None
+    models = body.get("data") if isinstance(body, dict) else None
+    if not isinstance(models, list) or not all(isinstance(m, dict) and isinstance(m.get("id"), str) for m in models):
+        return None
+    return [m["id"] for m in models]
+
+
+def _glimpse(raw: Any, length: int = 40) -> str:
+    """``text/html: '<html><head>…'``: a reply's content type and its first characters, in one line."""
+    content_type = raw.headers.get("content-type", "").split(";")[0].strip() or "no content type"
+    text = " ".join(raw.content[:4 * length].decode("utf-8", "replace").split())
+    return f"{content_type}: {text[:length] + '…' if len(text) > length else text!r}" if text else f"{content_type}, empty"
 
 
 def _status_line(exc: Any) -> str:

@@ -4,6 +4,11 @@ endpoint has: some answers wrong, some not an answer at all, a 429 with Retry-Af
 a slow answer, a request that always fails with 500 (while its text is in ``faults.broken``, which a test may
 change between runs), and a key it checks. It keeps connections alive (HTTP/1.1), as real servers do.
 
+And the faults of a server that misbehaves: an answer that is not a completion (cut short, no choices, an HTML
+page: ``MALFORMED``), an answer or a model list trickled one byte at a time (each read gets a byte, the answer
+never ends), a proxy's HTML page for GET /models, and an echo of the request's Authorization header in every
+answer (its text, a JSON field, a top-logprob token, its system_fingerprint, an error message).
+
 It knows nothing of harness: it finds which example a request asks about by the example's text in the user
 message, and it logs every request (path, arrival time, example, status) for the tests to read."""
 
@@ -26,6 +31,19 @@ class Faults:
     throttle: set[str] = field(default_factory=set)  # texts whose first request gets 429 with Retry-After: 1
     slow: set[str] = field(default_factory=set)  # texts answered after 1.5 s
     broken: set[str] = field(default_factory=set)  # texts that always get 500
+    malformed: dict[str, str] = field(default_factory=dict)  # text -> how its 200 answer is broken (MALFORMED)
+    trickle: set[str] = field(default_factory=set)  # texts answered one byte every trickle_every seconds
+    trickle_models: bool = False  # GET /models answered one byte every trickle_every seconds
+    trickle_every: float = 0.2
+    trickle_headers: bool = True  # False: status line and headers at once, then the body a byte at a time
+    html_models: bool = False  # GET /models answered 200 with a proxy's HTML page
+    echo: bool = False  # every answer repeats the request's Authorization header
+
+
+# Answers with status 200 that are not a chat completion, by name: the body sent instead of the completion.
+MALFORMED = ("truncated", "not json", "html", "not an object", "no choices", "choices not a list", "no message",
+             "no content", "content not a string", "bad logprobs")
+HTML = b"<html><head><title>Sign in</title></head><body>Please sign in to continue.</body></html>"
 
 
 class OpenAIServer:
@@ -39,6 +57,7 @@ class OpenAIServer:
         self.log: list[dict[str, Any]] = []
         self._lock = threading.Lock()
         self._seen: set[str] = set()
+        self.closed = False  # set when the block ends: a trickling answer stops
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
         self.base_url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
 
@@ -47,6 +66,7 @@ class OpenAIServer:
         return self
 
     def __exit__(self, *exc: Any) -> None:
+        self.closed = True
         self.httpd.shutdown()
         self.httpd.server_close()
 
@@ -58,7 +78,7 @@ class OpenAIServer:
         found = [text for text in self.gold if text in user]
         return max(found, key=len) if found else None
 
-    def _answer(self, text: str, body: dict[str, Any]) -> tuple[str, list[dict[str, Any]] | None]:
+    def _answer(self, text: str, body: dict[str, Any], echo: str = "") -> tuple[str, list[dict[str, Any]] | None]:
         gold = self.gold[text]
         if isinstance(gold, dict):  # extraction: the record as JSON
             if text in self.faults.garbage:
@@ -66,6 +86,8 @@ class OpenAIServer:
             record = dict(gold)
             if text in self.faults.wrong:
                 record["name"] = (record.get("name") or "") + "X"
+            if echo:
+                record["echo"] = echo
             return json.dumps(record, ensure_ascii=False), None
         letters = LETTERS[: len(self.labels)]
         letter = letters[self.labels.index(gold)]
@@ -76,6 +98,8 @@ class OpenAIServer:
         else:
             content = letter
             top = [(letter, -0.05)] + [(other, -4.0 - i) for i, other in enumerate(l for l in letters if l != letter)]
+        if echo:
+            content, top = f"{content} (you sent {echo})", top + [(echo, -9.0)]
         logprobs = None
         if body.get("logprobs"):
             first = content.split()[0] if " " in content else content
@@ -98,15 +122,42 @@ class OpenAIServer:
             def log_message(self, *args: Any) -> None:  # quiet
                 pass
 
-            def _send(self, status: int, payload: dict[str, Any], headers: dict[str, str] | None = None) -> None:
-                data = json.dumps(payload).encode()
+            def _send(self, status: int, payload: dict[str, Any] | bytes, headers: dict[str, str] | None = None, *,
+                      content_type: str = "application/json", trickle: bool = False) -> None:
+                data = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
+                headers = {"Content-Type": content_type, "Content-Length": str(len(data)), **(headers or {})}
+                if trickle:
+                    self._trickle(status, headers, data)
+                    return
                 self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                for name, value in (headers or {}).items():
+                for name, value in headers.items():
                     self.send_header(name, value)
                 self.end_headers()
                 self.wfile.write(data)
+
+            def _trickle(self, status: int, headers: dict[str, str], data: bytes) -> None:
+                """Status line, headers and body one byte at a time, each sent at once: every read the client
+                makes gets a byte long before any read time-out, and the answer ends only after
+                ``len * trickle_every`` seconds (minutes), or when the client gives up."""
+                head = f"HTTP/1.1 {status} {self.responses[status][0]}\r\n"
+                head += "".join(f"{name}: {value}\r\n" for name, value in headers.items()) + "\r\n"
+                self.close_connection = True
+                if not server.faults.trickle_headers:
+                    self.wfile.write(head.encode())
+                    self.wfile.flush()
+                    head = ""
+                for byte in head.encode() + data:
+                    if server.closed:
+                        return
+                    try:
+                        self.wfile.write(bytes([byte]))
+                        self.wfile.flush()
+                    except OSError:  # the client gave up
+                        return
+                    time.sleep(server.faults.trickle_every)
+
+            def _echo(self) -> str:
+                return f"Authorization: {self.headers.get('Authorization')}" if server.faults.echo else ""
 
             def _authorised(self) -> bool:
                 if server.key is None or self.headers.get("Authorization") == f"Bearer {server.key}":
@@ -118,9 +169,11 @@ class OpenAIServer:
             def do_GET(self) -> None:  # noqa: N802
                 if not self._authorised():
                     return
-                if self.path.rstrip("/") == "/v1/models":
+                if self.path.rstrip("/") == "/v1/models" and server.faults.html_models:
+                    self._send(200, HTML, content_type="text/html; charset=utf-8")
+                elif self.path.rstrip("/") == "/v1/models":
                     self._send(200, {"object": "list", "data": [{"id": server.model, "object": "model", "created": 0,
-                                                                 "owned_by": "test"}]})
+                                                                 "owned_by": "test"}]}, trickle=server.faults.trickle_models)
                 else:
                     self._send(404, {"error": {"message": f"no route {self.path}"}})
 
@@ -152,23 +205,58 @@ class OpenAIServer:
                 if status == 400:
                     self._send(400, {"error": {"message": "no known example in the messages"}})
                 elif status == 500:
-                    self._send(500, {"error": {"message": "internal error"}})
+                    self._send(500, {"error": {"message": f"internal error {self._echo()}".strip()}})
                 elif status == 429:
                     self._send(429, {"error": {"message": "Rate limit reached", "type": "requests"}},
                                {"Retry-After": "1"})
                 else:
                     if text in server.faults.slow:
                         time.sleep(1.5)
-                    content, logprobs = server._answer(text, body)
+                    content, logprobs = server._answer(text, body, self._echo())
                     prompt_tokens = sum(len(m.get("content", "").split()) for m in body["messages"])
-                    self._send(200, {
+                    completion = {
                         "id": f"chatcmpl-{len(server.log)}", "object": "chat.completion", "created": int(arrived),
-                        "model": server.model, "system_fingerprint": "fp_test_1",
+                        "model": server.model, "system_fingerprint": f"fp_test_1 {self._echo()}".strip(),
                         "choices": [{"index": 0, "finish_reason": "stop",
                                      "message": {"role": "assistant", "content": content},
                                      "logprobs": {"content": logprobs} if logprobs else None}],
                         "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": len(content.split()),
                                   "total_tokens": prompt_tokens + len(content.split())},
-                    })
+                    }
+                    if text in server.faults.malformed:
+                        data, content_type = malformed(completion, server.faults.malformed[text])
+                        self._send(200, data, content_type=content_type)
+                    else:
+                        self._send(200, completion, trickle=text in server.faults.trickle)
 
         return Handler
+
+
+def malformed(completion: dict[str, Any], how: str) -> tuple[bytes, str]:
+    """A 200 answer's body and content type, broken as ``how`` (one of :data:`MALFORMED`) says."""
+    choice = completion["choices"][0]
+    body: Any = completion
+    if how == "truncated":
+        data = json.dumps(completion).encode()
+        return data[: len(data) // 2], "application/json"
+    if how == "not json":
+        return b"upstream connect error or disconnect/reset before headers", "application/json"
+    if how == "html":
+        return HTML, "text/html; charset=utf-8"
+    if how == "not an object":
+        body = [completion]
+    elif how == "no choices":
+        completion["choices"] = []
+    elif how == "choices not a list":
+        completion["choices"] = "A"
+    elif how == "no message":
+        del choice["message"]
+    elif how == "no content":
+        del choice["message"]["content"]
+    elif how == "content not a string":
+        choice["message"]["content"] = ["A"]
+    elif how == "bad logprobs":
+        choice["logprobs"] = {"content": [{"token": "A", "logprob": -0.1, "top_logprobs": "A"}]}
+    else:
+        raise ValueError(f"unknown malformation {how!r}; known: {', '.join(MALFORMED)}")
+    return json.dumps(body).encode(), "application/json"
