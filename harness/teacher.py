@@ -11,7 +11,12 @@ settings come from the spec and ``--set NAME.key=value`` as for any row. Before 
   without those that only change how it asks (``concurrency``, ``timeout``, ``max_retries``, ...), the task's
   prompt; each line by its text's sha256) and flushed to disk as they arrive: a rerun, or one after a crash or
   a kill, asks only what is not there yet. Each answer keeps the server's ``system_fingerprint`` where it
-  gave one;
+  gave one, and a checksum of its content;
+- the cache is read line by line, defensively: a line that is not UTF-8, not JSON, not an answer (a field
+  missing or of the wrong type: a line a kill cut short) or whose checksum does not match (an answer edited by
+  hand) is dropped, and so is a line without a checksum (an older harness's: it cannot be told from one
+  edited by hand); their texts are asked again, one warning line says how many, and the cache is rewritten
+  without them (atomically), so the next run reads no such line;
 - only answers are cached: a request that failed (a 429, a 5xx, a time-out, after the retries) is not, so it
   is left out of this run's labels (counted) and asked again by the next run. A teacher most of whose requests
   fail (more than half) stops the compare in one line with the first error (exit 2), before anything trains;
@@ -29,6 +34,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import sys
 import tempfile
 from dataclasses import asdict, replace
 from pathlib import Path
@@ -47,6 +53,33 @@ def text_key(text: str) -> str:
 # Settings that change how a teacher asks, never what it answers: not part of its cache's key.
 HOW_IT_ASKS = frozenset({"seed", "concurrency", "timeout", "max_retries", "api_key_env", "predict_batch_size",
                          "start_timeout"})
+
+
+# What a cached answer holds, all covered by its checksum (``check``).
+ANSWER = ("text", "label", "fields", "system_fingerprint")
+
+
+def checksum(answer: dict[str, Any]) -> str:
+    """A short sha256 of an answer's fields (harness.identity's canonical JSON): a hand edit changes it."""
+    from harness import identity
+
+    return identity.digest({key: answer.get(key) for key in ANSWER})[:16]
+
+
+def check_teacher(plan: Any, where: str = "--teacher") -> None:
+    """One line (exit 2) for a teacher that cannot answer without training, checked where the teacher is
+    named (``--teacher``, or the spec's ``teacher:`` as ``where``), before the store is created: an engine
+    (what it serves trains first) or an approach that trains (``num_train_epochs`` above 0: bert, qwen, ...;
+    a decoder's ``num_train_epochs: 0`` is zero-shot and may teach). Its train would get no examples."""
+    if plan is None:
+        return
+    if plan.trainer != plan.approach:
+        raise UserError(f"{plan.name!r} serves a model that must train first; a teacher answers without training: "
+                        "start the server yourself (vllm serve ...) and point openai at it", where=where)
+    epochs = plan.train_settings.get("num_train_epochs")
+    if isinstance(epochs, (int, float)) and epochs > 0:
+        raise UserError(f"a teacher must answer without training ({plan.name!r} trains: num_train_epochs {epochs:g}); "
+                        "use a zero-shot approach or an endpoint such as openai", where=where)
 
 
 def cache_key(plan: Any, task: Task, mark: Any = None) -> str:
@@ -70,14 +103,16 @@ def teach(plugins: Any, spec: Any, data: Any, plan: Any, store: Any, console: An
     from harness.metrics import record_outcome, valid_record
 
     name = plan.approach
-    if plan.trainer != plan.approach:
-        raise UserError(f"{plan.name!r} serves a model that must train first; a teacher answers without training: "
-                        "start the server yourself (vllm serve ...) and point openai at it", where="--teacher")
+    check_teacher(plan)  # the CLI checked it before the store was created; an embedding caller may not have
     task = spec.to_task(plan.prompt_row or plan.trainer)
     if plugins.implements(name, "harness_check"):
         plugins.call(name, "harness_check", task=task, settings=plan.settings)
     path = store.root / "teacher" / f"{cache_key(plan, task, store.secret_mark)}.jsonl"
-    answers = _read(path)
+    answers, damaged, unverified = _read(path)
+    if damaged or unverified:
+        _rewrite(path, answers)  # the next run reads none of them, and warns nothing
+        print(f"harness: warning: teacher cache {path}: {_dropped_lines(damaged, unverified)} dropped; asking again",
+              file=sys.stderr)
     todo = list({text_key(ex.text): ex for ex in data.train if text_key(ex.text) not in answers}.values())
     failed: dict[str, str] = {}  # text key -> the error of a request that got no answer (not cached)
     if todo:
@@ -103,8 +138,9 @@ def teach(plugins: Any, spec: Any, data: Any, plan: Any, store: Any, console: An
                         if prediction.error:  # no answer: never cached, asked again next time
                             failed[text_key(example.text)] = prediction.error
                             continue
-                        rows.append({"text": text_key(example.text), "label": prediction.label,
-                                     "fields": prediction.fields, "system_fingerprint": fingerprint})
+                        answer = {"text": text_key(example.text), "label": prediction.label,
+                                  "fields": prediction.fields, "system_fingerprint": fingerprint}
+                        rows.append({**answer, "check": checksum(answer)})
                     _append(path, rows)
                     answers.update((row["text"], row) for row in rows)
                     asked += len(chunk)
@@ -169,20 +205,75 @@ def _ends_a_line(path: Path) -> bool:
         return handle.read(1) == b"\n"
 
 
-def _read(path: Path) -> dict[str, dict[str, Any]]:
-    """The cached answers by text key; a last line cut by a kill is ignored (that text is asked again), and so
-    is a failed request a cache of an older harness kept (asked again)."""
+def _read(path: Path) -> tuple[dict[str, dict[str, Any]], int, int]:
+    """The cached answers by text key (a later line wins), the number of damaged lines dropped and that of
+    lines without a checksum dropped (an older harness's, or a failed request it kept). Read as bytes and
+    decoded line by line: a line that is not UTF-8 is one damaged line, not an unreadable cache. Lines are split
+    at newlines alone (an answer may hold U+2028 or U+0085, which JSON leaves as they are)."""
     answers: dict[str, dict[str, Any]] = {}
+    damaged = unverified = 0
     if not path.is_file():
-        return answers
-    for line in path.read_text(encoding="utf-8").splitlines():
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError:
+        return answers, damaged, unverified
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise UserError(f"cannot be read ({exc.strerror})", where=str(path)) from None
+    for raw in data.split(b"\n"):
+        if not raw.strip():
             continue
-        if isinstance(row, dict) and "text" in row and not row.get("error"):
+        try:
+            row = json.loads(raw.decode("utf-8"))
+        except (UnicodeDecodeError, ValueError, RecursionError):  # not UTF-8, not JSON (a line a kill cut short)
+            damaged += 1
+            continue
+        if _older(row):
+            unverified += 1
+        elif _is_answer(row) and row["check"] == checksum(row):
             answers[row["text"]] = row
-    return answers
+        else:  # not an answer's fields, or changed since it was written (a hand edit)
+            damaged += 1
+    return answers, damaged, unverified
+
+
+def _dropped_lines(damaged: int, unverified: int) -> str:
+    parts = []
+    if damaged:
+        parts.append(f"{damaged} damaged line{'s' if damaged != 1 else ''}")
+    if unverified:
+        parts.append(f"{unverified} line{'s' if unverified != 1 else ''} without a checksum (written by an older "
+                     "harness: unverified)")
+    return " and ".join(parts)
+
+
+def _older(row: Any) -> bool:
+    """Whether a cache line is an older harness's: an answer (or a failed request) without a checksum."""
+    return (isinstance(row, dict) and "check" not in row and isinstance(row.get("text"), str)
+            and ("error" in row or ("label" in row and "fields" in row)))
+
+
+def _is_answer(row: Any) -> bool:
+    """Whether a cache line holds every field of an answer, each of its type."""
+    return (isinstance(row, dict) and all(key in row for key in (*ANSWER, "check")) and isinstance(row["text"], str)
+            and isinstance(row["check"], str) and (row["label"] is None or isinstance(row["label"], str))
+            and (row["fields"] is None or isinstance(row["fields"], dict))
+            and (row["system_fingerprint"] is None or isinstance(row["system_fingerprint"], str)))
+
+
+def _rewrite(path: Path, answers: dict[str, dict[str, Any]]) -> None:
+    """Replace the cache by its sound answers, one line each, atomically (a temporary file, then os.replace):
+    a kill leaves the old cache or the new one, never half of one."""
+    handle = tempfile.NamedTemporaryFile("w", encoding="utf-8", dir=path.parent, prefix=f".{path.name}.",
+                                         suffix=".tmp", delete=False)
+    try:
+        with handle:
+            handle.writelines(json.dumps(row, ensure_ascii=False) + "\n" for row in answers.values())
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.chmod(handle.name, path.stat().st_mode & 0o777)  # the cache's own mode, not the temporary file's 0600
+        os.replace(handle.name, path)
+    except BaseException:
+        Path(handle.name).unlink(missing_ok=True)
+        raise
 
 
 def describe(summary: dict[str, Any]) -> str:
