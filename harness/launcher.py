@@ -179,13 +179,19 @@ def rebuild_plugins(setup: PluginSetup) -> Any:
 # ---------------------------------------------------------------------------------------------
 
 
-def write_data_cache(data: Datasets, folder: Path) -> Path:
-    """The datasets as one JSON file named by their hashes; an existing file is the same data."""
+def data_cache_file(data: Datasets, folder: Path) -> Path:
+    """Where :func:`write_data_cache` keeps these datasets: named by their hashes."""
     from harness.identity import digest
-    from harness.store import write_json
 
     key = digest([data.train_hash, data.validation_hash, data.test_hash, data.validation_source])
-    path = folder / f"{key[:32]}.json"
+    return folder / f"{key[:32]}.json"
+
+
+def write_data_cache(data: Datasets, folder: Path) -> Path:
+    """The datasets as one JSON file named by their hashes; an existing file is the same data."""
+    from harness.store import write_json
+
+    path = data_cache_file(data, folder)
     if not path.is_file():
         folder.mkdir(parents=True, exist_ok=True)
         write_json(path, {"validation_source": data.validation_source,

@@ -12,6 +12,8 @@ Layout under the store root (``.harness`` by default, ``--store`` or ``HARNESS_H
 
     comparisons/<id>.json       each comparison, as the index holds it (so the index can be rebuilt)
     locks/<key>.lock            held while a process trains or measures that training identity
+    locks/cleanup.lock          held by ``store gc``/``check --remove-partials`` while they look and remove
+    live/<pid>-<hex>.json       what a running compare holds (its data cache, runs, load caches), locked by it
 
 A run is written under ``runs/<run_id>.partial``, which its process holds locked (``.partial/lock``),
 and gets its final name in the same transaction that indexes it: an interrupted run leaves nothing that
@@ -20,6 +22,9 @@ left by a killed process: the next run with its training identity resumes it as 
 it finished training, or the Trainer's last checkpoint). Nothing that could be resumed is deleted by a
 compare or by ``store check``: the end of a compare removes only ``.partial`` runs that hold nothing (killed
 before their first checkpoint), and ``harness store gc`` removes abandoned work when the user asks.
+Cleanup never takes what a running compare holds: each compare lists it in its ``live/`` file, locked
+(flock) for its whole life, so a compare killed with SIGKILL holds nothing any more; cleanup says what it
+skipped.
 ``harness store check`` rebuilds the index from the ``record.json`` files. A run that measured another
 run's trained model (same training identity) has no ``artifact/`` of its own: ``training.trained_in``
 names the run that has it.
@@ -37,7 +42,7 @@ import sqlite3
 import threading
 import sys
 import time
-from dataclasses import asdict, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from contextlib import contextmanager
 from typing import Any, Iterable, Iterator
@@ -87,6 +92,12 @@ class Store:
         self._held: dict[str, int] = {}  # run id -> the open, locked descriptor of its .partial/lock
         self._kept: set[str] = set()  # stale partials taken over while stale_partials() yields them
         self._warned: set[str] = set()  # runs said once to be unreadable
+        # What this process's compares hold against cleanup: live/<pid>-<hex>.json, locked while open.
+        self._live_mutex = threading.Lock()
+        self._live_fd: int | None = None
+        self._live_file: Path | None = None
+        self._live_holds: set[str] = set()
+        self._live_depth = 0
 
     @property
     def _db(self) -> sqlite3.Connection | None:
@@ -141,7 +152,8 @@ class Store:
         existing = root if root.exists() else next((p for p in root.absolute().parents if p.exists()), None)
         if existing is None:
             raise UserError("cannot be created", where=str(root))
-        for path in (existing, root / "runs.db", root / "runs", root / "locks", root / "comparisons", root / "data"):
+        for path in (existing, root / "runs.db", root / "runs", root / "locks", root / "comparisons", root / "data",
+                     root / "live"):
             if path.exists() and not os.access(path, os.W_OK | (os.X_OK if path.is_dir() else 0)):
                 read_only = os.statvfs(path).f_flag & os.ST_RDONLY
                 raise UserError(f"cannot be written ({'read-only file system' if read_only else 'permissions'}); "
@@ -212,6 +224,87 @@ class Store:
             yield
         finally:
             os.close(fd)  # closing releases the lock
+
+    @contextmanager
+    def _cleaning(self) -> Iterator[None]:
+        """Held by cleanup while it looks and removes, and for a moment by a compare registering what it holds
+        (:meth:`hold`): a registration is then wholly before a cleanup, which skips what it names, or wholly
+        after it, and the compare writes again what was removed. Nobody holds it longer than one cleanup."""
+        try:
+            (self.root / "locks").mkdir(parents=True, exist_ok=True)
+            fd = os.open(self.root / "locks" / "cleanup.lock", os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError:
+            fd = None  # a store this process cannot write: nothing is registered or removed from here
+        try:
+            if fd is not None:
+                fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            if fd is not None:
+                os.close(fd)
+
+    @contextmanager
+    def live(self) -> Iterator[None]:
+        """A compare's life: what it :meth:`hold` s is kept from cleanup until the block ends (nested blocks:
+        the outermost one)."""
+        with self._live_mutex:
+            self._live_depth += 1
+        try:
+            yield
+        finally:
+            with self._live_mutex:
+                self._live_depth -= 1
+                if self._live_depth == 0 and self._live_fd is not None:
+                    self._live_file.unlink(missing_ok=True)
+                    os.close(self._live_fd)
+                    self._live_fd, self._live_file, self._live_holds = None, None, set()
+
+    def hold(self, *paths: Path) -> None:
+        """Keep ``paths`` (a data cache, a run's directory, a load cache) from cleanup while this process's
+        compare runs: listed in its ``live/`` file, which it keeps locked (flock, so a compare killed with
+        SIGKILL holds nothing). Call before using them; anything a cleanup removed just before is then written
+        again by the caller (the data cache and load caches are made when missing)."""
+        names = {Path(os.path.relpath(path, self.root)).as_posix() for path in paths}
+        with self._live_mutex, self._cleaning():
+            if self._live_fd is None:
+                import secrets
+
+                folder = self.root / "live"
+                folder.mkdir(parents=True, exist_ok=True)
+                path = folder / f"{os.getpid()}-{secrets.token_hex(4)}.json"
+                fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o644)
+                fcntl.flock(fd, fcntl.LOCK_EX)  # nobody else can have it open yet: cleanup is held off
+                self._live_fd, self._live_file = fd, path
+            self._live_holds |= names
+            text = json.dumps({"pid": os.getpid(), "holds": sorted(self._live_holds)}).encode()
+            # In place, not replaced: the lock is on this file. Readers hold the cleanup lock, as this writer does.
+            os.ftruncate(self._live_fd, 0)
+            os.pwrite(self._live_fd, text, 0)
+
+    def _held_live(self, remove_dead: bool) -> dict[str, int | None]:
+        """Every path (relative to the store) a running compare holds, with its pid, read from ``live/`` (the
+        caller holds :meth:`_cleaning`). A file nobody locks was left by a killed compare: removed with
+        ``remove_dead``."""
+        held: dict[str, int | None] = {}
+        folder = self.root / "live"
+        for path in sorted(folder.glob("*.json")) if folder.is_dir() else []:
+            try:
+                fd = os.open(path, os.O_RDONLY)
+            except OSError:
+                continue  # its compare ended meanwhile
+            try:
+                if _try_lock(fd):
+                    if remove_dead:
+                        path.unlink(missing_ok=True)
+                    continue
+                found = json.loads(path.read_text(encoding="utf-8") or "{}")
+            except (OSError, ValueError):
+                continue
+            finally:
+                os.close(fd)
+            for name in found.get("holds") or []:
+                held[name] = found.get("pid")
+        return held
 
     def start_run(self, run_id: str, identity: dict[str, Any] | None = None) -> Path:
         """An empty directory for a run in progress, locked by this process until :meth:`finish_run`.
@@ -287,44 +380,97 @@ class Store:
         return removed
 
     def abandoned(self, older_than_days: float | None = None) -> list[tuple[Path, int, str]]:
-        """What ``store gc`` would remove: ``.partial`` runs no live process holds and data caches (each made
-        again when needed), untouched for ``older_than_days``: ``(path, bytes, what it is)``."""
-        cutoff = None if older_than_days is None else time.time() - older_than_days * 86400
-        found = []
-        trained = {row[0][:16] for row in self.db.execute("SELECT train_key FROM runs")} \
-            if (self.root / "runs.db").exists() else set()
-        for path, identity in self.stale_partials():  # a killed run still holds its model's load cache
-            trained.add(identity.get("train_key", "")[:16])
-            if cutoff is None or _newest(path) < cutoff:
-                found.append((path, _size(path), "killed run, " + (resumable(path) or "nothing to resume")))
-        for path in sorted((self.root / "cache").iterdir()) if (self.root / "cache").is_dir() else []:
-            if path.is_dir() and path.name not in trained and (cutoff is None or _newest(path) < cutoff):
-                found.append((path, _size(path), "load cache of a trained model no run holds"))
-        for path in sorted((self.root / "data").glob("*.json")) if (self.root / "data").is_dir() else []:
-            if cutoff is None or path.stat().st_mtime < cutoff:
-                found.append((path, path.stat().st_size, "data cache, written again when a compare needs it"))
-        return found
+        """What ``store gc`` would remove: see :meth:`cleanup`."""
+        return self.cleanup(older_than_days, dry_run=True).removed
 
     def gc(self, older_than_days: float | None = None, dry_run: bool = False) -> list[tuple[Path, int, str]]:
-        """Remove :meth:`abandoned` work (nothing with ``dry_run``); return what was (or would be) removed."""
-        found = self.abandoned(older_than_days)
-        if not dry_run:
-            for path, _, _ in found:
-                run_id = path.name.removesuffix(".partial")
-                if path.parent.name == "cache":
-                    shutil.rmtree(path, ignore_errors=True)
-                elif path.is_dir():
-                    try:  # still nobody's: a compare may have started resuming it since the listing
-                        self._hold(run_id, path)
-                    except (RuntimeError, OSError):
-                        continue
-                    try:
+        """Remove abandoned work (nothing with ``dry_run``); return what was (or would be) removed."""
+        return self.cleanup(older_than_days, dry_run=dry_run).removed
+
+    def cleanup(self, older_than_days: float | None = None, dry_run: bool = False,
+                killed_runs_only: bool = False) -> Cleanup:
+        """``store gc`` (``killed_runs_only``: ``store check --remove-partials``): remove ``.partial`` runs no live
+        process holds, data caches (each made again when needed) and load caches of models no run holds,
+        untouched for ``older_than_days``; never what a running compare holds (:meth:`hold`), which is
+        returned as skipped. The cleanup lock is held throughout, so no compare registers anything meanwhile."""
+        with self._cleaning():
+            held = self._held_live(remove_dead=not dry_run)
+            found, skipped = self._abandoned(older_than_days, held, killed_runs_only)
+            if not dry_run:
+                for path, _, _ in found:
+                    run_id = path.name.removesuffix(".partial")
+                    if path.parent.name == "cache":
                         shutil.rmtree(path, ignore_errors=True)
-                    finally:
-                        self._release(run_id)
+                    elif path.is_dir():
+                        try:  # still nobody's: a compare may have started resuming it since the listing
+                            self._hold(run_id, path)
+                        except (RuntimeError, OSError):
+                            continue
+                        try:
+                            shutil.rmtree(path, ignore_errors=True)
+                        finally:
+                            self._release(run_id)
+                    else:
+                        path.unlink(missing_ok=True)
+        return Cleanup(found, skipped)
+
+    def _abandoned(self, older_than_days: float | None, held: dict[str, int | None],
+                   killed_runs_only: bool) -> tuple[list[tuple[Path, int, str]], list[tuple[Path, str, int | None]]]:
+        cutoff = None if older_than_days is None else time.time() - older_than_days * 86400
+        found: list[tuple[Path, int, str]] = []
+        skipped: list[tuple[Path, str, int | None]] = []
+
+        def holder(path: Path) -> tuple[bool, int | None]:
+            name = path.relative_to(self.root).as_posix()
+            for item, pid in held.items():
+                if item == name or item.startswith(name + "/") or name.startswith(item + "/"):
+                    return True, pid
+            return False, None
+
+        trained = {row[0][:16] for row in self.db.execute("SELECT train_key FROM runs")} \
+            if (self.root / "runs.db").exists() else set()
+        stale = dict(self.stale_partials())
+        running: dict[str, int | None] = {}  # the training identities of runs in progress -> who runs them
+        folder = self.root / "runs"
+        for path in sorted(folder.glob("*.partial")) if folder.is_dir() else []:
+            old = cutoff is None or _newest(path) < cutoff
+            if path in stale:
+                if old:
+                    found.append((path, _size(path), "killed run, " + (resumable(path) or "nothing to resume")))
+                else:  # a killed run that is kept still holds its model's load cache
+                    trained.add(stale[path].get("train_key", "")[:16])
+                continue
+            _, pid = holder(path)  # locked by a live process: a run in progress
+            try:
+                key = json.loads((path / "identity.json").read_text(encoding="utf-8")).get("train_key", "")
+            except (OSError, ValueError, AttributeError):
+                key = ""
+            if key:
+                running.setdefault(key[:16], pid)
+            if old:
+                skipped.append((path, "run in progress", pid))
+        if killed_runs_only:
+            return found, skipped
+        for path in sorted((self.root / "cache").iterdir()) if (self.root / "cache").is_dir() else []:
+            if not path.is_dir() or path.name in trained or not (cutoff is None or _newest(path) < cutoff):
+                continue
+            is_held, pid = holder(path)
+            if is_held or path.name in running:
+                skipped.append((path, "load cache", pid if is_held else running[path.name]))
+            else:
+                found.append((path, _size(path), "load cache of a trained model no run holds"))
+        for path in sorted((self.root / "data").glob("*.json")) if (self.root / "data").is_dir() else []:
+            try:
+                if not (cutoff is None or path.stat().st_mtime < cutoff):
+                    continue
+                is_held, pid = holder(path)
+                if is_held:
+                    skipped.append((path, "data cache", pid))
                 else:
-                    path.unlink(missing_ok=True)
-        return found
+                    found.append((path, path.stat().st_size, "data cache, written again when a compare needs it"))
+            except OSError:
+                continue  # removed meanwhile
+        return found, skipped
 
     def runs(self) -> list[dict[str, Any]]:
         """Every run on disk, for ``store ls``: the indexed ones and the ``.partial`` ones (running, or killed
@@ -527,8 +673,7 @@ class Store:
                 continue
             fixed.append(f"indexed comparison {comparison_file.stem}")
         if remove_partials:
-            fixed += [f"removed {path.name}, left by a killed run ({what}, {size_text(size)})"
-                      for path, size, what in self.gc() if path.name.endswith(".partial")]
+            fixed += removed_lines(self.cleanup(killed_runs_only=True))
         return fixed
 
     def newest_comparison(self, spec: str) -> str | None:
@@ -599,6 +744,40 @@ class Store:
                           runs=unique, metrics=metrics)
 
 
+@dataclass
+class Cleanup:
+    """What a cleanup removed (or would remove), ``(path, bytes, what it is)``, and what it skipped because a
+    running compare holds it, ``(path, what it is, that compare's pid or None)``."""
+
+    removed: list[tuple[Path, int, str]] = field(default_factory=list)
+    skipped: list[tuple[Path, str, int | None]] = field(default_factory=list)
+
+
+def removed_lines(cleanup: Cleanup) -> list[str]:
+    """``store check --remove-partials``'s line for each killed run removed."""
+    return [f"removed {path.name}, left by a killed run ({what}, {size_text(size)})"
+            for path, size, what in cleanup.removed if path.name.endswith(".partial")]
+
+
+PLURALS = {"data cache": "data caches", "load cache": "load caches", "run in progress": "runs in progress"}
+
+
+def skipped_lines(cleanup: Cleanup) -> list[str]:
+    """One line per running compare whose work a cleanup left alone:
+    ``skipped 3 items a running compare holds (pid 1234): 1 data cache, 1 load cache, 1 run in progress``."""
+    by_holder: dict[int | None, dict[str, int]] = {}
+    for _, what, pid in cleanup.skipped:
+        kinds = by_holder.setdefault(pid, {})
+        kinds[what] = kinds.get(what, 0) + 1
+    lines = []
+    for pid, kinds in by_holder.items():
+        count = sum(kinds.values())
+        who = f"a running compare holds (pid {pid})" if pid is not None else "a running process holds"
+        lines.append(f"skipped {count} item{'' if count == 1 else 's'} {who}: "
+                     + ", ".join(f"{n} {what if n == 1 else PLURALS.get(what, what)}" for what, n in sorted(kinds.items())))
+    return lines
+
+
 def shown_as(record: RunRecord, row: str, seed: int, status: str) -> RunRecord:
     """A stored run as one row of a comparison shows it: under that row's name and seed, with its status there.
 
@@ -662,8 +841,19 @@ def _size(path: Path) -> int:
 
 
 def _newest(path: Path) -> float:
-    """The newest modification time in a directory: when the work in it last moved."""
-    return max([path.stat().st_mtime, *(p.stat().st_mtime for p in path.rglob("*"))])
+    """The newest modification time in a directory: when the work in it last moved (also while a running
+    compare writes in it: a file gone meanwhile counts as now)."""
+    times = []
+    try:
+        items = [path, *path.rglob("*")]
+    except OSError:
+        items = [path]
+    for item in items:
+        try:
+            times.append(item.stat().st_mtime)
+        except OSError:
+            times.append(time.time())
+    return max(times)
 
 
 def size_text(size: int) -> str:
