@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import bisect
 import csv
 import hashlib
 import json
+import math
 import random
 import re
 import unicodedata
@@ -211,6 +213,8 @@ def _read_csv_rows(path: Path) -> list[tuple[str, dict[str, Any]]]:
             try:
                 for values in reader:
                     last = (start, lines.take())
+                    if len(last[1]) > 1:  # a quoted field spans lines: check that a quote opened it, not a slip
+                        _check_spanning_record(path, start, last[1], values, header)
                     if values and not header:
                         header = values
                     elif values:  # blank lines are skipped, as csv.DictReader does
@@ -220,7 +224,8 @@ def _read_csv_rows(path: Path) -> list[tuple[str, dict[str, Any]]]:
                 raise UserError(f"not valid CSV ({exc})", where=f"{path}:{reader.line_num}") from None
     finally:
         csv.field_size_limit(previous_limit)
-    quote_line = _open_quote_line(*last)
+    problem = _quote_problem(*last)
+    quote_line = problem[0] if problem is not None and problem[1] is None else None
     if quote_line is not None:
         # At the end of the file the reader keeps what an unclosed quote swallowed as one field, without a word.
         raise UserError(f"unterminated quote starting on line {quote_line}: its field runs to the end of the file",
@@ -228,25 +233,65 @@ def _read_csv_rows(path: Path) -> list[tuple[str, dict[str, Any]]]:
     return rows
 
 
-def _open_quote_line(start: int, lines: list[str]) -> int | None:
-    """The line on which a quoted field opens and never closes in ``lines`` (one record, from line ``start``),
-    or None if every quote closes. The states are the csv module's for its default dialect, read leniently:
-    a quote opens a field only at its start, ``""`` inside one is a quote, and a quote elsewhere is text."""
-    state, opened = "start", start
-    for line, text in enumerate(lines, start=start):
-        for char in text:
-            if state == "quoted":
-                if char == '"':
-                    state = "quote in quoted"
-            elif char in "\r\n" or char == ",":
-                state = "start"
-            elif state == "quote in quoted" and char == '"':
-                state = "quoted"
-            elif state == "start" and char == '"':
-                state, opened = "quoted", line
-            else:
-                state = "field"
-    return opened if state == "quoted" else None
+def _check_spanning_record(path: Path, start: int, lines: list[str], values: list[str], header: list[str]) -> None:
+    """A record whose quoted field runs over several physical lines (``lines``, from line ``start``) is what a
+    spreadsheet writes for a text with line breaks, or a quote left open that a quote on a later line happens
+    to close, joining the records between into one field. It is taken as written only if it reads as the first:
+    every quoted field that spans lines closes with a quote followed by a comma or the end of its line (the
+    csv module would go on reading the text after such a quote into the field), and the record has the header's
+    number of columns. Otherwise the error names the line where the quote opened."""
+    problem = _quote_problem(start, lines)
+    if problem is not None and problem[1] is None:
+        return  # open to the end of the file: said once the file is read
+    if problem is not None:
+        opened, closed = problem
+        raise UserError(f"unterminated quote starting on line {opened}: the quote that closes it on line {closed} "
+                        f"is followed by text, not a comma or the line's end, so lines {opened} to {closed} would "
+                        "be read as one field", where=f"{path}:{opened}")
+    if header and values and len(values) != len(header):
+        end = start + len(lines) - 1
+        raise UserError(f"a quoted field opens on line {start} and runs to line {end}, leaving {len(values)} "
+                        f"columns where the header has {len(header)}: a quote left open?", where=f"{path}:{start}")
+
+
+_FIELD_END = re.compile(r"[,\r\n]")
+
+
+def _quote_problem(start: int, lines: list[str]) -> tuple[int, int | None] | None:
+    """The first quoted field of ``lines`` (one record, from line ``start``) that a quote left open would
+    explain, as ``(the line it opens on, None)`` when it never closes, or ``(the line it opens on, the line
+    it closes on)`` when it spans lines and its closing quote is followed by text; None when there is none.
+    The states are the csv module's for its default dialect, read leniently as it reads: a quote opens a
+    field only at its start, ``""`` inside one is a quote, a closing quote followed by text goes on as
+    unquoted text, and a quote elsewhere is text."""
+    text = "".join(lines)
+    line_starts = [0]
+    for line in lines[:-1]:
+        line_starts.append(line_starts[-1] + len(line))
+
+    def line_of(offset: int) -> int:
+        return start + bisect.bisect_right(line_starts, offset) - 1
+
+    pos, size = 0, len(text)
+    while pos < size:
+        if text[pos] == '"':
+            opened, pos = pos, pos + 1
+            while True:
+                quote = text.find('"', pos)
+                if quote < 0:
+                    return line_of(opened), None
+                if not text.startswith('"', quote + 1):
+                    break
+                pos = quote + 2  # "" is a quote inside the field
+            after = text[quote + 1:quote + 2]
+            if after and after not in ",\r\n" and line_of(quote) > line_of(opened):
+                return line_of(opened), line_of(quote)
+            pos = quote + 1
+        end = _FIELD_END.search(text, pos)
+        if end is None:
+            break
+        pos = end.end()
+    return None
 
 
 def _not_utf8(path: Path) -> UserError:
@@ -299,10 +344,21 @@ def _to_example(
         missing = [f for f in task.fields if f not in fields]
         if missing:
             raise UserError(f"field {missing[0]!r} of the spec is missing (an empty value is \"\" or null)", where=where)
-        # null is the empty value, as in the scorer (harness.metrics.normalise); other values keep their text.
+        for name, value in fields.items():
+            problem = _gold_value_problem(value)
+            if problem:
+                raise UserError(f"field {name!r} is {problem}; a gold value is a string, a number or null", where=where)
+        # null is the empty value, as in the scorer (harness.metrics.normalise); a number is its text.
         return Example(example_id, text, fields={k: "" if v is None else v if isinstance(v, str)
                                                  else json.dumps(v, ensure_ascii=False) for k, v in fields.items()})
     label = row.get(label_field)
+    if label is None:
+        raise UserError(f"missing label field {label_field!r}", where=where)
+    if isinstance(label, (bool, float)) or not isinstance(label, (str, int)):
+        # An id is an integer (CSV's text "2" included); 2.0, true or [2] would only ever match by accident.
+        problem = _gold_value_problem(label) or f"the number {label!r}, not an integer"
+        raise UserError(f"label field {label_field!r} is {problem}; a label is one of the spec's label names or "
+                        "an integer id", where=where)
     if isinstance(label, str) and re.fullmatch(r"\s*-?[0-9]+\s*", label) and label not in task.labels:
         label = int(label)  # CSV cells are strings; an id written as text is still an id (ASCII digits only: "²" is not)
     if isinstance(label, int) and not isinstance(label, bool):
@@ -312,6 +368,22 @@ def _to_example(
     if label not in task.labels:
         raise UserError(f"label {label!r} is not one of the spec's labels ({', '.join(task.labels)})", where=where)
     return Example(example_id, text, label=label)
+
+
+def _gold_value_problem(value: Any) -> str | None:
+    """What makes ``value`` (parsed JSON, or a hub dataset's value) no answer a model's text could equal, or
+    None: a list, an object or a boolean (their JSON text would be compared), or a number that is not finite."""
+    if isinstance(value, bool):
+        return f"a boolean ({json.dumps(value)})"
+    if isinstance(value, (list, tuple)):
+        return "a list"
+    if isinstance(value, dict):
+        return "an object"
+    if isinstance(value, float) and not math.isfinite(value):
+        return f"the number {value}"
+    if value is not None and not isinstance(value, (str, int, float)):
+        return f"a {type(value).__name__}"
+    return None
 
 
 def is_blank(text: str) -> bool:

@@ -21,6 +21,7 @@ import pluggy
 from harness import hookspecs
 from harness.approach import Approach, RunContext, settings_info
 from harness.errors import UserError
+from harness.spec import Spec, resolve_settings, spec_notices
 from harness.types import ApproachInfo
 
 DISTRIBUTION = "harness-compare"
@@ -51,6 +52,8 @@ class Plugins:
     # Approaches registered through harness_register_approaches, by name, and the plugin that registered each.
     registry: dict[str, Approach] = field(default_factory=dict)
     registered_by: dict[str, str] = field(default_factory=dict)
+    # Entry points installed but not loaded: filtered out by HARNESS_LOAD_PLUGINS, or failed to import.
+    not_loaded: set[str] = field(default_factory=set)
 
     def approaches(self) -> list[str]:
         """Names of the registered approaches and of the hook-style plugins that train or predict, sorted."""
@@ -122,6 +125,63 @@ class Plugins:
                 f"unknown plugin {', '.join(repr(n) for n in unknown)}; known: {', '.join(known) or '(none)'}",
                 where="--plugins",
             )
+
+    def check_spec(self, spec: Spec, rows: list[str], overrides: dict[str, dict[str, str]], *,
+                   teacher_option: str | None = None) -> list[str]:
+        """Check every row of ``spec`` (each ``plugins.<row>`` section), whatever ``rows`` (the rows this
+        compare runs: ``--plugins`` and the teacher) selects: its approach is installed, and its settings in
+        the spec are settings of that approach, of their types, choices and ranges; and the spec's ``teacher``
+        (and ``--teacher``) names an approach or a row. A mistake is a :class:`UserError` naming the spec file
+        and key. Rows that run are also checked with their ``--set`` values, as the plan will be.
+
+        Returns the notices for the rows that run (:func:`harness.spec.spec_notices`): the commands the spec
+        file makes them run and the addresses it makes them send the user's key to.
+
+        Only the approaches' Settings classes are read: the plugin modules are imported already, and an
+        approach's optional extras (openai, onnxruntime, a vLLM environment) are not needed to check a row.
+        A row whose approach comes from an installed plugin that is not loaded (HARNESS_LOAD_PLUGINS, or it
+        failed to import, which was said) is not checked unless it runs."""
+        known = self.approaches()
+        variants = [row for row in spec.plugins if spec.approach_of(row) != row]
+
+        listed = ", ".join(known) or "(none)"
+        running = set(rows)
+        for row in spec.plugins:
+            base = spec.approach_of(row)
+            if base in known or (base in self.not_loaded and row not in running):
+                continue
+            key = f"plugins.{row}.approach" if row in variants else f"plugins.{row}"
+            hint = "" if row in variants else "; a row of another approach names it with approach: NAME"
+            raise UserError(f"unknown approach {base!r} (known: {listed}){hint}", where=f"{spec.where}: {key}")
+        for where, teacher in ((f"{spec.where}: teacher", spec.teacher), ("--teacher", teacher_option)):
+            if teacher and spec.approach_of(teacher) not in known and not (
+                    teacher in self.not_loaded and teacher not in running):
+                rows_known = f"; rows of {spec.where}: {', '.join(variants)}" if variants else ""
+                raise UserError(f"unknown approach or row {teacher!r} (known: {listed}{rows_known})", where=where)
+
+        def info_of(row: str) -> ApproachInfo | None:
+            try:
+                return self.describe(spec.approach_of(row)) if spec.approach_of(row) in known else None
+            except Exception:  # a plugin that cannot describe itself: the plan says so in one line if its row runs
+                return None
+
+        infos = {row: info for row in spec.plugins if (info := info_of(row)) is not None}
+        # An engine's row runs the approach it serves too (plan_settings resolves both with their --set values).
+        for row in list(running):
+            info = infos.get(row) or info_of(row)
+            if info is not None and info.serves:
+                running.add(info.serves)
+        notices: list[str] = []
+        for row, info in infos.items():
+            base = spec.approach_of(row)
+            given = overrides if row in running else {}
+            base_given = given.get(base) if base != row else None
+            settings = resolve_settings(row, info.settings, spec, given.get(row, {}), choices=info.choices,
+                                        limits=info.limits, secret=info.secret_settings, base_overrides=base_given)
+            if row in running:
+                notices += spec_notices(spec, row, settings, info.settings, secret=info.secret_settings,
+                                        overrides=given.get(row, {}), base_overrides=base_given)
+        return list(dict.fromkeys(notices))
 
     def call(self, name: str, hook: str, **kwargs: Any) -> Any:
         """Call ``hook`` on plugin ``name`` alone, so an approach never sees calls meant for another.
@@ -296,6 +356,7 @@ def load_plugins(*, entry_points: bool = True) -> Plugins:
             dist = ep.dist.name if ep.dist else ""
             builtin = _normalise(dist) == _normalise(DISTRIBUTION)
             if not builtin and not _third_party_allowed(ep.name):
+                plugins.not_loaded.add(ep.name)
                 continue
             if pm.get_plugin(ep.name) is not None:
                 continue
@@ -313,6 +374,7 @@ def load_plugins(*, entry_points: bool = True) -> Plugins:
                     if pm.get_plugin(name) is not None:
                         pm.unregister(name=name)
                     plugins.registry.pop(name, None)
+                plugins.not_loaded.add(ep.name)
                 message = f"harness: plugin {ep.name!r} ({ep.value}) not loaded: {type(exc).__name__}: {exc}"
                 plugins.warnings.append(message)
                 print(message.splitlines()[0], file=sys.stderr)

@@ -129,6 +129,17 @@ def _prompt_problem(fields: dict[str, str]) -> str | None:
     return None
 
 
+def _listed_once(names: list[str]) -> list[str]:
+    """A list of names (labels, fields, metrics) in which each name is one thing: a name listed twice would be
+    two labels of one class, a field scored twice, or a column shown twice."""
+    seen: set[str] = set()
+    for name in names:
+        if name in seen:
+            raise ValueError(f"{name!r} is listed twice")
+        seen.add(name)
+    return names
+
+
 class TaskSpec(_Strict):
     type: Literal["classification", "extraction"]
     labels: list[str] = Field(default_factory=list, description="label names, in label-id order")
@@ -148,12 +159,12 @@ class TaskSpec(_Strict):
     normalize: bool = Field(True, description="extraction: compare field values after Unicode NFKC and trimming "
                             "whitespace (null, a missing key and \"\" are always the same empty value)")
 
+    _unique_names = field_validator("labels", "fields", "option_labels")(_listed_once)
+
     @model_validator(mode="after")
     def _labels_for_classification(self) -> TaskSpec:
         if self.type == "classification" and len(self.labels) < 2:
             raise ValueError("a classification task needs at least two labels")
-        if len(set(self.labels)) != len(self.labels):
-            raise ValueError("labels must be unique")
         if self.option_labels and len(self.option_labels) != len(self.labels):
             raise ValueError("option_labels must have one entry per label")
         if self.type == "extraction" and not self.fields:
@@ -251,6 +262,8 @@ class Spec(_Strict):
             raise ValueError("letters, digits, '.', '_' and '-' only, no '..', 1 to 100 characters (it names the "
                              f"comparison's files), got {name!r}")
         return name
+
+    _unique_metrics = field_validator("metrics")(_listed_once)
 
     @field_validator("seed")
     @classmethod
@@ -404,7 +417,9 @@ def load_spec(name_or_path: str) -> Spec:
         path = find_spec(name_or_path)
     try:
         data = path.read_bytes()
-        raw = yaml.safe_load(data.decode("utf-8"))
+        text = data.decode("utf-8")
+        twice = _key_given_twice(yaml.compose(text, Loader=yaml.SafeLoader))
+        raw = yaml.safe_load(text)
     except OSError as exc:
         raise UserError(f"cannot be read ({exc.strerror})", where=str(path)) from None
     except UnicodeDecodeError as exc:
@@ -413,6 +428,10 @@ def load_spec(name_or_path: str) -> Spec:
         mark = getattr(exc, "problem_mark", None)
         where = f"{path}:{mark.line + 1}" if mark else str(path)
         raise UserError(f"not valid YAML: {getattr(exc, 'problem', exc)}", where=where) from None
+    if twice:
+        key, first, second = twice
+        raise UserError(f"{key}: given twice, on lines {first} and {second} (YAML would keep only the last)",
+                        where=str(path))
     if not isinstance(raw, dict):
         raise UserError("a spec must be a YAML mapping", where=str(path))
     try:
@@ -421,6 +440,35 @@ def load_spec(name_or_path: str) -> Spec:
         raise UserError(_first_error(exc), where=str(path)) from None
     spec.path = path
     return spec
+
+
+def _key_given_twice(node: yaml.Node | None, path: tuple[str, ...] = (),
+                     seen_nodes: set[int] | None = None) -> tuple[str, int, int] | None:
+    """The first key given twice in one mapping of a composed YAML document, as ``(dotted key, first line,
+    second line)``, or None. YAML's loaders keep the last value without a word; a merge (``<<: *base``) is
+    not a repetition: the keys written beside it override what it brings."""
+    seen_nodes = set() if seen_nodes is None else seen_nodes
+    if node is None or id(node) in seen_nodes:  # an alias repeats a node already walked
+        return None
+    seen_nodes.add(id(node))
+    if isinstance(node, yaml.MappingNode):
+        lines: dict[str, int] = {}
+        for key, value in node.value:
+            name = str(key.value) if isinstance(key, yaml.ScalarNode) else None
+            if name is not None and key.tag != "tag:yaml.org,2002:merge":
+                line = key.start_mark.line + 1
+                if name in lines:
+                    return ".".join((*path, name)), lines[name], line
+                lines[name] = line
+            found = _key_given_twice(value, (*path, name or "?"), seen_nodes)
+            if found:
+                return found
+    elif isinstance(node, yaml.SequenceNode):
+        for index, item in enumerate(node.value):
+            found = _key_given_twice(item, (*path, str(index)), seen_nodes)
+            if found:
+                return found
+    return None
 
 
 def _first_error(exc: ValidationError) -> str:
@@ -487,6 +535,74 @@ def resolve_settings(
             accept(key, value, f"{spec.where}: plugins.{section}.{key}")
         set_values(section, given)
     return settings
+
+
+# What a spec file can make harness do besides reading files and training: run a program on this machine, or
+# send the user's key to an address the file chooses. Setting declarations carry no flag for either (setting()
+# in harness.approach marks predict, secret and model settings only), so both are found by the names the
+# built-in approaches give them: vllm's and vllm-lora's command (and extra_args and env, which change what that
+# command runs), openai's base_url with api_key_env. A third-party approach that uses the same names is covered.
+COMMAND_SETTING = "command"
+COMMAND_PARTS = ("extra_args", "env")
+ADDRESS_SETTING = "base_url"
+KEY_ENV_SETTING = "api_key_env"
+
+
+def spec_source(spec: Spec, row: str, key: str, overrides: dict[str, str] | None = None,
+                base_overrides: dict[str, str] | None = None) -> str | None:
+    """``plugins.<section>.<key>``, the place in the spec file that gives the value ``row`` runs with, or None
+    where the approach's default or a ``--set`` gives it. The layers are :func:`resolve_settings`'s."""
+    base = spec.approach_of(row)
+    layers = [(base, base_overrides or {}), (row, overrides or {})] if base != row else [(row, overrides or {})]
+    source = None
+    for section, given in layers:
+        if key in (spec.plugins.get(section) or {}):
+            source = f"plugins.{section}.{key}"
+        if key in given:
+            source = None
+    return source
+
+
+def spec_notices(spec: Spec, row: str, settings: dict[str, Any], defaults: dict[str, Any], *,
+                 secret: tuple[str, ...] = (), overrides: dict[str, str] | None = None,
+                 base_overrides: dict[str, str] | None = None) -> list[str]:
+    """One line for each thing the spec file (not the user's ``--set``, not the approach's default) makes
+    ``row`` do that reaches outside harness: a command it runs on this machine (with the arguments and
+    environment the file adds to it), and the address it sends the user's key to. ``settings`` are the row's
+    resolved settings. Secrets are never shown: a command's secret-looking options and env's values are
+    hidden as the records hide them, and a key is named by its variable."""
+    from harness.endpoint import parse_env, redact_value
+
+    def given_by_spec(key: str) -> str | None:
+        source = spec_source(spec, row, key, overrides, base_overrides)
+        return source if source and settings.get(key) != defaults.get(key) else None
+
+    notices = []
+    command = settings.get(COMMAND_SETTING)
+    if COMMAND_SETTING in defaults and isinstance(command, str):
+        shown = redact_value(COMMAND_SETTING, command)
+        source = given_by_spec(COMMAND_SETTING)
+        if source:
+            notices.append(f"{spec.where}: {source} runs {shown!r} on this machine")
+        for key in COMMAND_PARTS:
+            source, value = given_by_spec(key), settings.get(key)
+            if not source or not isinstance(value, str) or not value.strip():
+                continue
+            if key == "env":
+                what = f"sets {', '.join(parse_env(value)) or repr(value)} in the environment of"
+            else:
+                what = f"adds {redact_value(key, value)!r} to"
+            notices.append(f"{spec.where}: {source} {what} the command {row} runs on this machine ({shown!r})")
+    address = settings.get(ADDRESS_SETTING)
+    source = given_by_spec(ADDRESS_SETTING) if ADDRESS_SETTING in defaults else None
+    if source and isinstance(address, str):
+        sent = [f"${settings[KEY_ENV_SETTING]}"] if settings.get(KEY_ENV_SETTING) else []
+        # A secret written in the spec file is its author's own; one given with --set is the user's.
+        sent += [f"the secret setting {key}" for key in secret
+                 if key != KEY_ENV_SETTING and settings.get(key) and not spec_source(spec, row, key, overrides, base_overrides)]
+        if sent:
+            notices.append(f"{spec.where}: {source} sends {' and '.join(sent)} to {address}")
+    return notices
 
 
 # The Trainer's settings mean the same in every approach that has them: their ranges are checked up front,

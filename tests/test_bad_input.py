@@ -64,7 +64,7 @@ GOOD = '{"text": "Stocks rally on rate cut hopes", "label": 2}\n{"text": "Team w
         ("waybill-field-missing", "train.jsonl:2: field 'phone' of the spec is missing"),
         ("waybill-field-unknown", "test.jsonl:1: field 'zip' is not one of the spec's fields (name, phone"),
         ("unknown-named-prompt", "bad.yaml: plugins.qwen.prompt: 'long' is not one of task.prompts (instruction)"),
-        ("variant-of-nothing", "--plugins: unknown plugin 'qwne'; known:"),
+        ("variant-of-nothing", "bad.yaml: plugins.zero.approach: unknown approach 'qwne' (known:"),
     ],
 )
 def test_bad_input_is_one_line_exit_2_nothing_written(cli, tmp_path, case, expected):
