@@ -168,22 +168,35 @@ def cmd_grid(args: argparse.Namespace) -> int:
     approaches = [name.strip() for name in args.plugins.split(",") if name.strip()]
     if not approaches or len(set(approaches)) != len(approaches):
         raise UserError(f"expected distinct plugin names separated by commas, got {args.plugins!r}", where="--plugins")
+    _positive(args.latency_samples, "--latency-samples")
+    if args.parallel is not None:
+        _positive(args.parallel, "--parallel")
+    if args.cpus is not None:
+        _positive(args.cpus, "--cpus")
+    # A unit always runs on some CPU; Ray would refuse a negative or infinite amount only once units start.
+    if not 0 < args.cpus_per_run < float("inf"):
+        raise UserError(f"must be a number above 0, got {args.cpus_per_run:g}", where="--cpus-per-run")
+    if not 0 <= args.gpus_per_run < float("inf"):
+        raise UserError(f"must be a number of 0 or more, got {args.gpus_per_run:g}", where="--gpus-per-run")
     seeds = parse_seeds(args.seeds)
     specs = [load_spec(name) for name in args.specs]
+    for spec in specs:  # every row of each spec file checked, as compare does; grid_plans checks each --set combination
+        for notice in plugins.check_spec(spec, approaches, {}):
+            print(f"harness: notice: {notice}", file=sys.stderr)
     grids = [(spec, grid_plans(plugins, spec, approaches, args.overrides)) for spec in specs]
     datas = [load_datasets(spec, data=parse_data_option(args.data) if args.data else None, limit_train=args.limit_train,
                            limit_test=args.limit_test) for spec in specs]
-    check_json_target(args.json)
-    store = Store(args.store)
-    store.check_writable()
+    check_output_target(args.json)
+    Store(args.store).check_writable()
     units = sum(len(plans) for _, plans in grids) * len(seeds)
     launcher = "process"
-    if args.executor == "ray":
+    if args.executor == "ray":  # a cluster that does not answer is one line, before the store is touched
         from harness import ray_executor
 
         ray_executor.start(args.address, args.cpus)
         ray_executor.RESOURCES.update(cpus=args.cpus_per_run, gpus=args.gpus_per_run)
         launcher = "ray"
+    store = Store(args.store)
     console = _console()
     plugins.pm.register(TerminalReporter(console, []), name="terminal-reporter")
     comparisons = []
@@ -203,11 +216,16 @@ def cmd_grid(args: argparse.Namespace) -> int:
 
 
 def cmd_try(args: argparse.Namespace) -> int:
+    from harness.data import is_blank
     from harness.plugins import load_plugins
     from harness.spec import load_spec, parse_overrides
     from harness.store import Store
     from harness.tryout import answer_all, gradio_module, load_rows, page, terminal_table
 
+    if args.text is not None and is_blank(args.text):
+        raise UserError("is blank: give a text to answer", where="--text")
+    if not 1 <= args.port <= 65535:
+        raise UserError(f"must be a TCP port from 1 to 65535, got {args.port}", where="--port")
     plugins = load_plugins()
     spec = load_spec(args.spec)
     if args.text is None:
@@ -244,14 +262,19 @@ def cmd_compare(args: argparse.Namespace) -> int:
     approaches = [name.strip() for name in args.plugins.split(",") if name.strip()]
     if not approaches or len(set(approaches)) != len(approaches):
         raise UserError(f"expected distinct plugin names separated by commas, got {args.plugins!r}", where="--plugins")
-    if args.latency_samples < 1:
-        raise UserError(f"must be at least 1, got {args.latency_samples}", where="--latency-samples")
+    _positive(args.latency_samples, "--latency-samples")
     seeds = parse_seeds(args.seeds) if args.seeds is not None else None
     spec = load_spec(args.spec)
     teacher = args.teacher or spec.teacher
     rows = approaches + ([teacher] if teacher and teacher not in approaches else [])
+    for notice in plugins.check_spec(spec, rows, parse_overrides(args.overrides), teacher_option=args.teacher):
+        print(f"harness: notice: {notice}", file=sys.stderr)
     plans = plan_settings(plugins, spec, rows, parse_overrides(args.overrides))
     teacher_plan = plans[teacher] if teacher else None
+    if teacher_plan is not None:  # a teacher that trains (bert) is one line now, before anything is read or written
+        from harness.teacher import check_teacher
+
+        check_teacher(teacher_plan, "--teacher" if args.teacher else f"{spec.where}: teacher")
     plans = {name: plans[name] for name in approaches}
     data = load_datasets(
         spec,
@@ -259,7 +282,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
         limit_train=args.limit_train,
         limit_test=args.limit_test,
     )
-    check_json_target(args.json)
+    check_output_target(args.json)
     Store(args.store).check_writable()  # before hours of training, not after
     for warning in data_warnings(data_checks(data, spec.to_task())):
         print(f"harness: warning: {warning}", file=sys.stderr)
@@ -300,12 +323,12 @@ def parse_seeds(text: str) -> list[int]:
     return seeds
 
 
-def check_json_target(path: Path | None) -> None:
-    """``--json PATH`` must be a file that can be written, in a directory that exists."""
+def check_output_target(path: Path | None, flag: str = "--json") -> None:
+    """``--json PATH`` (or ``--html``) must be a file that can be written, in a directory that exists."""
     if path is None:
         return
     if path.is_dir():
-        raise UserError("is a directory; --json takes a file path", where=str(path))
+        raise UserError(f"is a directory; {flag} takes a file path", where=str(path))
     if not path.parent.is_dir():
         raise UserError("directory does not exist", where=str(path))
     if (path.exists() and not os.access(path, os.W_OK)) or not os.access(path.parent, os.W_OK):
@@ -327,7 +350,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     from harness.data import load_datasets, parse_data_option
     from harness.plugins import load_plugins
     from harness.progress import SILENT
-    from harness.runner import plan_settings, without_answers
+    from harness.runner import check_approaches, plan_settings, without_answers
     from harness.spec import load_spec, parse_overrides
     from harness.store import Store, write_json
 
@@ -339,11 +362,14 @@ def cmd_bench(args: argparse.Namespace) -> int:
         _positive(getattr(args, flag), "--" + flag.replace("_", "-"))
     # A closed loop of N clients never has more than N requests waiting: a larger limit could only add waiting.
     max_batch = args.concurrency if args.max_batch is None else _positive(args.max_batch, "--max-batch")
-    check_json_target(args.json)
+    check_output_target(args.json)
     plugins = load_plugins()
     spec = load_spec(args.spec)
     overrides = parse_overrides(args.overrides)
+    for notice in plugins.check_spec(spec, [args.plugin], overrides):
+        print(f"harness: notice: {notice}", file=sys.stderr)
     plan = plan_settings(plugins, spec, [args.plugin], overrides)[args.plugin]
+    check_approaches(plugins, spec, {args.plugin: plan})  # as compare does: a missing provider or endpoint is one line
     data = load_datasets(spec, data=parse_data_option(args.data) if args.data else None, limit_test=args.limit_test)
     # As compare does: the row's prompt (an engine's: the served row's); hooks go to the approach the row runs.
     task = spec.to_task(plan.prompt_row or plan.trainer)
@@ -396,9 +422,8 @@ def cmd_report(args: argparse.Namespace) -> int:
     from harness.runner import comparison_statistics
     from harness.store import Store, comparison_to_dict, write_json
 
-    check_json_target(args.json)
-    if args.html is not None and args.html.is_dir():
-        raise UserError("is a directory; --html takes a file path", where=str(args.html))
+    check_output_target(args.json)
+    check_output_target(args.html, "--html")
     store = Store(args.store)
     if args.compare:
         if args.comparison_id:
@@ -431,7 +456,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 def cmd_store(args: argparse.Namespace) -> int:
     import math
 
-    from harness.store import Store, size_text
+    from harness.store import Store, removed_lines, size_text, skipped_lines
 
     store = Store(args.store)
     if not (store.root / "runs.db").exists() and not (store.root / "runs").is_dir():
@@ -455,16 +480,24 @@ def cmd_store(args: argparse.Namespace) -> int:
             raise UserError(f"expected a number of days, 0 or more, got {days}", where="--older-than")
         if not args.dry_run:
             store.check_writable(open_index=False)
-        found = store.gc(days, dry_run=args.dry_run)
+        cleaned = store.cleanup(days, dry_run=args.dry_run)
+        found = cleaned.removed
         for path, size, what in found:
             print(f"{'would remove' if args.dry_run else 'removed'} {path} ({what}, {size_text(size)})")
+        for line in skipped_lines(cleaned):  # what a running compare holds is never removed
+            print(line)
         total = size_text(sum(size for _, size, _ in found))
         print(f"{store.root}: {len(found)} to remove, {total} to free (dry run: nothing removed)" if args.dry_run
               else f"{store.root}: {len(found)} removed, {total} freed")
         return 0
     store.check_writable(open_index=False)  # check is what repairs a corrupt index
-    fixed = store.check(remove_partials=args.remove_partials)
-    for line in fixed:
+    fixed = store.check()
+    skipped: list[str] = []
+    if args.remove_partials:  # killed runs only; a running compare's runs are skipped, with a line saying so
+        cleaned = store.cleanup(killed_runs_only=True)
+        fixed += removed_lines(cleaned)
+        skipped = skipped_lines(cleaned)
+    for line in fixed + skipped:
         print(line)
     runs, comparisons = (store.db.execute(f"SELECT count(*) FROM {table}").fetchone()[0] for table in ("runs", "comparisons"))
     kept = list(store.stale_partials())  # killed runs, without sizing every run in the store

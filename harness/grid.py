@@ -11,6 +11,7 @@ identical grid trains nothing.
 from __future__ import annotations
 
 import itertools
+import json
 import re
 from dataclasses import replace
 from typing import Any
@@ -56,10 +57,15 @@ def grid_plans(plugins: Any, spec: Any, approaches: list[str], items: list[str])
     shared, combos = variants(items)
     plans: dict[str, Any] = {}
     for approach in approaches:
+        typed: dict[str, str] = {}  # the row's resolved settings -> its name: 1e-5 and 0.00001 are one value
         for combo in combos.get(approach) or [{}]:
             overrides = {**shared, approach: {**shared.get(approach, {}), **combo}}
             plan = plan_settings(plugins, spec, approaches, overrides)[approach]
             name = row_name(approach, combo)
+            same = typed.setdefault(json.dumps(plan.settings, sort_keys=True, default=str), name)
+            if same != name:
+                raise UserError(f"{same} and {name} are the same settings once read as their types: give each value "
+                                "once", where="--set")
             plans[name] = replace(plan, row=name, prompt_row=plan.prompt_row or plan.trainer) if combo else plan
     unknown = sorted(set(combos) - set(approaches))
     if unknown:

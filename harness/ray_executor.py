@@ -33,17 +33,61 @@ def ray_module() -> Any:
     return ray
 
 
-def start(address: str | None, cpus: int | None) -> None:
+CONNECT_SECONDS = 60.0  # joining a cluster that has not answered by then is one line, not minutes of Ray's retries
+
+
+def start(address: str | None, cpus: int | None, connect_seconds: float = CONNECT_SECONDS) -> None:
     """Connect to the cluster at ``address`` (``auto``: the one this machine belongs to), or start a local one
-    with ``cpus`` CPUs."""
+    with ``cpus`` CPUs. A cluster that does not answer within ``connect_seconds`` is a :class:`UserError`."""
     ray = ray_module()
     if ray.is_initialized():
         return
     quiet = {"include_dashboard": False, "log_to_driver": False, "configure_logging": False}
-    if address:
-        ray.init(address=address, **quiet)
-    else:
+    if not address:
         ray.init(num_cpus=cpus or os.cpu_count(), **quiet)
+        return
+    _reachable(address, connect_seconds)
+    # Ray retries a head that accepts connections but does not answer as one for minutes, in calls that cannot
+    # be interrupted: it joins in a thread of its own, given up on (it dies with the process) past the deadline.
+    import logging
+    import threading
+
+    outcome: dict[str, BaseException | None] = {}
+
+    def join() -> None:
+        try:
+            ray.init(address=address, **quiet)
+            outcome["error"] = None
+        except BaseException as exc:  # handed to the main thread
+            outcome["error"] = exc
+
+    # Off the main thread Ray warns that it set no SIGTERM handler: harness's own handling is unchanged.
+    logging.getLogger("ray._private.worker").addFilter(lambda record: "SIGTERM handler" not in record.getMessage())
+    thread = threading.Thread(target=join, name="harness-ray-join", daemon=True)
+    thread.start()
+    thread.join(connect_seconds)
+    if "error" not in outcome:
+        raise UserError(f"no Ray cluster answered at {address} within {connect_seconds:g} s", where="--address")
+    if outcome["error"] is not None:
+        error = outcome["error"]
+        raise UserError(f"cannot join the Ray cluster at {address}: {type(error).__name__}: "
+                        f"{str(error).splitlines()[0] if str(error) else ''}", where="--address") from None
+
+
+def _reachable(address: str, seconds: float) -> None:
+    """A ``host:port`` (or ``ray://host:port``) address takes a TCP connection within ``seconds``: a wrong port is
+    one line at once instead of Ray's minutes of retries. ``auto`` is left to Ray."""
+    import socket
+
+    host, sep, port = address.split("://", 1)[-1].rpartition(":")
+    if not sep or not port.isdigit():
+        return
+    try:
+        with socket.create_connection((host.strip("[]") or "127.0.0.1", int(port)), timeout=seconds):
+            pass
+    except OSError as exc:
+        reason = exc.strerror or type(exc).__name__
+        raise UserError(f"no Ray cluster answers at {address} ({reason})", where="--address") from None
 
 
 @functools.cache

@@ -21,7 +21,8 @@ from harness.data import Datasets, data_checks
 from harness.errors import UserError
 from harness.hf_trainer import LogLines
 from harness.launcher import (
-    LAUNCHERS, TRAIN_RESULT, MeasureJob, TrainJob, UnitFailed, check_predictions, run_unit, without_answers, write_data_cache,
+    LAUNCHERS, TRAIN_RESULT, MeasureJob, TrainJob, UnitFailed, check_predictions, data_cache_file, run_unit, without_answers,
+    write_data_cache,
 )
 from harness.plugins import Plugins
 from harness.progress import RunProgress
@@ -167,38 +168,50 @@ def compare(
     check_approaches(plugins, spec, plans)
     comparison = Comparison(comparison_id=new_id(spec.name), spec=spec.name, created=now(), runs=[], metrics=spec.metrics)
     units = [(plan, seed) for plan in plans.values() for seed in options.seeds or spec.training_seeds]
-    if options.parallel > 1 and len(units) > 1:
-        # A grid on Ray: runs at once from threads of this process, each waiting on its units' Ray tasks. Runs
-        # that share a trained model wait on its lock, so it is trained once, then reused.
-        from concurrent.futures import ThreadPoolExecutor
+    # What the runs hold (the data cache their units read, their directories, their load caches) is kept from
+    # `harness store gc` until the compare ends: each run registers it (store.hold) before using it.
+    with store.live():
+        if options.parallel > 1 and len(units) > 1:
+            # A grid on Ray: runs at once from threads of this process, each waiting on its units' Ray tasks. Runs
+            # that share a trained model wait on its lock, so it is trained once, then reused.
+            from concurrent.futures import ThreadPoolExecutor
 
-        with ThreadPoolExecutor(max_workers=options.parallel, thread_name_prefix="harness-run") as pool:
-            futures = [pool.submit(run_approach, plugins, spec, data, plan, store, options, console, seed=seed)
-                       for plan, seed in units]
-            comparison.runs.extend(future.result() for future in futures)
-    else:
-        for plan, seed in units:
-            comparison.runs.append(run_approach(plugins, spec, data, plan, store, options, console, seed=seed))
-    store.save_comparison(comparison)
-    comparison.statistics = comparison_statistics(comparison, store)
-    # A killed run that holds nothing to resume (no checkpoint, no finished model) is removed; every other
-    # one is kept for the compare that resumes it, or for `harness store gc`.
-    store.remove_empty_partials()
+            with ThreadPoolExecutor(max_workers=options.parallel, thread_name_prefix="harness-run") as pool:
+                futures = [pool.submit(run_approach, plugins, spec, data, plan, store, options, console, seed=seed)
+                           for plan, seed in units]
+                comparison.runs.extend(future.result() for future in futures)
+        else:
+            for plan, seed in units:
+                comparison.runs.append(run_approach(plugins, spec, data, plan, store, options, console, seed=seed))
+        store.save_comparison(comparison)
+        comparison.statistics = comparison_statistics(comparison, store)
+        # A killed run that holds nothing to resume (no checkpoint, no finished model) is removed; every other
+        # one is kept for the compare that resumes it, or for `harness store gc`.
+        store.remove_empty_partials()
     notify(plugins, "harness_compare_finished", comparison=comparison)
     return comparison
 
 
 def check_approaches(plugins: Plugins, spec: Spec, plans: dict[str, Plan]) -> None:
     """Each approach's ``check`` (an endpoint reached, a command found), once, before anything runs: what is
-    missing outside harness is one line and exit 2 before an hour of training, not a failed row after it."""
+    missing outside harness is one line and exit 2 before an hour of training, not a failed row after it.
+
+    A check names the setting at fault (``where="base_url"``); the line names the row too (``openai.base_url``),
+    the place a user writes it in ``--set`` or a spec."""
     checked = set()
-    for plan in plans.values():
+    for row, plan in plans.items():
         task = spec.to_task(plan.prompt_row or plan.trainer)
         for name, settings in ((plan.trainer, plan.train_settings), (plan.approach, plan.settings)):
             key = (name, json.dumps(settings, sort_keys=True, default=str))
             if key not in checked and plugins.implements(name, "harness_check"):
                 checked.add(key)
-                plugins.call(name, "harness_check", task=task, settings=settings)
+                try:
+                    plugins.call(name, "harness_check", task=task, settings=settings)
+                except UserError as exc:
+                    if not exc.where or "." in exc.where.split(":")[0]:
+                        raise
+                    where = f"{row if name == plan.approach else name}.{exc.where}"
+                    raise UserError(str(exc).removeprefix(f"{exc.where}: "), where=where) from None
 
 
 def comparison_statistics(comparison: Comparison, store: Store) -> dict[str, Any]:
@@ -362,8 +375,9 @@ def run_approach(
         print(f"harness: {name} (seed {seed}): another harness process is training or measuring the same model "
               "on this store; waiting for it to finish, to reuse its run", file=sys.stderr)
 
-    # One process at a time per training identity: a second identical compare waits, then reuses.
-    with store.lock(train_key, on_wait=waiting):
+    # One process at a time per training identity: a second identical compare waits, then reuses. What the run
+    # holds is kept from cleanup until it ends (until its compare ends, inside one).
+    with store.live(), store.lock(train_key, on_wait=waiting):
         return _run_locked(plugins, spec, data, plan, store, options, console, record, task, seed)
 
 
@@ -403,6 +417,10 @@ def _run_locked(plugins: Plugins, spec: Spec, data: Datasets, plan: Plan, store:
     progress = RunProgress(console, on_log)
     error_detail = None
     try:
+        cache_dir = load_cache(store, train_key, record.measurement["identity"])
+        # Held from cleanup before they are used (until the compare ends); then the data cache is written if
+        # missing, also if a cleanup had just removed it.
+        store.hold(workdir, data_cache_file(data, store.root / "data"), cache_dir)
         data_file = write_data_cache(data, store.root / "data")
         finished = workdir / "artifact" / TRAIN_RESULT
         if source is not None:
@@ -418,7 +436,7 @@ def _run_locked(plugins: Plugins, spec: Spec, data: Datasets, plan: Plan, store:
             artifact_file = _record_training(record, result, job.workdir)
         job = MeasureJob(plan.approach, task, data_file, {**plan.settings, "random_weights": options.random_weights},
                          artifact_file, workdir / "predictions.jsonl", seed, options.latency_samples,
-                         options.warmup_examples, load_cache(store, train_key, record.measurement["identity"]))
+                         options.warmup_examples, cache_dir)
         _measure(plugins, job, progress, record, options)
         record.metrics = _score(plugins, name, task, data.test, read_predictions(workdir / "predictions.jsonl"))
         parity = record.serving.get("parity")

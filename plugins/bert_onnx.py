@@ -30,6 +30,7 @@ from typing import Any, Literal
 
 from harness import Approach, Artifact, Example, Parity, Prediction, RunContext, Serving, Task, hookimpl, setting
 from harness.approach import Settings
+from harness.errors import UserError
 
 OPTIMIZER_LEVELS = {"basic": 1, "extended": 2, "all": 99}
 # The parity defaults, per precision: label agreement with PyTorch, and the largest |logit difference|.
@@ -60,6 +61,22 @@ class BertOnnx(Approach):
     task_types = ("classification",)
     settings = BertOnnxSettings
     description = "bert's trained model exported to ONNX and served by ONNX Runtime (fp32, fp16, int8)"
+
+    def check(self, task: Task, settings: BertOnnxSettings, context: RunContext) -> None:
+        """The parity bounds and the providers, before bert trains. A missing ONNX Runtime is left to load, whose
+        failed row names the extra to install while the other rows run."""
+        for name in ("min_agreement", "max_logit_diff"):
+            value = getattr(settings, name)
+            if value != -1 and not 0 <= value < float("inf"):
+                raise UserError(f"must be -1 (the precision's default) or a number from 0, got {value:g}", where=name)
+        try:
+            ort = _onnxruntime()
+        except ImportError:
+            return
+        try:
+            _providers(settings, ort)
+        except ValueError as exc:
+            raise UserError(str(exc).removeprefix("providers: "), where="providers") from None
 
     def load(self, task: Task, artifact: Artifact, settings: BertOnnxSettings, context: RunContext) -> Serving:
         ort = _onnxruntime()

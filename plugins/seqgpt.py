@@ -62,6 +62,9 @@ class SeqGPT(ZeroShotApproach):
     settings = SeqGPTSettings
     description = "zero-shot SeqGPT (BLOOM): the seed's prompt, beam search, answers parsed; nothing trains"
 
+    def check(self, task: Task, settings: SeqGPTSettings, context: RunContext) -> None:
+        _asked(task, settings)  # field_names that do not match the spec's fields: one line before the model loads
+
     def load(self, task: Task, artifact: Artifact, settings: SeqGPTSettings, context: RunContext) -> Serving:
         if "model" not in artifact.state:
             artifact.state.update(_model(settings, context))
@@ -131,8 +134,8 @@ def _asked(task: Task, settings: SeqGPTSettings) -> list[str]:
     if len(names) != len(task.fields) or not all(names):
         from harness.errors import UserError
 
-        raise UserError(f"field_names has {len(names)} names for the spec's {len(task.fields)} fields "
-                        f"({', '.join(task.fields)})", where="seqgpt.field_names")
+        raise UserError(f"has {len(names)} names for the spec's {len(task.fields)} fields "
+                        f"({', '.join(task.fields)})", where="field_names")
     return names
 
 

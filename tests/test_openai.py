@@ -118,7 +118,7 @@ def test_an_endpoint_that_cannot_serve_stops_the_compare_in_one_line_before_anyt
     # One line (the test site's deliberately broken plugin adds its own warning line before it).
     lines = [line for line in result.stderr.splitlines() if line.strip() and "broken-import" not in line]
     assert len(lines) == 1, result.stderr
-    expected = {"unreachable": f"base_url: cannot reach {url}", "wrong key": "refused the API key in $HARNESS_TEST_KEY (401)",
+    expected = {"unreachable": f"openai.base_url: cannot reach {url}", "wrong key": "refused the API key in $HARNESS_TEST_KEY (401)",
                 "unknown model": "model: ", "unset key": "HARNESS_TEST_KEY that should hold the API key is not set"}[case]
     assert expected in lines[0]
     if case == "unknown model":

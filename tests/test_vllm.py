@@ -58,7 +58,7 @@ def test_a_vllm_command_that_is_not_there_stops_the_compare_before_anything_trai
                  *tiny(tiny_qwen), "--set", "vllm.command=/nowhere/bin/vllm serve")
     assert result.returncode == 2, result.stderr
     errors = [line for line in result.stderr.splitlines() if line.startswith("harness: error")]
-    assert errors == ["harness: error: command: '/nowhere/bin/vllm' is not a command here: set vllm.command to how "
+    assert errors == ["harness: error: vllm.command: '/nowhere/bin/vllm' is not a command here: set vllm.command to how "
                       "vLLM's server starts where it is installed (e.g. /opt/vllm/bin/vllm serve)"]
     assert not list(tmp_path.glob(".harness/runs/*"))
 
