@@ -33,6 +33,14 @@ def notices_and_errors(result) -> tuple[list[str], list[str]]:
     return notices, errors
 
 
+def train_file_error(cli, tmp_path: Path, train: Path) -> str:
+    """The one error line of a naive-bayes compare on agnews with ``train`` (and good test data)."""
+    test = write(tmp_path / "test.jsonl", GOOD)
+    result = cli("compare", "--plugins", "naive-bayes", "--spec", "agnews", "--data", f"train={train},test={test}",
+                 "--json", "out.json")
+    return one_line_error(result, tmp_path)
+
+
 def nothing_written(tmp_path: Path) -> None:
     assert not (tmp_path / ".harness").exists() and not (tmp_path / "out.json").exists()
 
@@ -231,11 +239,7 @@ TASK = Task("classification", ("World", "Sports", "Business", "Sci/Tech"))
     ids=["closed-by-a-later-field", "closed-inside-a-text", "columns"],
 )
 def test_a_csv_quote_closed_lines_later_is_one_line_naming_where_it_opened(cli, tmp_path, body, expected):
-    train = write(tmp_path / "train.csv", body)
-    test = write(tmp_path / "test.jsonl", GOOD)
-    result = cli("compare", "--plugins", "naive-bayes", "--spec", "agnews", "--data", f"train={train},test={test}",
-                 "--json", "out.json")
-    assert one_line_error(result, tmp_path).startswith(f"{tmp_path}/{expected}")
+    assert train_file_error(cli, tmp_path, write(tmp_path / "train.csv", body)).startswith(f"{tmp_path}/{expected}")
 
 
 @pytest.mark.parametrize(
@@ -272,10 +276,7 @@ def test_quoted_fields_over_several_lines_are_read_as_written(tmp_path, body, te
 )
 def test_a_label_that_is_no_label_name_or_id_is_named_by_file_line_and_field(cli, tmp_path, line, expected):
     train = write(tmp_path / "train.jsonl", GOOD.splitlines()[0] + "\n" + line + "\n")
-    test = write(tmp_path / "test.jsonl", GOOD)
-    result = cli("compare", "--plugins", "naive-bayes", "--spec", "agnews", "--data", f"train={train},test={test}",
-                 "--json", "out.json")
-    assert one_line_error(result, tmp_path).startswith(f"{tmp_path}/{expected}")
+    assert train_file_error(cli, tmp_path, train).startswith(f"{tmp_path}/{expected}")
 
 
 @pytest.mark.parametrize(
