@@ -40,6 +40,7 @@ from dataclasses import dataclass
 from dataclasses import fields as dataclass_fields
 from typing import Any
 
+from harness.head_logits import fp32_head, plain_head, token_logits
 from harness.types import Example, Prediction, Prompt, Task
 
 LETTERS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
@@ -359,46 +360,6 @@ def letter_scores(model: Any, prompter: Prompter, prompts: list[list[int]], devi
     return logits.tolist()
 
 
-def _plain_head(model: Any) -> Any:
-    """The model's output head when it is one linear layer over the last hidden state (logits = hidden @ W.T + b),
-    else None: a head with logit scaling or soft-capping in its config keeps its own logits."""
-    import torch
-
-    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
-    config = getattr(model, "config", None)
-    special = any(getattr(config, name, None) for name in ("final_logit_softcapping", "logit_scale", "logits_scaling"))
-    return head if isinstance(head, torch.nn.Linear) and not special else None
-
-
-def token_logits(model: Any, tokens: list[int], positions: Any = None, **inputs: Any) -> Any:
-    """The logits of ``tokens`` alone, shape (batch, positions, len(tokens)), at ``positions`` of the sequence
-    (default: the last), computed in fp32 from the decoder's last hidden states and the output head's rows of
-    those tokens. A bf16 model's own logits are rounded to bf16, a step of 1/16 to 1/8 at the magnitudes
-    options score (10 to 30): close options then tie, and argmax picks the first; on SmolLM2 tuned on AG News,
-    bf16 answers agreed with fp32 on 88.4% of 500 texts before this, with ties in the disagreements. A model
-    whose head is more than a linear layer (:func:`_plain_head`) keeps its own logits."""
-    import torch
-
-    head = _plain_head(model)
-    keep = positions if positions is not None else 1
-    if head is None:
-        logits = model(**inputs, logits_to_keep=keep).logits
-        return logits[..., tokens].float()
-    hidden = model.get_decoder()(**inputs).last_hidden_state
-    hidden = hidden[:, -1:] if positions is None else hidden[:, positions]
-    return _fp32_head(hidden, head, tokens)
-
-
-def _fp32_head(hidden: Any, head: Any, rows: Any) -> Any:
-    """The head's logits of ``rows`` (token ids: a list for every position, or a (batch, k) tensor for each
-    row of a (batch, 1, hidden) state), computed in fp32 from ``hidden``, under a caller's autocast too."""
-    import torch
-
-    with torch.autocast(hidden.device.type, enabled=False):
-        logits = hidden.float() @ head.weight[rows].float().transpose(-1, -2)
-    return logits + head.bias[rows].float().unsqueeze(-2) if head.bias is not None else logits
-
-
 def next_tokens(logits: Any, hidden: Any = None, head: Any = None, candidates: int = 8, process: Any = None) -> Any:
     """Each row's greedy next token from its last-position ``logits`` (rows, vocabulary). Logits below fp32
     (a bf16 model's, or any model's under bf16 autocast) are rounded to a step of 1/16 to 1/8 where tokens
@@ -416,7 +377,7 @@ def next_tokens(logits: Any, hidden: Any = None, head: Any = None, candidates: i
     if hidden is None or head is None or logits.dtype == torch.float32:
         return scores.argmax(-1)
     top = scores.topk(min(candidates, scores.shape[-1]), dim=-1).indices
-    exact = _fp32_head(hidden[:, None], head, top)[:, 0]
+    exact = fp32_head(hidden[:, None], head, top)[:, 0]
     if process is not None:
         exact = process(logits.float().scatter(-1, top, exact)).gather(-1, top)
     return top.gather(-1, exact.argmax(-1, keepdim=True)).squeeze(-1)
@@ -566,7 +527,7 @@ def greedy_answers(model: Any, prompter: Prompter, input_ids: Any, attention_mas
     renamed = _cache_renamed(type(base))
     cache_name = "cache" if renamed else "past_key_values"
     ends = set(prompter.end_ids)
-    head, seen = _plain_head(model), []  # the head's input: the last hidden state, for next_tokens
+    head, seen = plain_head(model), []  # the head's input: the last hidden state, for next_tokens
     # The generation_config's processors (None: plain greedy, nothing more to do), on each row's whole ids.
     processors = greedy_processors(base, prompter, input_ids, attention_mask, max_new_tokens)
     history = input_ids

@@ -131,7 +131,7 @@ def train_with_trainer(
     from transformers.trainer_callback import PrinterCallback
 
     from harness.models import LengthBucketSampler
-    from harness.store import write_json
+    from harness.files import write_json
 
     transformers.logging.set_verbosity_error()
     transformers.utils.logging.disable_progress_bar()  # harness draws its own bars

@@ -35,7 +35,7 @@ from harness.data import Datasets
 from harness.progress import Bar, RunProgress
 from harness.types import Artifact, Example, Parity, Prediction, Serving, Task
 
-LAUNCHERS = ("process", "inline", "ray")  # ray: harness.ray_executor (harness grid --executor ray)
+LAUNCHERS = ("process", "inline", "ray")  # ray: harness.ray_executor (harness grid --executor ray), chosen by the runner
 
 
 TRAIN_RESULT = "train_result.json"  # the train unit's figures, written beside artifact.json when it finishes
@@ -492,7 +492,9 @@ UNITS: dict[str, Callable[[Any, Any, RunProgress], dict[str, Any]]] = {"train": 
 
 
 def run_unit(kind: str, job: Any, plugins: Any, progress: RunProgress, *, launcher: str = "process") -> dict[str, Any]:
-    """Run one unit and return its result; raise :class:`UnitFailed` with the reason if it fails or dies."""
+    """Run one unit here (``process``: a process of its own; ``inline``: this one) and return its result; raise
+    :class:`UnitFailed` with the reason if it fails or dies. Units on Ray: :mod:`harness.ray_executor`, which
+    runs each as this module's process launcher on a worker (the runner picks)."""
     if launcher == "inline":
         before = _children()
         try:
@@ -501,10 +503,6 @@ def run_unit(kind: str, job: Any, plugins: Any, progress: RunProgress, *, launch
             raise UnitFailed(_one_line(exc), traceback.format_exc()) from None
         finally:
             _stop(_children() - before)  # processes the unit started end with it, as in a unit's own process
-    if launcher == "ray":
-        from harness.ray_executor import run_unit_on_ray
-
-        return run_unit_on_ray(kind, job, plugin_setup(plugins), progress)
     return _in_process(kind, job, plugin_setup(plugins), progress)
 
 

@@ -174,9 +174,9 @@ def packed_calls(model: Any):
 def packed_last_logits(model: Any):
     """For the duration of a predict call: ``forward(sequences, tokens=None) -> logits`` of shape (batch,
     vocabulary), each sequence's next-token logits, from one packed causal forward per batch through a decoder;
-    with ``tokens``, only those tokens' logits, in fp32 (:func:`harness.decoder.token_logits`).
+    with ``tokens``, only those tokens' logits, in fp32 (:func:`harness.head_logits.token_logits`).
     Call it under ``torch.inference_mode()``."""
-    from harness.decoder import token_logits
+    from harness.head_logits import token_logits
 
     if not decoder_packs(model):
         raise ValueError(f"{type(model).__name__} cannot run packed: only {', '.join(DECODERS)} decoders "

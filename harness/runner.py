@@ -192,6 +192,17 @@ def compare(
     return comparison
 
 
+def _unit(kind: str, job: TrainJob | MeasureJob, plugins: Plugins, progress: RunProgress,
+          launcher: str) -> dict[str, Any]:
+    """Run one unit where ``launcher`` says: on Ray (:mod:`harness.ray_executor`) or here (:func:`run_unit`)."""
+    if launcher == "ray":
+        from harness.launcher import plugin_setup
+        from harness.ray_executor import run_unit_on_ray
+
+        return run_unit_on_ray(kind, job, plugin_setup(plugins), progress)
+    return run_unit(kind, job, plugins, progress, launcher=launcher)
+
+
 def check_approaches(plugins: Plugins, spec: Spec, plans: dict[str, Plan]) -> None:
     """Each approach's ``check`` (an endpoint reached, a command found), once, before anything runs: what is
     missing outside harness is one line and exit 2 before an hour of training, not a failed row after it.
@@ -432,7 +443,7 @@ def _run_locked(plugins: Plugins, spec: Spec, data: Datasets, plan: Plan, store:
             record.training["reason"] = training_reason(store, record, options.rerun)
             job = TrainJob(plan.trainer, task, data_file, {**plan.train_settings, "random_weights": options.random_weights},
                            workdir / "artifact", seed)
-            result = run_unit("train", job, plugins, progress, launcher=options.launcher)
+            result = _unit("train", job, plugins, progress, options.launcher)
             artifact_file = _record_training(record, result, job.workdir)
         job = MeasureJob(plan.approach, task, data_file, {**plan.settings, "random_weights": options.random_weights},
                          artifact_file, workdir / "predictions.jsonl", seed, options.latency_samples,
@@ -500,7 +511,7 @@ def _reuse_training(record: RunRecord, source: RunRecord) -> None:
 
 def _measure(plugins: Plugins, job: MeasureJob, progress: RunProgress, record: RunRecord, options: CompareOptions) -> None:
     """Measure in a unit of its own; record the serving figures (the predictions are in the job's file)."""
-    result = run_unit("measure", job, plugins, progress, launcher=options.launcher)
+    result = _unit("measure", job, plugins, progress, options.launcher)
     record.speed.update(result["speed"])
     if result["speed"].get("build_seconds"):
         result["notes"].append(f"built what it serves from the trained model in {result['speed']['build_seconds']:.1f} s "

@@ -49,6 +49,7 @@ from typing import Any, Iterable, Iterator
 
 from harness import stats
 from harness.errors import UserError
+from harness.files import write_json, write_text  # noqa: F401  (the store's writers; callers import them from here)
 from harness.types import Artifact, Comparison, Example, Prediction, RunRecord
 
 # train_key and measure_key are the digests of a run's training and measurement identities
@@ -968,15 +969,3 @@ def comparison_to_dict(comparison: Comparison) -> dict[str, Any]:
         "statistics": comparison.statistics,  # intervals, seed spreads and pairwise tests (harness.stats.analyse)
         "runs": [record_to_dict(r) for r in comparison.runs],  # every seed's run, whole
     }
-
-
-def write_json(path: Path, data: Any) -> None:
-    write_text(path, json.dumps(data, indent=2, ensure_ascii=False, default=str) + "\n")
-
-
-def write_text(path: Path, text: str) -> None:
-    """Written whole or not at all, also when two processes, or two threads of one (a grid's runs), write the
-    same file at once."""
-    tmp = path.with_name(f"{path.name}.{os.getpid()}-{threading.get_ident()}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    tmp.replace(path)
