@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-from harness import measure
+from harness import measure, stats
 from harness.types import Example, Prediction
 
 Predict = Callable[[list[Example], dict[str, Any]], list[Prediction]]
@@ -60,18 +60,29 @@ def untrained(plugins: Any, plan: Any, task: Any, scratch: Path) -> tuple[Any, d
     return trained(plugins, plan, task, scratch, [], [], UNTRAINED)
 
 
-def trained(plugins: Any, plan: Any, task: Any, scratch: Path, train: list[Any], validation: list[Any],
-            extra: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
+def trained(
+    plugins: Any, plan: Any, task: Any, scratch: Path, train: list[Any], validation: list[Any], extra: dict[str, Any]
+) -> tuple[Any, dict[str, Any]]:
     """The approach that trains, trained on ``train`` with ``extra`` on top of both its settings and the
     approach's, under ``scratch``, then loaded to serve (its load cache in ``scratch/cache``): the artifact and
     the settings predict gets."""
     from harness.launcher import load_for_serving
     from harness.progress import SILENT
 
-    artifact = plugins.call(plan.trainer, "harness_train", task=task, train=train, validation=validation,
-                            settings={**plan.train_settings, **extra}, workdir=scratch, progress=SILENT)
+    artifact = plugins.call(
+        plan.trainer,
+        "harness_train",
+        task=task,
+        train=train,
+        validation=validation,
+        settings={**plan.train_settings, **extra},
+        workdir=scratch,
+        progress=SILENT,
+    )
     (scratch / "cache").mkdir()
-    _, settings = load_for_serving(plugins, plan.approach, task, artifact, {**plan.settings, **extra}, scratch / "cache")
+    _, settings = load_for_serving(
+        plugins, plan.approach, task, artifact, {**plan.settings, **extra}, scratch / "cache"
+    )
     return artifact, settings
 
 
@@ -105,9 +116,12 @@ def own_memory() -> Iterator[dict[str, float | None]]:
     figures: dict[str, float | None] = {}
     with measure.PeakMemory() as memory:  # resets torch's peak, so _cuda_allocated_mb(peak=True) is the block's
         yield figures
-    figures.update(rss_peak_mb=memory.rss_peak_mb, rss_added_mb=max(0.0, memory.rss_peak_mb - start.rss_peak_mb),
-                   gpu_peak_mb=memory.gpu_peak_mb, gpu_added_mb=None if memory.gpu_peak_mb is None
-                   else max(0.0, _cuda_allocated_mb(peak=True) - gpu_start))
+    figures.update(
+        rss_peak_mb=memory.rss_peak_mb,
+        rss_added_mb=max(0.0, memory.rss_peak_mb - start.rss_peak_mb),
+        gpu_peak_mb=memory.gpu_peak_mb,
+        gpu_added_mb=None if memory.gpu_peak_mb is None else max(0.0, _cuda_allocated_mb(peak=True) - gpu_start),
+    )
 
 
 def _cuda_allocated_mb(peak: bool = False) -> float:
@@ -115,8 +129,9 @@ def _cuda_allocated_mb(peak: bool = False) -> float:
     return (cuda.max_memory_allocated() if peak else cuda.memory_allocated()) / 2**20
 
 
-def batch_throughput(predicts: list[Predict], examples: list[Example], settings: dict[str, Any], batch_size: int,
-                     rounds: int) -> list[dict[str, Any]]:
+def batch_throughput(
+    predicts: list[Predict], examples: list[Example], settings: dict[str, Any], batch_size: int, rounds: int
+) -> list[dict[str, Any]]:
     """Samples/s of each predict over ``examples`` at one batch size: a warm-up call each, then ``rounds``
     timed calls each, the predicts taking turns round by round so that a noisy machine moves them alike;
     the median round of each. Then one more call each, alone and untimed, for its own peak memory
@@ -127,20 +142,34 @@ def batch_throughput(predicts: list[Predict], examples: list[Example], settings:
         predict(examples[: 2 * batch_size], sized)
     for _ in range(rounds):
         for predict, times in zip(predicts, seconds):
-            times.append(measure.timed(lambda: predict(examples, sized))[1])
+            times.append(measure.timed(lambda predict=predict: predict(examples, sized))[1])
     rows = []
     for predict, times in zip(predicts, seconds):
         with own_memory() as memory:
             predict(examples, sized)
         median = statistics.median(times)
-        rows.append({"batch_size": batch_size, "samples_per_s": len(examples) / median, "median_s": median,
-                     "rounds": rounds, **memory})
+        rows.append(
+            {
+                "batch_size": batch_size,
+                "samples_per_s": len(examples) / median,
+                "median_s": median,
+                "rounds": rounds,
+                **memory,
+            }
+        )
     return rows
 
 
 def served_requests(
-    predict: Predict, examples: list[Example], settings: dict[str, Any], *, concurrency: int, requests: int,
-    max_batch: int, max_wait_ms: float, rounds: int = 1,
+    predict: Predict,
+    examples: list[Example],
+    settings: dict[str, Any],
+    *,
+    concurrency: int,
+    requests: int,
+    max_batch: int,
+    max_wait_ms: float,
+    rounds: int = 1,
 ) -> dict[str, Any]:
     """Requests/s and latency with ``concurrency`` closed-loop clients and a dynamic-batching server: the
     median requests/s of ``rounds`` rounds of ``requests`` each, latency percentiles over all of them.
@@ -156,21 +185,40 @@ def served_requests(
         predict(examples[:max_batch], sized)  # warm-up
         for _ in range(rounds):
             offline.append(len(examples) / measure.timed(lambda: predict(examples, sized))[1])
-            wall = _served_round(predict, examples, sized, concurrency, requests, max_batch, max_wait_ms / 1000,
-                                 latencies, batch_sizes)
+            wall = _served_round(
+                predict, examples, sized, concurrency, requests, max_batch, max_wait_ms / 1000, latencies, batch_sizes
+            )
             rates.append(requests / wall)
     return {
-        "concurrency": concurrency, "requests": requests, "max_batch": max_batch, "max_wait_ms": max_wait_ms,
-        "rounds": rounds, "requests_per_s": statistics.median(rates), "rounds_requests_per_s": rates,
-        "offline_samples_per_s": statistics.median(offline), "rounds_offline_samples_per_s": offline,
+        "concurrency": concurrency,
+        "requests": requests,
+        "max_batch": max_batch,
+        "max_wait_ms": max_wait_ms,
+        "rounds": rounds,
+        "requests_per_s": statistics.median(rates),
+        "rounds_requests_per_s": rates,
+        "offline_samples_per_s": statistics.median(offline),
+        "rounds_offline_samples_per_s": offline,
         "of_offline": statistics.median(r / o for r, o in zip(rates, offline)),
-        "latency_p50_ms": statistics.median(latencies), "latency_p95_ms": measure.percentile(latencies, 95),
-        "latency_p99_ms": measure.percentile(latencies, 99), "mean_batch": statistics.mean(batch_sizes), **memory,
+        "latency_p50_ms": statistics.median(latencies),
+        "latency_p95_ms": stats.percentile(latencies, 95),
+        "latency_p99_ms": stats.percentile(latencies, 99),
+        "mean_batch": statistics.mean(batch_sizes),
+        **memory,
     }
 
 
-def _served_round(predict: Predict, examples: list[Example], sized: dict[str, Any], concurrency: int, requests: int,
-                  max_batch: int, max_wait: float, latencies: list[float], batch_sizes: list[int]) -> float:
+def _served_round(
+    predict: Predict,
+    examples: list[Example],
+    sized: dict[str, Any],
+    concurrency: int,
+    requests: int,
+    max_batch: int,
+    max_wait: float,
+    latencies: list[float],
+    batch_sizes: list[int],
+) -> float:
     """One closed-loop round; appends each request's latency (ms) and each batch's size; returns its wall time."""
     inbox: queue.Queue = queue.Queue()
     next_index = iter(range(requests))
@@ -246,11 +294,14 @@ def bench_table(result: BenchResult):
 
     def mem(row: dict[str, Any]) -> str:
         gpu = row.get("gpu_peak_mb")
-        return (f"{row['rss_peak_mb']:,.0f} MB (+{row['rss_added_mb']:,.0f})"
-                + (f" / GPU {gpu:,.0f} MB (+{row['gpu_added_mb']:,.0f})" if gpu is not None else ""))
+        return f"{row['rss_peak_mb']:,.0f} MB (+{row['rss_added_mb']:,.0f})" + (
+            f" / GPU {gpu:,.0f} MB (+{row['gpu_added_mb']:,.0f})" if gpu is not None else ""
+        )
 
-    table = Table(title=f"{result.approach} on {result.spec} ({result.source}, {result.n_examples} examples)",
-                  title_justify="left")
+    table = Table(
+        title=f"{result.approach} on {result.spec} ({result.source}, {result.n_examples} examples)",
+        title_justify="left",
+    )
     rates = "Samples or req/s" + (" (× raw: file order, padded)" if result.raw else "")
     for column in ("Measure", "Setting", rates, "p50 ms", "p95 ms", "p99 ms", "Peak memory (+added)"):
         table.add_column(column, justify="left" if column in ("Measure", "Setting") else "right")
@@ -260,50 +311,90 @@ def bench_table(result: BenchResult):
         return "" if not reference else f" ({value / reference:.2f}× raw)"
 
     for row in result.raw.get("throughput", []):
-        table.add_row("[dim]raw[/]", f"batch {row['batch_size']}, file order, padded: tokenizer + forward",
-                      f"{row['samples_per_s']:,.1f}", "-", "-", "-", mem(row))
+        table.add_row(
+            "[dim]raw[/]",
+            f"batch {row['batch_size']}, file order, padded: tokenizer + forward",
+            f"{row['samples_per_s']:,.1f}",
+            "-",
+            "-",
+            "-",
+            mem(row),
+        )
     for row in result.throughput:
-        table.add_row("throughput", f"batch {row['batch_size']}",
-                      f"{row['samples_per_s']:,.1f}{versus(row['samples_per_s'], raw_rates.get(row['batch_size']))}",
-                      "-", "-", "-", mem(row))
+        table.add_row(
+            "throughput",
+            f"batch {row['batch_size']}",
+            f"{row['samples_per_s']:,.1f}{versus(row['samples_per_s'], raw_rates.get(row['batch_size']))}",
+            "-",
+            "-",
+            "-",
+            mem(row),
+        )
     raw_latency = result.raw.get("latency")
     if raw_latency:
-        table.add_row("[dim]raw[/]", "batch 1, tokenizer + forward", f"{raw_latency['requests_per_s']:,.1f}",
-                      f"{raw_latency['latency_p50_ms']:.1f}", f"{raw_latency['latency_p95_ms']:.1f}",
-                      f"{raw_latency['latency_p99_ms']:.1f}", mem(raw_latency))
+        table.add_row(
+            "[dim]raw[/]",
+            "batch 1, tokenizer + forward",
+            f"{raw_latency['requests_per_s']:,.1f}",
+            f"{raw_latency['latency_p50_ms']:.1f}",
+            f"{raw_latency['latency_p95_ms']:.1f}",
+            f"{raw_latency['latency_p99_ms']:.1f}",
+            mem(raw_latency),
+        )
     lat = result.latency
-    table.add_row("latency", "batch 1, one client", f"{lat['requests_per_s']:,.1f}",
-                  f"{lat['latency_p50_ms']:.1f}{versus(lat['latency_p50_ms'], (raw_latency or {}).get('latency_p50_ms'))}",
-                  f"{lat['latency_p95_ms']:.1f}", f"{lat['latency_p99_ms']:.1f}", mem(lat))
+    table.add_row(
+        "latency",
+        "batch 1, one client",
+        f"{lat['requests_per_s']:,.1f}",
+        f"{lat['latency_p50_ms']:.1f}{versus(lat['latency_p50_ms'], (raw_latency or {}).get('latency_p50_ms'))}",
+        f"{lat['latency_p95_ms']:.1f}",
+        f"{lat['latency_p99_ms']:.1f}",
+        mem(lat),
+    )
     s = result.served
     offline = f" ({s['of_offline']:.2f}× offline)" if s.get("of_offline") else ""
-    table.add_row("served", f"{s['concurrency']} clients, batch ≤{s['max_batch']}, wait ≤{s['max_wait_ms']:g} ms "
-                  f"(mean batch {s['mean_batch']:.1f})", f"{s['requests_per_s']:,.1f}{offline}", f"{s['latency_p50_ms']:.1f}",
-                  f"{s['latency_p95_ms']:.1f}", f"{s['latency_p99_ms']:.1f}", mem(s))
+    table.add_row(
+        "served",
+        f"{s['concurrency']} clients, batch ≤{s['max_batch']}, wait ≤{s['max_wait_ms']:g} ms "
+        f"(mean batch {s['mean_batch']:.1f})",
+        f"{s['requests_per_s']:,.1f}{offline}",
+        f"{s['latency_p50_ms']:.1f}",
+        f"{s['latency_p95_ms']:.1f}",
+        f"{s['latency_p99_ms']:.1f}",
+        mem(s),
+    )
     notes = [f"device: {result.environment.get('device', '')}"]
     if s.get("of_offline"):
-        notes.append(f"served: median of {s['rounds']} rounds, each after an offline pass at batch {s['max_batch']} "
-                     f"({s['offline_samples_per_s']:,.1f} samples/s); × offline: the median of the rounds' ratios")
+        notes.append(
+            f"served: median of {s['rounds']} rounds, each after an offline pass at batch {s['max_batch']} "
+            f"({s['offline_samples_per_s']:,.1f} samples/s); × offline: the median of the rounds' ratios"
+        )
     if result.raw:
-        notes.append(f"raw: the same loaded model called directly (the approach's harness_reference: tokenizer and "
-                     f"forward), {result.raw_protocol}, timed the same way in the same run; throughput × raw also "
-                     "counts what predict's own batching saves (length bucketing, packing), not only its overhead; "
-                     "at batch 1 both do the same work")
-    notes.append("peak memory: each row's path alone, after freed memory went back to the OS; (+added): what its "
-                 "calls added to the process, which held the loaded model before them")
+        notes.append(
+            f"raw: the same loaded model called directly (the approach's harness_reference: tokenizer and "
+            f"forward), {result.raw_protocol}, timed the same way in the same run; throughput × raw also "
+            "counts what predict's own batching saves (length bucketing, packing), not only its overhead; "
+            "at batch 1 both do the same work"
+        )
+    notes.append(
+        "peak memory: each row's path alone, after freed memory went back to the OS; (+added): what its "
+        "calls added to the process, which held the loaded model before them"
+    )
     table.caption = "\n".join(notes)
     table.caption_justify = "left"
     return table
 
 
-def latency_rows(predicts: list[Predict], examples: list[Example], settings: dict[str, Any],
-                 samples: int) -> list[dict[str, Any]]:
+def latency_rows(
+    predicts: list[Predict], examples: list[Example], settings: dict[str, Any], samples: int
+) -> list[dict[str, Any]]:
     """Batch-1 latency of each predict on the same sampled requests (as compare samples them), interleaved
     request by request (:func:`harness.measure.interleaved_batch1_latency`), so their ratio is one run's.
     Then the same requests again through each predict, alone and untimed, for its own peak memory."""
     items = measure.latency_sample(examples, samples)
     latencies = measure.interleaved_batch1_latency(
-        [lambda ex, predict=predict: predict([ex], settings) for predict in predicts], items)
+        [lambda ex, predict=predict: predict([ex], settings) for predict in predicts], items
+    )
     rows = []
     for predict, latency in zip(predicts, latencies):
         with own_memory() as memory:

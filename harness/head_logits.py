@@ -21,10 +21,9 @@ def token_logits(model: Any, tokens: list[int], positions: Any = None, **inputs:
     """The logits of ``tokens`` alone, shape (batch, positions, len(tokens)), at ``positions`` of the sequence
     (default: the last), computed in fp32 from the decoder's last hidden states and the output head's rows of
     those tokens. A bf16 model's own logits are rounded to bf16, a step of 1/16 to 1/8 at the magnitudes
-    options score (10 to 30): close options then tie, and argmax picks the first; on SmolLM2 tuned on AG News,
-    bf16 answers agreed with fp32 on 88.4% of 500 texts before this, with ties in the disagreements. A model
+    options score (10 to 30): close options then tie, and argmax picks the first (docs/benchmarks.md, "bf16
+    against fp32 on AG News", measured what that cost before this). A model
     whose head is more than a linear layer (:func:`plain_head`) keeps its own logits."""
-    import torch
 
     head = plain_head(model)
     keep = positions if positions is not None else 1

@@ -54,9 +54,10 @@ class PeakMemory:
     The instrument must not slow what it measures. On Linux this process's peak is the kernel's own (VmHWM,
     reset at the start of the block through ``/proc/self/clear_refs``): exact, and free. A thread samples what
     the kernel does not give: the descendants' RSS every 0.1 s (every ``interval`` on a GPU, whose memory it
-    samples too), their list, a scan of every process on the machine, renewed every ``children_every`` seconds. Elsewhere, or in a
-    block inside another, the thread samples this process too, every ``interval``. Sampling the whole tree
-    every 10 ms cost SmolLM2's bf16 scoring on 2 cores about 10% of its throughput."""
+    samples too), their list, a scan of every process on the machine, renewed every ``children_every``
+    seconds. Elsewhere, or in a block inside another, the thread samples this process too, every
+    ``interval``. A thread that listed the whole tree often competed with the model for the cores
+    (docs/benchmarks.md, "bf16 against fp32 on AG News", has what it cost)."""
 
     interval: float = 0.01
     children_every: float = 0.5
@@ -208,7 +209,8 @@ def release_memory() -> None:
 def is_out_of_memory(exc: BaseException) -> bool:
     """torch's OutOfMemoryError (CUDA), or a RuntimeError that says it ran out of accelerator memory."""
     return type(exc).__name__ == "OutOfMemoryError" or (
-        isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower())
+        isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower()
+    )
 
 
 def _malloc_trim() -> None:
@@ -225,25 +227,21 @@ def _malloc_trim() -> None:
             pass
 
 
-def percentile(values: Sequence[float], q: float) -> float:
-    """The q-th percentile (0-100) with linear interpolation, as numpy's default."""
-    ordered = sorted(values)
-    if len(ordered) == 1:
-        return ordered[0]
-    position = (len(ordered) - 1) * q / 100
-    low = int(position)
-    high = min(low + 1, len(ordered) - 1)
-    return ordered[low] + (ordered[high] - ordered[low]) * (position - low)
-
-
 @dataclass
 class Latency:
     samples_ms: list[float]
 
     def summary(self) -> dict[str, float | None]:
+        from harness.stats import percentile
+
         if not self.samples_ms:
-            return {"latency_p50_ms": None, "latency_p95_ms": None, "latency_p99_ms": None,
-                    "requests_per_s": None, "latency_samples": 0}
+            return {
+                "latency_p50_ms": None,
+                "latency_p95_ms": None,
+                "latency_p99_ms": None,
+                "requests_per_s": None,
+                "latency_samples": 0,
+            }
         total_s = sum(self.samples_ms) / 1000
         return {
             "latency_p50_ms": statistics.median(self.samples_ms),
@@ -262,8 +260,9 @@ def batch1_latency(predict_one: Callable[[Any], object], items: Sequence[Any], *
     return interleaved_batch1_latency([predict_one], items, warmup=warmup)[0]
 
 
-def interleaved_batch1_latency(predict_ones: Sequence[Callable[[Any], object]], items: Sequence[Any], *,
-                               warmup: int = 3) -> list[Latency]:
+def interleaved_batch1_latency(
+    predict_ones: Sequence[Callable[[Any], object]], items: Sequence[Any], *, warmup: int = 3
+) -> list[Latency]:
     """:func:`batch1_latency` of several functions over the same items, interleaved: each item goes to
     every function in turn, the order reversed every other item, so that a noisy machine moves them alike."""
     for predict_one in predict_ones:
@@ -273,7 +272,7 @@ def interleaved_batch1_latency(predict_ones: Sequence[Callable[[Any], object]], 
     for k, item in enumerate(items):
         order = range(len(predict_ones)) if k % 2 == 0 else reversed(range(len(predict_ones)))
         for i in order:
-            _, seconds = timed(lambda: predict_ones[i](item))
+            _, seconds = timed(lambda i=i, item=item: predict_ones[i](item))
             samples[i].append(seconds * 1000)
     return [Latency(times) for times in samples]
 
@@ -340,7 +339,16 @@ def _cpu_threads() -> int:
 def environment(device: str | None = None) -> dict[str, Any]:
     """The machine and library versions a figure was measured with; ``device`` as for :func:`device_name`."""
     versions = {}
-    for name in ("harness-compare", "torch", "transformers", "peft", "accelerate", "scikit-learn", "onnxruntime", "vllm"):
+    for name in (
+        "harness-compare",
+        "torch",
+        "transformers",
+        "peft",
+        "accelerate",
+        "scikit-learn",
+        "onnxruntime",
+        "vllm",
+    ):
         try:
             versions[name] = metadata.version(name)
         except metadata.PackageNotFoundError:

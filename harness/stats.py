@@ -37,8 +37,13 @@ def by_approach(comparison: Comparison) -> dict[str, list[RunRecord]]:
 
 def spread(runs: list[RunRecord], get: Callable[[RunRecord], Any]) -> Spread | None:
     """``get``'s numbers over the measured runs (failed seeds are left out; the table says how many ran)."""
-    return Spread.of([float(v) for v in (get(r) for r in runs if r.status in MEASURED)
-                      if isinstance(v, (int, float)) and not isinstance(v, bool)])
+    return Spread.of(
+        [
+            float(v)
+            for v in (get(r) for r in runs if r.status in MEASURED)
+            if isinstance(v, (int, float)) and not isinstance(v, bool)
+        ]
+    )
 
 
 def summary(comparison: Comparison) -> dict[str, dict[str, Any]]:
@@ -49,10 +54,18 @@ def summary(comparison: Comparison) -> dict[str, dict[str, Any]]:
         for name in comparison.metrics:
             figure = spread(runs, lambda r, name=name: r.metrics.get(name))
             if figure is not None:
-                metrics[name] = {"mean": figure.mean, "sd": figure.sd, "n": figure.n,
-                                 "values": [r.metrics.get(name) for r in runs if r.status in MEASURED]}
-        out[approach] = {"seeds": [r.seed for r in runs], "runs": [r.run_id for r in runs],
-                         "failed": sum(r.status == "failed" for r in runs), "metrics": metrics}
+                metrics[name] = {
+                    "mean": figure.mean,
+                    "sd": figure.sd,
+                    "n": figure.n,
+                    "values": [r.metrics.get(name) for r in runs if r.status in MEASURED],
+                }
+        out[approach] = {
+            "seeds": [r.seed for r in runs],
+            "runs": [r.run_id for r in runs],
+            "failed": sum(r.status == "failed" for r in runs),
+            "metrics": metrics,
+        }
     return out
 
 
@@ -71,11 +84,13 @@ ALPHA = 0.05
 BOOTSTRAP_SEED = 0  # every interval is seeded: a report renders the same figures each time
 ASO_THRESHOLD = 0.2  # eps_min below it: one row's seeds almost stochastically dominate the other's (Ulmer et al. 2022)
 ASO_MIN_SEEDS = 3
-METHOD = (f"95% percentile bootstrap over test examples ({RESAMPLES} resamples, NumPy, seed {BOOTSTRAP_SEED}); "
-          f"pairs: a paired bootstrap of the headline difference ({PAIR_RESAMPLES} resamples of the test examples, "
-          "each example carrying every seed's answer), its two-sided p-value Holm-adjusted across pairs; McNemar's "
-          "exact test on per-example correctness where both rows have one seed; almost stochastic order "
-          f"(Dror et al. 2019) of the per-seed headline figures where both have {ASO_MIN_SEEDS} or more")
+METHOD = (
+    f"95% percentile bootstrap over test examples ({RESAMPLES} resamples, NumPy, seed {BOOTSTRAP_SEED}); "
+    f"pairs: a paired bootstrap of the headline difference ({PAIR_RESAMPLES} resamples of the test examples, "
+    "each example carrying every seed's answer), its two-sided p-value Holm-adjusted across pairs; McNemar's "
+    "exact test on per-example correctness where both rows have one seed; almost stochastic order "
+    f"(Dror et al. 2019) of the per-seed headline figures where both have {ASO_MIN_SEEDS} or more"
+)
 # Metrics that are counts, not rates: no interval.
 COUNTS = ("invalid", "n")
 
@@ -102,8 +117,9 @@ class ExampleStats:
     n_labels: int = 0
 
 
-def example_stats(task_type: str, labels: Any, fields: Any, examples: list[Any], predictions: list[Any],
-                  normalize: bool = True) -> ExampleStats:
+def example_stats(
+    task_type: str, labels: Any, fields: Any, examples: list[Any], predictions: list[Any], normalize: bool = True
+) -> ExampleStats:
     """Classification: each example one-hot in the cell (gold, predicted) of a K x (K + 1) confusion matrix
     (the last column: no valid label). Extraction: exact record, valid answer, and true positives, false
     positives and false negatives summed over its fields (harness.metrics.record_outcome)."""
@@ -113,8 +129,13 @@ def example_stats(task_type: str, labels: Any, fields: Any, examples: list[Any],
 
     if task_type == "extraction":
         outcomes = [record_outcome(fields, ex.fields, p.fields, normalize) for ex, p in zip(examples, predictions)]
-        rows = np.array([[o["exact"], o["valid"], *(sum(c[k] for c in o["fields"].values()) for k in ("tp", "fp", "fn"))]
-                         for o in outcomes], dtype=float).reshape(len(outcomes), 5)
+        rows = np.array(
+            [
+                [o["exact"], o["valid"], *(sum(c[k] for c in o["fields"].values()) for k in ("tp", "fp", "fn"))]
+                for o in outcomes
+            ],
+            dtype=float,
+        ).reshape(len(outcomes), 5)
         return ExampleStats(task_type, rows, rows[:, 0] > 0)
     labels = list(labels)
     k = len(labels)
@@ -175,16 +196,22 @@ def resample_blocks(n: int, resamples: int = PAIR_RESAMPLES, block: int = RESAMP
     """:func:`resample_counts` in blocks of ``block`` rows (memory stays ``block`` x ``n``), seeded: the first
     block is the intervals' own resamples, block ``i`` after it is seeded ``[BOOTSTRAP_SEED, i]``."""
     for index in range(-(-resamples // block)):
-        yield resample_counts(n, min(block, resamples - index * block),
-                              BOOTSTRAP_SEED if index == 0 else [BOOTSTRAP_SEED, index])
+        yield resample_counts(
+            n, min(block, resamples - index * block), BOOTSTRAP_SEED if index == 0 else [BOOTSTRAP_SEED, index]
+        )
+
+
+def percentile(values: Any, q: float) -> float:
+    """The q-th percentile (0-100) of ``values``, linearly interpolated (numpy's default): latency tails and
+    bootstrap interval ends are read the same way."""
+    import numpy as np
+
+    return float(np.percentile(values, q))
 
 
 def _percentiles(values: Any) -> tuple[float, float]:
-    import numpy as np
-
     tail = (1 - CONFIDENCE) / 2 * 100
-    low, high = np.percentile(values, [tail, 100 - tail])
-    return float(low), float(high)
+    return percentile(values, tail), percentile(values, 100 - tail)
 
 
 def interval(stats_: ExampleStats, metric: str, weights: Any = None) -> Interval:
@@ -225,8 +252,12 @@ def seed_mean(runs: list[ExampleStats], metric: str, sums: Any) -> Any:
     return np.mean([metric_from_sums(run, metric, total) for run, total in zip(runs, sums)], axis=0)
 
 
-def paired_difference(a: ExampleStats | list[ExampleStats], b: ExampleStats | list[ExampleStats], metric: str,
-                      resamples: int = PAIR_RESAMPLES) -> dict[str, Any]:
+def paired_difference(
+    a: ExampleStats | list[ExampleStats],
+    b: ExampleStats | list[ExampleStats],
+    metric: str,
+    resamples: int = PAIR_RESAMPLES,
+) -> dict[str, Any]:
     """``a``'s metric minus ``b``'s on the same test examples (each side one run, or its seeds' mean), with a
     paired bootstrap: both sides resampled with the same draws of examples, every seed's answer to an example
     drawn with it, so seeds are nested within the example (the unit of resampling). The 95% percentile interval
@@ -242,17 +273,23 @@ def paired_difference(a: ExampleStats | list[ExampleStats], b: ExampleStats | li
 
     def difference(sums: Any) -> Any:
         per_run = np.moveaxis(sums.reshape(*sums.shape[:-1], len(runs), width), -2, 0)
-        return seed_mean(a, metric, per_run[: len(a)]) - seed_mean(b, metric, per_run[len(a):])
+        return seed_mean(a, metric, per_run[: len(a)]) - seed_mean(b, metric, per_run[len(a) :])
 
     estimate = float(difference(stacked.sum(0)))
-    draws = np.sort(np.concatenate([difference(weights @ stacked)
-                                    for weights in resample_blocks(stacked.shape[0], resamples)]))
+    draws = np.sort(
+        np.concatenate([difference(weights @ stacked) for weights in resample_blocks(stacked.shape[0], resamples)])
+    )
     # The bounds are order statistics: the (k+1)-th draw from each end, k the most draws on one side of 0 that
     # still give p < 1 - CONFIDENCE (k = 249 of 10,000), so that the interval leaves out 0 exactly when p says so.
     k = max(0, math.ceil((1 - CONFIDENCE) * (draws.size + 1) / 2 - 1) - 1)
     tail = min(int((draws <= 0).sum()), int((draws >= 0).sum()))
-    return {"difference": estimate, "low": float(draws[k]), "high": float(draws[draws.size - 1 - k]),
-            "p": min(1.0, 2 * (tail + 1) / (draws.size + 1)), "resamples": int(draws.size)}
+    return {
+        "difference": estimate,
+        "low": float(draws[k]),
+        "high": float(draws[draws.size - 1 - k]),
+        "p": min(1.0, 2 * (tail + 1) / (draws.size + 1)),
+        "resamples": int(draws.size),
+    }
 
 
 def violation_ratio(a: Any, b: Any, dt: float = 0.005) -> Any:
@@ -275,8 +312,15 @@ def violation_ratio(a: Any, b: Any, dt: float = 0.005) -> Any:
         return np.where(squared > 0, violated / np.where(squared > 0, squared, 1), 0.5)
 
 
-def aso(a: list[float], b: list[float], comparisons: int = 1, confidence: float = CONFIDENCE,
-        resamples: int = RESAMPLES, seed: int = BOOTSTRAP_SEED, dt: float = 0.005) -> float:
+def aso(
+    a: list[float],
+    b: list[float],
+    comparisons: int = 1,
+    confidence: float = CONFIDENCE,
+    resamples: int = RESAMPLES,
+    seed: int = BOOTSTRAP_SEED,
+    dt: float = 0.005,
+) -> float:
     """Almost stochastic order (Dror et al. 2019, as deepsig's ``aso``): eps_min, an upper bound on how far
     ``a``'s scores (higher is better) fail to stochastically dominate ``b``'s at ``confidence``, Bonferroni
     over ``comparisons``. Below :data:`ASO_THRESHOLD`: ``a`` is better; near 0.5: no order. The violation
@@ -301,8 +345,14 @@ def analyse(comparison: Comparison, scored: Callable[[RunRecord], Any]) -> dict[
     when the store has none: that run gets no interval. Runs must share one test set (the test hash)."""
     groups = {name: [r for r in runs if r.status in MEASURED] for name, runs in by_approach(comparison).items()}
     headline = next((m for m in comparison.metrics if m not in COUNTS), None)
-    result: dict[str, Any] = {"method": METHOD, "headline": headline, "intervals": {}, "seeds": {}, "pairs": [],
-                              "best": None}
+    result: dict[str, Any] = {
+        "method": METHOD,
+        "headline": headline,
+        "intervals": {},
+        "seeds": {},
+        "pairs": [],
+        "best": None,
+    }
     per_run: dict[str, ExampleStats] = {}
     weights = None
     for runs in groups.values():
@@ -312,13 +362,21 @@ def analyse(comparison: Comparison, scored: Callable[[RunRecord], Any]) -> dict[
             if data is None or not data[0]:
                 continue
             examples, predictions = data
-            per_run[run.run_id] = example_stats(run.task_type, task.get("labels") or [], task.get("fields") or [],
-                                                examples, predictions, bool(run.environment.get("normalize", True)))
+            per_run[run.run_id] = example_stats(
+                run.task_type,
+                task.get("labels") or [],
+                task.get("fields") or [],
+                examples,
+                predictions,
+                bool(run.environment.get("normalize", True)),
+            )
             if weights is None or weights.shape[1] != len(examples):
                 weights = resample_counts(len(examples))
             result["intervals"][run.run_id] = {
                 metric: asdict(interval(per_run[run.run_id], metric, weights))
-                for metric in comparison.metrics if metric not in COUNTS}
+                for metric in comparison.metrics
+                if metric not in COUNTS
+            }
     for name, runs in groups.items():
         measured = [r for r in runs if r.run_id in per_run]
         if len(measured) > 1:
@@ -328,23 +386,32 @@ def analyse(comparison: Comparison, scored: Callable[[RunRecord], Any]) -> dict[
                     continue
                 spread_ = Spread.of([result["intervals"][r.run_id][metric]["estimate"] for r in measured])
                 half = statistics.fmean(Interval(**result["intervals"][r.run_id][metric]).half_width for r in measured)
-                seeds[metric] = {"sd": spread_.sd, "ci_half_width": half,
-                                 "larger": "seeds" if (spread_.sd or 0) > half else "test sample"}
+                seeds[metric] = {
+                    "sd": spread_.sd,
+                    "ci_half_width": half,
+                    "larger": "seeds" if (spread_.sd or 0) > half else "test sample",
+                }
             result["seeds"][name] = seeds
     if headline is None:
         return result
     names = [n for n, runs in groups.items() if any(r.run_id in per_run for r in runs)]
     hashes = {r.test_hash for n in names for r in groups[n]}
     if len(hashes) > 1:
-        raise ValueError("runs scored on different test sets (test hashes " + ", ".join(sorted(h[:12] for h in hashes))
-                         + ") cannot be compared example by example")
-    result["pairs"] = compare_pairs({name: [per_run[r.run_id] for r in groups[name] if r.run_id in per_run]
-                                     for name in names}, headline)
+        raise ValueError(
+            "runs scored on different test sets (test hashes "
+            + ", ".join(sorted(h[:12] for h in hashes))
+            + ") cannot be compared example by example"
+        )
+    result["pairs"] = compare_pairs(
+        {name: [per_run[r.run_id] for r in groups[name] if r.run_id in per_run] for name in names}, headline
+    )
     result["best"] = _significantly_best(names, result["pairs"])
     return result
 
 
-def compare_pairs(rows: dict[str, list[ExampleStats]], headline: str, resamples: int = PAIR_RESAMPLES) -> list[dict[str, Any]]:
+def compare_pairs(
+    rows: dict[str, list[ExampleStats]], headline: str, resamples: int = PAIR_RESAMPLES
+) -> list[dict[str, Any]]:
     """Every pair of rows (each a list of its seeds' test-set stats, on the same examples in the same order):
     the headline difference with its paired bootstrap interval and p-value, Holm-adjusted across pairs, and the
     verdict; McNemar's exact test where both rows have one seed; almost stochastic order over the per-seed
@@ -352,18 +419,29 @@ def compare_pairs(rows: dict[str, list[ExampleStats]], headline: str, resamples:
     names = list(rows)
     pairs = []
     for i, a in enumerate(names):
-        for b in names[i + 1:]:
+        for b in names[i + 1 :]:
             runs_a, runs_b = rows[a], rows[b]
-            pair = {"a": a, "b": b, "metric": headline, "seeds": [len(runs_a), len(runs_b)],
-                    "n": int(runs_a[0].rows.shape[0]), "test": "paired bootstrap",
-                    **paired_difference(runs_a, runs_b, headline, resamples)}
+            pair = {
+                "a": a,
+                "b": b,
+                "metric": headline,
+                "seeds": [len(runs_a), len(runs_b)],
+                "n": int(runs_a[0].rows.shape[0]),
+                "test": "paired bootstrap",
+                **paired_difference(runs_a, runs_b, headline, resamples),
+            }
             if len(runs_a) == len(runs_b) == 1:  # McNemar's exact test assumes one answer per example and row
                 p, only_a, only_b = mcnemar_exact(runs_a[0].correct, runs_b[0].correct)
-                pair["mcnemar"] = {"metric": "exact_match" if runs_a[0].task_type == "extraction" else "accuracy",
-                                   "p": p, "a_only_right": only_a, "b_only_right": only_b}
+                pair["mcnemar"] = {
+                    "metric": "exact_match" if runs_a[0].task_type == "extraction" else "accuracy",
+                    "p": p,
+                    "a_only_right": only_a,
+                    "b_only_right": only_b,
+                }
             if min(len(runs_a), len(runs_b)) >= ASO_MIN_SEEDS:
-                pair["seed_figures"] = [[float(metric_from_sums(r, headline, r.rows.sum(0))) for r in side]
-                                        for side in (runs_a, runs_b)]
+                pair["seed_figures"] = [
+                    [float(metric_from_sums(r, headline, r.rows.sum(0))) for r in side] for side in (runs_a, runs_b)
+                ]
             pairs.append(pair)
     for pair, adjusted in zip(pairs, holm([p["p"] for p in pairs])):
         pair["p_holm"] = adjusted
@@ -377,12 +455,20 @@ def compare_pairs(rows: dict[str, list[ExampleStats]], headline: str, resamples:
     ordered = [pair for pair in pairs if "seed_figures" in pair]
     for pair in ordered:
         a_scores, b_scores = pair.pop("seed_figures")
-        forward, backward = (aso(x, y, comparisons=len(ordered)) for x, y in ((a_scores, b_scores), (b_scores, a_scores)))
+        forward, backward = (
+            aso(x, y, comparisons=len(ordered)) for x, y in ((a_scores, b_scores), (b_scores, a_scores))
+        )
         verdict = pair["a"] if forward < ASO_THRESHOLD else pair["b"] if backward < ASO_THRESHOLD else None
-        pair["seeds_test"] = {"test": "almost stochastic order", "a_scores": a_scores, "b_scores": b_scores,
-                              "eps_min_a_over_b": forward, "eps_min_b_over_a": backward,
-                              "threshold": ASO_THRESHOLD, "better": verdict,
-                              "chance_separated": chance_separated(len(a_scores), len(b_scores))}
+        pair["seeds_test"] = {
+            "test": "almost stochastic order",
+            "a_scores": a_scores,
+            "b_scores": b_scores,
+            "eps_min_a_over_b": forward,
+            "eps_min_b_over_a": backward,
+            "threshold": ASO_THRESHOLD,
+            "better": verdict,
+            "chance_separated": chance_separated(len(a_scores), len(b_scores)),
+        }
     return pairs
 
 
@@ -425,23 +511,34 @@ def pair_lines(pair: dict[str, Any], title: str) -> list[str]:
         verdict = "not a significant difference"
     seeds = pair["seeds"]
     nested = f", {seeds[0]} and {seeds[1]} seeds nested in {pair['n']} examples" if max(seeds) > 1 else ""
-    lines = [f"{pair['a']} vs {pair['b']}: {pair['difference']:+.3f} {title} [{pair['low']:+.3f}, {pair['high']:+.3f}], "
-             f"{_p_text(pair['p_holm'])} ({pair['test']}{nested}, Holm) — {verdict}"]
+    lines = [
+        f"{pair['a']} vs {pair['b']}: {pair['difference']:+.3f} {title} [{pair['low']:+.3f}, {pair['high']:+.3f}], "
+        f"{_p_text(pair['p_holm'])} ({pair['test']}{nested}, Holm) — {verdict}"
+    ]
     mcnemar = pair.get("mcnemar")
     if mcnemar and "p_holm" in mcnemar:
         what = "exact record" if mcnemar["metric"] == "exact_match" else "accuracy"
-        lines.append(f"  McNemar's exact test on {what}: {pair['a']} alone right {mcnemar['a_only_right']}, "
-                     f"{pair['b']} alone right {mcnemar['b_only_right']}, {_p_text(mcnemar['p_holm'])} (Holm)")
+        lines.append(
+            f"  McNemar's exact test on {what}: {pair['a']} alone right {mcnemar['a_only_right']}, "
+            f"{pair['b']} alone right {mcnemar['b_only_right']}, {_p_text(mcnemar['p_holm'])} (Holm)"
+        )
     elif max(seeds) > 1:
         lines.append("  McNemar's test left out: it takes one answer per example and row")
     order = pair.get("seeds_test")
     if order:
-        said = (f"{order['better']}'s seeds almost stochastically dominate" if order["better"]
-                else "neither row's seeds dominate")
+        said = (
+            f"{order['better']}'s seeds almost stochastically dominate"
+            if order["better"]
+            else "neither row's seeds dominate"
+        )
         if order["better"] and order["chance_separated"] > ALPHA:
-            said += (f" (with {seeds[0]} and {seeds[1]} seeds, chance alone orders two equal rows completely "
-                     f"{order['chance_separated']:.0%} of the time)")
-        lines.append(f"  seeds (almost stochastic order, {seeds[0]} vs {seeds[1]}): eps_min {pair['a']} over {pair['b']} "
-                     f"{order['eps_min_a_over_b']:.2f}, {pair['b']} over {pair['a']} {order['eps_min_b_over_a']:.2f} "
-                     f"(below {order['threshold']}: better) — {said}")
+            said += (
+                f" (with {seeds[0]} and {seeds[1]} seeds, chance alone orders two equal rows completely "
+                f"{order['chance_separated']:.0%} of the time)"
+            )
+        lines.append(
+            f"  seeds (almost stochastic order, {seeds[0]} vs {seeds[1]}): eps_min {pair['a']} over {pair['b']} "
+            f"{order['eps_min_a_over_b']:.2f}, {pair['b']} over {pair['a']} {order['eps_min_b_over_a']:.2f} "
+            f"(below {order['threshold']}: better) — {said}"
+        )
     return lines

@@ -30,7 +30,7 @@ class BertSettings(TrainerSettings):
     model: str = setting("google-bert/bert-base-cased", model=True, help="a hub id or a local directory")
     tokenizer: str = setting("", model=True, help="empty: the model's own")
     max_length: int = setting(512, ge=1)
-    # 0: 256 on CUDA; 64 on CPU, where it measured faster than 256 (MiniLM, 2 cores)
+    # 0: 256 on CUDA; 64 on CPU, where it measured faster (docs/benchmarks.md)
     predict_batch_size: int = setting(0, ge=0, predict=True)
     bucket_by_length: bool = setting(True, predict=True, help="False: predict in file order (the baseline)")
     # auto: packed (padding-free, harness.packing) on CPU where the model family allows it, padded batches
@@ -55,8 +55,9 @@ class Bert(Approach):
     settings = BertSettings
     description = "encoder + linear head (AutoModelForSequenceClassification), HF Trainer"
 
-    def train(self, task: Task, train: list[Example], validation: list[Example], settings: BertSettings,
-              context: RunContext) -> Artifact:
+    def train(
+        self, task: Task, train: list[Example], validation: list[Example], settings: BertSettings, context: RunContext
+    ) -> Artifact:
         from transformers import DataCollatorWithPadding
 
         from harness.hf_trainer import describe_model, train_with_trainer
@@ -113,7 +114,6 @@ class Bert(Approach):
         describe_model(artifact, model, settings.model, device)
         return artifact
 
-
     def load(self, task: Task, artifact: Artifact, settings: BertSettings, context: RunContext) -> Serving:
         """The model on its device in the serving dtype: from training in this process, else from disk."""
         from transformers import AutoModelForSequenceClassification, AutoTokenizer
@@ -134,17 +134,26 @@ class Bert(Approach):
                 tokenizer = _tokenizer(settings)
                 model = _new_model(task, settings, tokenizer, context.random_weights)
             artifact.state.pop("model", None)  # one copy: the serving one
-            artifact.state.update(serving_model=model.to(device=device, dtype=dtype).eval(), tokenizer=tokenizer,
-                                  device=device, dtype=str(dtype).removeprefix("torch."))
+            artifact.state.update(
+                serving_model=model.to(device=device, dtype=dtype).eval(),
+                tokenizer=tokenizer,
+                device=device,
+                dtype=str(dtype).removeprefix("torch."),
+            )
         device = artifact.state["device"]
-        artifact.state["packed"] = use_packing(artifact.state["serving_model"], device, settings.packing,
-                                               decoder=False, where="bert.packing")
-        return Serving(device=device, dtype=artifact.state["dtype"], batch_size=256 if device.startswith("cuda") else 64,
-                       notes=[PACKED_NOTE] if artifact.state["packed"] else [])
+        artifact.state["packed"] = use_packing(
+            artifact.state["serving_model"], device, settings.packing, decoder=False, where="bert.packing"
+        )
+        return Serving(
+            device=device,
+            dtype=artifact.state["dtype"],
+            batch_size=256 if device.startswith("cuda") else 64,
+            notes=[PACKED_NOTE] if artifact.state["packed"] else [],
+        )
 
-
-    def predict(self, task: Task, artifact: Artifact, examples: list[Example], settings: BertSettings,
-                context: RunContext) -> list[Prediction]:
+    def predict(
+        self, task: Task, artifact: Artifact, examples: list[Example], settings: BertSettings, context: RunContext
+    ) -> list[Prediction]:
         import torch
 
         from harness.models import length_buckets
@@ -168,8 +177,12 @@ class Bert(Approach):
             return model(input_ids=input_ids.to(device), attention_mask=attention_mask.to(device)).logits
 
         predictions: list[Prediction | None] = [None] * len(examples)
-        with torch.inference_mode(), packing_if_it_saves(packed_calls, model, artifact.state.get("packed", False), len(examples),
-                                                         batch_size) as packed:
+        with (
+            torch.inference_mode(),
+            packing_if_it_saves(
+                packed_calls, model, artifact.state.get("packed", False), len(examples), batch_size
+            ) as packed,
+        ):
             for batch in context.progress.track(batches, "predict", total=len(examples), weight=len):
                 logits = packed([encoded[i] for i in batch]) if packed and len(batch) > 1 else padded(batch)
                 probabilities = logits.float().softmax(-1).cpu().tolist()
@@ -177,7 +190,6 @@ class Bert(Approach):
                     scores = dict(zip(task.labels, probabilities[row]))
                     predictions[i] = Prediction(label=max(scores, key=scores.__getitem__), scores=scores)
         return predictions  # type: ignore[return-value]
-
 
     def reference(self, task: Task, artifact: Artifact, settings: BertSettings, context: RunContext) -> Any:
         """Tokenizer and forward pass by hand, on the serving model: the floor predict is measured against."""
@@ -187,8 +199,9 @@ class Bert(Approach):
 
         def forward(texts: list[str]) -> None:
             with torch.inference_mode():
-                batch = tokenizer(texts, padding=True, truncation=True, max_length=settings.max_length,
-                                  return_tensors="pt").to(device)
+                batch = tokenizer(
+                    texts, padding=True, truncation=True, max_length=settings.max_length, return_tensors="pt"
+                ).to(device)
                 model(**batch).logits.argmax(-1).tolist()  # .tolist(): the answers reach the host, as predict's do
 
         return forward
@@ -207,7 +220,11 @@ def _new_model(task: Task, settings: BertSettings, tokenizer: Any, random_weight
 
     from harness.models import from_pretrained, load_config
 
-    labels = {"num_labels": len(task.labels), "id2label": dict(enumerate(task.labels)), "label2id": {l: i for i, l in enumerate(task.labels)}}
+    labels = {
+        "num_labels": len(task.labels),
+        "id2label": dict(enumerate(task.labels)),
+        "label2id": {label: i for i, label in enumerate(task.labels)},
+    }
     if not random_weights:
         return from_pretrained(AutoModelForSequenceClassification, settings.model, **labels)
     config = load_config(settings.model, **labels)

@@ -34,10 +34,17 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from harness import (Approach, Artifact, Example, Parity, Prediction, RunContext, Serving, Task, hookimpl,
-                     setting)
-from harness.decoder import (Prompter, answer_loss, check_letter_scoring, classify, decoding_note, extract, generate,
-                             selection_scoring)
+from harness import Approach, Artifact, Example, Parity, Prediction, RunContext, Serving, Task, hookimpl, setting
+from harness.decoder import (
+    Prompter,
+    answer_loss,
+    check_letter_scoring,
+    classify,
+    decoding_note,
+    extract,
+    generate,
+    selection_scoring,
+)
 from harness.hf_trainer import TRAINING_ARGUMENTS, TrainerSettings
 
 
@@ -55,18 +62,21 @@ class QwenSettings(TrainerSettings):
     # Written before the answer unless the template already does. Empty: only what the template writes with
     # thinking off, which is Qwen3's empty <think></think> block and nothing for a template without thinking.
     think_prefix: str = setting("")
-    answer_reserve: int = setting(256, ge=1, help="extraction: the room a training prompt keeps for its answer "
-                                  "when it is cut to max_length")
+    answer_reserve: int = setting(
+        256, ge=1, help="extraction: the room a training prompt keeps for its answer when it is cut to max_length"
+    )
     max_new_tokens: int = setting(256, ge=1, predict=True, help="extraction: the longest answer generated")
-    predict_batch_size: int = setting(0, ge=0, predict=True, help="0: 64 on CUDA; on CPU 16 (classification), "
-                                      "64 (extraction)")
+    predict_batch_size: int = setting(
+        0, ge=0, predict=True, help="0: 64 on CUDA; on CPU 16 (classification), 64 (extraction)"
+    )
     bucket_by_length: bool = setting(True, predict=True, help="False: predict in file order (the baseline)")
     # auto: letter scoring packs each batch end to end on CPU (harness.packing) where the model family allows
     # it, pads elsewhere; packed (an error where it cannot); padded.
     packing: Literal["auto", "packed", "padded"] = setting("auto", predict=True)
     device: str = setting("auto", predict=True, help="where the model serves: a GPU-trained model may serve on CPU")
     dtype: Literal["auto", "bfloat16", "float32"] = setting(
-        "auto", predict=True, help="the serving dtype; auto: bf16 on a CUDA GPU or a CPU with bf16 units, else fp32")
+        "auto", predict=True, help="the serving dtype; auto: bf16 on a CUDA GPU or a CPU with bf16 units, else fp32"
+    )
     # Seed 000's training settings.
     learning_rate: float = setting(1.2e-5, gt=0)
     num_train_epochs: float = setting(1.0, ge=0, help="0: the untuned model with the same prompt (zero-shot)")
@@ -82,12 +92,20 @@ class QwenLoraSettings(QwenSettings):
     lora_r: int = setting(8, ge=1, help="the adapter's rank")
     lora_alpha: float = setting(32.0, gt=0, help="the adapter's scale is lora_alpha / lora_r")
     lora_dropout: float = setting(0.05, ge=0, lt=1)
-    target_modules: str = setting("all-linear", help="the layers that get an adapter: all-linear (every linear "
-                                  "layer but the output head), or module names separated by commas")
-    merge: bool = setting(False, predict=True, help="serve with the adapter merged into the weights (checked "
-                          "against the unmerged adapter on parity_samples test examples)")
-    merge_min_agreement: float = setting(1.0, ge=0, le=1, predict=True,
-                                         help="merge: the share of parity answers that must equal the unmerged ones")
+    target_modules: str = setting(
+        "all-linear",
+        help="the layers that get an adapter: all-linear (every linear "
+        "layer but the output head), or module names separated by commas",
+    )
+    merge: bool = setting(
+        False,
+        predict=True,
+        help="serve with the adapter merged into the weights (checked "
+        "against the unmerged adapter on parity_samples test examples)",
+    )
+    merge_min_agreement: float = setting(
+        1.0, ge=0, le=1, predict=True, help="merge: the share of parity answers that must equal the unmerged ones"
+    )
     parity_samples: int = setting(32, ge=1, predict=True, help="merge: test examples the parity check answers")
     # Seed 001's training settings.
     learning_rate: float = setting(1e-4, gt=0)
@@ -110,25 +128,42 @@ class Qwen(Approach):
     description = "causal LM fine-tuned on the spec's prompt: options scored by likelihood, records generated"
     adapter = False  # qwen-lora: a LoRA adapter on the frozen model
 
-    def train(self, task: Task, train: list[Example], validation: list[Example], settings: QwenSettings,
-              context: RunContext) -> Artifact:
+    def train(
+        self, task: Task, train: list[Example], validation: list[Example], settings: QwenSettings, context: RunContext
+    ) -> Artifact:
         return _train(task, train, validation, settings, context, adapter=self.adapter)
 
     def load(self, task: Task, artifact: Artifact, settings: QwenSettings, context: RunContext) -> Serving:
         return _load(task, artifact, settings, context)
 
-    def predict(self, task: Task, artifact: Artifact, examples: list[Example], settings: QwenSettings,
-                context: RunContext) -> list[Prediction]:
+    def predict(
+        self, task: Task, artifact: Artifact, examples: list[Example], settings: QwenSettings, context: RunContext
+    ) -> list[Prediction]:
         serving = _load(task, artifact, settings, context)
         model, prompter = artifact.state["serving_model"], artifact.state["prompter"]
         batch = context.batch_size or settings.predict_batch_size or serving.batch_size
         if task.type == "extraction":
-            return extract(model, prompter, serving.device, examples, max_new_tokens=settings.max_new_tokens,
-                           batch_size=batch, progress=context.progress)
+            return extract(
+                model,
+                prompter,
+                serving.device,
+                examples,
+                max_new_tokens=settings.max_new_tokens,
+                batch_size=batch,
+                progress=context.progress,
+            )
         # Packed where load chose it (letter scoring, serving; never evaluation during training).
-        return classify(model, prompter, serving.device, examples, batch_size=batch, scoring=settings.scoring,
-                        bucket_by_length=settings.bucket_by_length, packed=artifact.state["packed"],
-                        progress=context.progress)
+        return classify(
+            model,
+            prompter,
+            serving.device,
+            examples,
+            batch_size=batch,
+            scoring=settings.scoring,
+            bucket_by_length=settings.bucket_by_length,
+            packed=artifact.state["packed"],
+            progress=context.progress,
+        )
 
     def reference(self, task: Task, artifact: Artifact, settings: QwenSettings, context: RunContext) -> Any:
         return _reference(task, artifact, settings)
@@ -143,8 +178,9 @@ class QwenLora(Qwen):
     description = "causal LM with a LoRA adapter tuned on the spec's prompt (peft); merged or not for serving"
     adapter = True
 
-    def parity(self, task: Task, artifact: Artifact, examples: list[Example], settings: QwenLoraSettings,
-               context: RunContext) -> Parity | None:
+    def parity(
+        self, task: Task, artifact: Artifact, examples: list[Example], settings: QwenLoraSettings, context: RunContext
+    ) -> Parity | None:
         return _merge_parity(task, artifact, examples, settings) if settings.merge else None
 
 
@@ -154,8 +190,14 @@ def harness_register_approaches(register: Any) -> None:
     register(QwenLora())
 
 
-def _train(task: Task, train: list[Example], validation: list[Example], settings: QwenSettings,
-           context: RunContext, adapter: bool) -> Artifact:
+def _train(
+    task: Task,
+    train: list[Example],
+    validation: list[Example],
+    settings: QwenSettings,
+    context: RunContext,
+    adapter: bool,
+) -> Artifact:
     from transformers import DataCollatorForSeq2Seq
 
     from harness.hf_trainer import describe_model, train_with_trainer
@@ -177,6 +219,7 @@ def _train(task: Task, train: list[Example], validation: list[Example], settings
         artifact.info.update(_adapter_info(model, settings))
 
     if settings.num_train_epochs > 0:
+
         def encode(examples: list[Example]) -> tuple[list[dict[str, Any]], int]:
             """The examples' training rows, and how many had their article cut."""
             rows = [prompter.training_row(ex) for ex in examples]
@@ -187,15 +230,28 @@ def _train(task: Task, train: list[Example], validation: list[Example], settings
 
         def evaluate(current: Any) -> dict[str, float]:  # the core's scorers, on the validation set
             if task.type == "extraction":
-                predictions = extract(current, prompter, device, validation, max_new_tokens=settings.max_new_tokens,
-                                      batch_size=batch)
-                metrics = extraction_metrics(task.fields, [ex.fields or {} for ex in validation],
-                                             [p.fields for p in predictions], unicode=task.normalize)
+                predictions = extract(
+                    current, prompter, device, validation, max_new_tokens=settings.max_new_tokens, batch_size=batch
+                )
+                metrics = extraction_metrics(
+                    task.fields,
+                    [ex.fields or {} for ex in validation],
+                    [p.fields for p in predictions],
+                    unicode=task.normalize,
+                )
             else:
-                predictions = classify(current, prompter, device, validation, batch_size=batch, scoring=scoring,
-                                       bucket_by_length=settings.bucket_by_length)
-                metrics = classification_metrics(task.labels, [ex.label for ex in validation],
-                                                  [p.label for p in predictions])
+                predictions = classify(
+                    current,
+                    prompter,
+                    device,
+                    validation,
+                    batch_size=batch,
+                    scoring=scoring,
+                    bucket_by_length=settings.bucket_by_length,
+                )
+                metrics = classification_metrics(
+                    task.labels, [ex.label for ex in validation], [p.label for p in predictions]
+                )
             return {k: v for k, v in metrics.items() if isinstance(v, float)}
 
         trainer_settings = {**settings.as_dict(), "seed": context.seed}
@@ -233,8 +289,10 @@ def _train(task: Task, train: list[Example], validation: list[Example], settings
                 artifact.info["base_path"] = "base"
         if adapter:
             artifact.info["adapter_bytes"] = sum(p.stat().st_size for p in artifact.path.glob("adapter_model*"))
-            artifact.notes.append(f"LoRA: trained {artifact.info['trainable_parameters'] / 1e6:.2f} M parameters; the "
-                                  f"stored adapter is {artifact.info['adapter_bytes'] / 2**20:.1f} MB")
+            artifact.notes.append(
+                f"LoRA: trained {artifact.info['trainable_parameters'] / 1e6:.2f} M parameters; the "
+                f"stored adapter is {artifact.info['adapter_bytes'] / 2**20:.1f} MB"
+            )
     describe_model(artifact, model, settings.model, device)
     if adapter:
         artifact.info["base_model"] = settings.model
@@ -249,28 +307,41 @@ def _with_adapter(model: Any, settings: QwenLoraSettings) -> Any:
 
     targets = settings.target_modules.strip()
     modules: Any = targets if targets == "all-linear" else [t.strip() for t in targets.split(",") if t.strip()]
-    config = LoraConfig(r=settings.lora_r, lora_alpha=settings.lora_alpha, lora_dropout=settings.lora_dropout,
-                        target_modules=modules, task_type="CAUSAL_LM")
+    config = LoraConfig(
+        r=settings.lora_r,
+        lora_alpha=settings.lora_alpha,
+        lora_dropout=settings.lora_dropout,
+        target_modules=modules,
+        task_type="CAUSAL_LM",
+    )
     try:
         return get_peft_model(model, config)
     except ValueError as exc:
         if "not found" not in str(exc) and "did not match" not in str(exc):
             raise
-        raise ValueError(f"target_modules {targets!r} match no layer of {settings.model}; its linear layers: "
-                         f"{', '.join(linear_layers(model))}") from None
+        raise ValueError(
+            f"target_modules {targets!r} match no layer of {settings.model}; its linear layers: "
+            f"{', '.join(linear_layers(model))}"
+        ) from None
 
 
 def linear_layers(model: Any) -> list[str]:
     """The distinct names of a model's linear layers (``q_proj``, ``up_proj``, ...), as target_modules takes them."""
     import torch
 
-    return sorted({name.rpartition(".")[2] for name, module in model.named_modules() if isinstance(module, torch.nn.Linear)})
+    return sorted(
+        {name.rpartition(".")[2] for name, module in model.named_modules() if isinstance(module, torch.nn.Linear)}
+    )
 
 
 def _adapter_info(model: Any, settings: QwenLoraSettings) -> dict[str, Any]:
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    return {"trainable_parameters": trainable, "lora_r": settings.lora_r, "lora_alpha": settings.lora_alpha,
-            "target_modules": sorted(next(iter(model.peft_config.values())).target_modules)}
+    return {
+        "trainable_parameters": trainable,
+        "lora_r": settings.lora_r,
+        "lora_alpha": settings.lora_alpha,
+        "target_modules": sorted(next(iter(model.peft_config.values())).target_modules),
+    }
 
 
 def _load(task: Task, artifact: Artifact, settings: QwenSettings, context: RunContext) -> Serving:
@@ -296,23 +367,34 @@ def _load(task: Task, artifact: Artifact, settings: QwenSettings, context: RunCo
         # Cast parameters only: the rotary-embedding frequencies (buffers) stay fp32, as in training.
         for parameter in model.parameters():
             parameter.data = parameter.data.to(dtype)
-        artifact.state.update(serving_model=model, tokenizer=tokenizer, device=device,
-                              prompter=artifact.state.get("prompter") or Prompter(task, tokenizer, settings),
-                              dtype=str(dtype).removeprefix("torch."))
+        artifact.state.update(
+            serving_model=model,
+            tokenizer=tokenizer,
+            device=device,
+            prompter=artifact.state.get("prompter") or Prompter(task, tokenizer, settings),
+            dtype=str(dtype).removeprefix("torch."),
+        )
     device = artifact.state["device"]
     # Packing serves letter scoring, one forward per batch; generation and the likelihoods pad.
-    artifact.state["packed"] = (task.type == "classification" and settings.scoring == "letter" and use_packing(
-        artifact.state["serving_model"], device, settings.packing, decoder=True, where="qwen.packing"))
+    artifact.state["packed"] = (
+        task.type == "classification"
+        and settings.scoring == "letter"
+        and use_packing(artifact.state["serving_model"], device, settings.packing, decoder=True, where="qwen.packing")
+    )
     notes = [PACKED_NOTE] if artifact.state["packed"] else []
     if task.type == "extraction":  # which rule greedy decoding follows: the model's generation_config, or plain
         notes.append(decoding_note(artifact.state["serving_model"]))
     if merge:
         notes.append("the LoRA adapter merged into the weights for serving")
     # On CPU, scoring saturates the cores at 16 prompts a batch; generation's one-token steps need more rows
-    # (SmolLM2-135M on 2 cores, bf16: 212 generated tokens/s at 16 rows, 288 at 32, 318 at 64).
+    # (docs/benchmarks.md, "Rows per batch for generation on CPU").
     cpu_batch = 64 if task.type == "extraction" else 16
-    return Serving(device=device, dtype=artifact.state["dtype"], batch_size=64 if device.startswith("cuda") else cpu_batch,
-                   notes=notes)
+    return Serving(
+        device=device,
+        dtype=artifact.state["dtype"],
+        batch_size=64 if device.startswith("cuda") else cpu_batch,
+        notes=notes,
+    )
 
 
 def _stored_model(artifact: Artifact, settings: QwenSettings, context: RunContext) -> tuple[Any, Any]:
@@ -343,10 +425,9 @@ def _merge_parity(task: Task, artifact: Artifact, examples: list[Example], setti
 
     In fp32 a right merge changes rounding only, so any answer that moves is the merge's fault. In bf16 the
     merged model and the adapter are two roundings of one fp32 model, and differ wherever bf16 moves an
-    answer: SmolLM2 on waybill, 200 test lines, bf16: 191 records equal, and each of the two equal to fp32's
-    on 194 and 195; fp32: all 200 equal. What bf16 costs is the serving dtype's own figure (a
-    ``dtype: float32`` row beside it). Merging in bf16 is known to move outputs (peft issues #1836 and
-    #2502); harness merges in fp32."""
+    answer, while in fp32 they agree (docs/benchmarks.md, "Merged against unmerged LoRA on SmolLM2"). What
+    bf16 costs is the serving dtype's own figure (a ``dtype: float32`` row beside it). Merging in bf16 is
+    known to move outputs (peft issues #1836 and #2502); harness merges in fp32."""
     import torch
 
     from harness.decoder import left_padded
@@ -358,19 +439,29 @@ def _merge_parity(task: Task, artifact: Artifact, examples: list[Example], setti
 
     def answers_and_logits(model: Any) -> tuple[list[Any], list[Any]]:
         if task.type == "extraction":
-            answers = [p.raw for p in extract(model, prompter, device, sample, max_new_tokens=settings.max_new_tokens,
-                                              batch_size=batch)]
+            answers = [
+                p.raw
+                for p in extract(
+                    model, prompter, device, sample, max_new_tokens=settings.max_new_tokens, batch_size=batch
+                )
+            ]
         else:
-            answers = [p.label for p in classify(model, prompter, device, sample, batch_size=batch,
-                                                 scoring=settings.scoring)]
+            answers = [
+                p.label for p in classify(model, prompter, device, sample, batch_size=batch, scoring=settings.scoring)
+            ]
         logits = []
         with torch.inference_mode():
             for start in range(0, len(sample), batch):
-                prompts = [prompter.prompt_ids(ex.text, reserve=settings.max_new_tokens)[0]
-                           for ex in sample[start:start + batch]]
+                prompts = [
+                    prompter.prompt_ids(ex.text, reserve=settings.max_new_tokens)[0]
+                    for ex in sample[start : start + batch]
+                ]
                 ids, mask, positions = left_padded(prompts, prompter.tokenizer.pad_token_id, device)
-                logits.append(model(input_ids=ids, attention_mask=mask, position_ids=positions,
-                                    logits_to_keep=1).logits[:, -1].float())
+                logits.append(
+                    model(input_ids=ids, attention_mask=mask, position_ids=positions, logits_to_keep=1)
+                    .logits[:, -1]
+                    .float()
+                )
         return answers, logits
 
     unmerged, unmerged_logits = answers_and_logits(adapter.get_base_model())  # the adapter's layers beside the base
@@ -379,11 +470,23 @@ def _merge_parity(task: Task, artifact: Artifact, examples: list[Example], setti
     same = sum(a == b for a, b in zip(merged, unmerged))
     agreement = same / len(sample) if sample else 1.0
     ok = agreement >= settings.merge_min_agreement
-    message = "" if ok else (f"the merged model answers {len(sample) - same} of {len(sample)} examples differently from "
-                             f"the unmerged adapter, both in fp32 ({agreement:.1%} < merge_min_agreement "
-                             f"{settings.merge_min_agreement:.1%}); largest logit difference {diff:.3g}")
-    return Parity(against="the unmerged adapter (both in fp32)", n=len(sample), agreement=agreement,
-                  max_abs_diff=diff, ok=ok, message=message)
+    message = (
+        ""
+        if ok
+        else (
+            f"the merged model answers {len(sample) - same} of {len(sample)} examples differently from "
+            f"the unmerged adapter, both in fp32 ({agreement:.1%} < merge_min_agreement "
+            f"{settings.merge_min_agreement:.1%}); largest logit difference {diff:.3g}"
+        )
+    )
+    return Parity(
+        against="the unmerged adapter (both in fp32)",
+        n=len(sample),
+        agreement=agreement,
+        max_abs_diff=diff,
+        ok=ok,
+        message=message,
+    )
 
 
 def _reference(task: Task, artifact: Artifact, settings: QwenSettings) -> Any:
@@ -392,13 +495,16 @@ def _reference(task: Task, artifact: Artifact, settings: QwenSettings) -> Any:
     position; for extraction one batched greedy ``generate`` to the end of the turn and the decoded answers."""
     import torch
 
-    model, tokenizer, device, prompter = (artifact.state[k] for k in ("serving_model", "tokenizer", "device", "prompter"))
+    model, tokenizer, device, prompter = (
+        artifact.state[k] for k in ("serving_model", "tokenizer", "device", "prompter")
+    )
 
     def forward(texts: list[str]) -> list[Any]:
         with torch.inference_mode():
             prompts = [prompter.prompt_text(text) for text in texts]  # the chat template, as a user would apply it
-            batch = tokenizer(prompts, padding=True, padding_side="left", add_special_tokens=False,
-                              return_tensors="pt").to(device)
+            batch = tokenizer(
+                prompts, padding=True, padding_side="left", add_special_tokens=False, return_tensors="pt"
+            ).to(device)
             if task.type == "extraction":
                 return generate(model, prompter, batch["input_ids"], batch["attention_mask"], settings.max_new_tokens)
             return model(**batch, logits_to_keep=1).logits[:, -1, prompter.option_tokens].argmax(-1).tolist()
