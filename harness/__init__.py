@@ -13,5 +13,19 @@ __version__ = "0.1.0"
 
 hookimpl = pluggy.HookimplMarker("harness")
 
-__all__ = ["Approach", "ApproachInfo", "Artifact", "Example", "Parity", "Prediction", "Prompt", "RunContext", "Serving",
-           "Settings", "Task", "hookimpl", "setting", "__version__"]
+__all__ = [
+    "Approach",
+    "ApproachInfo",
+    "Artifact",
+    "Example",
+    "Parity",
+    "Prediction",
+    "Prompt",
+    "RunContext",
+    "Serving",
+    "Settings",
+    "Task",
+    "hookimpl",
+    "setting",
+    "__version__",
+]

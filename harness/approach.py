@@ -44,9 +44,18 @@ class Settings(BaseModel):
         return self.model_dump()
 
 
-def setting(default: Any, *, predict: bool = False, secret: bool = False, model: bool = False, help: str = "",
-            ge: float | None = None, gt: float | None = None, le: float | None = None,
-            lt: float | None = None) -> Any:
+def setting(
+    default: Any,
+    *,
+    predict: bool = False,
+    secret: bool = False,
+    model: bool = False,
+    help: str = "",
+    ge: float | None = None,
+    gt: float | None = None,
+    le: float | None = None,
+    lt: float | None = None,
+) -> Any:
     """One setting: its default, and what the core must know about it.
 
     - ``predict``: it changes only how predict runs (a batch size, a scoring rule, the serving device):
@@ -149,8 +158,9 @@ class Approach:
         and raise :class:`harness.errors.UserError` in one line when it is not: the compare stops with exit 2."""
         return None
 
-    def train(self, task: Task, train: list[Example], validation: list[Example], settings: Any,
-              context: RunContext) -> Artifact:
+    def train(
+        self, task: Task, train: list[Example], validation: list[Example], settings: Any, context: RunContext
+    ) -> Artifact:
         """Train on ``train``, selecting checkpoints on ``validation``; save the model under
         ``context.workdir`` and return its :class:`~harness.types.Artifact`."""
         raise NotImplementedError(f"{self.name} does not train; an engine sets serves=")
@@ -159,18 +169,21 @@ class Approach:
         """Make the artifact ready to serve (called once per measuring process, before anything is timed)."""
         return None
 
-    def predict(self, task: Task, artifact: Artifact, examples: list[Example], settings: Any,
-                context: RunContext) -> list[Prediction]:
+    def predict(
+        self, task: Task, artifact: Artifact, examples: list[Example], settings: Any, context: RunContext
+    ) -> list[Prediction]:
         """Exactly one :class:`~harness.types.Prediction` per example, in the order given."""
         raise NotImplementedError
 
-    def reference(self, task: Task, artifact: Artifact, settings: Any,
-                  context: RunContext) -> Callable[[list[str]], Any] | None:
+    def reference(
+        self, task: Task, artifact: Artifact, settings: Any, context: RunContext
+    ) -> Callable[[list[str]], Any] | None:
         """The loaded model called by hand, for bench's ``raw`` row; None when there is none."""
         return None
 
-    def parity(self, task: Task, artifact: Artifact, examples: list[Example], settings: Any,
-               context: RunContext) -> Parity | None:
+    def parity(
+        self, task: Task, artifact: Artifact, examples: list[Example], settings: Any, context: RunContext
+    ) -> Parity | None:
         """After the timed pass, untimed: check that what serves answers as the model it was derived from
         (a merged adapter against the adapter, an export against PyTorch) on ``examples`` (the test set
         without answers). A :class:`~harness.types.Parity` that is not ``ok`` fails the row with its message.
@@ -182,8 +195,9 @@ class ZeroShotApproach(Approach):
     """An approach that answers without training (a model asked as it is, an endpoint): ``train`` stores
     nothing and says so in the row's notes."""
 
-    def train(self, task: Task, train: list[Example], validation: list[Example], settings: Any,
-              context: RunContext) -> Artifact:
+    def train(
+        self, task: Task, train: list[Example], validation: list[Example], settings: Any, context: RunContext
+    ) -> Artifact:
         artifact = Artifact(path=None)
         artifact.notes.append("zero-shot: nothing trains")
         return artifact

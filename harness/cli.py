@@ -30,41 +30,84 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=_Parser)
 
     cmp = commands.add_parser("compare", help="train, predict and score approaches on one spec, then print the table")
-    cmp.add_argument("--plugins", required=True, help="approaches to compare, by name (see `harness plugins`): bert,qwen")
+    cmp.add_argument(
+        "--plugins", required=True, help="approaches to compare, by name (see `harness plugins`): bert,qwen"
+    )
     cmp.add_argument("--spec", required=True, help="a spec name (see `harness specs`) or a YAML file")
-    cmp.add_argument("--data", help="local files instead of the spec's dataset: train=PATH,test=PATH[,validation=PATH] (JSONL or CSV)")
-    cmp.add_argument("--set", dest="overrides", action="append", default=[], metavar="PLUGIN.KEY=VALUE",
-                     help="override one setting, e.g. bert.num_train_epochs=1 (repeatable)")
-    cmp.add_argument("--seeds", help="train and measure each approach once per seed, e.g. 0,1,2: the table shows "
-                     "mean ± sd across them (default: the spec's seeds, else its seed)")
-    cmp.add_argument("--teacher", help="an approach that labels the train examples first (e.g. openai at an endpoint); "
-                     "the students train on its labels, cached in the store")
+    cmp.add_argument(
+        "--data",
+        help="local files instead of the spec's dataset: train=PATH,test=PATH[,validation=PATH] (JSONL or CSV)",
+    )
+    cmp.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="PLUGIN.KEY=VALUE",
+        help="override one setting, e.g. bert.num_train_epochs=1 (repeatable)",
+    )
+    cmp.add_argument(
+        "--seeds",
+        help="train and measure each approach once per seed, e.g. 0,1,2: the table shows "
+        "mean ± sd across them (default: the spec's seeds, else its seed)",
+    )
+    cmp.add_argument(
+        "--teacher",
+        help="an approach that labels the train examples first (e.g. openai at an endpoint); "
+        "the students train on its labels, cached in the store",
+    )
     cmp.add_argument("--limit-train", type=int, help="a stratified sample of N training examples")
     cmp.add_argument("--limit-test", type=int, help="a stratified sample of N test examples")
-    cmp.add_argument("--random-weights", action="store_true",
-                     help="build models from their architecture config without weights: speed is real, quality is not")
-    cmp.add_argument("--rerun", action="store_true",
-                     help="train and measure again even if the store has a run with the same identity")
-    cmp.add_argument("--launcher", choices=("process", "inline"), default="process",
-                     help="process (default): train and measure each approach in processes of their own; "
-                     "inline: in this process, for debugging a plugin")
+    cmp.add_argument(
+        "--random-weights",
+        action="store_true",
+        help="build models from their architecture config without weights: speed is real, quality is not",
+    )
+    cmp.add_argument(
+        "--rerun",
+        action="store_true",
+        help="train and measure again even if the store has a run with the same identity",
+    )
+    cmp.add_argument(
+        "--launcher",
+        choices=("process", "inline"),
+        default="process",
+        help="process (default): train and measure each approach in processes of their own; "
+        "inline: in this process, for debugging a plugin",
+    )
     cmp.add_argument("--latency-samples", type=int, default=100, help="requests timed one at a time (default 100)")
     cmp.add_argument("--json", type=Path, help="also write the comparison as JSON to this file")
     cmp.add_argument("--store", type=Path, help="results store directory (default: $HARNESS_HOME or .harness)")
 
     grd = commands.add_parser("grid", help="approaches x settings x seeds x specs as runs, locally or on a Ray cluster")
-    grd.add_argument("--spec", dest="specs", action="append", required=True, help="a spec (repeatable: one comparison each)")
+    grd.add_argument(
+        "--spec", dest="specs", action="append", required=True, help="a spec (repeatable: one comparison each)"
+    )
     grd.add_argument("--plugins", required=True, help="approaches, by name: bert,qwen")
     grd.add_argument("--seeds", default="0", help="seeds, e.g. 0,1,2 (default 0)")
-    grd.add_argument("--set", dest="overrides", action="append", default=[], metavar="PLUGIN.KEY=VALUE[,VALUE...]",
-                     help="a setting, or several values for it: one row per value (bert.learning_rate=1e-5,2e-5)")
-    grd.add_argument("--data", help="local files instead of each spec's dataset: train=PATH,test=PATH[,validation=PATH]")
+    grd.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="PLUGIN.KEY=VALUE[,VALUE...]",
+        help="a setting, or several values for it: one row per value (bert.learning_rate=1e-5,2e-5)",
+    )
+    grd.add_argument(
+        "--data", help="local files instead of each spec's dataset: train=PATH,test=PATH[,validation=PATH]"
+    )
     grd.add_argument("--limit-train", type=int, help="a stratified sample of N training examples")
     grd.add_argument("--limit-test", type=int, help="a stratified sample of N test examples")
-    grd.add_argument("--executor", choices=("local", "ray"), default="local",
-                     help="local (default): runs one after another, a process per unit; ray: each unit a Ray task")
-    grd.add_argument("--address", help="the Ray cluster to join (auto: the one this machine is part of); "
-                     "default: a local Ray with --cpus CPUs")
+    grd.add_argument(
+        "--executor",
+        choices=("local", "ray"),
+        default="local",
+        help="local (default): runs one after another, a process per unit; ray: each unit a Ray task",
+    )
+    grd.add_argument(
+        "--address",
+        help="the Ray cluster to join (auto: the one this machine is part of); default: a local Ray with --cpus CPUs",
+    )
     grd.add_argument("--cpus", type=int, help="a local Ray's CPUs (default: this machine's)")
     grd.add_argument("--cpus-per-run", type=float, default=1.0, help="CPUs each unit asks Ray for (default 1)")
     grd.add_argument("--gpus-per-run", type=float, default=0.0, help="GPUs each unit asks Ray for (default 0)")
@@ -74,7 +117,9 @@ def build_parser() -> argparse.ArgumentParser:
     grd.add_argument("--json", type=Path, help="also write the comparisons as JSON to this file")
     grd.add_argument("--store", type=Path, help="results store directory (default: $HARNESS_HOME or .harness)")
 
-    bch = commands.add_parser("bench", help="serving speed of one approach: batch sizes, latency, requests/s under load")
+    bch = commands.add_parser(
+        "bench", help="serving speed of one approach: batch sizes, latency, requests/s under load"
+    )
     bch.add_argument("--plugin", required=True, help="the approach to measure")
     bch.add_argument("--spec", required=True, help="a spec name or YAML file (its test split is the request sample)")
     source = bch.add_mutually_exclusive_group(required=True)
@@ -88,31 +133,54 @@ def build_parser() -> argparse.ArgumentParser:
     bch.add_argument("--latency-samples", type=int, default=50, help="requests timed one at a time (default 50)")
     bch.add_argument("--concurrency", type=int, default=8, help="clients sending requests at once (default 8)")
     bch.add_argument("--requests", type=int, default=200, help="requests sent under load (default 200)")
-    bch.add_argument("--max-batch", type=int, help="the served batch limit (default: --concurrency, the most that "
-                     "closed-loop clients can fill); each served round follows an offline pass at it")
-    bch.add_argument("--max-wait-ms", type=float, default=5.0,
-                     help="how long the oldest waiting request may wait for its batch to fill (default 5)")
+    bch.add_argument(
+        "--max-batch",
+        type=int,
+        help="the served batch limit (default: --concurrency, the most that "
+        "closed-loop clients can fill); each served round follows an offline pass at it",
+    )
+    bch.add_argument(
+        "--max-wait-ms",
+        type=float,
+        default=5.0,
+        help="how long the oldest waiting request may wait for its batch to fill (default 5)",
+    )
     bch.add_argument("--json", type=Path, help="also write the figures as JSON to this file")
     bch.add_argument("--store", type=Path, help="results store directory (for --run)")
 
     rep = commands.add_parser("report", help="re-render a stored comparison (the newest by default)")
     rep.add_argument("comparison_id", nargs="?", help="a comparison id from an earlier compare")
-    rep.add_argument("--compare", nargs="+", metavar="RUN_OR_COMPARISON",
-                     help="one table from stored runs and comparisons of the same spec and test set (made on other "
-                     "days, machines or seeds), with the same statistics")
-    rep.add_argument("--html", type=Path, metavar="PATH", help="also write one self-contained HTML page: the table, "
-                     "the statistics, per-class or per-field metrics, plots, settings, hashes and the worst mistakes")
+    rep.add_argument(
+        "--compare",
+        nargs="+",
+        metavar="RUN_OR_COMPARISON",
+        help="one table from stored runs and comparisons of the same spec and test set (made on other "
+        "days, machines or seeds), with the same statistics",
+    )
+    rep.add_argument(
+        "--html",
+        type=Path,
+        metavar="PATH",
+        help="also write one self-contained HTML page: the table, "
+        "the statistics, per-class or per-field metrics, plots, settings, hashes and the worst mistakes",
+    )
     rep.add_argument("--json", type=Path, help="write the comparison as JSON to this file")
     rep.add_argument("--store", type=Path, help="results store directory")
 
     sto = commands.add_parser("store", help="look after the results store")
     store_commands = sto.add_subparsers(dest="store_command", required=True, metavar="ACTION", parser_class=_Parser)
-    chk = store_commands.add_parser("check", help="make the index agree with the run directories: rebuild a corrupt "
-                                    "index, index lost runs, drop runs whose directory or record is gone")
+    chk = store_commands.add_parser(
+        "check",
+        help="make the index agree with the run directories: rebuild a corrupt "
+        "index, index lost runs, drop runs whose directory or record is gone",
+    )
     chk.add_argument("--store", type=Path, help="results store directory (default: $HARNESS_HOME or .harness)")
-    chk.add_argument("--remove-partials", action="store_true",
-                     help="also remove runs a killed process left .partial (kept by default: the next compare "
-                     "with the same training resumes them)")
+    chk.add_argument(
+        "--remove-partials",
+        action="store_true",
+        help="also remove runs a killed process left .partial (kept by default: the next compare "
+        "with the same training resumes them)",
+    )
     gc = store_commands.add_parser("gc", help="remove abandoned work: runs killed and never resumed, data caches")
     gc.add_argument("--store", type=Path, help="results store directory (default: $HARNESS_HOME or .harness)")
     gc.add_argument("--older-than", type=float, metavar="DAYS", help="only what has not changed for DAYS days")
@@ -121,13 +189,22 @@ def build_parser() -> argparse.ArgumentParser:
     ls.add_argument("--store", type=Path, help="results store directory (default: $HARNESS_HOME or .harness)")
     ls.add_argument("--json", action="store_true", help="print JSON")
 
-    tr = commands.add_parser("try", help="every approach of a stored comparison answering your text, side by side "
-                             "(a local web page, or --text in the terminal)")
+    tr = commands.add_parser(
+        "try",
+        help="every approach of a stored comparison answering your text, side by side "
+        "(a local web page, or --text in the terminal)",
+    )
     tr.add_argument("--spec", required=True, help="a spec name or YAML file")
     tr.add_argument("--comparison", help="a stored comparison of the spec (default: its newest)")
     tr.add_argument("--text", help="answer this text in the terminal instead of serving the page")
-    tr.add_argument("--set", dest="overrides", action="append", default=[], metavar="PLUGIN.KEY=VALUE",
-                    help="predict settings, e.g. qwen.device=cpu")
+    tr.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="PLUGIN.KEY=VALUE",
+        help="predict settings, e.g. qwen.device=cpu",
+    )
     tr.add_argument("--host", default="127.0.0.1", help="the page's address (default 127.0.0.1: this machine only)")
     tr.add_argument("--port", type=int, default=7860)
     tr.add_argument("--share", action="store_true", help="also ask Gradio for a public share link (off by default)")
@@ -144,10 +221,16 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        return {"compare": cmd_compare, "bench": cmd_bench, "report": cmd_report, "store": cmd_store,
-                "plugins": cmd_plugins, "specs": cmd_specs, "try": cmd_try, "grid": cmd_grid}[
-            args.command
-        ](args)
+        return {
+            "compare": cmd_compare,
+            "bench": cmd_bench,
+            "report": cmd_report,
+            "store": cmd_store,
+            "plugins": cmd_plugins,
+            "specs": cmd_specs,
+            "try": cmd_try,
+            "grid": cmd_grid,
+        }[args.command](args)
     except UserError as exc:
         print(f"harness: error: {exc}", file=sys.stderr)
         return 2
@@ -184,8 +267,15 @@ def cmd_grid(args: argparse.Namespace) -> int:
         for notice in plugins.check_spec(spec, approaches, {}):
             print(f"harness: notice: {notice}", file=sys.stderr)
     grids = [(spec, grid_plans(plugins, spec, approaches, args.overrides)) for spec in specs]
-    datas = [load_datasets(spec, data=parse_data_option(args.data) if args.data else None, limit_train=args.limit_train,
-                           limit_test=args.limit_test) for spec in specs]
+    datas = [
+        load_datasets(
+            spec,
+            data=parse_data_option(args.data) if args.data else None,
+            limit_train=args.limit_train,
+            limit_test=args.limit_test,
+        )
+        for spec in specs
+    ]
     check_output_target(args.json)
     Store(args.store).check_writable()
     units = sum(len(plans) for _, plans in grids) * len(seeds)
@@ -202,16 +292,27 @@ def cmd_grid(args: argparse.Namespace) -> int:
     comparisons = []
     start = time.perf_counter()
     for (spec, plans), data in zip(grids, datas):
-        options = CompareOptions(random_weights=args.random_weights, latency_samples=args.latency_samples,
-                                 launcher=launcher, seeds=seeds,
-                                 parallel=(args.parallel or units) if launcher == "ray" else 1)
+        options = CompareOptions(
+            random_weights=args.random_weights,
+            latency_samples=args.latency_samples,
+            launcher=launcher,
+            seeds=seeds,
+            parallel=(args.parallel or units) if launcher == "ray" else 1,
+        )
         comparisons.append(compare(plugins, spec, data, plans, store, options, console))
     seconds = time.perf_counter() - start
-    console.print(f"grid: {units} runs ({', '.join(c.comparison_id for c in comparisons)}) in {seconds:.1f} s, "
-                  f"{args.executor}")
+    console.print(
+        f"grid: {units} runs ({', '.join(c.comparison_id for c in comparisons)}) in {seconds:.1f} s, {args.executor}"
+    )
     if args.json is not None:
-        write_json(args.json, {"seconds": seconds, "executor": args.executor,
-                               "comparisons": [comparison_to_dict(c) for c in comparisons]})
+        write_json(
+            args.json,
+            {
+                "seconds": seconds,
+                "executor": args.executor,
+                "comparisons": [comparison_to_dict(c) for c in comparisons],
+            },
+        )
     return 1 if any(run.status == "failed" for c in comparisons for run in c.runs) else 0
 
 
@@ -237,8 +338,9 @@ def cmd_try(args: argparse.Namespace) -> int:
         return 0
     demo = page(plugins, rows, spec, comparison_id)
     console.print(f"harness try: {', '.join(row.name for row in rows)} of comparison {comparison_id}")
-    demo.launch(server_name=args.host, server_port=args.port, share=args.share, inbrowser=False, show_error=True,
-                quiet=False)
+    demo.launch(
+        server_name=args.host, server_port=args.port, share=args.share, inbrowser=False, show_error=True, quiet=False
+    )
     return 0
 
 
@@ -289,8 +391,13 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
     console = _console()
     plugins.pm.register(TerminalReporter(console, spec.metrics), name="terminal-reporter")
-    options = CompareOptions(random_weights=args.random_weights, rerun=args.rerun, latency_samples=args.latency_samples,
-                             launcher=args.launcher, seeds=seeds)
+    options = CompareOptions(
+        random_weights=args.random_weights,
+        rerun=args.rerun,
+        latency_samples=args.latency_samples,
+        launcher=args.launcher,
+        seeds=seeds,
+    )
     store = Store(args.store)
     if teacher_plan is not None:
         from harness.runner import check_approaches
@@ -345,8 +452,15 @@ def cmd_bench(args: argparse.Namespace) -> int:
     from dataclasses import asdict
 
     from harness import measure
-    from harness.bench import (RAW_PROTOCOL, BenchResult, batch_throughput, bench_table, latency_rows, raw_predict,
-                               served_requests)
+    from harness.bench import (
+        RAW_PROTOCOL,
+        BenchResult,
+        batch_throughput,
+        bench_table,
+        latency_rows,
+        raw_predict,
+        served_requests,
+    )
     from harness.data import load_datasets, parse_data_option
     from harness.plugins import load_plugins
     from harness.progress import SILENT
@@ -357,7 +471,9 @@ def cmd_bench(args: argparse.Namespace) -> int:
     try:
         batch_sizes = [_positive(int(b), "--batch-sizes") for b in args.batch_sizes.split(",") if b.strip()]
     except ValueError:
-        raise UserError(f"expected sizes separated by commas, got {args.batch_sizes!r}", where="--batch-sizes") from None
+        raise UserError(
+            f"expected sizes separated by commas, got {args.batch_sizes!r}", where="--batch-sizes"
+        ) from None
     for flag in ("rounds", "latency_samples", "concurrency", "requests"):
         _positive(getattr(args, flag), "--" + flag.replace("_", "-"))
     # A closed loop of N clients never has more than N requests waiting: a larger limit could only add waiting.
@@ -376,7 +492,9 @@ def cmd_bench(args: argparse.Namespace) -> int:
     if args.run:
         from harness.serving import load_stored_run
 
-        artifact, settings = load_stored_run(plugins, Store(args.store), args.run, plan, task, overrides.get(args.plugin, {}))
+        artifact, settings = load_stored_run(
+            plugins, Store(args.store), args.run, plan, task, overrides.get(args.plugin, {})
+        )
         source = f"run {args.run}"
     else:
         import tempfile
@@ -389,13 +507,23 @@ def cmd_bench(args: argparse.Namespace) -> int:
         source = "random weights"
 
     def predict(examples, call_settings):
-        return plugins.call(plan.approach, "harness_predict", task=task, artifact=artifact, examples=examples,
-                            settings=call_settings, progress=SILENT)
+        return plugins.call(
+            plan.approach,
+            "harness_predict",
+            task=task,
+            artifact=artifact,
+            examples=examples,
+            settings=call_settings,
+            progress=SILENT,
+        )
 
     examples = without_answers(data.test)
     result = BenchResult(args.plugin, spec.name, source, len(examples))
-    reference = (plugins.call(plan.approach, "harness_reference", task=task, artifact=artifact, settings=settings)
-                 if plugins.implements(plan.approach, "harness_reference") else None)
+    reference = (
+        plugins.call(plan.approach, "harness_reference", task=task, artifact=artifact, settings=settings)
+        if plugins.implements(plan.approach, "harness_reference")
+        else None
+    )
     # Raw and harness take turns, round by round for throughput and request by request for latency, so that
     # a noisy machine moves both alike; each one's peak memory comes from a pass of its own.
     predicts = [predict] if reference is None else [raw_predict(reference), predict]
@@ -408,8 +536,16 @@ def cmd_bench(args: argparse.Namespace) -> int:
     *raw, result.latency = latency_rows(predicts, examples, settings, args.latency_samples)
     if raw:
         result.raw["latency"] = raw[0]
-    result.served = served_requests(predict, examples, settings, concurrency=args.concurrency, requests=args.requests,
-                                    max_batch=max_batch, max_wait_ms=args.max_wait_ms, rounds=args.rounds)
+    result.served = served_requests(
+        predict,
+        examples,
+        settings,
+        concurrency=args.concurrency,
+        requests=args.requests,
+        max_batch=max_batch,
+        max_wait_ms=args.max_wait_ms,
+        rounds=args.rounds,
+    )
     result.environment = measure.environment(artifact.state.get("device") or artifact.device)
     _console().print(bench_table(result))
     if args.json is not None:
@@ -470,8 +606,14 @@ def cmd_store(args: argparse.Namespace) -> int:
 
         table = Table("Run", "Approach", "Spec", "Status", "Model", "Size", title=str(store.root), title_justify="left")
         for row in rows:
-            table.add_row(row["run_id"], row["approach"], row["spec"], row["status"], row["model"],
-                          "-" if row["bytes"] is None else size_text(row["bytes"]))
+            table.add_row(
+                row["run_id"],
+                row["approach"],
+                row["spec"],
+                row["status"],
+                row["model"],
+                "-" if row["bytes"] is None else size_text(row["bytes"]),
+            )
         _console().print(table)
         return 0
     if args.store_command == "gc":
@@ -487,8 +629,11 @@ def cmd_store(args: argparse.Namespace) -> int:
         for line in skipped_lines(cleaned):  # what a running compare holds is never removed
             print(line)
         total = size_text(sum(size for _, size, _ in found))
-        print(f"{store.root}: {len(found)} to remove, {total} to free (dry run: nothing removed)" if args.dry_run
-              else f"{store.root}: {len(found)} removed, {total} freed")
+        print(
+            f"{store.root}: {len(found)} to remove, {total} to free (dry run: nothing removed)"
+            if args.dry_run
+            else f"{store.root}: {len(found)} removed, {total} freed"
+        )
         return 0
     store.check_writable(open_index=False)  # check is what repairs a corrupt index
     fixed = store.check()
@@ -499,11 +644,15 @@ def cmd_store(args: argparse.Namespace) -> int:
         skipped = skipped_lines(cleaned)
     for line in fixed + skipped:
         print(line)
-    runs, comparisons = (store.db.execute(f"SELECT count(*) FROM {table}").fetchone()[0] for table in ("runs", "comparisons"))
+    runs, comparisons = (
+        store.db.execute(f"SELECT count(*) FROM {table}").fetchone()[0] for table in ("runs", "comparisons")
+    )
     kept = list(store.stale_partials())  # killed runs, without sizing every run in the store
-    print(f"{store.root}: {runs} runs and {comparisons} comparisons indexed; "
-          + (f"{len(fixed)} fixed" if fixed else "nothing to fix")
-          + (f"; {len(kept)} killed runs kept to resume (`harness store gc` removes them)" if kept else ""))
+    print(
+        f"{store.root}: {runs} runs and {comparisons} comparisons indexed; "
+        + (f"{len(fixed)} fixed" if fixed else "nothing to fix")
+        + (f"; {len(kept)} killed runs kept to resume (`harness store gc` removes them)" if kept else "")
+    )
     return 0
 
 
@@ -527,8 +676,10 @@ def cmd_plugins(args: argparse.Namespace) -> int:
             try:
                 row["task_types"] = list(plugins.describe(name).task_types)
             except Exception as exc:  # list the others; say which one is broken
-                print(f"harness: plugin {name!r} cannot describe itself: {type(exc).__name__}: {exc}".splitlines()[0],
-                      file=sys.stderr)
+                print(
+                    f"harness: plugin {name!r} cannot describe itself: {type(exc).__name__}: {exc}".splitlines()[0],
+                    file=sys.stderr,
+                )
                 row["task_types"] = []
         rows.append(row)
     if args.json:
@@ -538,8 +689,13 @@ def cmd_plugins(args: argparse.Namespace) -> int:
 
     table = Table("Name", "Version", "Task types", "Hooks", "Package")
     for row in rows:
-        table.add_row(row["name"], row["version"], ", ".join(row.get("task_types", [])) or "-",
-                      ", ".join(h.removeprefix("harness_") for h in row["hooks"]), row["package"])
+        table.add_row(
+            row["name"],
+            row["version"],
+            ", ".join(row.get("task_types", [])) or "-",
+            ", ".join(h.removeprefix("harness_") for h in row["hooks"]),
+            row["package"],
+        )
     _console().print(table)
     return 0
 
@@ -551,8 +707,17 @@ def cmd_specs(args: argparse.Namespace) -> int:
     for path in list_specs():
         spec = load_spec(str(path))
         dataset = spec.dataset.hub or (f"{spec.dataset.train}, {spec.dataset.test}" if spec.dataset.train else "--data")
-        rows.append({"name": spec.name, "path": str(path), "task": spec.task.type, "dataset": dataset,
-                     "labels": spec.task.labels, "fields": spec.task.fields, "plugins": sorted(spec.plugins)})
+        rows.append(
+            {
+                "name": spec.name,
+                "path": str(path),
+                "task": spec.task.type,
+                "dataset": dataset,
+                "labels": spec.task.labels,
+                "fields": spec.task.fields,
+                "plugins": sorted(spec.plugins),
+            }
+        )
     if args.json:
         print(json.dumps(rows, indent=2, ensure_ascii=False))
         return 0
@@ -560,8 +725,13 @@ def cmd_specs(args: argparse.Namespace) -> int:
 
     table = Table("Name", "Task", "Dataset", "Labels / fields", "Plugin settings for")
     for row in rows:
-        table.add_row(row["name"], row["task"], row["dataset"], ", ".join(row["labels"] or row["fields"]),
-                      ", ".join(row["plugins"]) or "-")
+        table.add_row(
+            row["name"],
+            row["task"],
+            row["dataset"],
+            ", ".join(row["labels"] or row["fields"]),
+            ", ".join(row["plugins"]) or "-",
+        )
     _console().print(table)
     return 0
 

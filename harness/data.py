@@ -83,8 +83,11 @@ def load_datasets(
     source = "train"
     if data:
         if data.get("validation") and spec.validation in ("test", "none"):
-            raise UserError(f"validation= and {spec.where}'s 'validation: {spec.validation}' both say how "
-                            "checkpoints are selected; remove one", where="--data")
+            raise UserError(
+                f"validation= and {spec.where}'s 'validation: {spec.validation}' both say how "
+                "checkpoints are selected; remove one",
+                where="--data",
+            )
         train, test = read(Path(data["train"])), read(Path(data["test"]))
         if data.get("validation"):
             validation, source = read(Path(data["validation"])), "file"
@@ -98,8 +101,10 @@ def load_datasets(
         if ds.validation_split:
             validation, source = read_hub(ds.validation_split), "split"
     else:
-        raise UserError("the spec names no hub dataset or files: give --data train=PATH,test=PATH "
-                        "(validation=PATH optional)", where=f"{spec.where}: dataset")
+        raise UserError(
+            "the spec names no hub dataset or files: give --data train=PATH,test=PATH (validation=PATH optional)",
+            where=f"{spec.where}: dataset",
+        )
 
     train = _sample(train, limit_train, spec.seed, "--limit-train")
     test = _sample(test, limit_test, spec.seed, "--limit-test")
@@ -149,7 +154,9 @@ def read_examples(path: Path, task: Task, text_field: str, label_field: str, fie
         raise _not_utf8(path) from None
     if not rows:
         raise UserError("no examples", where=str(path))
-    return [_to_example(where, row, task, text_field, label_field, fields_field, i) for i, (where, row) in enumerate(rows)]
+    return [
+        _to_example(where, row, task, text_field, label_field, fields_field, i) for i, (where, row) in enumerate(rows)
+    ]
 
 
 def _read_rows(path: Path) -> list[tuple[str, dict[str, Any]]]:
@@ -228,8 +235,10 @@ def _read_csv_rows(path: Path) -> list[tuple[str, dict[str, Any]]]:
     quote_line = problem[0] if problem is not None and problem[1] is None else None
     if quote_line is not None:
         # At the end of the file the reader keeps what an unclosed quote swallowed as one field, without a word.
-        raise UserError(f"unterminated quote starting on line {quote_line}: its field runs to the end of the file",
-                        where=f"{path}:{quote_line}")
+        raise UserError(
+            f"unterminated quote starting on line {quote_line}: its field runs to the end of the file",
+            where=f"{path}:{quote_line}",
+        )
     return rows
 
 
@@ -245,13 +254,19 @@ def _check_spanning_record(path: Path, start: int, lines: list[str], values: lis
         return  # open to the end of the file: said once the file is read
     if problem is not None:
         opened, closed = problem
-        raise UserError(f"unterminated quote starting on line {opened}: the quote that closes it on line {closed} "
-                        f"is followed by text, not a comma or the line's end, so lines {opened} to {closed} would "
-                        "be read as one field", where=f"{path}:{opened}")
+        raise UserError(
+            f"unterminated quote starting on line {opened}: the quote that closes it on line {closed} "
+            f"is followed by text, not a comma or the line's end, so lines {opened} to {closed} would "
+            "be read as one field",
+            where=f"{path}:{opened}",
+        )
     if header and values and len(values) != len(header):
         end = start + len(lines) - 1
-        raise UserError(f"a quoted field opens on line {start} and runs to line {end}, leaving {len(values)} "
-                        f"columns where the header has {len(header)}: a quote left open?", where=f"{path}:{start}")
+        raise UserError(
+            f"a quoted field opens on line {start} and runs to line {end}, leaving {len(values)} "
+            f"columns where the header has {len(header)}: a quote left open?",
+            where=f"{path}:{start}",
+        )
 
 
 _FIELD_END = re.compile(r"[,\r\n]")
@@ -283,7 +298,7 @@ def _quote_problem(start: int, lines: list[str]) -> tuple[int, int | None] | Non
                 if not text.startswith('"', quote + 1):
                     break
                 pos = quote + 2  # "" is a quote inside the field
-            after = text[quote + 1:quote + 2]
+            after = text[quote + 1 : quote + 2]
             if after and after not in ",\r\n" and line_of(quote) > line_of(opened):
                 return line_of(opened), line_of(quote)
             pos = quote + 1
@@ -311,11 +326,15 @@ def _read_hub(
     try:
         import datasets
     except ImportError:
-        raise UserError("hub datasets need the 'datasets' package: pip install 'harness-compare[hub]'", where=hub) from None
+        raise UserError(
+            "hub datasets need the 'datasets' package: pip install 'harness-compare[hub]'", where=hub
+        ) from None
     try:
         table = datasets.load_dataset(hub, config, split=split)
     except Exception as exc:  # the hub client raises many types; the user needs the message
-        raise UserError(f"could not load split {split!r}: {type(exc).__name__}: {exc}".splitlines()[0], where=hub) from None
+        raise UserError(
+            f"could not load split {split!r}: {type(exc).__name__}: {exc}".splitlines()[0], where=hub
+        ) from None
     if len(table) == 0:
         raise UserError(f"split {split!r} has no examples", where=hub)
     return [
@@ -339,28 +358,39 @@ def _to_example(
             raise UserError(f"missing fields object {fields_field!r}", where=where)
         unknown = [f for f in fields if f not in task.fields]
         if unknown:
-            raise UserError(f"field {unknown[0]!r} is not one of the spec's fields ({', '.join(task.fields)})",
-                            where=where)
+            raise UserError(
+                f"field {unknown[0]!r} is not one of the spec's fields ({', '.join(task.fields)})", where=where
+            )
         missing = [f for f in task.fields if f not in fields]
         if missing:
-            raise UserError(f"field {missing[0]!r} of the spec is missing (an empty value is \"\" or null)", where=where)
+            raise UserError(f'field {missing[0]!r} of the spec is missing (an empty value is "" or null)', where=where)
         for name, value in fields.items():
             problem = _gold_value_problem(value)
             if problem:
                 raise UserError(f"field {name!r} is {problem}; a gold value is a string, a number or null", where=where)
         # null is the empty value, as in the scorer (harness.metrics.normalise); a number is its text.
-        return Example(example_id, text, fields={k: "" if v is None else v if isinstance(v, str)
-                                                 else json.dumps(v, ensure_ascii=False) for k, v in fields.items()})
+        return Example(
+            example_id,
+            text,
+            fields={
+                k: "" if v is None else v if isinstance(v, str) else json.dumps(v, ensure_ascii=False)
+                for k, v in fields.items()
+            },
+        )
     label = row.get(label_field)
     if label is None:
         raise UserError(f"missing label field {label_field!r}", where=where)
     if isinstance(label, (bool, float)) or not isinstance(label, (str, int)):
         # An id is an integer (CSV's text "2" included); 2.0, true or [2] would only ever match by accident.
         problem = _gold_value_problem(label) or f"the number {label!r}, not an integer"
-        raise UserError(f"label field {label_field!r} is {problem}; a label is one of the spec's label names or "
-                        "an integer id", where=where)
+        raise UserError(
+            f"label field {label_field!r} is {problem}; a label is one of the spec's label names or an integer id",
+            where=where,
+        )
     if isinstance(label, str) and re.fullmatch(r"\s*-?[0-9]+\s*", label) and label not in task.labels:
-        label = int(label)  # CSV cells are strings; an id written as text is still an id (ASCII digits only: "²" is not)
+        label = int(
+            label
+        )  # CSV cells are strings; an id written as text is still an id (ASCII digits only: "²" is not)
     if isinstance(label, int) and not isinstance(label, bool):
         if not 0 <= label < len(task.labels):
             raise UserError(f"label id {label} outside the spec's {len(task.labels)} labels", where=where)

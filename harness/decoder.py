@@ -74,8 +74,10 @@ class PromptSettings:
         reserve = get("answer_reserve", None)
         if reserve is None:
             reserve = get("max_new_tokens", cls.answer_reserve)
-        return cls(**{f.name: get(f.name, f.default) for f in dataclass_fields(cls) if f.name != "answer_reserve"},
-                   answer_reserve=reserve)
+        return cls(
+            **{f.name: get(f.name, f.default) for f in dataclass_fields(cls) if f.name != "answer_reserve"},
+            answer_reserve=reserve,
+        )
 
 
 class Prompter:
@@ -174,7 +176,11 @@ class Prompter:
         prompt, cut = self.prompt_ids(example.text, reserve=reserve)
         turn = self.assistant_tokens if self.settings.answer_loss == "turn" else 0
         labels = [-100] * (len(prompt) - turn) + prompt[len(prompt) - turn :] + answer
-        return {"input_ids": prompt + answer, "attention_mask": [1] * (len(prompt) + len(answer)), "labels": labels}, cut
+        return {
+            "input_ids": prompt + answer,
+            "attention_mask": [1] * (len(prompt) + len(answer)),
+            "labels": labels,
+        }, cut
 
     def extraction_answer(self, fields: dict[str, str]) -> list[int]:
         return self._answer_ids(json.dumps(fields, ensure_ascii=False))
@@ -310,9 +316,18 @@ def left_padded(rows: list[list[int]], pad: int, device: str):
     return input_ids.to(device), mask.to(device), positions.to(device)
 
 
-def classify(model: Any, prompter: Prompter, device: str, examples: list[Example], *, batch_size: int = 16,
-             scoring: str = "letter", bucket_by_length: bool = True, packed: bool = False,
-             progress: Any = None) -> list[Prediction]:
+def classify(
+    model: Any,
+    prompter: Prompter,
+    device: str,
+    examples: list[Example],
+    *,
+    batch_size: int = 16,
+    scoring: str = "letter",
+    bucket_by_length: bool = True,
+    packed: bool = False,
+    progress: Any = None,
+) -> list[Prediction]:
     """Each example's label and every label's probability, batch by batch, without generating.
 
     ``scoring`` is one of :data:`SCORINGS`; ``packed`` runs letter scoring packed end to end
@@ -330,14 +345,20 @@ def classify(model: Any, prompter: Prompter, device: str, examples: list[Example
         batches = progress.track(batches, "predict", total=len(examples), weight=len)
     predictions: list[Prediction | None] = [None] * len(examples)
     labels = prompter.task.labels
-    with torch.inference_mode(), packing_if_it_saves(packed_last_logits, model, packed and scoring == "letter",
-                                                     len(examples), batch_size) as packs:
+    with (
+        torch.inference_mode(),
+        packing_if_it_saves(
+            packed_last_logits, model, packed and scoring == "letter", len(examples), batch_size
+        ) as packs,
+    ):
         for batch in batches:
             if scoring == "letter":
                 log_probs = letter_scores(model, prompter, [prompts[i] for i in batch], device, packs)
             else:
-                log_probs = [likelihood_scores(model, prompter, prompts[i], device, per_token=scoring == "perplexity")
-                             for i in batch]
+                log_probs = [
+                    likelihood_scores(model, prompter, prompts[i], device, per_token=scoring == "perplexity")
+                    for i in batch
+                ]
             for i, scores in zip(batch, log_probs):
                 probabilities = torch.tensor(scores).softmax(-1).tolist()
                 named = dict(zip(labels, probabilities))
@@ -345,8 +366,9 @@ def classify(model: Any, prompter: Prompter, device: str, examples: list[Example
     return predictions  # type: ignore[return-value]
 
 
-def letter_scores(model: Any, prompter: Prompter, prompts: list[list[int]], device: str,
-                  packed: Any = None) -> list[list[float]]:
+def letter_scores(
+    model: Any, prompter: Prompter, prompts: list[list[int]], device: str, packed: Any = None
+) -> list[list[float]]:
     """Each prompt's option tokens' logits at its last position (softmax over them gives each option's
     probability, as the full vocabulary's log-probabilities would): one forward pass, left-padded or through
     ``packed`` (the forward of :func:`harness.packing.packed_last_logits`), and only the option tokens' logits
@@ -355,8 +377,9 @@ def letter_scores(model: Any, prompter: Prompter, prompts: list[list[int]], devi
         logits = packed(prompts, prompter.option_tokens)
     else:
         input_ids, mask, positions = left_padded(prompts, prompter.tokenizer.pad_token_id, device)
-        logits = token_logits(model, prompter.option_tokens, input_ids=input_ids, attention_mask=mask,
-                              position_ids=positions)[:, -1]
+        logits = token_logits(
+            model, prompter.option_tokens, input_ids=input_ids, attention_mask=mask, position_ids=positions
+        )[:, -1]
     return logits.tolist()
 
 
@@ -386,12 +409,24 @@ def next_tokens(logits: Any, hidden: Any = None, head: Any = None, candidates: i
 # What of a generation_config changes greedy scores (the logits processors ``generate`` builds without
 # sampling), with each setting's value that builds none. Sampling settings (temperature, top_p, top_k) don't
 # apply to greedy decoding: ``generate(do_sample=False)`` ignores them too.
-PROCESSOR_SETTINGS = {"repetition_penalty": 1.0, "no_repeat_ngram_size": 0, "encoder_repetition_penalty": 1.0,
-                      "encoder_no_repeat_ngram_size": 0, "bad_words_ids": None, "sequence_bias": None,
-                      "min_length": 0, "min_new_tokens": 0, "forced_bos_token_id": None, "forced_eos_token_id": None,
-                      "remove_invalid_values": False, "exponential_decay_length_penalty": None,
-                      "suppress_tokens": None, "begin_suppress_tokens": None, "guidance_scale": 1.0,
-                      "watermarking_config": None}
+PROCESSOR_SETTINGS = {
+    "repetition_penalty": 1.0,
+    "no_repeat_ngram_size": 0,
+    "encoder_repetition_penalty": 1.0,
+    "encoder_no_repeat_ngram_size": 0,
+    "bad_words_ids": None,
+    "sequence_bias": None,
+    "min_length": 0,
+    "min_new_tokens": 0,
+    "forced_bos_token_id": None,
+    "forced_eos_token_id": None,
+    "remove_invalid_values": False,
+    "exponential_decay_length_penalty": None,
+    "suppress_tokens": None,
+    "begin_suppress_tokens": None,
+    "guidance_scale": 1.0,
+    "watermarking_config": None,
+}
 
 
 def generation_settings(model: Any) -> dict[str, Any]:
@@ -422,19 +457,31 @@ def greedy_processors(model: Any, prompter: Prompter, input_ids: Any, attention_
     if not generation_settings(model):
         return None
     if model.generation_config.guidance_scale not in (None, 1.0) or model.generation_config.watermarking_config:
-        raise ValueError("harness's greedy decoding cannot apply a generation_config's guidance_scale or "
-                         "watermarking_config (they keep state across the batch); remove them from the model's "
-                         "generation_config")
+        raise ValueError(
+            "harness's greedy decoding cannot apply a generation_config's guidance_scale or "
+            "watermarking_config (they keep state across the batch); remove them from the model's "
+            "generation_config"
+        )
     width = input_ids.shape[1]
     config, _ = model._prepare_generation_config(
-        None, do_sample=False, num_beams=1, max_new_tokens=max_new_tokens, eos_token_id=prompter.end_ids or None,
-        pad_token_id=prompter.tokenizer.pad_token_id)
+        None,
+        do_sample=False,
+        num_beams=1,
+        max_new_tokens=max_new_tokens,
+        eos_token_id=prompter.end_ids or None,
+        pad_token_id=prompter.tokenizer.pad_token_id,
+    )
     model._prepare_special_tokens(config, True, device=input_ids.device, batch_size=input_ids.shape[0])
     config.max_length = width + max_new_tokens  # as generate prepares the lengths
     if config.min_new_tokens is not None:
         config.min_length = config.min_new_tokens + width
-    processors = model._get_logits_processor(config, input_ids_seq_length=width, encoder_input_ids=input_ids,
-                                             device=input_ids.device, model_kwargs={"attention_mask": attention_mask})
+    processors = model._get_logits_processor(
+        config,
+        input_ids_seq_length=width,
+        encoder_input_ids=input_ids,
+        device=input_ids.device,
+        model_kwargs={"attention_mask": attention_mask},
+    )
     return processors or None
 
 
@@ -447,8 +494,9 @@ def _cache_renamed(model_class: type) -> bool:
     return "cache" in inspect.signature(model_class.forward).parameters
 
 
-def likelihood_scores(model: Any, prompter: Prompter, prompt: list[int], device: str,
-                      per_token: bool = False) -> list[float]:
+def likelihood_scores(
+    model: Any, prompter: Prompter, prompt: list[int], device: str, per_token: bool = False
+) -> list[float]:
     """Summed log-probability of each answer after the prompt, or with ``per_token`` its mean per token
     (minus the log of the perplexity); the prompt runs once and its KV cache is shared by all answers,
     which run together as one batch."""
@@ -468,8 +516,12 @@ def likelihood_scores(model: Any, prompter: Prompter, prompt: list[int], device:
         answer_mask[i, : len(ids)] = 1
     mask = torch.cat([torch.ones((len(answers), len(prompt)), dtype=torch.long, device=device), answer_mask], dim=1)
     positions = torch.arange(len(prompt), len(prompt) + width, device=device).expand(len(answers), -1)
-    logits = model(input_ids=tokens, attention_mask=mask, position_ids=positions,
-                   **{"cache" if renamed else "past_key_values": cache}).logits
+    logits = model(
+        input_ids=tokens,
+        attention_mask=mask,
+        position_ids=positions,
+        **{"cache" if renamed else "past_key_values": cache},
+    ).logits
     log_probs = logits.float().log_softmax(-1)
     scores = []
     for i, ids in enumerate(answers):
@@ -480,8 +532,9 @@ def likelihood_scores(model: Any, prompter: Prompter, prompt: list[int], device:
     return scores
 
 
-def generate(model: Any, prompter: Prompter, input_ids: Any, attention_mask: Any, max_new_tokens: int,
-             num_beams: int = 1) -> list[str]:
+def generate(
+    model: Any, prompter: Prompter, input_ids: Any, attention_mask: Any, max_new_tokens: int, num_beams: int = 1
+) -> list[str]:
     """Greedy (or with ``num_beams``, beam search) ``model.generate`` of a left-padded batch until the end of
     the turn, each row's answer decoded without special tokens: the library's own loop, as a user would call
     it (the raw reference of ``harness bench``). harness serves greedy decoding with :func:`greedy_answers`,
@@ -489,14 +542,21 @@ def generate(model: Any, prompter: Prompter, input_ids: Any, attention_mask: Any
     return [text for text, _ in generate_counted(model, prompter, input_ids, attention_mask, max_new_tokens, num_beams)]
 
 
-def generate_counted(model: Any, prompter: Prompter, input_ids: Any, attention_mask: Any, max_new_tokens: int,
-                     num_beams: int = 1) -> list[tuple[str, int]]:
+def generate_counted(
+    model: Any, prompter: Prompter, input_ids: Any, attention_mask: Any, max_new_tokens: int, num_beams: int = 1
+) -> list[tuple[str, int]]:
     """:func:`generate`, with each row's generated token count (its end-of-turn token included; the padding
     a finished row gets while the others go on is not). Beam search (seqgpt's) runs here, in the library."""
     tokenizer = prompter.tokenizer
-    out = model.generate(input_ids=input_ids, attention_mask=attention_mask, max_new_tokens=max_new_tokens,
-                         do_sample=False, num_beams=num_beams, eos_token_id=prompter.end_ids or None,
-                         pad_token_id=tokenizer.pad_token_id)
+    out = model.generate(
+        input_ids=input_ids,
+        attention_mask=attention_mask,
+        max_new_tokens=max_new_tokens,
+        do_sample=False,
+        num_beams=num_beams,
+        eos_token_id=prompter.end_ids or None,
+        pad_token_id=tokenizer.pad_token_id,
+    )
     new = out[:, input_ids.shape[1] :]
     counts = []
     for row in new.tolist():
@@ -505,8 +565,9 @@ def generate_counted(model: Any, prompter: Prompter, input_ids: Any, attention_m
     return list(zip(tokenizer.batch_decode(new, skip_special_tokens=True), counts))
 
 
-def greedy_answers(model: Any, prompter: Prompter, input_ids: Any, attention_mask: Any,
-                   max_new_tokens: int) -> list[tuple[str, int]]:
+def greedy_answers(
+    model: Any, prompter: Prompter, input_ids: Any, attention_mask: Any, max_new_tokens: int
+) -> list[tuple[str, int]]:
     """Greedy decoding of a left-padded batch with the KV cache, each row until its end of turn; every row's
     answer (decoded without special tokens) and its generated token count (the end of turn included).
 
@@ -531,11 +592,16 @@ def greedy_answers(model: Any, prompter: Prompter, input_ids: Any, attention_mas
     # The generation_config's processors (None: plain greedy, nothing more to do), on each row's whole ids.
     processors = greedy_processors(base, prompter, input_ids, attention_mask, max_new_tokens)
     history = input_ids
-    hook = head.register_forward_hook(lambda module, args, output: seen.append(args[0][:, -1])) if head is not None else None
+    hook = (
+        head.register_forward_hook(lambda module, args, output: seen.append(args[0][:, -1]))
+        if head is not None
+        else None
+    )
     try:
         positions = (attention_mask.cumsum(-1) - 1).clamp(min=0)
-        out = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=positions, use_cache=True,
-                    logits_to_keep=1)
+        out = model(
+            input_ids=input_ids, attention_mask=attention_mask, position_ids=positions, use_cache=True, logits_to_keep=1
+        )
         rows = list(range(input_ids.shape[0]))  # the batch's rows still generating, by their index in the batch
         answers: list[list[int]] = [[] for _ in rows]
         mask, position = attention_mask, positions[:, -1:]
@@ -558,12 +624,18 @@ def greedy_answers(model: Any, prompter: Prompter, input_ids: Any, attention_mas
                 rows, tokens, mask, position = [rows[j] for j in keep], tokens[index], mask[index], position[index]
                 if processors is not None:  # built again for the rows left: a processor may hold one value a row
                     history, left = history[index], torch.tensor(rows, device=tokens.device)
-                    processors = greedy_processors(base, prompter, input_ids[left], attention_mask[left],
-                                                   max_new_tokens)
+                    processors = greedy_processors(
+                        base, prompter, input_ids[left], attention_mask[left], max_new_tokens
+                    )
             mask = torch.cat([mask, mask.new_ones((len(rows), 1))], dim=1)
             position = position + 1
-            out = model(input_ids=tokens[:, None], attention_mask=mask, position_ids=position, use_cache=True,
-                        **{cache_name: cache})
+            out = model(
+                input_ids=tokens[:, None],
+                attention_mask=mask,
+                position_ids=position,
+                use_cache=True,
+                **{cache_name: cache},
+            )
     finally:
         if hook is not None:
             hook.remove()
@@ -571,16 +643,25 @@ def greedy_answers(model: Any, prompter: Prompter, input_ids: Any, attention_mas
     return [(text, len(ids)) for text, ids in zip(texts, answers)]
 
 
-def extract(model: Any, prompter: Prompter, device: str, examples: list[Example], *, max_new_tokens: int,
-            batch_size: int = 16, progress: Any = None) -> list[Prediction]:
+def extract(
+    model: Any,
+    prompter: Prompter,
+    device: str,
+    examples: list[Example],
+    *,
+    max_new_tokens: int,
+    batch_size: int = 16,
+    progress: Any = None,
+) -> list[Prediction]:
     """Each example's fields by greedy generation, one batch of similar lengths at a time; the answer
     must be a JSON object (:func:`parse_fields`), and ``Prediction.raw`` keeps what was generated."""
     import torch
 
     from harness.models import length_buckets
 
-    prompts, cut = zip(*(prompter.prompt_ids(ex.text, reserve=max_new_tokens) for ex in examples)) \
-        if examples else ((), ())
+    prompts, cut = (
+        zip(*(prompter.prompt_ids(ex.text, reserve=max_new_tokens) for ex in examples)) if examples else ((), ())
+    )
     batches = length_buckets([len(p) for p in prompts], batch_size)
     predictions: list[Prediction | None] = [None] * len(examples)
     if progress is not None:
@@ -590,7 +671,9 @@ def extract(model: Any, prompter: Prompter, device: str, examples: list[Example]
             input_ids, mask, _ = left_padded([prompts[i] for i in batch], prompter.tokenizer.pad_token_id, device)
             for i, (answer, tokens) in zip(batch, greedy_answers(model, prompter, input_ids, mask, max_new_tokens)):
                 raw = answer.strip()
-                predictions[i] = Prediction(fields=parse_fields(raw), raw=raw, truncated=cut[i], generated_tokens=tokens)
+                predictions[i] = Prediction(
+                    fields=parse_fields(raw), raw=raw, truncated=cut[i], generated_tokens=tokens
+                )
     return predictions  # type: ignore[return-value]
 
 
@@ -612,7 +695,9 @@ def parse_fields(raw: str) -> dict[str, Any] | None:
     if not isinstance(value, dict):
         return None
     # Text as written; null kept (the scorer's empty value); a number or list as its JSON text, as gold's are.
-    return {str(k): v if v is None or isinstance(v, str) else json.dumps(v, ensure_ascii=False) for k, v in value.items()}
+    return {
+        str(k): v if v is None or isinstance(v, str) else json.dumps(v, ensure_ascii=False) for k, v in value.items()
+    }
 
 
 FENCE = re.compile(r"```(?:json)?\s*(.*?)\s*```", re.DOTALL)

@@ -63,8 +63,9 @@ def openai_module() -> Any:
     try:
         import openai
     except ImportError:
-        raise ImportError("talking to an OpenAI-compatible endpoint needs the openai client: "
-                          "pip install 'harness-compare[openai]'") from None
+        raise ImportError(
+            "talking to an OpenAI-compatible endpoint needs the openai client: pip install 'harness-compare[openai]'"
+        ) from None
     return openai
 
 
@@ -144,8 +145,9 @@ def deadline_client_class() -> type:
             try:
                 return await within(self.deadline, super().send(request, **kwargs))
             except asyncio.TimeoutError:
-                raise http.ReadTimeout(f"no whole answer within the {self.deadline:g} s deadline",
-                                       request=request) from None
+                raise http.ReadTimeout(
+                    f"no whole answer within the {self.deadline:g} s deadline", request=request
+                ) from None
 
     return DeadlineClient
 
@@ -166,8 +168,12 @@ class Session:
 
     def __init__(self, base_url: str, api_key: str = "", *, timeout: float = 60.0, max_retries: int = 2):
         self.timeout = timeout
-        self._options = {"base_url": base_url, "api_key": api_key or "EMPTY", "timeout": timeout,
-                         "max_retries": max_retries}
+        self._options = {
+            "base_url": base_url,
+            "api_key": api_key or "EMPTY",
+            "timeout": timeout,
+            "max_retries": max_retries,
+        }
         self._lock = threading.Lock()
         self._loop: _Loop | None = None
         self._finalizer: Any = None
@@ -215,15 +221,24 @@ class Endpoint:
     ``api_key_env`` (empty: no key, as a local vLLM or llama.cpp server takes). One :class:`Session` for its
     life: :meth:`close` (or ``with``) ends it."""
 
-    def __init__(self, base_url: str, model: str, *, api_key_env: str = "", concurrency: int = 8,
-                 timeout: float = 60.0, max_retries: int = 4):
+    def __init__(
+        self,
+        base_url: str,
+        model: str,
+        *,
+        api_key_env: str = "",
+        concurrency: int = 8,
+        timeout: float = 60.0,
+        max_retries: int = 4,
+    ):
         self.base_url, self.model = base_url.rstrip("/"), model
         self.concurrency = concurrency
         self.api_key_env = api_key_env
         self._key = os.environ.get(api_key_env, "") if api_key_env else ""
         if api_key_env and not self._key:
-            raise UserError(f"the environment variable {api_key_env} that should hold the API key is not set",
-                            where="api_key_env")
+            raise UserError(
+                f"the environment variable {api_key_env} that should hold the API key is not set", where="api_key_env"
+            )
         self.session = Session(self.base_url, self._key, timeout=timeout, max_retries=max_retries)
 
     def hide(self, text: str) -> str:
@@ -236,8 +251,9 @@ class Endpoint:
             hide = self.hide
             reply.text, reply.error = hide(reply.text), reply.error and hide(reply.error)
             reply.fingerprint = reply.fingerprint and hide(reply.fingerprint)
-            reply.top_logprobs = [{hide(token): logprob for token, logprob in position.items()}
-                                  for position in reply.top_logprobs]
+            reply.top_logprobs = [
+                {hide(token): logprob for token, logprob in position.items()} for position in reply.top_logprobs
+            ]
         return reply
 
     def close(self) -> None:
@@ -259,23 +275,33 @@ class Endpoint:
         try:
             raw = self.session.run(models)
         except openai.AuthenticationError:
-            raise UserError(f"{self.base_url} refused the API key in ${self.api_key_env or '(none set)'} (401)",
-                            where="api_key_env") from None
+            raise UserError(
+                f"{self.base_url} refused the API key in ${self.api_key_env or '(none set)'} (401)", where="api_key_env"
+            ) from None
         except openai.APITimeoutError:
-            raise UserError(f"{self.base_url} did not answer GET /models within the {self.session.timeout:g} s "
-                            "deadline", where="base_url") from None
+            raise UserError(
+                f"{self.base_url} did not answer GET /models within the {self.session.timeout:g} s deadline",
+                where="base_url",
+            ) from None
         except openai.APIConnectionError as exc:
             raise UserError(f"cannot reach {self.base_url}: {self.hide(_cause(exc))}", where="base_url") from None
         except openai.APIStatusError as exc:
-            raise UserError(f"{self.base_url} answered GET /models with {self.hide(_status_line(exc))}",
-                            where="base_url") from None
+            raise UserError(
+                f"{self.base_url} answered GET /models with {self.hide(_status_line(exc))}", where="base_url"
+            ) from None
         served = _model_ids(raw)
         if served is None:
-            raise UserError(f"{self.base_url} answered GET /models with something that is not an OpenAI-compatible "
-                            f"model list ({self.hide(_glimpse(raw))}): is base_url right?", where="base_url")
+            raise UserError(
+                f"{self.base_url} answered GET /models with something that is not an OpenAI-compatible "
+                f"model list ({self.hide(_glimpse(raw))}): is base_url right?",
+                where="base_url",
+            )
         if served and self.model not in served:
-            raise UserError(f"{self.base_url} does not serve model {self.model!r} (404); it serves "
-                            f"{self.hide(', '.join(served[:10]))}", where="model")
+            raise UserError(
+                f"{self.base_url} does not serve model {self.model!r} (404); it serves "
+                f"{self.hide(', '.join(served[:10]))}",
+                where="model",
+            )
 
     def chat(self, conversations: Sequence[list[dict[str, str]]], **params: Any) -> list[Reply]:
         """One chat completion per conversation, in order, ``concurrency`` in flight."""
@@ -352,29 +378,60 @@ def read_completion(kind: str, raw: Any) -> Reply:
         where = "choices[0].logprobs.content"
         for i, position in enumerate(_field(logprobs, "content", "a list", where, nullable=True, optional=True) or []):
             at = f"{where}[{i}].top_logprobs"
-            alternatives = _field(_typed(position, "an object", f"{where}[{i}]"), "top_logprobs", "a list", at,
-                                  nullable=True, optional=True) or []
-            top.append({_field(_typed(alt, "an object", f"{at}[{j}]"), "token", "a string", f"{at}[{j}].token"):
-                        _field(alt, "logprob", "a number", f"{at}[{j}].logprob") for j, alt in enumerate(alternatives)})
+            alternatives = (
+                _field(
+                    _typed(position, "an object", f"{where}[{i}]"),
+                    "top_logprobs",
+                    "a list",
+                    at,
+                    nullable=True,
+                    optional=True,
+                )
+                or []
+            )
+            top.append(
+                {
+                    _field(_typed(alt, "an object", f"{at}[{j}]"), "token", "a string", f"{at}[{j}].token"): _field(
+                        alt, "logprob", "a number", f"{at}[{j}].logprob"
+                    )
+                    for j, alt in enumerate(alternatives)
+                }
+            )
     else:
         text = _field(choice, "text", "a string", "choices[0].text", nullable=True)
         where = "choices[0].logprobs.top_logprobs"
-        for i, position in enumerate(_field(logprobs, "top_logprobs", "a list", where, nullable=True, optional=True) or []):
+        for i, position in enumerate(
+            _field(logprobs, "top_logprobs", "a list", where, nullable=True, optional=True) or []
+        ):
             alternatives = _typed(position, "an object", f"{where}[{i}]") if position is not None else {}
-            top.append({token: _typed(logprob, "a number", f"{where}[{i}][{token!r}]")
-                        for token, logprob in alternatives.items()})
+            top.append(
+                {
+                    token: _typed(logprob, "a number", f"{where}[{i}][{token!r}]")
+                    for token, logprob in alternatives.items()
+                }
+            )
     usage = body.get("usage") if isinstance(body.get("usage"), dict) else {}
     fingerprint = body.get("system_fingerprint")
-    return Reply(text=text or "", top_logprobs=top, prompt_tokens=_count(usage.get("prompt_tokens")),
-                 completion_tokens=_count(usage.get("completion_tokens")),
-                 fingerprint=fingerprint if isinstance(fingerprint, str) else None)
+    return Reply(
+        text=text or "",
+        top_logprobs=top,
+        prompt_tokens=_count(usage.get("prompt_tokens")),
+        completion_tokens=_count(usage.get("completion_tokens")),
+        fingerprint=fingerprint if isinstance(fingerprint, str) else None,
+    )
 
 
 def _json_type(value: Any) -> str:
     if isinstance(value, bool):
         return "a boolean"
-    return {dict: "an object", list: "a list", str: "a string", int: "a number", float: "a number",
-            type(None): "null"}.get(type(value), type(value).__name__)
+    return {
+        dict: "an object",
+        list: "a list",
+        str: "a string",
+        int: "a number",
+        float: "a number",
+        type(None): "null",
+    }.get(type(value), type(value).__name__)
 
 
 def _typed(value: Any, kind: str, path: str) -> Any:
@@ -383,8 +440,9 @@ def _typed(value: Any, kind: str, path: str) -> Any:
     return value
 
 
-def _field(parent: dict[str, Any], key: str, kind: str, path: str, *, nullable: bool = False,
-           optional: bool = False) -> Any:
+def _field(
+    parent: dict[str, Any], key: str, kind: str, path: str, *, nullable: bool = False, optional: bool = False
+) -> Any:
     """``parent[key]``, of JSON type ``kind``; None where it may be null or missing and is."""
     if key not in parent:
         if optional:
@@ -413,8 +471,10 @@ def _model_ids(raw: Any) -> list[str] | None:
 def _glimpse(raw: Any, length: int = 40) -> str:
     """``text/html: '<html><head>…'``: a reply's content type and its first characters, in one line."""
     content_type = raw.headers.get("content-type", "").split(";")[0].strip() or "no content type"
-    text = " ".join(raw.content[:4 * length].decode("utf-8", "replace").split())
-    return f"{content_type}: {text[:length] + '…' if len(text) > length else text!r}" if text else f"{content_type}, empty"
+    text = " ".join(raw.content[: 4 * length].decode("utf-8", "replace").split())
+    return (
+        f"{content_type}: {text[:length] + '…' if len(text) > length else text!r}" if text else f"{content_type}, empty"
+    )
 
 
 def _status_line(exc: Any) -> str:
@@ -551,8 +611,15 @@ class Server:
     this process) ends it and what it started. ``env`` is added to its environment; the values there and
     after secret-looking options in ``args`` are hidden in every message about it."""
 
-    def __init__(self, command: str, args: list[str], port: int, *, start_timeout: float = 600.0,
-                 env: dict[str, str] | None = None):
+    def __init__(
+        self,
+        command: str,
+        args: list[str],
+        port: int,
+        *,
+        start_timeout: float = 600.0,
+        env: dict[str, str] | None = None,
+    ):
         self.command, self.args, self.port, self.start_timeout = command, args, port, start_timeout
         self.base_url = f"http://127.0.0.1:{port}/v1"
         self.env = env
@@ -569,11 +636,19 @@ class Server:
         _stop_on_sigterm()
         try:
             handle = self.log.open("wb")
-            self.process = subprocess.Popen(argv, stdout=handle, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                            env={**os.environ, **(self.env or {})})
+            self.process = subprocess.Popen(
+                argv,
+                stdout=handle,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                env={**os.environ, **(self.env or {})},
+            )
         except FileNotFoundError:
-            raise UserError(f"{argv[0]!r} is not a command here: point the setting at the environment where the "
-                            "server is installed", where="command") from None
+            raise UserError(
+                f"{argv[0]!r} is not a command here: point the setting at the environment where the "
+                "server is installed",
+                where="command",
+            ) from None
         atexit.register(self.stop)
         self._wait()
         return self
@@ -584,8 +659,10 @@ class Server:
         while time.monotonic() < deadline:
             assert self.process is not None
             if self.process.poll() is not None:
-                raise RuntimeError(f"the server ({self.shown}) exited with status {self.process.returncode} while "
-                                   f"starting: {self.last_lines()}")
+                raise RuntimeError(
+                    f"the server ({self.shown}) exited with status {self.process.returncode} while "
+                    f"starting: {self.last_lines()}"
+                )
             try:
                 with urllib.request.urlopen(health, timeout=2) as response:
                     if response.status == 200:
@@ -594,8 +671,9 @@ class Server:
                 pass
             time.sleep(0.5)
         self.stop()
-        raise RuntimeError(f"the server ({self.shown}) did not answer {health} within {self.start_timeout:.0f} s: "
-                           f"{self.last_lines()}")
+        raise RuntimeError(
+            f"the server ({self.shown}) did not answer {health} within {self.start_timeout:.0f} s: {self.last_lines()}"
+        )
 
     def last_lines(self, n: int = 3) -> str:
         text = self.log.read_text(errors="replace")

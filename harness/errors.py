@@ -12,5 +12,6 @@ class UserError(Exception):
 def not_utf8(where: object, data: bytes, exc: UnicodeDecodeError) -> UserError:
     """The line and file offset of the first byte of ``data`` (a whole file) that is not UTF-8."""
     line = data.count(b"\n", 0, exc.start) + 1
-    return UserError(f"not UTF-8 text (byte 0x{data[exc.start]:02x} at offset {exc.start} of the file)",
-                     where=f"{where}:{line}")
+    return UserError(
+        f"not UTF-8 text (byte 0x{data[exc.start]:02x} at offset {exc.start} of the file)", where=f"{where}:{line}"
+    )

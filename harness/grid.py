@@ -41,8 +41,10 @@ def variants(items: list[str]) -> tuple[dict[str, dict[str, str]], dict[str, lis
             shared.setdefault(approach, {})[key] = values[0]
         else:
             multi.setdefault(approach, {})[key] = values
-    combos = {approach: [dict(zip(keys.keys(), chosen)) for chosen in itertools.product(*keys.values())]
-              for approach, keys in multi.items()}
+    combos = {
+        approach: [dict(zip(keys.keys(), chosen)) for chosen in itertools.product(*keys.values())]
+        for approach, keys in multi.items()
+    }
     return shared, combos
 
 
@@ -64,8 +66,10 @@ def grid_plans(plugins: Any, spec: Any, approaches: list[str], items: list[str])
             name = row_name(approach, combo)
             same = typed.setdefault(json.dumps(plan.settings, sort_keys=True, default=str), name)
             if same != name:
-                raise UserError(f"{same} and {name} are the same settings once read as their types: give each value "
-                                "once", where="--set")
+                raise UserError(
+                    f"{same} and {name} are the same settings once read as their types: give each value once",
+                    where="--set",
+                )
             plans[name] = replace(plan, row=name, prompt_row=plan.prompt_row or plan.trainer) if combo else plan
     unknown = sorted(set(combos) - set(approaches))
     if unknown:

@@ -38,7 +38,9 @@ class TrainerSettings(Settings):
     lr_scheduler_type: str = setting("linear")
     weight_decay: float = setting(0.0, ge=0)
     warmup_steps: float = setting(0.0, ge=0, help="below 1: a fraction of all steps")
-    eval_steps: float = setting(0.1, gt=0, help="an evaluation and a checkpoint every so many steps; below 1: a fraction")
+    eval_steps: float = setting(
+        0.1, gt=0, help="an evaluation and a checkpoint every so many steps; below 1: a fraction"
+    )
     logging_steps: float = setting(0.02, gt=0)
     max_grad_norm: float = setting(1.0, ge=0)
     optim: str = setting("adamw_torch")
@@ -47,14 +49,29 @@ class TrainerSettings(Settings):
     # length_buckets: batches of similar length in shuffled order (harness.models.length_bucket_order);
     # or a Trainer train_sampling_strategy: random, group_by_length, sequential.
     train_sampler: Literal["length_buckets", "random", "group_by_length", "sequential"] = setting("length_buckets")
-    mixed_precision: Literal["auto", "bf16", "no"] = setting("auto", help="auto: bf16 autocast on a CUDA GPU that has "
-                                                             "it (and for decoders on a CPU with bf16 units)")
-    train_device: str = setting("auto", help="where training runs (part of what was trained): auto is CUDA where there is one")
+    mixed_precision: Literal["auto", "bf16", "no"] = setting(
+        "auto", help="auto: bf16 autocast on a CUDA GPU that has it (and for decoders on a CPU with bf16 units)"
+    )
+    train_device: str = setting(
+        "auto", help="where training runs (part of what was trained): auto is CUDA where there is one"
+    )
 
 
-TRAINING_ARGUMENTS = ("learning_rate", "num_train_epochs", "per_device_train_batch_size", "per_device_eval_batch_size",
-                      "gradient_accumulation_steps", "lr_scheduler_type", "weight_decay", "warmup_steps", "eval_steps",
-                      "logging_steps", "max_grad_norm", "optim", "metric_for_best_model")
+TRAINING_ARGUMENTS = (
+    "learning_rate",
+    "num_train_epochs",
+    "per_device_train_batch_size",
+    "per_device_eval_batch_size",
+    "gradient_accumulation_steps",
+    "lr_scheduler_type",
+    "weight_decay",
+    "warmup_steps",
+    "eval_steps",
+    "logging_steps",
+    "max_grad_norm",
+    "optim",
+    "metric_for_best_model",
+)
 
 
 def uses_bf16(setting: str, device: str, cpu_bf16: bool = False) -> bool:
@@ -130,8 +147,8 @@ def train_with_trainer(
     from transformers import Trainer, TrainerCallback, TrainingArguments
     from transformers.trainer_callback import PrinterCallback
 
-    from harness.models import LengthBucketSampler
     from harness.files import write_json
+    from harness.models import LengthBucketSampler
 
     transformers.logging.set_verbosity_error()
     transformers.utils.logging.disable_progress_bar()  # harness draws its own bars
@@ -153,7 +170,11 @@ def train_with_trainer(
         report_to="none",
         seed=settings["seed"],  # the run's seed (the core's): data order, dropout, the sampler
         # Our sampler replaces the Trainer's; its own strategies pass through by name.
-        **({} if settings["train_sampler"] == "length_buckets" else {"train_sampling_strategy": settings["train_sampler"]}),
+        **(
+            {}
+            if settings["train_sampler"] == "length_buckets"
+            else {"train_sampling_strategy": settings["train_sampler"]}
+        ),
         **{key: steps(settings[key]) if key.endswith("_steps") else settings[key] for key in training_argument_names},
     )
 
@@ -163,7 +184,9 @@ def train_with_trainer(
         def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
             bar.advance(1)
 
-        def on_log(self, args: Any, state: Any, control: Any, logs: dict[str, float] | None = None, **kwargs: Any) -> None:
+        def on_log(
+            self, args: Any, state: Any, control: Any, logs: dict[str, float] | None = None, **kwargs: Any
+        ) -> None:
             entry = self.lines.line(state.global_step, state.epoch, logs or {})
             if entry is not None:
                 progress.log(**entry)
@@ -176,7 +199,9 @@ def train_with_trainer(
             lengths = [len(row["input_ids"]) for row in dataset]
             return LengthBucketSampler(lengths, self.args.per_device_train_batch_size, self.args.seed)
 
-        def compute_loss(self, model: Any, inputs: dict[str, Any], return_outputs: bool = False, num_items_in_batch: Any = None) -> Any:
+        def compute_loss(
+            self, model: Any, inputs: dict[str, Any], return_outputs: bool = False, num_items_in_batch: Any = None
+        ) -> Any:
             if compute_loss is None:
                 return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
             # accelerate puts autocast around the model's top-level forward only; a loss that calls the
@@ -185,7 +210,9 @@ def train_with_trainer(
                 loss = compute_loss(model, inputs, num_items_in_batch)
             return (loss, None) if return_outputs else loss
 
-        def evaluate(self, eval_dataset: Any = None, ignore_keys: Any = None, metric_key_prefix: str = "eval") -> dict[str, float]:
+        def evaluate(
+            self, eval_dataset: Any = None, ignore_keys: Any = None, metric_key_prefix: str = "eval"
+        ) -> dict[str, float]:
             with progress.phase("evaluation"):
                 if evaluate is None:
                     return super().evaluate(eval_dataset, ignore_keys, metric_key_prefix)
@@ -202,8 +229,10 @@ def train_with_trainer(
                 folder = Path(self.args.output_dir) / f"checkpoint-{self.state.global_step}"
                 if folder.is_dir():  # for a run resumed from this checkpoint: the time and the loss so far
                     loss_sum = self._total_loss_scalar + self._tr_loss.item()
-                    write_json(folder / PHASES_FILE, {"phases": progress.snapshot(), "loss_sum": loss_sum,
-                                                      "step": self.state.global_step})
+                    write_json(
+                        folder / PHASES_FILE,
+                        {"phases": progress.snapshot(), "loss_sum": loss_sum, "step": self.state.global_step},
+                    )
 
     trainer = HarnessTrainer(
         model=model,
@@ -221,7 +250,11 @@ def train_with_trainer(
     trainer.model_accepts_loss_kwargs = compute_loss is not None
     trainer.loss_is_scaled_for_ga = compute_loss is not None
     resume = last_checkpoint(Path(args.output_dir))
-    before = json.loads((resume / PHASES_FILE).read_text(encoding="utf-8")) if resume and (resume / PHASES_FILE).is_file() else None
+    before = (
+        json.loads((resume / PHASES_FILE).read_text(encoding="utf-8"))
+        if resume and (resume / PHASES_FILE).is_file()
+        else None
+    )
     if before is not None:
         # The killed run's time up to its checkpoint; its load and prepare are done again here and count once.
         progress.carry({name: seconds for name, seconds in before["phases"].items() if name not in ("load", "prepare")})
@@ -234,7 +267,9 @@ def train_with_trainer(
     train_loss = result.training_loss
     if before is not None and trainer.state.global_step:
         # The Trainer averages the loss over the steps it ran since resuming; the run's mean covers them all.
-        train_loss = (before["loss_sum"] + train_loss * (trainer.state.global_step - before["step"])) / trainer.state.global_step
+        train_loss = (
+            before["loss_sum"] + train_loss * (trainer.state.global_step - before["step"])
+        ) / trainer.state.global_step
     info = {
         "best_checkpoint": best and Path(best).name,
         "best_metric": trainer.state.best_metric,

@@ -41,8 +41,16 @@ def _statistics_list(lines: list[str]) -> str:
             items[-1].append(line.strip())
         else:
             items.append([line])
-    return "<ul>" + "".join(f"<li>{escape(first)}" + ("<ul>" + "".join(f"<li>{escape(sub)}</li>" for sub in rest)
-                                                       + "</ul>" if rest else "") + "</li>" for first, *rest in items) + "</ul>"
+    return (
+        "<ul>"
+        + "".join(
+            f"<li>{escape(first)}"
+            + ("<ul>" + "".join(f"<li>{escape(sub)}</li>" for sub in rest) + "</ul>" if rest else "")
+            + "</li>"
+            for first, *rest in items
+        )
+        + "</ul>"
+    )
 
 
 def write_html(path: Path, comparison: Comparison, store: Any, plots: dict[str, dict[str, Any]]) -> None:
@@ -51,9 +59,12 @@ def write_html(path: Path, comparison: Comparison, store: Any, plots: dict[str, 
 
     folder = store.root / "comparisons" / comparison.comparison_id
     groups = stats.by_approach(comparison)
-    parts = [f"<h1>{escape(comparison.spec)}: comparison {escape(comparison.comparison_id)}</h1>",
-             f"<p class='note'>created {escape(comparison.created)}; {len(comparison.runs)} runs</p>",
-             "<h2>Results</h2>", _table(comparison, groups)]
+    parts = [
+        f"<h1>{escape(comparison.spec)}: comparison {escape(comparison.comparison_id)}</h1>",
+        f"<p class='note'>created {escape(comparison.created)}; {len(comparison.runs)} runs</p>",
+        "<h2>Results</h2>",
+        _table(comparison, groups),
+    ]
     lines = statistics_lines(comparison)[1:]  # the first says what ± means in the terminal; the page shows brackets
     if lines:
         parts.append(_statistics_list(lines))
@@ -62,8 +73,10 @@ def write_html(path: Path, comparison: Comparison, store: Any, plots: dict[str, 
         parts.append("<h2>Plots</h2>")
         for name, plot in plots.items():
             data = base64.b64encode((folder / name).read_bytes()).decode("ascii")
-            parts.append(f"<figure><img alt='{escape(plot['title'])}' src='data:image/png;base64,{data}'>"
-                         f"<figcaption class='note'>{escape(plot['title'])}</figcaption></figure>")
+            parts.append(
+                f"<figure><img alt='{escape(plot['title'])}' src='data:image/png;base64,{data}'>"
+                f"<figcaption class='note'>{escape(plot['title'])}</figcaption></figure>"
+            )
     parts.append("<h2>Worst mistakes</h2>")
     for approach, runs in groups.items():
         run = next((r for r in runs if r.status in stats.MEASURED), None)
@@ -72,9 +85,12 @@ def write_html(path: Path, comparison: Comparison, store: Any, plots: dict[str, 
             parts.append(_mistakes(approach, run, *scored))
     parts.append("<h2>Runs</h2>")
     parts += [_run_details(run) for run in comparison.runs]
-    page = ("<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>"
-            f"<title>{escape(comparison.spec)} — harness report</title><style>{STYLE}</style></head><body>"
-            + "\n".join(parts) + "</body></html>\n")
+    page = (
+        "<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>"
+        f"<title>{escape(comparison.spec)} — harness report</title><style>{STYLE}</style></head><body>"
+        + "\n".join(parts)
+        + "</body></html>\n"
+    )
     write_text(path, page)
 
 
@@ -86,8 +102,17 @@ def _figure(runs: list[RunRecord], get: Any) -> float | None:
 def _table(comparison: Comparison, groups: dict[str, list[RunRecord]]) -> str:
     statistics = comparison.statistics or {}
     intervals = statistics.get("intervals", {})
-    head = ["Approach", "Status", *(METRIC_TITLES.get(m, m) for m in comparison.metrics), "Train s", "Predict /s",
-            "p50 ms", "Serve RSS MB", "Params", "Dtype"]
+    head = [
+        "Approach",
+        "Status",
+        *(METRIC_TITLES.get(m, m) for m in comparison.metrics),
+        "Train s",
+        "Predict /s",
+        "p50 ms",
+        "Serve RSS MB",
+        "Params",
+        "Dtype",
+    ]
     rows = []
     for approach, runs in groups.items():
         measured = [r for r in runs if r.status in stats.MEASURED]
@@ -106,10 +131,12 @@ def _table(comparison: Comparison, groups: dict[str, list[RunRecord]]) -> str:
                 text += f" [{ci['low']:.4f}, {ci['high']:.4f}]"
             best = index == 0 and statistics.get("best") == approach
             cells.append(f"<span class='best'>{text}</span>" if best else text)
-        speed = [_figure(runs, lambda r: r.speed.get("train_seconds")),
-                 _figure(runs, lambda r: r.speed.get("predict_samples_per_s")),
-                 _figure(runs, lambda r: r.speed.get("latency_p50_ms")),
-                 _figure(runs, lambda r: r.memory.get("predict_rss_peak_mb"))]
+        speed = [
+            _figure(runs, lambda r: r.speed.get("train_seconds")),
+            _figure(runs, lambda r: r.speed.get("predict_samples_per_s")),
+            _figure(runs, lambda r: r.speed.get("latency_p50_ms")),
+            _figure(runs, lambda r: r.memory.get("predict_rss_peak_mb")),
+        ]
         cells += ["-" if v is None else f"{v:,.1f}" for v in speed]
         parameters = measured[0].model.get("parameters") if measured else None
         cells.append(_params(parameters))
@@ -117,11 +144,19 @@ def _table(comparison: Comparison, groups: dict[str, list[RunRecord]]) -> str:
         rows.append("<tr>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")
         for run in runs:
             if run.status in ("failed", "missing"):
-                rows.append(f"<tr><td colspan='{len(head)}' class='failed'>{escape(approach)}: {escape(run.error or '')}</td></tr>")
-    return ("<table id='results'><thead><tr>" + "".join(f"<th>{escape(h)}</th>" for h in head) + "</tr></thead><tbody>"
-            + "".join(rows) + "</tbody></table>"
-            + "<p class='note'>Quality in brackets: the 95% bootstrap interval over test examples; with several seeds, "
-              "mean ± sd across them. Bold: significantly better than every other row.</p>")
+                rows.append(
+                    f"<tr><td colspan='{len(head)}' class='failed'>"
+                    f"{escape(approach)}: {escape(run.error or '')}</td></tr>"
+                )
+    return (
+        "<table id='results'><thead><tr>"
+        + "".join(f"<th>{escape(h)}</th>" for h in head)
+        + "</tr></thead><tbody>"
+        + "".join(rows)
+        + "</tbody></table>"
+        + "<p class='note'>Quality in brackets: the 95% bootstrap interval over test examples; with several seeds, "
+        "mean ± sd across them. Bold: significantly better than every other row.</p>"
+    )
 
 
 def _detail_tables(comparison: Comparison, groups: dict[str, list[RunRecord]]) -> str:
@@ -131,16 +166,25 @@ def _detail_tables(comparison: Comparison, groups: dict[str, list[RunRecord]]) -
         if run is None:
             continue
         if run.metrics.get("per_class"):
-            rows = "".join(f"<tr><td>{escape(label)}</td><td>{v['precision']:.3f}</td><td>{v['recall']:.3f}</td>"
-                           f"<td>{v['f1']:.3f}</td><td>{v['support']}</td></tr>" for label, v in run.metrics["per_class"].items())
-            parts.append(f"<h3>{escape(approach)}: per class</h3><table class='per-class'><tr><th>label</th><th>precision</th>"
-                         f"<th>recall</th><th>F1</th><th>support</th></tr>{rows}</table>")
+            rows = "".join(
+                f"<tr><td>{escape(label)}</td><td>{v['precision']:.3f}</td><td>{v['recall']:.3f}</td>"
+                f"<td>{v['f1']:.3f}</td><td>{v['support']}</td></tr>"
+                for label, v in run.metrics["per_class"].items()
+            )
+            parts.append(
+                f"<h3>{escape(approach)}: per class</h3><table class='per-class'><tr><th>label</th><th>precision</th>"
+                f"<th>recall</th><th>F1</th><th>support</th></tr>{rows}</table>"
+            )
         if run.metrics.get("per_field"):
-            rows = "".join(f"<tr><td>{escape(field)}</td><td>{v['accuracy']:.3f}</td><td>{v['precision']:.3f}</td>"
-                           f"<td>{v['recall']:.3f}</td><td>{v['f1']:.3f}</td><td>{v['support']}</td></tr>"
-                           for field, v in run.metrics["per_field"].items())
-            parts.append(f"<h3>{escape(approach)}: per field</h3><table class='per-field'><tr><th>field</th><th>accuracy</th>"
-                         f"<th>precision</th><th>recall</th><th>F1</th><th>support</th></tr>{rows}</table>")
+            rows = "".join(
+                f"<tr><td>{escape(field)}</td><td>{v['accuracy']:.3f}</td><td>{v['precision']:.3f}</td>"
+                f"<td>{v['recall']:.3f}</td><td>{v['f1']:.3f}</td><td>{v['support']}</td></tr>"
+                for field, v in run.metrics["per_field"].items()
+            )
+            parts.append(
+                f"<h3>{escape(approach)}: per field</h3><table class='per-field'><tr><th>field</th><th>accuracy</th>"
+                f"<th>precision</th><th>recall</th><th>F1</th><th>support</th></tr>{rows}</table>"
+            )
     return ("<h2>Per class and per field</h2>" + "".join(parts)) if parts else ""
 
 
@@ -152,30 +196,47 @@ def _mistakes(approach: str, run: RunRecord, examples: list[Any], predictions: l
     wrong = []
     for ex, p in zip(examples, predictions):
         if run.task_type == "extraction":
-            outcome = record_outcome(list((ex.fields or {}).keys()), ex.fields, p.fields, bool(run.environment.get("normalize", True)))
+            outcome = record_outcome(
+                list((ex.fields or {}).keys()), ex.fields, p.fields, bool(run.environment.get("normalize", True))
+            )
             if not outcome["exact"]:
                 misses = sum(1 - c["right"] for c in outcome["fields"].values())
-                wrong.append((misses, ex.text, json.dumps(ex.fields, ensure_ascii=False), p.raw or "", f"{misses} fields wrong"))
+                wrong.append(
+                    (misses, ex.text, json.dumps(ex.fields, ensure_ascii=False), p.raw or "", f"{misses} fields wrong")
+                )
         elif p.label != ex.label:
             confidence = (p.scores or {}).get(p.label, 0.0) if p.label else 0.0
             wrong.append((confidence, ex.text, ex.label, p.label or "(no valid label)", f"p = {confidence:.3f}"))
     wrong.sort(key=lambda item: -item[0])
-    rows = "".join(f"<tr><td class='text'>{escape(text)}</td><td class='text'>{escape(str(gold))}</td>"
-                   f"<td class='text'>{escape(str(answer))}</td><td>{escape(score)}</td></tr>"
-                   for _, text, gold, answer, score in wrong[:MISTAKES])
-    return (f"<details open><summary>{escape(approach)}: {min(len(wrong), MISTAKES)} of {len(wrong)} mistakes</summary>"
-            f"<table class='mistakes'><tr><th>text</th><th>gold</th><th>answer</th><th>score</th></tr>{rows}</table></details>")
+    rows = "".join(
+        f"<tr><td class='text'>{escape(text)}</td><td class='text'>{escape(str(gold))}</td>"
+        f"<td class='text'>{escape(str(answer))}</td><td>{escape(score)}</td></tr>"
+        for _, text, gold, answer, score in wrong[:MISTAKES]
+    )
+    return (
+        f"<details open><summary>{escape(approach)}: {min(len(wrong), MISTAKES)} of {len(wrong)} mistakes</summary>"
+        "<table class='mistakes'><tr><th>text</th><th>gold</th><th>answer</th><th>score</th></tr>"
+        f"{rows}</table></details>"
+    )
 
 
 def _run_details(run: RunRecord) -> str:
     environment = {k: v for k, v in run.environment.items() if k != "data_checks"}
     facts = {
-        "status": run.status, "seed": run.seed, "train data": f"{run.n_train} examples, sha256 {run.train_hash}",
+        "status": run.status,
+        "seed": run.seed,
+        "train data": f"{run.n_train} examples, sha256 {run.train_hash}",
         "validation": f"{run.n_validation} examples ({run.environment.get('validation_source', '')})",
-        "test data": f"{run.n_test} examples, sha256 {run.test_hash}", "model": run.model.get("model"),
-        "trained in": run.training.get("trained_in"), "serving": run.serving,
+        "test data": f"{run.n_test} examples, sha256 {run.test_hash}",
+        "model": run.model.get("model"),
+        "trained in": run.training.get("trained_in"),
+        "serving": run.serving,
     }
-    rows = "".join(f"<tr><td>{escape(k)}</td><td class='text'>{escape(json.dumps(v, ensure_ascii=False, default=str))}</td></tr>"
-                   for k, v in {**facts, "settings": run.settings, "environment": environment}.items())
-    return (f"<details><summary>{escape(run.approach)} · run {escape(run.run_id)}</summary>"
-            f"<table class='run'>{rows}</table></details>")
+    rows = "".join(
+        f"<tr><td>{escape(k)}</td><td class='text'>{escape(json.dumps(v, ensure_ascii=False, default=str))}</td></tr>"
+        for k, v in {**facts, "settings": run.settings, "environment": environment}.items()
+    )
+    return (
+        f"<details><summary>{escape(run.approach)} · run {escape(run.run_id)}</summary>"
+        f"<table class='run'>{rows}</table></details>"
+    )

@@ -34,8 +34,18 @@ from typing import Any
 # Libraries whose version changes what training computes, or the prompts and data it sees: the chat
 # templates are jinja2, tokenizers split the text, safetensors and gguf read the weights, numpy and
 # scikit-learn compute the validation metrics that select checkpoints.
-TRAINING_LIBRARIES = ("torch", "transformers", "tokenizers", "accelerate", "peft", "safetensors", "jinja2", "numpy",
-                      "scikit-learn", "gguf")
+TRAINING_LIBRARIES = (
+    "torch",
+    "transformers",
+    "tokenizers",
+    "accelerate",
+    "peft",
+    "safetensors",
+    "jinja2",
+    "numpy",
+    "scikit-learn",
+    "gguf",
+)
 # ... and those a measurement may run on.
 SERVING_LIBRARIES = (*TRAINING_LIBRARIES, "onnxruntime", "onnxruntime-gpu", "vllm", "harness-compare")
 
@@ -50,11 +60,23 @@ CORE_MEASURING = ("harness.launcher:measure_unit",)
 # fingerprint does not follow calls into them. Every other module of harness, harness_plugins or the
 # approach's own package that the training path calls counts, found by following the calls (harness.types
 # among them: Prompt.plain builds every prompt without a chat template).
-NOT_TRAINING = frozenset({
-    "harness.bench", "harness.cli", "harness.data", "harness.errors", "harness.identity", "harness.measure", "harness.plugins",
-    "harness.progress", "harness.pytest_plugin", "harness.report", "harness.stats", "harness.store",
-    "harness.testing",
-})
+NOT_TRAINING = frozenset(
+    {
+        "harness.bench",
+        "harness.cli",
+        "harness.data",
+        "harness.errors",
+        "harness.identity",
+        "harness.measure",
+        "harness.plugins",
+        "harness.progress",
+        "harness.pytest_plugin",
+        "harness.report",
+        "harness.stats",
+        "harness.store",
+        "harness.testing",
+    }
+)
 # For the measuring code, timing counts: harness.measure is followed.
 NOT_MEASURING = NOT_TRAINING - {"harness.measure"}
 
@@ -89,9 +111,14 @@ def model_identity(value: str, cache: dict[str, Any] | None = None) -> str:
     """
     path = Path(value).expanduser()
     if path.exists():
-        files = [path] if path.is_file() else sorted(
-            p for p in path.rglob("*")
-            if p.is_file() and not any(part.startswith(".") for part in p.relative_to(path).parts)
+        files = (
+            [path]
+            if path.is_file()
+            else sorted(
+                p
+                for p in path.rglob("*")
+                if p.is_file() and not any(part.startswith(".") for part in p.relative_to(path).parts)
+            )
         )
         combined = hashlib.sha256()
         for file in files:
@@ -213,12 +240,19 @@ def _self_attributes(tree: ast.AST) -> set[str]:
     """The ``<self>.<name>`` names that a method, or a class's methods, read: ``<self>`` is each method's
     first parameter (a static method has none)."""
     body = getattr(tree, "body", [])
-    methods = [node for item in body for node in (item.body if isinstance(item, ast.ClassDef) else [item])
-               if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef))
-               and not any(isinstance(d, ast.Name) and d.id == "staticmethod" for d in node.decorator_list)]
+    methods = [
+        node
+        for item in body
+        for node in (item.body if isinstance(item, ast.ClassDef) else [item])
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef))
+        and not any(isinstance(d, ast.Name) and d.id == "staticmethod" for d in node.decorator_list)
+    ]
     names = {first.arg for node in methods for first in (node.args.posonlyargs + node.args.args)[:1]}
-    return {node.attr for node in ast.walk(tree)
-            if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id in names}
+    return {
+        node.attr
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id in names
+    }
 
 
 def _lookup(owner: type, attr: str) -> tuple[type | None, Any]:
@@ -279,8 +313,12 @@ class _Normalise(ast.NodeTransformer):
     def _body(self, node: Any) -> Any:
         self.generic_visit(node)
         body = node.body
-        if body and isinstance(body[0], ast.Expr) and isinstance(getattr(body[0], "value", None), ast.Constant) \
-                and isinstance(body[0].value.value, str):
+        if (
+            body
+            and isinstance(body[0], ast.Expr)
+            and isinstance(getattr(body[0], "value", None), ast.Constant)
+            and isinstance(body[0].value.value, str)
+        ):
             node.body = body[1:] or [ast.Pass()]
         return node
 
@@ -305,15 +343,20 @@ def _used(tree: ast.AST, namespace: dict[str, Any], module: str) -> list[tuple[s
             if isinstance(owner, ModuleType) and hasattr(owner, node.attr):
                 used.append((f"{node.value.id}.{node.attr}", getattr(owner, node.attr)))
         elif isinstance(node, ast.ImportFrom):
-            source = importlib.util.resolve_name("." * node.level + (node.module or ""), module.rpartition(".")[0]) \
-                if node.level else node.module or ""
+            source = (
+                importlib.util.resolve_name("." * node.level + (node.module or ""), module.rpartition(".")[0])
+                if node.level
+                else node.module or ""
+            )
             if source.split(".")[0] not in ("harness", "harness_plugins", module.split(".")[0]):
                 continue  # a library: its version is in the identity, its code is not read
             try:
                 imported = importlib.import_module(source)
             except ImportError:
                 continue
-            used += [(alias.name, getattr(imported, alias.name)) for alias in node.names if hasattr(imported, alias.name)]
+            used += [
+                (alias.name, getattr(imported, alias.name)) for alias in node.names if hasattr(imported, alias.name)
+            ]
     return used
 
 

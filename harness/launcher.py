@@ -35,7 +35,11 @@ from harness.data import Datasets
 from harness.progress import Bar, RunProgress
 from harness.types import Artifact, Example, Parity, Prediction, Serving, Task
 
-LAUNCHERS = ("process", "inline", "ray")  # ray: harness.ray_executor (harness grid --executor ray), chosen by the runner
+LAUNCHERS = (
+    "process",
+    "inline",
+    "ray",
+)  # ray: harness.ray_executor (harness grid --executor ray), chosen by the runner
 
 
 TRAIN_RESULT = "train_result.json"  # the train unit's figures, written beside artifact.json when it finishes
@@ -125,8 +129,10 @@ def _reference(name: str, plugin: Any) -> tuple[str, Any]:
     try:
         return "object", pickle.dumps(plugin)
     except Exception as exc:
-        raise TypeError(f"plugin {name!r} cannot be sent to another process ({type(exc).__name__}: {exc}); "
-                        "register a module, or use the inline launcher") from None
+        raise TypeError(
+            f"plugin {name!r} cannot be sent to another process ({type(exc).__name__}: {exc}); "
+            "register a module, or use the inline launcher"
+        ) from None
 
 
 def _module_reference(name: str, module: ModuleType) -> tuple[str, Any]:
@@ -140,8 +146,10 @@ def _module_reference(name: str, module: ModuleType) -> tuple[str, Any]:
         return "module", module.__name__
     if getattr(module, "__file__", None):
         return "file", (module.__name__, module.__file__)
-    raise TypeError(f"plugin {name!r} comes from a module built in memory; another process cannot load it: "
-                    "register a module that has a file, or use the inline launcher")
+    raise TypeError(
+        f"plugin {name!r} comes from a module built in memory; another process cannot load it: "
+        "register a module that has a file, or use the inline launcher"
+    )
 
 
 def _load(kind: str, value: Any) -> Any:
@@ -194,15 +202,22 @@ def write_data_cache(data: Datasets, folder: Path) -> Path:
     path = data_cache_file(data, folder)
     if not path.is_file():
         folder.mkdir(parents=True, exist_ok=True)
-        write_json(path, {"validation_source": data.validation_source,
-                          **{split: [asdict(ex) for ex in getattr(data, split)] for split in ("train", "validation", "test")}})
+        write_json(
+            path,
+            {
+                "validation_source": data.validation_source,
+                **{split: [asdict(ex) for ex in getattr(data, split)] for split in ("train", "validation", "test")},
+            },
+        )
     return path
 
 
 def read_data_cache(path: Path) -> Datasets:
     raw = json.loads(path.read_text(encoding="utf-8"))
-    return Datasets(*([Example(**row) for row in raw[split]] for split in ("train", "validation", "test")),
-                    validation_source=raw["validation_source"])
+    return Datasets(
+        *([Example(**row) for row in raw[split]] for split in ("train", "validation", "test")),
+        validation_source=raw["validation_source"],
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -280,16 +295,27 @@ def train_unit(plugins: Any, job: TrainJob, progress: RunProgress) -> dict[str, 
     job.workdir.mkdir(parents=True, exist_ok=True)
     try:
         with measure.PeakMemory() as memory:
-            artifact, seconds = measure.timed(lambda: plugins.call(
-                job.approach, "harness_train", task=job.task, train=data.train, validation=data.validation,
-                settings=job.settings, workdir=job.workdir, progress=progress,
-            ))
+            artifact, seconds = measure.timed(
+                lambda: plugins.call(
+                    job.approach,
+                    "harness_train",
+                    task=job.task,
+                    train=data.train,
+                    validation=data.validation,
+                    settings=job.settings,
+                    workdir=job.workdir,
+                    progress=progress,
+                )
+            )
     except Exception as exc:
         if not measure.is_out_of_memory(exc):
             raise
         lower = [f"{key} (now {job.settings[key]})" for key in TRAIN_MEMORY_SETTINGS if job.settings.get(key)]
-        raise OutOfMemory("out of accelerator memory while training; lower " + (" or ".join(lower) or "the batch size")
-                          + ", and raise gradient_accumulation_steps to keep the effective batch") from None
+        raise OutOfMemory(
+            "out of accelerator memory while training; lower "
+            + (" or ".join(lower) or "the batch size")
+            + ", and raise gradient_accumulation_steps to keep the effective batch"
+        ) from None
     if not isinstance(artifact, Artifact):
         raise TypeError(f"harness_train returned {type(artifact).__name__}, not an Artifact")
     save_artifact(artifact, job.workdir)
@@ -313,7 +339,8 @@ def measure_unit(plugins: Any, job: MeasureJob, progress: RunProgress) -> dict[s
     data = read_data_cache(job.data_file)
     test = without_answers(data.test)
     artifact, (serving, settings), load_seconds, build_seconds = load_cached(
-        plugins, job.approach, job.task, lambda: load_artifact(job.artifact_file), job.settings, job.cache_dir)
+        plugins, job.approach, job.task, lambda: load_artifact(job.artifact_file), job.settings, job.cache_dir
+    )
     first_batch = settings.get("predict_batch_size")
     notes: list[str] = []  # the core's own notes; the Serving's (which predict may add to: a server's
     # fingerprint) come first, read after the timed pass
@@ -323,8 +350,15 @@ def measure_unit(plugins: Any, job: MeasureJob, progress: RunProgress) -> dict[s
         nonlocal settings
         while True:
             try:
-                result = plugins.call(job.approach, "harness_predict", task=job.task, artifact=artifact,
-                                      examples=examples, settings=settings, progress=bar or SILENT_PROGRESS)
+                result = plugins.call(
+                    job.approach,
+                    "harness_predict",
+                    task=job.task,
+                    artifact=artifact,
+                    examples=examples,
+                    settings=settings,
+                    progress=bar or SILENT_PROGRESS,
+                )
                 break
             except Exception as exc:
                 batch = settings.get("predict_batch_size") or 0
@@ -345,21 +379,26 @@ def measure_unit(plugins: Any, job: MeasureJob, progress: RunProgress) -> dict[s
                 break
         failed = [p.error for p in predictions if p.error]
         if 2 * len(failed) > len(predictions):  # judged on the timed pass alone, not warm-up or latency requests
-            raise AnswersFailed(f"{len(failed)} of {len(predictions)} answers failed (first: {failed[0]})".splitlines()[0])
+            raise AnswersFailed(
+                f"{len(failed)} of {len(predictions)} answers failed (first: {failed[0]})".splitlines()[0]
+            )
         latency = measure.sampled_batch1_latency(lambda ex: predict([ex]), test, job.latency_samples)
     write_predictions(job.predictions_file, predictions, data.test)
     parity = None
     if plugins.implements(job.approach, "harness_parity"):
-        parity = plugins.call(job.approach, "harness_parity", task=job.task, artifact=artifact, examples=test,
-                              settings=settings)
+        parity = plugins.call(
+            job.approach, "harness_parity", task=job.task, artifact=artifact, examples=test, settings=settings
+        )
         if parity is not None and not isinstance(parity, Parity):
             raise TypeError(f"harness_parity must return a Parity, got {type(parity).__name__}")
     batch_size = settings.get("predict_batch_size")
     if failed:
         notes.append(f"{len(failed)} of {len(predictions)} answers failed and count as wrong (first: {failed[0]})")
     if batch_size != first_batch:
-        notes.append(f"predict_batch_size {first_batch} ran out of accelerator memory; measured at {batch_size}, "
-                     "the largest halving that fit")
+        notes.append(
+            f"predict_batch_size {first_batch} ran out of accelerator memory; measured at {batch_size}, "
+            "the largest halving that fit"
+        )
     return {
         "notes": [*(serving.notes if serving else []), *notes],
         "speed": {
@@ -391,8 +430,9 @@ def generation_speed(predictions: list[Prediction], seconds: float) -> dict[str,
 SILENT_PROGRESS = RunProgress()
 
 
-def load_for_serving(plugins: Any, name: str, task: Task, artifact: Artifact, settings: dict[str, Any],
-                     cache_dir: Path | None = None) -> tuple[Serving | None, dict[str, Any]]:
+def load_for_serving(
+    plugins: Any, name: str, task: Task, artifact: Artifact, settings: dict[str, Any], cache_dir: Path | None = None
+) -> tuple[Serving | None, dict[str, Any]]:
     """Call ``harness_load`` where the approach has it, and return what it reported with the settings
     predict gets: ``predict_batch_size`` filled with the reported batch when the settings ask for none.
     compare's measure unit, ``harness bench``, the pytest fixture and the kit all serve through this."""
@@ -409,8 +449,9 @@ def load_for_serving(plugins: Any, name: str, task: Task, artifact: Artifact, se
 BUILT = ".built"  # in a load cache: what harness_load derived there is complete
 
 
-def load_cached(plugins: Any, name: str, task: Task, fresh: Callable[[], Artifact], settings: dict[str, Any],
-                cache_dir: Path | None) -> tuple[Artifact, tuple[Serving | None, dict[str, Any]], float, float | None]:
+def load_cached(
+    plugins: Any, name: str, task: Task, fresh: Callable[[], Artifact], settings: dict[str, Any], cache_dir: Path | None
+) -> tuple[Artifact, tuple[Serving | None, dict[str, Any]], float, float | None]:
     """Serve ``fresh()`` (the stored artifact, empty state) through :func:`load_for_serving` with the load
     cache ``cache_dir``, one per trained model and serving settings, held against other processes while
     anything is built in it. A load that derives something there (an export, a merge, a compile) is the
@@ -433,7 +474,9 @@ def load_cached(plugins: Any, name: str, task: Task, fresh: Callable[[], Artifac
             cache_dir.mkdir()
             before = _children()
             artifact = fresh()
-            loaded, seconds = measure.timed(lambda: load_for_serving(plugins, name, task, artifact, settings, cache_dir))
+            loaded, seconds = measure.timed(
+                lambda: load_for_serving(plugins, name, task, artifact, settings, cache_dir)
+            )
             if not any(cache_dir.iterdir()):  # nothing derived: that was the load
                 return artifact, loaded, seconds, None
             (cache_dir / BUILT).write_text(f"{seconds}\n", encoding="utf-8")
@@ -631,7 +674,9 @@ def _reap(group: int | None) -> None:
         pass  # nothing left
 
 
-def _dispatch(message: tuple[Any, ...], progress: RunProgress, bars: dict[int, tuple[Any, Bar]]) -> tuple[Any, ...] | None:
+def _dispatch(
+    message: tuple[Any, ...], progress: RunProgress, bars: dict[int, tuple[Any, Bar]]
+) -> tuple[Any, ...] | None:
     kind = message[0]
     if kind == "log":
         progress.log(**message[1])

@@ -17,15 +17,28 @@ INVALID = "<invalid>"
 # The single-number metrics a spec's `metrics:` may name for the table, by task type. Extraction's
 # exact_match (a record is right only if every field matches) is what qwen selects checkpoints on.
 METRICS = {
-    "classification": ("f1_weighted", "accuracy", "f1_macro", "precision_weighted", "recall_weighted",
-                       "precision_macro", "recall_macro", "invalid"),
+    "classification": (
+        "f1_weighted",
+        "accuracy",
+        "f1_macro",
+        "precision_weighted",
+        "recall_weighted",
+        "precision_macro",
+        "recall_macro",
+        "invalid",
+    ),
     "extraction": ("exact_match", "valid_rate", "field_f1", "field_precision", "field_recall", "invalid"),
 }
 # What the table shows when a spec names no metrics: the headline columns of each task type.
-DEFAULT_METRICS = {"classification": ("f1_weighted", "accuracy", "f1_macro"), "extraction": ("exact_match", "valid_rate")}
+DEFAULT_METRICS = {
+    "classification": ("f1_weighted", "accuracy", "f1_macro"),
+    "extraction": ("exact_match", "valid_rate"),
+}
 
 
-def classification_metrics(labels: Sequence[str], gold: Sequence[str], predicted: Sequence[str | None]) -> dict[str, Any]:
+def classification_metrics(
+    labels: Sequence[str], gold: Sequence[str], predicted: Sequence[str | None]
+) -> dict[str, Any]:
     """Accuracy, precision/recall/F1 weighted and macro, per class, and the confusion matrix.
 
     ``predicted`` entries that are not among ``labels`` (None included) count as wrong, and are
@@ -70,8 +83,9 @@ def valid_record(record: dict[str, Any] | None, fields: Sequence[str]) -> bool:
     return record is not None and all(f in record for f in fields)
 
 
-def record_outcome(fields: Sequence[str], gold: dict[str, Any] | None, predicted: dict[str, Any] | None,
-                   unicode: bool = True) -> dict[str, Any]:
+def record_outcome(
+    fields: Sequence[str], gold: dict[str, Any] | None, predicted: dict[str, Any] | None, unicode: bool = True
+) -> dict[str, Any]:
     """One answer's counts, which :func:`extraction_metrics` sums (and the report's statistics resample):
     ``valid``, ``exact``, and per field ``right``, ``tp``, ``fp``, ``fn`` and ``support`` (0 or 1 each)."""
     per_field = {}
@@ -81,14 +95,23 @@ def record_outcome(fields: Sequence[str], gold: dict[str, Any] | None, predicted
         value = normalise(predicted.get(f), unicode) if predicted is not None else None  # None: no answer at all
         right = value == gold_value
         all_right &= right
-        per_field[f] = {"right": int(right), "tp": int(bool(value) and right), "fp": int(bool(value) and not right),
-                        "fn": int(bool(gold_value) and not right), "support": int(bool(gold_value))}
+        per_field[f] = {
+            "right": int(right),
+            "tp": int(bool(value) and right),
+            "fp": int(bool(value) and not right),
+            "fn": int(bool(gold_value) and not right),
+            "support": int(bool(gold_value)),
+        }
     valid = valid_record(predicted, fields)
     return {"valid": int(valid), "exact": int(valid and all_right), "fields": per_field}
 
 
-def extraction_metrics(fields: Sequence[str], gold: Sequence[dict[str, Any]],
-                       predicted: Sequence[dict[str, Any] | None], unicode: bool = True) -> dict[str, Any]:
+def extraction_metrics(
+    fields: Sequence[str],
+    gold: Sequence[dict[str, Any]],
+    predicted: Sequence[dict[str, Any] | None],
+    unicode: bool = True,
+) -> dict[str, Any]:
     """Seed 001's scores of extracted records, every value compared after :func:`normalise`.
 
     - ``valid_rate``: the share of answers that are a valid record (:func:`valid_record`); ``invalid`` counts
@@ -122,8 +145,13 @@ def extraction_metrics(fields: Sequence[str], gold: Sequence[dict[str, Any]],
     per_field = {}
     for f, c in counts.items():
         precision, recall, f1 = prf(c["tp"], c["fp"], c["fn"])
-        per_field[f] = {"accuracy": c["right"] / n if n else 0.0, "precision": precision, "recall": recall,
-                        "f1": f1, "support": c["support"]}
+        per_field[f] = {
+            "accuracy": c["right"] / n if n else 0.0,
+            "precision": precision,
+            "recall": recall,
+            "f1": f1,
+            "support": c["support"],
+        }
     precision, recall, f1 = prf(*(sum(c[k] for c in counts.values()) for k in ("tp", "fp", "fn")))
     return {
         "exact_match": exact / n if n else 0.0,
@@ -140,6 +168,7 @@ def extraction_metrics(fields: Sequence[str], gold: Sequence[dict[str, Any]],
 @hookimpl(trylast=True)
 def harness_score(task: Task, examples: list[Example], predictions: list[Prediction]) -> dict[str, Any] | None:
     if task.type == "extraction":
-        return extraction_metrics(task.fields, [ex.fields or {} for ex in examples], [p.fields for p in predictions],
-                                  unicode=task.normalize)
+        return extraction_metrics(
+            task.fields, [ex.fields or {} for ex in examples], [p.fields for p in predictions], unicode=task.normalize
+        )
     return classification_metrics(task.labels, [ex.label for ex in examples], [p.label for p in predictions])

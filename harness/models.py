@@ -41,7 +41,9 @@ def pretrained_source(name: str) -> tuple[str, dict[str, Any]]:
     import importlib.util
 
     if importlib.util.find_spec("gguf") is None:
-        raise ImportError(f"{name} is a GGUF file: reading it needs the gguf package: pip install 'harness-compare[gguf]'")
+        raise ImportError(
+            f"{name} is a GGUF file: reading it needs the gguf package: pip install 'harness-compare[gguf]'"
+        )
     path = Path(name)
     if path.is_file():
         return str(path.parent), {"gguf_file": path.name}

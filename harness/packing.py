@@ -38,6 +38,7 @@ DECODERS = ("llama", "qwen2", "qwen3")
 PACKING = ("auto", "packed", "padded")  # the choices of a plugin's ``packing`` setting
 NOTE = "batches packed end to end, no padding"  # the serving note of a plugin that packs
 
+
 def _register() -> None:
     """Make :data:`VARLEN` known to transformers (a dict entry each: registering again is harmless)."""
     from transformers import AttentionInterface
@@ -49,8 +50,17 @@ def _register() -> None:
     AttentionMaskInterface.register(VARLEN, lambda *args, **kwargs: None)
 
 
-def varlen_sdpa_attention(module: Any, query: Any, key: Any, value: Any, attention_mask: Any, dropout: float = 0.0,
-                          scaling: float | None = None, is_causal: bool | None = None, **kwargs: Any):
+def varlen_sdpa_attention(
+    module: Any,
+    query: Any,
+    key: Any,
+    value: Any,
+    attention_mask: Any,
+    dropout: float = 0.0,
+    scaling: float | None = None,
+    is_causal: bool | None = None,
+    **kwargs: Any,
+):
     """Attention over a packed row ``(1, heads, tokens, dim)``: each sequence of ``cu_seq_lens_q`` attends
     only to itself. Returns ``(1, tokens, heads, dim)`` as transformers' attention functions do."""
     import torch
@@ -59,9 +69,18 @@ def varlen_sdpa_attention(module: Any, query: Any, key: Any, value: Any, attenti
     bounds = kwargs["cu_seq_lens_q"].tolist()
     causal = bool(is_causal if is_causal is not None else getattr(module, "is_causal", False))
     grouped = key.shape[1] != query.shape[1]  # grouped-query attention: fewer key/value heads
-    outputs = [F.scaled_dot_product_attention(query[:, :, a:b], key[:, :, a:b], value[:, :, a:b], dropout_p=dropout,
-                                              scale=scaling, is_causal=causal and b - a > 1, enable_gqa=grouped)
-               for a, b in zip(bounds[:-1], bounds[1:])]
+    outputs = [
+        F.scaled_dot_product_attention(
+            query[:, :, a:b],
+            key[:, :, a:b],
+            value[:, :, a:b],
+            dropout_p=dropout,
+            scale=scaling,
+            is_causal=causal and b - a > 1,
+            enable_gqa=grouped,
+        )
+        for a, b in zip(bounds[:-1], bounds[1:])
+    ]
     return torch.cat(outputs, dim=2).transpose(1, 2).contiguous(), None
 
 
@@ -83,8 +102,11 @@ def decoder_packs(model: Any) -> bool:
     to the whole sequence (a sliding window would need windowed attention per sequence)."""
     config = model.config
     layers = getattr(config, "layer_types", None) or ["full_attention"]
-    return (config.model_type in DECODERS and all(kind == "full_attention" for kind in layers)
-            and model._can_set_attn_implementation())
+    return (
+        config.model_type in DECODERS
+        and all(kind == "full_attention" for kind in layers)
+        and model._can_set_attn_implementation()
+    )
 
 
 def use_packing(model: Any, device: str, packing: str, *, decoder: bool, where: str) -> bool:
@@ -99,8 +121,11 @@ def use_packing(model: Any, device: str, packing: str, *, decoder: bool, where: 
         return True
     if packing == "packed":
         kind, families = ("decoder", DECODERS) if decoder else ("encoder", CLS_HEADS)
-        raise UserError(f"packing: packed needs one of the {kind} families {', '.join(families)}; this model is "
-                        f"{model.config.model_type}", where=where)
+        raise UserError(
+            f"packing: packed needs one of the {kind} families {', '.join(families)}; this model is "
+            f"{model.config.model_type}",
+            where=where,
+        )
     return False
 
 
@@ -135,8 +160,12 @@ def _packed(sequences: list[list[int]], start: int, device: Any) -> tuple[dict[s
     # Each sequence's positions restart: arange over the packed row minus its sequence's offset.
     position_ids = torch.arange(int(bounds[-1])) - torch.repeat_interleave(bounds[:-1], lengths) + start
     bounds = bounds.to(device)
-    inputs = {"input_ids": input_ids.to(device), "position_ids": position_ids.unsqueeze(0).to(device),
-              "cu_seq_lens_q": bounds, "cu_seq_lens_k": bounds}
+    inputs = {
+        "input_ids": input_ids.to(device),
+        "position_ids": position_ids.unsqueeze(0).to(device),
+        "cu_seq_lens_q": bounds,
+        "cu_seq_lens_k": bounds,
+    }
     return inputs, bounds
 
 
@@ -146,8 +175,9 @@ def packed_calls(model: Any):
     of token-id lists through an encoder classifier. Call it under ``torch.inference_mode()``."""
     start = first_position(model)
     if start is None:
-        raise ValueError(f"{type(model).__name__} cannot run packed: only {', '.join(CLS_HEADS)} encoders "
-                         "with absolute positions")
+        raise ValueError(
+            f"{type(model).__name__} cannot run packed: only {', '.join(CLS_HEADS)} encoders with absolute positions"
+        )
     device = next(model.parameters()).device
     firsts: Any = None  # where each sequence of the current forward begins
 
@@ -179,8 +209,10 @@ def packed_last_logits(model: Any):
     from harness.head_logits import token_logits
 
     if not decoder_packs(model):
-        raise ValueError(f"{type(model).__name__} cannot run packed: only {', '.join(DECODERS)} decoders "
-                         "with full attention in every layer")
+        raise ValueError(
+            f"{type(model).__name__} cannot run packed: only {', '.join(DECODERS)} decoders "
+            "with full attention in every layer"
+        )
     device = next(model.parameters()).device
 
     def forward(sequences: list[list[int]], tokens: list[int] | None = None) -> Any:

@@ -85,8 +85,9 @@ class Plugins:
         # Called through pluggy like any plugin, so that wrappers (a profiler, the speed gate) see it too.
         self.pm.register(_proxy(approach), name=approach.name)
         owner = self.meta.get(plugin_name)
-        self.meta[approach.name] = PluginMeta(approach.name, type(approach).__module__,
-                                              owner.version if owner else "", bool(owner and owner.builtin))
+        self.meta[approach.name] = PluginMeta(
+            approach.name, type(approach).__module__, owner.version if owner else "", bool(owner and owner.builtin)
+        )
 
     def register(self, plugin: Any, name: str, *, package: str = "", version: str = "") -> None:
         """Register ``plugin`` under ``name``, as tests and embedding code do: a module or object with hook
@@ -112,7 +113,9 @@ class Plugins:
         ``self`` on its own class: an inherited ``train`` calling ``self._fit`` reaches the subclass's ``_fit``."""
         if name in self.registry:
             approach = self.registry[name]
-            return [getattr(approach, METHODS[hook]) for hook in hooks if self.implements(name, hook) and hook in METHODS]
+            return [
+                getattr(approach, METHODS[hook]) for hook in hooks if self.implements(name, hook) and hook in METHODS
+            ]
         plugin = self.pm.get_plugin(name)
         return [getattr(plugin, hook) for hook in hooks if hasattr(plugin, hook)]
 
@@ -126,8 +129,9 @@ class Plugins:
                 where="--plugins",
             )
 
-    def check_spec(self, spec: Spec, rows: list[str], overrides: dict[str, dict[str, str]], *,
-                   teacher_option: str | None = None) -> list[str]:
+    def check_spec(
+        self, spec: Spec, rows: list[str], overrides: dict[str, dict[str, str]], *, teacher_option: str | None = None
+    ) -> list[str]:
         """Check every row of ``spec`` (each ``plugins.<row>`` section), whatever ``rows`` (the rows this
         compare runs: ``--plugins`` and the teacher) selects: its approach is installed, and its settings in
         the spec are settings of that approach, of their types, choices and ranges; and the spec's ``teacher``
@@ -154,8 +158,11 @@ class Plugins:
             hint = "" if row in variants else "; a row of another approach names it with approach: NAME"
             raise UserError(f"unknown approach {base!r} (known: {listed}){hint}", where=f"{spec.where}: {key}")
         for where, teacher in ((f"{spec.where}: teacher", spec.teacher), ("--teacher", teacher_option)):
-            if teacher and spec.approach_of(teacher) not in known and not (
-                    teacher in self.not_loaded and teacher not in running):
+            if (
+                teacher
+                and spec.approach_of(teacher) not in known
+                and not (teacher in self.not_loaded and teacher not in running)
+            ):
                 rows_known = f"; rows of {spec.where}: {', '.join(variants)}" if variants else ""
                 raise UserError(f"unknown approach or row {teacher!r} (known: {listed}{rows_known})", where=where)
 
@@ -176,11 +183,26 @@ class Plugins:
             base = spec.approach_of(row)
             given = overrides if row in running else {}
             base_given = given.get(base) if base != row else None
-            settings = resolve_settings(row, info.settings, spec, given.get(row, {}), choices=info.choices,
-                                        limits=info.limits, secret=info.secret_settings, base_overrides=base_given)
+            settings = resolve_settings(
+                row,
+                info.settings,
+                spec,
+                given.get(row, {}),
+                choices=info.choices,
+                limits=info.limits,
+                secret=info.secret_settings,
+                base_overrides=base_given,
+            )
             if row in running:
-                notices += spec_notices(spec, row, settings, info.settings, secret=info.secret_settings,
-                                        overrides=given.get(row, {}), base_overrides=base_given)
+                notices += spec_notices(
+                    spec,
+                    row,
+                    settings,
+                    info.settings,
+                    secret=info.secret_settings,
+                    overrides=given.get(row, {}),
+                    base_overrides=base_given,
+                )
         return list(dict.fromkeys(notices))
 
     def call(self, name: str, hook: str, **kwargs: Any) -> Any:
@@ -210,9 +232,15 @@ class Plugins:
 
 
 # The approach hooks the core calls by name, and the Approach methods behind them.
-METHODS = {"harness_describe": "describe", "harness_train": "train", "harness_load": "load",
-           "harness_predict": "predict", "harness_reference": "reference", "harness_parity": "parity",
-           "harness_check": "check"}
+METHODS = {
+    "harness_describe": "describe",
+    "harness_train": "train",
+    "harness_load": "load",
+    "harness_predict": "predict",
+    "harness_reference": "reference",
+    "harness_parity": "parity",
+    "harness_check": "check",
+}
 
 
 def registrar_name(plugin: Any, name: str) -> str:
@@ -267,14 +295,24 @@ def _check(self: _Proxy, task: Any, settings: Any) -> Any:
     return call_approach(self.approach, "harness_check", locals())
 
 
-_IMPLS = {"check": _check, "describe": _describe, "train": _train, "load": _load, "predict": _predict, "reference": _reference,
-          "parity": _parity}
+_IMPLS = {
+    "check": _check,
+    "describe": _describe,
+    "train": _train,
+    "load": _load,
+    "predict": _predict,
+    "reference": _reference,
+    "parity": _parity,
+}
 
 
 def _proxy(approach: Approach) -> _Proxy:
     cls = type(approach)
-    methods = {f"harness_{method}": impl for method, impl in _IMPLS.items()
-               if method in ("describe", "predict") or getattr(cls, method) is not getattr(Approach, method)}
+    methods = {
+        f"harness_{method}": impl
+        for method, impl in _IMPLS.items()
+        if method in ("describe", "predict") or getattr(cls, method) is not getattr(Approach, method)
+    }
     return type(f"Registered{cls.__name__}", (_Proxy,), methods)(approach)
 
 
@@ -283,6 +321,7 @@ def _registrations(caller: Any) -> list[tuple[str, Approach]]:
     is known by the plugin that made it."""
     found: list[tuple[str, Approach]] = []
     for impl in caller.get_hookimpls():
+
         def register(approach: Approach, owner: str = impl.plugin_name) -> None:
             found.append((owner, approach))
 
@@ -294,9 +333,17 @@ def describe(approach: Approach) -> ApproachInfo:
     """The ApproachInfo the core plans with, read off a registered approach and its Settings class."""
     info = settings_info(approach.settings)
     own = tuple(info.defaults) if approach.serves else info.predict  # an engine's settings are all predict settings
-    return ApproachInfo(task_types=tuple(approach.task_types), settings=info.defaults, description=approach.description,
-                        predict_settings=own, choices=info.choices, serves=approach.serves,
-                        model_settings=info.models, limits=info.limits, secret_settings=info.secret)
+    return ApproachInfo(
+        task_types=tuple(approach.task_types),
+        settings=info.defaults,
+        description=approach.description,
+        predict_settings=own,
+        choices=info.choices,
+        serves=approach.serves,
+        model_settings=info.models,
+        limits=info.limits,
+        secret_settings=info.secret,
+    )
 
 
 def typed_settings(approach: Approach, settings: dict[str, Any]) -> Any:
@@ -312,9 +359,14 @@ def call_approach(approach: Approach, hook: str, kwargs: dict[str, Any]) -> Any:
         return describe(approach)
     settings = kwargs.get("settings") or {}
     batch = settings.get("predict_batch_size")
-    context = RunContext(seed=int(settings.get("seed", 0)), random_weights=bool(settings.get("random_weights")),
-                         workdir=kwargs.get("workdir"), cache_dir=kwargs.get("cache_dir"),
-                         batch_size=batch or None, progress=kwargs.get("progress"))
+    context = RunContext(
+        seed=int(settings.get("seed", 0)),
+        random_weights=bool(settings.get("random_weights")),
+        workdir=kwargs.get("workdir"),
+        cache_dir=kwargs.get("cache_dir"),
+        batch_size=batch or None,
+        progress=kwargs.get("progress"),
+    )
     typed = typed_settings(approach, settings)
     task = kwargs["task"]
     if hook == "harness_train":

@@ -70,7 +70,14 @@ class RunProgress:
         if self._console is None:
             yield Bar(None, None)
             return
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeElapsedColumn,
+            TimeRemainingColumn,
+        )
 
         with Progress(
             TextColumn("[bold]{task.description}"),
@@ -83,7 +90,13 @@ class RunProgress:
         ) as progress:
             yield Bar(progress, progress.add_task(description, total=total))
 
-    def track(self, items: Iterable[T], description: str, total: float | None = None, weight: Callable[[T], float] | None = None) -> Iterator[T]:
+    def track(
+        self,
+        items: Iterable[T],
+        description: str,
+        total: float | None = None,
+        weight: Callable[[T], float] | None = None,
+    ) -> Iterator[T]:
         """Iterate ``items`` with a bar; ``weight(item)`` says how far each item moves it (default 1)."""
         if total is None and hasattr(items, "__len__"):
             total = len(items)  # type: ignore[arg-type]

@@ -65,13 +65,21 @@ def harness_benchmark(request: pytest.FixtureRequest, tmp_path: Path):
         if random_weights:  # as `harness bench --random-weights` builds it
             artifact, call_settings = untrained(plugins, plan, task, tmp_path / "train")
         else:  # an engine serves what its approach trains: the approach trains, with its own settings
-            artifact, call_settings = trained(plugins, plan, task, tmp_path / "train", datasets.train,
-                                              datasets.validation, {"random_weights": False})
+            artifact, call_settings = trained(
+                plugins, plan, task, tmp_path / "train", datasets.train, datasets.validation, {"random_weights": False}
+            )
         examples = without_answers(datasets.test)
 
         def predict():
-            predictions = plugins.call(plan.approach, "harness_predict", task=task, artifact=artifact, examples=examples,
-                                       settings=call_settings, progress=SILENT)
+            predictions = plugins.call(
+                plan.approach,
+                "harness_predict",
+                task=task,
+                artifact=artifact,
+                examples=examples,
+                settings=call_settings,
+                progress=SILENT,
+            )
             measure.cuda_sync()
             return predictions
 

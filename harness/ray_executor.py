@@ -70,8 +70,11 @@ def start(address: str | None, cpus: int | None, connect_seconds: float = CONNEC
         raise UserError(f"no Ray cluster answered at {address} within {connect_seconds:g} s", where="--address")
     if outcome["error"] is not None:
         error = outcome["error"]
-        raise UserError(f"cannot join the Ray cluster at {address}: {type(error).__name__}: "
-                        f"{str(error).splitlines()[0] if str(error) else ''}", where="--address") from None
+        raise UserError(
+            f"cannot join the Ray cluster at {address}: {type(error).__name__}: "
+            f"{str(error).splitlines()[0] if str(error) else ''}",
+            where="--address",
+        ) from None
 
 
 def _reachable(address: str, seconds: float) -> None:

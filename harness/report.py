@@ -68,13 +68,18 @@ class TerminalReporter:
             # An error may name an extra ("pip install 'harness-compare[onnx]'"): its brackets are text, not markup.
             self.console.print(f"[red]{run.approach} failed:[/] {escape(str(run.error))}", highlight=False)
         elif run.status == "reused":
-            self.console.print(f"{run.approach}: reused run {run.run_id} (same training and measurement identity: "
-                               "approach, settings, data, model, code, libraries, machine; --rerun to run again)",
-                               highlight=False)
+            self.console.print(
+                f"{run.approach}: reused run {run.run_id} (same training and measurement identity: "
+                "approach, settings, data, model, code, libraries, machine; --rerun to run again)",
+                highlight=False,
+            )
         else:
             if run.training.get("trained_in") not in (None, run.run_id):
-                self.console.print(f"{run.approach}: measured the model trained in run {run.training['trained_in']} "
-                                   f"({run.training.get('reason', 're-measured')})", highlight=False)
+                self.console.print(
+                    f"{run.approach}: measured the model trained in run {run.training['trained_in']} "
+                    f"({run.training.get('reason', 're-measured')})",
+                    highlight=False,
+                )
             if run.training.get("resumed"):
                 self.console.print(f"{run.approach}: {resumed_note(run.training['resumed'])}", highlight=False)
             quality = ", ".join(f"{METRIC_TITLES.get(m, m)} {_number(run.metrics.get(m))}" for m in self.metrics)
@@ -92,8 +97,10 @@ def resumed_note(resumed: dict[str, Any]) -> str:
     """How a run's training went on after it was killed: it resumed as the same run."""
     kept = resumed.get("from")
     if kept == "finished training":
-        return (f"run {resumed['run']} was killed after it finished training; its model and training figures "
-                "are kept, measured now")
+        return (
+            f"run {resumed['run']} was killed after it finished training; its model and training figures "
+            "are kept, measured now"
+        )
     if kept:
         before = resumed.get("seconds_before_kill")
         counted = f" (Train adds its {_duration(before)} before the kill)" if before else ""
@@ -139,10 +146,12 @@ Column = tuple[str, Callable[[RunRecord], Any], Callable[[Any], str], int]
 
 def _columns(metrics: list[str], generates: bool = False) -> list[Column]:
     quality: list[Column] = [
-        (METRIC_TITLES.get(m, m), lambda r, m=m: r.metrics.get(m), _number, -1 if m == "invalid" else +1) for m in metrics
+        (METRIC_TITLES.get(m, m), lambda r, m=m: r.metrics.get(m), _number, -1 if m == "invalid" else +1)
+        for m in metrics
     ]
-    generation: list[Column] = [
-        ("Gen tok/s", lambda r: r.speed.get("generated_tokens_per_s"), _rate, +1)] if generates else []
+    generation: list[Column] = (
+        [("Gen tok/s", lambda r: r.speed.get("generated_tokens_per_s"), _rate, +1)] if generates else []
+    )
     return quality + [
         ("Train", lambda r: r.speed.get("train_seconds"), _duration, -1),
         ("Predict /s", lambda r: r.speed.get("predict_samples_per_s"), _rate, +1),
@@ -211,7 +220,11 @@ def comparison_table(comparison: Comparison):
                     text = fmt(cell.mean)
             else:
                 text = fmt(cell)
-                ci = intervals.get(runs[0].run_id, {}).get(metrics[index]) if index < len(metrics) and cell is not None else None
+                ci = (
+                    intervals.get(runs[0].run_id, {}).get(metrics[index])
+                    if index < len(metrics) and cell is not None
+                    else None
+                )
                 if ci is not None:
                     text += f" ±{(ci['high'] - ci['low']) / 2:.3f}"
             if index < len(metrics) and runs[0].random_weights and cell is not None:
@@ -232,7 +245,9 @@ def comparison_table(comparison: Comparison):
         if run.status == "reused":
             notes.append(f"{run.approach}: reused run {run.run_id} whole (same training and measurement identity)")
         elif trained_in and trained_in != run.run_id:
-            notes.append(f"{run.approach}: training reused from run {trained_in}; {run.training.get('reason', 're-measured')}")
+            notes.append(
+                f"{run.approach}: training reused from run {trained_in}; {run.training.get('reason', 're-measured')}"
+            )
         if run.training.get("resumed"):
             notes.append(f"{run.approach}: {resumed_note(run.training['resumed'])}")
         if run.environment.get("runs") or run.environment.get("prompt"):
@@ -242,16 +257,23 @@ def comparison_table(comparison: Comparison):
         for note in run.model.get("notes") or []:
             notes.append(f"{run.approach}: {note}")
         if run.model.get("truncated_predict"):
-            notes.append(f"{run.approach}: inputs cut to fit the model in {run.model['truncated_predict']} of {run.n_test} test examples")
+            notes.append(
+                f"{run.approach}: inputs cut to fit the model in {run.model['truncated_predict']} of "
+                f"{run.n_test} test examples"
+            )
     if several:
-        notes.append("several seeds: each metric is mean ± sample standard deviation (sd) across the seeds that "
-                     "finished (Status counts them); the other columns are means")
+        notes.append(
+            "several seeds: each metric is mean ± sample standard deviation (sd) across the seeds that "
+            "finished (Status counts them); the other columns are means"
+        )
     notes.extend(statistics_lines(comparison))
     if any(r.random_weights for r in comparison.runs):
         notes.append("† random weights (--random-weights): quality is meaningless; speed and memory are real")
     sources = {r.environment.get("validation_source") for r in ranked}
     if "test" in sources:
-        notes.append("checkpoints were selected on the test set (validation: test), as in the seed articles: optimistic")
+        notes.append(
+            "checkpoints were selected on the test set (validation: test), as in the seed articles: optimistic"
+        )
     tests = {(r.n_test, r.test_hash[:12]) for r in ranked}
     if len(tests) == 1:
         n_test, digest = tests.pop()
@@ -260,13 +282,21 @@ def comparison_table(comparison: Comparison):
     if devices:
         notes.append("device: " + "; ".join(devices))
     if ranked:
-        notes.append("Train: wall time (--json splits it: load, prepare, loop, evaluation, save); "
-                     "Serve RSS/GPU: peak memory serving the test set; Dtype: the weights' dtype serving")
+        notes.append(
+            "Train: wall time (--json splits it: load, prepare, loop, evaluation, save); "
+            "Serve RSS/GPU: peak memory serving the test set; Dtype: the weights' dtype serving"
+        )
     if any(r.task_type == "extraction" for r in ranked):
-        notes.append("Exact rec: answers that are a JSON object with every field right (after Unicode NFKC and "
-                     "trimming; null, missing and \"\" are one empty value); Valid: answers that are a JSON object "
-                     "with every field; Predict /s: records per second" + ("; Gen tok/s: generated tokens per "
-                                                                           "second" if any(r.speed.get("generated_tokens_per_s") for r in ranked) else ""))
+        notes.append(
+            "Exact rec: answers that are a JSON object with every field right (after Unicode NFKC and "
+            'trimming; null, missing and "" are one empty value); Valid: answers that are a JSON object '
+            "with every field; Predict /s: records per second"
+            + (
+                "; Gen tok/s: generated tokens per second"
+                if any(r.speed.get("generated_tokens_per_s") for r in ranked)
+                else ""
+            )
+        )
     table.caption = "\n".join(dict.fromkeys(notes)) or None
     table.caption_justify = "left"
     return table
@@ -280,18 +310,25 @@ def statistics_lines(comparison: Comparison) -> list[str]:
         return []
     headline = statistics.get("headline")
     title = METRIC_TITLES.get(headline, headline)
-    lines = [f"±: half the width of the 95% bootstrap interval over the test examples (percentile, "
-             f"{stats.RESAMPLES} resamples); "
-             f"bold {title}: significantly better than every other row (a paired bootstrap of the {title} "
-             f"difference over the test examples, Holm-adjusted, p < {stats.ALPHA})"]
+    lines = [
+        f"±: half the width of the 95% bootstrap interval over the test examples (percentile, "
+        f"{stats.RESAMPLES} resamples); "
+        f"bold {title}: significantly better than every other row (a paired bootstrap of the {title} "
+        f"difference over the test examples, Holm-adjusted, p < {stats.ALPHA})"
+    ]
     lines += [line for pair in statistics.get("pairs", []) for line in stats.pair_lines(pair, title)]
     for approach, metrics in statistics.get("seeds", {}).items():
         figure = metrics.get(headline)
         if figure and figure["sd"] is not None:
-            larger = ("seeds move it more than the test sample does" if figure["larger"] == "seeds"
-                      else "the test sample moves it more than the seeds do")
-            lines.append(f"{approach}: {title} sd across seeds {figure['sd']:.3f}, test-sample 95% CI ±"
-                         f"{figure['ci_half_width']:.3f}: {larger}")
+            larger = (
+                "seeds move it more than the test sample does"
+                if figure["larger"] == "seeds"
+                else "the test sample moves it more than the seeds do"
+            )
+            lines.append(
+                f"{approach}: {title} sd across seeds {figure['sd']:.3f}, test-sample 95% CI ±"
+                f"{figure['ci_half_width']:.3f}: {larger}"
+            )
     return lines
 
 
@@ -349,8 +386,9 @@ def write_plots(comparison: Comparison, folder: Any, store: Any, console: Any = 
     except ImportError:
         if console is not None:
             # markup=False: rich would take "[plots]" for a tag and print "pip install 'harness-compare'".
-            console.print("plots: not drawn (pip install 'harness-compare[plots]' for matplotlib)", markup=False,
-                          highlight=False)
+            console.print(
+                "plots: not drawn (pip install 'harness-compare[plots]' for matplotlib)", markup=False, highlight=False
+            )
         return {}
     from pathlib import Path
 
@@ -367,7 +405,9 @@ def write_plots(comparison: Comparison, folder: Any, store: Any, console: Any = 
             console.print(f"plots: not drawn ({folder} cannot be written: {exc.strerror})", highlight=False)
         return {}
     plots: dict[str, dict[str, Any]] = {}
-    groups = {name: [r for r in runs if r.status in stats.MEASURED] for name, runs in stats.by_approach(comparison).items()}
+    groups = {
+        name: [r for r in runs if r.status in stats.MEASURED] for name, runs in stats.by_approach(comparison).items()
+    }
     groups = {name: runs for name, runs in groups.items() if runs}
     headline = next((m for m in comparison.metrics if m not in stats.COUNTS), None)
 
@@ -380,8 +420,15 @@ def write_plots(comparison: Comparison, folder: Any, store: Any, console: Any = 
     for approach, runs in groups.items():
         run = runs[0]
         losses = [(e["step"], e["loss"]) for e in run.train_log if "loss" in e and "step" in e]
-        evaluations = sorted({k for e in run.train_log for k in e if k.startswith("eval_") and k not in
-                              ("eval_runtime", "eval_samples_per_second", "eval_steps_per_second")})
+        evaluations = sorted(
+            {
+                k
+                for e in run.train_log
+                for k in e
+                if k.startswith("eval_")
+                and k not in ("eval_runtime", "eval_samples_per_second", "eval_steps_per_second")
+            }
+        )
         if losses or evaluations:
             fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.6))
             series = []
@@ -389,8 +436,11 @@ def write_plots(comparison: Comparison, folder: Any, store: Any, console: Any = 
                 left.plot(*zip(*losses), label="training loss")
                 series.append("training loss")
             if any("eval_loss" in e for e in run.train_log):
-                left.plot(*zip(*[(e["step"], e["eval_loss"]) for e in run.train_log if "eval_loss" in e]), marker="o",
-                          label="evaluation loss")
+                left.plot(
+                    *zip(*[(e["step"], e["eval_loss"]) for e in run.train_log if "eval_loss" in e]),
+                    marker="o",
+                    label="evaluation loss",
+                )
                 series.append("evaluation loss")
             left.set(xlabel="step", ylabel="loss", title=f"{approach}: loss")
             left.legend()
@@ -403,7 +453,12 @@ def write_plots(comparison: Comparison, folder: Any, store: Any, console: Any = 
             right.set(xlabel="step", ylabel="validation metric", title=f"{approach}: evaluation")
             if len(series) > (len(losses) > 0) + any("eval_loss" in e for e in run.train_log):
                 right.legend()
-            save(fig, f"training-{approach}.png", f"{approach}: training loss and evaluation metrics against step", series)
+            save(
+                fig,
+                f"training-{approach}.png",
+                f"{approach}: training loss and evaluation metrics against step",
+                series,
+            )
         matrix = run.metrics.get("confusion_matrix")
         if matrix:
             fig, ax = plt.subplots(figsize=(1.2 + 0.8 * len(matrix["labels"]), 1 + 0.8 * len(matrix["matrix"])))
@@ -415,13 +470,19 @@ def write_plots(comparison: Comparison, folder: Any, store: Any, console: Any = 
                     ax.text(j, i, str(count), ha="center", va="center", fontsize=8)
             ax.set(xlabel="predicted", ylabel="gold", title=f"{approach}: confusion matrix")
             fig.colorbar(image, ax=ax)
-            save(fig, f"confusion-{approach}.png", f"{approach}: confusion matrix (rows gold, columns predicted)",
-                 [approach])
+            save(
+                fig,
+                f"confusion-{approach}.png",
+                f"{approach}: confusion matrix (rows gold, columns predicted)",
+                [approach],
+            )
 
     if headline is not None and len(groups) > 0:
         title = METRIC_TITLES.get(headline, headline)
-        for name, key, label, higher in (("quality-throughput.png", "predict_samples_per_s", "predict throughput (examples/s)", True),
-                                         ("quality-latency.png", "latency_p50_ms", "batch-1 latency p50 (ms)", False)):
+        for name, key, label, higher in (
+            ("quality-throughput.png", "predict_samples_per_s", "predict throughput (examples/s)", True),
+            ("quality-latency.png", "latency_p50_ms", "batch-1 latency p50 (ms)", False),
+        ):
             points = []
             for approach, runs in groups.items():
                 x = stats.spread(runs, lambda r, key=key: r.speed.get(key))
@@ -440,8 +501,12 @@ def write_plots(comparison: Comparison, folder: Any, store: Any, console: Any = 
             ax.set_xscale("log")  # approaches differ by orders of magnitude in speed
             ax.set(xlabel=label, ylabel=title, title=f"{title} against {label.split(' (')[0]}")
             ax.legend(fontsize=8)
-            save(fig, name, f"{title} against {label}; stars and the dashed line: the Pareto front",
-                 [approach for approach, _, _ in points] + ["Pareto front"])
+            save(
+                fig,
+                name,
+                f"{title} against {label}; stars and the dashed line: the Pareto front",
+                [approach for approach, _, _ in points] + ["Pareto front"],
+            )
     write_json(folder / PLOTS_FILE, plots)
     if console is not None and plots:
         console.print(f"plots: {len(plots)} PNG files in {folder}", highlight=False)
@@ -450,6 +515,7 @@ def write_plots(comparison: Comparison, folder: Any, store: Any, console: Any = 
 
 def pareto_front(points: list[tuple[float, float]], higher_x: bool = True) -> list[int]:
     """The indices of the points no other point beats on both axes (y higher is better; x higher or lower)."""
+
     def beats(a: tuple[float, float], b: tuple[float, float]) -> bool:
         x_better = a[0] >= b[0] if higher_x else a[0] <= b[0]
         x_strict = a[0] > b[0] if higher_x else a[0] < b[0]

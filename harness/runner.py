@@ -21,7 +21,15 @@ from harness.data import Datasets, data_checks
 from harness.errors import UserError
 from harness.hf_trainer import LogLines
 from harness.launcher import (
-    LAUNCHERS, TRAIN_RESULT, MeasureJob, TrainJob, UnitFailed, check_predictions, data_cache_file, run_unit, without_answers,
+    LAUNCHERS,
+    TRAIN_RESULT,
+    MeasureJob,
+    TrainJob,
+    UnitFailed,
+    check_predictions,
+    data_cache_file,
+    run_unit,
+    without_answers,
     write_data_cache,
 )
 from harness.plugins import Plugins
@@ -88,8 +96,9 @@ def _describe(plugins: Plugins, name: str) -> ApproachInfo:
     try:
         return plugins.describe(name)
     except Exception as exc:  # a plugin bug, but the user needs to know which plugin
-        raise UserError(f"plugin {name!r} cannot describe itself: {type(exc).__name__}: {exc}".splitlines()[0],
-                        where="--plugins") from None
+        raise UserError(
+            f"plugin {name!r} cannot describe itself: {type(exc).__name__}: {exc}".splitlines()[0], where="--plugins"
+        ) from None
 
 
 def plan_settings(
@@ -106,8 +115,9 @@ def plan_settings(
     for name in sorted(served):
         if not plugins.implements(spec.approach_of(name), "harness_train"):
             engine = next(n for n, i in infos.items() if i.serves == name)
-            raise UserError(f"plugin {engine!r} serves {name!r}, which is not an installed approach that trains",
-                            where="--plugins")
+            raise UserError(
+                f"plugin {engine!r} serves {name!r}, which is not an installed approach that trains", where="--plugins"
+            )
         infos.setdefault(name, _describe(plugins, spec.approach_of(name)))
     unknown = sorted(set(overrides) - set(approaches) - served - {spec.approach_of(name) for name in approaches})
     if unknown:
@@ -122,9 +132,16 @@ def plan_settings(
             )
         # A row of another approach (plugins.<row>.approach) takes that approach's --set values, then its own.
         base = spec.approach_of(name)
-        return resolve_settings(name, info.settings, spec, overrides.get(name, {}), choices=info.choices,
-                                limits=info.limits, secret=info.secret_settings,
-                                base_overrides=overrides.get(base, {}) if base != name else None)
+        return resolve_settings(
+            name,
+            info.settings,
+            spec,
+            overrides.get(name, {}),
+            choices=info.choices,
+            limits=info.limits,
+            secret=info.secret_settings,
+            base_overrides=overrides.get(base, {}) if base != name else None,
+        )
 
     plans = {}
     for name in approaches:
@@ -136,8 +153,12 @@ def plan_settings(
             own = resolved(name)
             # A setting the engine shares with what it serves (bert-onnx's max_length) takes the trained run's
             # value unless the engine's own section or --set names it.
-            named = {*(spec.plugins.get(name) or {}), *(spec.plugins.get(spec.approach_of(name)) or {}),
-                     *overrides.get(name, {}), *overrides.get(spec.approach_of(name), {})}
+            named = {
+                *(spec.plugins.get(name) or {}),
+                *(spec.plugins.get(spec.approach_of(name)) or {}),
+                *overrides.get(name, {}),
+                *overrides.get(spec.approach_of(name), {}),
+            }
             own = {k: v for k, v in own.items() if k not in train_settings or k in named}
             settings = {**train_settings, **own}
             predict_keys = (*trainer_info.predict_settings, *info.settings)
@@ -146,10 +167,19 @@ def plan_settings(
         # Every hook call gets the run's seed as settings["seed"] (the first seed here; run_approach sets its own).
         seed = {"seed": spec.training_seeds[0]}
         settings, train_settings = {**settings, **seed}, {**train_settings, **seed}
-        plans[name] = Plan(spec.approach_of(name), spec.approach_of(trainer), settings, train_settings,
-                           tuple(dict.fromkeys(predict_keys)), tuple(trainer_info.predict_settings),
-                           trainer_info.model_settings, info, tuple({*info.secret_settings, *trainer_info.secret_settings}),
-                           row=name, prompt_row=trainer)
+        plans[name] = Plan(
+            spec.approach_of(name),
+            spec.approach_of(trainer),
+            settings,
+            train_settings,
+            tuple(dict.fromkeys(predict_keys)),
+            tuple(trainer_info.predict_settings),
+            trainer_info.model_settings,
+            info,
+            tuple({*info.secret_settings, *trainer_info.secret_settings}),
+            row=name,
+            prompt_row=trainer,
+        )
     return plans
 
 
@@ -166,7 +196,9 @@ def compare(
     if options.launcher not in LAUNCHERS:
         raise UserError(f"expected one of {', '.join(LAUNCHERS)}, got {options.launcher!r}", where="--launcher")
     check_approaches(plugins, spec, plans)
-    comparison = Comparison(comparison_id=new_id(spec.name), spec=spec.name, created=now(), runs=[], metrics=spec.metrics)
+    comparison = Comparison(
+        comparison_id=new_id(spec.name), spec=spec.name, created=now(), runs=[], metrics=spec.metrics
+    )
     units = [(plan, seed) for plan in plans.values() for seed in options.seeds or spec.training_seeds]
     # What the runs hold (the data cache their units read, their directories, their load caches) is kept from
     # `harness store gc` until the compare ends: each run registers it (store.hold) before using it.
@@ -177,8 +209,10 @@ def compare(
             from concurrent.futures import ThreadPoolExecutor
 
             with ThreadPoolExecutor(max_workers=options.parallel, thread_name_prefix="harness-run") as pool:
-                futures = [pool.submit(run_approach, plugins, spec, data, plan, store, options, console, seed=seed)
-                           for plan, seed in units]
+                futures = [
+                    pool.submit(run_approach, plugins, spec, data, plan, store, options, console, seed=seed)
+                    for plan, seed in units
+                ]
                 comparison.runs.extend(future.result() for future in futures)
         else:
             for plan, seed in units:
@@ -192,8 +226,9 @@ def compare(
     return comparison
 
 
-def _unit(kind: str, job: TrainJob | MeasureJob, plugins: Plugins, progress: RunProgress,
-          launcher: str) -> dict[str, Any]:
+def _unit(
+    kind: str, job: TrainJob | MeasureJob, plugins: Plugins, progress: RunProgress, launcher: str
+) -> dict[str, Any]:
     """Run one unit where ``launcher`` says: on Ray (:mod:`harness.ray_executor`) or here (:func:`run_unit`)."""
     if launcher == "ray":
         from harness.launcher import plugin_setup
@@ -240,17 +275,21 @@ def comparison_statistics(comparison: Comparison, store: Store) -> dict[str, Any
         return {}
 
 
-def training_identity(plugins: Plugins, spec: Spec, data: Datasets, plan: Plan, task: Task,
-                      options: CompareOptions, store: Store) -> dict[str, Any]:
+def training_identity(
+    plugins: Plugins, spec: Spec, data: Datasets, plan: Plan, task: Task, options: CompareOptions, store: Store
+) -> dict[str, Any]:
     """What was trained: see harness.identity."""
     # Secrets (API keys) change no weights and never reach a record: they are not part of the identity.
     from harness.endpoint import redact_settings
 
-    settings = redact_settings({k: v for k, v in plan.train_settings.items()
-                                if k not in plan.train_predict_keys and k not in plan.secrets}, store.secret_mark)
+    settings = redact_settings(
+        {k: v for k, v in plan.train_settings.items() if k not in plan.train_predict_keys and k not in plan.secrets},
+        store.secret_mark,
+    )
     with store.model_hashes() as cache:
-        models = {key: identity.model_identity(str(settings[key]), cache)
-                  for key in plan.model_settings if settings.get(key)}
+        models = {
+            key: identity.model_identity(str(settings[key]), cache) for key in plan.model_settings if settings.get(key)
+        }
     return {
         "approach": plan.trainer,
         "settings": settings,
@@ -269,8 +308,9 @@ def training_identity(plugins: Plugins, spec: Spec, data: Datasets, plan: Plan, 
     }
 
 
-def measurement_identity(plugins: Plugins, data: Datasets, plan: Plan, train_key: str,
-                         options: CompareOptions, store: Store) -> dict[str, Any]:
+def measurement_identity(
+    plugins: Plugins, data: Datasets, plan: Plan, train_key: str, options: CompareOptions, store: Store
+) -> dict[str, Any]:
     """How it was measured: see harness.identity."""
     from harness.endpoint import redact_settings
 
@@ -278,8 +318,10 @@ def measurement_identity(plugins: Plugins, data: Datasets, plan: Plan, train_key
         "train_key": train_key,
         "approach": plan.approach,
         # An engine's env values and the value after --api-key in its arguments never reach a record.
-        "predict_settings": redact_settings({k: plan.settings[k] for k in plan.predict_keys
-                                             if k in plan.settings and k not in plan.secrets}, store.secret_mark),
+        "predict_settings": redact_settings(
+            {k: plan.settings[k] for k in plan.predict_keys if k in plan.settings and k not in plan.secrets},
+            store.secret_mark,
+        ),
         "test": data.test_hash,
         "latency_samples": options.latency_samples,
         "warmup_examples": options.warmup_examples,
@@ -287,7 +329,9 @@ def measurement_identity(plugins: Plugins, data: Datasets, plan: Plan, train_key
         "gpu": identity.gpu_name(),
         "threads": measure.unit_threads(),
         "launcher": options.launcher,
-        "code": identity.measuring_code(plugins.code_roots(plan.approach, ("harness_load", "harness_predict", "harness_parity"))),
+        "code": identity.measuring_code(
+            plugins.code_roots(plan.approach, ("harness_load", "harness_predict", "harness_parity"))
+        ),
         "versions": identity.library_versions(identity.SERVING_LIBRARIES),
     }
 
@@ -307,10 +351,23 @@ def what_changed(before: dict[str, Any], after: dict[str, Any], training: bool =
         elif key == "approach" and not training:  # another approach serves it: every other difference follows from that
             return [f"served by {new} (trained by {before.get('approach')})"]
         elif key == "code":
-            edited = sorted(name for name in set(old or {}) | set(new or {}) if (old or {}).get(name) != (new or {}).get(name))
-            changes.append(f"{'training' if training else 'measuring'} code: " + ", ".join(edited[:3])
-                           + (f" and {len(edited) - 3} more" if len(edited) > 3 else ""))
-        elif key in ("latency_samples", "warmup_examples", "threads", "launcher", "approach", "random_weights", "accelerator"):
+            edited = sorted(
+                name for name in set(old or {}) | set(new or {}) if (old or {}).get(name) != (new or {}).get(name)
+            )
+            changes.append(
+                f"{'training' if training else 'measuring'} code: "
+                + ", ".join(edited[:3])
+                + (f" and {len(edited) - 3} more" if len(edited) > 3 else "")
+            )
+        elif key in (
+            "latency_samples",
+            "warmup_examples",
+            "threads",
+            "launcher",
+            "approach",
+            "random_weights",
+            "accelerator",
+        ):
             changes.append(f"{key} {old} -> {new}")
         elif key in ("test", "train", "validation"):
             changes.append(f"{key} data")
@@ -355,10 +412,19 @@ def run_approach(
     name = plan.name
     task = spec.to_task(plan.prompt_row or plan.trainer)  # an engine serves with the prompt its model was trained on
     record = RunRecord(
-        run_id=new_id(name), approach=name, spec=spec.name, task_type=task.type, seed=seed,
+        run_id=new_id(name),
+        approach=name,
+        spec=spec.name,
+        task_type=task.type,
+        seed=seed,
         settings=redact_settings({k: SECRET if k in plan.secrets else v for k, v in plan.settings.items()}),
-        random_weights=options.random_weights, train_hash=data.train_hash, test_hash=data.test_hash,
-        n_train=len(data.train), n_validation=len(data.validation), n_test=len(data.test), created=now(),
+        random_weights=options.random_weights,
+        train_hash=data.train_hash,
+        test_hash=data.test_hash,
+        n_train=len(data.train),
+        n_validation=len(data.validation),
+        n_test=len(data.test),
+        created=now(),
     )
     record.environment["validation_source"] = data.validation_source
     if spec.prompt_name(plan.prompt_row or plan.trainer):
@@ -383,8 +449,11 @@ def run_approach(
         return record
 
     def waiting() -> None:
-        print(f"harness: {name} (seed {seed}): another harness process is training or measuring the same model "
-              "on this store; waiting for it to finish, to reuse its run", file=sys.stderr)
+        print(
+            f"harness: {name} (seed {seed}): another harness process is training or measuring the same model "
+            "on this store; waiting for it to finish, to reuse its run",
+            file=sys.stderr,
+        )
 
     # One process at a time per training identity: a second identical compare waits, then reuses. What the run
     # holds is kept from cleanup until it ends (until its compare ends, inside one).
@@ -392,8 +461,18 @@ def run_approach(
         return _run_locked(plugins, spec, data, plan, store, options, console, record, task, seed)
 
 
-def _run_locked(plugins: Plugins, spec: Spec, data: Datasets, plan: Plan, store: Store, options: CompareOptions,
-                console: Any, record: RunRecord, task: Task, seed: int) -> RunRecord:
+def _run_locked(
+    plugins: Plugins,
+    spec: Spec,
+    data: Datasets,
+    plan: Plan,
+    store: Store,
+    options: CompareOptions,
+    console: Any,
+    record: RunRecord,
+    task: Task,
+    seed: int,
+) -> RunRecord:
     name, train_key = plan.name, record.training["key"]
     if not options.rerun:
         previous = store.find_measured(record.measurement["key"])
@@ -438,16 +517,33 @@ def _run_locked(plugins: Plugins, spec: Spec, data: Datasets, plan: Plan, store:
             _reuse_training(record, source)
             artifact_file = store.artifact_file(source.run_id)
         elif finished.is_file():  # a killed run had finished training: measure its model
-            artifact_file = _record_training(record, json.loads(finished.read_text(encoding="utf-8")), workdir / "artifact")
+            artifact_file = _record_training(
+                record, json.loads(finished.read_text(encoding="utf-8")), workdir / "artifact"
+            )
         else:
             record.training["reason"] = training_reason(store, record, options.rerun)
-            job = TrainJob(plan.trainer, task, data_file, {**plan.train_settings, "random_weights": options.random_weights},
-                           workdir / "artifact", seed)
+            job = TrainJob(
+                plan.trainer,
+                task,
+                data_file,
+                {**plan.train_settings, "random_weights": options.random_weights},
+                workdir / "artifact",
+                seed,
+            )
             result = _unit("train", job, plugins, progress, options.launcher)
             artifact_file = _record_training(record, result, job.workdir)
-        job = MeasureJob(plan.approach, task, data_file, {**plan.settings, "random_weights": options.random_weights},
-                         artifact_file, workdir / "predictions.jsonl", seed, options.latency_samples,
-                         options.warmup_examples, cache_dir)
+        job = MeasureJob(
+            plan.approach,
+            task,
+            data_file,
+            {**plan.settings, "random_weights": options.random_weights},
+            artifact_file,
+            workdir / "predictions.jsonl",
+            seed,
+            options.latency_samples,
+            options.warmup_examples,
+            cache_dir,
+        )
         _measure(plugins, job, progress, record, options)
         record.metrics = _score(plugins, name, task, data.test, read_predictions(workdir / "predictions.jsonl"))
         parity = record.serving.get("parity")
@@ -490,8 +586,14 @@ def _record_training(record: RunRecord, result: dict[str, Any], workdir: Any) ->
         train_gpu_hours=seconds / 3600 if artifact.device.startswith("cuda") else None,
     )
     record.memory.update(train_rss_peak_mb=result["rss_peak_mb"], train_gpu_peak_mb=result["gpu_peak_mb"])
-    record.model = {"parameters": artifact.parameters, "model": artifact.model, "dtype": artifact.dtype,
-                    "device": artifact.device, "notes": artifact.notes, **artifact.info}
+    record.model = {
+        "parameters": artifact.parameters,
+        "model": artifact.model,
+        "dtype": artifact.dtype,
+        "device": artifact.device,
+        "notes": artifact.notes,
+        **artifact.info,
+    }
     return artifact_file
 
 
@@ -509,13 +611,17 @@ def _reuse_training(record: RunRecord, source: RunRecord) -> None:
         record.training["resumed"] = dict(source.training["resumed"])
 
 
-def _measure(plugins: Plugins, job: MeasureJob, progress: RunProgress, record: RunRecord, options: CompareOptions) -> None:
+def _measure(
+    plugins: Plugins, job: MeasureJob, progress: RunProgress, record: RunRecord, options: CompareOptions
+) -> None:
     """Measure in a unit of its own; record the serving figures (the predictions are in the job's file)."""
     result = _unit("measure", job, plugins, progress, options.launcher)
     record.speed.update(result["speed"])
     if result["speed"].get("build_seconds"):
-        result["notes"].append(f"built what it serves from the trained model in {result['speed']['build_seconds']:.1f} s "
-                               "(once; later measurements load it)")
+        result["notes"].append(
+            f"built what it serves from the trained model in {result['speed']['build_seconds']:.1f} s "
+            "(once; later measurements load it)"
+        )
     record.memory.update(result["memory"])
     record.serving = result["serving"]
     record.model["truncated_predict"] = result["truncated_predict"]
@@ -582,15 +688,21 @@ def _log_until(path: Any, kept: str | None) -> list[dict[str, Any]]:
         return entries
 
     lines = LogLines()  # the callback's own rules, replayed
-    rebuilt = (lines.line(item["step"], item.get("epoch"), {k: v for k, v in item.items() if k != "step"})
-               for item in history if item.get("step", 0) <= step)
+    rebuilt = (
+        lines.line(item["step"], item.get("epoch"), {k: v for k, v in item.items() if k != "step"})
+        for item in history
+        if item.get("step", 0) <= step
+    )
     return [entry for entry in rebuilt if entry is not None]
 
 
-def _score(plugins: Plugins, name: str, task: Task, examples: list[Example], predictions: list[Prediction]) -> dict[str, Any]:
+def _score(
+    plugins: Plugins, name: str, task: Task, examples: list[Example], predictions: list[Prediction]
+) -> dict[str, Any]:
     merged: dict[str, Any] = {}
-    for result in reversed(plugins.pm.hook.harness_score(task=task, examples=examples, predictions=predictions, approach=name)):
+    for result in reversed(
+        plugins.pm.hook.harness_score(task=task, examples=examples, predictions=predictions, approach=name)
+    ):
         if result:
             merged.update(result)
     return merged
-

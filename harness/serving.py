@@ -8,8 +8,9 @@ from typing import Any
 from harness.errors import UserError
 
 
-def load_stored_run(plugins: Any, store: Any, run_id: str, plan: Any, task: Any,
-                    overrides: dict[str, Any] | None = None) -> tuple[Any, dict[str, Any]]:
+def load_stored_run(
+    plugins: Any, store: Any, run_id: str, plan: Any, task: Any, overrides: dict[str, Any] | None = None
+) -> tuple[Any, dict[str, Any]]:
     """The artifact of run ``run_id``, loaded by ``plan``'s approach (an engine's own settings from its defaults
     and ``overrides``), and the settings predict takes. The load cache is the one compare's measurement used,
     so what an engine built (an export, a merge) is not built again."""
@@ -22,19 +23,35 @@ def load_stored_run(plugins: Any, store: Any, run_id: str, plan: Any, task: Any,
     trained_in = record.training.get("trained_in")
     trainer = record.training.get("identity", {}).get("approach")
     if record.status not in ("ok", "reused") or plan.trainer != trainer or not trained_in:
-        raise UserError(f"run {run_id} is a {record.approach} run ({record.status}); {plan.name} serves a finished run "
-                        f"trained by {plan.trainer}", where="--run")
+        raise UserError(
+            f"run {run_id} is a {record.approach} run ({record.status}); {plan.name} serves a finished run "
+            f"trained by {plan.trainer}",
+            where="--run",
+        )
     settings = plan.settings
     # The run's own settings, with --set on top (an engine's own settings from its defaults).
-    settings = {**settings, **record.settings, **{key: settings[key] for key in (overrides or {})},
-                **({key: settings[key] for key in plan.info.settings} if plan.info.serves else {})}
+    settings = {
+        **settings,
+        **record.settings,
+        **{key: settings[key] for key in (overrides or {})},
+        **({key: settings[key] for key in plan.info.settings} if plan.info.serves else {}),
+    }
     artifact_file = store.artifact_file(trained_in)
     if not artifact_file.is_file():
         raise UserError(f"run {trained_in} no longer has its trained model", where=str(artifact_file))
-    cache_dir = load_cache(store, record.training["key"], {
-        "approach": plan.approach, "predict_settings": {k: settings[k] for k in plan.predict_keys if k in settings},
-        "code": identity.measuring_code(plugins.code_roots(plan.approach, ("harness_load", "harness_predict", "harness_parity"))),
-        "versions": identity.library_versions(identity.SERVING_LIBRARIES)})
-    artifact, (_, settings), _, _ = load_cached(plugins, plan.approach, task, lambda: load_artifact(artifact_file),
-                                                settings, cache_dir)
+    cache_dir = load_cache(
+        store,
+        record.training["key"],
+        {
+            "approach": plan.approach,
+            "predict_settings": {k: settings[k] for k in plan.predict_keys if k in settings},
+            "code": identity.measuring_code(
+                plugins.code_roots(plan.approach, ("harness_load", "harness_predict", "harness_parity"))
+            ),
+            "versions": identity.library_versions(identity.SERVING_LIBRARIES),
+        },
+    )
+    artifact, (_, settings), _, _ = load_cached(
+        plugins, plan.approach, task, lambda: load_artifact(artifact_file), settings, cache_dir
+    )
     return artifact, settings

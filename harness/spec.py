@@ -156,8 +156,11 @@ class TaskSpec(_Strict):
         default_factory=dict,
         description="named prompts besides task.prompt: an approach selects one with plugins.<approach>.prompt: NAME",
     )
-    normalize: bool = Field(True, description="extraction: compare field values after Unicode NFKC and trimming "
-                            "whitespace (null, a missing key and \"\" are always the same empty value)")
+    normalize: bool = Field(
+        True,
+        description="extraction: compare field values after Unicode NFKC and trimming "
+        'whitespace (null, a missing key and "" are always the same empty value)',
+    )
 
     _unique_names = field_validator("labels", "fields", "option_labels")(_listed_once)
 
@@ -198,8 +201,9 @@ class DatasetSpec(_Strict):
         if self.validation and self.validation_split:
             raise ValueError("give validation (a file) or validation_split (a hub split), not both")
         if self.validation and not self.train:
-            raise ValueError("validation is a local file beside the train and test files; a hub dataset "
-                             "names its validation_split")
+            raise ValueError(
+                "validation is a local file beside the train and test files; a hub dataset names its validation_split"
+            )
         if self.validation_split and not self.hub:
             raise ValueError("validation_split names a split of the hub dataset; local files use validation")
         return self
@@ -232,14 +236,26 @@ class Spec(_Strict):
         "test set as the seed articles did; 'none' trains without evaluation. Ignored when a validation file "
         "or split is given",
     )
-    seed: int = Field(0, description="seeds the data: --limit-* samples and the held-out validation; the "
-                      "training seed too unless seeds is given")
-    seeds: list[int] | None = Field(None, description="train and measure each approach once per seed (the data "
-                                    "stays the seed's sample); the table shows mean ± sd across them")
-    metrics: list[str] = Field(default_factory=list,
-                               description="the metrics the table shows (default: the task type's headline ones), by name (harness.metrics.METRICS, by task type)")
-    teacher: str | None = Field(None, description="an approach (or row) that labels the train examples before the "
-                                "approaches train, such as openai at an endpoint (harness.teacher); --teacher overrides")
+    seed: int = Field(
+        0,
+        description="seeds the data: --limit-* samples and the held-out validation; the "
+        "training seed too unless seeds is given",
+    )
+    seeds: list[int] | None = Field(
+        None,
+        description="train and measure each approach once per seed (the data "
+        "stays the seed's sample); the table shows mean ± sd across them",
+    )
+    metrics: list[str] = Field(
+        default_factory=list,
+        description="the metrics the table shows (default: the task type's headline ones), by name "
+        "(harness.metrics.METRICS, by task type)",
+    )
+    teacher: str | None = Field(
+        None,
+        description="an approach (or row) that labels the train examples before the "
+        "approaches train, such as openai at an endpoint (harness.teacher); --teacher overrides",
+    )
     plugins: dict[str, dict[str, Any]] = Field(
         default_factory=dict,
         description="per-approach settings; the key 'prompt' is not a setting but that approach's prompt, "
@@ -259,8 +275,10 @@ class Spec(_Strict):
     @classmethod
     def _name_is_a_file_name(cls, name: str) -> str:
         if not SPEC_NAME.fullmatch(name) or ".." in name:
-            raise ValueError("letters, digits, '.', '_' and '-' only, no '..', 1 to 100 characters (it names the "
-                             f"comparison's files), got {name!r}")
+            raise ValueError(
+                "letters, digits, '.', '_' and '-' only, no '..', 1 to 100 characters (it names the "
+                f"comparison's files), got {name!r}"
+            )
         return name
 
     _unique_metrics = field_validator("metrics")(_listed_once)
@@ -297,8 +315,9 @@ class Spec(_Strict):
             raise ValueError("validation must be a fraction between 0 and 1, 'test' or 'none'")
         given = "dataset.validation" if self.dataset.validation else "dataset.validation_split"
         if self.validation in ("test", "none") and (self.dataset.validation or self.dataset.validation_split):
-            raise ValueError(f"validation: {self.validation!r} and {given} both say how checkpoints are "
-                             "selected; remove one")
+            raise ValueError(
+                f"validation: {self.validation!r} and {given} both say how checkpoints are selected; remove one"
+            )
         return self
 
     @model_validator(mode="after")
@@ -314,8 +333,10 @@ class Spec(_Strict):
             if "approach" in section:
                 base = section.pop("approach")
                 if not isinstance(base, str) or not base or base == row:
-                    raise ValueError(f"plugins.{row}.approach: the name of an installed approach this row runs "
-                                     f"with its own settings, got {base!r}")
+                    raise ValueError(
+                        f"plugins.{row}.approach: the name of an installed approach this row runs "
+                        f"with its own settings, got {base!r}"
+                    )
                 self._bases[row] = base
         for approach, section in self.plugins.items():
             if "prompt" not in section:
@@ -324,7 +345,9 @@ class Spec(_Strict):
             value = section.pop("prompt")
             if isinstance(value, str) and value in self.task.prompts:
                 # A named prompt is whole: it replaces task.prompt, its absent system or raw removing the task's.
-                self._prompts[approach] = PromptSpec.model_construct(**{"system": "", "raw": "", **_prompt_fields(self.task.prompts[value])})
+                self._prompts[approach] = PromptSpec.model_construct(
+                    **{"system": "", "raw": "", **_prompt_fields(self.task.prompts[value])}
+                )
                 self._prompt_names[approach] = value
                 continue
             if isinstance(value, str) and "{" not in value and self.task.prompts:
@@ -430,8 +453,9 @@ def load_spec(name_or_path: str) -> Spec:
         raise UserError(f"not valid YAML: {getattr(exc, 'problem', exc)}", where=where) from None
     if twice:
         key, first, second = twice
-        raise UserError(f"{key}: given twice, on lines {first} and {second} (YAML would keep only the last)",
-                        where=str(path))
+        raise UserError(
+            f"{key}: given twice, on lines {first} and {second} (YAML would keep only the last)", where=str(path)
+        )
     if not isinstance(raw, dict):
         raise UserError("a spec must be a YAML mapping", where=str(path))
     try:
@@ -442,8 +466,9 @@ def load_spec(name_or_path: str) -> Spec:
     return spec
 
 
-def _key_given_twice(node: yaml.Node | None, path: tuple[str, ...] = (),
-                     seen_nodes: set[int] | None = None) -> tuple[str, int, int] | None:
+def _key_given_twice(
+    node: yaml.Node | None, path: tuple[str, ...] = (), seen_nodes: set[int] | None = None
+) -> tuple[str, int, int] | None:
     """The first key given twice in one mapping of a composed YAML document, as ``(dotted key, first line,
     second line)``, or None. YAML's loaders keep the last value without a word; a merge (``<<: *base``) is
     not a repetition: the keys written beside it override what it brings."""
@@ -515,15 +540,18 @@ def resolve_settings(
             if key not in secret:
                 raise
             # A secret is never printed back, not even to say what is wrong with it.
-            raise UserError(f"not a valid {type(defaults[key]).__name__} (a secret: its value is not shown)",
-                            where=where) from None
+            raise UserError(
+                f"not a valid {type(defaults[key]).__name__} (a secret: its value is not shown)", where=where
+            ) from None
 
     def set_values(section: str, given: dict[str, str]) -> None:
         for key, text in given.items():
             where = f"--set {section}.{key}"
             if key == "prompt" and key not in defaults:
-                raise UserError(f"the prompt is set in the spec: task.prompt, or plugins.{section}.prompt for "
-                                f"{section} alone", where=where)
+                raise UserError(
+                    f"the prompt is set in the spec: task.prompt, or plugins.{section}.prompt for {section} alone",
+                    where=where,
+                )
             accept(key, _parse_cli_value(text, defaults.get(key)), where)
 
     # A row that runs another approach (plugins.<row>.approach) starts from that approach's section and
@@ -548,8 +576,13 @@ ADDRESS_SETTING = "base_url"
 KEY_ENV_SETTING = "api_key_env"
 
 
-def spec_source(spec: Spec, row: str, key: str, overrides: dict[str, str] | None = None,
-                base_overrides: dict[str, str] | None = None) -> str | None:
+def spec_source(
+    spec: Spec,
+    row: str,
+    key: str,
+    overrides: dict[str, str] | None = None,
+    base_overrides: dict[str, str] | None = None,
+) -> str | None:
     """``plugins.<section>.<key>``, the place in the spec file that gives the value ``row`` runs with, or None
     where the approach's default or a ``--set`` gives it. The layers are :func:`resolve_settings`'s."""
     base = spec.approach_of(row)
@@ -563,9 +596,16 @@ def spec_source(spec: Spec, row: str, key: str, overrides: dict[str, str] | None
     return source
 
 
-def spec_notices(spec: Spec, row: str, settings: dict[str, Any], defaults: dict[str, Any], *,
-                 secret: tuple[str, ...] = (), overrides: dict[str, str] | None = None,
-                 base_overrides: dict[str, str] | None = None) -> list[str]:
+def spec_notices(
+    spec: Spec,
+    row: str,
+    settings: dict[str, Any],
+    defaults: dict[str, Any],
+    *,
+    secret: tuple[str, ...] = (),
+    overrides: dict[str, str] | None = None,
+    base_overrides: dict[str, str] | None = None,
+) -> list[str]:
     """One line for each thing the spec file (not the user's ``--set``, not the approach's default) makes
     ``row`` do that reaches outside harness: a command it runs on this machine (with the arguments and
     environment the file adds to it), and the address it sends the user's key to. ``settings`` are the row's
@@ -598,8 +638,13 @@ def spec_notices(spec: Spec, row: str, settings: dict[str, Any], defaults: dict[
     if source and isinstance(address, str):
         sent = [f"${settings[KEY_ENV_SETTING]}"] if settings.get(KEY_ENV_SETTING) else []
         # A secret written in the spec file is its author's own; one given with --set is the user's.
-        sent += [f"the secret setting {key}" for key in secret
-                 if key != KEY_ENV_SETTING and settings.get(key) and not spec_source(spec, row, key, overrides, base_overrides)]
+        sent += [
+            f"the secret setting {key}"
+            for key in secret
+            if key != KEY_ENV_SETTING
+            and settings.get(key)
+            and not spec_source(spec, row, key, overrides, base_overrides)
+        ]
         if sent:
             notices.append(f"{spec.where}: {source} sends {' and '.join(sent)} to {address}")
     return notices
@@ -661,8 +706,11 @@ def _allowed(value: Any, allowed: tuple[Any, ...] | None, where: str) -> Any:
 
 def _checked(approach: str, defaults: dict[str, Any], key: str, value: Any, *, where: str) -> Any:
     if key == "seed" and key not in defaults:
-        raise UserError("the seed is not a plugin setting: the spec's seed: or seeds:, or --seeds; a plugin gets "
-                        "the run's seed as settings['seed']", where=where)
+        raise UserError(
+            "the seed is not a plugin setting: the spec's seed: or seeds:, or --seeds; a plugin gets "
+            "the run's seed as settings['seed']",
+            where=where,
+        )
     if key not in defaults:
         raise UserError(f"unknown setting for {approach}; known: {', '.join(sorted(defaults))}", where=where)
     default = defaults[key]

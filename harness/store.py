@@ -39,12 +39,12 @@ import os
 import re
 import shutil
 import sqlite3
-import threading
 import sys
+import threading
 import time
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from contextlib import contextmanager
 from typing import Any, Iterable, Iterator
 
 from harness import stats
@@ -128,8 +128,11 @@ class Store:
                 (self.root / "runs").mkdir(exist_ok=True)
             except sqlite3.DatabaseError as exc:
                 self._db = None
-                raise UserError(f"not a usable results index ({exc}); `harness store check` moves it aside and "
-                                "rebuilds it from the runs' record.json files", where=str(path)) from None
+                raise UserError(
+                    f"not a usable results index ({exc}); `harness store check` moves it aside and "
+                    "rebuilds it from the runs' record.json files",
+                    where=str(path),
+                ) from None
         return self._db
 
     def _read_only_db(self, path: Path) -> sqlite3.Connection:
@@ -140,8 +143,9 @@ class Store:
             self._db.execute("SELECT count(*) FROM runs").fetchone()
         except sqlite3.DatabaseError as exc:
             self._db = None
-            raise UserError(f"not a usable results index ({exc}), and the store is read-only here",
-                            where=str(path)) from None
+            raise UserError(
+                f"not a usable results index ({exc}), and the store is read-only here", where=str(path)
+            ) from None
         return self._db
 
     def check_writable(self, open_index: bool = True) -> None:
@@ -153,12 +157,22 @@ class Store:
         existing = root if root.exists() else next((p for p in root.absolute().parents if p.exists()), None)
         if existing is None:
             raise UserError("cannot be created", where=str(root))
-        for path in (existing, root / "runs.db", root / "runs", root / "locks", root / "comparisons", root / "data",
-                     root / "live"):
+        for path in (
+            existing,
+            root / "runs.db",
+            root / "runs",
+            root / "locks",
+            root / "comparisons",
+            root / "data",
+            root / "live",
+        ):
             if path.exists() and not os.access(path, os.W_OK | (os.X_OK if path.is_dir() else 0)):
                 read_only = os.statvfs(path).f_flag & os.ST_RDONLY
-                raise UserError(f"cannot be written ({'read-only file system' if read_only else 'permissions'}); "
-                                "nothing was trained", where=str(path))
+                raise UserError(
+                    f"cannot be written ({'read-only file system' if read_only else 'permissions'}); "
+                    "nothing was trained",
+                    where=str(path),
+                )
         if open_index and (root / "runs.db").exists():
             _ = self.db  # a corrupt index is one line now, not after training
 
@@ -388,8 +402,9 @@ class Store:
         """Remove abandoned work (nothing with ``dry_run``); return what was (or would be) removed."""
         return self.cleanup(older_than_days, dry_run=dry_run).removed
 
-    def cleanup(self, older_than_days: float | None = None, dry_run: bool = False,
-                killed_runs_only: bool = False) -> Cleanup:
+    def cleanup(
+        self, older_than_days: float | None = None, dry_run: bool = False, killed_runs_only: bool = False
+    ) -> Cleanup:
         """``store gc`` (``killed_runs_only``: ``store check --remove-partials``): remove ``.partial`` runs no live
         process holds, data caches (each made again when needed) and load caches of models no run holds,
         untouched for ``older_than_days``; never what a running compare holds (:meth:`hold`), which is
@@ -415,8 +430,9 @@ class Store:
                         path.unlink(missing_ok=True)
         return Cleanup(found, skipped)
 
-    def _abandoned(self, older_than_days: float | None, held: dict[str, int | None],
-                   killed_runs_only: bool) -> tuple[list[tuple[Path, int, str]], list[tuple[Path, str, int | None]]]:
+    def _abandoned(
+        self, older_than_days: float | None, held: dict[str, int | None], killed_runs_only: bool
+    ) -> tuple[list[tuple[Path, int, str]], list[tuple[Path, str, int | None]]]:
         cutoff = None if older_than_days is None else time.time() - older_than_days * 86400
         found: list[tuple[Path, int, str]] = []
         skipped: list[tuple[Path, str, int | None]] = []
@@ -428,8 +444,11 @@ class Store:
                     return True, pid
             return False, None
 
-        trained = {row[0][:16] for row in self.db.execute("SELECT train_key FROM runs")} \
-            if (self.root / "runs.db").exists() else set()
+        trained = (
+            {row[0][:16] for row in self.db.execute("SELECT train_key FROM runs")}
+            if (self.root / "runs.db").exists()
+            else set()
+        )
         stale = dict(self.stale_partials())
         running: dict[str, int | None] = {}  # the training identities of runs in progress -> who runs them
         folder = self.root / "runs"
@@ -479,11 +498,20 @@ class Store:
         rows = []
         if (self.root / "runs.db").exists():
             for run_id, approach, spec, status, trained_in, created in self.db.execute(
-                    "SELECT run_id, approach, spec, status, trained_in, created FROM runs ORDER BY created DESC"):
+                "SELECT run_id, approach, spec, status, trained_in, created FROM runs ORDER BY created DESC"
+            ):
                 folder = self.root / "runs" / run_id
-                rows.append({"run_id": run_id, "approach": approach, "spec": spec, "status": status,
-                             "created": created, "bytes": _size(folder) if folder.is_dir() else None,
-                             "model": "own" if trained_in == run_id else (trained_in or "-")})
+                rows.append(
+                    {
+                        "run_id": run_id,
+                        "approach": approach,
+                        "spec": spec,
+                        "status": status,
+                        "created": created,
+                        "bytes": _size(folder) if folder.is_dir() else None,
+                        "model": "own" if trained_in == run_id else (trained_in or "-"),
+                    }
+                )
         held = set()
         folder = self.root / "runs"
         for path in sorted(folder.glob("*.partial"), reverse=True) if folder.is_dir() else []:
@@ -491,8 +519,17 @@ class Store:
             held.add(run_id)
             approach = _approach_of(run_id)
             status = "running" if _is_held(path) else "killed: " + (resumable(path) or "nothing to resume")
-            rows.append({"run_id": run_id, "approach": approach, "spec": "", "status": status,
-                         "created": "", "bytes": _size(path), "model": "-"})
+            rows.append(
+                {
+                    "run_id": run_id,
+                    "approach": approach,
+                    "spec": "",
+                    "status": status,
+                    "created": "",
+                    "bytes": _size(path),
+                    "model": "-",
+                }
+            )
         return rows
 
     def finish_run(
@@ -509,8 +546,10 @@ class Store:
             self.start_run(record.run_id)
         if predictions is not None:
             write_predictions(partial / "predictions.jsonl", predictions)
-        write_text(partial / "train_log.jsonl",
-                   "".join(json.dumps(jsonable(entry, "train_log"), default=str) + "\n" for entry in record.train_log))
+        write_text(
+            partial / "train_log.jsonl",
+            "".join(json.dumps(jsonable(entry, "train_log"), default=str) + "\n" for entry in record.train_log),
+        )
         if error_detail:
             (partial / "error.txt").write_text(error_detail, encoding="utf-8")
         write_json(partial / "record.json", record_to_dict(record))
@@ -528,8 +567,16 @@ class Store:
     def _index(self, record: RunRecord) -> None:
         self.db.execute(
             "INSERT OR REPLACE INTO runs VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-            (record.run_id, record.approach, record.spec, record.status, record.training.get("key", ""),
-             record.measurement.get("key", ""), record.training.get("trained_in"), record.created),
+            (
+                record.run_id,
+                record.approach,
+                record.spec,
+                record.status,
+                record.training.get("key", ""),
+                record.measurement.get("key", ""),
+                record.training.get("trained_in"),
+                record.created,
+            ),
         )
 
     def find_measured(self, measure_key: str) -> RunRecord | None:
@@ -537,7 +584,8 @@ class Store:
         if not (self.root / "runs.db").exists():
             return None
         rows = self.db.execute(
-            "SELECT run_id FROM runs WHERE measure_key = ? AND status = 'ok' ORDER BY created DESC", (measure_key,),
+            "SELECT run_id FROM runs WHERE measure_key = ? AND status = 'ok' ORDER BY created DESC",
+            (measure_key,),
         ).fetchall()
         for (run_id,) in rows:
             record = self._load_or_warn(run_id)
@@ -550,8 +598,10 @@ class Store:
         first; none before the index exists."""
         if not (self.root / "runs.db").exists():
             return []
-        rows = self.db.execute("SELECT run_id FROM runs WHERE approach = ? AND spec = ? AND trained_in = run_id "
-                               "ORDER BY created DESC", (approach, spec)).fetchall()
+        rows = self.db.execute(
+            "SELECT run_id FROM runs WHERE approach = ? AND spec = ? AND trained_in = run_id ORDER BY created DESC",
+            (approach, spec),
+        ).fetchall()
         return [run_id for (run_id,) in rows]
 
     def find_trained(self, train_key: str) -> RunRecord | None:
@@ -576,8 +626,10 @@ class Store:
         except UserError as exc:
             if run_id not in self._warned:
                 self._warned.add(run_id)
-                print(f"harness: warning: {exc}; not reused (`harness store check` drops it from the index)",
-                      file=sys.stderr)
+                print(
+                    f"harness: warning: {exc}; not reused (`harness store check` drops it from the index)",
+                    file=sys.stderr,
+                )
             return None
 
     def artifact_file(self, run_id: str) -> Path:
@@ -590,16 +642,23 @@ class Store:
         try:
             return record_from_dict(json.loads(path.read_text(encoding="utf-8")))
         except (ValueError, TypeError) as exc:
-            raise UserError(f"not a readable run record ({type(exc).__name__}); move the run's directory away",
-                            where=str(path)) from None
+            raise UserError(
+                f"not a readable run record ({type(exc).__name__}); move the run's directory away", where=str(path)
+            ) from None
 
     def save_comparison(self, comparison: Comparison) -> None:
         # Each row as the comparison showed it: the run it shows, its status there, and the row's name and seed
         # (a reused run is stored under the name of the row that made it: see shown_as).
-        row = {"comparison_id": comparison.comparison_id, "spec": comparison.spec, "created": comparison.created,
-               "runs": [{"run_id": r.run_id, "status": r.status, "approach": r.approach, "seed": r.seed}
-                        for r in comparison.runs],
-               "metrics": comparison.metrics}
+        row = {
+            "comparison_id": comparison.comparison_id,
+            "spec": comparison.spec,
+            "created": comparison.created,
+            "runs": [
+                {"run_id": r.run_id, "status": r.status, "approach": r.approach, "seed": r.seed}
+                for r in comparison.runs
+            ],
+            "metrics": comparison.metrics,
+        }
         folder = self.root / "comparisons"
         folder.mkdir(exist_ok=True)
         write_json(folder / f"{comparison.comparison_id}.json", row)
@@ -607,9 +666,10 @@ class Store:
             self._index_comparison(row)
 
     def _index_comparison(self, row: dict[str, Any]) -> None:
-        self.db.execute("INSERT OR REPLACE INTO comparisons VALUES (?, ?, ?, ?, ?)",
-                        (row["comparison_id"], row["spec"], row["created"], json.dumps(row["runs"]),
-                         json.dumps(row["metrics"])))
+        self.db.execute(
+            "INSERT OR REPLACE INTO comparisons VALUES (?, ?, ?, ?, ?)",
+            (row["comparison_id"], row["spec"], row["created"], json.dumps(row["runs"]), json.dumps(row["metrics"])),
+        )
 
     def check(self, remove_partials: bool = False) -> list[str]:
         """Make the index agree with the run directories and say what was fixed: a corrupt index is moved
@@ -640,8 +700,10 @@ class Store:
                     with self.db:
                         self.db.execute("DELETE FROM runs WHERE run_id = ?", (run_id,))
                     indexed.discard(run_id)
-                    fixed.append(f"{exc.where}: not a readable run record; dropped run {run_id} from the index "
-                                 "(its directory is kept: repair the file and run check again to index it)")
+                    fixed.append(
+                        f"{exc.where}: not a readable run record; dropped run {run_id} from the index "
+                        "(its directory is kept: repair the file and run check again to index it)"
+                    )
         on_disk = set()
         for record_file in sorted((self.root / "runs").glob("*/record.json")):
             run_id = record_file.parent.name
@@ -681,8 +743,9 @@ class Store:
         """The id of the newest stored comparison of ``spec``, if any."""
         if not (self.root / "runs.db").exists():
             return None
-        row = self.db.execute("SELECT comparison_id FROM comparisons WHERE spec = ? ORDER BY created DESC, rowid DESC "
-                              "LIMIT 1", (spec,)).fetchone()
+        row = self.db.execute(
+            "SELECT comparison_id FROM comparisons WHERE spec = ? ORDER BY created DESC, rowid DESC LIMIT 1", (spec,)
+        ).fetchone()
         return row[0] if row else None
 
     def load_comparison(self, comparison_id: str | None = None) -> Comparison | None:
@@ -698,18 +761,27 @@ class Store:
         runs = []
         for entry in json.loads(row[3]):
             # [run_id, status] in a comparison stored before rows kept their names: the run's own name and seed.
-            run_id, status, name, seed = ((entry["run_id"], entry["status"], entry.get("approach"), entry.get("seed"))
-                                          if isinstance(entry, dict) else (*entry[:2], None, None))
+            run_id, status, name, seed = (
+                (entry["run_id"], entry["status"], entry.get("approach"), entry.get("seed"))
+                if isinstance(entry, dict)
+                else (*entry[:2], None, None)
+            )
             try:
                 record = self.load_run(run_id)
                 # A reused run keeps the status, and shows the row name and seed, it had in this comparison.
                 record = shown_as(record, name or record.approach, record.seed if seed is None else seed, status)
             except UserError as exc:  # its directory was deleted, or its record damaged: the rest still reports
-                record = RunRecord(run_id=run_id, approach=name or _approach_of(run_id), spec=row[1], task_type="",
-                                   status="missing", error=str(exc), seed=seed or 0)
+                record = RunRecord(
+                    run_id=run_id,
+                    approach=name or _approach_of(run_id),
+                    spec=row[1],
+                    task_type="",
+                    status="missing",
+                    error=str(exc),
+                    seed=seed or 0,
+                )
             runs.append(record)
         return Comparison(comparison_id=row[0], spec=row[1], created=row[2], runs=runs, metrics=json.loads(row[4]))
-
 
     def combine(self, items: list[str]) -> Comparison:
         """One comparison of the runs named by run ids and comparison ids, for ``report --compare``: they must
@@ -732,8 +804,10 @@ class Store:
             raise UserError(f"runs of different specs ({', '.join(specs)}) are not one comparison", where="--compare")
         tests = sorted({r.test_hash[:12] for r in unique if r.status != "missing"})
         if len(tests) > 1:
-            raise UserError(f"runs scored on different test sets (sha256 {', '.join(tests)}) cannot be compared "
-                            "example by example", where="--compare")
+            raise UserError(
+                f"runs scored on different test sets (sha256 {', '.join(tests)}) cannot be compared example by example",
+                where="--compare",
+            )
         if metrics is None:
             from harness.metrics import DEFAULT_METRICS
 
@@ -741,8 +815,13 @@ class Store:
         from hashlib import sha256
 
         digest = sha256(" ".join(r.run_id for r in unique).encode()).hexdigest()[:6]
-        return Comparison(comparison_id=f"{specs[0]}-combined-{digest}", spec=specs[0], created=unique[0].created,
-                          runs=unique, metrics=metrics)
+        return Comparison(
+            comparison_id=f"{specs[0]}-combined-{digest}",
+            spec=specs[0],
+            created=unique[0].created,
+            runs=unique,
+            metrics=metrics,
+        )
 
 
 @dataclass
@@ -756,8 +835,11 @@ class Cleanup:
 
 def removed_lines(cleanup: Cleanup) -> list[str]:
     """``store check --remove-partials``'s line for each killed run removed."""
-    return [f"removed {path.name}, left by a killed run ({what}, {size_text(size)})"
-            for path, size, what in cleanup.removed if path.name.endswith(".partial")]
+    return [
+        f"removed {path.name}, left by a killed run ({what}, {size_text(size)})"
+        for path, size, what in cleanup.removed
+        if path.name.endswith(".partial")
+    ]
 
 
 PLURALS = {"data cache": "data caches", "load cache": "load caches", "run in progress": "runs in progress"}
@@ -774,8 +856,10 @@ def skipped_lines(cleanup: Cleanup) -> list[str]:
     for pid, kinds in by_holder.items():
         count = sum(kinds.values())
         who = f"a running compare holds (pid {pid})" if pid is not None else "a running process holds"
-        lines.append(f"skipped {count} item{'' if count == 1 else 's'} {who}: "
-                     + ", ".join(f"{n} {what if n == 1 else PLURALS.get(what, what)}" for what, n in sorted(kinds.items())))
+        lines.append(
+            f"skipped {count} item{'' if count == 1 else 's'} {who}: "
+            + ", ".join(f"{n} {what if n == 1 else PLURALS.get(what, what)}" for what, n in sorted(kinds.items()))
+        )
     return lines
 
 
@@ -897,8 +981,10 @@ def jsonable(value: Any, where: str) -> Any:
         return [jsonable(v, f"{where}[{i}]") for i, v in enumerate(value)]
     if type(value).__module__ == "numpy" and hasattr(value, "tolist"):  # numpy scalars and arrays
         return jsonable(value.tolist(), where)
-    raise TypeError(f"{where} is a {type(value).__module__}.{type(value).__name__}, which JSON cannot hold; "
-                    "return str, int, float, bool, None, lists or dicts")
+    raise TypeError(
+        f"{where} is a {type(value).__module__}.{type(value).__name__}, which JSON cannot hold; "
+        "return str, int, float, bool, None, lists or dicts"
+    )
 
 
 def write_predictions(path: Path, predictions: Iterable[Prediction], examples: list[Example] | None = None) -> None:
@@ -921,8 +1007,11 @@ PREDICTION_FIELDS = set(Prediction.__dataclass_fields__)
 
 def read_predictions(path: Path) -> list[Prediction]:
     with path.open(encoding="utf-8") as handle:
-        return [Prediction(**{k: v for k, v in json.loads(line).items() if k in PREDICTION_FIELDS})
-                for line in handle if line.strip()]
+        return [
+            Prediction(**{k: v for k, v in json.loads(line).items() if k in PREDICTION_FIELDS})
+            for line in handle
+            if line.strip()
+        ]
 
 
 def read_scored(path: Path) -> tuple[list[Example], list[Prediction]] | None:

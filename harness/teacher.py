@@ -51,8 +51,9 @@ def text_key(text: str) -> str:
 
 
 # Settings that change how a teacher asks, never what it answers: not part of its cache's key.
-HOW_IT_ASKS = frozenset({"seed", "concurrency", "timeout", "max_retries", "api_key_env", "predict_batch_size",
-                         "start_timeout"})
+HOW_IT_ASKS = frozenset(
+    {"seed", "concurrency", "timeout", "max_retries", "api_key_env", "predict_batch_size", "start_timeout"}
+)
 
 
 # What a cached answer holds, all covered by its checksum (``check``).
@@ -74,12 +75,18 @@ def check_teacher(plan: Any, where: str = "--teacher") -> None:
     if plan is None:
         return
     if plan.trainer != plan.approach:
-        raise UserError(f"{plan.name!r} serves a model that must train first; a teacher answers without training: "
-                        "start the server yourself (vllm serve ...) and point openai at it", where=where)
+        raise UserError(
+            f"{plan.name!r} serves a model that must train first; a teacher answers without training: "
+            "start the server yourself (vllm serve ...) and point openai at it",
+            where=where,
+        )
     epochs = plan.train_settings.get("num_train_epochs")
     if isinstance(epochs, (int, float)) and epochs > 0:
-        raise UserError(f"a teacher must answer without training ({plan.name!r} trains: num_train_epochs {epochs:g}); "
-                        "use a zero-shot approach or an endpoint such as openai", where=where)
+        raise UserError(
+            f"a teacher must answer without training ({plan.name!r} trains: num_train_epochs {epochs:g}); "
+            "use a zero-shot approach or an endpoint such as openai",
+            where=where,
+        )
 
 
 def cache_key(plan: Any, task: Task, mark: Any = None) -> str:
@@ -88,10 +95,16 @@ def cache_key(plan: Any, task: Task, mark: Any = None) -> str:
     from harness import identity
     from harness.endpoint import redact_settings
 
-    settings = redact_settings({k: v for k, v in plan.settings.items() if k not in plan.secrets and k not in HOW_IT_ASKS},
-                               mark)
-    return identity.digest({"approach": plan.approach, "settings": settings,
-                            "task": {k: v for k, v in asdict(task).items() if k != "normalize"}})[:32]
+    settings = redact_settings(
+        {k: v for k, v in plan.settings.items() if k not in plan.secrets and k not in HOW_IT_ASKS}, mark
+    )
+    return identity.digest(
+        {
+            "approach": plan.approach,
+            "settings": settings,
+            "task": {k: v for k, v in asdict(task).items() if k != "normalize"},
+        }
+    )[:32]
 
 
 def teach(plugins: Any, spec: Any, data: Any, plan: Any, store: Any, console: Any = None) -> tuple[Any, dict[str, Any]]:
@@ -111,25 +124,43 @@ def teach(plugins: Any, spec: Any, data: Any, plan: Any, store: Any, console: An
     answers, damaged, unverified = _read(path)
     if damaged or unverified:
         _rewrite(path, answers)  # the next run reads none of them, and warns nothing
-        print(f"harness: warning: teacher cache {path}: {_dropped_lines(damaged, unverified)} dropped; asking again",
-              file=sys.stderr)
+        print(
+            f"harness: warning: teacher cache {path}: {_dropped_lines(damaged, unverified)} dropped; asking again",
+            file=sys.stderr,
+        )
     todo = list({text_key(ex.text): ex for ex in data.train if text_key(ex.text) not in answers}.values())
     failed: dict[str, str] = {}  # text key -> the error of a request that got no answer (not cached)
     if todo:
         if console is not None:
-            console.print(f"teacher {plan.name}: asking {len(todo)} of {len(data.train)} training texts "
-                          f"({len(data.train) - len(todo)} answered before)")
+            console.print(
+                f"teacher {plan.name}: asking {len(todo)} of {len(data.train)} training texts "
+                f"({len(data.train) - len(todo)} answered before)"
+            )
         with tempfile.TemporaryDirectory(prefix="harness-teacher-") as workdir:
-            artifact = plugins.call(name, "harness_train", task=task, train=[], validation=[], settings=plan.train_settings,
-                                    workdir=Path(workdir), progress=SILENT_PROGRESS)
+            artifact = plugins.call(
+                name,
+                "harness_train",
+                task=task,
+                train=[],
+                validation=[],
+                settings=plan.train_settings,
+                workdir=Path(workdir),
+                progress=SILENT_PROGRESS,
+            )
             try:
                 _, settings = load_for_serving(plugins, name, task, artifact, plan.settings)
                 asked = 0
                 for start in range(0, len(todo), CHUNK):
-                    chunk = todo[start:start + CHUNK]
-                    predictions = plugins.call(name, "harness_predict", task=task, artifact=artifact,
-                                               examples=without_answers(chunk), settings=settings,
-                                               progress=SILENT_PROGRESS)
+                    chunk = todo[start : start + CHUNK]
+                    predictions = plugins.call(
+                        name,
+                        "harness_predict",
+                        task=task,
+                        artifact=artifact,
+                        examples=without_answers(chunk),
+                        settings=settings,
+                        progress=SILENT_PROGRESS,
+                    )
                     # Each answer's system_fingerprint, where the approach keeps them (openai does).
                     fingerprints = artifact.state.get("reply_fingerprints") or []
                     fingerprints = fingerprints if len(fingerprints) == len(chunk) else [None] * len(chunk)
@@ -138,16 +169,23 @@ def teach(plugins: Any, spec: Any, data: Any, plan: Any, store: Any, console: An
                         if prediction.error:  # no answer: never cached, asked again next time
                             failed[text_key(example.text)] = prediction.error
                             continue
-                        answer = {"text": text_key(example.text), "label": prediction.label,
-                                  "fields": prediction.fields, "system_fingerprint": fingerprint}
+                        answer = {
+                            "text": text_key(example.text),
+                            "label": prediction.label,
+                            "fields": prediction.fields,
+                            "system_fingerprint": fingerprint,
+                        }
                         rows.append({**answer, "check": checksum(answer)})
                     _append(path, rows)
                     answers.update((row["text"], row) for row in rows)
                     asked += len(chunk)
                     if 2 * len(failed) > asked:
                         first = next(iter(failed.values()))
-                        raise UserError(f"the teacher {plan.name!r} failed: {len(failed)} of {asked} requests got no "
-                                        f"answer (first: {first})".splitlines()[0], where="--teacher")
+                        raise UserError(
+                            f"the teacher {plan.name!r} failed: {len(failed)} of {asked} requests got no "
+                            f"answer (first: {first})".splitlines()[0],
+                            where="--teacher",
+                        )
             finally:
                 for value in artifact.state.values():  # its client's connections
                     if isinstance(value, Endpoint):
@@ -164,7 +202,11 @@ def teach(plugins: Any, spec: Any, data: Any, plan: Any, store: Any, console: An
             right = valid and answer["label"] == example.label
         else:
             valid = valid_record(answer["fields"], task.fields)
-            record = {f: "" if answer["fields"][f] is None else str(answer["fields"][f]) for f in task.fields} if valid else None
+            record = (
+                {f: "" if answer["fields"][f] is None else str(answer["fields"][f]) for f in task.fields}
+                if valid
+                else None
+            )
             new = replace(example, fields=record) if valid else None
             right = valid and record_outcome(task.fields, example.fields, record, task.normalize)["exact"] == 1
         if new is None:
@@ -175,13 +217,23 @@ def teach(plugins: Any, spec: Any, data: Any, plan: Any, store: Any, console: An
             with_gold += 1
             agree += bool(right)
     if not labelled:
-        raise UserError(f"the teacher {plan.name!r} gave no valid answer for any of the {len(data.train)} training texts",
-                        where="--teacher")
-    summary = {"teacher": plan.name, "asked": len(todo), "answered_before": len(data.train) - len(todo),
-               "dropped_invalid": dropped, "failed": len(failed), "kept": len(labelled), "cache": path.name,
-               "agreement_with_gold": agree / with_gold if with_gold else None}
-    taught = Datasets(train=labelled, validation=data.validation, test=data.test,
-                      validation_source=data.validation_source)
+        raise UserError(
+            f"the teacher {plan.name!r} gave no valid answer for any of the {len(data.train)} training texts",
+            where="--teacher",
+        )
+    summary = {
+        "teacher": plan.name,
+        "asked": len(todo),
+        "answered_before": len(data.train) - len(todo),
+        "dropped_invalid": dropped,
+        "failed": len(failed),
+        "kept": len(labelled),
+        "cache": path.name,
+        "agreement_with_gold": agree / with_gold if with_gold else None,
+    }
+    taught = Datasets(
+        train=labelled, validation=data.validation, test=data.test, validation_source=data.validation_source
+    )
     return taught, summary
 
 
@@ -240,30 +292,42 @@ def _dropped_lines(damaged: int, unverified: int) -> str:
     if damaged:
         parts.append(f"{damaged} damaged line{'s' if damaged != 1 else ''}")
     if unverified:
-        parts.append(f"{unverified} line{'s' if unverified != 1 else ''} without a checksum (written by an older "
-                     "harness: unverified)")
+        parts.append(
+            f"{unverified} line{'s' if unverified != 1 else ''} without a checksum (written by an older "
+            "harness: unverified)"
+        )
     return " and ".join(parts)
 
 
 def _older(row: Any) -> bool:
     """Whether a cache line is an older harness's: an answer (or a failed request) without a checksum."""
-    return (isinstance(row, dict) and "check" not in row and isinstance(row.get("text"), str)
-            and ("error" in row or ("label" in row and "fields" in row)))
+    return (
+        isinstance(row, dict)
+        and "check" not in row
+        and isinstance(row.get("text"), str)
+        and ("error" in row or ("label" in row and "fields" in row))
+    )
 
 
 def _is_answer(row: Any) -> bool:
     """Whether a cache line holds every field of an answer, each of its type."""
-    return (isinstance(row, dict) and all(key in row for key in (*ANSWER, "check")) and isinstance(row["text"], str)
-            and isinstance(row["check"], str) and (row["label"] is None or isinstance(row["label"], str))
-            and (row["fields"] is None or isinstance(row["fields"], dict))
-            and (row["system_fingerprint"] is None or isinstance(row["system_fingerprint"], str)))
+    return (
+        isinstance(row, dict)
+        and all(key in row for key in (*ANSWER, "check"))
+        and isinstance(row["text"], str)
+        and isinstance(row["check"], str)
+        and (row["label"] is None or isinstance(row["label"], str))
+        and (row["fields"] is None or isinstance(row["fields"], dict))
+        and (row["system_fingerprint"] is None or isinstance(row["system_fingerprint"], str))
+    )
 
 
 def _rewrite(path: Path, answers: dict[str, dict[str, Any]]) -> None:
     """Replace the cache by its sound answers, one line each, atomically (a temporary file, then os.replace):
     a kill leaves the old cache or the new one, never half of one."""
-    handle = tempfile.NamedTemporaryFile("w", encoding="utf-8", dir=path.parent, prefix=f".{path.name}.",
-                                         suffix=".tmp", delete=False)
+    handle = tempfile.NamedTemporaryFile(
+        "w", encoding="utf-8", dir=path.parent, prefix=f".{path.name}.", suffix=".tmp", delete=False
+    )
     try:
         with handle:
             handle.writelines(json.dumps(row, ensure_ascii=False) + "\n" for row in answers.values())
@@ -279,8 +343,9 @@ def _rewrite(path: Path, answers: dict[str, dict[str, Any]]) -> None:
 def describe(summary: dict[str, Any]) -> str:
     agreement = summary.get("agreement_with_gold")
     failed = summary.get("failed") or 0
-    return (f"trained on the labels of teacher {summary['teacher']}: {summary['kept']} kept, "
-            f"{summary['dropped_invalid']} invalid answers dropped"
-            + (f", {failed} requests failed (left out; asked again next run)" if failed else "")
-            + (f", {agreement:.1%} agreeing with gold" if agreement is not None else ""))
-
+    return (
+        f"trained on the labels of teacher {summary['teacher']}: {summary['kept']} kept, "
+        f"{summary['dropped_invalid']} invalid answers dropped"
+        + (f", {failed} requests failed (left out; asked again next run)" if failed else "")
+        + (f", {agreement:.1%} agreeing with gold" if agreement is not None else "")
+    )

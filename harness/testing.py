@@ -117,13 +117,14 @@ def check_plugin(
     --run`` serves it (empty state, ``harness_load``, then predict): the same answers (labels, extracted
     fields, and every score within 1e-4), one Prediction per example in order (also for reversed input and
     one at a time), labels from the task, scores that are probabilities, fields that are a record of the
-    task's fields (an extraction task, ``task=TINY_EXTRACTION``, gets shipping notes to read); changing only the latency options re-measures the stored model without training; an
-    edit of each helper that train calls through ``self`` or by name in its own file (made in a copy of the
-    file) changes the training identity, so compare trains again; ``harness bench --random-weights`` works:
+    task's fields (an extraction task, ``task=TINY_EXTRACTION``, gets shipping notes to read); changing only
+    the latency options re-measures the stored model without training; an edit of each helper that train
+    calls through ``self`` or by name in its own file (made in a copy of the file) changes the training
+    identity, so compare trains again; ``harness bench --random-weights`` works:
     train with no examples and ``random_weights: True, num_train_epochs: 0`` (:func:`harness.bench.untrained`,
     what bench calls), then predict; the report renders the row. An engine (``ApproachInfo.serves``) is
-    checked over ``serves``, the plugin it serves. Returns the first run's record, whose ``metrics`` you can hold to your own bar. Raises
-    :class:`ConformanceError` on the first broken contract.
+    checked over ``serves``, the plugin it serves. Returns the first run's record, whose ``metrics`` you can
+    hold to your own bar. Raises :class:`ConformanceError` on the first broken contract.
     """
     from dataclasses import asdict, replace
 
@@ -146,7 +147,9 @@ def check_plugin(
     if isinstance(plugin, Approach):
         name = plugin.name
     elif name not in plugins.approaches():
-        mine = [n for n, owner in plugins.registered_by.items() if owner.startswith("kit-candidate")] or ["kit-candidate"]
+        mine = [n for n, owner in plugins.registered_by.items() if owner.startswith("kit-candidate")] or [
+            "kit-candidate"
+        ]
         _expect(len(mine) == 1, f"the plugin registers {', '.join(sorted(mine))}: pass name= to say which to check")
         name = mine[0]
 
@@ -154,10 +157,17 @@ def check_plugin(
     _expect(isinstance(info, ApproachInfo), f"harness_describe must return ApproachInfo, got {type(info).__name__}")
     _expect(task.type in info.task_types, f"plugin declares task types {info.task_types}, not {task.type!r}")
     for field_name in ("predict_settings", "choices", "model_settings", "limits"):
-        stray = set(getattr(info, field_name)) - set(info.settings) - ({"model", "tokenizer"} if field_name == "model_settings" else set())
+        stray = (
+            set(getattr(info, field_name))
+            - set(info.settings)
+            - ({"model", "tokenizer"} if field_name == "model_settings" else set())
+        )
         _expect(not stray, f"ApproachInfo.{field_name} names {sorted(stray)}, which are not among its settings")
     for key, allowed in info.choices.items():
-        _expect(info.settings[key] in allowed, f"the default {key}={info.settings[key]!r} is not one of its choices {allowed}")
+        _expect(
+            info.settings[key] in allowed,
+            f"the default {key}={info.settings[key]!r} is not one of its choices {allowed}",
+        )
     if info.serves and info.serves not in plugins.approaches():
         _expect(serves is not None, f"plugin serves {info.serves!r}: pass that plugin as serves=")
         plugins.register(serves, info.serves)
@@ -165,8 +175,12 @@ def check_plugin(
     cut = max(1, len(train) // 8)
     train, validation = train[:-cut], train[-cut:]
     spec = Spec.model_validate(
-        {"name": "conformance", "task": {"type": task.type, "labels": list(task.labels), "fields": list(task.fields)},
-         "dataset": {"train": "train.jsonl", "test": "test.jsonl"}, "plugins": {name: settings or {}}}
+        {
+            "name": "conformance",
+            "task": {"type": task.type, "labels": list(task.labels), "fields": list(task.fields)},
+            "dataset": {"train": "train.jsonl", "test": "test.jsonl"},
+            "plugins": {name: settings or {}},
+        }
     )
     try:
         plan = plan_settings(plugins, spec, [name], {})[name]
@@ -177,8 +191,10 @@ def check_plugin(
     store = Store(tmp_path / "conformance-store")
     record = run_approach(plugins, spec, data, plan, store, options)
     detail = store.run_dir(record.run_id) / "error.txt"
-    _expect(record.status == "ok", f"the runner failed the plugin: {record.error}"
-            + (f"\n{detail.read_text()}" if detail.is_file() else ""))
+    _expect(
+        record.status == "ok",
+        f"the runner failed the plugin: {record.error}" + (f"\n{detail.read_text()}" if detail.is_file() else ""),
+    )
     headline = "accuracy" if task.type == "classification" else "exact_match"
     _expect(0.0 <= record.metrics.get(headline, -1) <= 1.0, f"score produced no {headline} in [0, 1]")
     stored = read_predictions(store.run_dir(record.run_id) / "predictions.jsonl")
@@ -191,13 +207,22 @@ def check_plugin(
     except TypeError as exc:
         raise ConformanceError(str(exc)) from None
 
-    def predict(examples: list[Example], artifact: Any = artifact, settings: dict[str, Any] = call_settings) -> list[Prediction]:
-        result = plugins.call(name, "harness_predict", task=task, artifact=artifact, examples=examples,
-                              settings=settings, progress=SILENT)
+    def predict(
+        examples: list[Example], artifact: Any = artifact, settings: dict[str, Any] = call_settings
+    ) -> list[Prediction]:
+        result = plugins.call(
+            name, "harness_predict", task=task, artifact=artifact, examples=examples, settings=settings, progress=SILENT
+        )
         _expect(isinstance(result, list), f"harness_predict must return a list, got {type(result).__name__}")
-        _expect(len(result) == len(examples), f"harness_predict returned {len(result)} predictions for {len(examples)} examples")
+        _expect(
+            len(result) == len(examples),
+            f"harness_predict returned {len(result)} predictions for {len(examples)} examples",
+        )
         for i, prediction in enumerate(result):
-            _expect(isinstance(prediction, Prediction), f"harness_predict returned a {type(prediction).__name__}, not a Prediction")
+            _expect(
+                isinstance(prediction, Prediction),
+                f"harness_predict returned a {type(prediction).__name__}, not a Prediction",
+            )
             try:
                 jsonable(asdict(prediction), f"prediction {i}")
             except TypeError as exc:
@@ -206,33 +231,57 @@ def check_plugin(
 
     test = without_answers(test)
     forward = predict(test)
-    _expect(_same(forward, stored), "the stored run served from disk answers differently from the run that stored it"
-            " (labels, fields, or scores beyond 1e-4)")
+    _expect(
+        _same(forward, stored),
+        "the stored run served from disk answers differently from the run that stored it"
+        " (labels, fields, or scores beyond 1e-4)",
+    )
     for prediction in forward:
         if task.type == "extraction":
-            _expect(prediction.fields is None or (set(prediction.fields) <= set(task.fields) and all(
-                isinstance(v, str) for v in prediction.fields.values())),
-                f"fields {prediction.fields!r} are not a record of the task's fields {task.fields} with text values")
+            _expect(
+                prediction.fields is None
+                or (
+                    set(prediction.fields) <= set(task.fields)
+                    and all(isinstance(v, str) for v in prediction.fields.values())
+                ),
+                f"fields {prediction.fields!r} are not a record of the task's fields {task.fields} with text values",
+            )
             continue
-        _expect(prediction.label is None or prediction.label in task.labels, f"label {prediction.label!r} is not one of {task.labels}")
+        _expect(
+            prediction.label is None or prediction.label in task.labels,
+            f"label {prediction.label!r} is not one of {task.labels}",
+        )
         for label, score in (prediction.scores or {}).items():
             _expect(label in task.labels, f"scores name {label!r}, which is not a label")
-            _expect(0.0 <= score <= 1.0 and not math.isnan(score), f"score {score!r} for {label!r} is not a probability")
+            _expect(
+                0.0 <= score <= 1.0 and not math.isnan(score), f"score {score!r} for {label!r} is not a probability"
+            )
     backward = predict(list(reversed(test)))
-    _expect(_same(list(reversed(backward)), forward),
-            "predictions depend on the order of the examples: batching must restore the input order")
+    _expect(
+        _same(list(reversed(backward)), forward),
+        "predictions depend on the order of the examples: batching must restore the input order",
+    )
     singles = [predict([example])[0] for example in test[:8]]
     _expect(_same(singles, forward[:8]), "one-at-a-time predictions differ from batched predictions")
 
     # A measurement-only change measures the stored model again, in a fresh process, without training.
-    again = run_approach(plugins, spec, data, plan, store, replace(options, rerun=False, latency_samples=options.latency_samples + 1))
+    again = run_approach(
+        plugins, spec, data, plan, store, replace(options, rerun=False, latency_samples=options.latency_samples + 1)
+    )
     _expect(again.status == "ok", f"measuring the stored model again failed: {again.error}")
-    _expect(again.training.get("trained_in") == record.run_id, "a latency-only change trained again instead of re-measuring")
+    _expect(
+        again.training.get("trained_in") == record.run_id, "a latency-only change trained again instead of re-measuring"
+    )
     # An edit of a helper that train calls trains again: it changes the training identity.
-    for helper, before, after in _edited_helpers(plugins.code_roots(plan.trainer, ("harness_train",)), tmp_path / "edited"):
-        _expect(before != after, f"editing {helper}, which train calls, leaves the training identity as it was: "
-                "compare would reuse the model trained before the edit (harness.identity follows the functions and "
-                "methods train names; a wrapper without functools.wraps hides what it wraps)")
+    for helper, before, after in _edited_helpers(
+        plugins.code_roots(plan.trainer, ("harness_train",)), tmp_path / "edited"
+    ):
+        _expect(
+            before != after,
+            f"editing {helper}, which train calls, leaves the training identity as it was: "
+            "compare would reuse the model trained before the edit (harness.identity follows the functions and "
+            "methods train names; a wrapper without functools.wraps hides what it wraps)",
+        )
 
     # `harness bench --random-weights` times an untrained model: train with no examples, then predict.
     scratch = tmp_path / "random-weights"
@@ -244,15 +293,18 @@ def check_plugin(
     except ConformanceError:
         raise
     except Exception as exc:
-        raise ConformanceError(
+        message = (
             f"`harness bench --random-weights` failed: train gets no examples and {UNTRAINED} in its settings "
             f"(context.random_weights), and must build an untrained model that predicts: {type(exc).__name__}: {exc}"
-            .splitlines()[0]) from exc
+        )
+        raise ConformanceError(message.splitlines()[0]) from exc
     from io import StringIO
 
     from rich.console import Console
 
-    Console(file=StringIO(), width=200).print(comparison_table(Comparison("conformance", "conformance", record.created, [record, again])))
+    Console(file=StringIO(), width=200).print(
+        comparison_table(Comparison("conformance", "conformance", record.created, [record, again]))
+    )
     return record
 
 
@@ -281,11 +333,19 @@ def _edited_helpers(roots: list[Any], folder: Path) -> Iterator[tuple[str, dict[
         parameters = node.args.posonlyargs + node.args.args
         self_name = parameters[0].arg if owner and parameters else None
         called = {n.id for n in ast.walk(node) if isinstance(n, ast.Name)}
-        through_self = {n.attr for n in ast.walk(node) if isinstance(n, ast.Attribute)
-                        and isinstance(n.value, ast.Name) and n.value.id == self_name}
+        through_self = {
+            n.attr
+            for n in ast.walk(node)
+            if isinstance(n, ast.Attribute) and isinstance(n.value, ast.Name) and n.value.id == self_name
+        }
         helpers = [(f.name, f) for f in tree.body if isinstance(f, ast.FunctionDef) and f.name in called]
-        helpers += [(f"{c.name}.{f.name}", f) for c in tree.body if isinstance(c, ast.ClassDef) and c.name in classes
-                    for f in c.body if isinstance(f, ast.FunctionDef) and f.name in through_self and f is not node]
+        helpers += [
+            (f"{c.name}.{f.name}", f)
+            for c in tree.body
+            if isinstance(c, ast.ClassDef) and c.name in classes
+            for f in c.body
+            if isinstance(f, ast.FunctionDef) and f.name in through_self and f is not node
+        ]
         before = identity.training_code([train]) if helpers else {}
         for i, (helper, definition) in enumerate(helpers):
             first = definition.body[0]
@@ -312,7 +372,9 @@ def _find(scope: Any, qualname: str) -> Any:
     """What ``qualname`` names in a module object, or its definition in a module's syntax tree."""
     for part in qualname.split("."):
         if isinstance(scope, ast.AST):
-            scope = next((n for n in scope.body if isinstance(n, (ast.ClassDef, ast.FunctionDef)) and n.name == part), None)
+            scope = next(
+                (n for n in scope.body if isinstance(n, (ast.ClassDef, ast.FunctionDef)) and n.name == part), None
+            )
         else:
             scope = getattr(scope, part, None)
         if scope is None:

@@ -38,7 +38,9 @@ class Answer:
     error: str = ""
 
 
-def load_rows(plugins: Any, spec: Any, store: Any, comparison_id: str | None, overrides: dict[str, Any]) -> tuple[str, list[Row]]:
+def load_rows(
+    plugins: Any, spec: Any, store: Any, comparison_id: str | None, overrides: dict[str, Any]
+) -> tuple[str, list[Row]]:
     """The comparison's id and its finished runs made ready to serve (a run that failed is left out)."""
     from harness.runner import plan_settings
     from harness.serving import load_stored_run
@@ -46,9 +48,12 @@ def load_rows(plugins: Any, spec: Any, store: Any, comparison_id: str | None, ov
     comparison_id = comparison_id or store.newest_comparison(spec.name)
     comparison = store.load_comparison(comparison_id) if comparison_id else None
     if comparison is None or comparison.spec != spec.name:
-        raise UserError(f"no comparison of spec {spec.name!r} in {store.root}: run harness compare first"
-                        if comparison_id is None or comparison is None else
-                        f"comparison {comparison_id} is of spec {comparison.spec!r}, not {spec.name!r}", where="--comparison")
+        raise UserError(
+            f"no comparison of spec {spec.name!r} in {store.root}: run harness compare first"
+            if comparison_id is None or comparison is None
+            else f"comparison {comparison_id} is of spec {comparison.spec!r}, not {spec.name!r}",
+            where="--comparison",
+        )
     runs = [run for run in comparison.runs if run.status in ("ok", "reused")]
     if not runs:
         raise UserError(f"comparison {comparison.comparison_id} has no finished run to serve", where="--comparison")
@@ -75,15 +80,36 @@ def answer_all(plugins: Any, rows: list[Row], text: str) -> list[Answer]:
         example = Example(id="try", text=text)
         start = time.perf_counter()
         try:
-            (prediction,) = plugins.call(row.plan.approach, "harness_predict", task=row.task, artifact=row.artifact,
-                                         examples=[example], settings=row.settings, progress=SILENT)
+            (prediction,) = plugins.call(
+                row.plan.approach,
+                "harness_predict",
+                task=row.task,
+                artifact=row.artifact,
+                examples=[example],
+                settings=row.settings,
+                progress=SILENT,
+            )
         except Exception as exc:  # one approach failing leaves the others' answers
-            answers.append(Answer(row.name, "", "", (time.perf_counter() - start) * 1000,
-                                  f"{type(exc).__name__}: {exc}".splitlines()[0]))
+            answers.append(
+                Answer(
+                    row.name,
+                    "",
+                    "",
+                    (time.perf_counter() - start) * 1000,
+                    f"{type(exc).__name__}: {exc}".splitlines()[0],
+                )
+            )
             continue
         seconds = time.perf_counter() - start
-        answers.append(Answer(row.name, _answer_text(row.task, prediction), _scores_text(prediction), seconds * 1000,
-                              prediction.error or ""))
+        answers.append(
+            Answer(
+                row.name,
+                _answer_text(row.task, prediction),
+                _scores_text(prediction),
+                seconds * 1000,
+                prediction.error or "",
+            )
+        )
     return answers
 
 
@@ -112,8 +138,12 @@ def terminal_table(answers: list[Answer], text: str) -> Any:
     for column, justify in (("Approach", "left"), ("Answer", "left"), ("Scores", "left"), ("ms", "right")):
         table.add_column(column, justify=justify)  # type: ignore[arg-type]
     for a in answers:
-        table.add_row(Text(a.approach), Text(a.error, style="red") if a.error else Text(a.answer), Text(a.scores),
-                      f"{a.latency_ms:.1f}")
+        table.add_row(
+            Text(a.approach),
+            Text(a.error, style="red") if a.error else Text(a.answer),
+            Text(a.scores),
+            f"{a.latency_ms:.1f}",
+        )
     return table
 
 
@@ -122,8 +152,10 @@ def gradio_module() -> Any:
     try:
         import gradio
     except ImportError:
-        raise UserError("harness try's page needs Gradio: pip install 'harness-compare[try]' "
-                        "(harness try --text works without it)", where="try") from None
+        raise UserError(
+            "harness try's page needs Gradio: pip install 'harness-compare[try]' (harness try --text works without it)",
+            where="try",
+        ) from None
     return gradio
 
 
@@ -131,20 +163,26 @@ def page(plugins: Any, rows: list[Row], spec: Any, comparison_id: str) -> Any:
     """The Gradio page: a text box, a button, one row per approach with its answer, scores and latency."""
     gr = gradio_module()
     # System fonts: nothing is fetched from the internet to show the page.
-    theme = gr.themes.Default(font=["ui-sans-serif", "system-ui", "sans-serif"], font_mono=["ui-monospace", "monospace"])
+    theme = gr.themes.Default(
+        font=["ui-sans-serif", "system-ui", "sans-serif"], font_mono=["ui-monospace", "monospace"]
+    )
     headers = ["Approach", "Answer", "Scores", "Latency (ms)"]
 
     def run(text: str) -> list[list[Any]]:
         if not text.strip():
             return []
-        return [[a.approach, a.answer if not a.error else f"error: {a.error}", a.scores, round(a.latency_ms, 1)]
-                for a in answer_all(plugins, rows, text)]
+        return [
+            [a.approach, a.answer if not a.error else f"error: {a.error}", a.scores, round(a.latency_ms, 1)]
+            for a in answer_all(plugins, rows, text)
+        ]
 
     kind = "labels" if rows[0].task.type == "classification" else "fields"
     names = rows[0].task.labels if kind == "labels" else rows[0].task.fields
     with gr.Blocks(title=f"harness try: {spec.name}", theme=theme, analytics_enabled=False) as demo:
-        gr.Markdown(f"## harness try: {spec.name}\n{spec.description}\n\nComparison `{comparison_id}`: "
-                    f"{', '.join(row.name for row in rows)}. {kind.capitalize()}: {', '.join(names)}.")
+        gr.Markdown(
+            f"## harness try: {spec.name}\n{spec.description}\n\nComparison `{comparison_id}`: "
+            f"{', '.join(row.name for row in rows)}. {kind.capitalize()}: {', '.join(names)}."
+        )
         text = gr.Textbox(label="Text", lines=3, elem_id="try-text")
         button = gr.Button("Compare", variant="primary", elem_id="try-run")
         table = gr.Dataframe(headers=headers, label="Answers", elem_id="try-answers", interactive=False)

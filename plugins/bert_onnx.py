@@ -41,17 +41,23 @@ MAX_LOGIT_DIFF = {"fp32": 1e-3}
 class BertOnnxSettings(Settings):
     precision: Literal["fp32", "fp16", "int8"] = setting("fp32", help="int8: dynamic quantization (CPU); fp16: CUDA")
     optimize: Literal["auto", "off", "basic", "extended", "all"] = setting(
-        "auto", help="onnxruntime's transformer optimizer level; auto: only where measured faster (fp16 on CUDA)")
-    providers: str = setting("", help="execution providers in order, separated by commas; empty: TensorRT, CUDA, "
-                             "CPU as installed")
+        "auto", help="onnxruntime's transformer optimizer level; auto: only where measured faster (fp16 on CUDA)"
+    )
+    providers: str = setting(
+        "", help="execution providers in order, separated by commas; empty: TensorRT, CUDA, CPU as installed"
+    )
     intra_op_threads: int = setting(0, ge=0, help="0: the unit's threads")
     predict_batch_size: int = setting(0, ge=0, help="0: 64")
     bucket_by_length: bool = setting(True, help="False: predict in file order")
     max_length: int = setting(512, ge=1, help="truncation; the bert run's max_length unless set for bert-onnx")
-    min_agreement: float = setting(-1.0, le=1, help="parity: the share of test labels equal to PyTorch's; "
-                                   "-1: 1.0 for fp32, 0.985 for int8, 0.99 for fp16")
-    max_logit_diff: float = setting(-1.0, help="parity: the largest |logit difference| from PyTorch; -1: 1e-3 for "
-                                    "fp32, unchecked otherwise")
+    min_agreement: float = setting(
+        -1.0,
+        le=1,
+        help="parity: the share of test labels equal to PyTorch's; -1: 1.0 for fp32, 0.985 for int8, 0.99 for fp16",
+    )
+    max_logit_diff: float = setting(
+        -1.0, help="parity: the largest |logit difference| from PyTorch; -1: 1e-3 for fp32, unchecked otherwise"
+    )
     opset: int = setting(17, ge=11, help="the ONNX opset of the export")
 
 
@@ -82,13 +88,17 @@ class BertOnnx(Approach):
         ort = _onnxruntime()
         if "session" not in artifact.state:
             if artifact.path is None:
-                raise ValueError("bert-onnx serves a stored bert model, and this bert run stored none "
-                                 "(num_train_epochs: 0 trains nothing)")
+                raise ValueError(
+                    "bert-onnx serves a stored bert model, and this bert run stored none "
+                    "(num_train_epochs: 0 trains nothing)"
+                )
             providers = _providers(settings, ort)
             device = "cuda" if providers[0] in ("TensorrtExecutionProvider", "CUDAExecutionProvider") else "cpu"
             if settings.precision == "fp16" and device != "cuda":
-                raise ValueError("precision fp16 needs the CUDA or TensorRT provider (the [onnx-gpu] extra on a GPU); "
-                                 f"this machine has {', '.join(providers)}")
+                raise ValueError(
+                    "precision fp16 needs the CUDA or TensorRT provider (the [onnx-gpu] extra on a GPU); "
+                    f"this machine has {', '.join(providers)}"
+                )
             folder = context.cache_dir or Path(artifact.path).parent / "onnx-uncached"
             model_file, optimized = build(Path(artifact.path), folder, settings, device)
             from transformers import AutoTokenizer
@@ -99,18 +109,28 @@ class BertOnnx(Approach):
             options.intra_op_num_threads = settings.intra_op_threads or unit_threads()
             options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
             session = ort.InferenceSession(str(model_file), options, providers=providers)
-            artifact.state.update(session=session, tokenizer=AutoTokenizer.from_pretrained(str(artifact.path)),
-                                  inputs=[i.name for i in session.get_inputs()], device=device,
-                                  provider=session.get_providers()[0], optimized=optimized)
-        notes = [f"ONNX Runtime {ort.__version__} on {artifact.state['provider']}, {settings.precision}"
-                 + (f", graph optimized ({artifact.state['optimized']})" if artifact.state["optimized"] else "")]
+            artifact.state.update(
+                session=session,
+                tokenizer=AutoTokenizer.from_pretrained(str(artifact.path)),
+                inputs=[i.name for i in session.get_inputs()],
+                device=device,
+                provider=session.get_providers()[0],
+                optimized=optimized,
+            )
+        notes = [
+            f"ONNX Runtime {ort.__version__} on {artifact.state['provider']}, {settings.precision}"
+            + (f", graph optimized ({artifact.state['optimized']})" if artifact.state["optimized"] else "")
+        ]
         return Serving(device=artifact.state["device"], dtype=settings.precision, batch_size=64, notes=notes)
 
-    def predict(self, task: Task, artifact: Artifact, examples: list[Example], settings: BertOnnxSettings,
-                context: RunContext) -> list[Prediction]:
+    def predict(
+        self, task: Task, artifact: Artifact, examples: list[Example], settings: BertOnnxSettings, context: RunContext
+    ) -> list[Prediction]:
         import numpy as np
 
-        batch_size = context.batch_size or settings.predict_batch_size or self.load(task, artifact, settings, context).batch_size
+        batch_size = (
+            context.batch_size or settings.predict_batch_size or self.load(task, artifact, settings, context).batch_size
+        )
         logits = _logits(artifact, [ex.text for ex in examples], settings, batch_size, context.progress)
         shifted = np.exp(logits - logits.max(-1, keepdims=True))
         probabilities = (shifted / shifted.sum(-1, keepdims=True)).tolist()
@@ -130,8 +150,9 @@ class BertOnnx(Approach):
 
         return forward
 
-    def parity(self, task: Task, artifact: Artifact, examples: list[Example], settings: BertOnnxSettings,
-               context: RunContext) -> Parity:
+    def parity(
+        self, task: Task, artifact: Artifact, examples: list[Example], settings: BertOnnxSettings, context: RunContext
+    ) -> Parity:
         """The same texts through the PyTorch model the export came from (fp32, CPU, the same padded batches)."""
         import numpy as np
         import torch
@@ -144,22 +165,37 @@ class BertOnnx(Approach):
         reference = np.zeros_like(served)
         with torch.inference_mode():
             for start in range(0, len(texts), 64):
-                batch = tokenizer(texts[start:start + 64], padding=True, truncation=True, max_length=settings.max_length,
-                                  return_tensors="pt")
-                reference[start:start + 64] = model(**batch).logits.float().numpy()
+                batch = tokenizer(
+                    texts[start : start + 64],
+                    padding=True,
+                    truncation=True,
+                    max_length=settings.max_length,
+                    return_tensors="pt",
+                )
+                reference[start : start + 64] = model(**batch).logits.float().numpy()
         agreement = float((served.argmax(-1) == reference.argmax(-1)).mean()) if texts else 1.0
         diff = float(np.abs(served - reference).max()) if texts else 0.0
         floor = settings.min_agreement if settings.min_agreement >= 0 else MIN_AGREEMENT[settings.precision]
         ceiling = settings.max_logit_diff if settings.max_logit_diff >= 0 else MAX_LOGIT_DIFF.get(settings.precision)
         problems = []
         if agreement < floor:
-            problems.append(f"labels equal to PyTorch's on {agreement:.1%} of {len(texts)} test texts, below "
-                            f"min_agreement {floor:.1%}")
+            problems.append(
+                f"labels equal to PyTorch's on {agreement:.1%} of {len(texts)} test texts, below "
+                f"min_agreement {floor:.1%}"
+            )
         if ceiling is not None and diff > ceiling:
             problems.append(f"largest |logit difference| from PyTorch {diff:.2g}, above max_logit_diff {ceiling:g}")
-        return Parity(against="PyTorch", n=len(texts), agreement=agreement, max_abs_diff=diff, ok=not problems,
-                      message=f"{settings.precision}: " + "; ".join(problems) + " (the row's min_agreement and "
-                      "max_logit_diff settings loosen it)" if problems else "")
+        return Parity(
+            against="PyTorch",
+            n=len(texts),
+            agreement=agreement,
+            max_abs_diff=diff,
+            ok=not problems,
+            message=f"{settings.precision}: " + "; ".join(problems) + " (the row's min_agreement and "
+            "max_logit_diff settings loosen it)"
+            if problems
+            else "",
+        )
 
 
 @hookimpl
@@ -171,8 +207,9 @@ def _onnxruntime() -> Any:
     try:
         import onnxruntime
     except ImportError:
-        raise ImportError("bert-onnx needs ONNX Runtime: pip install 'harness-compare[onnx]' "
-                          "(or [onnx-gpu] for CUDA)") from None
+        raise ImportError(
+            "bert-onnx needs ONNX Runtime: pip install 'harness-compare[onnx]' (or [onnx-gpu] for CUDA)"
+        ) from None
     return onnxruntime
 
 
@@ -208,9 +245,14 @@ def build(model_dir: Path, folder: Path, settings: BertOnnxSettings, device: str
         from transformers import AutoConfig
 
         config = AutoConfig.from_pretrained(str(model_dir))
-        optimized = optimize_model(str(exported), model_type="bert", num_heads=config.num_attention_heads,
-                                   hidden_size=config.hidden_size, opt_level=OPTIMIZER_LEVELS[level],
-                                   use_gpu=device == "cuda")
+        optimized = optimize_model(
+            str(exported),
+            model_type="bert",
+            num_heads=config.num_attention_heads,
+            hidden_size=config.hidden_size,
+            opt_level=OPTIMIZER_LEVELS[level],
+            use_gpu=device == "cuda",
+        )
         if settings.precision == "fp16":
             optimized.convert_float_to_float16(keep_io_types=True)
         current = folder / f"model-optimized-{level}-{settings.precision}.onnx"
@@ -221,8 +263,12 @@ def build(model_dir: Path, folder: Path, settings: BertOnnxSettings, device: str
 
         # DefaultTensorType: the optimizer's fused nodes (com.microsoft domain) have outputs that ONNX's shape
         # inference cannot type; without it quantizing an optimized graph fails ("Unable to find data type").
-        quantize_dynamic(str(current), str(final), weight_type=QuantType.QInt8,
-                         extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT})
+        quantize_dynamic(
+            str(current),
+            str(final),
+            weight_type=QuantType.QInt8,
+            extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT},
+        )
     elif current != final:
         shutil.copyfile(current, final)
     return final, None if level == "off" else level
@@ -248,11 +294,21 @@ def _export(model_dir: Path, path: Path, opset: int) -> None:
             return self.model(**dict(zip(names, inputs))).logits
 
     with torch.inference_mode(False), torch.no_grad():
-        torch.onnx.export(Logits(), tuple(sample[n] for n in names), str(path), input_names=names,
-                          output_names=["logits"], dynamic_axes=axes, opset_version=opset, dynamo=False)
+        torch.onnx.export(
+            Logits(),
+            tuple(sample[n] for n in names),
+            str(path),
+            input_names=names,
+            output_names=["logits"],
+            dynamic_axes=axes,
+            opset_version=opset,
+            dynamo=False,
+        )
 
 
-def _logits(artifact: Artifact, texts: list[str], settings: BertOnnxSettings, batch_size: int, progress: Any = None) -> Any:
+def _logits(
+    artifact: Artifact, texts: list[str], settings: BertOnnxSettings, batch_size: int, progress: Any = None
+) -> Any:
     """Logits of ``texts`` from the session, in batches formed by length (as bert's), each padded to its longest."""
     import numpy as np
 
@@ -269,9 +325,11 @@ def _logits(artifact: Artifact, texts: list[str], settings: BertOnnxSettings, ba
     pad = tokenizer.pad_token_id or 0
     for batch in batches:
         width = max(len(ids[i]) for i in batch)
-        feed = {"input_ids": np.full((len(batch), width), pad, dtype=np.int64),
-                "attention_mask": np.zeros((len(batch), width), dtype=np.int64),
-                "token_type_ids": np.zeros((len(batch), width), dtype=np.int64)}
+        feed = {
+            "input_ids": np.full((len(batch), width), pad, dtype=np.int64),
+            "attention_mask": np.zeros((len(batch), width), dtype=np.int64),
+            "token_type_ids": np.zeros((len(batch), width), dtype=np.int64),
+        }
         for row, i in enumerate(batch):
             feed["input_ids"][row, : len(ids[i])] = ids[i]
             feed["attention_mask"][row, : len(ids[i])] = 1

@@ -38,18 +38,26 @@ from harness.endpoint import Endpoint, Reply, Session
 
 
 class OpenAISettings(Settings):
-    base_url: str = setting("http://127.0.0.1:8000/v1", predict=True,
-                            help="the server's OpenAI API root (vllm serve's default; https://api.openai.com/v1, ...)")
+    base_url: str = setting(
+        "http://127.0.0.1:8000/v1",
+        predict=True,
+        help="the server's OpenAI API root (vllm serve's default; https://api.openai.com/v1, ...)",
+    )
     model: str = setting("", predict=True, help="the model name the server knows")
     api_key_env: str = setting("", predict=True, help="the environment variable that holds the API key; empty: none")
     concurrency: int = setting(8, ge=1, predict=True, help="requests in flight")
     timeout: float = setting(60.0, gt=0, predict=True, help="seconds per request before it is retried")
-    max_retries: int = setting(4, ge=0, predict=True, help="retries of a request that timed out, was refused with 429 "
-                               "or failed with 5xx, with backoff")
+    max_retries: int = setting(
+        4,
+        ge=0,
+        predict=True,
+        help="retries of a request that timed out, was refused with 429 or failed with 5xx, with backoff",
+    )
     max_tokens: int = setting(256, ge=1, predict=True, help="extraction: the longest answer; classification asks 16")
     logprobs: bool = setting(True, predict=True, help="classification: read the letters' log-probabilities")
-    response_format: Literal["json_object", "none"] = setting("json_object", predict=True,
-                                                              help="extraction: ask for a JSON object")
+    response_format: Literal["json_object", "none"] = setting(
+        "json_object", predict=True, help="extraction: ask for a JSON object"
+    )
 
 
 class OpenAIEndpoint(ZeroShotApproach):
@@ -67,12 +75,16 @@ class OpenAIEndpoint(ZeroShotApproach):
             endpoint = _endpoint(settings)
             endpoint.check()
             notes = [f"{settings.model} at {settings.base_url}, {settings.concurrency} requests in flight"]
-            artifact.state.update(endpoint=endpoint, fingerprints=set(),
-                                  serving=Serving(device="endpoint", batch_size=settings.concurrency, notes=notes))
+            artifact.state.update(
+                endpoint=endpoint,
+                fingerprints=set(),
+                serving=Serving(device="endpoint", batch_size=settings.concurrency, notes=notes),
+            )
         return artifact.state["serving"]
 
-    def predict(self, task: Task, artifact: Artifact, examples: list[Example], settings: OpenAISettings,
-                context: RunContext) -> list[Prediction]:
+    def predict(
+        self, task: Task, artifact: Artifact, examples: list[Example], settings: OpenAISettings, context: RunContext
+    ) -> list[Prediction]:
         self.load(task, artifact, settings, context)
         endpoint: Endpoint = artifact.state["endpoint"]
         conversations = [chat_messages(task, ex.text) for ex in examples]
@@ -97,8 +109,9 @@ class OpenAIEndpoint(ZeroShotApproach):
 
                 async def one(text: str) -> Any:
                     async with gate:
-                        return await client.chat.completions.create(model=settings.model,
-                                                                    messages=chat_messages(task, text), **params)
+                        return await client.chat.completions.create(
+                            model=settings.model, messages=chat_messages(task, text), **params
+                        )
 
                 return await asyncio.gather(*(one(text) for text in texts))
 
@@ -126,7 +139,9 @@ def answer(task: Task, reply: Reply) -> Prediction:
     record (:func:`parse_fields`); a failed request is an answer with ``error`` set, counted as wrong."""
     usage = {"generated_tokens": reply.completion_tokens, "prompt_tokens": reply.prompt_tokens, "error": reply.error}
     if task.type == "classification":
-        label, scores = (None, None) if reply.error else letter_choice(task, (reply.top_logprobs or [None])[0], reply.text)
+        label, scores = (
+            (None, None) if reply.error else letter_choice(task, (reply.top_logprobs or [None])[0], reply.text)
+        )
         return Prediction(label=label, scores=scores, raw=reply.text, **usage)
     raw = reply.text.strip()
     return Prediction(fields=None if reply.error else parse_fields(raw), raw=raw, **usage)
@@ -145,8 +160,14 @@ def _endpoint(settings: OpenAISettings) -> Endpoint:
         from harness.errors import UserError
 
         raise UserError("openai needs the model name its endpoint serves: --set openai.model=NAME", where="model")
-    return Endpoint(settings.base_url, settings.model, api_key_env=settings.api_key_env,
-                    concurrency=settings.concurrency, timeout=settings.timeout, max_retries=settings.max_retries)
+    return Endpoint(
+        settings.base_url,
+        settings.model,
+        api_key_env=settings.api_key_env,
+        concurrency=settings.concurrency,
+        timeout=settings.timeout,
+        max_retries=settings.max_retries,
+    )
 
 
 @hookimpl

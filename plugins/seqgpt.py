@@ -48,12 +48,17 @@ class SeqGPTSettings(Settings):
     max_new_tokens: int = setting(256, ge=1, predict=True)
     max_length: int = setting(1024, ge=16, predict=True, help="prompt and answer together; the text is cut to fit")
     max_fields: int = setting(6, ge=1, predict=True, help="extraction: field names asked in one prompt")
-    field_names: str = setting("", predict=True, help="extraction: the names asked for the spec's fields, in their "
-                               "order, separated by commas; empty: the spec's field names")
+    field_names: str = setting(
+        "",
+        predict=True,
+        help="extraction: the names asked for the spec's fields, in their "
+        "order, separated by commas; empty: the spec's field names",
+    )
     predict_batch_size: int = setting(0, ge=0, predict=True, help="0: 32 on CUDA, 8 on CPU")
     device: str = setting("auto", predict=True)
     dtype: Literal["auto", "bfloat16", "float16", "float32"] = setting(
-        "auto", predict=True, help="auto: bf16 on a GPU or a CPU with bf16 units, else fp32")
+        "auto", predict=True, help="auto: bf16 on a GPU or a CPU with bf16 units, else fp32"
+    )
 
 
 class SeqGPT(ZeroShotApproach):
@@ -70,31 +75,44 @@ class SeqGPT(ZeroShotApproach):
             artifact.state.update(_model(settings, context))
         names = _asked(task, settings)
         kind = "labels" if task.type == "classification" else "fields"
-        notes = [f"zero-shot; asked with the {kind} {JOIN.join(names)}",
-                 f"beam search, {settings.num_beams} beams, at most {settings.max_new_tokens} new tokens"]
+        notes = [
+            f"zero-shot; asked with the {kind} {JOIN.join(names)}",
+            f"beam search, {settings.num_beams} beams, at most {settings.max_new_tokens} new tokens",
+        ]
         device = artifact.state["device"]
-        return Serving(device=device, dtype=artifact.state["dtype"], batch_size=32 if device.startswith("cuda") else 8,
-                       notes=notes)
+        return Serving(
+            device=device, dtype=artifact.state["dtype"], batch_size=32 if device.startswith("cuda") else 8, notes=notes
+        )
 
-    def predict(self, task: Task, artifact: Artifact, examples: list[Example], settings: SeqGPTSettings,
-                context: RunContext) -> list[Prediction]:
+    def predict(
+        self, task: Task, artifact: Artifact, examples: list[Example], settings: SeqGPTSettings, context: RunContext
+    ) -> list[Prediction]:
         serving = self.load(task, artifact, settings, context)
         batch = context.batch_size or settings.predict_batch_size or serving.batch_size
         if task.type == "classification":
             names = _asked(task, settings)
             answers = _answers(artifact, task, settings, [(ex.text, names) for ex in examples], batch, context)
-            return [Prediction(label=parse_label(raw, names, list(task.labels)), raw=raw, truncated=cut,
-                               generated_tokens=tokens) for raw, tokens, cut in answers]
+            return [
+                Prediction(
+                    label=parse_label(raw, names, list(task.labels)), raw=raw, truncated=cut, generated_tokens=tokens
+                )
+                for raw, tokens, cut in answers
+            ]
         groups = field_groups(list(task.fields), _asked(task, settings), settings.max_fields)
         asks = [(ex.text, [name for _, name in group]) for ex in examples for group in groups]
         answers = _answers(artifact, task, settings, asks, batch, context)
         predictions = []
         for i in range(len(examples)):
-            parts = answers[i * len(groups):(i + 1) * len(groups)]
+            parts = answers[i * len(groups) : (i + 1) * len(groups)]
             record = merge_fields([(group, raw) for group, (raw, _, _) in zip(groups, parts)])
-            predictions.append(Prediction(fields=record, raw="\n".join(raw for raw, _, _ in parts),
-                                          truncated=any(cut for _, _, cut in parts),
-                                          generated_tokens=sum(tokens for _, tokens, _ in parts)))
+            predictions.append(
+                Prediction(
+                    fields=record,
+                    raw="\n".join(raw for raw, _, _ in parts),
+                    truncated=any(cut for _, _, cut in parts),
+                    generated_tokens=sum(tokens for _, tokens, _ in parts),
+                )
+            )
         return predictions
 
     def reference(self, task: Task, artifact: Artifact, settings: SeqGPTSettings, context: RunContext) -> Any:
@@ -110,10 +128,17 @@ class SeqGPT(ZeroShotApproach):
 
         def forward(texts: list[str]) -> list[str]:
             with torch.inference_mode():
-                batch = tokenizer([prompter.prompt_text(t) for t in texts], padding=True, padding_side="left",
-                                  return_tensors="pt").to(device)
-                return generate(model, prompter, batch["input_ids"], batch["attention_mask"], settings.max_new_tokens,
-                                num_beams=settings.num_beams)
+                batch = tokenizer(
+                    [prompter.prompt_text(t) for t in texts], padding=True, padding_side="left", return_tensors="pt"
+                ).to(device)
+                return generate(
+                    model,
+                    prompter,
+                    batch["input_ids"],
+                    batch["attention_mask"],
+                    settings.max_new_tokens,
+                    num_beams=settings.num_beams,
+                )
 
         return forward
 
@@ -134,8 +159,10 @@ def _asked(task: Task, settings: SeqGPTSettings) -> list[str]:
     if len(names) != len(task.fields) or not all(names):
         from harness.errors import UserError
 
-        raise UserError(f"has {len(names)} names for the spec's {len(task.fields)} fields "
-                        f"({', '.join(task.fields)})", where="field_names")
+        raise UserError(
+            f"has {len(names)} names for the spec's {len(task.fields)} fields ({', '.join(task.fields)})",
+            where="field_names",
+        )
     return names
 
 
@@ -213,12 +240,26 @@ def _prompter(task: Task, tokenizer: Any, settings: SeqGPTSettings, names: list[
     from dataclasses import replace
 
     asked = replace(task, prompt=Prompt(user="{text}", raw=seqgpt_prompt(task.type, names)))
-    return Prompter(asked, tokenizer, {"chat_template": False, "max_length": settings.max_length,
-                                       "max_new_tokens": settings.max_new_tokens, "answer": "label"})
+    return Prompter(
+        asked,
+        tokenizer,
+        {
+            "chat_template": False,
+            "max_length": settings.max_length,
+            "max_new_tokens": settings.max_new_tokens,
+            "answer": "label",
+        },
+    )
 
 
-def _answers(artifact: Artifact, task: Task, settings: SeqGPTSettings, asks: list[tuple[str, list[str]]],
-             batch_size: int, context: RunContext) -> list[tuple[str, int, bool]]:
+def _answers(
+    artifact: Artifact,
+    task: Task,
+    settings: SeqGPTSettings,
+    asks: list[tuple[str, list[str]]],
+    batch_size: int,
+    context: RunContext,
+) -> list[tuple[str, int, bool]]:
     """Each (text, names) asked: the raw answer, its generated tokens and whether the text was cut; prompts
     of similar length batched together."""
     import torch
@@ -240,7 +281,9 @@ def _answers(artifact: Artifact, task: Task, settings: SeqGPTSettings, asks: lis
     with torch.inference_mode():
         for batch in batches:
             input_ids, mask, _ = left_padded([prompts[i][0] for i in batch], tokenizer.pad_token_id, device)
-            answers = generate_counted(model, any_prompter, input_ids, mask, settings.max_new_tokens, settings.num_beams)
+            answers = generate_counted(
+                model, any_prompter, input_ids, mask, settings.max_new_tokens, settings.num_beams
+            )
             for i, (raw, tokens) in zip(batch, answers):
                 results[i] = (raw.strip(), tokens, prompts[i][1])
     return results  # type: ignore[return-value]
@@ -260,8 +303,12 @@ def _model(settings: SeqGPTSettings, context: RunContext) -> dict[str, Any]:
         model = AutoModelForCausalLM.from_config(load_config(settings.model), dtype=dtype)
     else:
         model = from_pretrained(AutoModelForCausalLM, settings.model, dtype=dtype)
-    return {"model": model.to(device).eval(), "tokenizer": tokenizer, "device": device,
-            "dtype": str(dtype).removeprefix("torch.")}
+    return {
+        "model": model.to(device).eval(),
+        "tokenizer": tokenizer,
+        "device": device,
+        "dtype": str(dtype).removeprefix("torch."),
+    }
 
 
 @hookimpl

@@ -53,7 +53,9 @@ class VllmSettings(QwenLoraSettings):
     """qwen's and qwen-lora's settings (an engine's shared settings take the trained run's values: the model, the
     prompt, max_length, max_new_tokens, dtype), and the server's own."""
 
-    command: str = setting("vllm serve", help="how to start vLLM's OpenAI server; --model DIR and the options are appended")
+    command: str = setting(
+        "vllm serve", help="how to start vLLM's OpenAI server; --model DIR and the options are appended"
+    )
     extra_args: str = setting("", help="more server options, e.g. --enforce-eager")
     env: str = setting("", help="environment for the server, KEY=VALUE separated by commas")
     concurrency: int = setting(8, ge=1, help="requests in flight")
@@ -73,53 +75,110 @@ class Vllm(Approach):
     def check(self, task: Task, settings: VllmSettings, context: RunContext) -> None:
         program = shlex.split(settings.command)[0] if settings.command.strip() else ""
         if not program or shutil.which(program) is None:
-            raise UserError(f"{program or settings.command!r} is not a command here: set vllm.command to how vLLM's "
-                            "server starts where it is installed (e.g. /opt/vllm/bin/vllm serve)", where="command")
+            raise UserError(
+                f"{program or settings.command!r} is not a command here: set vllm.command to how vLLM's "
+                "server starts where it is installed (e.g. /opt/vllm/bin/vllm serve)",
+                where="command",
+            )
 
     def load(self, task: Task, artifact: Artifact, settings: VllmSettings, context: RunContext) -> Serving:
         if "endpoint" not in artifact.state:
             folder, prompter, dtype, generation = _served_model(task, artifact, settings, context)
             port = free_port()
-            args = ["--model", str(folder), "--served-model-name", SERVED_NAME, "--host", "127.0.0.1",
-                    "--port", str(port), "--dtype", dtype, "--max-model-len", str(settings.max_length),
-                    "--logprobs-mode", "processed_logprobs", "--seed", str(context.seed),
-                    *shlex.split(settings.extra_args)]
-            server = Server(settings.command, args, port, start_timeout=settings.start_timeout,
-                            env=parse_env(settings.env)).start()
-            artifact.state.update(server=server, prompter=prompter, dtype=dtype, folder=folder, generation=generation,
-                                  endpoint=Endpoint(server.base_url, SERVED_NAME, concurrency=settings.concurrency,
-                                                    timeout=settings.timeout, max_retries=2))
-        notes = [f"vLLM ({artifact.state['server'].shown}) on {artifact.state['folder'].name}, {artifact.state['dtype']}, "
-                 f"{settings.concurrency} requests in flight"]
+            args = [
+                "--model",
+                str(folder),
+                "--served-model-name",
+                SERVED_NAME,
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+                "--dtype",
+                dtype,
+                "--max-model-len",
+                str(settings.max_length),
+                "--logprobs-mode",
+                "processed_logprobs",
+                "--seed",
+                str(context.seed),
+                *shlex.split(settings.extra_args),
+            ]
+            server = Server(
+                settings.command, args, port, start_timeout=settings.start_timeout, env=parse_env(settings.env)
+            ).start()
+            artifact.state.update(
+                server=server,
+                prompter=prompter,
+                dtype=dtype,
+                folder=folder,
+                generation=generation,
+                endpoint=Endpoint(
+                    server.base_url,
+                    SERVED_NAME,
+                    concurrency=settings.concurrency,
+                    timeout=settings.timeout,
+                    max_retries=2,
+                ),
+            )
+        notes = [
+            f"vLLM ({artifact.state['server'].shown}) on {artifact.state['folder'].name}, {artifact.state['dtype']}, "
+            f"{settings.concurrency} requests in flight"
+        ]
         if self.serves == "qwen-lora":
             notes.append("the LoRA adapter merged into the weights for vLLM")
         if task.type == "extraction":
             notes.append(vllm_decoding_note(artifact.state["generation"], settings.extra_args))
         return Serving(device="server", dtype=artifact.state["dtype"], batch_size=settings.concurrency, notes=notes)
 
-    def predict(self, task: Task, artifact: Artifact, examples: list[Example], settings: VllmSettings,
-                context: RunContext) -> list[Prediction]:
+    def predict(
+        self, task: Task, artifact: Artifact, examples: list[Example], settings: VllmSettings, context: RunContext
+    ) -> list[Prediction]:
         self.load(task, artifact, settings, context)
         endpoint, prompter = artifact.state["endpoint"], artifact.state["prompter"]
         if task.type == "extraction":
             prompts, cut = _prompts(prompter, examples, settings.max_new_tokens)
-            replies = endpoint.complete(prompts, max_tokens=settings.max_new_tokens, temperature=0,
-                                        extra_body={"stop_token_ids": prompter.end_ids, "skip_special_tokens": True})
-            return [Prediction(fields=None if r.error else parse_fields(r.text.strip()), raw=r.text.strip(), truncated=c,
-                               generated_tokens=r.completion_tokens, prompt_tokens=r.prompt_tokens, error=r.error)
-                    for r, c in zip(replies, cut)]
+            replies = endpoint.complete(
+                prompts,
+                max_tokens=settings.max_new_tokens,
+                temperature=0,
+                extra_body={"stop_token_ids": prompter.end_ids, "skip_special_tokens": True},
+            )
+            return [
+                Prediction(
+                    fields=None if r.error else parse_fields(r.text.strip()),
+                    raw=r.text.strip(),
+                    truncated=c,
+                    generated_tokens=r.completion_tokens,
+                    prompt_tokens=r.prompt_tokens,
+                    error=r.error,
+                )
+                for r, c in zip(replies, cut)
+            ]
         reserve = max(len(ids) for ids in prompter.answer_ids) + len(prompter.end_ids)
         prompts, cut = _prompts(prompter, examples, reserve)
         letters = {f"token_id:{token}": LETTERS[i] for i, token in enumerate(prompter.option_tokens)}
-        replies = endpoint.complete(prompts, max_tokens=1, temperature=0, logprobs=len(letters),
-                                    extra_body={"allowed_token_ids": prompter.option_tokens,
-                                                "return_tokens_as_token_ids": True})
+        replies = endpoint.complete(
+            prompts,
+            max_tokens=1,
+            temperature=0,
+            logprobs=len(letters),
+            extra_body={"allowed_token_ids": prompter.option_tokens, "return_tokens_as_token_ids": True},
+        )
         predictions = []
         for reply, truncated in zip(replies, cut):
             top = {letters[k]: v for k, v in (reply.top_logprobs or [{}])[0].items() if k in letters}
             label, scores = (None, None) if reply.error else letter_choice(task, top, "")
-            predictions.append(Prediction(label=label, scores=scores, truncated=truncated, error=reply.error,
-                                          generated_tokens=reply.completion_tokens, prompt_tokens=reply.prompt_tokens))
+            predictions.append(
+                Prediction(
+                    label=label,
+                    scores=scores,
+                    truncated=truncated,
+                    error=reply.error,
+                    generated_tokens=reply.completion_tokens,
+                    prompt_tokens=reply.prompt_tokens,
+                )
+            )
         return predictions
 
     def reference(self, task: Task, artifact: Artifact, settings: VllmSettings, context: RunContext) -> Any:
@@ -135,8 +194,11 @@ class Vllm(Approach):
             params = {"max_tokens": settings.max_new_tokens, "extra_body": {"stop_token_ids": prompter.end_ids}}
         else:
             reserve = max(len(ids) for ids in prompter.answer_ids) + len(prompter.end_ids)
-            params = {"max_tokens": 1, "logprobs": len(prompter.option_tokens),
-                      "extra_body": {"allowed_token_ids": prompter.option_tokens}}
+            params = {
+                "max_tokens": 1,
+                "logprobs": len(prompter.option_tokens),
+                "extra_body": {"allowed_token_ids": prompter.option_tokens},
+            }
 
         def forward(texts: list[str]) -> list[Any]:
             prompts = [prompter.prompt_ids(text, reserve=reserve)[0] for text in texts]
@@ -146,8 +208,9 @@ class Vllm(Approach):
 
                 async def one(prompt: list[int]) -> Any:
                     async with gate:
-                        return await client.completions.create(model=SERVED_NAME, prompt=prompt, temperature=0,
-                                                               **params)
+                        return await client.completions.create(
+                            model=SERVED_NAME, prompt=prompt, temperature=0, **params
+                        )
 
                 return await asyncio.gather(*(one(p) for p in prompts))
 
@@ -155,8 +218,9 @@ class Vllm(Approach):
 
         return forward
 
-    def parity(self, task: Task, artifact: Artifact, examples: list[Example], settings: VllmSettings,
-               context: RunContext) -> Parity:
+    def parity(
+        self, task: Task, artifact: Artifact, examples: list[Example], settings: VllmSettings, context: RunContext
+    ) -> Parity:
         """The same examples through transformers, as qwen serves them (same weights, dtype and prompts)."""
         sample = examples[: settings.parity_samples] if settings.parity_samples else examples
         served = self.predict(task, artifact, sample, settings, context)
@@ -171,19 +235,38 @@ class Vllm(Approach):
         else:
             ours = classify(model, prompter, device, sample, batch_size=16)
             same = sum(a.label == b.label for a, b in zip(served, ours))
-            diff = max((abs(a.scores[label] - b.scores[label]) for a, b in zip(served, ours) if a.scores and b.scores
-                        for label in task.labels), default=0.0)
+            diff = max(
+                (
+                    abs(a.scores[label] - b.scores[label])
+                    for a, b in zip(served, ours)
+                    if a.scores and b.scores
+                    for label in task.labels
+                ),
+                default=0.0,
+            )
         del local, model
         agreement = same / len(sample) if sample else 1.0
         ok = agreement >= settings.min_agreement
         what = "records" if task.type == "extraction" else "labels"
-        message = "" if ok else (f"vLLM's {what} equal transformers' on {agreement:.1%} of {len(sample)} test examples, "
-                                 f"below min_agreement {settings.min_agreement:.1%}"
-                                 + (f"; largest letter-probability difference {diff:.3g}" if diff is not None else ""))
+        message = (
+            ""
+            if ok
+            else (
+                f"vLLM's {what} equal transformers' on {agreement:.1%} of {len(sample)} test examples, "
+                f"below min_agreement {settings.min_agreement:.1%}"
+                + (f"; largest letter-probability difference {diff:.3g}" if diff is not None else "")
+            )
+        )
         state["endpoint"].close()  # measuring is done: the client's connections, then the server
         state["server"].stop()
-        return Parity(against=f"{self.serves} through transformers ({state['dtype']})", n=len(sample),
-                      agreement=agreement, max_abs_diff=diff, ok=ok, message=message)
+        return Parity(
+            against=f"{self.serves} through transformers ({state['dtype']})",
+            n=len(sample),
+            agreement=agreement,
+            max_abs_diff=diff,
+            ok=ok,
+            message=message,
+        )
 
 
 class VllmLora(Vllm):
@@ -195,7 +278,9 @@ class VllmLora(Vllm):
 def _qwen_settings(settings: VllmSettings, serves: str) -> QwenLoraSettings:
     """The settings qwen's own serving path reads, merged for an adapter (vLLM serves merged weights)."""
     # parity_samples is the engine's own (its check against transformers), not qwen-lora's merge check.
-    fields = {k: v for k, v in settings.as_dict().items() if k in QwenLoraSettings.model_fields and k != "parity_samples"}
+    fields = {
+        k: v for k, v in settings.as_dict().items() if k in QwenLoraSettings.model_fields and k != "parity_samples"
+    }
     return QwenLoraSettings(**{**fields, "merge": serves == "qwen-lora"})
 
 
@@ -210,27 +295,45 @@ def vllm_decoding_note(generation: dict[str, Any], extra_args: str = "") -> str:
     """The extraction row's note on the decoding rule: what of the model's generation_config vLLM applies,
     and what it cannot (answers may then differ from transformers', which the parity check counts)."""
     args = shlex.split(extra_args)
-    source = next((arg.partition("=")[2] or (args[i + 1] if i + 1 < len(args) else "")
-                   for i, arg in enumerate(args) if arg.partition("=")[0] == "--generation-config"), "auto")
+    source = next(
+        (
+            arg.partition("=")[2] or (args[i + 1] if i + 1 < len(args) else "")
+            for i, arg in enumerate(args)
+            if arg.partition("=")[0] == "--generation-config"
+        ),
+        "auto",
+    )
     if source == "vllm":
-        return ("vLLM decodes plain greedy (--generation-config vllm): it applies none of the model's "
-                "generation_config, which harness's transformers path does" if generation else
-                "vLLM decodes plain greedy (--generation-config vllm)")
+        return (
+            "vLLM decodes plain greedy (--generation-config vllm): it applies none of the model's "
+            "generation_config, which harness's transformers path does"
+            if generation
+            else "vLLM decodes plain greedy (--generation-config vllm)"
+        )
     if source != "auto":  # a folder: its generation_config.json, not the model's
-        return (f"vLLM decodes greedy with the generation_config in {source} (--generation-config), not the model's: "
-                "answers may differ from transformers' (the parity check counts them)")
+        return (
+            f"vLLM decodes greedy with the generation_config in {source} (--generation-config), not the model's: "
+            "answers may differ from transformers' (the parity check counts them)"
+        )
     applied = {k: v for k, v in generation.items() if k in VLLM_GENERATION}
     missing = {k: v for k, v in generation.items() if k not in VLLM_GENERATION}
-    note = ("vLLM decodes greedy with the model's generation_config: " + ", ".join(f"{k}={v}" for k, v in applied.items())
-            if applied else "vLLM decodes plain greedy (the model's generation_config sets no repetition_penalty)")
+    note = (
+        "vLLM decodes greedy with the model's generation_config: " + ", ".join(f"{k}={v}" for k, v in applied.items())
+        if applied
+        else "vLLM decodes plain greedy (the model's generation_config sets no repetition_penalty)"
+    )
     if missing:
-        note += ("; vLLM has no " + ", ".join(f"{k}={v}" for k, v in missing.items())
-                 + ", which transformers applies: answers may differ (the parity check counts them)")
+        note += (
+            "; vLLM has no "
+            + ", ".join(f"{k}={v}" for k, v in missing.items())
+            + ", which transformers applies: answers may differ (the parity check counts them)"
+        )
     return note
 
 
-def _served_model(task: Task, artifact: Artifact, settings: VllmSettings,
-                  context: RunContext) -> tuple[Path, Any, str, dict[str, Any]]:
+def _served_model(
+    task: Task, artifact: Artifact, settings: VllmSettings, context: RunContext
+) -> tuple[Path, Any, str, dict[str, Any]]:
     """The directory vLLM loads, the Prompter, the serving dtype, and what of the model's generation_config
     changes greedy decoding (:func:`harness.decoder.generation_settings`). A stored fine-tuned model is served
     from its own directory; a merged adapter or a base model that is not a plain directory is saved once in
@@ -244,7 +347,11 @@ def _served_model(task: Task, artifact: Artifact, settings: VllmSettings,
     prompter, tokenizer, dtype = local.state["prompter"], local.state["tokenizer"], serving.dtype
     generation = generation_settings(local.state["serving_model"])
     path = artifact.path
-    if path is not None and (Path(path) / "config.json").is_file() and not (Path(path) / "adapter_config.json").is_file():
+    if (
+        path is not None
+        and (Path(path) / "config.json").is_file()
+        and not (Path(path) / "adapter_config.json").is_file()
+    ):
         return Path(path), prompter, dtype, generation
     folder = (context.cache_dir or Path(path or ".").parent) / "vllm-model"
     done = folder / "harness-built.json"

@@ -3,6 +3,7 @@ for real (a dist-info with entry points on PYTHONPATH), so the CLI finds them as
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
@@ -45,6 +46,16 @@ def ag_news_data(shared: Path) -> str:
     return f"train={AG_NEWS / 'train.jsonl'},test={AG_NEWS / 'test.jsonl'}"
 
 
+def first_lines(path: Path, n: int) -> list[dict]:
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()[:n]]
+
+
+@pytest.fixture(scope="module")
+def ag_test(shared: Path) -> list[dict]:
+    """The first 30 AG News test records of ../shared (the texts the test OpenAI server is told the answers of)."""
+    return first_lines(AG_NEWS / "test.jsonl", 30)
+
+
 @pytest.fixture(scope="session")
 def tiny_bert(tmp_path_factory: pytest.TempPathFactory, shared: Path) -> Path:
     """A 2-layer, 64-wide BERT with random weights and MiniLM's real uncased WordPiece tokenizer."""
@@ -53,8 +64,12 @@ def tiny_bert(tmp_path_factory: pytest.TempPathFactory, shared: Path) -> Path:
     path = tmp_path_factory.mktemp("tiny-bert")
     tokenizer = AutoTokenizer.from_pretrained(MINILM)
     config = BertConfig(
-        vocab_size=len(tokenizer), hidden_size=64, num_hidden_layers=2, num_attention_heads=2,
-        intermediate_size=128, max_position_embeddings=512,
+        vocab_size=len(tokenizer),
+        hidden_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=128,
+        max_position_embeddings=512,
     )
     import torch
 
@@ -66,7 +81,7 @@ def tiny_bert(tmp_path_factory: pytest.TempPathFactory, shared: Path) -> Path:
 
 DOCS_PLUGIN = ROOT / "docs" / "plugins.md"
 
-FAILING_TRAIN = '''
+FAILING_TRAIN = """
 from harness import ApproachInfo, hookimpl
 
 @hookimpl
@@ -80,7 +95,7 @@ def harness_train(task, train):
 @hookimpl
 def harness_predict(examples):
     return []
-'''
+"""
 
 BROKEN_IMPORT = "import a_module_that_does_not_exist_anywhere\n"
 
@@ -100,7 +115,9 @@ def install_site(site: Path, modules: dict[str, str], entry_points: dict[str, st
         (site / f"{name}.py").write_text(source, encoding="utf-8")
     dist = site / "harness_test_plugins-0.3.dist-info"
     dist.mkdir(exist_ok=True)
-    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: harness-test-plugins\nVersion: 0.3\n", encoding="utf-8")
+    (dist / "METADATA").write_text(
+        "Metadata-Version: 2.1\nName: harness-test-plugins\nVersion: 0.3\n", encoding="utf-8"
+    )
     lines = "".join(f"{name} = {target}\n" for name, target in entry_points.items())
     (dist / "entry_points.txt").write_text(f"[harness]\n{lines}", encoding="utf-8")
     return site
@@ -112,9 +129,16 @@ def plugin_site(tmp_path_factory: pytest.TempPathFactory) -> Path:
     fails and one that cannot be imported, through entry points."""
     return install_site(
         tmp_path_factory.mktemp("site"),
-        {"harness_naive_bayes": docs_plugin_source(), "failing_train_plugin": FAILING_TRAIN,
-         "broken_import_plugin": BROKEN_IMPORT},
-        {"naive-bayes": "harness_naive_bayes", "failing-train": "failing_train_plugin", "broken-import": "broken_import_plugin"},
+        {
+            "harness_naive_bayes": docs_plugin_source(),
+            "failing_train_plugin": FAILING_TRAIN,
+            "broken_import_plugin": BROKEN_IMPORT,
+        },
+        {
+            "naive-bayes": "harness_naive_bayes",
+            "failing-train": "failing_train_plugin",
+            "broken-import": "broken_import_plugin",
+        },
     )
 
 
@@ -125,8 +149,12 @@ def make_cli(plugin_site: Path, cwd: Path):
         full_env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(plugin_site), os.environ.get("PYTHONPATH", "")])}
         full_env.update(env or {})
         return subprocess.run(
-            [sys.executable, "-m", "harness", *args], cwd=cwd, env=full_env,
-            capture_output=True, text=True, timeout=timeout,
+            [sys.executable, "-m", "harness", *args],
+            cwd=cwd,
+            env=full_env,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
         )
 
     return run
@@ -162,8 +190,15 @@ def tiny_qwen(tmp_path_factory: pytest.TempPathFactory, shared: Path) -> Path:
     path = tmp_path_factory.mktemp("tiny-qwen")
     tokenizer = AutoTokenizer.from_pretrained(QWEN_TOKENIZER)
     config = Qwen3Config(
-        vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-        num_key_value_heads=2, head_dim=16, max_position_embeddings=1024, tie_word_embeddings=True,
+        vocab_size=len(tokenizer),
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=16,
+        max_position_embeddings=1024,
+        tie_word_embeddings=True,
     )
     torch.manual_seed(0)
     Qwen3ForCausalLM(config).save_pretrained(path)
@@ -190,12 +225,20 @@ def tiny_bloom(tmp_path_factory: pytest.TempPathFactory, shared: Path) -> Path:
     bpe = Tokenizer(models.BPE(unk_token="<unk>"))
     bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     bpe.decoder = decoders.ByteLevel()
-    bpe.train_from_iterator(texts, trainers.BpeTrainer(vocab_size=2000, special_tokens=["<unk>", "<s>", "</s>", "<pad>"],
-                                                       initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
-    tokenizer = PreTrainedTokenizerFast(tokenizer_object=bpe, unk_token="<unk>", bos_token="<s>", eos_token="</s>",
-                                        pad_token="<pad>")
-    config = BloomConfig(vocab_size=len(tokenizer), hidden_size=64, n_layer=2, n_head=4, bos_token_id=1,
-                         eos_token_id=2, pad_token_id=3)
+    bpe.train_from_iterator(
+        texts,
+        trainers.BpeTrainer(
+            vocab_size=2000,
+            special_tokens=["<unk>", "<s>", "</s>", "<pad>"],
+            initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        ),
+    )
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=bpe, unk_token="<unk>", bos_token="<s>", eos_token="</s>", pad_token="<pad>"
+    )
+    config = BloomConfig(
+        vocab_size=len(tokenizer), hidden_size=64, n_layer=2, n_head=4, bos_token_id=1, eos_token_id=2, pad_token_id=3
+    )
     torch.manual_seed(0)
     BloomForCausalLM(config).save_pretrained(path)
     tokenizer.save_pretrained(path)

@@ -41,8 +41,18 @@ class Faults:
 
 
 # Answers with status 200 that are not a chat completion, by name: the body sent instead of the completion.
-MALFORMED = ("truncated", "not json", "html", "not an object", "no choices", "choices not a list", "no message",
-             "no content", "content not a string", "bad logprobs")
+MALFORMED = (
+    "truncated",
+    "not json",
+    "html",
+    "not an object",
+    "no choices",
+    "choices not a list",
+    "no message",
+    "no content",
+    "content not a string",
+    "bad logprobs",
+)
 HTML = b"<html><head><title>Sign in</title></head><body>Please sign in to continue.</body></html>"
 
 
@@ -50,8 +60,15 @@ class OpenAIServer:
     """``with OpenAIServer(gold, labels) as server:`` serves on ``server.base_url`` until the block ends.
     ``gold`` maps an example's text to its label (classification) or fields (extraction)."""
 
-    def __init__(self, gold: dict[str, Any], labels: list[str] | None = None, *, model: str = "test-model",
-                 key: str | None = None, faults: Faults | None = None):
+    def __init__(
+        self,
+        gold: dict[str, Any],
+        labels: list[str] | None = None,
+        *,
+        model: str = "test-model",
+        key: str | None = None,
+        faults: Faults | None = None,
+    ):
         self.gold, self.labels, self.model, self.key = gold, labels or [], model, key
         self.faults = faults or Faults()
         self.log: list[dict[str, Any]] = []
@@ -97,13 +114,15 @@ class OpenAIServer:
             content, top = "I am not sure.", [("I", -0.2), (" The", -2.0)]
         else:
             content = letter
-            top = [(letter, -0.05)] + [(other, -4.0 - i) for i, other in enumerate(l for l in letters if l != letter)]
+            top = [(letter, -0.05)] + [(other, -4.0 - i) for i, other in enumerate(x for x in letters if x != letter)]
         if echo:
             content, top = f"{content} (you sent {echo})", top + [(echo, -9.0)]
         logprobs = None
         if body.get("logprobs"):
             first = content.split()[0] if " " in content else content
-            alternatives = [{"token": t, "logprob": lp, "bytes": None} for t, lp in top[: body.get("top_logprobs") or 1]]
+            alternatives = [
+                {"token": t, "logprob": lp, "bytes": None} for t, lp in top[: body.get("top_logprobs") or 1]
+            ]
             logprobs = [{"token": first, "logprob": top[0][1], "bytes": None, "top_logprobs": alternatives}]
         return content, logprobs
 
@@ -122,8 +141,15 @@ class OpenAIServer:
             def log_message(self, *args: Any) -> None:  # quiet
                 pass
 
-            def _send(self, status: int, payload: dict[str, Any] | bytes, headers: dict[str, str] | None = None, *,
-                      content_type: str = "application/json", trickle: bool = False) -> None:
+            def _send(
+                self,
+                status: int,
+                payload: dict[str, Any] | bytes,
+                headers: dict[str, str] | None = None,
+                *,
+                content_type: str = "application/json",
+                trickle: bool = False,
+            ) -> None:
                 data = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
                 headers = {"Content-Type": content_type, "Content-Length": str(len(data)), **(headers or {})}
                 if trickle:
@@ -162,8 +188,16 @@ class OpenAIServer:
             def _authorised(self) -> bool:
                 if server.key is None or self.headers.get("Authorization") == f"Bearer {server.key}":
                     return True
-                self._send(401, {"error": {"message": "Incorrect API key provided", "type": "invalid_request_error",
-                                           "code": "invalid_api_key"}})
+                self._send(
+                    401,
+                    {
+                        "error": {
+                            "message": "Incorrect API key provided",
+                            "type": "invalid_request_error",
+                            "code": "invalid_api_key",
+                        }
+                    },
+                )
                 return False
 
             def do_GET(self) -> None:  # noqa: N802
@@ -172,8 +206,14 @@ class OpenAIServer:
                 if self.path.rstrip("/") == "/v1/models" and server.faults.html_models:
                     self._send(200, HTML, content_type="text/html; charset=utf-8")
                 elif self.path.rstrip("/") == "/v1/models":
-                    self._send(200, {"object": "list", "data": [{"id": server.model, "object": "model", "created": 0,
-                                                                 "owned_by": "test"}]}, trickle=server.faults.trickle_models)
+                    self._send(
+                        200,
+                        {
+                            "object": "list",
+                            "data": [{"id": server.model, "object": "model", "created": 0, "owned_by": "test"}],
+                        },
+                        trickle=server.faults.trickle_models,
+                    )
                 else:
                     self._send(404, {"error": {"message": f"no route {self.path}"}})
 
@@ -200,28 +240,41 @@ class OpenAIServer:
                 elif text in server.faults.throttle and first:
                     status = 429
                 with server._lock:
-                    server.log.append({"path": self.path, "time": arrived, "text": text, "status": status,
-                                       "body": body})
+                    server.log.append(
+                        {"path": self.path, "time": arrived, "text": text, "status": status, "body": body}
+                    )
                 if status == 400:
                     self._send(400, {"error": {"message": "no known example in the messages"}})
                 elif status == 500:
                     self._send(500, {"error": {"message": f"internal error {self._echo()}".strip()}})
                 elif status == 429:
-                    self._send(429, {"error": {"message": "Rate limit reached", "type": "requests"}},
-                               {"Retry-After": "1"})
+                    self._send(
+                        429, {"error": {"message": "Rate limit reached", "type": "requests"}}, {"Retry-After": "1"}
+                    )
                 else:
                     if text in server.faults.slow:
                         time.sleep(1.5)
                     content, logprobs = server._answer(text, body, self._echo())
                     prompt_tokens = sum(len(m.get("content", "").split()) for m in body["messages"])
                     completion = {
-                        "id": f"chatcmpl-{len(server.log)}", "object": "chat.completion", "created": int(arrived),
-                        "model": server.model, "system_fingerprint": f"fp_test_1 {self._echo()}".strip(),
-                        "choices": [{"index": 0, "finish_reason": "stop",
-                                     "message": {"role": "assistant", "content": content},
-                                     "logprobs": {"content": logprobs} if logprobs else None}],
-                        "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": len(content.split()),
-                                  "total_tokens": prompt_tokens + len(content.split())},
+                        "id": f"chatcmpl-{len(server.log)}",
+                        "object": "chat.completion",
+                        "created": int(arrived),
+                        "model": server.model,
+                        "system_fingerprint": f"fp_test_1 {self._echo()}".strip(),
+                        "choices": [
+                            {
+                                "index": 0,
+                                "finish_reason": "stop",
+                                "message": {"role": "assistant", "content": content},
+                                "logprobs": {"content": logprobs} if logprobs else None,
+                            }
+                        ],
+                        "usage": {
+                            "prompt_tokens": prompt_tokens,
+                            "completion_tokens": len(content.split()),
+                            "total_tokens": prompt_tokens + len(content.split()),
+                        },
                     }
                     if text in server.faults.malformed:
                         data, content_type = malformed(completion, server.faults.malformed[text])

@@ -31,9 +31,17 @@ def _seed_stats(rng, gold, difficulty, quality: float, seed_sd: float = 0.0) -> 
     return stats.ExampleStats("classification", rows, right, LABELS)
 
 
-def simulate(seeds: int, n: int = 200, quality: float = 0.75, delta: float = 0.0, trials: int = 200,
-             seed: int = 0, seed_sd: float = 0.0, headline: str = "f1_weighted",
-             resamples: int = stats.PAIR_RESAMPLES) -> dict[str, float]:
+def simulate(
+    seeds: int,
+    n: int = 200,
+    quality: float = 0.75,
+    delta: float = 0.0,
+    trials: int = 200,
+    seed: int = 0,
+    seed_sd: float = 0.0,
+    headline: str = "f1_weighted",
+    resamples: int = stats.PAIR_RESAMPLES,
+) -> dict[str, float]:
     """Of ``trials`` simulated test sets, the share whose pair line calls either approach significantly better
     (a's quality ``quality + delta``, b's ``quality``), the share where it names ``a``, and the share where the
     seeds' own verdict (almost stochastic order, 3 seeds a side or more) names either."""
@@ -42,8 +50,10 @@ def simulate(seeds: int, n: int = 200, quality: float = 0.75, delta: float = 0.0
     for _ in range(trials):
         gold = rng.integers(0, LABELS, n)
         difficulty = rng.random(n)
-        rows = {name: [_seed_stats(rng, gold, difficulty, q, seed_sd) for _ in range(seeds)]
-                for name, q in (("a", quality + delta), ("b", quality))}
+        rows = {
+            name: [_seed_stats(rng, gold, difficulty, q, seed_sd) for _ in range(seeds)]
+            for name, q in (("a", quality + delta), ("b", quality))
+        }
         pair = stats.compare_pairs(rows, headline, resamples)[0]
         said += pair["significant"]
         right += pair["significant"] and pair["difference"] > 0
@@ -52,8 +62,10 @@ def simulate(seeds: int, n: int = 200, quality: float = 0.75, delta: float = 0.0
 
 
 if __name__ == "__main__":
-    print("| seeds a side | true difference (accuracy) | seed sd | 'significantly better' | the better one named "
-          "| seeds' verdict names one |")
+    print(
+        "| seeds a side | true difference (accuracy) | seed sd | 'significantly better' | the better one named "
+        "| seeds' verdict names one |"
+    )
     print("| --- | --- | --- | --- | --- | --- |")
     for seeds in (1, 3, 5):
         for delta, seed_sd in ((0.0, 0.0), (0.0, 0.02), (0.03, 0.0), (0.05, 0.0)):

@@ -26,17 +26,27 @@ GOOD = '{"text": "Stocks rally on rate cut hopes", "label": 2}\n{"text": "Team w
         ("label-name-outside", "train.jsonl:1: label 'Weather' is not one of the spec's labels"),
         ("empty-text", "test.jsonl:1: empty text"),
         ("missing-file", "missing.jsonl: no such file"),
-        ("unknown-plugin", "--plugins: unknown plugin 'bret'; known: bert, bert-onnx, failing-train, naive-bayes, naive-bayes-tables, openai, qwen, qwen-lora, seqgpt, vllm, vllm-lora"),
+        (
+            "unknown-plugin",
+            "--plugins: unknown plugin 'bret'; known: bert, bert-onnx, failing-train, naive-bayes, naive-bayes-tables, "
+            "openai, qwen, qwen-lora, seqgpt, vllm, vllm-lora",
+        ),
         ("unknown-setting", "--set naive-bayes.smoth: unknown setting for naive-bayes; known: smoothing"),
         ("not-a-choice", "--set qwen.scoring: 'leter' is not one of letter, perplexity, likelihood"),
         ("superscript-label", "train.jsonl:1: label '²' is not one of the spec's labels"),
         ("invisible-text", "test.jsonl:1: empty text (nothing visible in it)"),
-        ("unknown-metric", "bad.yaml: metrics: unknown metric 'f1_wieghted' for classification; known: f1_weighted, accuracy"),
+        (
+            "unknown-metric",
+            "bad.yaml: metrics: unknown metric 'f1_wieghted' for classification; known: f1_weighted, accuracy",
+        ),
         ("batch-below-one", "--set bert.per_device_train_batch_size: must be >= 1, got 0"),
         ("learning-rate-zero", "--set bert.learning_rate: must be > 0, got 0.0"),
         ("epochs-not-finite", "--set bert.num_train_epochs: must be a finite number, got inf"),
         ("spec-max-new-tokens", "bad.yaml: plugins.qwen.max_new_tokens: must be >= 1, got 0"),
-        ("seed-as-setting", "--set bert.seed: the seed is not a plugin setting: the spec's seed: or seeds:, or --seeds"),
+        (
+            "seed-as-setting",
+            "--set bert.seed: the seed is not a plugin setting: the spec's seed: or seeds:, or --seeds",
+        ),
         ("seeds-repeated", "--seeds: expected distinct integer seeds separated by commas, got '1,1'"),
         ("argparse", "harness: error: argument --limit-train: invalid int value: 'abc' (see harness compare --help)"),
         ("json-is-a-directory", "is a directory; --json takes a file path"),
@@ -74,20 +84,37 @@ def test_bad_input_is_one_line_exit_2_nothing_written(cli, tmp_path, case, expec
     data = None  # train= and test= below, unless a case gives the whole option
     classification = "name: bad\ntask: {type: classification, labels: [World, Sports, Business, Sci/Tech]"
     if case in ("batch-below-one", "learning-rate-zero", "epochs-not-finite", "seed-as-setting"):
-        plugins, extra = "bert", ["--set", {"batch-below-one": "bert.per_device_train_batch_size=0",
-                                            "learning-rate-zero": "bert.learning_rate=0", "seed-as-setting": "bert.seed=3",
-                                            "epochs-not-finite": "bert.num_train_epochs=inf"}[case]]
+        plugins, extra = (
+            "bert",
+            [
+                "--set",
+                {
+                    "batch-below-one": "bert.per_device_train_batch_size=0",
+                    "learning-rate-zero": "bert.learning_rate=0",
+                    "seed-as-setting": "bert.seed=3",
+                    "epochs-not-finite": "bert.num_train_epochs=inf",
+                }[case],
+            ],
+        )
     elif case == "spec-max-new-tokens":
         plugins = "qwen"
-        spec = write(tmp_path / "bad.yaml", classification + "}\ndataset: {train: train.jsonl, test: test.jsonl}\n"
-                     "plugins:\n  qwen: {max_new_tokens: 0}\n")
+        spec = write(
+            tmp_path / "bad.yaml",
+            classification + "}\ndataset: {train: train.jsonl, test: test.jsonl}\n"
+            "plugins:\n  qwen: {max_new_tokens: 0}\n",
+        )
     elif case == "seeds-repeated":
         extra = ["--seeds", "1,1"]
     elif case == "unknown-spec-key":
-        spec = write(tmp_path / "bad.yaml", "name: bad\ntask: {type: classification, labels: [a, b]}\ndatset: {hub: x}\n")
+        spec = write(
+            tmp_path / "bad.yaml", "name: bad\ntask: {type: classification, labels: [a, b]}\ndatset: {hub: x}\n"
+        )
     elif case == "wrong-type":
-        spec = write(tmp_path / "bad.yaml", "name: bad\ntask: {type: classification, labels: [a, b]}\n"
-                     "dataset: {train: train.jsonl, test: test.jsonl}\nplugins:\n  naive-bayes: {smoothing: lots}\n")
+        spec = write(
+            tmp_path / "bad.yaml",
+            "name: bad\ntask: {type: classification, labels: [a, b]}\n"
+            "dataset: {train: train.jsonl, test: test.jsonl}\nplugins:\n  naive-bayes: {smoothing: lots}\n",
+        )
     elif case == "not-json":
         train = write(tmp_path / "train.jsonl", GOOD.splitlines()[0] + "\n{text: oops}\n")
     elif case == "label-outside":
@@ -107,8 +134,10 @@ def test_bad_input_is_one_line_exit_2_nothing_written(cli, tmp_path, case, expec
     elif case == "invisible-text":
         test = write(tmp_path / "test.jsonl", r'{"text": "\u200b\ufeff\u2060\u0007 ", "label": 0}' + "\n")
     elif case == "unknown-metric":
-        spec = write(tmp_path / "bad.yaml", classification + "}\ndataset: {train: train.jsonl, test: test.jsonl}\n"
-                     "metrics: [f1_wieghted]\n")
+        spec = write(
+            tmp_path / "bad.yaml",
+            classification + "}\ndataset: {train: train.jsonl, test: test.jsonl}\nmetrics: [f1_wieghted]\n",
+        )
     elif case == "argparse":
         extra = ["--limit-train", "abc"]
     elif case == "json-is-a-directory":
@@ -131,7 +160,9 @@ def test_bad_input_is_one_line_exit_2_nothing_written(cli, tmp_path, case, expec
         (tmp_path / "train.jsonl").write_bytes((GOOD * 700 + '{"text": "caf\u00e9", "label": 0}\n').encode("latin-1"))
     elif case == "not-utf8-far-csv":
         train = str(tmp_path / "train.csv")
-        (tmp_path / "train.csv").write_bytes(("text,label\n" + "Team wins the final,1\n" * 3000 + "caf\u00e9,1\n").encode("latin-1"))
+        (tmp_path / "train.csv").write_bytes(
+            ("text,label\n" + "Team wins the final,1\n" * 3000 + "caf\u00e9,1\n").encode("latin-1")
+        )
     elif case == "spec-not-utf8":
         (tmp_path / "bad.yaml").write_bytes((classification.replace("World", "Caf\u00e9") + "}\n").encode("latin-1"))
         spec = str(tmp_path / "bad.yaml")
@@ -142,11 +173,16 @@ def test_bad_input_is_one_line_exit_2_nothing_written(cli, tmp_path, case, expec
         (tmp_path / "bad.yaml").mkdir()
         spec = str(tmp_path / "bad.yaml")
     elif case == "csv-quoted-newlines":
-        train = write(tmp_path / "train.csv", 'text,label\nTeam wins the final,1\n"Stocks rally\non rate\ncut hopes",2\nRain all week,7\n')
+        train = write(
+            tmp_path / "train.csv",
+            'text,label\nTeam wins the final,1\n"Stocks rally\non rate\ncut hopes",2\nRain all week,7\n',
+        )
     elif case == "prompt-placeholder":
         spec = write(tmp_path / "bad.yaml", classification + ", prompt: {user: 'Article: {txt}'}}\n")
     elif case == "approach-prompt":
-        spec = write(tmp_path / "bad.yaml", classification + "}\ndataset: {hub: x}\nplugins:\n  naive-bayes: {prompt: Article}\n")
+        spec = write(
+            tmp_path / "bad.yaml", classification + "}\ndataset: {hub: x}\nplugins:\n  naive-bayes: {prompt: Article}\n"
+        )
     elif case == "set-prompt":
         extra = ["--set", "naive-bayes.prompt={text}"]
     elif case == "data-part":
@@ -154,28 +190,54 @@ def test_bad_input_is_one_line_exit_2_nothing_written(cli, tmp_path, case, expec
     elif case == "validation-not-json":
         data = f"train={train},validation={write(tmp_path / 'dev.jsonl', '{text: oops}')},test={test}"
     elif case == "validation-and-test":
-        spec = write(tmp_path / "seedlike.yaml", classification + "}\ndataset: {hub: fancyzhx/ag_news}\nvalidation: test\n")
+        spec = write(
+            tmp_path / "seedlike.yaml", classification + "}\ndataset: {hub: fancyzhx/ag_news}\nvalidation: test\n"
+        )
         data = f"train={train},validation={test},test={test}"
     elif case == "spec-validation-and-test":
-        spec = write(tmp_path / "bad.yaml", classification + "}\ndataset: {train: train.jsonl, test: test.jsonl, "
-                     "validation: test.jsonl}\nvalidation: test\n")
+        spec = write(
+            tmp_path / "bad.yaml",
+            classification + "}\ndataset: {train: train.jsonl, test: test.jsonl, "
+            "validation: test.jsonl}\nvalidation: test\n",
+        )
     elif case.startswith("waybill"):
         plugins, spec = "qwen", "waybill"
-        line = '{"text": "13552664307姜骏炜云南省德宏州盈江县平原镇", "fields": {"name": "姜骏炜", "phone": "13552664307", ' \
-               '"province": "云南省", "city": "德宏州", "district": "盈江县", "specific_location": null}}\n'
-        train = write(tmp_path / "train.jsonl", line + (line.replace(', "phone": "13552664307"', "")
-                                                         if case == "waybill-field-missing" else line))
-        test = write(tmp_path / "test.jsonl", line.replace('"name"', '"zip": "1", "name"')
-                     if case == "waybill-field-unknown" else line)
+        line = (
+            '{"text": "13552664307姜骏炜云南省德宏州盈江县平原镇", '
+            '"fields": {"name": "姜骏炜", "phone": "13552664307", '
+            '"province": "云南省", "city": "德宏州", "district": "盈江县", "specific_location": null}}\n'
+        )
+        train = write(
+            tmp_path / "train.jsonl",
+            line + (line.replace(', "phone": "13552664307"', "") if case == "waybill-field-missing" else line),
+        )
+        test = write(
+            tmp_path / "test.jsonl",
+            line.replace('"name"', '"zip": "1", "name"') if case == "waybill-field-unknown" else line,
+        )
     elif case in ("unknown-named-prompt", "variant-of-nothing"):
-        spec = write(tmp_path / "bad.yaml", "name: bad\ntask: {type: extraction, fields: [name], prompt: '{text}', "
-                     "prompts: {instruction: 'Name in {text}?'}}\ndataset: {train: train.jsonl, test: test.jsonl}\n"
-                     + ("plugins:\n  qwen: {prompt: long}\n" if case == "unknown-named-prompt"
-                        else "plugins:\n  zero: {approach: qwne}\n"))
+        spec = write(
+            tmp_path / "bad.yaml",
+            "name: bad\ntask: {type: extraction, fields: [name], prompt: '{text}', "
+            "prompts: {instruction: 'Name in {text}?'}}\ndataset: {train: train.jsonl, test: test.jsonl}\n"
+            + (
+                "plugins:\n  qwen: {prompt: long}\n"
+                if case == "unknown-named-prompt"
+                else "plugins:\n  zero: {approach: qwne}\n"
+            ),
+        )
         plugins = "qwen" if case == "unknown-named-prompt" else "zero"
     elif case == "no-data":
         spec = write(tmp_path / "bad.yaml", classification + "}\ndataset: {text_field: text}\n")
-    args = ["compare", "--plugins", plugins, "--spec", spec, *extra, *([] if "--json" in extra else ["--json", "out.json"])]
+    args = [
+        "compare",
+        "--plugins",
+        plugins,
+        "--spec",
+        spec,
+        *extra,
+        *([] if "--json" in extra else ["--json", "out.json"]),
+    ]
     if not spec.endswith("bad.yaml"):
         args += ["--data", data or f"train={train},test={test}"]
     result = cli(*args)
@@ -189,11 +251,16 @@ def test_bad_input_is_one_line_exit_2_nothing_written(cli, tmp_path, case, expec
 
 def test_spec_file_relative_paths_and_csv(cli, tmp_path):
     (tmp_path / "data").mkdir()
-    rows = ["text,label"] + [f"sunny warm day number {i},weather" if i % 2 else f"goal scored in match {i},sport" for i in range(40)]
+    rows = ["text,label"] + [
+        f"sunny warm day number {i},weather" if i % 2 else f"goal scored in match {i},sport" for i in range(40)
+    ]
     write(tmp_path / "data" / "train.csv", "\n".join(rows) + "\n")
     write(tmp_path / "data" / "test.csv", "\n".join(rows[:11]) + "\n")
-    spec = write(tmp_path / "mine.yaml", "name: mine\ntask: {type: classification, labels: [sport, weather]}\n"
-                 "dataset: {train: data/train.csv, test: data/test.csv}\nvalidation: none\n")
+    spec = write(
+        tmp_path / "mine.yaml",
+        "name: mine\ntask: {type: classification, labels: [sport, weather]}\n"
+        "dataset: {train: data/train.csv, test: data/test.csv}\nvalidation: none\n",
+    )
     result = cli("compare", "--plugins", "naive-bayes", "--spec", spec, "--json", "out.json")
     assert result.returncode == 0, result.stderr
     run = json.loads((tmp_path / "out.json").read_text())["runs"][0]
@@ -229,7 +296,17 @@ def test_store_faults_are_one_line_before_anything_trains(cli, tmp_path):
     result = cli("report")  # the comparison still reports; the damaged run's row says why it is missing
     assert result.returncode == 0 and "Traceback" not in result.stderr, result.stderr
     assert "missing" in result.stdout and "not a readable run record" in result.stdout
-    climbing = cli("bench", "--plugin", "naive-bayes", "--spec", "agnews", "--run", "../../etc", "--data", f"train={data},test={data}")
+    climbing = cli(
+        "bench",
+        "--plugin",
+        "naive-bayes",
+        "--spec",
+        "agnews",
+        "--run",
+        "../../etc",
+        "--data",
+        f"train={data},test={data}",
+    )
     assert climbing.returncode == 2 and "run id: not a run id: '../../etc'" in climbing.stderr, climbing.stderr
 
 
@@ -237,8 +314,17 @@ def test_likely_mistakes_are_one_warning_line_each_and_counted_in_the_record(cli
     # A duplicate; World and Sci/Tech never seen, and the one Sports text is held out for validation.
     train = write(tmp_path / "train.jsonl", GOOD + GOOD.splitlines()[0] + "\n")
     test = write(tmp_path / "test.jsonl", GOOD.splitlines()[1] + '\n{"text": "Rain again", "label": 0}\n')
-    result = cli("compare", "--plugins", "naive-bayes", "--spec", "agnews", "--data", f"train={train},test={test}",
-                 "--json", "out.json")
+    result = cli(
+        "compare",
+        "--plugins",
+        "naive-bayes",
+        "--spec",
+        "agnews",
+        "--data",
+        f"train={train},test={test}",
+        "--json",
+        "out.json",
+    )
     assert result.returncode == 0, result.stderr
     warnings = [line for line in result.stderr.splitlines() if line.startswith("harness: warning: ")]
     assert warnings == [
@@ -247,8 +333,12 @@ def test_likely_mistakes_are_one_warning_line_each_and_counted_in_the_record(cli
         "harness: warning: 3 labels have no training example",
     ]
     (run,) = json.loads((tmp_path / "out.json").read_text())["runs"]
-    assert run["environment"]["data_checks"] == {"test_texts_in_train": 1, "duplicate_train_texts": 1,
-                                                 "duplicate_test_texts": 0, "labels_without_training_examples": 3}
+    assert run["environment"]["data_checks"] == {
+        "test_texts_in_train": 1,
+        "duplicate_train_texts": 1,
+        "duplicate_test_texts": 0,
+        "labels_without_training_examples": 3,
+    }
 
 
 def one_line_error(result, tmp_path: Path) -> str:
@@ -277,8 +367,10 @@ def test_a_seed_past_32_bits_on_the_command_line_is_refused_before_anything_runs
     assert error == "--seeds: a seed is an integer from 0 to 4294967295, got 4294967296"
 
 
-SPEC_ON_FILES = "name: {name}\ntask: {{type: classification, labels: [World, Sports, Business, Sci/Tech]}}\n" \
-                "dataset: {{train: train.jsonl, test: test.jsonl}}\n"
+SPEC_ON_FILES = (
+    "name: {name}\ntask: {{type: classification, labels: [World, Sports, Business, Sci/Tech]}}\n"
+    "dataset: {{train: train.jsonl, test: test.jsonl}}\n"
+)
 
 
 def compare_with_spec(cli, tmp_path: Path, body: str):
@@ -289,7 +381,9 @@ def compare_with_spec(cli, tmp_path: Path, body: str):
 
 
 def test_a_negative_seed_in_the_spec_seeds_is_refused_on_load(cli, tmp_path):
-    error = one_line_error(compare_with_spec(cli, tmp_path, SPEC_ON_FILES.format(name="mine") + "seeds: [0, -3]\n"), tmp_path)
+    error = one_line_error(
+        compare_with_spec(cli, tmp_path, SPEC_ON_FILES.format(name="mine") + "seeds: [0, -3]\n"), tmp_path
+    )
     assert error == f"{tmp_path / 'mine.yaml'}: seeds: a seed is an integer from 0 to 4294967295, got -3"
 
 
@@ -299,8 +393,11 @@ def test_a_negative_spec_seed_is_refused_on_load(cli, tmp_path):
 
 
 # The spec's name starts the comparison id, a file name in the store: it used to fail only after training.
-@pytest.mark.parametrize("name", ["news/v2", "'news\\v2'", "..", "''", "'news: v2'", "'new\u00e9'"],
-                         ids=["slash", "backslash", "dot-dot", "empty", "colon-space", "not-ascii"])
+@pytest.mark.parametrize(
+    "name",
+    ["news/v2", "'news\\v2'", "..", "''", "'news: v2'", "'new\u00e9'"],
+    ids=["slash", "backslash", "dot-dot", "empty", "colon-space", "not-ascii"],
+)
 def test_a_spec_name_that_cannot_be_a_file_name_is_refused_on_load(cli, tmp_path, name):
     error = one_line_error(compare_with_spec(cli, tmp_path, SPEC_ON_FILES.format(name=name)), tmp_path)
     assert error.startswith(f"{tmp_path / 'mine.yaml'}: name: letters, digits, '.', '_' and '-' only"), error
@@ -311,8 +408,17 @@ def test_a_csv_cell_over_the_csv_module_limit_is_read(cli, tmp_path):
     rows = ["text,label", f'"{long_text}",2', "Team wins the final,1", "Rain all week,0", "Chips get faster,3"]
     write(tmp_path / "train.csv", "\n".join(rows) + "\n")
     write(tmp_path / "test.csv", "\n".join(rows[:3]) + "\n")
-    result = cli("compare", "--plugins", "naive-bayes", "--spec", "agnews", "--data",
-                 f"train={tmp_path / 'train.csv'},test={tmp_path / 'test.csv'}", "--json", "out.json")
+    result = cli(
+        "compare",
+        "--plugins",
+        "naive-bayes",
+        "--spec",
+        "agnews",
+        "--data",
+        f"train={tmp_path / 'train.csv'},test={tmp_path / 'test.csv'}",
+        "--json",
+        "out.json",
+    )
     assert result.returncode == 0 and "Traceback" not in result.stderr, result.stderr
     (run,) = json.loads((tmp_path / "out.json").read_text())["runs"]
     assert (run["n_train"] + run["n_validation"], run["n_test"]) == (4, 2)
@@ -324,7 +430,16 @@ def test_an_unterminated_csv_quote_names_the_line_where_it_opens(cli, tmp_path):
     rows[34] = '"' + rows[34]
     train = write(tmp_path / "train.csv", "\n".join(rows) + "\n")
     test = write(tmp_path / "test.jsonl", GOOD)
-    result = cli("compare", "--plugins", "naive-bayes", "--spec", "agnews", "--data", f"train={train},test={test}",
-                 "--json", "out.json")
+    result = cli(
+        "compare",
+        "--plugins",
+        "naive-bayes",
+        "--spec",
+        "agnews",
+        "--data",
+        f"train={train},test={test}",
+        "--json",
+        "out.json",
+    )
     error = one_line_error(result, tmp_path)
     assert error == f"{train}:35: unterminated quote starting on line 35: its field runs to the end of the file"

@@ -94,7 +94,7 @@ def test_bench_gpu_memory_is_each_paths_own(monkeypatch):
 
 
 # An approach that writes down what train got and which prompt predict asked with (RECORDER_LOG, a JSONL file).
-RECORDER = '''
+RECORDER = """
 import json
 import os
 
@@ -128,7 +128,7 @@ class Recorder(Approach):
 @hookimpl
 def harness_register_approaches(register):
     register(Recorder())
-'''
+"""
 
 # A row of another approach with a prompt of its own, as compare runs it: hooks go to recorder, asked with "O {text}".
 ROW_SPEC = """name: rows
@@ -157,8 +157,9 @@ def logged(path) -> list[dict]:
 
 
 @pytest.mark.parametrize("random_weights", [True, False])
-def test_the_benchmark_fixture_builds_a_spec_row_as_bench_and_compare_do(harness_benchmark, row_spec, monkeypatch,
-                                                                        random_weights):
+def test_the_benchmark_fixture_builds_a_spec_row_as_bench_and_compare_do(
+    harness_benchmark, row_spec, monkeypatch, random_weights
+):
     """``random_weights``: train gets no examples and harness.bench.UNTRAINED, as `harness bench
     --random-weights` builds it; either way the row's hooks go to its approach, asked with the row's prompt."""
     import importlib
@@ -170,12 +171,16 @@ def test_the_benchmark_fixture_builds_a_spec_row_as_bench_and_compare_do(harness
     monkeypatch.syspath_prepend(str(spec.parent / "site"))
     plugins = load_plugins(entry_points=False)
     plugins.register(importlib.import_module("recorder_plugin"), "recorder-plugin")
-    predictions = harness_benchmark("rec-copy", str(spec), plugins=plugins, random_weights=random_weights,
-                                    rounds=1, warmup_rounds=0)
+    predictions = harness_benchmark(
+        "rec-copy", str(spec), plugins=plugins, random_weights=random_weights, rounds=1, warmup_rounds=0
+    )
     assert len(predictions) == 16
     train, *predicts = logged(log)
-    expected = ({"examples": 0, "epochs": UNTRAINED["num_train_epochs"], "random_weights": True} if random_weights
-                else {"examples": 16, "epochs": 1.0, "random_weights": False})
+    expected = (
+        {"examples": 0, "epochs": UNTRAINED["num_train_epochs"], "random_weights": True}
+        if random_weights
+        else {"examples": 16, "epochs": 1.0, "random_weights": False}
+    )
     assert train == {"hook": "train", **expected}
     assert predicts and all(entry == {"hook": "predict", "prompt": "O {text}"} for entry in predicts)
 
@@ -190,13 +195,41 @@ def test_bench_random_weights_runs_a_spec_row_through_its_approach(row_spec, tmp
 
     spec, log = row_spec
     site = install_site(tmp_path / "site", {}, {"recorder": "recorder_plugin"})
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(site), os.environ.get("PYTHONPATH", "")]),
-           "HARNESS_LOAD_PLUGINS": "recorder"}
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(site), os.environ.get("PYTHONPATH", "")]),
+        "HARNESS_LOAD_PLUGINS": "recorder",
+    }
     result = subprocess.run(
-        [sys.executable, "-m", "harness", "bench", "--plugin", "rec-copy", "--spec", str(spec), "--random-weights",
-         "--batch-sizes", "4", "--rounds", "1", "--latency-samples", "2", "--concurrency", "2", "--requests", "4",
-         "--json", str(tmp_path / "bench.json")],
-        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+        [
+            sys.executable,
+            "-m",
+            "harness",
+            "bench",
+            "--plugin",
+            "rec-copy",
+            "--spec",
+            str(spec),
+            "--random-weights",
+            "--batch-sizes",
+            "4",
+            "--rounds",
+            "1",
+            "--latency-samples",
+            "2",
+            "--concurrency",
+            "2",
+            "--requests",
+            "4",
+            "--json",
+            str(tmp_path / "bench.json"),
+        ],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert result.returncode == 0, result.stderr
     out = json.loads((tmp_path / "bench.json").read_text())
     assert (out["approach"], out["source"], out["n_examples"]) == ("rec-copy", "random weights", 16)

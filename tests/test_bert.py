@@ -6,20 +6,26 @@ from __future__ import annotations
 import pytest
 
 import harness_plugins.bert as bert
+from conftest import MINILM
 from harness.models import length_bucket_order, length_buckets, load_config
 from harness.testing import check_plugin
 from harness.types import Task
-
-from conftest import MINILM
 
 AG_TASK = Task("classification", ("World", "Sports", "Business", "Sci/Tech"))
 
 
 def test_tiny_bert_passes_the_conformance_kit(tmp_path, tiny_bert):
     record = check_plugin(
-        bert, tmp_path=tmp_path,
-        settings={"model": str(tiny_bert), "num_train_epochs": 8.0, "learning_rate": 3e-3, "per_device_train_batch_size": 8,
-                  "eval_steps": 0.25, "predict_batch_size": 5},
+        bert,
+        tmp_path=tmp_path,
+        settings={
+            "model": str(tiny_bert),
+            "num_train_epochs": 8.0,
+            "learning_rate": 3e-3,
+            "per_device_train_batch_size": 8,
+            "eval_steps": 0.25,
+            "predict_batch_size": 5,
+        },
         launcher="inline",  # the process launcher: tests/test_plugins.py (the kit) and tests/test_compare_cli.py
     )
     # The tiny dataset is separable by keywords: a 2-layer BERT trained from scratch must learn it.
@@ -32,7 +38,12 @@ def test_shipped_configs_have_the_seed_models_shapes():
     config = load_config("google-bert/bert-base-cased")
     assert (config.hidden_size, config.num_hidden_layers, config.vocab_size) == (768, 12, 28996)
     qwen = load_config("Qwen/Qwen3-0.6B")
-    assert (qwen.hidden_size, qwen.num_hidden_layers, qwen.num_key_value_heads, qwen.vocab_size) == (1024, 28, 8, 151936)
+    assert (qwen.hidden_size, qwen.num_hidden_layers, qwen.num_key_value_heads, qwen.vocab_size) == (
+        1024,
+        28,
+        8,
+        151936,
+    )
 
 
 def test_random_weights_from_the_shipped_bert_base_config(shared):

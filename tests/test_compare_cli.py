@@ -16,8 +16,17 @@ COMMON = ["--spec", "agnews", "--limit-train", "240", "--limit-test", "80", "--l
 def compared(workspace, tiny_bert, ag_news_data):
     """One bert + naive-bayes comparison, shared by the tests that read its outputs."""
     tmp_path, cli = workspace
-    result = cli("compare", "--plugins", "bert,naive-bayes", "--data", ag_news_data, *COMMON, *bert_args(tiny_bert),
-                 "--json", "out.json")
+    result = cli(
+        "compare",
+        "--plugins",
+        "bert,naive-bayes",
+        "--data",
+        ag_news_data,
+        *COMMON,
+        *bert_args(tiny_bert),
+        "--json",
+        "out.json",
+    )
     assert result.returncode == 0, result.stderr
     return result, json.loads((tmp_path / "out.json").read_text())
 
@@ -49,8 +58,12 @@ def test_compare_writes_both_rows_on_identical_data(compared, workspace):
     assert sum(speed["train_phases"].values()) <= speed["train_seconds"]
     assert speed["train_loop_samples_per_s"] > speed["train_samples_per_s"] > 0
     assert speed["predict_batch_size"] == 64 and bert["serving"] == {
-        "device": "cpu", "dtype": "float32", "batch_size": 64, "notes": ["batches packed end to end, no padding"],
-        "run_notes": ["batches packed end to end, no padding"]}
+        "device": "cpu",
+        "dtype": "float32",
+        "batch_size": 64,
+        "notes": ["batches packed end to end, no padding"],
+        "run_notes": ["batches packed end to end, no padding"],
+    }
     assert bert["memory"]["train_rss_peak_mb"] > 0 and bert["memory"]["predict_rss_peak_mb"] > 0
     assert "Serve RSS" in result.stdout and "Batch" in result.stdout
     assert "bert: batches packed end to end, no padding" in result.stdout  # how it served, in the notes
@@ -63,8 +76,17 @@ def test_compare_writes_both_rows_on_identical_data(compared, workspace):
 def test_identical_run_is_reused_and_report_rerenders_it(compared, workspace, tiny_bert, ag_news_data):
     tmp_path, cli = workspace
     _, first = compared
-    again = cli("compare", "--plugins", "bert,naive-bayes", "--data", ag_news_data, *COMMON, *bert_args(tiny_bert),
-                "--json", "again.json")
+    again = cli(
+        "compare",
+        "--plugins",
+        "bert,naive-bayes",
+        "--data",
+        ag_news_data,
+        *COMMON,
+        *bert_args(tiny_bert),
+        "--json",
+        "again.json",
+    )
     assert again.returncode == 0, again.stderr
     second = json.loads((tmp_path / "again.json").read_text())
     assert [r["status"] for r in second["runs"]] == ["reused", "reused"]
@@ -80,7 +102,9 @@ def test_identical_run_is_reused_and_report_rerenders_it(compared, workspace, ti
 
 
 def test_a_failing_plugin_leaves_a_failed_row_and_the_others_finish(cli, ag_news_data, tmp_path):
-    result = cli("compare", "--plugins", "failing-train,naive-bayes", "--data", ag_news_data, *COMMON, "--json", "out.json")
+    result = cli(
+        "compare", "--plugins", "failing-train,naive-bayes", "--data", ag_news_data, *COMMON, "--json", "out.json"
+    )
     assert result.returncode == 1
     failed, ok = json.loads((tmp_path / "out.json").read_text())["runs"]
     assert failed["status"] == "failed" and failed["error"] == "RuntimeError: out of patience on purpose"
@@ -90,13 +114,31 @@ def test_a_failing_plugin_leaves_a_failed_row_and_the_others_finish(cli, ag_news
     assert "failing-train failed" in result.stdout
 
 
-def test_random_weights_builds_from_config_and_marks_quality_meaningless(cli, tiny_bert, ag_news_data, tmp_path, shared):
+def test_random_weights_builds_from_config_and_marks_quality_meaningless(
+    cli, tiny_bert, ag_news_data, tmp_path, shared
+):
     config_only = tmp_path / "config-only"
     config_only.mkdir()
     (config_only / "config.json").write_text((tiny_bert / "config.json").read_text())
-    result = cli("compare", "--plugins", "bert", "--data", ag_news_data, *COMMON, "--random-weights",
-                 "--set", f"bert.model={config_only}", "--set", f"bert.tokenizer={tiny_bert}",
-                 "--set", "bert.num_train_epochs=1", "--launcher", "inline", "--json", "out.json")
+    result = cli(
+        "compare",
+        "--plugins",
+        "bert",
+        "--data",
+        ag_news_data,
+        *COMMON,
+        "--random-weights",
+        "--set",
+        f"bert.model={config_only}",
+        "--set",
+        f"bert.tokenizer={tiny_bert}",
+        "--set",
+        "bert.num_train_epochs=1",
+        "--launcher",
+        "inline",
+        "--json",
+        "out.json",
+    )
     assert result.returncode == 0, result.stderr
     run = json.loads((tmp_path / "out.json").read_text())["runs"][0]
     assert run["random_weights"] is True and run["status"] == "ok"
@@ -105,12 +147,39 @@ def test_random_weights_builds_from_config_and_marks_quality_meaningless(cli, ti
 
 def test_bert_and_qwen_compare_end_to_end_and_sft_learns_ag_news(cli, tiny_bert, tiny_qwen, ag_news_data, tmp_path):
     # Inline: the four unit processes would cost half a minute of imports; `compared` covers the process launcher.
-    result = cli("compare", "--plugins", "bert,qwen", "--data", ag_news_data, "--spec", "agnews",
-                 "--limit-train", "400", "--limit-test", "80", "--latency-samples", "5", *bert_args(tiny_bert),
-                 "--set", f"qwen.model={tiny_qwen}", "--set", "qwen.num_train_epochs=6", "--set", "qwen.learning_rate=2e-3",
-                 "--set", "qwen.per_device_train_batch_size=16", "--set", "qwen.gradient_accumulation_steps=1",
-                 # A model this small learns the letter only with the loss on the answer (see test_qwen.FAST).
-                 "--set", "qwen.answer_loss=letter", "--launcher", "inline", "--json", "out.json")
+    result = cli(
+        "compare",
+        "--plugins",
+        "bert,qwen",
+        "--data",
+        ag_news_data,
+        "--spec",
+        "agnews",
+        "--limit-train",
+        "400",
+        "--limit-test",
+        "80",
+        "--latency-samples",
+        "5",
+        *bert_args(tiny_bert),
+        "--set",
+        f"qwen.model={tiny_qwen}",
+        "--set",
+        "qwen.num_train_epochs=6",
+        "--set",
+        "qwen.learning_rate=2e-3",
+        "--set",
+        "qwen.per_device_train_batch_size=16",
+        "--set",
+        "qwen.gradient_accumulation_steps=1",
+        # A model this small learns the letter only with the loss on the answer (see test_qwen.FAST).
+        "--set",
+        "qwen.answer_loss=letter",
+        "--launcher",
+        "inline",
+        "--json",
+        "out.json",
+    )
     assert result.returncode == 0, result.stderr
     bert, qwen = json.loads((tmp_path / "out.json").read_text())["runs"]
     assert bert["status"] == qwen["status"] == "ok"
@@ -134,8 +203,22 @@ def test_bench_serves_a_stored_run_and_random_weights(compared, workspace, tiny_
     tmp_path, cli = workspace
     _, out = compared
     bert_run = out["runs"][0]["run_id"]
-    small = ["--data", ag_news_data, "--limit-test", "48", "--batch-sizes", "1,16", "--rounds", "2",
-             "--latency-samples", "8", "--concurrency", "4", "--requests", "40"]
+    small = [
+        "--data",
+        ag_news_data,
+        "--limit-test",
+        "48",
+        "--batch-sizes",
+        "1,16",
+        "--rounds",
+        "2",
+        "--latency-samples",
+        "8",
+        "--concurrency",
+        "4",
+        "--requests",
+        "40",
+    ]
     stored = cli("bench", "--plugin", "bert", "--spec", "agnews", "--run", bert_run, *small, "--json", "bench.json")
     assert stored.returncode == 0, stored.stderr
     result = json.loads((tmp_path / "bench.json").read_text())
@@ -166,20 +249,38 @@ def test_bench_serves_a_stored_run_and_random_weights(compared, workspace, tiny_
     assert_own_memory_fields([*raw["throughput"], raw["latency"], *result["throughput"], result["latency"], served])
     assert "peak memory: each row's path alone" in stored.stdout
 
-    fresh = cli("bench", "--plugin", "qwen", "--spec", "agnews", "--random-weights", "--set", f"qwen.model={tiny_qwen}",
-                *small, "--json", "bench-qwen.json")
+    fresh = cli(
+        "bench",
+        "--plugin",
+        "qwen",
+        "--spec",
+        "agnews",
+        "--random-weights",
+        "--set",
+        f"qwen.model={tiny_qwen}",
+        *small,
+        "--json",
+        "bench-qwen.json",
+    )
     assert fresh.returncode == 0, fresh.stderr
     qwen_bench = json.loads((tmp_path / "bench-qwen.json").read_text())
     assert qwen_bench["source"] == "random weights"
     assert [row["batch_size"] for row in qwen_bench["raw"]["throughput"]] == [1, 16]  # qwen's reference too
     assert qwen_bench["raw_protocol"] == RAW_PROTOCOL
-    assert_own_memory_fields([*qwen_bench["raw"]["throughput"], qwen_bench["raw"]["latency"], *qwen_bench["throughput"]])
+    assert_own_memory_fields(
+        [*qwen_bench["raw"]["throughput"], qwen_bench["raw"]["latency"], *qwen_bench["throughput"]]
+    )
 
     nb_run = out["runs"][1]["run_id"]
-    no_reference = cli("bench", "--plugin", "naive-bayes", "--spec", "agnews", "--run", nb_run, *small, "--json", "bench-nb.json")
+    no_reference = cli(
+        "bench", "--plugin", "naive-bayes", "--spec", "agnews", "--run", nb_run, *small, "--json", "bench-nb.json"
+    )
     assert no_reference.returncode == 0, no_reference.stderr
     nb_bench = json.loads((tmp_path / "bench-nb.json").read_text())
     assert nb_bench["raw"] == {} and nb_bench["raw_protocol"] is None and "× raw" not in no_reference.stdout
 
     wrong = cli("bench", "--plugin", "qwen", "--spec", "agnews", "--run", bert_run, *small)
-    assert wrong.returncode == 2 and f"--run: run {bert_run} is a bert run (ok); qwen serves a finished run trained by qwen" in wrong.stderr
+    assert (
+        wrong.returncode == 2
+        and f"--run: run {bert_run} is a bert run (ok); qwen serves a finished run trained by qwen" in wrong.stderr
+    )

@@ -13,8 +13,12 @@ from harness.types import Example, Task
 
 
 def make_spec(tmp_path: Path, **extra) -> Spec:
-    body = {"name": "s", "task": {"type": "classification", "labels": ["neg", "pos"]},
-            "dataset": {"train": "train.jsonl", "test": "test.jsonl"}, **extra}
+    body = {
+        "name": "s",
+        "task": {"type": "classification", "labels": ["neg", "pos"]},
+        "dataset": {"train": "train.jsonl", "test": "test.jsonl"},
+        **extra,
+    }
     spec = Spec.model_validate(body)
     spec.path = tmp_path / "s.yaml"
     return spec
@@ -40,7 +44,8 @@ def test_limits_and_validation_are_stratified_seeded_and_disjoint(tmp_path):
     data = load_datasets(spec, limit_train=200, limit_test=40)
     assert (len(data.train), len(data.validation), len(data.test)) == (150, 50, 40)
     assert Counter(ex.label for ex in data.validation) == {"neg": 37, "pos": 13} or Counter(
-        ex.label for ex in data.validation) == {"neg": 38, "pos": 12}
+        ex.label for ex in data.validation
+    ) == {"neg": 38, "pos": 12}
     assert not {ex.text for ex in data.train} & {ex.text for ex in data.validation}
     again = load_datasets(spec, limit_train=200, limit_test=40)
     assert (again.train_hash, again.test_hash) == (data.train_hash, data.test_hash)
@@ -60,8 +65,14 @@ def test_hub_loader_reads_a_local_dataset_directory(tmp_path):
     folder.mkdir()
     write_rows(folder / "train.jsonl", 20)
     write_rows(folder / "test.jsonl", 8)
-    spec = Spec.model_validate({"name": "h", "task": {"type": "classification", "labels": ["neg", "pos"]},
-                                "dataset": {"hub": str(folder)}, "validation": "none"})
+    spec = Spec.model_validate(
+        {
+            "name": "h",
+            "task": {"type": "classification", "labels": ["neg", "pos"]},
+            "dataset": {"hub": str(folder)},
+            "validation": "none",
+        }
+    )
     data = load_datasets(spec)
     assert (len(data.train), len(data.test)) == (20, 8)
     assert data.test[0] == Example("0", "review number 0", "pos")
@@ -70,14 +81,23 @@ def test_hub_loader_reads_a_local_dataset_directory(tmp_path):
 def test_data_option_takes_an_optional_validation_file():
     assert parse_data_option("train=a.jsonl,test=b.jsonl") == {"train": "a.jsonl", "test": "b.jsonl"}
     assert parse_data_option("train=a.jsonl,validation=v.csv,test=b.jsonl") == {
-        "train": "a.jsonl", "validation": "v.csv", "test": "b.jsonl"}
+        "train": "a.jsonl",
+        "validation": "v.csv",
+        "test": "b.jsonl",
+    }
 
 
 @pytest.mark.parametrize(
     "text, message",
     [
-        ("train=a,valid=v,test=b", "--data: expected train=PATH,test=PATH with an optional validation=PATH, got 'valid=v'"),
-        ("train=a,validation=v", "--data: expected train=PATH,test=PATH with an optional validation=PATH; test= is missing"),
+        (
+            "train=a,valid=v,test=b",
+            "--data: expected train=PATH,test=PATH with an optional validation=PATH, got 'valid=v'",
+        ),
+        (
+            "train=a,validation=v",
+            "--data: expected train=PATH,test=PATH with an optional validation=PATH; test= is missing",
+        ),
         ("train=a,test=b,test=c", "--data: test= given twice"),
         ("train=a,test=", "--data: expected train=PATH,test=PATH with an optional validation=PATH, got 'test='"),
     ],
@@ -93,12 +113,17 @@ def test_a_validation_file_is_used_as_is_and_nothing_is_held_out(tmp_path):
     write_rows(tmp_path / "test.jsonl", 12)
     write_rows(tmp_path / "dev.jsonl", 9)
     spec = make_spec(tmp_path, validation=0.25)  # the fraction is ignored once a validation set is given
-    data = {"train": str(tmp_path / "train.jsonl"), "validation": str(tmp_path / "dev.jsonl"),
-            "test": str(tmp_path / "test.jsonl")}
+    data = {
+        "train": str(tmp_path / "train.jsonl"),
+        "validation": str(tmp_path / "dev.jsonl"),
+        "test": str(tmp_path / "test.jsonl"),
+    }
     given = load_datasets(spec, data=data, limit_train=20)
     assert (len(given.train), len(given.validation), len(given.test)) == (20, 9, 12)
     assert given.validation_source == "file"
-    assert given.validation_hash == dataset_hash(read_examples(tmp_path / "dev.jsonl", spec.to_task(), "text", "label", "fields"))
+    assert given.validation_hash == dataset_hash(
+        read_examples(tmp_path / "dev.jsonl", spec.to_task(), "text", "label", "fields")
+    )
     # Without validation= the same data holds a quarter of train out, as before.
     held = load_datasets(spec, data={"train": data["train"], "test": data["test"]})
     assert (len(held.train), len(held.validation), held.validation_source) == (30, 10, "train")
@@ -111,8 +136,11 @@ def test_a_validation_file_is_used_as_is_and_nothing_is_held_out(tmp_path):
 
 def test_a_validation_file_and_validation_test_are_ambiguous(tmp_path):
     write_rows(tmp_path / "train.jsonl", 10)
-    data = {"train": str(tmp_path / "train.jsonl"), "validation": str(tmp_path / "train.jsonl"),
-            "test": str(tmp_path / "train.jsonl")}
+    data = {
+        "train": str(tmp_path / "train.jsonl"),
+        "validation": str(tmp_path / "train.jsonl"),
+        "test": str(tmp_path / "train.jsonl"),
+    }
     for choice in ("test", "none"):
         with pytest.raises(UserError, match=rf"--data: validation= and .*s.yaml's 'validation: {choice}' both say"):
             load_datasets(make_spec(tmp_path, validation=choice), data=data)
@@ -124,8 +152,13 @@ def test_hub_validation_split_of_a_local_dataset_directory(tmp_path):
     write_rows(folder / "train.jsonl", 20)
     write_rows(folder / "validation.jsonl", 6)
     write_rows(folder / "test.jsonl", 8)
-    spec = Spec.model_validate({"name": "h", "task": {"type": "classification", "labels": ["neg", "pos"]},
-                                "dataset": {"hub": str(folder), "validation_split": "validation"}})
+    spec = Spec.model_validate(
+        {
+            "name": "h",
+            "task": {"type": "classification", "labels": ["neg", "pos"]},
+            "dataset": {"hub": str(folder), "validation_split": "validation"},
+        }
+    )
     data = load_datasets(spec)
     assert (len(data.train), len(data.validation), len(data.test), data.validation_source) == (20, 6, 8, "split")
 
@@ -133,14 +166,18 @@ def test_hub_validation_split_of_a_local_dataset_directory(tmp_path):
 def test_a_spec_without_data_asks_for_data_option():
     with pytest.raises(UserError) as info:
         load_datasets(load_spec("waybill"))
-    assert str(info.value).endswith("waybill.yaml: dataset: the spec names no hub dataset or files: give --data "
-                                    "train=PATH,test=PATH (validation=PATH optional)")
+    assert str(info.value).endswith(
+        "waybill.yaml: dataset: the spec names no hub dataset or files: give --data "
+        "train=PATH,test=PATH (validation=PATH optional)"
+    )
 
 
 def test_waybill_from_shared_with_its_dev_split(shared):
     folder = shared / "data" / "waybill"
-    data = {part: str(folder / f"{name}.jsonl") for part, name in
-            (("train", "train"), ("validation", "dev"), ("test", "test"))}
+    data = {
+        part: str(folder / f"{name}.jsonl")
+        for part, name in (("train", "train"), ("validation", "dev"), ("test", "test"))
+    }
     loaded = load_datasets(load_spec("waybill"), data=data)
     assert (len(loaded.train), len(loaded.validation), len(loaded.test)) == (1600, 200, 200)
     assert loaded.validation_source == "file"
@@ -162,7 +199,12 @@ def test_csv_quotes_that_close_are_read_as_the_csv_module_reads_them(tmp_path):
     # a quoted last field that ends in a newline, and no newline at the end of the file.
     text = 'text,label\n"he said ""fine""\nthen left",pos\nab"c,neg\n"x"y,pos\n"two\nlines\n",neg\n"last ""one""",pos'
     assert [(ex.text, ex.label) for ex in read_csv(tmp_path / "ok.csv", text)] == [
-        ('he said "fine"\nthen left', "pos"), ('ab"c', "neg"), ("xy", "pos"), ("two\nlines\n", "neg"), ('last "one"', "pos")]
+        ('he said "fine"\nthen left', "pos"),
+        ('ab"c', "neg"),
+        ("xy", "pos"),
+        ("two\nlines\n", "neg"),
+        ('last "one"', "pos"),
+    ]
 
 
 @pytest.mark.parametrize(
@@ -179,7 +221,10 @@ def test_an_unterminated_csv_quote_is_an_error_on_the_line_it_opens(tmp_path, te
     path = tmp_path / "bad.csv"
     with pytest.raises(UserError) as info:
         read_csv(path, text)
-    assert str(info.value) == f"{path}:{line}: unterminated quote starting on line {line}: its field runs to the end of the file"
+    assert (
+        str(info.value)
+        == f"{path}:{line}: unterminated quote starting on line {line}: its field runs to the end of the file"
+    )
 
 
 def test_a_csv_error_is_one_line_naming_the_physical_line_and_the_limit_is_put_back(tmp_path, monkeypatch):

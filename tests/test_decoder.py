@@ -10,18 +10,36 @@ import sys
 
 import pytest
 
-from harness.decoder import (DEFAULT_PROMPT, Prompter, check_letter_scoring, classify, decoding_note, generate,
-                             generate_counted, greedy_answers, left_padded, letter_choice)
+from conftest import QWEN_TOKENIZER, SHARED
+from harness.decoder import (
+    DEFAULT_PROMPT,
+    Prompter,
+    check_letter_scoring,
+    classify,
+    decoding_note,
+    generate,
+    generate_counted,
+    greedy_answers,
+    left_padded,
+    letter_choice,
+)
 from harness.types import Example, Prompt, Task
 
-from conftest import QWEN_TOKENIZER, SHARED
-
 SMOLLM2 = SHARED / "models" / "smollm2-135m-instruct"
-SETTINGS = {"chat_template": False, "think_prefix": "", "answer": "letter", "answer_loss": "turn", "max_length": 512,
-            "max_new_tokens": 32}
+SETTINGS = {
+    "chat_template": False,
+    "think_prefix": "",
+    "answer": "letter",
+    "answer_loss": "turn",
+    "max_length": 512,
+    "max_new_tokens": 32,
+}
 # The user message ends with a space, as prompts written for chat models often do: a plain prompt drops it.
-TASK = Task("classification", ("World", "Sports", "Business", "Sci/Tech"),
-            prompt=Prompt(user="Article: {text}\n{options}\nAnswer: "))
+TASK = Task(
+    "classification",
+    ("World", "Sports", "Business", "Sci/Tech"),
+    prompt=Prompt(user="Article: {text}\n{options}\nAnswer: "),
+)
 
 
 @pytest.fixture(scope="module", params=["qwen3", "smollm2"])
@@ -83,7 +101,9 @@ def test_an_extraction_answer_follows_the_prompt_as_one_text(tokenizer):
     answer = prompter.extraction_answer(fields)
     text = prompter.prompt_text("Zhang San 13800000000")
     assert tokenizer.decode(answer) == " " + json.dumps(fields)
-    assert prompter.prompt_ids("Zhang San 13800000000", reserve=32)[0] + answer == ids(tokenizer, text + " " + json.dumps(fields))
+    assert prompter.prompt_ids("Zhang San 13800000000", reserve=32)[0] + answer == ids(
+        tokenizer, text + " " + json.dumps(fields)
+    )
 
 
 def test_a_raw_prompt_is_kept_to_the_byte(tokenizer):
@@ -91,8 +111,11 @@ def test_a_raw_prompt_is_kept_to_the_byte(tokenizer):
     task = Task("classification", ("World", "Sports"), prompt=Prompt(user="unused", raw="输入: {text}\n输出: "))
     prompter = Prompter(task, tokenizer, SETTINGS)
     assert prompter.prompt_text("天气").endswith("输出: ") and prompter.separator == ""
-    closed = Prompter(Task("classification", ("World", "Sports"), prompt=Prompt(user="unused", raw="{text}\nLabel:")),
-                      tokenizer, SETTINGS)
+    closed = Prompter(
+        Task("classification", ("World", "Sports"), prompt=Prompt(user="unused", raw="{text}\nLabel:")),
+        tokenizer,
+        SETTINGS,
+    )
     assert closed.prompt_text("x") == "x\nLabel:" and tokenizer.decode(closed.answer_ids[1]) == " B"
 
 
@@ -118,9 +141,17 @@ def test_classify_scores_the_letter_the_prompts_last_position_predicts(tiny_qwen
 def rows_ending_at_step_three(model, tokenizer, prompter, texts: list[str]):
     """The texts' prompts left padded, with the prompter's end token set to the one the first row emits on its
     third step under ``generate``, so that rows end at different steps; and each row's answer length."""
-    input_ids, mask, _ = left_padded([prompter.prompt_ids(t, reserve=12)[0] for t in texts], tokenizer.pad_token_id, "cpu")
-    free = model.generate(input_ids=input_ids, attention_mask=mask, max_new_tokens=12, do_sample=False,
-                          eos_token_id=None, pad_token_id=tokenizer.pad_token_id)[:, input_ids.shape[1]:]
+    input_ids, mask, _ = left_padded(
+        [prompter.prompt_ids(t, reserve=12)[0] for t in texts], tokenizer.pad_token_id, "cpu"
+    )
+    free = model.generate(
+        input_ids=input_ids,
+        attention_mask=mask,
+        max_new_tokens=12,
+        do_sample=False,
+        eos_token_id=None,
+        pad_token_id=tokenizer.pad_token_id,
+    )[:, input_ids.shape[1] :]
     prompter.end_ids = [free[0, 2].item()]
     lengths = [row.index(prompter.end_ids[0]) + 1 if prompter.end_ids[0] in row else 12 for row in free.tolist()]
     assert lengths[0] == 3 and max(lengths) > 3, lengths  # rows end at different steps
@@ -233,8 +264,11 @@ def test_greedy_answers_in_bf16_pick_by_the_heads_fp32_product(tiny_qwen, penalt
     task = Task("extraction", fields=("name",), prompt=Prompt(user="{text}"))
     prompter = Prompter(task, tokenizer, SETTINGS)
     prompter.end_ids = [-1]  # never ends: every row runs all steps
-    ids, mask, _ = left_padded([prompter.prompt_ids(t, reserve=8)[0] for t in ["Zhang San", "Li Si, Beijing", "x"]],
-                               tokenizer.pad_token_id, "cpu")
+    ids, mask, _ = left_padded(
+        [prompter.prompt_ids(t, reserve=8)[0] for t in ["Zhang San", "Li Si, Beijing", "x"]],
+        tokenizer.pad_token_id,
+        "cpu",
+    )
     head = model.get_output_embeddings()
     with torch.no_grad():
         # Logits of a trained model's size (tens, where bf16's step is 1/8), and the vocabulary in pairs of rows
@@ -247,8 +281,10 @@ def test_greedy_answers_in_bf16_pick_by_the_heads_fp32_product(tiny_qwen, penalt
         weight[0:pairs:2, 0], weight[1:pairs:2, 0] = 0.0, 1 / 32
         head.weight.copy_(weight)
     hidden, fed = [], []
-    hooks = [head.register_forward_hook(lambda m, args, out: hidden.append(args[0][:, -1].float())),
-             model.register_forward_pre_hook(lambda m, args, kwargs: fed.append(kwargs["input_ids"]), with_kwargs=True)]
+    hooks = [
+        head.register_forward_hook(lambda m, args, out: hidden.append(args[0][:, -1].float())),
+        model.register_forward_pre_hook(lambda m, args, kwargs: fed.append(kwargs["input_ids"]), with_kwargs=True),
+    ]
     with torch.inference_mode():
         answers = greedy_answers(model, prompter, ids, mask, max_new_tokens=24)
         for hook in hooks:
@@ -277,15 +313,26 @@ def repeating_qwen(shared):
 
     tokenizer = AutoTokenizer.from_pretrained(QWEN_TOKENIZER)
     config = Qwen3Config(
-        vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-        num_key_value_heads=2, head_dim=16, max_position_embeddings=1024, tie_word_embeddings=True, initializer_range=0.1,
+        vocab_size=len(tokenizer),
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=16,
+        max_position_embeddings=1024,
+        tie_word_embeddings=True,
+        initializer_range=0.1,
     )
     torch.manual_seed(0)
     return Qwen3ForCausalLM(config).eval(), tokenizer
 
 
-@pytest.mark.parametrize("setting", [{"repetition_penalty": 1.3}, {"no_repeat_ngram_size": 2}],
-                         ids=["repetition_penalty", "no_repeat_ngram_size"])
+@pytest.mark.parametrize(
+    "setting",
+    [{"repetition_penalty": 1.3}, {"no_repeat_ngram_size": 2}],
+    ids=["repetition_penalty", "no_repeat_ngram_size"],
+)
 def test_greedy_answers_apply_the_models_generation_config_as_generate_does(repeating_qwen, setting):
     """Six left-padded rows of different lengths, one ending on its third step and leaving the batch: with the
     model's generation_config setting a repetition penalty or no-repeat n-grams, harness's loop gives
@@ -294,8 +341,14 @@ def test_greedy_answers_apply_the_models_generation_config_as_generate_does(repe
 
     model, tokenizer = repeating_qwen
     prompter = Prompter(Task("extraction", fields=("name",), prompt=Prompt(user="{text}")), tokenizer, SETTINGS)
-    texts = ["Zhang San, 13800000000", "Li Si", "a much longer waybill line, Beijing Haidian, 100 Main Street", "x",
-             "Wang Wu 13900000000 Shanghai", "Room 5, Building 2"]
+    texts = [
+        "Zhang San, 13800000000",
+        "Li Si",
+        "a much longer waybill line, Beijing Haidian, 100 Main Street",
+        "x",
+        "Wang Wu 13900000000 Shanghai",
+        "Room 5, Building 2",
+    ]
     plain = {name: getattr(model.generation_config, name) for name in setting}
     try:
         with torch.inference_mode():
@@ -317,8 +370,11 @@ def test_greedy_answers_apply_the_models_generation_config_as_generate_does(repe
 
 
 THUCNEWS = Task("classification", ("财经", "房产", "股票", "教育", "科技", "社会", "时政", "体育", "游戏", "娱乐"))
-AG_NEWS = Task("classification", ("World", "Sports", "Business", "Sci/Tech"),
-               option_labels=("World", "Sports", "Business", "Science/Technology"))
+AG_NEWS = Task(
+    "classification",
+    ("World", "Sports", "Business", "Sci/Tech"),
+    option_labels=("World", "Sports", "Business", "Science/Technology"),
+)
 
 
 def test_a_letter_inside_a_sentence_is_no_answer_on_thucnews():
@@ -333,23 +389,28 @@ def test_a_letter_inside_a_sentence_is_no_answer_on_thucnews():
     assert letter_choice(AG_NEWS, {"I": -0.1}, "I") == (None, None)  # of four, no option
 
 
-@pytest.mark.parametrize("text, top, label", [
-    ("I think Sports", None, None),
-    ("I think Sports", {"I": -0.05, " think": -3.0, "A": -6.0}, None),
-    ("a", None, None),  # lowercase: a word, not option A
-    ("a", {"a": -0.1, "A": -4.0}, None),
-    ("Sports", None, "Sports"),
-    ("sports.", None, "Sports"),
-    ("Science/Technology", None, "Sci/Tech"),  # the option's text names its label
-    ("Sports news", None, None),
-    ("(C)", None, "Business"),
-    ("(C)", {"(": -0.01, "C": -6.0, "A": -7.0}, "Business"),  # the first token "(" is no letter: no scores
-    ("B.", None, "Sports"), ("B:", None, "Sports"), ("B)", None, "Sports"),
-    ("B. Sports", None, "Sports"),
-    ("B. World", None, None),  # a letter and another option's text
-    ("E", None, None),  # out of range on four options
-    ("Business", None, "Business"),  # a word that starts with a capital letter is no letter
-])
+@pytest.mark.parametrize(
+    "text, top, label",
+    [
+        ("I think Sports", None, None),
+        ("I think Sports", {"I": -0.05, " think": -3.0, "A": -6.0}, None),
+        ("a", None, None),  # lowercase: a word, not option A
+        ("a", {"a": -0.1, "A": -4.0}, None),
+        ("Sports", None, "Sports"),
+        ("sports.", None, "Sports"),
+        ("Science/Technology", None, "Sci/Tech"),  # the option's text names its label
+        ("Sports news", None, None),
+        ("(C)", None, "Business"),
+        ("(C)", {"(": -0.01, "C": -6.0, "A": -7.0}, "Business"),  # the first token "(" is no letter: no scores
+        ("B.", None, "Sports"),
+        ("B:", None, "Sports"),
+        ("B)", None, "Sports"),
+        ("B. Sports", None, "Sports"),
+        ("B. World", None, None),  # a letter and another option's text
+        ("E", None, None),  # out of range on four options
+        ("Business", None, "Business"),  # a word that starts with a capital letter is no letter
+    ],
+)
 def test_an_answer_is_a_letter_as_a_model_writes_one_or_an_option_named_exactly(text, top, label):
     assert letter_choice(AG_NEWS, top, text) == (label, None)
 
@@ -362,12 +423,17 @@ def test_log_probabilities_score_only_an_answer_whose_first_token_is_its_letter(
     assert letter_choice(AG_NEWS, {"Sports": -0.01, "World": -5.0, "A": -7.0}, "Sports") == ("Sports", None)
     assert letter_choice(AG_NEWS, {"A": -0.01, "Sports": -5.0}, "Sports") == ("Sports", None)
     # The model answered "B": the letters' probabilities, renormalised over the letters in the list.
-    label, scores = letter_choice(AG_NEWS, {"B": math.log(0.6), "A": math.log(0.2), " C": math.log(0.1),
-                                            " B": math.log(0.05), "The": math.log(0.05)}, "B")
+    label, scores = letter_choice(
+        AG_NEWS,
+        {"B": math.log(0.6), "A": math.log(0.2), " C": math.log(0.1), " B": math.log(0.05), "The": math.log(0.05)},
+        "B",
+    )
     assert label == "Sports"
     assert scores == pytest.approx({"World": 2 / 9, "Sports": 6 / 9, "Business": 1 / 9, "Sci/Tech": 0.0})
     assert letter_choice(AG_NEWS, {" B": -0.1, "A": -2.0}, "B. Sports")[1]["Sports"] > 0.8
     # No text, the first token's log-probabilities alone (vLLM's request constrained to the option tokens).
     label, scores = letter_choice(AG_NEWS, {"A": math.log(0.3), "D": math.log(0.7)}, "")
-    assert label == "Sci/Tech" and scores == pytest.approx({"World": 0.3, "Sports": 0.0, "Business": 0.0, "Sci/Tech": 0.7})
+    assert label == "Sci/Tech" and scores == pytest.approx(
+        {"World": 0.3, "Sports": 0.0, "Business": 0.0, "Sci/Tech": 0.7}
+    )
     assert letter_choice(AG_NEWS, {"a": -0.1, "The": -1.0}, "") == (None, None)

@@ -5,10 +5,9 @@ from __future__ import annotations
 import inspect
 import re
 
+from conftest import ROOT
 from harness import hookspecs
 from harness.plugins import load_plugins
-
-from conftest import ROOT
 
 
 def hook_signatures() -> dict[str, str]:

@@ -30,7 +30,8 @@ def test_sigterm_to_harness_stops_the_server_it_started(tmp_path):
     (www / "health").write_text("ok\n")  # GET /health answers 200, as a real server's health route
     command = f"{shlex.quote(sys.executable)} -m http.server --bind 127.0.0.1 --directory {shlex.quote(str(www))}"
     program = tmp_path / "starts_a_server.py"
-    program.write_text(textwrap.dedent(f"""
+    program.write_text(
+        textwrap.dedent(f"""
         import time
         from harness.endpoint import Server, free_port
 
@@ -41,8 +42,11 @@ def test_sigterm_to_harness_stops_the_server_it_started(tmp_path):
             time.sleep(300)
         finally:
             print("finally ran", flush=True)
-    """))
-    process = subprocess.Popen([sys.executable, str(program)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    """)
+    )
+    process = subprocess.Popen(
+        [sys.executable, str(program)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
     pid = None
     try:
         pid = int(process.stdout.readline() or 0)
@@ -67,7 +71,7 @@ def test_an_engines_env_values_and_secret_arguments_are_redacted_and_nothing_els
     settings = {
         "env": "HF_TOKEN=hf_live_7f3a9c,VLLM_CPU_KVCACHE_SPACE=4",
         "extra_args": "--enforce-eager --api-key sk-live-1b2c3d --hf-token=hf_other_9z8y "
-                      "--max-num-batched-tokens 8192 --tokenizer /models/tok --ssl-keyfile /etc/key.pem",
+        "--max-num-batched-tokens 8192 --tokenizer /models/tok --ssl-keyfile /etc/key.pem",
         "command": "vllm serve --api-key 'sk live with space'",
         "model": "Qwen/Qwen3-0.6B",
         "max_length": 256,
@@ -75,8 +79,10 @@ def test_an_engines_env_values_and_secret_arguments_are_redacted_and_nothing_els
     }
     shown = redact_settings(settings)
     assert shown["env"] == f"HF_TOKEN={SECRET},VLLM_CPU_KVCACHE_SPACE={SECRET}"
-    assert shown["extra_args"] == (f"--enforce-eager --api-key {SECRET} --hf-token={SECRET} --max-num-batched-tokens 8192 "
-                                   "--tokenizer /models/tok --ssl-keyfile /etc/key.pem")
+    assert shown["extra_args"] == (
+        f"--enforce-eager --api-key {SECRET} --hf-token={SECRET} --max-num-batched-tokens 8192 "
+        "--tokenizer /models/tok --ssl-keyfile /etc/key.pem"
+    )
     assert shown["command"] == f"vllm serve --api-key {SECRET}"
     for name in ("model", "max_length", "api_key_env"):  # not secrets: as they were, so identities do not move
         assert shown[name] is settings[name]
@@ -84,16 +90,22 @@ def test_an_engines_env_values_and_secret_arguments_are_redacted_and_nothing_els
     for secret in ("hf_live_7f3a9c", "sk-live-1b2c3d", "hf_other_9z8y", "sk live with space"):
         assert secret not in text
     # What a server's log is searched for before its last lines reach an error message.
-    assert set(secret_values(["--api-key", "sk-live-1b2c3d", "--hf-token=hf_other_9z8y", "--port", "8000"],
-                             {"HF_TOKEN": "hf_live_7f3a9c"})) == {"sk-live-1b2c3d", "hf_other_9z8y", "hf_live_7f3a9c"}
+    assert set(
+        secret_values(
+            ["--api-key", "sk-live-1b2c3d", "--hf-token=hf_other_9z8y", "--port", "8000"],
+            {"HF_TOKEN": "hf_live_7f3a9c"},
+        )
+    ) == {"sk-live-1b2c3d", "hf_other_9z8y", "hf_live_7f3a9c"}
 
 
 def test_an_identity_holds_a_keyed_digest_of_a_secret_so_a_changed_value_is_a_changed_identity(tmp_path):
     from harness.store import Store
 
     store, other = Store(tmp_path / "a"), Store(tmp_path / "b")
-    one, two = ({"env": f"VLLM_ATTENTION_BACKEND={backend}", "extra_args": "--api-key sk-live-1b2c3d"}
-                for backend in ("FLASH_ATTN", "TORCH_SDPA"))
+    one, two = (
+        {"env": f"VLLM_ATTENTION_BACKEND={backend}", "extra_args": "--api-key sk-live-1b2c3d"}
+        for backend in ("FLASH_ATTN", "TORCH_SDPA")
+    )
     first, again, changed = (redact_settings(s, store.secret_mark) for s in (one, dict(one), two))
     assert first == again and first["env"] != changed["env"] and first["extra_args"] == changed["extra_args"]
     assert first["env"].startswith("VLLM_ATTENTION_BACKEND=<secret ") and "FLASH_ATTN" not in repr(first)
@@ -108,8 +120,7 @@ def test_a_secret_in_the_servers_command_is_hidden_in_what_it_says(tmp_path):
 
     from harness.endpoint import Server
 
-    command = (f"{shlex.quote(sys.executable)} -c 'import sys; print(sys.argv); sys.exit(3)' "
-               "--api-key sk-live-cmd-0042")
+    command = f"{shlex.quote(sys.executable)} -c 'import sys; print(sys.argv); sys.exit(3)' --api-key sk-live-cmd-0042"
     server = Server(command, ["--port", "1"], 1, start_timeout=30)
     assert "sk-live-cmd-0042" not in server.shown and "--api-key <secret>" in server.shown
     with pytest.raises(RuntimeError) as failed:

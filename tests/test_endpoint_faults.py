@@ -10,16 +10,22 @@ import time
 
 import pytest
 
-from conftest import AG_NEWS
+from conftest import AG_NEWS, first_lines
 from harness.endpoint import SECRET, Endpoint
 from harness.errors import UserError
 from openai_server import MALFORMED, Faults, OpenAIServer
-from test_openai import (AG_LABELS, KEY, WAYBILL, ag_test, data_files, endpoint_args, first_lines,  # noqa: F401 (a fixture)
-                         waybill_with_gold)
+from test_openai import (
+    AG_LABELS,
+    KEY,
+    WAYBILL,
+    data_files,
+    endpoint_args,
+    waybill_with_gold,
+)
 
 # The server's reply for each malformation (openai_server.MALFORMED), as an answer's error says it.
 UNREADABLE = {
-    "truncated": "not a completion: not JSON (application/json: '{\"id\": \"chatcmpl-",
+    "truncated": 'not a completion: not JSON (application/json: \'{"id": "chatcmpl-',
     "not json": "not a completion: not JSON (application/json: 'upstream connect error or disconnect/res…')",
     "html": "not a completion: not JSON (text/html: '<html><head><title>Sign in</title></head…')",
     "not an object": "not a completion: the body is a list, not an object",
@@ -57,7 +63,9 @@ def test_an_answer_trickled_a_byte_at_a_time_ends_at_its_deadline_and_counts_wro
     assert replies[0].error == "no whole answer within the 1 s deadline"
     assert replies[0].text == "" and replies[0].seconds < took
     assert [reply.error for reply in replies[1:]] == [None] * 7
-    assert [reply.text for reply in replies[1:]] == ["ABCD"[AG_LABELS.index(AG_LABELS[row["label"]])] for row in rows[1:]]
+    assert [reply.text for reply in replies[1:]] == [
+        "ABCD"[AG_LABELS.index(AG_LABELS[row["label"]])] for row in rows[1:]
+    ]
     # Two tries of 1 s each and the client's backoff between them (0.5 s at most): far from the minute it asked for.
     assert len(tries) == 2
     assert 2.0 <= took < 5.0, took
@@ -65,8 +73,9 @@ def test_an_answer_trickled_a_byte_at_a_time_ends_at_its_deadline_and_counts_wro
 
 def test_a_trickled_model_list_stops_the_check_at_its_deadline_in_one_line(ag_test):
     rows = ag_test[:2]
-    with OpenAIServer({row["text"]: AG_LABELS[row["label"]] for row in rows}, AG_LABELS,
-                      faults=Faults(trickle_models=True)) as server:
+    with OpenAIServer(
+        {row["text"]: AG_LABELS[row["label"]] for row in rows}, AG_LABELS, faults=Faults(trickle_models=True)
+    ) as server:
         with Endpoint(server.base_url, "test-model", timeout=1.0) as endpoint:
             start = time.monotonic()
             with pytest.raises(UserError) as stopped:
@@ -88,17 +97,19 @@ def test_every_reply_that_is_not_a_completion_is_an_answer_counted_wrong_with_it
     texts = [row["text"] for row in rows]
     broken = dict(zip(texts, MALFORMED))
     task = load_spec("agnews").to_task("openai")
-    with OpenAIServer({row["text"]: AG_LABELS[row["label"]] for row in rows}, AG_LABELS,
-                      faults=Faults(malformed=broken)) as server:
+    with OpenAIServer(
+        {row["text"]: AG_LABELS[row["label"]] for row in rows}, AG_LABELS, faults=Faults(malformed=broken)
+    ) as server:
         with Endpoint(server.base_url, "test-model", timeout=10, max_retries=0) as endpoint:
-            replies = endpoint.chat([[{"role": "user", "content": text}] for text in texts], max_tokens=16,
-                                    logprobs=True, top_logprobs=5)
+            replies = endpoint.chat(
+                [[{"role": "user", "content": text}] for text in texts], max_tokens=16, logprobs=True, top_logprobs=5
+            )
     predictions = [answer(task, reply) for reply in replies]
-    for text, how, reply, prediction in zip(texts, MALFORMED, replies, predictions):
+    for _text, how, reply, prediction in zip(texts, MALFORMED, replies, predictions):
         assert reply.error is not None and reply.error.startswith(UNREADABLE[how]), (how, reply.error)
         assert "\n" not in reply.error and len(reply.error) < 200
         assert prediction.error == reply.error and prediction.label is None
-    for row, prediction in zip(rows[len(MALFORMED):], predictions[len(MALFORMED):]):
+    for row, prediction in zip(rows[len(MALFORMED) :], predictions[len(MALFORMED) :]):
         assert prediction.error is None and prediction.label == AG_LABELS[row["label"]]
         assert prediction.scores[prediction.label] > 0.9
 
@@ -113,10 +124,22 @@ def test_bad_answers_among_good_ones_are_counted_wrong_and_the_row_keeps_the_goo
     faults = Faults(malformed={text: how for text, how in bad.items() if how != "trickle"}, trickle={texts[10]})
     with OpenAIServer({row["text"]: AG_LABELS[row["label"]] for row in rows}, AG_LABELS, faults=faults) as server:
         start = time.monotonic()
-        result = cli("compare", "--plugins", "openai", "--spec", "agnews", "--data", data_files(tmp_path, AG_NEWS, 12),
-                     *endpoint_args(server, "--set", "openai.api_key_env=", "--set", "openai.timeout=1",
-                                    "--set", "openai.max_retries=0"),
-                     "--latency-samples", "1", "--json", "out.json")
+        result = cli(
+            "compare",
+            "--plugins",
+            "openai",
+            "--spec",
+            "agnews",
+            "--data",
+            data_files(tmp_path, AG_NEWS, 12),
+            *endpoint_args(
+                server, "--set", "openai.api_key_env=", "--set", "openai.timeout=1", "--set", "openai.max_retries=0"
+            ),
+            "--latency-samples",
+            "1",
+            "--json",
+            "out.json",
+        )
         took = time.monotonic() - start
     assert result.returncode == 0, result.stderr
     (run,) = json.loads((tmp_path / "out.json").read_text())["runs"]
@@ -124,7 +147,9 @@ def test_bad_answers_among_good_ones_are_counted_wrong_and_the_row_keeps_the_goo
     assert run["metrics"]["accuracy"] == pytest.approx(8 / 12)
     note = next(note for note in run["serving"]["run_notes"] if "answers failed" in note)
     assert note.startswith("4 of 12 answers failed and count as wrong (first: "), note
-    predictions = {p["text"]: p for p in map(json.loads, next(tmp_path.glob(".harness/runs/*/predictions.jsonl")).open())}
+    predictions = {
+        p["text"]: p for p in map(json.loads, next(tmp_path.glob(".harness/runs/*/predictions.jsonl")).open())
+    }
     for text, how in bad.items():
         reason = "no whole answer within the 1 s deadline" if how == "trickle" else UNREADABLE[how]
         assert predictions[text]["error"].startswith(reason) and predictions[text].get("label") is None, how
@@ -136,27 +161,44 @@ def test_bad_answers_among_good_ones_are_counted_wrong_and_the_row_keeps_the_goo
 def test_a_server_that_answers_its_model_list_with_html_stops_the_compare_in_one_line(cli, tmp_path, shared):
     rows = first_lines(WAYBILL / "test.jsonl", 4)
     with OpenAIServer({row["text"]: row["fields"] for row in rows}, faults=Faults(html_models=True)) as server:
-        result = cli("compare", "--plugins", "openai", "--spec", "waybill", "--data", data_files(tmp_path, WAYBILL, 4),
-                     *endpoint_args(server, "--set", "openai.api_key_env="))
+        result = cli(
+            "compare",
+            "--plugins",
+            "openai",
+            "--spec",
+            "waybill",
+            "--data",
+            data_files(tmp_path, WAYBILL, 4),
+            *endpoint_args(server, "--set", "openai.api_key_env="),
+        )
         asked = [entry for entry in server.log if entry["path"].endswith("completions")]
     assert result.returncode == 2, result.stderr
     lines = error_lines(result.stderr)
     assert len(lines) == 1, result.stderr
-    assert lines[0] == (f"harness: error: openai.base_url: {server.base_url} answered GET /models with something that is not "
-                        "an OpenAI-compatible model list (text/html: '<html><head><title>Sign in</title></head…'): "
-                        "is base_url right?")
-    assert not asked and not list(tmp_path.glob(".harness/runs/*")) and not list(tmp_path.glob(".harness/comparisons/*"))
+    assert lines[0] == (
+        f"harness: error: openai.base_url: {server.base_url} answered GET /models with something that is not "
+        "an OpenAI-compatible model list (text/html: '<html><head><title>Sign in</title></head…'): "
+        "is base_url right?"
+    )
+    assert (
+        not asked and not list(tmp_path.glob(".harness/runs/*")) and not list(tmp_path.glob(".harness/comparisons/*"))
+    )
 
 
 def test_a_key_the_server_echoes_is_hidden_in_every_part_of_a_reply(ag_test, monkeypatch):
     rows = ag_test[:3]
     texts = [row["text"] for row in rows]
     monkeypatch.setenv("HARNESS_TEST_KEY", KEY)
-    with OpenAIServer({row["text"]: AG_LABELS[row["label"]] for row in rows}, AG_LABELS, key=KEY,
-                      faults=Faults(echo=True, broken={texts[2]})) as server:
+    with OpenAIServer(
+        {row["text"]: AG_LABELS[row["label"]] for row in rows},
+        AG_LABELS,
+        key=KEY,
+        faults=Faults(echo=True, broken={texts[2]}),
+    ) as server:
         with Endpoint(server.base_url, "test-model", api_key_env="HARNESS_TEST_KEY", max_retries=0) as endpoint:
-            replies = endpoint.chat([[{"role": "user", "content": text}] for text in texts], max_tokens=16,
-                                    logprobs=True, top_logprobs=10)
+            replies = endpoint.chat(
+                [[{"role": "user", "content": text}] for text in texts], max_tokens=16, logprobs=True, top_logprobs=10
+            )
     assert KEY not in repr(replies)
     shown = f"Authorization: Bearer {SECRET}"
     assert replies[0].text.endswith(f"(you sent {shown})") and replies[0].fingerprint == f"fp_test_1 {shown}"
@@ -173,9 +215,23 @@ def test_a_key_the_server_echoes_is_in_no_file_of_the_store(cli, tmp_path, share
     store = tmp_path / "store"
     faults = Faults(echo=True, broken={texts[0], test_texts[0]})
     with OpenAIServer(gold, key=KEY, faults=faults) as server:
-        result = cli("compare", "--plugins", "openai", "--spec", "waybill", "--teacher", "openai", "--data", data,
-                     *endpoint_args(server), "--latency-samples", "1", "--json", "out.json",
-                     env={"HARNESS_TEST_KEY": KEY, "HARNESS_HOME": str(store)})
+        result = cli(
+            "compare",
+            "--plugins",
+            "openai",
+            "--spec",
+            "waybill",
+            "--teacher",
+            "openai",
+            "--data",
+            data,
+            *endpoint_args(server),
+            "--latency-samples",
+            "1",
+            "--json",
+            "out.json",
+            env={"HARNESS_TEST_KEY": KEY, "HARNESS_HOME": str(store)},
+        )
     assert result.returncode == 0, result.stderr
     (run,) = json.loads((tmp_path / "out.json").read_text())["runs"]
     assert run["status"] == "ok", run["error"]

@@ -45,7 +45,9 @@ def test_a_failed_rows_error_keeps_the_extra_it_names():
 def test_harness_try_shows_answers_and_errors_as_written():
     from harness.tryout import Answer, terminal_table
 
-    table = terminal_table([Answer("bert-onnx", "", "", 0.0, error=ONNX_HINT), Answer("qwen", "[B] Sports", "B 0.9", 12.0)],
-                           "a text with [brackets]")
+    table = terminal_table(
+        [Answer("bert-onnx", "", "", 0.0, error=ONNX_HINT), Answer("qwen", "[B] Sports", "B 0.9", 12.0)],
+        "a text with [brackets]",
+    )
     shown = printed(table)
     assert ONNX_HINT in shown and "[B] Sports" in shown and "harness try: a text with [brackets]" in shown

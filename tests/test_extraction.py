@@ -12,13 +12,46 @@ from conftest import SHARED, make_cli
 
 WAYBILL = SHARED / "data" / "waybill"
 # Small enough for 2 cores: a 2-layer model, short answers, a few steps. Mechanics, not quality.
-TINY = ["--set", "qwen.num_train_epochs=2", "--set", "qwen.learning_rate=1e-3", "--set", "qwen.per_device_train_batch_size=8",
-        "--set", "qwen.gradient_accumulation_steps=1", "--set", "qwen.max_length=256", "--set", "qwen.answer_reserve=96",
-        "--set", "qwen.max_new_tokens=24", "--set", "qwen.eval_steps=0.5", "--set", "qwen.dtype=float32",
-        "--set", "qwen-lora.num_train_epochs=2", "--set", "qwen-lora.per_device_train_batch_size=8",
-        "--set", "qwen-lora.gradient_accumulation_steps=1", "--set", "qwen-lora.max_length=256",
-        "--set", "qwen-lora.answer_reserve=96", "--set", "qwen-lora.max_new_tokens=24", "--set", "qwen-lora.eval_steps=0.5",
-        "--set", "qwen-lora.learning_rate=1e-2", "--set", "qwen-lora.dtype=float32", "--set", "qwen-lora.parity_samples=8"]
+TINY = [
+    "--set",
+    "qwen.num_train_epochs=2",
+    "--set",
+    "qwen.learning_rate=1e-3",
+    "--set",
+    "qwen.per_device_train_batch_size=8",
+    "--set",
+    "qwen.gradient_accumulation_steps=1",
+    "--set",
+    "qwen.max_length=256",
+    "--set",
+    "qwen.answer_reserve=96",
+    "--set",
+    "qwen.max_new_tokens=24",
+    "--set",
+    "qwen.eval_steps=0.5",
+    "--set",
+    "qwen.dtype=float32",
+    "--set",
+    "qwen-lora.num_train_epochs=2",
+    "--set",
+    "qwen-lora.per_device_train_batch_size=8",
+    "--set",
+    "qwen-lora.gradient_accumulation_steps=1",
+    "--set",
+    "qwen-lora.max_length=256",
+    "--set",
+    "qwen-lora.answer_reserve=96",
+    "--set",
+    "qwen-lora.max_new_tokens=24",
+    "--set",
+    "qwen-lora.eval_steps=0.5",
+    "--set",
+    "qwen-lora.learning_rate=1e-2",
+    "--set",
+    "qwen-lora.dtype=float32",
+    "--set",
+    "qwen-lora.parity_samples=8",
+]
 
 
 @pytest.fixture(scope="module")
@@ -34,9 +67,26 @@ def waybill_files(tmp_path_factory, shared) -> str:
 @pytest.fixture(scope="module")
 def compared(tmp_path_factory, plugin_site, tiny_qwen, waybill_files):
     folder = tmp_path_factory.mktemp("compare")
-    result = make_cli(plugin_site, folder)("compare", "--plugins", "zero-shot,qwen,qwen-lora", "--spec", "waybill", "--data", waybill_files,
-                     "--set", f"qwen.model={tiny_qwen}", "--set", f"qwen-lora.model={tiny_qwen}", *TINY,
-                     "--latency-samples", "2", "--launcher", "inline", "--json", "out.json")
+    result = make_cli(plugin_site, folder)(
+        "compare",
+        "--plugins",
+        "zero-shot,qwen,qwen-lora",
+        "--spec",
+        "waybill",
+        "--data",
+        waybill_files,
+        "--set",
+        f"qwen.model={tiny_qwen}",
+        "--set",
+        f"qwen-lora.model={tiny_qwen}",
+        *TINY,
+        "--latency-samples",
+        "2",
+        "--launcher",
+        "inline",
+        "--json",
+        "out.json",
+    )
     assert result.returncode == 0, result.stderr
     return folder, result, json.loads((folder / "out.json").read_text())
 
@@ -53,8 +103,12 @@ def test_zero_shot_sft_and_lora_rows_in_one_table_with_the_extraction_metrics(co
         assert metrics["n"] == 12 and 0 <= metrics["valid_rate"] <= 1
         # Generated tokens are counted, and the speed says so.
         assert run["speed"]["generated_tokens"] > 0 and run["speed"]["generated_tokens_per_s"] > 0
-        rows = [json.loads(line) for line in (folder / ".harness" / "runs" / run["run_id"] / "predictions.jsonl")
-                .read_text(encoding="utf-8").splitlines()]
+        rows = [
+            json.loads(line)
+            for line in (folder / ".harness" / "runs" / run["run_id"] / "predictions.jsonl")
+            .read_text(encoding="utf-8")
+            .splitlines()
+        ]
         assert len(rows) == 12 and all(isinstance(row["raw"], str) for row in rows)  # every raw answer kept
         assert all(set(row["gold"]["fields"]) == set(metrics["per_field"]) for row in rows)
     # The zero-shot row is qwen untuned, asked with the long instruction; the tuned rows with the seed's short one.
@@ -97,18 +151,39 @@ def test_lora_trains_and_stores_only_its_adapter(compared, tiny_qwen):
     assert losses[-1] < losses[0], losses
 
 
-def test_a_merged_adapter_serves_the_same_records_without_training_again(compared, plugin_site, tiny_qwen, waybill_files):
+def test_a_merged_adapter_serves_the_same_records_without_training_again(
+    compared, plugin_site, tiny_qwen, waybill_files
+):
     folder, _, out = compared
     unmerged = out["runs"][2]
-    result = make_cli(plugin_site, folder)("compare", "--plugins", "qwen-lora", "--spec", "waybill", "--data", waybill_files,
-                     "--set", f"qwen-lora.model={tiny_qwen}", *TINY[TINY.index("qwen-lora.num_train_epochs=2") - 1:],
-                     "--set", "qwen-lora.merge=true", "--latency-samples", "2", "--launcher", "inline", "--json", "merged.json")
+    result = make_cli(plugin_site, folder)(
+        "compare",
+        "--plugins",
+        "qwen-lora",
+        "--spec",
+        "waybill",
+        "--data",
+        waybill_files,
+        "--set",
+        f"qwen-lora.model={tiny_qwen}",
+        *TINY[TINY.index("qwen-lora.num_train_epochs=2") - 1 :],
+        "--set",
+        "qwen-lora.merge=true",
+        "--latency-samples",
+        "2",
+        "--launcher",
+        "inline",
+        "--json",
+        "merged.json",
+    )
     assert result.returncode == 0, result.stderr
     (merged,) = json.loads((folder / "merged.json").read_text())["runs"]
     assert merged["status"] == "ok", merged["error"]
     assert merged["training"]["trained_in"] == unmerged["run_id"]  # a predict setting: measured again, not trained
     parity = merged["serving"]["parity"]
-    assert parity["against"] == "the unmerged adapter (both in fp32)" and parity["n"] == 8 and parity["agreement"] == 1.0
+    assert (
+        parity["against"] == "the unmerged adapter (both in fp32)" and parity["n"] == 8 and parity["agreement"] == 1.0
+    )
     assert parity["max_abs_diff"] < 1e-4  # fp32: merging changes rounding only
 
     def records(run):
@@ -122,10 +197,28 @@ def test_a_merged_adapter_served_in_bf16_is_checked_in_fp32(compared, plugin_sit
     """Served in bf16, the merged weights and the adapter would be two roundings of one model, apart by bf16's
     step; the parity check compares them in fp32, where a right merge moves nothing but rounding."""
     folder, _, out = compared
-    result = make_cli(plugin_site, folder)("compare", "--plugins", "qwen-lora", "--spec", "waybill", "--data", waybill_files,
-                     "--set", f"qwen-lora.model={tiny_qwen}", *TINY[TINY.index("qwen-lora.num_train_epochs=2") - 1:],
-                     "--set", "qwen-lora.merge=true", "--set", "qwen-lora.dtype=bfloat16", "--latency-samples", "2",
-                     "--launcher", "inline", "--json", "merged-bf16.json")
+    result = make_cli(plugin_site, folder)(
+        "compare",
+        "--plugins",
+        "qwen-lora",
+        "--spec",
+        "waybill",
+        "--data",
+        waybill_files,
+        "--set",
+        f"qwen-lora.model={tiny_qwen}",
+        *TINY[TINY.index("qwen-lora.num_train_epochs=2") - 1 :],
+        "--set",
+        "qwen-lora.merge=true",
+        "--set",
+        "qwen-lora.dtype=bfloat16",
+        "--latency-samples",
+        "2",
+        "--launcher",
+        "inline",
+        "--json",
+        "merged-bf16.json",
+    )
     assert result.returncode == 0, result.stderr
     (merged,) = json.loads((folder / "merged-bf16.json").read_text())["runs"]
     assert merged["status"] == "ok", merged["error"]
@@ -134,26 +227,63 @@ def test_a_merged_adapter_served_in_bf16_is_checked_in_fp32(compared, plugin_sit
     assert parity["agreement"] == 1.0 and parity["max_abs_diff"] < 1e-4, parity
 
 
-def test_target_modules_that_match_nothing_fail_the_row_in_one_line_naming_the_linear_layers(cli, tmp_path, tiny_qwen,
-                                                                                             waybill_files):
-    result = cli("compare", "--plugins", "qwen-lora", "--spec", "waybill", "--data", waybill_files,
-                     "--set", f"qwen-lora.model={tiny_qwen}", "--set", "qwen-lora.target_modules=qkv_proj",
-                     "--set", "qwen-lora.num_train_epochs=1", "--launcher", "inline", "--json", "out.json")
+def test_target_modules_that_match_nothing_fail_the_row_in_one_line_naming_the_linear_layers(
+    cli, tmp_path, tiny_qwen, waybill_files
+):
+    result = cli(
+        "compare",
+        "--plugins",
+        "qwen-lora",
+        "--spec",
+        "waybill",
+        "--data",
+        waybill_files,
+        "--set",
+        f"qwen-lora.model={tiny_qwen}",
+        "--set",
+        "qwen-lora.target_modules=qkv_proj",
+        "--set",
+        "qwen-lora.num_train_epochs=1",
+        "--launcher",
+        "inline",
+        "--json",
+        "out.json",
+    )
     assert result.returncode == 1
     (run,) = json.loads((tmp_path / "out.json").read_text())["runs"]
     assert run["status"] == "failed"
     assert run["error"].startswith("ValueError: target_modules 'qkv_proj' match no layer of "), run["error"]
-    assert run["error"].endswith("its linear layers: down_proj, gate_proj, k_proj, lm_head, o_proj, q_proj, up_proj, v_proj")
+    assert run["error"].endswith(
+        "its linear layers: down_proj, gate_proj, k_proj, lm_head, o_proj, q_proj, up_proj, v_proj"
+    )
     assert "\n" not in run["error"]
 
 
 def test_the_cut_articles_note_counts_training_prompts_only(tmp_path, plugin_site, tiny_qwen, waybill_files):
     """Every prompt cut (max_length barely above the answer's room): the note counts the 40 training prompts,
     not the validation prompts that were encoded beside them."""
-    result = make_cli(plugin_site, tmp_path)("compare", "--plugins", "qwen", "--spec", "waybill", "--data", waybill_files,
-                     "--set", f"qwen.model={tiny_qwen}", *TINY[:TINY.index("qwen-lora.num_train_epochs=2") - 1],
-                     "--set", "qwen.num_train_epochs=1",
-                     "--set", "qwen.max_length=140", "--latency-samples", "1", "--launcher", "inline", "--json", "out.json")
+    result = make_cli(plugin_site, tmp_path)(
+        "compare",
+        "--plugins",
+        "qwen",
+        "--spec",
+        "waybill",
+        "--data",
+        waybill_files,
+        "--set",
+        f"qwen.model={tiny_qwen}",
+        *TINY[: TINY.index("qwen-lora.num_train_epochs=2") - 1],
+        "--set",
+        "qwen.num_train_epochs=1",
+        "--set",
+        "qwen.max_length=140",
+        "--latency-samples",
+        "1",
+        "--launcher",
+        "inline",
+        "--json",
+        "out.json",
+    )
     assert result.returncode == 0, result.stderr
     (run,) = json.loads((tmp_path / "out.json").read_text())["runs"]
     assert run["model"]["truncated_train"] == 40

@@ -13,13 +13,13 @@ from pathlib import Path
 
 import pytest
 
-from harness.identity import model_identity
 from conftest import docs_plugin_source, install_site, make_cli
+from harness.identity import model_identity
 
 COMMON = ["--spec", "agnews", "--limit-train", "120", "--limit-test", "40", "--latency-samples", "4"]
 
 # An approach that trains nothing; each misfit below adds its own predict.
-TRAINS_NOTHING = '''
+TRAINS_NOTHING = """
 from harness import ApproachInfo, Artifact, Prediction, hookimpl
 
 @hookimpl
@@ -29,17 +29,22 @@ def harness_describe():
 @hookimpl
 def harness_train(task, train):
     return Artifact(train_samples=len(train))
-'''
+"""
 
-ABORTS_IN_PREDICT = TRAINS_NOTHING + '''
+ABORTS_IN_PREDICT = (
+    TRAINS_NOTHING
+    + """
 import os
 
 @hookimpl
 def harness_predict(examples):
     os.abort()  # a segfault in native code looks the same to the parent: a process dead of a signal
-'''
+"""
+)
 
-NUMPY_SCORES = TRAINS_NOTHING + '''
+NUMPY_SCORES = (
+    TRAINS_NOTHING
+    + """
 import numpy as np
 
 @hookimpl
@@ -47,7 +52,8 @@ def harness_predict(task, examples):
     probabilities = np.full(len(task.labels), 1.0 / len(task.labels), dtype=np.float32)
     return [Prediction(label=task.labels[int(np.argmax(probabilities))],
                        scores=dict(zip(task.labels, probabilities))) for _ in examples]
-'''
+"""
+)
 
 
 def runs(tmp_path: Path, name: str) -> list[dict]:
@@ -60,8 +66,7 @@ def site_cli(tmp_path):
     site = install_site(
         tmp_path / "site",
         {"harness_naive_bayes": docs_plugin_source(), "aborts_plugin": ABORTS_IN_PREDICT, "numpy_plugin": NUMPY_SCORES},
-        {"naive-bayes": "harness_naive_bayes",
-         "aborts": "aborts_plugin", "numpy-scores": "numpy_plugin"},
+        {"naive-bayes": "harness_naive_bayes", "aborts": "aborts_plugin", "numpy-scores": "numpy_plugin"},
     )
     work = tmp_path / "work"
     work.mkdir()
@@ -77,8 +82,18 @@ def test_editing_the_plugin_source_retrains_and_a_predict_setting_only_remeasure
     assert trained["training"]["reason"] == "no model of this row stored yet"
 
     # smoothing is a predict setting of the docs' plugin: measured again on the stored model.
-    smoothed = cli("compare", "--plugins", "naive-bayes", "--data", ag_news_data, *COMMON,
-                   "--set", "naive-bayes.smoothing=0.5", "--json", "2.json")
+    smoothed = cli(
+        "compare",
+        "--plugins",
+        "naive-bayes",
+        "--data",
+        ag_news_data,
+        *COMMON,
+        "--set",
+        "naive-bayes.smoothing=0.5",
+        "--json",
+        "2.json",
+    )
     assert smoothed.returncode == 0, smoothed.stderr
     (remeasured,) = runs(work, "2.json")
     assert remeasured["status"] == "ok" and remeasured["run_id"] != trained["run_id"]
@@ -101,7 +116,9 @@ def test_editing_the_plugin_source_retrains_and_a_predict_setting_only_remeasure
     module.write_text(module.read_text().replace("top = max(log_p.values())", "top = max(log_p.values()) + 0.0"))
     predict_edit = cli("compare", "--plugins", "naive-bayes", "--data", ag_news_data, *COMMON, "--json", "5.json")
     (remeasured,) = runs(work, "5.json")
-    assert remeasured["status"] == "ok" and remeasured["training"]["trained_in"] == trained["run_id"], predict_edit.stderr
+    assert remeasured["status"] == "ok" and remeasured["training"]["trained_in"] == trained["run_id"], (
+        predict_edit.stderr
+    )
     assert "measuring code: harness_naive_bayes.classify" in remeasured["training"]["reason"]
 
     # An edit of the training code trains again, and the identity names what changed.
@@ -147,8 +164,9 @@ def test_a_reused_row_is_scored_again_by_the_scorers_installed_now(site_cli, ag_
     assert cli(*args, "--json", "1.json").returncode == 0
     (first,) = runs(work, "1.json")
     assert "right_answers" not in first["metrics"]
-    install_site(site, {"extra_scorer": EXTRA_SCORER}, {"naive-bayes": "harness_naive_bayes",
-                                                       "extra-scorer": "extra_scorer"})
+    install_site(
+        site, {"extra_scorer": EXTRA_SCORER}, {"naive-bayes": "harness_naive_bayes", "extra-scorer": "extra_scorer"}
+    )
     again = cli(*args, "--json", "2.json")
     (reused,) = runs(work, "2.json")
     assert reused["status"] == "reused" and reused["run_id"] == first["run_id"], again.stderr
@@ -162,12 +180,21 @@ def test_the_training_code_is_what_training_calls_and_nothing_else():
 
     plugins = load_plugins()
     code = identity.training_code(plugins.code_roots("bert", ("harness_train",)))
-    for trains in ("harness_plugins.bert.Bert.train", "harness.hf_trainer.train_with_trainer",
-                   "harness.models.LengthBucketSampler", "harness.models.length_bucket_order",
-                   "harness.launcher.seed_everything", "harness.launcher.train_unit"):
+    for trains in (
+        "harness_plugins.bert.Bert.train",
+        "harness.hf_trainer.train_with_trainer",
+        "harness.models.LengthBucketSampler",
+        "harness.models.length_bucket_order",
+        "harness.launcher.seed_everything",
+        "harness.launcher.train_unit",
+    ):
         assert trains in code
-    for serves in ("harness_plugins.bert.Bert.predict", "harness_plugins.bert.Bert.load",
-                   "harness.launcher.measure_unit", "harness.packing.packed_calls"):
+    for serves in (
+        "harness_plugins.bert.Bert.predict",
+        "harness_plugins.bert.Bert.load",
+        "harness.launcher.measure_unit",
+        "harness.packing.packed_calls",
+    ):
         assert serves not in code
     assert not [name for name in code if name.split(".")[1] in ("measure", "store", "report", "bench", "progress")]
     assert "harness.packing.packed_calls" in identity.measuring_code(plugins.code_roots("bert", ("harness_predict",)))
@@ -210,7 +237,7 @@ def harness_predict(examples):
 
 
 # An approach whose train reaches a helper and a class constant through self; predict has a helper of its own.
-HELPERS = '''
+HELPERS = """
 from harness import Approach, Artifact, Prediction
 
 
@@ -232,7 +259,7 @@ class Counting(Base):
 
     def _answer(self, task):
         return Prediction(label=task.labels[0])
-'''
+"""
 
 
 def test_the_training_code_follows_self_into_the_methods_and_constants_train_reaches(tmp_path, monkeypatch):
@@ -260,13 +287,15 @@ def test_the_training_code_follows_self_into_the_methods_and_constants_train_rea
     fit = training_code(HELPERS.replace("sum(self.step for _ in train)", "sum(2 * self.step for _ in train)"))
     assert what_changed({"code": base}, {"code": fit}, training=True) == ["training code: counting_plugin.Base._fit"]
     step = training_code(HELPERS.replace("step = 1", "step = 10"))
-    assert what_changed({"code": base}, {"code": step}, training=True) == ["training code: counting_plugin.Counting.step"]
+    assert what_changed({"code": base}, {"code": step}, training=True) == [
+        "training code: counting_plugin.Counting.step"
+    ]
     # What train never reaches, predict's helper, trains nothing again.
     assert training_code(HELPERS.replace("label=task.labels[0]", "label=task.labels[-1]")) == base
 
 
 # A subclass that keeps its base's train and overrides the helper that train calls through self.
-INHERITED_TRAIN = '''
+INHERITED_TRAIN = """
 from harness import Approach, Artifact, Prediction
 
 
@@ -288,7 +317,7 @@ class Doubling(Fitting):
 
     def _fit(self, train):
         return 2 * len(train)
-'''
+"""
 
 
 def test_an_inherited_train_reaches_the_subclasss_own_helper(tmp_path, monkeypatch):
@@ -317,7 +346,8 @@ def test_an_inherited_train_reaches_the_subclasss_own_helper(tmp_path, monkeypat
     assert set(base) == {"inheriting_plugin.Fitting.train", "inheriting_plugin.Doubling._fit"}
     edited = INHERITED_TRAIN.replace("return 2 * len(train)", "return 3 * len(train)")
     assert what_changed({"code": base}, {"code": training_code(edited, "doubling")}, training=True) == [
-        "training code: inheriting_plugin.Doubling._fit"]
+        "training code: inheriting_plugin.Doubling._fit"
+    ]
     # The base approach keeps its own helper, which the subclass's edit does not touch.
     parent = training_code(INHERITED_TRAIN, "fitting")
     assert set(parent) == {"inheriting_plugin.Fitting.train", "inheriting_plugin.Fitting._fit"}
@@ -336,8 +366,9 @@ def test_the_prompt_types_are_training_code():
 
 def test_an_engine_serves_the_trained_model_without_training_it_again(site_cli, ag_news_data):
     _, work, cli = site_cli
-    result = cli("compare", "--plugins", "naive-bayes,naive-bayes-tables", "--data", ag_news_data, *COMMON,
-                 "--json", "out.json")
+    result = cli(
+        "compare", "--plugins", "naive-bayes,naive-bayes-tables", "--data", ag_news_data, *COMMON, "--json", "out.json"
+    )
     assert result.returncode == 0, result.stderr
     bayes, tables = runs(work, "out.json")
     assert tables["approach"] == "naive-bayes-tables" and tables["status"] == "ok"
@@ -353,18 +384,35 @@ def test_an_engine_serves_the_trained_model_without_training_it_again(site_cli, 
     assert runs(work, "alone.json")[0]["status"] == "reused"
 
     # The docs' plugin and its engine can be benched from the stored run: the artifact contract is all bench needs.
-    small = ["--data", ag_news_data, "--limit-test", "16", "--batch-sizes", "4", "--rounds", "1", "--latency-samples", "4",
-             "--concurrency", "2", "--requests", "8"]
+    small = [
+        "--data",
+        ag_news_data,
+        "--limit-test",
+        "16",
+        "--batch-sizes",
+        "4",
+        "--rounds",
+        "1",
+        "--latency-samples",
+        "4",
+        "--concurrency",
+        "2",
+        "--requests",
+        "8",
+    ]
     for approach in ("naive-bayes", "naive-bayes-tables"):
-        bench = cli("bench", "--plugin", approach, "--spec", "agnews", "--run", bayes["run_id"], *small, "--json", "b.json")
+        bench = cli(
+            "bench", "--plugin", approach, "--spec", "agnews", "--run", bayes["run_id"], *small, "--json", "b.json"
+        )
         assert bench.returncode == 0, bench.stderr
         assert json.loads((work / "b.json").read_text())["throughput"][0]["samples_per_s"] > 0
 
 
 def test_a_process_that_dies_is_a_failed_row_and_numpy_scores_are_stored(site_cli, ag_news_data):
     _, work, cli = site_cli
-    result = cli("compare", "--plugins", "aborts,numpy-scores,naive-bayes", "--data", ag_news_data, *COMMON,
-                 "--json", "out.json")
+    result = cli(
+        "compare", "--plugins", "aborts,numpy-scores,naive-bayes", "--data", ag_news_data, *COMMON, "--json", "out.json"
+    )
     assert result.returncode == 1, result.stderr
     aborted, numpy_run, bayes = runs(work, "out.json")
     assert aborted["status"] == "failed" and "measure process died of SIGABRT" in aborted["error"]
@@ -376,13 +424,26 @@ def test_a_process_that_dies_is_a_failed_row_and_numpy_scores_are_stored(site_cl
     assert not list(store.glob("*.partial"))
 
 
-def test_predict_settings_and_latency_options_remeasure_while_new_weights_retrain(tmp_path, plugin_site, tiny_bert, ag_news_data):
+def test_predict_settings_and_latency_options_remeasure_while_new_weights_retrain(
+    tmp_path, plugin_site, tiny_bert, ag_news_data
+):
     model = tmp_path / "model"
     shutil.copytree(tiny_bert, model)
     cli = make_cli(plugin_site, tmp_path)
     # Inline: what is reused is the runner's decision, whichever launcher runs the units (saves 4 process starts).
-    bert = ["--plugins", "bert", "--data", ag_news_data, *COMMON, "--set", f"bert.model={model}",
-            "--set", "bert.num_train_epochs=1", "--launcher", "inline"]
+    bert = [
+        "--plugins",
+        "bert",
+        "--data",
+        ag_news_data,
+        *COMMON,
+        "--set",
+        f"bert.model={model}",
+        "--set",
+        "bert.num_train_epochs=1",
+        "--launcher",
+        "inline",
+    ]
     first = cli("compare", *bert, "--json", "1.json")
     assert first.returncode == 0, first.stderr
     (trained,) = runs(tmp_path, "1.json")
@@ -402,8 +463,9 @@ def test_predict_settings_and_latency_options_remeasure_while_new_weights_retrai
 
     from transformers import BertModel
 
-    BertModel.from_pretrained(model).apply(lambda m: m.reset_parameters() if hasattr(m, "reset_parameters") else None) \
-        .save_pretrained(model)
+    BertModel.from_pretrained(model).apply(
+        lambda m: m.reset_parameters() if hasattr(m, "reset_parameters") else None
+    ).save_pretrained(model)
     changed = cli("compare", *bert, "--json", "4.json")
     assert changed.returncode == 0, changed.stderr
     (retrained,) = runs(tmp_path, "4.json")
@@ -442,8 +504,16 @@ def test_a_validation_file_is_used_as_given_and_is_part_of_the_training_identity
     lines = (shared / "data" / "ag_news" / "train.jsonl").read_text(encoding="utf-8").splitlines()
     (work / "dev.jsonl").write_text("\n".join(lines[-50:]) + "\n", encoding="utf-8")
     train, test = ag_news_data.split(",")
-    result = cli("compare", "--plugins", "naive-bayes", "--data", f"{train},validation={work / 'dev.jsonl'},{test}",
-                 *COMMON, "--json", "out.json")
+    result = cli(
+        "compare",
+        "--plugins",
+        "naive-bayes",
+        "--data",
+        f"{train},validation={work / 'dev.jsonl'},{test}",
+        *COMMON,
+        "--json",
+        "out.json",
+    )
     assert result.returncode == 0, result.stderr
     (run,) = runs(work, "out.json")
     assert (run["n_train"], run["n_validation"], run["environment"]["validation_source"]) == (120, 50, "file")
@@ -466,7 +536,9 @@ def test_a_subclass_in_another_package_is_followed_into_its_own_helper(tmp_path,
     importlib.reload(importlib.import_module("fitting_base"))
 
     def training_code(body: str) -> dict[str, str]:
-        (tmp_path / "doubling_elsewhere.py").write_text("from fitting_base import Fitting\n\n\nclass Doubling(Fitting):" + body)
+        (tmp_path / "doubling_elsewhere.py").write_text(
+            "from fitting_base import Fitting\n\n\nclass Doubling(Fitting):" + body
+        )
         module = importlib.reload(importlib.import_module("doubling_elsewhere"))
         plugins = load_plugins(entry_points=False)
         plugins.register(module.Doubling(), "doubling")

@@ -11,16 +11,12 @@ from pathlib import Path
 
 import pytest
 
-from conftest import AG_NEWS, SHARED
+from conftest import AG_NEWS, SHARED, first_lines
 from openai_server import Faults, OpenAIServer
 
 WAYBILL = SHARED / "data" / "waybill"
 AG_LABELS = ["World", "Sports", "Business", "Sci/Tech"]
 KEY = "sk-test-5b1d0c2e9f"
-
-
-def first_lines(path: Path, n: int) -> list[dict]:
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()[:n]]
 
 
 def data_files(folder: Path, source: Path, n_test: int) -> str:
@@ -33,14 +29,19 @@ def data_files(folder: Path, source: Path, n_test: int) -> str:
 
 
 def endpoint_args(server: OpenAIServer, *extra: str) -> list[str]:
-    return ["--set", f"openai.base_url={server.base_url}", "--set", "openai.model=test-model",
-            "--set", "openai.api_key_env=HARNESS_TEST_KEY", "--set", "openai.max_retries=1",
-            "--set", "openai.timeout=10", *extra]
-
-
-@pytest.fixture(scope="module")
-def ag_test(shared) -> list[dict]:
-    return first_lines(AG_NEWS / "test.jsonl", 30)
+    return [
+        "--set",
+        f"openai.base_url={server.base_url}",
+        "--set",
+        "openai.model=test-model",
+        "--set",
+        "openai.api_key_env=HARNESS_TEST_KEY",
+        "--set",
+        "openai.max_retries=1",
+        "--set",
+        "openai.timeout=10",
+        *extra,
+    ]
 
 
 def test_classification_through_an_endpoint_counts_what_the_server_got_right(cli, ag_test, tmp_path):
@@ -48,9 +49,21 @@ def test_classification_through_an_endpoint_counts_what_the_server_got_right(cli
     faults = Faults(wrong=set(texts[:3]), garbage={texts[3]}, throttle={texts[4]}, slow={texts[5]}, broken={texts[6]})
     gold = {row["text"]: AG_LABELS[row["label"]] for row in ag_test}
     with OpenAIServer(gold, AG_LABELS, key=KEY, faults=faults) as server:
-        result = cli("compare", "--plugins", "openai", "--spec", "agnews",
-                     "--data", data_files(tmp_path, AG_NEWS, 30), *endpoint_args(server), "--latency-samples", "2", "--json", "out.json",
-                     env={"HARNESS_TEST_KEY": KEY})
+        result = cli(
+            "compare",
+            "--plugins",
+            "openai",
+            "--spec",
+            "agnews",
+            "--data",
+            data_files(tmp_path, AG_NEWS, 30),
+            *endpoint_args(server),
+            "--latency-samples",
+            "2",
+            "--json",
+            "out.json",
+            env={"HARNESS_TEST_KEY": KEY},
+        )
         assert result.returncode == 0, result.stderr
         run = json.loads((tmp_path / "out.json").read_text())["runs"][0]
         assert run["status"] == "ok", run["error"]
@@ -70,7 +83,10 @@ def test_classification_through_an_endpoint_counts_what_the_server_got_right(cli
         assert right["scores"][right["gold"]["label"]] > 0.9
         asked = server.requests_for(texts[10])[0]["body"]
         assert asked["logprobs"] is True and asked["temperature"] == 0
-        assert texts[10] in asked["messages"][-1]["content"] and "D. Science/Technology" in asked["messages"][-1]["content"]
+        assert (
+            texts[10] in asked["messages"][-1]["content"]
+            and "D. Science/Technology" in asked["messages"][-1]["content"]
+        )
     assert run["speed"]["prompt_tokens"] > 0 and run["speed"]["generated_tokens"] > 0
     # The key went to the server and nowhere else: not the store, not the output.
     assert KEY not in result.stdout + result.stderr
@@ -84,9 +100,20 @@ def test_extraction_through_an_endpoint_asks_for_json_and_scores_records(cli, tm
     texts = [row["text"] for row in rows]
     faults = Faults(wrong={texts[0]}, garbage={texts[1]})
     with OpenAIServer({row["text"]: row["fields"] for row in rows}, faults=faults) as server:
-        result = cli("compare", "--plugins", "openai", "--spec", "waybill",
-                     "--data", data_files(tmp_path, WAYBILL, 12), *endpoint_args(server, "--set", "openai.api_key_env="),
-                     "--latency-samples", "1", "--json", "out.json")
+        result = cli(
+            "compare",
+            "--plugins",
+            "openai",
+            "--spec",
+            "waybill",
+            "--data",
+            data_files(tmp_path, WAYBILL, 12),
+            *endpoint_args(server, "--set", "openai.api_key_env="),
+            "--latency-samples",
+            "1",
+            "--json",
+            "out.json",
+        )
         assert result.returncode == 0, result.stderr
         run = json.loads((tmp_path / "out.json").read_text())["runs"][0]
         assert run["status"] == "ok", run["error"]
@@ -111,15 +138,28 @@ def test_an_endpoint_that_cannot_serve_stops_the_compare_in_one_line_before_anyt
             args += ["--set", "openai.model=no-such-model"]
         elif case == "unset key":
             env = {"HARNESS_TEST_KEY": ""}
-        result = cli("compare", "--plugins", "openai", "--spec", "waybill",
-                     "--data", data_files(tmp_path, WAYBILL, 4), *args, env=env)
+        result = cli(
+            "compare",
+            "--plugins",
+            "openai",
+            "--spec",
+            "waybill",
+            "--data",
+            data_files(tmp_path, WAYBILL, 4),
+            *args,
+            env=env,
+        )
         served = [e for e in server.log if e["path"].endswith("completions")]
     assert result.returncode == 2, result.stderr
     # One line (the test site's deliberately broken plugin adds its own warning line before it).
     lines = [line for line in result.stderr.splitlines() if line.strip() and "broken-import" not in line]
     assert len(lines) == 1, result.stderr
-    expected = {"unreachable": f"openai.base_url: cannot reach {url}", "wrong key": "refused the API key in $HARNESS_TEST_KEY (401)",
-                "unknown model": "model: ", "unset key": "HARNESS_TEST_KEY that should hold the API key is not set"}[case]
+    expected = {
+        "unreachable": f"openai.base_url: cannot reach {url}",
+        "wrong key": "refused the API key in $HARNESS_TEST_KEY (401)",
+        "unknown model": "model: ",
+        "unset key": "HARNESS_TEST_KEY that should hold the API key is not set",
+    }[case]
     assert expected in lines[0]
     if case == "unknown model":
         assert "'no-such-model'" in lines[0] and "test-model" in lines[0]
@@ -128,10 +168,26 @@ def test_an_endpoint_that_cannot_serve_stops_the_compare_in_one_line_before_anyt
     assert not list(tmp_path.glob(".harness/comparisons/*"))
 
 
-LORA = ["--set", "qwen-lora.num_train_epochs=1", "--set", "qwen-lora.per_device_train_batch_size=8",
-        "--set", "qwen-lora.gradient_accumulation_steps=1", "--set", "qwen-lora.max_length=256",
-        "--set", "qwen-lora.answer_reserve=96", "--set", "qwen-lora.max_new_tokens=24", "--set", "qwen-lora.eval_steps=0.5",
-        "--set", "qwen-lora.learning_rate=1e-2", "--set", "qwen-lora.dtype=float32"]
+LORA = [
+    "--set",
+    "qwen-lora.num_train_epochs=1",
+    "--set",
+    "qwen-lora.per_device_train_batch_size=8",
+    "--set",
+    "qwen-lora.gradient_accumulation_steps=1",
+    "--set",
+    "qwen-lora.max_length=256",
+    "--set",
+    "qwen-lora.answer_reserve=96",
+    "--set",
+    "qwen-lora.max_new_tokens=24",
+    "--set",
+    "qwen-lora.eval_steps=0.5",
+    "--set",
+    "qwen-lora.learning_rate=1e-2",
+    "--set",
+    "qwen-lora.dtype=float32",
+]
 
 
 def waybill_with_gold(folder: Path, n_train: int, n_test: int) -> tuple[str, dict[str, dict], list[str]]:
@@ -154,9 +210,27 @@ def test_a_teacher_labels_the_students_training_data_once(cli, tmp_path, tiny_qw
     data, gold, texts = waybill_with_gold(tmp_path, 24, 6)
     faults = Faults(wrong=set(texts[:4]), garbage=set(texts[4:6]))
     with OpenAIServer(gold, faults=faults) as server:
-        args = ["compare", "--plugins", "openai,qwen-lora", "--spec", "waybill", "--teacher", "openai", "--data", data,
-                *endpoint_args(server, "--set", "openai.api_key_env="), "--set", f"qwen-lora.model={tiny_qwen}", *LORA,
-                "--latency-samples", "1", "--launcher", "inline", "--json", "out.json"]
+        args = [
+            "compare",
+            "--plugins",
+            "openai,qwen-lora",
+            "--spec",
+            "waybill",
+            "--teacher",
+            "openai",
+            "--data",
+            data,
+            *endpoint_args(server, "--set", "openai.api_key_env="),
+            "--set",
+            f"qwen-lora.model={tiny_qwen}",
+            *LORA,
+            "--latency-samples",
+            "1",
+            "--launcher",
+            "inline",
+            "--json",
+            "out.json",
+        ]
         first = cli(*args)
         assert first.returncode == 0, first.stderr
         asked = [e["text"] for e in server.log if e["path"].endswith("completions")]
@@ -167,7 +241,10 @@ def test_a_teacher_labels_the_students_training_data_once(cli, tmp_path, tiny_qw
         # 24 texts: 2 answered with prose (dropped), 4 with a wrong name: 18 of the 22 kept agree with gold.
         assert teacher["asked"] == 24 and teacher["dropped_invalid"] == 2 and teacher["kept"] == 22
         assert teacher["agreement_with_gold"] == pytest.approx(18 / 22)
-        assert "trained on the labels of teacher openai: 22 kept, 2 invalid answers dropped, 81.8% agreeing with gold" in first.stdout
+        assert (
+            "trained on the labels of teacher openai: 22 kept, 2 invalid answers dropped, 81.8% agreeing with gold"
+            in first.stdout
+        )
         assert runs["openai"]["status"] == "ok" and runs["qwen-lora"]["status"] == "ok"
         # The student trained on the teacher's 22 valid answers, not on the 24 gold lines.
         assert runs["qwen-lora"]["n_train"] == 22 and runs["qwen-lora"]["train_log"]
@@ -190,11 +267,27 @@ def test_a_teacher_killed_while_labelling_resumes_from_what_it_cached(plugin_sit
     data, gold, texts = waybill_with_gold(tmp_path, 40, 4)
     # The second chunk of 32 (texts 32 to 39) answers slowly: the run is killed while it is being asked.
     with OpenAIServer(gold, faults=Faults(slow=set(texts[32:]))) as server:
-        args = [sys.executable, "-m", "harness", "compare", "--plugins", "openai", "--spec", "waybill", "--teacher", "openai",
-                "--data", data, *endpoint_args(server, "--set", "openai.api_key_env="), "--latency-samples", "1"]
+        args = [
+            sys.executable,
+            "-m",
+            "harness",
+            "compare",
+            "--plugins",
+            "openai",
+            "--spec",
+            "waybill",
+            "--teacher",
+            "openai",
+            "--data",
+            data,
+            *endpoint_args(server, "--set", "openai.api_key_env="),
+            "--latency-samples",
+            "1",
+        ]
         env = {**os.environ, "PYTHONPATH": str(plugin_site)}
-        process = subprocess.Popen(args, cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                                   start_new_session=True)
+        process = subprocess.Popen(
+            args, cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+        )
         cache = tmp_path / ".harness" / "teacher"
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
@@ -237,21 +330,44 @@ def test_batch1_latency_through_harness_is_that_of_one_persistent_client(ag_test
         overrides = parse_overrides([f"openai.base_url={server.base_url}", "openai.model=test-model"])
         plan = plan_settings(plugins, spec, ["openai"], overrides)["openai"]
         task = spec.to_task("openai")
-        artifact = plugins.call("openai", "harness_train", task=task, train=[], validation=[],
-                                settings=plan.train_settings, workdir=tmp_path, progress=SILENT_PROGRESS)
+        artifact = plugins.call(
+            "openai",
+            "harness_train",
+            task=task,
+            train=[],
+            validation=[],
+            settings=plan.train_settings,
+            workdir=tmp_path,
+            progress=SILENT_PROGRESS,
+        )
         _, settings = load_for_serving(plugins, "openai", task, artifact, plan.settings)
 
         def harness_one(example: Example) -> object:  # what measure_unit's predict([ex]) calls
-            return plugins.call("openai", "harness_predict", task=task, artifact=artifact, examples=[example],
-                                settings=settings, progress=SILENT_PROGRESS)
+            return plugins.call(
+                "openai",
+                "harness_predict",
+                task=task,
+                artifact=artifact,
+                examples=[example],
+                settings=settings,
+                progress=SILENT_PROGRESS,
+            )
 
         loop = asyncio.new_event_loop()
         client = openai.AsyncOpenAI(base_url=server.base_url, api_key="EMPTY", max_retries=0)
 
         def client_one(example: Example) -> object:
-            return loop.run_until_complete(client.chat.completions.create(
-                model="test-model", messages=chat_messages(task, example.text), temperature=0, seed=settings["seed"],
-                max_tokens=16, logprobs=True, top_logprobs=20))
+            return loop.run_until_complete(
+                client.chat.completions.create(
+                    model="test-model",
+                    messages=chat_messages(task, example.text),
+                    temperature=0,
+                    seed=settings["seed"],
+                    max_tokens=16,
+                    logprobs=True,
+                    top_logprobs=20,
+                )
+            )
 
         try:
             ours, bare = measure.interleaved_batch1_latency([harness_one, client_one], examples, warmup=5)
@@ -261,8 +377,10 @@ def test_batch1_latency_through_harness_is_that_of_one_persistent_client(ag_test
             artifact.state["endpoint"].close()
     ours_p50, bare_p50 = ours.summary()["latency_p50_ms"], bare.summary()["latency_p50_ms"]
     with capsys.disabled():
-        print(f"\nbatch-1 p50 over {len(examples)} requests on tests/openai_server.py: harness (openai approach) "
-              f"{ours_p50:.2f} ms, one persistent AsyncOpenAI client {bare_p50:.2f} ms ({ours_p50 / bare_p50:.2f}x)")
+        print(
+            f"\nbatch-1 p50 over {len(examples)} requests on tests/openai_server.py: harness (openai approach) "
+            f"{ours_p50:.2f} ms, one persistent AsyncOpenAI client {bare_p50:.2f} ms ({ours_p50 / bare_p50:.2f}x)"
+        )
     assert all(len(latency.samples_ms) == len(examples) for latency in (ours, bare))
     assert ours_p50 <= 1.5 * bare_p50, (ours_p50, bare_p50)
 
@@ -274,8 +392,20 @@ def test_a_row_most_of_whose_requests_fail_is_a_failed_row_and_is_asked_again(cl
     texts = [row["text"] for row in ag_test[:8]]
     gold = {row["text"]: AG_LABELS[row["label"]] for row in ag_test[:8]}
     with OpenAIServer(gold, AG_LABELS, faults=Faults(broken=set(texts))) as server:
-        args = ["compare", "--plugins", "openai", "--spec", "agnews", "--data", data_files(tmp_path, AG_NEWS, 8),
-                *endpoint_args(server, "--set", "openai.api_key_env="), "--latency-samples", "1", "--json", "out.json"]
+        args = [
+            "compare",
+            "--plugins",
+            "openai",
+            "--spec",
+            "agnews",
+            "--data",
+            data_files(tmp_path, AG_NEWS, 8),
+            *endpoint_args(server, "--set", "openai.api_key_env="),
+            "--latency-samples",
+            "1",
+            "--json",
+            "out.json",
+        ]
         for broken in (8, 5):
             server.faults.broken = set(texts[:broken])
             failed = cli(*args)
@@ -295,8 +425,22 @@ def test_a_row_most_of_whose_requests_fail_is_a_failed_row_and_is_asked_again(cl
 def test_a_teacher_caches_only_answers_and_a_rerun_asks_the_failed_ones_again(cli, tmp_path, shared):
     data, gold, texts = waybill_with_gold(tmp_path, 12, 4)
     with OpenAIServer(gold, faults=Faults(broken=set(texts[:3]))) as server:
-        args = ["compare", "--plugins", "openai", "--spec", "waybill", "--teacher", "openai", "--data", data,
-                *endpoint_args(server, "--set", "openai.api_key_env="), "--latency-samples", "1", "--json", "out.json"]
+        args = [
+            "compare",
+            "--plugins",
+            "openai",
+            "--spec",
+            "waybill",
+            "--teacher",
+            "openai",
+            "--data",
+            data,
+            *endpoint_args(server, "--set", "openai.api_key_env="),
+            "--latency-samples",
+            "1",
+            "--json",
+            "out.json",
+        ]
         first = cli(*args)
         assert first.returncode == 0, first.stderr
         assert "3 requests failed (left out; asked again next run)" in first.stdout
@@ -311,7 +455,9 @@ def test_a_teacher_caches_only_answers_and_a_rerun_asks_the_failed_ones_again(cl
         # and only the 3 failed texts are asked.
         server.faults.broken.clear()
         before = len(server.log)
-        second = cli(*args, "--set", "openai.concurrency=2", "--set", "openai.timeout=20", "--set", "openai.max_retries=0")
+        second = cli(
+            *args, "--set", "openai.concurrency=2", "--set", "openai.timeout=20", "--set", "openai.max_retries=0"
+        )
         assert second.returncode == 0, second.stderr
         assert "asking 3 of 12 training texts (9 answered before)" in second.stdout
         assert sorted(e["text"] for e in server.log[before:] if e["text"] in texts) == sorted(texts[:3])
@@ -324,8 +470,20 @@ def test_a_teacher_caches_only_answers_and_a_rerun_asks_the_failed_ones_again(cl
 def test_a_teacher_that_fails_every_request_stops_in_one_line_and_caches_nothing(cli, tmp_path, shared):
     data, gold, texts = waybill_with_gold(tmp_path, 12, 4)
     with OpenAIServer(gold, faults=Faults(broken=set(texts))) as server:
-        result = cli("compare", "--plugins", "openai", "--spec", "waybill", "--teacher", "openai", "--data", data,
-                     *endpoint_args(server, "--set", "openai.api_key_env="), "--latency-samples", "1")
+        result = cli(
+            "compare",
+            "--plugins",
+            "openai",
+            "--spec",
+            "waybill",
+            "--teacher",
+            "openai",
+            "--data",
+            data,
+            *endpoint_args(server, "--set", "openai.api_key_env="),
+            "--latency-samples",
+            "1",
+        )
     assert result.returncode == 2, result.stderr
     lines = [line for line in result.stderr.splitlines() if line.strip() and "broken-import" not in line]
     assert len(lines) == 1, result.stderr

@@ -16,7 +16,7 @@ from harness.store import Store
 from harness.testing import tiny_dataset
 from harness.types import Comparison
 
-GREEDY = '''
+GREEDY = """
 import json
 from pathlib import Path
 
@@ -54,7 +54,7 @@ def harness_predict(examples, artifact, settings):
         if len(examples[start:start + batch]) > FITS:
             raise out_of_memory(batch)
     return [Prediction(label=label) for _ in examples]
-'''
+"""
 
 
 def run(tmp_path: Path, **settings):
@@ -65,8 +65,14 @@ def run(tmp_path: Path, **settings):
     module_spec.loader.exec_module(module)
     plugins = load_plugins(entry_points=False)
     plugins.register(module, "greedy")
-    spec = Spec.model_validate({"name": "oom", "task": {"type": "classification", "labels": ["sport", "weather", "money"]},
-                                "dataset": {"train": "t.jsonl", "test": "t.jsonl"}, "plugins": {"greedy": settings}})
+    spec = Spec.model_validate(
+        {
+            "name": "oom",
+            "task": {"type": "classification", "labels": ["sport", "weather", "money"]},
+            "dataset": {"train": "t.jsonl", "test": "t.jsonl"},
+            "plugins": {"greedy": settings},
+        }
+    )
     plan = plan_settings(plugins, spec, ["greedy"], {})["greedy"]
     train, test = tiny_dataset()
     data = Datasets(train, [], test, "none")
@@ -86,6 +92,8 @@ def test_predict_out_of_memory_halves_the_batch_until_it_fits_and_says_so(tmp_pa
 def test_training_out_of_memory_fails_the_row_naming_the_settings_to_lower(tmp_path):
     record = run(tmp_path)
     assert record.status == "failed"
-    assert record.error == ("OutOfMemory: out of accelerator memory while training; lower per_device_train_batch_size "
-                            "(now 32) or max_length (now 128), and raise gradient_accumulation_steps to keep the "
-                            "effective batch")
+    assert record.error == (
+        "OutOfMemory: out of accelerator memory while training; lower per_device_train_batch_size "
+        "(now 32) or max_length (now 128), and raise gradient_accumulation_steps to keep the "
+        "effective batch"
+    )

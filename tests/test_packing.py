@@ -16,9 +16,17 @@ def tiny_classifier(model_type: str):
     from transformers import AutoConfig, AutoModelForSequenceClassification
 
     torch.manual_seed(0)
-    config = AutoConfig.for_model(model_type, vocab_size=120, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-                                  intermediate_size=64, max_position_embeddings=80, num_labels=3,
-                                  **({"embedding_size": 32} if model_type == "electra" else {}))
+    config = AutoConfig.for_model(
+        model_type,
+        vocab_size=120,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=64,
+        max_position_embeddings=80,
+        num_labels=3,
+        **({"embedding_size": 32} if model_type == "electra" else {}),
+    )
     return AutoModelForSequenceClassification.from_config(config).eval()
 
 
@@ -59,7 +67,8 @@ def test_a_family_that_pools_elsewhere_is_not_packed():
 
     # GPT-2's head reads the last token: packing would give it the wrong one.
     model = AutoModelForSequenceClassification.from_config(
-        GPT2Config(vocab_size=50, n_embd=16, n_layer=1, n_head=2, num_labels=2, pad_token_id=0))
+        GPT2Config(vocab_size=50, n_embd=16, n_layer=1, n_head=2, num_labels=2, pad_token_id=0)
+    )
     assert first_position(model) is None
     with pytest.raises(ValueError, match="cannot run packed"):
         with packed_calls(model):
@@ -67,9 +76,8 @@ def test_a_family_that_pools_elsewhere_is_not_packed():
 
 
 def test_bert_predicts_the_same_packed_and_padded(tiny_bert):
-    from harness.errors import UserError
-
     from harness import RunContext
+    from harness.errors import UserError
 
     task = Task("classification", ("a", "b", "c"))
     settings = bert.BertSettings(model=str(tiny_bert), predict_batch_size=4, device="cpu")
@@ -98,8 +106,12 @@ def test_bert_predicts_the_same_packed_and_padded(tiny_bert):
     from transformers import AutoModelForSequenceClassification, GPT2Config
 
     gpt2 = Artifact(path=None, device="cpu")
-    gpt2.state.update(model=AutoModelForSequenceClassification.from_config(
-        GPT2Config(vocab_size=50, n_embd=16, n_layer=1, n_head=2, num_labels=3, pad_token_id=0)), tokenizer=tokenizer)
+    gpt2.state.update(
+        model=AutoModelForSequenceClassification.from_config(
+            GPT2Config(vocab_size=50, n_embd=16, n_layer=1, n_head=2, num_labels=3, pad_token_id=0)
+        ),
+        tokenizer=tokenizer,
+    )
     with pytest.raises(UserError, match="packing: packed needs one of the encoder families") as error:
         approach.load(task, gpt2, settings.model_copy(update={"packing": "packed"}), context)
     assert error.value.where == "bert.packing"
@@ -111,8 +123,17 @@ def tiny_decoder(model_type: str, **extra):
     from transformers import AutoConfig, AutoModelForCausalLM
 
     torch.manual_seed(0)
-    config = AutoConfig.for_model(model_type, vocab_size=120, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-                                  num_key_value_heads=2, intermediate_size=64, max_position_embeddings=128, **extra)
+    config = AutoConfig.for_model(
+        model_type,
+        vocab_size=120,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=128,
+        **extra,
+    )
     return AutoModelForCausalLM.from_config(config).eval()
 
 
@@ -129,8 +150,9 @@ def test_a_packed_batch_of_prompts_gives_the_left_padded_next_token_logits(model
     input_ids = torch.tensor([[0] * (width - len(ids)) + ids for ids in sequences])
     mask = torch.tensor([[0] * (width - len(ids)) + [1] * len(ids) for ids in sequences])
     with torch.inference_mode():
-        padded = model(input_ids=input_ids, attention_mask=mask, position_ids=(mask.cumsum(-1) - 1).clamp(min=0),
-                       logits_to_keep=1).logits[:, -1]
+        padded = model(
+            input_ids=input_ids, attention_mask=mask, position_ids=(mask.cumsum(-1) - 1).clamp(min=0), logits_to_keep=1
+        ).logits[:, -1]
         with packed_last_logits(model) as forward:
             packed = forward(sequences)
     assert model.config._attn_implementation == "sdpa"
@@ -154,8 +176,9 @@ def test_qwen_letter_scoring_is_the_same_packed_and_padded(tiny_qwen):
     task = Task("classification", ("World", "Sports", "Business", "Sci/Tech"))
     from harness.approach import RunContext
 
-    settings = qwen.QwenSettings(model=str(tiny_qwen), num_train_epochs=0.0, predict_batch_size=4, device="cpu",
-                                 dtype="float32")  # packed and padded compared to 1e-5: fp32
+    settings = qwen.QwenSettings(
+        model=str(tiny_qwen), num_train_epochs=0.0, predict_batch_size=4, device="cpu", dtype="float32"
+    )  # packed and padded compared to 1e-5: fp32
     artifact = qwen._train(task, [], [], settings, RunContext(seed=0), adapter=False)
     examples = [Example(id=str(i), text=" ".join(["news"] * (1 + 9 * i)) + f" story {i}") for i in range(10)]
     answers = {}

@@ -8,11 +8,10 @@ import types
 
 import pytest
 
+from conftest import docs_plugin_source
 from harness import hookimpl
 from harness.plugins import load_plugins
 from harness.testing import ConformanceError, check_plugin
-
-from conftest import docs_plugin_source
 
 
 def docs_plugin(folder) -> types.ModuleType:
@@ -109,8 +108,12 @@ def module_from(folder, name: str, source: str) -> types.ModuleType:
 def test_the_kit_checks_an_extraction_approach(tmp_path):
     from harness.testing import TINY_EXTRACTION
 
-    record = check_plugin(module_from(tmp_path, "regex_extractor", REGEX_EXTRACTOR), tmp_path=tmp_path,
-                          task=TINY_EXTRACTION, launcher="inline")
+    record = check_plugin(
+        module_from(tmp_path, "regex_extractor", REGEX_EXTRACTOR),
+        tmp_path=tmp_path,
+        task=TINY_EXTRACTION,
+        launcher="inline",
+    )
     assert 0.5 < record.metrics["exact_match"] <= 1.0 and record.metrics["per_field"]["city"]["accuracy"] > 0.5
 
 
@@ -130,7 +133,7 @@ def test_the_kit_compares_scores_not_only_labels(tmp_path):
 
 
 # A majority-class approach whose train and predict each call a helper of their own through self.
-COUNTS = '''
+COUNTS = """
 import json
 
 from harness import Approach, Artifact, Prediction, hookimpl
@@ -162,7 +165,7 @@ class Counts(Approach):
 @hookimpl
 def harness_register_approaches(register):
     register(Counts())
-'''
+"""
 
 
 def test_the_kit_passes_a_plugin_whose_train_calls_a_helper_through_self(tmp_path):
@@ -172,19 +175,25 @@ def test_the_kit_passes_a_plugin_whose_train_calls_a_helper_through_self(tmp_pat
 
 def test_the_kit_fails_a_plugin_whose_helper_edits_would_not_train_again(tmp_path):
     # A wrapper without functools.wraps: what train calls through self is `logging`, which hides _fit.
-    hidden = COUNTS.replace("class Counts(Approach):", '''def logged(fit):
+    hidden = COUNTS.replace(
+        "class Counts(Approach):",
+        """def logged(fit):
     def logging(*args):
         return fit(*args)
     return logging
 
 
-class Counts(Approach):''').replace("    def _fit(", "    @logged\n    def _fit(")
-    with pytest.raises(ConformanceError, match=r"editing hidden_counts\.Counts\._fit, which train calls, leaves the "
-                                               "training identity as it was"):
+class Counts(Approach):""",
+    ).replace("    def _fit(", "    @logged\n    def _fit(")
+    with pytest.raises(
+        ConformanceError,
+        match=r"editing hidden_counts\.Counts\._fit, which train calls, leaves the "
+        "training identity as it was",
+    ):
         check_plugin(module_from(tmp_path, "hidden_counts", hidden), tmp_path=tmp_path, launcher="inline")
 
 
-MEAN_LENGTH = '''
+MEAN_LENGTH = """
 from harness import ApproachInfo, Artifact, Prediction, hookimpl
 
 
@@ -202,12 +211,15 @@ def harness_train(train):
 @hookimpl
 def harness_predict(task, examples):
     return [Prediction(label=task.labels[0]) for _ in examples]
-'''
+"""
 
 
 def test_the_kit_runs_train_as_bench_random_weights_does_with_no_examples(tmp_path):
-    with pytest.raises(ConformanceError, match=r"`harness bench --random-weights` failed: train gets no examples .*"
-                                               "ZeroDivisionError: division by zero") as caught:
+    with pytest.raises(
+        ConformanceError,
+        match=r"`harness bench --random-weights` failed: train gets no examples .*"
+        "ZeroDivisionError: division by zero",
+    ) as caught:
         check_plugin(module_from(tmp_path, "mean_length", MEAN_LENGTH), tmp_path=tmp_path, launcher="inline")
     assert "\n" not in str(caught.value) and isinstance(caught.value.__cause__, ZeroDivisionError)
 
@@ -229,8 +241,13 @@ def test_plugins_lists_builtins_and_third_party_and_warns_once_for_a_broken_one(
     rows = {row["name"]: row for row in json.loads(result.stdout)}
     assert {"bert", "metrics", "naive-bayes", "failing-train"} <= rows.keys()
     assert rows["bert"]["builtin"] and rows["bert"]["task_types"] == ["classification"]
-    assert rows["bert"]["hooks"] == ["harness_describe", "harness_load", "harness_predict", "harness_reference",
-                                     "harness_train"]
+    assert rows["bert"]["hooks"] == [
+        "harness_describe",
+        "harness_load",
+        "harness_predict",
+        "harness_reference",
+        "harness_train",
+    ]
     assert rows["qwen"]["hooks"] == rows["bert"]["hooks"]
     assert rows["naive-bayes"] == {**rows["naive-bayes"], "version": "0.3", "builtin": False}
     warnings = result.stderr.strip().splitlines()
@@ -239,12 +256,33 @@ def test_plugins_lists_builtins_and_third_party_and_warns_once_for_a_broken_one(
 
 def test_safe_mode_loads_no_third_party_plugin_but_keeps_builtins(cli):
     result = cli("plugins", "--json", env={"HARNESS_LOAD_PLUGINS": ""})
-    assert {row["name"] for row in json.loads(result.stdout)} == {"bert", "bert-onnx", "metrics", "openai", "qwen", "qwen-lora", "seqgpt", "vllm", "vllm-lora"}
+    assert {row["name"] for row in json.loads(result.stdout)} == {
+        "bert",
+        "bert-onnx",
+        "metrics",
+        "openai",
+        "qwen",
+        "qwen-lora",
+        "seqgpt",
+        "vllm",
+        "vllm-lora",
+    }
     assert result.stderr == ""
     only = cli("plugins", "--json", env={"HARNESS_LOAD_PLUGINS": "naive-bayes"})
     # The one module registers two approaches: the approach and its engine.
-    assert {row["name"] for row in json.loads(only.stdout)} == {"bert", "bert-onnx", "metrics", "openai", "qwen", "qwen-lora", "seqgpt", "vllm", "vllm-lora", "naive-bayes",
-                                                                "naive-bayes-tables"}
+    assert {row["name"] for row in json.loads(only.stdout)} == {
+        "bert",
+        "bert-onnx",
+        "metrics",
+        "openai",
+        "qwen",
+        "qwen-lora",
+        "seqgpt",
+        "vllm",
+        "vllm-lora",
+        "naive-bayes",
+        "naive-bayes-tables",
+    }
 
 
 def test_listing_and_help_import_no_torch():
@@ -262,11 +300,16 @@ def test_listing_and_help_import_no_torch():
 def test_specs_lists_the_shipped_agnews_spec(cli):
     result = cli("specs", "--json")
     rows = {row["name"]: row for row in json.loads(result.stdout)}
-    assert rows["agnews"]["task"] == "classification" and rows["agnews"]["plugins"] == ["bert", "bert-onnx-int8", "qwen", "qwen-fp32"]
+    assert rows["agnews"]["task"] == "classification" and rows["agnews"]["plugins"] == [
+        "bert",
+        "bert-onnx-int8",
+        "qwen",
+        "qwen-fp32",
+    ]
     assert rows["agnews"]["dataset"] == "fancyzhx/ag_news"
 
 
-SECRETIVE = '''
+SECRETIVE = """
 from harness import Approach, Artifact, Settings, hookimpl, setting
 
 
@@ -290,7 +333,7 @@ class Secretive(Approach):
 @hookimpl
 def harness_register_approaches(register):
     register(Secretive())
-'''
+"""
 
 
 def test_a_secret_setting_reaches_the_approach_and_nothing_else(tmp_path, ag_news_data):
@@ -299,8 +342,23 @@ def test_a_secret_setting_reaches_the_approach_and_nothing_else(tmp_path, ag_new
     site = install_site(tmp_path / "site", {"secretive": SECRETIVE}, {"secretive": "secretive"})
     cli = make_cli(site, tmp_path)
     key = "sk-TOPSECRET-4f9a"
-    result = cli("compare", "--plugins", "secretive", "--spec", "agnews", "--data", ag_news_data, "--limit-train", "40",
-                 "--limit-test", "8", "--set", f"secretive.api_key={key}", "--json", "out.json")
+    result = cli(
+        "compare",
+        "--plugins",
+        "secretive",
+        "--spec",
+        "agnews",
+        "--data",
+        ag_news_data,
+        "--limit-train",
+        "40",
+        "--limit-test",
+        "8",
+        "--set",
+        f"secretive.api_key={key}",
+        "--json",
+        "out.json",
+    )
     assert result.returncode == 1  # the approach got the key: its error quotes it
     (run,) = json.loads((tmp_path / "out.json").read_text())["runs"]
     assert run["error"] == "RuntimeError: the server refused key <secret> after 2 retries"
@@ -309,7 +367,16 @@ def test_a_secret_setting_reaches_the_approach_and_nothing_else(tmp_path, ag_new
     assert written and not [p for p in written if key.encode() in p.read_bytes()]
     assert key not in result.stdout + result.stderr
 
-    wrong = cli("compare", "--plugins", "secretive", "--spec", "agnews", "--data", ag_news_data,
-                "--set", "secretive.pin=sk-NOT-A-NUMBER")
+    wrong = cli(
+        "compare",
+        "--plugins",
+        "secretive",
+        "--spec",
+        "agnews",
+        "--data",
+        ag_news_data,
+        "--set",
+        "secretive.pin=sk-NOT-A-NUMBER",
+    )
     assert wrong.returncode == 2 and "sk-NOT-A-NUMBER" not in wrong.stderr
     assert "--set secretive.pin: not a valid int (a secret: its value is not shown)" in wrong.stderr

@@ -9,8 +9,8 @@ import pytest
 
 import harness_plugins.qwen as qwen
 from harness import decoder
-from harness.plugins import load_plugins
 from harness.approach import RunContext
+from harness.plugins import load_plugins
 from harness.progress import SILENT
 from harness.runner import without_answers
 from harness.spec import load_spec
@@ -22,9 +22,16 @@ from harness.types import Example, Prompt, Task
 # with every example. Real models learn both; tests/test_training_numerics.py checks the turn's labels.
 # fp32 throughout: these tests compare scorings to 1e-4; bf16 (the default on a CPU with bf16 units) is
 # checked on its own below.
-FAST = {"num_train_epochs": 6.0, "learning_rate": 3e-3, "per_device_train_batch_size": 8,
-        "gradient_accumulation_steps": 1, "eval_steps": 0.25, "answer_loss": "letter", "mixed_precision": "no",
-        "dtype": "float32"}
+FAST = {
+    "num_train_epochs": 6.0,
+    "learning_rate": 3e-3,
+    "per_device_train_batch_size": 8,
+    "gradient_accumulation_steps": 1,
+    "eval_steps": 0.25,
+    "answer_loss": "letter",
+    "mixed_precision": "no",
+    "dtype": "float32",
+}
 
 
 def typed(settings: dict) -> qwen.QwenSettings:
@@ -42,7 +49,9 @@ def settings_for(model: Path, **extra) -> dict:
 
 def test_tiny_qwen_passes_the_conformance_kit(tmp_path, tiny_qwen):
     # Inline: the kit's process launcher is exercised by the docs' plugin (tests/test_plugins.py).
-    record = check_plugin(qwen, name="qwen", tmp_path=tmp_path, settings={"model": str(tiny_qwen), **FAST}, launcher="inline")
+    record = check_plugin(
+        qwen, name="qwen", tmp_path=tmp_path, settings={"model": str(tiny_qwen), **FAST}, launcher="inline"
+    )
     assert record.metrics["accuracy"] >= 0.7, record.train_log
     losses = [e["loss"] for e in record.train_log if "loss" in e]
     assert losses[-1] < losses[0] / 2
@@ -54,17 +63,33 @@ def trained(tmp_path_factory, tiny_qwen):
     plugins.register(qwen, "qwen")
     train, test = tiny_dataset()
     settings = settings_for(tiny_qwen)
-    artifact = plugins.call("qwen", "harness_train", task=TINY_TASK, train=train, validation=train[-6:],
-                            settings=settings, workdir=tmp_path_factory.mktemp("qwen-work"), progress=SILENT)
+    artifact = plugins.call(
+        "qwen",
+        "harness_train",
+        task=TINY_TASK,
+        train=train,
+        validation=train[-6:],
+        settings=settings,
+        workdir=tmp_path_factory.mktemp("qwen-work"),
+        progress=SILENT,
+    )
     return plugins, artifact, settings, without_answers(test), test
 
 
 def test_letter_and_likelihood_scoring_agree(trained):
     plugins, artifact, settings, test, gold = trained
-    letter = plugins.call("qwen", "harness_predict", task=TINY_TASK, artifact=artifact, examples=test,
-                          settings=settings, progress=SILENT)
-    likelihood = plugins.call("qwen", "harness_predict", task=TINY_TASK, artifact=artifact, examples=test,
-                              settings={**settings, "scoring": "likelihood"}, progress=SILENT)
+    letter = plugins.call(
+        "qwen", "harness_predict", task=TINY_TASK, artifact=artifact, examples=test, settings=settings, progress=SILENT
+    )
+    likelihood = plugins.call(
+        "qwen",
+        "harness_predict",
+        task=TINY_TASK,
+        artifact=artifact,
+        examples=test,
+        settings={**settings, "scoring": "likelihood"},
+        progress=SILENT,
+    )
     # Likelihood also scores the end-of-turn token after the letter; training made that near certain.
     assert [p.label for p in letter] == [p.label for p in likelihood]
     for a, b in zip(letter, likelihood):
@@ -79,8 +104,11 @@ def test_multi_token_answers_need_likelihood_scoring(trained, tiny_qwen, tmp_pat
     prompter = decoder.Prompter(TINY_TASK, artifact.state["tokenizer"], by_label)
     tokenizer = artifact.state["tokenizer"]
     assert [tokenizer.decode(ids) for ids in prompter.answer_ids] == ["sport", "weather", "food"]
-    task = Task("classification", ("World", "Sports", "Business", "Sci/Tech"),
-                option_labels=("World", "Sports", "Business", "Science/Technology"))
+    task = Task(
+        "classification",
+        ("World", "Sports", "Business", "Sci/Tech"),
+        option_labels=("World", "Sports", "Business", "Science/Technology"),
+    )
     prompter = decoder.Prompter(task, artifact.state["tokenizer"], by_label)
     assert len(prompter.answer_ids[3]) > 1  # "Science/Technology" is several tokens
     with pytest.raises(ValueError, match="use scoring: perplexity or likelihood"):
@@ -88,7 +116,9 @@ def test_multi_token_answers_need_likelihood_scoring(trained, tiny_qwen, tmp_pat
     assert decoder.selection_scoring(prompter) == "perplexity"  # checkpoints are still selected on these answers
     # Scoring several-token answers through the shared KV cache gives a finite score per option.
     load(TINY_TASK, artifact, settings)
-    scores = decoder.likelihood_scores(artifact.state["serving_model"], prompter, prompter.prompt_ids("Rain again", 8)[0], "cpu")
+    scores = decoder.likelihood_scores(
+        artifact.state["serving_model"], prompter, prompter.prompt_ids("Rain again", 8)[0], "cpu"
+    )
     assert len(scores) == 4 and all(s < 0 for s in scores)
 
 
@@ -106,7 +136,9 @@ def test_prompt_uses_the_chat_template_without_thinking_and_truncates_only_the_a
     assert tokenizer.decode(prompter.answer_ids[2]) == "C"
     long, cut = prompter.prompt_ids("word " * 500, reserve=2)
     assert cut and len(long) <= 118
-    assert tokenizer.decode(long).endswith("D. Science/Technology\n\nAnswer:/no_think<|im_end|>\n<|im_start|>assistant\n<think>\n\n</think>\n\n")
+    assert tokenizer.decode(long).endswith(
+        "D. Science/Technology\n\nAnswer:/no_think<|im_end|>\n<|im_start|>assistant\n<think>\n\n</think>\n\n"
+    )
 
 
 def test_zero_shot_trains_nothing_and_still_predicts(tiny_qwen, tmp_path):
@@ -114,24 +146,50 @@ def test_zero_shot_trains_nothing_and_still_predicts(tiny_qwen, tmp_path):
     plugins.register(qwen, "qwen")
     train, test = tiny_dataset(n_train=6, n_test=5)
     settings = settings_for(tiny_qwen, num_train_epochs=0.0)
-    artifact = plugins.call("qwen", "harness_train", task=TINY_TASK, train=train, validation=[], settings=settings,
-                            workdir=tmp_path, progress=SILENT)
+    artifact = plugins.call(
+        "qwen",
+        "harness_train",
+        task=TINY_TASK,
+        train=train,
+        validation=[],
+        settings=settings,
+        workdir=tmp_path,
+        progress=SILENT,
+    )
     assert artifact.path is None and artifact.train_samples == 0
-    predictions = plugins.call("qwen", "harness_predict", task=TINY_TASK, artifact=artifact,
-                               examples=without_answers(test), settings=settings, progress=SILENT)
+    predictions = plugins.call(
+        "qwen",
+        "harness_predict",
+        task=TINY_TASK,
+        artifact=artifact,
+        examples=without_answers(test),
+        settings=settings,
+        progress=SILENT,
+    )
     assert len(predictions) == 5 and all(p.label in TINY_TASK.labels for p in predictions)
 
 
 def test_extraction_generates_and_an_answer_that_is_not_json_is_wrong_not_a_crash(tiny_qwen, tmp_path):
     plugins = load_plugins(entry_points=False)
     plugins.register(qwen, "qwen")
-    task = Task("extraction", fields=("name", "phone"), prompt=Prompt(user="Extract name and phone as JSON: {text}{options}"))
+    task = Task(
+        "extraction", fields=("name", "phone"), prompt=Prompt(user="Extract name and phone as JSON: {text}{options}")
+    )
     settings = settings_for(tiny_qwen, num_train_epochs=0.0, max_new_tokens=6)
-    artifact = plugins.call("qwen", "harness_train", task=task, train=[], validation=[], settings=settings,
-                            workdir=tmp_path, progress=SILENT)
+    artifact = plugins.call(
+        "qwen",
+        "harness_train",
+        task=task,
+        train=[],
+        validation=[],
+        settings=settings,
+        workdir=tmp_path,
+        progress=SILENT,
+    )
     examples = [Example("1", "13800000000 Zhang San"), Example("2", "Li Si 13900000000, Beijing")]
-    predictions = plugins.call("qwen", "harness_predict", task=task, artifact=artifact, examples=examples,
-                               settings=settings, progress=SILENT)
+    predictions = plugins.call(
+        "qwen", "harness_predict", task=task, artifact=artifact, examples=examples, settings=settings, progress=SILENT
+    )
     assert len(predictions) == 2 and all(isinstance(p.raw, str) for p in predictions)
     assert all(p.fields is None or isinstance(p.fields, dict) for p in predictions)
     # bench's raw reference: chat template, tokenizer and generate by hand give predict's answers.
@@ -143,10 +201,16 @@ def test_extraction_generates_and_an_answer_that_is_not_json_is_wrong_not_a_cras
     artifact.state["serving_model"].generation_config.repetition_penalty = 1.3
     penalty = "greedy decoding applies the model's generation_config: repetition_penalty=1.3"
     assert penalty in load(task, artifact, settings).notes and plain not in load(task, artifact, settings).notes
-    penalised = plugins.call("qwen", "harness_predict", task=task, artifact=artifact, examples=examples,
-                             settings=settings, progress=SILENT)
-    assert [forward([ex.text])[0].strip() for ex in examples] == [p.raw for p in penalised] != [p.raw for p in predictions]
-    assert decoder.parse_fields('{"name": "Zhang San", "phone": 13800000000}') == {"name": "Zhang San", "phone": "13800000000"}
+    penalised = plugins.call(
+        "qwen", "harness_predict", task=task, artifact=artifact, examples=examples, settings=settings, progress=SILENT
+    )
+    assert (
+        [forward([ex.text])[0].strip() for ex in examples] == [p.raw for p in penalised] != [p.raw for p in predictions]
+    )
+    assert decoder.parse_fields('{"name": "Zhang San", "phone": 13800000000}') == {
+        "name": "Zhang San",
+        "phone": "13800000000",
+    }
     assert decoder.parse_fields("name: Zhang San") is None and decoder.parse_fields("[1, 2]") is None
 
 
@@ -154,8 +218,11 @@ def test_likelihood_with_a_shared_kv_cache_equals_scoring_each_full_sequence(tra
     import torch
 
     _, artifact, settings, _, _ = trained
-    task = Task("classification", ("World", "Sports", "Business", "Sci/Tech"),
-                option_labels=("World", "Sports", "Business", "Science/Technology"))
+    task = Task(
+        "classification",
+        ("World", "Sports", "Business", "Sci/Tech"),
+        option_labels=("World", "Sports", "Business", "Science/Technology"),
+    )
     prompter = decoder.Prompter(task, artifact.state["tokenizer"], {**settings, "answer": "label"})
     load(TINY_TASK, artifact, settings)
     model = artifact.state["serving_model"]
@@ -211,19 +278,33 @@ def test_answer_loss_under_gradient_accumulation_equals_one_large_batch(tiny_qwe
 def test_extraction_trains_with_validation_and_selects_on_exact_match(tiny_qwen, tmp_path):
     plugins = load_plugins(entry_points=False)
     plugins.register(qwen, "qwen")
-    task = Task("extraction", fields=("name", "phone"), prompt=Prompt(user="Extract name and phone as JSON: {text}{options}"))
-    rows = [Example(str(i), f"{n} 1380000{i:04d}", fields={"name": n, "phone": f"1380000{i:04d}"})
-            for i, n in enumerate(["Zhang San", "Li Si", "Wang Wu", "Zhao Liu"] * 3)]
+    task = Task(
+        "extraction", fields=("name", "phone"), prompt=Prompt(user="Extract name and phone as JSON: {text}{options}")
+    )
+    rows = [
+        Example(str(i), f"{n} 1380000{i:04d}", fields={"name": n, "phone": f"1380000{i:04d}"})
+        for i, n in enumerate(["Zhang San", "Li Si", "Wang Wu", "Zhao Liu"] * 3)
+    ]
     settings = settings_for(tiny_qwen, num_train_epochs=2.0, max_new_tokens=12, eval_steps=0.5)
-    artifact = plugins.call("qwen", "harness_train", task=task, train=rows[:10], validation=rows[10:], settings=settings,
-                            workdir=tmp_path, progress=SILENT)
+    artifact = plugins.call(
+        "qwen",
+        "harness_train",
+        task=task,
+        train=rows[:10],
+        validation=rows[10:],
+        settings=settings,
+        workdir=tmp_path,
+        progress=SILENT,
+    )
     assert artifact.info["best_checkpoint"].startswith("checkpoint-")
     assert 0.0 <= artifact.info["best_metric"] <= 1.0
 
 
 # SmolLM2's chat template, in short: ChatML with no thinking.
-CHATML = ("{% for message in messages %}{{'<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>\n'}}"
-          "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}")
+CHATML = (
+    "{% for message in messages %}{{'<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>\n'}}"
+    "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
 
 
 def test_only_a_template_that_knows_thinking_gets_a_think_block(tiny_qwen):
@@ -258,19 +339,40 @@ def test_a_gguf_file_names_the_model(shared, tmp_path):
     plugins = load_plugins(entry_points=False)
     plugins.register(qwen, "qwen")
     settings = {**qwen.DEFAULTS, "model": str(gguf), "num_train_epochs": 0.0, "random_weights": False, "seed": 0}
-    artifact = plugins.call("qwen", "harness_train", task=TINY_TASK, train=[], validation=[], settings=settings,
-                            workdir=tmp_path, progress=SILENT)
+    artifact = plugins.call(
+        "qwen",
+        "harness_train",
+        task=TINY_TASK,
+        train=[],
+        validation=[],
+        settings=settings,
+        workdir=tmp_path,
+        progress=SILENT,
+    )
     model, tokenizer = artifact.state["model"], artifact.state["tokenizer"]
     assert type(model).__name__ == "LlamaForCausalLM" and model.dtype == torch.float32
     assert getattr(model, "hf_quantizer", None) is None and not hasattr(model.config, "quantization_config")
     from transformers.trainer_utils import validate_quantization_for_training
 
     validate_quantization_for_training(model)  # what the Trainer checks before it fine-tunes: it may
-    prompt = tokenizer.decode(decoder.Prompter(TINY_TASK, tokenizer, settings).prompt_ids("Rain all week.", reserve=2)[0])
-    assert prompt.startswith("<|im_start|>system\n") and prompt.endswith("<|im_start|>assistant\n") and "<think>" not in prompt
+    prompt = tokenizer.decode(
+        decoder.Prompter(TINY_TASK, tokenizer, settings).prompt_ids("Rain all week.", reserve=2)[0]
+    )
+    assert (
+        prompt.startswith("<|im_start|>system\n")
+        and prompt.endswith("<|im_start|>assistant\n")
+        and "<think>" not in prompt
+    )
     _, test = tiny_dataset(n_test=6)
-    predictions = plugins.call("qwen", "harness_predict", task=TINY_TASK, artifact=artifact,
-                               examples=without_answers(test), settings=settings, progress=SILENT)
+    predictions = plugins.call(
+        "qwen",
+        "harness_predict",
+        task=TINY_TASK,
+        artifact=artifact,
+        examples=without_answers(test),
+        settings=settings,
+        progress=SILENT,
+    )
     assert all(p.label in TINY_TASK.labels and abs(sum(p.scores.values()) - 1) < 1e-4 for p in predictions)
     model.save_pretrained(tmp_path / "saved")
     from transformers import AutoModelForCausalLM
@@ -289,8 +391,18 @@ def test_on_a_cpu_with_bf16_units_the_default_serves_in_bf16_and_agrees_with_fp3
     for dtype, given in (("float32", settings), ("auto", auto)):
         served = qwen.Artifact(path=artifact.path, info=artifact.info)
         serving = plugins.call("qwen", "harness_load", task=TINY_TASK, artifact=served, settings=given, cache_dir=None)
-        answers[dtype] = [p.label for p in plugins.call("qwen", "harness_predict", task=TINY_TASK, artifact=served,
-                                                        examples=test, settings=given, progress=SILENT)]
+        answers[dtype] = [
+            p.label
+            for p in plugins.call(
+                "qwen",
+                "harness_predict",
+                task=TINY_TASK,
+                artifact=served,
+                examples=test,
+                settings=given,
+                progress=SILENT,
+            )
+        ]
         if dtype == "auto":
             assert serving.dtype == ("bfloat16" if cpu_has_bf16() else "float32")
     agree = sum(a == b for a, b in zip(answers["float32"], answers["auto"])) / len(test)

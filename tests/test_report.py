@@ -20,8 +20,17 @@ PNG = b"\x89PNG\r\n\x1a\n"
 def compared(workspace, tiny_bert, ag_news_data):
     """naive-bayes against a tiny BERT (one epoch: near chance) and the naive-bayes engine, on 300 texts."""
     tmp_path, cli = workspace
-    result = cli("compare", "--plugins", "naive-bayes,bert,naive-bayes-tables", "--data", ag_news_data, *COMMON,
-                 *bert_args(tiny_bert), "--json", "out.json")
+    result = cli(
+        "compare",
+        "--plugins",
+        "naive-bayes,bert,naive-bayes-tables",
+        "--data",
+        ag_news_data,
+        *COMMON,
+        *bert_args(tiny_bert),
+        "--json",
+        "out.json",
+    )
     assert result.returncode == 0, result.stderr
     return result, json.loads((tmp_path / "out.json").read_text())
 
@@ -35,7 +44,11 @@ def test_compare_prints_intervals_and_one_line_per_pair_and_json_holds_them(comp
         assert ci["low"] <= run["metrics"]["f1_weighted"] == ci["estimate"] <= ci["high"]
         assert 0 < ci["high"] - ci["low"] < 0.3
     pairs = {(p["a"], p["b"]): p for p in statistics["pairs"]}
-    assert set(pairs) == {("naive-bayes", "bert"), ("naive-bayes", "naive-bayes-tables"), ("bert", "naive-bayes-tables")}
+    assert set(pairs) == {
+        ("naive-bayes", "bert"),
+        ("naive-bayes", "naive-bayes-tables"),
+        ("bert", "naive-bayes-tables"),
+    }
     # The engine serves the very model naive-bayes trained: the same answers, no difference at all.
     same = pairs[("naive-bayes", "naive-bayes-tables")]
     assert same["difference"] == same["low"] == same["high"] == 0 and same["p_holm"] == 1.0
@@ -44,9 +57,14 @@ def test_compare_prints_intervals_and_one_line_per_pair_and_json_holds_them(comp
     gap = pairs[("naive-bayes", "bert")]
     assert gap["difference"] > 0.1 and gap["significant"] and gap["p_holm"] >= gap["p"] and gap["low"] > 0
     assert gap["test"] == "paired bootstrap" and gap["resamples"] == 10_000 and gap["seeds"] == [1, 1]
-    assert "naive-bayes vs bert: +" in result.stdout and "(paired bootstrap, Holm) — naive-bayes is significantly better" in result.stdout
+    assert (
+        "naive-bayes vs bert: +" in result.stdout
+        and "(paired bootstrap, Holm) — naive-bayes is significantly better" in result.stdout
+    )
     assert "  McNemar's exact test on accuracy: naive-bayes alone right" in result.stdout
-    assert "naive-bayes vs naive-bayes-tables: +0.000" in result.stdout and "not a significant difference" in result.stdout
+    assert (
+        "naive-bayes vs naive-bayes-tables: +0.000" in result.stdout and "not a significant difference" in result.stdout
+    )
     # No single row is significantly better than every other (naive-bayes ties its engine): nothing in bold.
     assert statistics["best"] is None
 
@@ -56,8 +74,13 @@ def test_plots_are_pngs_with_the_expected_series(compared, workspace):
     _, out = compared
     folder = tmp_path / ".harness" / "comparisons" / out["comparison_id"]
     plots = json.loads((folder / "plots.json").read_text())
-    assert set(plots) >= {"training-bert.png", "confusion-bert.png", "confusion-naive-bayes.png",
-                          "quality-throughput.png", "quality-latency.png"}
+    assert set(plots) >= {
+        "training-bert.png",
+        "confusion-bert.png",
+        "confusion-naive-bayes.png",
+        "quality-throughput.png",
+        "quality-latency.png",
+    }
     for name in plots:
         data = (folder / name).read_bytes()
         assert data.startswith(PNG) and len(data) > 2000, name
@@ -67,12 +90,14 @@ def test_plots_are_pngs_with_the_expected_series(compared, workspace):
     assert any(s.startswith("eval_f1") for s in plots["training-bert.png"]["series"])
 
 
-def test_report_compare_builds_one_table_from_two_comparisons_and_refuses_other_test_sets(compared, workspace,
-                                                                                            ag_news_data):
+def test_report_compare_builds_one_table_from_two_comparisons_and_refuses_other_test_sets(
+    compared, workspace, ag_news_data
+):
     tmp_path, cli = workspace
     _, out = compared
-    again = cli("compare", "--plugins", "naive-bayes", "--data", ag_news_data, *COMMON, "--seeds", "1",
-                "--json", "seed1.json")
+    again = cli(
+        "compare", "--plugins", "naive-bayes", "--data", ag_news_data, *COMMON, "--seeds", "1", "--json", "seed1.json"
+    )
     assert again.returncode == 0, again.stderr
     seed1 = json.loads((tmp_path / "seed1.json").read_text())
     bert_run = next(r["run_id"] for r in out["runs"] if r["approach"] == "bert")
@@ -83,8 +108,23 @@ def test_report_compare_builds_one_table_from_two_comparisons_and_refuses_other_
     assert [(p["a"], p["b"]) for p in table["statistics"]["pairs"]] == [("naive-bayes", "bert")]
     assert "naive-bayes vs bert" in combined.stdout
     # Another test set: one line, exit 2.
-    other = cli("compare", "--plugins", "naive-bayes", "--data", ag_news_data, "--spec", "agnews", "--limit-train", "400",
-                "--limit-test", "120", "--latency-samples", "3", "--json", "small.json")
+    other = cli(
+        "compare",
+        "--plugins",
+        "naive-bayes",
+        "--data",
+        ag_news_data,
+        "--spec",
+        "agnews",
+        "--limit-train",
+        "400",
+        "--limit-test",
+        "120",
+        "--latency-samples",
+        "3",
+        "--json",
+        "small.json",
+    )
     assert other.returncode == 0, other.stderr
     small = json.loads((tmp_path / "small.json").read_text())["runs"][0]["run_id"]
     refused = cli("report", "--compare", small, bert_run)
@@ -92,7 +132,9 @@ def test_report_compare_builds_one_table_from_two_comparisons_and_refuses_other_
     assert refused.stderr.startswith("harness: error: --compare: runs scored on different test sets"), refused.stderr
     assert len(refused.stderr.strip().splitlines()) == 1
     nothing = cli("report", "--compare", "no-such-thing")
-    assert nothing.returncode == 2 and "'no-such-thing' is neither a stored run nor a stored comparison" in nothing.stderr
+    assert (
+        nothing.returncode == 2 and "'no-such-thing' is neither a stored run nor a stored comparison" in nothing.stderr
+    )
 
 
 def chromium() -> str | None:
@@ -137,9 +179,15 @@ def test_the_html_report_renders_offline_in_a_real_browser(compared, workspace):
 def test_the_pages_statistics_nest_each_pairs_second_lines_under_it():
     from harness.html import _statistics_list
 
-    page = _statistics_list(["a vs b: +0.1 F1 (w) [...] — a is significantly better",
-                             "  McNemar's exact test on accuracy: a alone right 3, b alone right 1, p = 0.62 (Holm)",
-                             "a: F1 (w) sd across seeds 0.010 <x>"])
-    assert page == ("<ul><li>a vs b: +0.1 F1 (w) [...] — a is significantly better<ul><li>McNemar&#x27;s exact test on "
-                    "accuracy: a alone right 3, b alone right 1, p = 0.62 (Holm)</li></ul></li>"
-                    "<li>a: F1 (w) sd across seeds 0.010 &lt;x&gt;</li></ul>")
+    page = _statistics_list(
+        [
+            "a vs b: +0.1 F1 (w) [...] — a is significantly better",
+            "  McNemar's exact test on accuracy: a alone right 3, b alone right 1, p = 0.62 (Holm)",
+            "a: F1 (w) sd across seeds 0.010 <x>",
+        ]
+    )
+    assert page == (
+        "<ul><li>a vs b: +0.1 F1 (w) [...] — a is significantly better<ul><li>McNemar&#x27;s exact test on "
+        "accuracy: a alone right 3, b alone right 1, p = 0.62 (Holm)</li></ul></li>"
+        "<li>a: F1 (w) sd across seeds 0.010 &lt;x&gt;</li></ul>"
+    )

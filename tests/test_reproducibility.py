@@ -14,11 +14,36 @@ def test_two_reruns_of_minilm_give_identical_predictions_and_metrics(tmp_path, p
     """Issue 8's bar: MiniLM, 400 training examples, 1 epoch, trained from scratch twice, each by a fresh
     harness process (inline: the units in that process, which is what seeding has to make repeatable)."""
     cli = make_cli(plugin_site, tmp_path)
-    args = ["compare", "--plugins", "bert", "--spec", "agnews", "--data", ag_news_data, "--limit-train", "400",
-            "--limit-test", "200", "--latency-samples", "3", "--set", f"bert.model={MINILM}",
-            "--set", "bert.num_train_epochs=1", "--set", "bert.learning_rate=1e-4", "--set", "bert.eval_steps=0.5",
-            "--set", "bert.per_device_train_batch_size=16", "--set", "bert.max_length=128", "--rerun",
-            "--launcher", "inline"]
+    args = [
+        "compare",
+        "--plugins",
+        "bert",
+        "--spec",
+        "agnews",
+        "--data",
+        ag_news_data,
+        "--limit-train",
+        "400",
+        "--limit-test",
+        "200",
+        "--latency-samples",
+        "3",
+        "--set",
+        f"bert.model={MINILM}",
+        "--set",
+        "bert.num_train_epochs=1",
+        "--set",
+        "bert.learning_rate=1e-4",
+        "--set",
+        "bert.eval_steps=0.5",
+        "--set",
+        "bert.per_device_train_batch_size=16",
+        "--set",
+        "bert.max_length=128",
+        "--rerun",
+        "--launcher",
+        "inline",
+    ]
     runs = []
     for name in ("1.json", "2.json"):
         result = cli(*args, "--json", name)
@@ -36,25 +61,57 @@ def test_two_reruns_of_minilm_give_identical_predictions_and_metrics(tmp_path, p
     assert first["metrics"]["accuracy"] > 0.65 and first["metrics"]["f1_weighted"] > 0.6, first["metrics"]
 
 
-def test_several_seeds_store_a_run_each_and_the_table_shows_mean_and_sd(tmp_path, plugin_site, tiny_bert, tiny_qwen,
-                                                                        ag_news_data):
+def test_several_seeds_store_a_run_each_and_the_table_shows_mean_and_sd(
+    tmp_path, plugin_site, tiny_bert, tiny_qwen, ag_news_data
+):
     import statistics
 
     cli = make_cli(plugin_site, tmp_path)
     # Inline: the seed loop and the table are what is tested here; the test above covers fresh processes.
-    args = ["compare", "--plugins", "bert,qwen", "--spec", "agnews", "--data", ag_news_data, "--limit-train", "120",
-            "--limit-test", "40", "--latency-samples", "3", "--set", f"bert.model={tiny_bert}", "--launcher", "inline",
-            "--set", "bert.num_train_epochs=1", "--set", "bert.learning_rate=1e-3", "--set", "bert.eval_steps=0.5",
-            "--set", f"qwen.model={tiny_qwen}", "--set", "qwen.num_train_epochs=1", "--set", "qwen.learning_rate=2e-3",
-            "--set", "qwen.per_device_train_batch_size=16", "--set", "qwen.gradient_accumulation_steps=1",
-            "--set", "qwen.eval_steps=0.5"]
+    args = [
+        "compare",
+        "--plugins",
+        "bert,qwen",
+        "--spec",
+        "agnews",
+        "--data",
+        ag_news_data,
+        "--limit-train",
+        "120",
+        "--limit-test",
+        "40",
+        "--latency-samples",
+        "3",
+        "--set",
+        f"bert.model={tiny_bert}",
+        "--launcher",
+        "inline",
+        "--set",
+        "bert.num_train_epochs=1",
+        "--set",
+        "bert.learning_rate=1e-3",
+        "--set",
+        "bert.eval_steps=0.5",
+        "--set",
+        f"qwen.model={tiny_qwen}",
+        "--set",
+        "qwen.num_train_epochs=1",
+        "--set",
+        "qwen.learning_rate=2e-3",
+        "--set",
+        "qwen.per_device_train_batch_size=16",
+        "--set",
+        "qwen.gradient_accumulation_steps=1",
+        "--set",
+        "qwen.eval_steps=0.5",
+    ]
     result = cli(*args, "--seeds", "0,1,2", "--json", "three.json")
     assert result.returncode == 0, result.stderr
     out = json.loads((tmp_path / "three.json").read_text())
     qwen_runs = [run for run in out["runs"] if run["approach"] == "qwen"]
     assert [run["seed"] for run in qwen_runs] == [0, 1, 2] and [run["status"] for run in qwen_runs] == ["ok"] * 3
     # The pair line: 3 and 3 seeds nested in the 40 examples; its word, sign and bold agree; the seeds' own test.
-    pair, = out["statistics"]["pairs"]
+    (pair,) = out["statistics"]["pairs"]
     assert (pair["a"], pair["b"], pair["seeds"], pair["n"]) == ("bert", "qwen", [3, 3], 40) and "mcnemar" not in pair
     line = next(line.rstrip() for line in result.stdout.splitlines() if line.startswith("bert vs qwen: "))
     assert f"{pair['difference']:+.3f} F1 (w) [{pair['low']:+.3f}, {pair['high']:+.3f}]" in line
@@ -87,4 +144,7 @@ def test_several_seeds_store_a_run_each_and_the_table_shows_mean_and_sd(tmp_path
     spread = out["statistics"]["seeds"]["bert"]["f1_weighted"]
     assert spread["sd"] == pytest.approx(f1["sd"]) and spread["ci_half_width"] > 0
     assert spread["larger"] == ("seeds" if spread["sd"] > spread["ci_half_width"] else "test sample")
-    assert f"bert: F1 (w) sd across seeds {spread['sd']:.3f}, test-sample 95% CI ±{spread['ci_half_width']:.3f}" in result.stdout
+    assert (
+        f"bert: F1 (w) sd across seeds {spread['sd']:.3f}, test-sample 95% CI ±{spread['ci_half_width']:.3f}"
+        in result.stdout
+    )

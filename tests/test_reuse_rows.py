@@ -10,7 +10,6 @@ import json
 import re
 
 from conftest import ROOT
-
 from harness.store import Store
 
 FAST = ["--limit-train", "240", "--limit-test", "40", "--latency-samples", "3"]
@@ -35,16 +34,30 @@ def record_file(tmp_path, run_id):
 
 def test_two_rows_of_one_approach_are_two_rows_each_counted_once(cli, tmp_path, ag_news_data):
     spec = toys_spec(tmp_path)
-    result = cli("compare", "--spec", spec, "--plugins", "naive-bayes,nb-copy", "--data", ag_news_data, *FAST,
-                 "--json", "out.json")
+    result = cli(
+        "compare",
+        "--spec",
+        spec,
+        "--plugins",
+        "naive-bayes,nb-copy",
+        "--data",
+        ag_news_data,
+        *FAST,
+        "--json",
+        "out.json",
+    )
     assert result.returncode == 0, result.stderr
     out = json.loads((tmp_path / "out.json").read_text())
     (run_id,) = {r["run_id"] for r in out["runs"]}  # nb-copy measures nothing again: it reuses naive-bayes's run
-    assert [(r["approach"], r["seed"], r["status"]) for r in out["runs"]] == [("naive-bayes", 0, "ok"),
-                                                                               ("nb-copy", 0, "reused")]
+    assert [(r["approach"], r["seed"], r["status"]) for r in out["runs"]] == [
+        ("naive-bayes", 0, "ok"),
+        ("nb-copy", 0, "reused"),
+    ]
     assert "runs" not in out["runs"][0]["environment"] and out["runs"][1]["environment"]["runs"] == "naive-bayes"
     assert {name: (row["seeds"], row["runs"]) for name, row in out["summary"].items()} == {
-        "naive-bayes": ([0], [run_id]), "nb-copy": ([0], [run_id])}
+        "naive-bayes": ([0], [run_id]),
+        "nb-copy": ([0], [run_id]),
+    }
     assert out["summary"]["nb-copy"]["metrics"]["accuracy"]["n"] == 1
     assert table_rows(result.stdout) == [("naive-bayes", "ok"), ("nb-copy", "reused")]
     assert f"nb-copy: reused run {run_id}" in result.stdout
@@ -60,7 +73,9 @@ def test_two_rows_of_one_approach_are_two_rows_each_counted_once(cli, tmp_path, 
     assert table_rows(report.stdout) == [("naive-bayes", "ok"), ("nb-copy", "reused")]
     reloaded = Store(tmp_path / ".harness").load_comparison(out["comparison_id"])
     assert [(r.approach, r.seed, r.status, r.run_id) for r in reloaded.runs] == [
-        ("naive-bayes", 0, "ok", run_id), ("nb-copy", 0, "reused", run_id)]
+        ("naive-bayes", 0, "ok", run_id),
+        ("nb-copy", 0, "reused", run_id),
+    ]
 
 
 def test_a_later_compare_shows_a_reused_run_under_its_own_rows_and_leaves_the_record_alone(cli, tmp_path, ag_news_data):
@@ -71,12 +86,15 @@ def test_a_later_compare_shows_a_reused_run_under_its_own_rows_and_leaves_the_re
     assert (made["approach"], made["status"]) == ("nb-copy", "ok")
     record = record_file(tmp_path, made["run_id"]).read_bytes()
 
-    again = cli("compare", "--spec", spec, "--plugins", "naive-bayes,nb-copy", "--data", ag_news_data, *FAST,
-                "--json", "2.json")
+    again = cli(
+        "compare", "--spec", spec, "--plugins", "naive-bayes,nb-copy", "--data", ag_news_data, *FAST, "--json", "2.json"
+    )
     assert again.returncode == 0, again.stderr
     out = json.loads((tmp_path / "2.json").read_text())
     assert [(r["approach"], r["run_id"], r["status"]) for r in out["runs"]] == [
-        ("naive-bayes", made["run_id"], "reused"), ("nb-copy", made["run_id"], "reused")]
+        ("naive-bayes", made["run_id"], "reused"),
+        ("nb-copy", made["run_id"], "reused"),
+    ]
     # naive-bayes runs itself: the stored row's "runs naive-bayes" is not its note.
     assert "runs" not in out["runs"][0]["environment"] and out["runs"][1]["environment"]["runs"] == "naive-bayes"
     assert list(out["summary"]) == ["naive-bayes", "nb-copy"]
@@ -91,8 +109,22 @@ def test_a_later_compare_shows_a_reused_run_under_its_own_rows_and_leaves_the_re
 
 
 def test_a_grid_rows_run_reused_by_a_compare_shows_the_compares_row(cli, tmp_path, ag_news_data):
-    grid = cli("grid", "--spec", "agnews", "--plugins", "naive-bayes", "--set", "naive-bayes.smoothing=1.0,0.5",
-               "--seeds", "0", "--data", ag_news_data, *FAST, "--json", "grid.json")
+    grid = cli(
+        "grid",
+        "--spec",
+        "agnews",
+        "--plugins",
+        "naive-bayes",
+        "--set",
+        "naive-bayes.smoothing=1.0,0.5",
+        "--seeds",
+        "0",
+        "--data",
+        ag_news_data,
+        *FAST,
+        "--json",
+        "grid.json",
+    )
     assert grid.returncode == 0, grid.stderr
     (gridded,) = json.loads((tmp_path / "grid.json").read_text())["comparisons"]
     made = {r["approach"]: r for r in gridded["runs"]}
@@ -100,8 +132,20 @@ def test_a_grid_rows_run_reused_by_a_compare_shows_the_compares_row(cli, tmp_pat
     half = made["naive-bayes@smoothing=0.5"]
     record = record_file(tmp_path, half["run_id"]).read_bytes()
 
-    result = cli("compare", "--spec", "agnews", "--plugins", "naive-bayes", "--set", "naive-bayes.smoothing=0.5",
-                 "--data", ag_news_data, *FAST, "--json", "out.json")
+    result = cli(
+        "compare",
+        "--spec",
+        "agnews",
+        "--plugins",
+        "naive-bayes",
+        "--set",
+        "naive-bayes.smoothing=0.5",
+        "--data",
+        ag_news_data,
+        *FAST,
+        "--json",
+        "out.json",
+    )
     assert result.returncode == 0, result.stderr
     out = json.loads((tmp_path / "out.json").read_text())
     (run,) = out["runs"]
@@ -115,24 +159,35 @@ def test_a_grid_rows_run_reused_by_a_compare_shows_the_compares_row(cli, tmp_pat
     assert combined.returncode == 0, combined.stderr
     both = json.loads((tmp_path / "both.json").read_text())
     assert [(r["approach"], r["run_id"]) for r in both["runs"]] == [
-        *((r["approach"], r["run_id"]) for r in gridded["runs"]), ("naive-bayes", half["run_id"])]
+        *((r["approach"], r["run_id"]) for r in gridded["runs"]),
+        ("naive-bayes", half["run_id"]),
+    ]
 
 
 def test_a_comparison_stored_before_rows_kept_their_names_still_loads(cli, tmp_path, ag_news_data):
-    result = cli("compare", "--spec", "agnews", "--plugins", "naive-bayes", "--data", ag_news_data, *FAST,
-                 "--json", "out.json")
+    result = cli(
+        "compare", "--spec", "agnews", "--plugins", "naive-bayes", "--data", ag_news_data, *FAST, "--json", "out.json"
+    )
     assert result.returncode == 0, result.stderr
     (run,) = json.loads((tmp_path / "out.json").read_text())["runs"]
     store = Store(tmp_path / ".harness")
     gone = "20260101-000000-qwen-lora-a1b2c3"
-    old = {"comparison_id": "20260101-000000-agnews-0ld000", "spec": "agnews", "created": "2026-01-01T00:00:00Z",
-           "runs": [[run["run_id"], "ok"], [run["run_id"], "reused"], [gone, "ok"]], "metrics": ["accuracy"]}
+    old = {
+        "comparison_id": "20260101-000000-agnews-0ld000",
+        "spec": "agnews",
+        "created": "2026-01-01T00:00:00Z",
+        "runs": [[run["run_id"], "ok"], [run["run_id"], "reused"], [gone, "ok"]],
+        "metrics": ["accuracy"],
+    }
     (tmp_path / ".harness" / "comparisons" / f"{old['comparison_id']}.json").write_text(json.dumps(old))
     assert store.check() == [f"indexed comparison {old['comparison_id']}"]
     loaded = store.load_comparison(old["comparison_id"])
     # [run_id, status] entries: each run under its own stored name and seed, a lost one named from its id.
     assert [(r.approach, r.seed, r.status) for r in loaded.runs] == [
-        ("naive-bayes", 0, "ok"), ("naive-bayes", 0, "reused"), ("qwen-lora", 0, "missing")]
+        ("naive-bayes", 0, "ok"),
+        ("naive-bayes", 0, "reused"),
+        ("qwen-lora", 0, "missing"),
+    ]
     report = cli("report", old["comparison_id"])
     assert report.returncode == 0, report.stderr
     assert ("naive-bayes", "2/2 seeds") in table_rows(report.stdout)

@@ -22,12 +22,24 @@ def test_metrics_from_summed_rows_equal_the_cores_metrics():
     examples, predictions = classified(300, seed=1, labels=labels)
     data = stats.example_stats("classification", labels, (), examples, predictions)
     core = classification_metrics(labels, [e.label for e in examples], [p.label for p in predictions])
-    for metric in ("accuracy", "f1_weighted", "f1_macro", "precision_weighted", "recall_weighted", "precision_macro",
-                   "recall_macro"):
+    for metric in (
+        "accuracy",
+        "f1_weighted",
+        "f1_macro",
+        "precision_weighted",
+        "recall_weighted",
+        "precision_macro",
+        "recall_macro",
+    ):
         assert float(stats.metric_from_sums(data, metric, data.rows.sum(0))) == pytest.approx(core[metric], abs=1e-12)
 
     fields = ("name", "city")
-    gold = [{"name": "Ana", "city": "Oslo"}, {"name": "Ben", "city": ""}, {"name": "Chen", "city": "Lima"}, {"name": "", "city": "Rome"}]
+    gold = [
+        {"name": "Ana", "city": "Oslo"},
+        {"name": "Ben", "city": ""},
+        {"name": "Chen", "city": "Lima"},
+        {"name": "", "city": "Rome"},
+    ]
     predicted = [{"name": "Ana", "city": "Oslo"}, {"name": "Ben", "city": "Riga"}, None, {"name": "Fay"}]
     examples = [Example(str(i), "t", fields=g) for i, g in enumerate(gold)]
     data = stats.example_stats("extraction", (), fields, examples, [Prediction(fields=p) for p in predicted])
@@ -61,8 +73,12 @@ def test_paired_bootstrap_interval_covers_the_true_difference_at_about_the_nomin
         shared = rng.random(300)
         a_right = shared < 0.80
         b_right = np.where(rng.random(300) < 0.5, shared < 0.75, rng.random(300) < 0.75)
-        a = stats.ExampleStats("extraction", np.column_stack([a_right, a_right, a_right, ~a_right, ~a_right]).astype(float), a_right)
-        b = stats.ExampleStats("extraction", np.column_stack([b_right, b_right, b_right, ~b_right, ~b_right]).astype(float), b_right)
+        a = stats.ExampleStats(
+            "extraction", np.column_stack([a_right, a_right, a_right, ~a_right, ~a_right]).astype(float), a_right
+        )
+        b = stats.ExampleStats(
+            "extraction", np.column_stack([b_right, b_right, b_right, ~b_right, ~b_right]).astype(float), b_right
+        )
         difference = stats.paired_difference(a, b, "exact_match", 1000)
         covered += difference["low"] <= 0.05 <= difference["high"]
     assert 0.88 <= covered / trials <= 0.99, covered / trials
@@ -80,6 +96,7 @@ def test_an_interval_brackets_its_estimate_and_narrows_with_more_examples():
 # Pair verdicts: the word, the sign and the bold come from one test of the headline difference.
 # ---------------------------------------------------------------------------------------------------------------
 
+
 def one_hot(gold: list[str], predicted: list[str], labels=("x", "y", "z")) -> stats.ExampleStats:
     examples = [Example(str(i), "t", label=g) for i, g in enumerate(gold)]
     return stats.example_stats("classification", labels, (), examples, [Prediction(label=p) for p in predicted])
@@ -96,17 +113,19 @@ def more_accurate_but_worse_macro_f1() -> tuple[stats.ExampleStats, stats.Exampl
 
 def test_the_verdict_tests_the_headline_metric_not_accuracy():
     a, b = more_accurate_but_worse_macro_f1()
-    pair, = stats.compare_pairs({"a": [a], "b": [b]}, "f1_macro")
+    (pair,) = stats.compare_pairs({"a": [a], "b": [b]}, "f1_macro")
     assert pair["difference"] == pytest.approx(0.2963 - 0.55, abs=1e-3)
     assert pair["significant"] and pair["high"] < 0 and pair["p_holm"] < 0.001
     assert (pair["mcnemar"]["a_only_right"], pair["mcnemar"]["b_only_right"]) == (120, 80)
     assert pair["mcnemar"]["p_holm"] == pytest.approx(0.0057, abs=5e-4)  # McNemar favours a: a second, labelled line
     first, mcnemar = stats.pair_lines(pair, "F1 (m)")
-    assert first.startswith("a vs b: -0.254 F1 (m) [") and first.endswith("(paired bootstrap, Holm) — b is significantly better")
+    assert first.startswith("a vs b: -0.254 F1 (m) [") and first.endswith(
+        "(paired bootstrap, Holm) — b is significantly better"
+    )
     assert mcnemar == "  McNemar's exact test on accuracy: a alone right 120, b alone right 80, p = 0.006 (Holm)"
     assert stats._significantly_best(["a", "b"], [pair]) == "b"
     # Accuracy as headline: the same data, the other verdict, and still one that agrees with its own sign.
-    pair, = stats.compare_pairs({"a": [a], "b": [b]}, "accuracy")
+    (pair,) = stats.compare_pairs({"a": [a], "b": [b]}, "accuracy")
     assert pair["difference"] == pytest.approx(0.04) and pair["significant"] and pair["low"] > 0
     assert stats.pair_lines(pair, "Acc")[0].endswith("a is significantly better")
 
@@ -125,7 +144,7 @@ def test_word_sign_interval_and_p_agree_on_random_pairs():
         answers = [p if rng.random() < 0.5 else Prediction(label=e.label) for p, e in zip(predictions, gold_examples)]
         y = stats.example_stats("classification", labels, (), gold_examples, answers)
         metric = ("f1_weighted", "f1_macro", "accuracy", "precision_macro")[trial % 4]
-        pair, = stats.compare_pairs({"x": [x], "y": [y]}, metric, resamples=1000)
+        (pair,) = stats.compare_pairs({"x": [x], "y": [y]}, metric, resamples=1000)
         assert (pair["p"] < 0.05) == (pair["low"] > 0 or pair["high"] < 0), pair
         if pair["significant"]:
             line = stats.pair_lines(pair, metric)[0]
@@ -145,13 +164,14 @@ def test_seeds_with_identical_answers_do_not_make_a_difference_significant():
     b_right = [True] * 280 + [False] * 57 + [False] * 39 + [True] * 24
     a = one_hot(gold, [g if r else wrong[g] for g, r in zip(gold, a_right)])
     b = one_hot(gold, [g if r else wrong[g] for g, r in zip(gold, b_right)])
-    one, = stats.compare_pairs({"a": [a], "b": [b]}, "accuracy")
+    (one,) = stats.compare_pairs({"a": [a], "b": [b]}, "accuracy")
     assert one["mcnemar"]["p"] == pytest.approx(0.0769, abs=1e-4)
     assert one["p"] == pytest.approx(0.063, abs=0.01) and not one["significant"]
     for seeds in (3, 5):
-        many, = stats.compare_pairs({"a": [a] * seeds, "b": [b] * seeds}, "accuracy")
+        (many,) = stats.compare_pairs({"a": [a] * seeds, "b": [b] * seeds}, "accuracy")
         assert (many["difference"], many["low"], many["high"], many["p"]) == pytest.approx(
-            (one["difference"], one["low"], one["high"], one["p"]))
+            (one["difference"], one["low"], one["high"], one["p"])
+        )
         assert not many["significant"] and "mcnemar" not in many
         naive = stats.mcnemar_exact(np.concatenate([a.correct] * seeds), np.concatenate([b.correct] * seeds))[0]
         assert naive < 0.002  # what concatenating seeds claimed
@@ -159,16 +179,17 @@ def test_seeds_with_identical_answers_do_not_make_a_difference_significant():
 
 def test_extraction_pairs_pool_seeds_as_a_mean_not_a_sum():
     """Exact record 0.60 against 0.50 is +0.100 with one seed and with three (it printed +0.300)."""
+
     def record(exact: int, n: int = 100) -> stats.ExampleStats:
         right = np.arange(n) < exact
         rows = np.column_stack([right, np.ones(n), right, ~right, ~right]).astype(float)
         return stats.ExampleStats("extraction", rows, right)
 
     for seeds in (1, 3):
-        pair, = stats.compare_pairs({"a": [record(60)] * seeds, "b": [record(50)] * seeds}, "exact_match")
+        (pair,) = stats.compare_pairs({"a": [record(60)] * seeds, "b": [record(50)] * seeds}, "exact_match")
         assert pair["difference"] == pytest.approx(0.100)
         assert 0 < pair["low"] < 0.100 < pair["high"] < 0.2
-    uneven, = stats.compare_pairs({"a": [record(60), record(62), record(58)], "b": [record(50)]}, "exact_match")
+    (uneven,) = stats.compare_pairs({"a": [record(60), record(62), record(58)], "b": [record(50)]}, "exact_match")
     assert uneven["difference"] == pytest.approx(0.100) and uneven["seeds"] == [3, 1]
     lines = stats.pair_lines(uneven, "Exact rec")
     assert "(paired bootstrap, 3 and 1 seeds nested in 100 examples, Holm)" in lines[0]
@@ -200,14 +221,18 @@ def test_mcnemar_matches_statsmodels_exact_test():
 def test_almost_stochastic_order_matches_deepsig():
     """The violation ratio to the digit, and eps_min within the bootstrap's own noise (1,000 draws each, with
     different generators), on score lists of 5 to 10 seeds; Bonferroni over two comparisons as deepsig's."""
-    from deepsig.aso import aso as deepsig_aso, compute_violation_ratio
+    from deepsig.aso import aso as deepsig_aso
+    from deepsig.aso import compute_violation_ratio
 
     rng = np.random.default_rng(2)
-    cases = [(list(rng.normal(0.80, 0.02, 5)), list(rng.normal(0.79, 0.02, 5)), 1),
-             (list(rng.normal(0.80, 0.02, 10)), list(rng.normal(0.80, 0.02, 8)), 2)]
+    cases = [
+        (list(rng.normal(0.80, 0.02, 5)), list(rng.normal(0.79, 0.02, 5)), 1),
+        (list(rng.normal(0.80, 0.02, 10)), list(rng.normal(0.80, 0.02, 8)), 2),
+    ]
     for a, b, comparisons in cases:
         assert float(stats.violation_ratio(a, b)) == pytest.approx(
-            compute_violation_ratio(scores_a=np.array(a), scores_b=np.array(b), dt=0.005), abs=1e-12)
+            compute_violation_ratio(scores_a=np.array(a), scores_b=np.array(b), dt=0.005), abs=1e-12
+        )
         ours = stats.aso(a, b, comparisons=comparisons)
         theirs = deepsig_aso(a, b, seed=0, show_progress=False, num_comparisons=comparisons)
         assert ours == pytest.approx(theirs, abs=0.03), (a, b, comparisons)
@@ -217,17 +242,21 @@ def test_almost_stochastic_order_matches_deepsig():
 
 def test_three_seeds_a_side_add_the_seeds_own_verdict():
     def seeds(accuracies):
-        return [stats.ExampleStats("extraction", np.column_stack([r, np.ones(200), r, ~r, ~r]).astype(float), r)
-                for r in (np.arange(200) < int(200 * q) for q in accuracies)]
+        return [
+            stats.ExampleStats("extraction", np.column_stack([r, np.ones(200), r, ~r, ~r]).astype(float), r)
+            for r in (np.arange(200) < int(200 * q) for q in accuracies)
+        ]
 
-    pair, = stats.compare_pairs({"a": seeds([0.80, 0.81, 0.82]), "b": seeds([0.70, 0.71, 0.72])}, "exact_match")
+    (pair,) = stats.compare_pairs({"a": seeds([0.80, 0.81, 0.82]), "b": seeds([0.70, 0.71, 0.72])}, "exact_match")
     order = pair["seeds_test"]
     assert order["a_scores"] == pytest.approx([0.80, 0.81, 0.82]) and order["better"] == "a"
     assert order["eps_min_a_over_b"] < stats.ASO_THRESHOLD < order["eps_min_b_over_a"]
     assert stats.pair_lines(pair, "Exact rec")[-1].endswith(
         "— a's seeds almost stochastically dominate (with 3 and 3 seeds, chance alone orders two equal rows "
-        "completely 10% of the time)")
+        "completely 10% of the time)"
+    )
     assert [stats.chance_separated(n, n) for n in (3, 4, 5)] == pytest.approx([0.1, 2 / 70, 2 / 252])
-    five, = stats.compare_pairs({"a": seeds([0.80, 0.81, 0.82, 0.80, 0.81]), "b": seeds([0.70, 0.71, 0.72, 0.70, 0.71])},
-                                "exact_match")
+    (five,) = stats.compare_pairs(
+        {"a": seeds([0.80, 0.81, 0.82, 0.80, 0.81]), "b": seeds([0.70, 0.71, 0.72, 0.70, 0.71])}, "exact_match"
+    )
     assert stats.pair_lines(five, "Exact rec")[-1].endswith("— a's seeds almost stochastically dominate")

@@ -7,7 +7,6 @@ runs at a known moment of the compare: while it trains, and in its measure unit 
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
@@ -19,7 +18,7 @@ import pytest
 from conftest import install_site, make_cli
 from test_store_recovery import FAST, only_run, partials, spawn
 
-GATED = '''
+GATED = """
 import json
 import os
 import time
@@ -60,7 +59,7 @@ class Gated(Approach):
 @hookimpl
 def harness_register_approaches(register):
     register(Gated())
-'''
+"""
 
 
 @pytest.fixture(scope="module")
@@ -81,8 +80,9 @@ def start(site: Path, tmp_path: Path, ag_news_data: str) -> tuple[subprocess.Pop
     gate.mkdir()
     os.environ["HARNESS_TEST_GATE"] = str(gate)  # spawn() passes this process's environment on
     try:
-        process = spawn(site, tmp_path, "compare", "--plugins", "gated", "--data", ag_news_data, *FAST,
-                        "--json", "out.json")
+        process = spawn(
+            site, tmp_path, "compare", "--plugins", "gated", "--data", ag_news_data, *FAST, "--json", "out.json"
+        )
     finally:
         del os.environ["HARNESS_TEST_GATE"]
     return process, gate
@@ -112,19 +112,33 @@ def test_cleanup_during_a_compare_skips_what_it_holds_and_removes_it_after(tmp_p
         assert str(data.relative_to(tmp_path)) not in first.stdout
 
         # The other cleanups at once, while it trains: none removes anything it holds, each says what it skipped.
-        others = [["store", "gc", "--older-than", "0"], ["store", "check", "--remove-partials"],
-                  ["store", "gc", "--dry-run"]]
-        running = [subprocess.Popen([*cli_command(), *args], cwd=tmp_path, env=cli_env(gated_site), text=True,
-                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE) for args in others]
+        others = [
+            ["store", "gc", "--older-than", "0"],
+            ["store", "check", "--remove-partials"],
+            ["store", "gc", "--dry-run"],
+        ]
+        running = [
+            subprocess.Popen(
+                [*cli_command(), *args],
+                cwd=tmp_path,
+                env=cli_env(gated_site),
+                text=True,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+            )
+            for args in others
+        ]
         (aged, checked, dry) = [(p.communicate(timeout=120), p.returncode) for p in running]
-        for (out, err), code in (aged, checked, dry):
+        for (_out, err), code in (aged, checked, dry):
             assert code == 0, err
         for (out, _), _ in (aged, dry):
             assert f"skipped 2 items {holder}: 1 data cache, 1 run in progress" in out.splitlines(), out
         assert "0 removed" in aged[0][0] and "0 to remove" in dry[0][0]
         # check --remove-partials removes killed runs only: its run in progress is what it skipped.
-        assert checked[0][0].splitlines() == [f"skipped 1 item {holder}: 1 run in progress",
-                                              ".harness: 0 runs and 0 comparisons indexed; nothing to fix"]
+        assert checked[0][0].splitlines() == [
+            f"skipped 1 item {holder}: 1 run in progress",
+            ".harness: 0 runs and 0 comparisons indexed; nothing to fix",
+        ]
         assert data.is_file() and run.is_dir()
 
         (gate / "train.go").touch()

@@ -13,11 +13,10 @@ from pathlib import Path
 import pytest
 
 from conftest import make_cli
-from test_store_recovery import FAST, only_run, partials, read_only
-
 from harness.runner import new_id
 from harness.store import Store
 from harness.types import RunRecord
+from test_store_recovery import FAST, only_run, partials, read_only
 
 
 def _finish_many(root: str, prefix: str, count: int, done: multiprocessing.Queue) -> None:
@@ -89,8 +88,10 @@ def test_compare_keeps_killed_work_and_removes_only_what_holds_nothing(store_wit
     store, cli, args = store_with_killed_runs
     result = cli(*args, "--json", "again.json")  # a compare of another approach on the same store
     assert result.returncode == 0, result.stderr
-    assert [p.name for p in partials(store)] == ["20260101-000000-bert-aaaaaa.partial",
-                                                 "20260101-000000-qwen-bbbbbb.partial"]
+    assert [p.name for p in partials(store)] == [
+        "20260101-000000-bert-aaaaaa.partial",
+        "20260101-000000-qwen-bbbbbb.partial",
+    ]
 
 
 def test_store_check_repairs_without_deleting_killed_work(store_with_killed_runs):
@@ -101,7 +102,9 @@ def test_store_check_repairs_without_deleting_killed_work(store_with_killed_runs
     assert "3 killed runs kept to resume (`harness store gc` removes them)" in checked.stdout
     removed = cli("store", "check", "--remove-partials")
     assert removed.returncode == 0 and partials(store) == []
-    assert "removed 20260101-000000-bert-aaaaaa.partial, left by a killed run (killed run, checkpoint-16" in removed.stdout
+    assert (
+        "removed 20260101-000000-bert-aaaaaa.partial, left by a killed run (killed run, checkpoint-16" in removed.stdout
+    )
 
 
 def test_store_gc_lists_what_it_frees_then_frees_it(store_with_killed_runs):
@@ -118,7 +121,10 @@ def test_store_gc_lists_what_it_frees_then_frees_it(store_with_killed_runs):
     assert cli("store", "gc", "--older-than", "1", "--dry-run").stdout.startswith(f"{Path('.harness')}: 0 to remove")
     dry = cli("store", "gc", "--dry-run")
     assert dry.returncode == 0, dry.stderr
-    assert "would remove .harness/runs/20260101-000000-bert-aaaaaa.partial (killed run, checkpoint-16, 48.8 KB)" in dry.stdout
+    assert (
+        "would remove .harness/runs/20260101-000000-bert-aaaaaa.partial (killed run, checkpoint-16, 48.8 KB)"
+        in dry.stdout
+    )
     assert "data cache" in dry.stdout and "(dry run: nothing removed)" in dry.stdout
     assert len(partials(store)) == 3 and list((store / "data").glob("*.json"))
 

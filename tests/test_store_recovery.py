@@ -23,8 +23,15 @@ FAST = ["--spec", "agnews", "--limit-train", "240", "--limit-test", "40", "--lat
 def spawn(plugin_site: Path, cwd: Path, *args: str) -> subprocess.Popen:
     """``harness`` in a session of its own, so that killing the group kills its unit processes too."""
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(plugin_site), os.environ.get("PYTHONPATH", "")])}
-    return subprocess.Popen([sys.executable, "-m", "harness", *args], cwd=cwd, env=env, start_new_session=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(
+        [sys.executable, "-m", "harness", *args],
+        cwd=cwd,
+        env=env,
+        start_new_session=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 def kill_when(process: subprocess.Popen, ready, timeout: float = 120) -> None:
@@ -56,8 +63,17 @@ def only_run(path: Path) -> dict:
 def test_killed_while_training_resumes_from_its_last_checkpoint(tmp_path, plugin_site, tiny_bert, ag_news_data):
     # 24 epochs of 2 steps, a checkpoint every 8: killed once the first one is on disk. The default
     # launcher: the whole process group (the compare and its train process) dies.
-    args = ["compare", "--plugins", "bert", "--data", ag_news_data, *FAST, "--limit-train", "120",
-            *bert_args(tiny_bert, "num_train_epochs=24", "eval_steps=8")]
+    args = [
+        "compare",
+        "--plugins",
+        "bert",
+        "--data",
+        ag_news_data,
+        *FAST,
+        "--limit-train",
+        "120",
+        *bert_args(tiny_bert, "num_train_epochs=24", "eval_steps=8"),
+    ]
     store = tmp_path / ".harness"
     process = spawn(plugin_site, tmp_path, *args)
     kill_when(process, lambda: any(store.glob("runs/*.partial/artifact/checkpoints/checkpoint-*/trainer_state.json")))
@@ -81,7 +97,9 @@ def test_killed_while_training_resumes_from_its_last_checkpoint(tmp_path, plugin
     assert partials(store) == [] and not (store / "runs" / run["run_id"] / "artifact" / "checkpoints").exists()
 
 
-def test_killed_after_training_measures_the_finished_model_without_training_again(tmp_path, plugin_site, tiny_bert, ag_news_data):
+def test_killed_after_training_measures_the_finished_model_without_training_again(
+    tmp_path, plugin_site, tiny_bert, ag_news_data
+):
     # Killed as soon as training has finished: the measure process is still starting (importing torch).
     args = ["compare", "--plugins", "bert", "--data", ag_news_data, *FAST, *bert_args(tiny_bert)]
     store = tmp_path / ".harness"
@@ -93,15 +111,27 @@ def test_killed_after_training_measures_the_finished_model_without_training_agai
     result = make_cli(plugin_site, tmp_path)(*args, "--launcher", "inline", "--json", "out.json")
     assert result.returncode == 0, result.stderr
     run = only_run(tmp_path / "out.json")
-    assert run["status"] == "ok" and run["training"]["resumed"] == {"run": killed.name.removesuffix(".partial"),
-                                                                    "from": "finished training"}
+    assert run["status"] == "ok" and run["training"]["resumed"] == {
+        "run": killed.name.removesuffix(".partial"),
+        "from": "finished training",
+    }
     assert run["speed"]["train_seconds"] == trained["seconds"]  # the killed run's training figures, kept
     assert run["speed"]["train_phases"] == trained["phases"] and "finished training" in result.stdout
     assert (store / "runs" / run["run_id"] / "artifact" / "artifact.json").is_file() and partials(store) == []
 
 
 def test_two_identical_compares_at_once_train_once(tmp_path, plugin_site, tiny_bert, ag_news_data):
-    args = ["compare", "--plugins", "bert", "--data", ag_news_data, *FAST, *bert_args(tiny_bert), "--launcher", "inline"]
+    args = [
+        "compare",
+        "--plugins",
+        "bert",
+        "--data",
+        ag_news_data,
+        *FAST,
+        *bert_args(tiny_bert),
+        "--launcher",
+        "inline",
+    ]
     processes = [spawn(plugin_site, tmp_path, *args, "--json", f"{i}.json") for i in (1, 2)]
     outputs = [p.communicate(timeout=300) for p in processes]
     assert [p.returncode for p in processes] == [0, 0], outputs
@@ -196,9 +226,19 @@ def test_a_run_killed_in_epoch_two_resumes_as_the_same_run(tmp_path, plugin_site
     the same predictions to the last digit of every probability and the same losses as the run left alone.
     108 training examples in batches of 16 are 7 steps an epoch; a checkpoint every 9 steps falls inside an
     epoch, where the resumed run must skip the batches it saw in the same order it saw them."""
-    args = ["compare", "--plugins", "bert", "--data", ag_news_data, *FAST, "--limit-train", "120",
-            *bert_args(tiny_bert, "num_train_epochs=8", "eval_steps=9", "logging_steps=1",
-                       "per_device_train_batch_size=16")]
+    args = [
+        "compare",
+        "--plugins",
+        "bert",
+        "--data",
+        ag_news_data,
+        *FAST,
+        "--limit-train",
+        "120",
+        *bert_args(
+            tiny_bert, "num_train_epochs=8", "eval_steps=9", "logging_steps=1", "per_device_train_batch_size=16"
+        ),
+    ]
     whole = make_cli(plugin_site, tmp_path)(*args, "--store", "whole", "--json", "whole.json", "--launcher", "inline")
     assert whole.returncode == 0, whole.stderr
     store = tmp_path / ".harness"
@@ -215,8 +255,9 @@ def test_a_run_killed_in_epoch_two_resumes_as_the_same_run(tmp_path, plugin_site
     assert run["run_id"] == killed.name.removesuffix(".partial")
     step = int(run["training"]["resumed"]["from"].removeprefix("checkpoint-"))
     assert step % 9 == 0 and step % 7 != 0  # inside an epoch
-    assert (store / "runs" / run["run_id"] / "predictions.jsonl").read_bytes() == \
-        (tmp_path / "whole" / "runs" / alone["run_id"] / "predictions.jsonl").read_bytes()
+    assert (store / "runs" / run["run_id"] / "predictions.jsonl").read_bytes() == (
+        tmp_path / "whole" / "runs" / alone["run_id"] / "predictions.jsonl"
+    ).read_bytes()
     losses = [(e["step"], e["loss"]) for e in run["train_log"] if "loss" in e]
     assert losses == [(e["step"], e["loss"]) for e in alone["train_log"] if "loss" in e]
     assert run["model"]["train_loss"] == pytest.approx(alone["model"]["train_loss"], rel=1e-9)
@@ -245,7 +286,9 @@ def test_a_resumed_log_takes_the_lines_a_kill_lost_from_the_checkpoints_history(
     # What the callback wrote for every line: the step, the epoch, the Trainer's logs; an evaluation also
     # carries the last training loss.
     callback = [{"step": s, "epoch": s / 4, **train(s)} for s in range(1, 7)]
-    callback.insert(4, {"step": 4, "epoch": 1.0, "eval_loss": 1.2, "eval_f1_weighted": 0.5, "train_loss": train(4)["loss"]})
+    callback.insert(
+        4, {"step": 4, "epoch": 1.0, "eval_loss": 1.2, "eval_f1_weighted": 0.5, "train_loss": train(4)["loss"]}
+    )
     # The file has the first two lines and one of step 8, after the checkpoint: steps 3 to 6 were lost.
     log = tmp_path / "run.partial" / "train_log.jsonl"
     log.write_text("".join(json.dumps(e) + "\n" for e in [*callback[:2], {"step": 8, "epoch": 2.0, **train(8)}]))

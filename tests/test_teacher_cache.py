@@ -37,8 +37,9 @@ def ag_train(shared) -> tuple[list, dict[str, str]]:
     return examples, {ex.text: ex.label for ex in examples}
 
 
-def teach_once(plugins, server: OpenAIServer, examples: list, store_root: Path, capsys,
-               spec_name: str = "agnews") -> tuple[dict, list[str], list[str]]:
+def teach_once(
+    plugins, server: OpenAIServer, examples: list, store_root: Path, capsys, spec_name: str = "agnews"
+) -> tuple[dict, list[str], list[str]]:
     """One teacher pass (harness.teacher.teach, as compare calls it) over ``examples``: the labels (or records)
     it gave by text, the lines it wrote to stderr and the texts the server was asked."""
     from harness.data import Datasets
@@ -48,8 +49,15 @@ def teach_once(plugins, server: OpenAIServer, examples: list, store_root: Path, 
     from harness.teacher import teach
 
     spec = load_spec(spec_name)
-    overrides = parse_overrides([f"openai.base_url={server.base_url}", "openai.model=test-model", "openai.api_key_env=",
-                                 "openai.max_retries=1", "openai.timeout=10"])
+    overrides = parse_overrides(
+        [
+            f"openai.base_url={server.base_url}",
+            "openai.model=test-model",
+            "openai.api_key_env=",
+            "openai.max_retries=1",
+            "openai.timeout=10",
+        ]
+    )
     plan = plan_settings(plugins, spec, ["openai"], overrides)["openai"]
     data = Datasets(train=examples, validation=[], test=[], validation_source="none")
     capsys.readouterr()
@@ -83,8 +91,12 @@ def test_a_damaged_teacher_cache_is_asked_again_in_one_warning_and_healthy_after
         row = {i: rows[text_key(text)] for i, text in enumerate(texts)}
         no_label = {k: v for k, v in row[1].items() if k != "label"}
         edited = {**row[3], "label": next(label for label in AG_LABELS if label != gold[texts[3]])}
-        damaged = [b"[1,2]", json.dumps(no_label).encode(), b"\xff\xfe" + json.dumps(row[2]).encode()[2:],
-                   json.dumps(edited, ensure_ascii=False).encode()]
+        damaged = [
+            b"[1,2]",
+            json.dumps(no_label).encode(),
+            b"\xff\xfe" + json.dumps(row[2]).encode()[2:],
+            json.dumps(edited, ensure_ascii=False).encode(),
+        ]
         sound = [json.dumps(row[i], ensure_ascii=False).encode() for i in (5, 6, 7)]
         cut = json.dumps(row[4]).encode()[:40]
         path.write_bytes(b"\n".join(damaged[:2] + sound[:1] + damaged[2:] + sound[1:]) + b"\n" + cut)
@@ -121,8 +133,10 @@ def test_an_older_cache_without_checksums_is_unverified_and_asked_again(plugins,
         path.write_text("".join(json.dumps(row) + "\n" for row in old) + '"just a string"\n', encoding="utf-8")
 
         labels, stderr, asked = teach_once(plugins, server, examples, tmp_path, capsys)
-        assert stderr == [f"harness: warning: teacher cache {path}: 1 damaged line and 8 lines without a checksum "
-                          "(written by an older harness: unverified) dropped; asking again"]
+        assert stderr == [
+            f"harness: warning: teacher cache {path}: 1 damaged line and 8 lines without a checksum "
+            "(written by an older harness: unverified) dropped; asking again"
+        ]
         assert sorted(asked) == sorted(texts) and labels == gold
 
         labels, stderr, asked = teach_once(plugins, server, examples, tmp_path, capsys)
@@ -167,12 +181,20 @@ def test_a_teacher_that_trains_is_one_line_before_the_store_is_created(named_in,
         spec.write_text(text + "teacher: bert\n", encoding="utf-8")
         args += ["--spec", str(spec)]
         where = f"{spec}: teacher"
-    result = subprocess.run([sys.executable, "-m", "harness", *args], cwd=tmp_path, capture_output=True, text=True,
-                            timeout=120, env={**os.environ, "HARNESS_HOME": str(home)})
+    result = subprocess.run(
+        [sys.executable, "-m", "harness", *args],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "HARNESS_HOME": str(home)},
+    )
     assert result.returncode == 2, result.stderr
     lines = result.stderr.splitlines()
-    assert lines == [f"harness: error: {where}: a teacher must answer without training ('bert' trains: "
-                     "num_train_epochs 5); use a zero-shot approach or an endpoint such as openai"]
+    assert lines == [
+        f"harness: error: {where}: a teacher must answer without training ('bert' trains: "
+        "num_train_epochs 5); use a zero-shot approach or an endpoint such as openai"
+    ]
     assert not home.exists() or not any(home.iterdir())
     assert not (tmp_path / ".harness").exists()
 
@@ -187,12 +209,16 @@ def test_which_approaches_may_teach(plugins, shared):
 
     spec = load_spec("agnews")
     names = ["openai", "qwen", "bert", "bert-onnx"]
-    plans = plan_settings(plugins, spec, names, parse_overrides(["openai.base_url=http://127.0.0.1:9/v1",
-                                                                 "qwen.num_train_epochs=0"]))
+    plans = plan_settings(
+        plugins, spec, names, parse_overrides(["openai.base_url=http://127.0.0.1:9/v1", "qwen.num_train_epochs=0"])
+    )
     check_teacher(plans["openai"])
     check_teacher(plans["qwen"])  # the untuned decoder asked with the spec's prompt
-    with pytest.raises(UserError, match=r"^specs/agnews.yaml: teacher: a teacher must answer without training "
-                                        r"\('bert' trains: num_train_epochs 5\)"):
+    with pytest.raises(
+        UserError,
+        match=r"^specs/agnews.yaml: teacher: a teacher must answer without training "
+        r"\('bert' trains: num_train_epochs 5\)",
+    ):
         check_teacher(plans["bert"], "specs/agnews.yaml: teacher")
     with pytest.raises(UserError, match=r"^--teacher: 'bert-onnx' serves a model that must train first"):
         check_teacher(plans["bert-onnx"])

@@ -23,9 +23,24 @@ TEXT = "Stocks fell sharply on Wall Street as oil prices rose and investors sold
 @pytest.fixture(scope="module")
 def compared(workspace, tiny_bert, ag_news_data):
     tmp_path, cli = workspace
-    result = cli("compare", "--plugins", "naive-bayes,bert", "--data", ag_news_data, "--spec", "agnews",
-                 "--limit-train", "60", "--limit-test", "16", "--latency-samples", "2", *bert_args(tiny_bert),
-                 "--json", "out.json")
+    result = cli(
+        "compare",
+        "--plugins",
+        "naive-bayes,bert",
+        "--data",
+        ag_news_data,
+        "--spec",
+        "agnews",
+        "--limit-train",
+        "60",
+        "--limit-test",
+        "16",
+        "--latency-samples",
+        "2",
+        *bert_args(tiny_bert),
+        "--json",
+        "out.json",
+    )
     assert result.returncode == 0, result.stderr
     return json.loads((tmp_path / "out.json").read_text())
 
@@ -64,8 +79,14 @@ def test_try_serves_a_page_that_answers_typed_text_in_a_real_browser(compared, w
         pytest.skip("no chromium on this machine (.ci/run installs it)")
     port = free_port()
     env = {**os.environ, "PYTHONPATH": str(plugin_site)}
-    server = subprocess.Popen([sys.executable, "-m", "harness", "try", "--spec", "agnews", "--port", str(port)], cwd=tmp_path,
-                              env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    server = subprocess.Popen(
+        [sys.executable, "-m", "harness", "try", "--spec", "agnews", "--port", str(port)],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     url = f"http://127.0.0.1:{port}/"
     try:
         deadline = time.monotonic() + 120
@@ -88,8 +109,11 @@ def test_try_serves_a_page_that_answers_typed_text_in_a_real_browser(compared, w
             tab.locator("#try-text textarea").fill(TEXT)
             tab.locator("#try-run").click()
             answers = tab.locator("#try-answers")
-            tab.wait_for_function("() => ['naive-bayes', 'bert'].every(name => "
-                                  "document.querySelector('#try-answers').innerText.includes(name))", timeout=60_000)
+            tab.wait_for_function(
+                "() => ['naive-bayes', 'bert'].every(name => "
+                "document.querySelector('#try-answers').innerText.includes(name))",
+                timeout=60_000,
+            )
             body = answers.inner_text()
             assert sum(label in body for label in ("World", "Sports", "Business", "Sci/Tech")) >= 1
             shot = Path(os.environ.get("HARNESS_TRY_SCREENSHOT", tmp_path / "try.png"))

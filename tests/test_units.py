@@ -97,8 +97,11 @@ def gone(pid: int) -> bool:
 
 
 def setup(tmp_path: Path):
-    site = install_site(tmp_path / "site", {"hosts_a_worker": HOSTS_A_WORKER}, {"hosts-worker": "hosts_a_worker",
-                                                                              "worker-engine": "hosts_a_worker:engine"})
+    site = install_site(
+        tmp_path / "site",
+        {"hosts_a_worker": HOSTS_A_WORKER},
+        {"hosts-worker": "hosts_a_worker", "worker-engine": "hosts_a_worker:engine"},
+    )
     work = tmp_path / "work"
     work.mkdir()
     pids = tmp_path / "pids.txt"
@@ -134,8 +137,18 @@ def test_a_killed_compare_takes_its_units_workers_with_it(tmp_path, ag_news_data
     site, work, pids = setup(tmp_path)
     os.environ["WORKER_PIDS"] = str(pids)
     try:
-        process = spawn(site, work, "compare", "--plugins", "hosts-worker", "--data", ag_news_data, *FAST,
-                        "--latency-samples", "100000")
+        process = spawn(
+            site,
+            work,
+            "compare",
+            "--plugins",
+            "hosts-worker",
+            "--data",
+            ag_news_data,
+            *FAST,
+            "--latency-samples",
+            "100000",
+        )
     finally:
         del os.environ["WORKER_PIDS"]
     deadline = time.monotonic() + 120
@@ -153,10 +166,31 @@ def test_a_killed_compare_takes_its_units_workers_with_it(tmp_path, ag_news_data
 
 def test_bench_builds_an_engines_model_through_the_approach_that_trains_it(tmp_path, ag_news_data):
     site, work, _ = setup(tmp_path)
-    result = make_cli(site, work)("bench", "--plugin", "worker-engine", "--spec", "agnews", "--random-weights",
-                                  "--data", ag_news_data, "--limit-test", "16", "--batch-sizes", "4", "--rounds", "1",
-                                  "--latency-samples", "4", "--concurrency", "2", "--requests", "8",
-                                  "--json", "b.json", env={"HARNESS_LOAD_PLUGINS": "hosts-worker,worker-engine"})
+    result = make_cli(site, work)(
+        "bench",
+        "--plugin",
+        "worker-engine",
+        "--spec",
+        "agnews",
+        "--random-weights",
+        "--data",
+        ag_news_data,
+        "--limit-test",
+        "16",
+        "--batch-sizes",
+        "4",
+        "--rounds",
+        "1",
+        "--latency-samples",
+        "4",
+        "--concurrency",
+        "2",
+        "--requests",
+        "8",
+        "--json",
+        "b.json",
+        env={"HARNESS_LOAD_PLUGINS": "hosts-worker,worker-engine"},
+    )
     assert result.returncode == 0, result.stderr
     assert json.loads((work / "b.json").read_text())["throughput"][0]["samples_per_s"] > 0
 

@@ -20,16 +20,33 @@ AG = {"train": str(AG_NEWS / "train.jsonl"), "test": str(AG_NEWS / "test.jsonl")
 
 
 def test_bert_predict_throughput(harness_benchmark, tiny_bert):
-    predictions = harness_benchmark("bert", "agnews", data=AG, limit_train=64, limit_test=256,
-                                    settings={"model": tiny_bert, "num_train_epochs": 1}, rounds=5)
+    predictions = harness_benchmark(
+        "bert",
+        "agnews",
+        data=AG,
+        limit_train=64,
+        limit_test=256,
+        settings={"model": tiny_bert, "num_train_epochs": 1},
+        rounds=5,
+    )
     assert len(predictions) == 256 and all(p.label for p in predictions)
 
 
 def test_qwen_predict_throughput(harness_benchmark, tiny_qwen):
-    predictions = harness_benchmark("qwen", "agnews", data=AG, limit_train=64, limit_test=128,
-                                    settings={"model": tiny_qwen, "num_train_epochs": 1,
-                                              "per_device_train_batch_size": 16, "gradient_accumulation_steps": 1},
-                                    rounds=3)
+    predictions = harness_benchmark(
+        "qwen",
+        "agnews",
+        data=AG,
+        limit_train=64,
+        limit_test=128,
+        settings={
+            "model": tiny_qwen,
+            "num_train_epochs": 1,
+            "per_device_train_batch_size": 16,
+            "gradient_accumulation_steps": 1,
+        },
+        rounds=3,
+    )
     assert len(predictions) == 128 and all(abs(sum(p.scores.values()) - 1) < 1e-4 for p in predictions)
 
 
@@ -50,9 +67,11 @@ def test_length_buckets_and_packing_beat_padded_file_order_in_the_same_run(share
     settings = bert.BertSettings(model=str(MINILM), num_train_epochs=0.0, predict_batch_size=64, device="cpu")
     approach, context = bert.Bert(), RunContext(batch_size=64, workdir=Path("."), progress=SILENT)
     artifact = approach.train(task, [], [], settings, context)
-    ways = {"padded, by length": {"packing": "padded", "bucket_by_length": True},
-            "padded, file order": {"packing": "padded", "bucket_by_length": False},
-            "packed, file order": {"packing": "packed", "bucket_by_length": False}}
+    ways = {
+        "padded, by length": {"packing": "padded", "bucket_by_length": True},
+        "padded, file order": {"packing": "padded", "bucket_by_length": False},
+        "packed, file order": {"packing": "packed", "bucket_by_length": False},
+    }
     timings: dict[str, list[float]] = {way: [] for way in ways}
     answers = {}
 
@@ -96,8 +115,10 @@ def test_naive_bayes_speed(harness_benchmark):
     plugins = load_plugins(entry_points=False)
     plugins.register(harness_naive_bayes, "naive-bayes")
     plugins.register(InjectedSleep(), "injected-sleep")
-    predictions = harness_benchmark("naive-bayes", "agnews", data={"train": os.environ["TRAIN"], "test": os.environ["TEST"]},
-                                    limit_train=400, limit_test=200, plugins=plugins, rounds=7)
+    data = {"train": os.environ["TRAIN"], "test": os.environ["TEST"]}
+    predictions = harness_benchmark(
+        "naive-bayes", "agnews", data=data, limit_train=400, limit_test=200, plugins=plugins, rounds=7
+    )
     assert len(predictions) == 200
 '''
 
@@ -106,14 +127,33 @@ def test_the_gate_fails_a_slowed_predict_and_passes_the_normal_code(tmp_path, pl
     (tmp_path / "test_gated.py").write_text(GATED_TEST)
     storage = f"file://{tmp_path / 'benchmarks'}"
     # A pytest of its own, not an xdist worker: it must save and compare benchmarks itself.
-    env = {**{k: v for k, v in os.environ.items() if not k.startswith("PYTEST_XDIST")}, "TRAIN": AG["train"], "TEST": AG["test"],
-           "PYTHONPATH": os.pathsep.join([str(plugin_site), str(ROOT), os.environ.get("PYTHONPATH", "")])}
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith("PYTEST_XDIST")},
+        "TRAIN": AG["train"],
+        "TEST": AG["test"],
+        "PYTHONPATH": os.pathsep.join([str(plugin_site), str(ROOT), os.environ.get("PYTHONPATH", "")]),
+    }
 
     def pytest_run(*args: str, slowdown: str = "0") -> subprocess.CompletedProcess:
         return subprocess.run(
-            [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--rootdir", str(tmp_path),
-             f"--benchmark-storage={storage}", str(tmp_path / "test_gated.py"), *args],
-            cwd=tmp_path, env={**env, "SLOWDOWN": slowdown}, capture_output=True, text=True, timeout=300,
+            [
+                sys.executable,
+                "-m",
+                "pytest",
+                "-q",
+                "-p",
+                "no:cacheprovider",
+                "--rootdir",
+                str(tmp_path),
+                f"--benchmark-storage={storage}",
+                str(tmp_path / "test_gated.py"),
+                *args,
+            ],
+            cwd=tmp_path,
+            env={**env, "SLOWDOWN": slowdown},
+            capture_output=True,
+            text=True,
+            timeout=300,
         )
 
     baseline = pytest_run("--benchmark-save=main")
@@ -130,10 +170,10 @@ def test_onnx_runtime_against_pytorch_as_ratios_in_the_same_run(shared, tmp_path
     packed PyTorch path, ONNX Runtime fp32 and int8 on the same model, timed interleaved in one process. The
     ratios are printed; the gates are what holds on any CPU: fp32 gives PyTorch's answers, and int8 weights
     run faster than fp32 in ONNX Runtime."""
-    import harness_plugins.bert as bert
-    import harness_plugins.bert_onnx as bert_onnx
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
+    import harness_plugins.bert as bert
+    import harness_plugins.bert_onnx as bert_onnx
     from harness import Artifact, RunContext
     from harness.data import read_examples
     from harness.progress import SILENT
@@ -146,9 +186,11 @@ def test_onnx_runtime_against_pytorch_as_ratios_in_the_same_run(shared, tmp_path
     AutoModelForSequenceClassification.from_pretrained(str(MINILM), num_labels=4).save_pretrained(model_dir)
     AutoTokenizer.from_pretrained(str(MINILM)).save_pretrained(model_dir)
     context = RunContext(batch_size=64, progress=SILENT)
-    paths = {"bert (PyTorch, packed)": (bert.Bert(), bert.BertSettings(model=str(MINILM), device="cpu"), None),
-             "onnx fp32": (bert_onnx.BertOnnx(), bert_onnx.BertOnnxSettings(), tmp_path / "fp32"),
-             "onnx int8": (bert_onnx.BertOnnx(), bert_onnx.BertOnnxSettings(precision="int8"), tmp_path / "int8")}
+    paths = {
+        "bert (PyTorch, packed)": (bert.Bert(), bert.BertSettings(model=str(MINILM), device="cpu"), None),
+        "onnx fp32": (bert_onnx.BertOnnx(), bert_onnx.BertOnnxSettings(), tmp_path / "fp32"),
+        "onnx int8": (bert_onnx.BertOnnx(), bert_onnx.BertOnnxSettings(precision="int8"), tmp_path / "int8"),
+    }
     artifacts, timings, answers = {}, {name: [] for name in paths}, {}
     for name, (approach, settings, cache) in paths.items():
         artifacts[name] = Artifact(path=model_dir)
@@ -167,6 +209,11 @@ def test_onnx_runtime_against_pytorch_as_ratios_in_the_same_run(shared, tmp_path
             timings[name].append(run(name))
     median = {name: statistics.median(times) for name, times in timings.items()}
     base = median["bert (PyTorch, packed)"]
-    print({name: f"{len(examples) / seconds:.1f} texts/s ({base / seconds:.2f}x bert)" for name, seconds in median.items()})
+    print(
+        {
+            name: f"{len(examples) / seconds:.1f} texts/s ({base / seconds:.2f}x bert)"
+            for name, seconds in median.items()
+        }
+    )
     assert [p.label for p in answers["onnx fp32"]] == [p.label for p in answers["bert (PyTorch, packed)"]]
     assert median["onnx int8"] < median["onnx fp32"]
