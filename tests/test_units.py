@@ -5,6 +5,7 @@ derives from a trained model is built once in a cache of its own and timed apart
 from __future__ import annotations
 
 import json
+import mmap
 import os
 import signal
 import subprocess
@@ -232,11 +233,16 @@ def test_the_peak_is_the_kernels_own_for_the_block_alone():
     starts), and a larger one before the block is not."""
     from harness import measure
 
-    before = b"x" * (400 * 2**20)
-    del before
+    def touch(mb: int) -> None:
+        """``mb`` MiB made resident and given back to the kernel at once: an anonymous mapping, whatever the
+        allocator's state (a malloc'd buffer may stay resident after it is freed, hiding the next spike)."""
+        with mmap.mmap(-1, mb * 2**20) as block:
+            for offset in range(0, mb * 2**20, mmap.PAGESIZE):
+                block[offset] = 1
+
+    touch(400)
     with measure.PeakMemory(interval=60, children_every=60) as memory:  # the thread never samples
-        spike = b"x" * (150 * 2**20)
-        del spike
+        touch(150)
     with measure.PeakMemory(interval=60, children_every=60) as quiet:
         pass
     assert memory._kernel_peak and quiet._kernel_peak
