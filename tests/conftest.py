@@ -142,14 +142,21 @@ def plugin_site(tmp_path_factory: pytest.TempPathFactory) -> Path:
     )
 
 
+CLI = [sys.executable, "-m", "harness"]  # the real command, as a subprocess runs it
+
+
+def cli_env(plugin_site: Path) -> dict[str, str]:
+    """This process's environment with the test plugins of ``plugin_site`` importable."""
+    return {**os.environ, "PYTHONPATH": os.pathsep.join([str(plugin_site), os.environ.get("PYTHONPATH", "")])}
+
+
 def make_cli(plugin_site: Path, cwd: Path):
     """Run the real ``harness`` command in a subprocess, in ``cwd``, with the test plugins installed."""
 
     def run(*args: str, env: dict[str, str] | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
-        full_env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(plugin_site), os.environ.get("PYTHONPATH", "")])}
-        full_env.update(env or {})
+        full_env = {**cli_env(plugin_site), **(env or {})}
         return subprocess.run(
-            [sys.executable, "-m", "harness", *args],
+            [*CLI, *args],
             cwd=cwd,
             env=full_env,
             capture_output=True,

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import install_site, make_cli
+from conftest import CLI, cli_env, install_site, make_cli
 from test_store_recovery import FAST, only_run, partials, spawn
 
 GATED = """
@@ -119,7 +119,7 @@ def test_cleanup_during_a_compare_skips_what_it_holds_and_removes_it_after(tmp_p
         ]
         running = [
             subprocess.Popen(
-                [*cli_command(), *args],
+                [*CLI, *args],
                 cwd=tmp_path,
                 env=cli_env(gated_site),
                 text=True,
@@ -185,13 +185,3 @@ def test_a_compare_killed_with_sigkill_holds_nothing(tmp_path, gated_site, ag_ne
     # The killed run is removed in the same pass, so the load cache of its model is nobody's.
     assert f"removed {cache.parent.relative_to(tmp_path)} (load cache" in gone.stdout
     assert held(store) == ([], []) and partials(store) == [] and list((store / "live").iterdir()) == []
-
-
-def cli_command() -> list[str]:
-    import sys
-
-    return [sys.executable, "-m", "harness"]
-
-
-def cli_env(site: Path) -> dict[str, str]:
-    return {**os.environ, "PYTHONPATH": os.pathsep.join([str(site), os.environ.get("PYTHONPATH", "")])}
