@@ -18,11 +18,11 @@ from __future__ import annotations
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, ClassVar, Literal, Protocol
+from typing import Any, Callable, Literal, Protocol
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, JsonValue
 
-from harness.types import Artifact, Example, Parity, Prediction, Serving, Task, TaskType
+from harness.types import ApproachInfo, Artifact, Example, Parity, Prediction, Serving, Task, TaskType
 
 
 class Progress(Protocol):
@@ -65,7 +65,7 @@ def setting(
     - ``model``: it names a model (a hub id, a local directory or file): the run's training identity
       holds its resolved hub revision or the content hash of its files.
     """
-    extra = {"predict": predict, "secret": secret, "model": model}
+    extra: dict[str, JsonValue] = {"predict": predict, "secret": secret, "model": model}
     return Field(default, description=help, ge=ge, gt=gt, le=le, lt=lt, json_schema_extra=extra)
 
 
@@ -84,7 +84,12 @@ class SettingsInfo:
 def settings_info(cls: type[Settings]) -> SettingsInfo:
     import annotated_types
 
-    defaults, choices, limits, predict, secret, models = {}, {}, {}, [], [], []
+    defaults: dict[str, Any] = {}
+    choices: dict[str, tuple[Any, ...]] = {}
+    limits: dict[str, tuple[Any, Any]] = {}
+    predict: list[str] = []
+    secret: list[str] = []
+    models: list[str] = []
     hints = typing.get_type_hints(cls)
     for name, info in cls.model_fields.items():
         defaults[name] = info.default
@@ -146,11 +151,37 @@ class Approach:
     the engine loads and predicts from the artifact; all its own settings are predict settings).
     """
 
-    name: ClassVar[str] = ""
-    task_types: ClassVar[tuple[TaskType, ...]] = ("classification",)
-    settings: ClassVar[type[Settings]] = Settings
-    description: ClassVar[str] = ""
-    serves: ClassVar[str | None] = None
+    name: str = ""
+    task_types: tuple[TaskType, ...] = ("classification",)
+    settings: type[Settings] = Settings
+    description: str = ""
+    serves: str | None = None
+
+    def describe(self) -> ApproachInfo:
+        """What the core plans with, read off the class attributes and the Settings class (no need to override)."""
+        info = settings_info(self.settings)
+        own = tuple(info.defaults) if self.serves else info.predict  # an engine's settings are all predict settings
+        return ApproachInfo(
+            task_types=tuple(self.task_types),
+            settings=info.defaults,
+            description=self.description,
+            predict_settings=own,
+            choices=info.choices,
+            serves=self.serves,
+            model_settings=info.models,
+            limits=info.limits,
+            secret_settings=info.secret,
+        )
+
+    def implements(self, method: str) -> bool:
+        """Whether this approach has ``method`` of its own (``describe`` and ``predict`` it always has)."""
+        return method in ("describe", "predict") or getattr(type(self), method) is not getattr(Approach, method)
+
+    def validated(self, values: dict[str, Any]) -> Any:
+        """This approach's Settings instance from the core's settings of a run (the core's own keys, such as
+        ``seed``, are not settings of the approach and are left out)."""
+        fields = self.settings.model_fields
+        return self.settings.model_validate({key: value for key, value in values.items() if key in fields})
 
     def check(self, task: Task, settings: Any, context: RunContext) -> None:
         """Before anything trains or serves, in the process that runs the compare: make sure what the approach

@@ -69,16 +69,8 @@ def trained(
     from harness.launcher import load_for_serving
     from harness.progress import SILENT
 
-    artifact = plugins.call(
-        plan.trainer,
-        "harness_train",
-        task=task,
-        train=train,
-        validation=validation,
-        settings={**plan.train_settings, **extra},
-        workdir=scratch,
-        progress=SILENT,
-    )
+    trainer = plugins.configured(plan.trainer, {**plan.train_settings, **extra}, workdir=scratch, progress=SILENT)
+    artifact = trainer.train(task, train, validation)
     (scratch / "cache").mkdir()
     _, settings = load_for_serving(
         plugins, plan.approach, task, artifact, {**plan.settings, **extra}, scratch / "cache"

@@ -507,23 +507,12 @@ def cmd_bench(args: argparse.Namespace) -> int:
         source = "random weights"
 
     def predict(examples, call_settings):
-        return plugins.call(
-            plan.approach,
-            "harness_predict",
-            task=task,
-            artifact=artifact,
-            examples=examples,
-            settings=call_settings,
-            progress=SILENT,
-        )
+        return plugins.configured(plan.approach, call_settings, progress=SILENT).predict(task, artifact, examples)
 
     examples = without_answers(data.test)
     result = BenchResult(args.plugin, spec.name, source, len(examples))
-    reference = (
-        plugins.call(plan.approach, "harness_reference", task=task, artifact=artifact, settings=settings)
-        if plugins.implements(plan.approach, "harness_reference")
-        else None
-    )
+    served = plugins.configured(plan.approach, settings)
+    reference = served.reference(task, artifact) if served.implements("reference") else None
     # Raw and harness take turns, round by round for throughput and request by request for latency, so that
     # a noisy machine moves both alike; each one's peak memory comes from a pass of its own.
     predicts = [predict] if reference is None else [raw_predict(reference), predict]
@@ -661,9 +650,9 @@ def cmd_plugins(args: argparse.Namespace) -> int:
 
     plugins = load_plugins()
     rows: list[dict[str, Any]] = []
-    for name, _ in sorted(plugins.pm.list_name_plugin()):
-        if name.endswith(":approaches"):
-            continue  # a module that registers approaches: each approach is its own row
+    # Every approach, and the plugins that are not (a module that registers approaches is not a row of its own).
+    names = {name for name, _ in plugins.pm.list_name_plugin() if not name.endswith(":approaches")}
+    for name in sorted(names | set(plugins.registry)):
         meta = plugins.meta.get(name)
         row: dict[str, Any] = {
             "name": name,

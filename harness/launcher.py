@@ -295,18 +295,8 @@ def train_unit(plugins: Any, job: TrainJob, progress: RunProgress) -> dict[str, 
     job.workdir.mkdir(parents=True, exist_ok=True)
     try:
         with measure.PeakMemory() as memory:
-            artifact, seconds = measure.timed(
-                lambda: plugins.call(
-                    job.approach,
-                    "harness_train",
-                    task=job.task,
-                    train=data.train,
-                    validation=data.validation,
-                    settings=job.settings,
-                    workdir=job.workdir,
-                    progress=progress,
-                )
-            )
+            approach = plugins.configured(job.approach, job.settings, workdir=job.workdir, progress=progress)
+            artifact, seconds = measure.timed(lambda: approach.train(job.task, data.train, data.validation))
     except Exception as exc:
         if not measure.is_out_of_memory(exc):
             raise
@@ -346,19 +336,13 @@ def measure_unit(plugins: Any, job: MeasureJob, progress: RunProgress) -> dict[s
     # fingerprint) come first, read after the timed pass
     measure.release_memory()  # what loading left behind is not serving memory
 
+    approach = plugins.configured(job.approach, settings)
+
     def predict(examples: list[Example], bar: RunProgress | None = None) -> list[Prediction]:
-        nonlocal settings
+        nonlocal settings, approach
         while True:
             try:
-                result = plugins.call(
-                    job.approach,
-                    "harness_predict",
-                    task=job.task,
-                    artifact=artifact,
-                    examples=examples,
-                    settings=settings,
-                    progress=bar or SILENT_PROGRESS,
-                )
+                result = approach.predict(job.task, artifact, examples, progress=bar or SILENT_PROGRESS)
                 break
             except Exception as exc:
                 batch = settings.get("predict_batch_size") or 0
@@ -366,6 +350,7 @@ def measure_unit(plugins: Any, job: MeasureJob, progress: RunProgress) -> dict[s
                     raise
                 # Out of memory: half the batch, again, until it fits; the figures are those of the batch that fit.
                 settings = {**settings, "predict_batch_size": batch // 2}
+                approach = plugins.configured(job.approach, settings)
                 measure.release_memory()
         check_predictions(result, examples)
         return result
@@ -385,10 +370,8 @@ def measure_unit(plugins: Any, job: MeasureJob, progress: RunProgress) -> dict[s
         latency = measure.sampled_batch1_latency(lambda ex: predict([ex]), test, job.latency_samples)
     write_predictions(job.predictions_file, predictions, data.test)
     parity = None
-    if plugins.implements(job.approach, "harness_parity"):
-        parity = plugins.call(
-            job.approach, "harness_parity", task=job.task, artifact=artifact, examples=test, settings=settings
-        )
+    if approach.implements("parity"):
+        parity = approach.parity(job.task, artifact, test)
         if parity is not None and not isinstance(parity, Parity):
             raise TypeError(f"harness_parity must return a Parity, got {type(parity).__name__}")
     batch_size = settings.get("predict_batch_size")
@@ -402,7 +385,7 @@ def measure_unit(plugins: Any, job: MeasureJob, progress: RunProgress) -> dict[s
     return {
         "notes": [*(serving.notes if serving else []), *notes],
         "speed": {
-            "load_seconds": load_seconds if plugins.implements(job.approach, "harness_load") else None,
+            "load_seconds": load_seconds if approach.implements("load") else None,
             "build_seconds": build_seconds,
             "predict_seconds": seconds,
             "predict_samples_per_s": len(test) / seconds if seconds > 0 else None,
@@ -433,12 +416,12 @@ SILENT_PROGRESS = RunProgress()
 def load_for_serving(
     plugins: Any, name: str, task: Task, artifact: Artifact, settings: dict[str, Any], cache_dir: Path | None = None
 ) -> tuple[Serving | None, dict[str, Any]]:
-    """Call ``harness_load`` where the approach has it, and return what it reported with the settings
+    """Call the approach's ``load`` where it has one, and return what it reported with the settings
     predict gets: ``predict_batch_size`` filled with the reported batch when the settings ask for none.
     compare's measure unit, ``harness bench``, the pytest fixture and the kit all serve through this."""
-    if not plugins.implements(name, "harness_load"):
+    if not plugins.implements(name, "load"):
         return None, dict(settings)
-    serving = plugins.call(name, "harness_load", task=task, artifact=artifact, settings=settings, cache_dir=cache_dir)
+    serving = plugins.configured(name, settings, cache_dir=cache_dir).load(task, artifact)
     if serving is not None and not isinstance(serving, Serving):
         raise TypeError(f"harness_load must return a Serving, got {type(serving).__name__}")
     if serving is not None and serving.batch_size and not settings.get("predict_batch_size"):

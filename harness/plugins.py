@@ -11,23 +11,24 @@ from __future__ import annotations
 import importlib
 import os
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from importlib import metadata
+from pathlib import Path
 from types import ModuleType
 from typing import Any
 
 import pluggy
 
 from harness import hookspecs
-from harness.approach import Approach, RunContext, settings_info
+from harness.approach import Approach, RunContext
 from harness.errors import UserError
+from harness.hook_approach import METHOD_HOOKS, HookApproach, is_hook_style
 from harness.spec import Spec, resolve_settings, spec_notices
-from harness.types import ApproachInfo
+from harness.types import ApproachInfo, Artifact, Example, Parity, Prediction, Serving, Task
 
 DISTRIBUTION = "harness-compare"
 # Core plugins that are not approaches: registered by dotted name before the entry points.
 CORE_PLUGINS = {"metrics": "harness.metrics"}
-APPROACH_HOOKS = ("harness_train", "harness_predict")
 
 
 @dataclass
@@ -40,7 +41,7 @@ class PluginMeta:
 
 @dataclass
 class Plugins:
-    """A plugin manager with the metadata the CLI and the run records need."""
+    """The plugin manager, the registered approaches, and the metadata the CLI and the run records need."""
 
     pm: pluggy.PluginManager
     meta: dict[str, PluginMeta] = field(default_factory=dict)
@@ -49,19 +50,20 @@ class Plugins:
     # Plugins registered by hand (not found through entry points): a unit's process registers them again.
     registered: dict[str, Any] = field(default_factory=dict)
 
-    # Approaches registered through harness_register_approaches, by name, and the plugin that registered each.
+    # Every approach by name (a hook-style plugin as its HookApproach), and the plugin that registered each.
     registry: dict[str, Approach] = field(default_factory=dict)
     registered_by: dict[str, str] = field(default_factory=dict)
     # Entry points installed but not loaded: filtered out by HARNESS_LOAD_PLUGINS, or failed to import.
     not_loaded: set[str] = field(default_factory=set)
 
     def approaches(self) -> list[str]:
-        """Names of the registered approaches and of the hook-style plugins that train or predict, sorted."""
-        names = []
-        for name, plugin in self.pm.list_name_plugin():
-            if any(hasattr(plugin, hook) for hook in APPROACH_HOOKS):
-                names.append(name)
-        return sorted(names)
+        """Names of the approaches, sorted."""
+        return sorted(self.registry)
+
+    def approach(self, name: str) -> Approach:
+        if name not in self.registry:
+            raise TypeError(f"plugin {name!r} is not an approach")
+        return self.registry[name]
 
     def collect(self, plugin_name: str | None = None) -> None:
         """Ask every plugin (or ``plugin_name`` alone) to register its approaches."""
@@ -78,46 +80,55 @@ class Plugins:
             raise TypeError(f"register() takes an harness.approach.Approach, got {type(approach).__name__}")
         if not approach.name:
             raise TypeError(f"{type(approach).__name__} has no name")
-        if self.pm.get_plugin(approach.name) is not None:
+        if approach.name in self.registry or self.pm.get_plugin(approach.name) not in (None, self.owner(approach)):
             raise ValueError(f"two approaches are named {approach.name!r}")
         self.registry[approach.name] = approach
         self.registered_by[approach.name] = plugin_name
-        # Called through pluggy like any plugin, so that wrappers (a profiler, the speed gate) see it too.
-        self.pm.register(_proxy(approach), name=approach.name)
         owner = self.meta.get(plugin_name)
         self.meta[approach.name] = PluginMeta(
-            approach.name, type(approach).__module__, owner.version if owner else "", bool(owner and owner.builtin)
+            approach.name,
+            owner.package if isinstance(approach, HookApproach) and owner else type(approach).__module__,
+            owner.version if owner else "",
+            bool(owner and owner.builtin),
         )
+
+    def owner(self, approach: Approach) -> Any:
+        """The plugin a hook-style approach was adapted from (registered in ``pm`` under its name); None for others."""
+        return self.pm.get_plugin(approach.name) if isinstance(approach, HookApproach) else None
 
     def register(self, plugin: Any, name: str, *, package: str = "", version: str = "") -> None:
         """Register ``plugin`` under ``name``, as tests and embedding code do: a module or object with hook
-        implementations (its ``harness_register_approaches`` registers its approaches), or one Approach."""
+        implementations (its ``harness_register_approaches`` registers its approaches; one written as
+        ``harness_train``/``harness_predict`` hooks is adapted into an approach), or one Approach."""
         self.registered[name] = plugin
         if isinstance(plugin, Approach):
             self.add(plugin, name)
             return
+        self.adopt(plugin, name, PluginMeta(name, package or getattr(plugin, "__name__", name), version, False))
+
+    def adopt(self, plugin: Any, name: str, meta: PluginMeta) -> None:
+        """Register a plugin module or object in the plugin manager, then its approaches: those it registers,
+        or itself adapted when it is written as approach hooks."""
         pm_name = registrar_name(plugin, name)
         self.pm.register(plugin, name=pm_name)
         self.pm.check_pending()
-        self.meta[pm_name] = PluginMeta(name, package or getattr(plugin, "__name__", name), version, False)
+        self.meta[pm_name] = meta
         if pm_name != name:
             self.collect(pm_name)
+        elif is_hook_style(self.pm, plugin):
+            self.add(HookApproach(name, self.pm, plugin), name)
 
-    def implements(self, name: str, hook: str) -> bool:
-        plugin = self.pm.get_plugin(name)
-        return plugin is not None and hasattr(plugin, hook)
+    def implements(self, name: str, method: str) -> bool:
+        return name in self.registry and self.registry[name].implements(method)
 
-    def code_roots(self, name: str, hooks: tuple[str, ...]) -> list[Any]:
-        """The functions behind ``hooks`` of approach ``name``, for its code fingerprint. A registered approach's
+    def code_roots(self, name: str, methods: tuple[str, ...]) -> list[Any]:
+        """The functions behind ``methods`` of approach ``name``, for its code fingerprint. A registered approach's
         are its methods bound to the registered object, so that harness.identity looks up what they reach through
         ``self`` on its own class: an inherited ``train`` calling ``self._fit`` reaches the subclass's ``_fit``."""
-        if name in self.registry:
-            approach = self.registry[name]
-            return [
-                getattr(approach, METHODS[hook]) for hook in hooks if self.implements(name, hook) and hook in METHODS
-            ]
-        plugin = self.pm.get_plugin(name)
-        return [getattr(plugin, hook) for hook in hooks if hasattr(plugin, hook)]
+        approach = self.approach(name)
+        if isinstance(approach, HookApproach):
+            return approach.functions(methods)
+        return [getattr(approach, method) for method in methods if approach.implements(method)]
 
     def require(self, names: list[str]) -> None:
         """Fail with a one-line error naming the known approaches if any name is unknown."""
@@ -205,115 +216,80 @@ class Plugins:
                 )
         return list(dict.fromkeys(notices))
 
-    def call(self, name: str, hook: str, **kwargs: Any) -> Any:
-        """Call ``hook`` on plugin ``name`` alone, so an approach never sees calls meant for another.
-
-        Other plugins' wrappers (``@hookimpl(wrapper=True)``) still wrap the call: that is how
-        observers such as the conformance kit or a profiler see every approach.
-        """
-        if not self.implements(name, hook):
-            raise TypeError(f"plugin {name!r} does not implement {hook}")
-        others = {
-            impl.plugin
-            for impl in getattr(self.pm.hook, hook).get_hookimpls()
-            if impl.plugin_name != name and not (impl.wrapper or impl.hookwrapper)
-        }
-        return self.pm.subset_hook_caller(hook, remove_plugins=others)(**kwargs)
-
     def describe(self, name: str) -> ApproachInfo:
-        info = self.call(name, "harness_describe")
+        info = self.approach(name).describe()
         if not isinstance(info, ApproachInfo):
             raise TypeError(f"plugin {name!r}: harness_describe must return an ApproachInfo, got {type(info).__name__}")
         return info
 
     def hooks_of(self, name: str) -> list[str]:
+        """The hooks a plugin implements; for an approach, the hook names of its methods (``harness_train``...)."""
+        if name in self.registry:
+            approach = self.registry[name]
+            return sorted(f"harness_{method}" for method in METHOD_HOOKS if approach.implements(method))
         plugin = self.pm.get_plugin(name)
         return sorted(h.name for h in self.pm.get_hookcallers(plugin) or [])
 
+    def configured(
+        self,
+        name: str,
+        settings: dict[str, Any],
+        *,
+        workdir: Path | None = None,
+        cache_dir: Path | None = None,
+        progress: Any = None,
+    ) -> Configured:
+        """Approach ``name`` with a run's settings (the plan's dict: the approach's settings and the core's
+        ``seed``, ``random_weights``, ``predict_batch_size``) validated once into its Settings, and the context."""
+        approach = self.approach(name)
+        context = RunContext(
+            seed=int(settings.get("seed", 0)),
+            random_weights=bool(settings.get("random_weights")),
+            workdir=workdir,
+            cache_dir=cache_dir,
+            batch_size=settings.get("predict_batch_size") or None,
+            progress=progress,
+        )
+        return Configured(approach, approach.validated(settings), context)
 
-# The approach hooks the core calls by name, and the Approach methods behind them.
-METHODS = {
-    "harness_describe": "describe",
-    "harness_train": "train",
-    "harness_load": "load",
-    "harness_predict": "predict",
-    "harness_reference": "reference",
-    "harness_parity": "parity",
-    "harness_check": "check",
-}
+
+@dataclass(frozen=True)
+class Configured:
+    """One approach with one run's settings and context: what the core calls its methods with."""
+
+    approach: Approach
+    settings: Any  # the approach's Settings instance (a hook-style plugin's: the dict its hooks take)
+    context: RunContext
+
+    def implements(self, method: str) -> bool:
+        return self.approach.implements(method)
+
+    def check(self, task: Task) -> None:
+        self.approach.check(task, self.settings, self.context)
+
+    def train(self, task: Task, train: list[Example], validation: list[Example]) -> Artifact:
+        return self.approach.train(task, train, validation, self.settings, self.context)
+
+    def load(self, task: Task, artifact: Artifact) -> Serving | None:
+        return self.approach.load(task, artifact, self.settings, self.context)
+
+    def predict(
+        self, task: Task, artifact: Artifact, examples: list[Example], progress: Any = None
+    ) -> list[Prediction]:
+        context = self.context if progress is None else replace(self.context, progress=progress)
+        return self.approach.predict(task, artifact, examples, self.settings, context)
+
+    def reference(self, task: Task, artifact: Artifact) -> Any:
+        return self.approach.reference(task, artifact, self.settings, self.context)
+
+    def parity(self, task: Task, artifact: Artifact, examples: list[Example]) -> Parity | None:
+        return self.approach.parity(task, artifact, examples, self.settings, self.context)
 
 
 def registrar_name(plugin: Any, name: str) -> str:
     """The plugin manager's name for a plugin: its own name, or for one that registers approaches (whose
     names may well be its own) ``NAME:approaches``."""
     return f"{name}:approaches" if hasattr(plugin, "harness_register_approaches") else name
-
-
-hookimpl = pluggy.HookimplMarker("harness")
-
-
-class _Proxy:
-    """A registered approach as pluggy sees it: hook implementations that call its methods with typed
-    settings and a RunContext. Built per approach with only the hooks it implements."""
-
-    def __init__(self, approach: Approach):
-        self.approach = approach
-
-
-@hookimpl
-def _describe(self: _Proxy) -> ApproachInfo:
-    return describe(self.approach)
-
-
-@hookimpl
-def _train(self: _Proxy, task: Any, train: Any, validation: Any, settings: Any, workdir: Any, progress: Any) -> Any:
-    return call_approach(self.approach, "harness_train", locals())
-
-
-@hookimpl
-def _load(self: _Proxy, task: Any, artifact: Any, settings: Any, cache_dir: Any) -> Any:
-    return call_approach(self.approach, "harness_load", locals())
-
-
-@hookimpl
-def _predict(self: _Proxy, task: Any, artifact: Any, examples: Any, settings: Any, progress: Any) -> Any:
-    return call_approach(self.approach, "harness_predict", locals())
-
-
-@hookimpl
-def _reference(self: _Proxy, task: Any, artifact: Any, settings: Any) -> Any:
-    return call_approach(self.approach, "harness_reference", locals())
-
-
-@hookimpl
-def _parity(self: _Proxy, task: Any, artifact: Any, examples: Any, settings: Any) -> Any:
-    return call_approach(self.approach, "harness_parity", locals())
-
-
-@hookimpl
-def _check(self: _Proxy, task: Any, settings: Any) -> Any:
-    return call_approach(self.approach, "harness_check", locals())
-
-
-_IMPLS = {
-    "check": _check,
-    "describe": _describe,
-    "train": _train,
-    "load": _load,
-    "predict": _predict,
-    "reference": _reference,
-    "parity": _parity,
-}
-
-
-def _proxy(approach: Approach) -> _Proxy:
-    cls = type(approach)
-    methods = {
-        f"harness_{method}": impl
-        for method, impl in _IMPLS.items()
-        if method in ("describe", "predict") or getattr(cls, method) is not getattr(Approach, method)
-    }
-    return type(f"Registered{cls.__name__}", (_Proxy,), methods)(approach)
 
 
 def _registrations(caller: Any) -> list[tuple[str, Approach]]:
@@ -327,59 +303,6 @@ def _registrations(caller: Any) -> list[tuple[str, Approach]]:
 
         impl.function(**{name: register for name in impl.argnames})
     return found
-
-
-def describe(approach: Approach) -> ApproachInfo:
-    """The ApproachInfo the core plans with, read off a registered approach and its Settings class."""
-    info = settings_info(approach.settings)
-    own = tuple(info.defaults) if approach.serves else info.predict  # an engine's settings are all predict settings
-    return ApproachInfo(
-        task_types=tuple(approach.task_types),
-        settings=info.defaults,
-        description=approach.description,
-        predict_settings=own,
-        choices=info.choices,
-        serves=approach.serves,
-        model_settings=info.models,
-        limits=info.limits,
-        secret_settings=info.secret,
-    )
-
-
-def typed_settings(approach: Approach, settings: dict[str, Any]) -> Any:
-    """The approach's Settings instance from the core's settings dict (the core's own keys left out)."""
-    fields = approach.settings.model_fields
-    return approach.settings.model_validate({k: v for k, v in settings.items() if k in fields})
-
-
-def call_approach(approach: Approach, hook: str, kwargs: dict[str, Any]) -> Any:
-    """A hook-style call (``task=..., settings={...}, workdir=...``) made to a registered approach: its
-    typed settings, and the core's values in a RunContext."""
-    if hook == "harness_describe":
-        return describe(approach)
-    settings = kwargs.get("settings") or {}
-    batch = settings.get("predict_batch_size")
-    context = RunContext(
-        seed=int(settings.get("seed", 0)),
-        random_weights=bool(settings.get("random_weights")),
-        workdir=kwargs.get("workdir"),
-        cache_dir=kwargs.get("cache_dir"),
-        batch_size=batch or None,
-        progress=kwargs.get("progress"),
-    )
-    typed = typed_settings(approach, settings)
-    task = kwargs["task"]
-    if hook == "harness_train":
-        return approach.train(task, kwargs["train"], kwargs.get("validation", []), typed, context)
-    if hook == "harness_load":
-        return approach.load(task, kwargs["artifact"], typed, context)
-    if hook == "harness_predict":
-        return approach.predict(task, kwargs["artifact"], kwargs["examples"], typed, context)
-    if hook == "harness_parity":
-        return approach.parity(task, kwargs["artifact"], kwargs["examples"], typed, context)
-    if hook == "harness_check":
-        return approach.check(task, typed, context)
-    return approach.reference(task, kwargs["artifact"], typed, context)
 
 
 def _third_party_allowed(name: str) -> bool:
@@ -410,17 +333,14 @@ def load_plugins(*, entry_points: bool = True) -> Plugins:
             if not builtin and not _third_party_allowed(ep.name):
                 plugins.not_loaded.add(ep.name)
                 continue
-            if pm.get_plugin(ep.name) is not None:
+            if pm.get_plugin(ep.name) is not None or ep.name in plugins.registry:
                 continue
             pm_name = ep.name
             try:
                 module: ModuleType = ep.load()
                 pm_name = registrar_name(module, ep.name)
-                pm.register(module, name=pm_name)
-                pm.check_pending()
-                plugins.meta[pm_name] = PluginMeta(ep.name, ep.value, ep.dist.version if ep.dist else "", builtin)
-                if pm_name != ep.name:
-                    plugins.collect(pm_name)
+                version = ep.dist.version if ep.dist else ""
+                plugins.adopt(module, ep.name, PluginMeta(ep.name, ep.value, version, builtin))
             except Exception as exc:  # a broken plugin must not take the others down
                 for name in [pm_name, *(n for n, owner in plugins.registered_by.items() if owner == pm_name)]:
                     if pm.get_plugin(name) is not None:

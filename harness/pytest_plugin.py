@@ -70,16 +70,10 @@ def harness_benchmark(request: pytest.FixtureRequest, tmp_path: Path):
             )
         examples = without_answers(datasets.test)
 
+        approach = plugins.configured(plan.approach, call_settings, progress=SILENT)
+
         def predict():
-            predictions = plugins.call(
-                plan.approach,
-                "harness_predict",
-                task=task,
-                artifact=artifact,
-                examples=examples,
-                settings=call_settings,
-                progress=SILENT,
-            )
+            predictions = approach.predict(task, artifact, examples)
             measure.cuda_sync()
             return predictions
 

@@ -113,7 +113,7 @@ def plan_settings(
     infos = {name: _describe(plugins, spec.approach_of(name)) for name in approaches}
     served = {info.serves for info in infos.values() if info.serves}
     for name in sorted(served):
-        if not plugins.implements(spec.approach_of(name), "harness_train"):
+        if not plugins.implements(spec.approach_of(name), "train"):
             engine = next(n for n, i in infos.items() if i.serves == name)
             raise UserError(
                 f"plugin {engine!r} serves {name!r}, which is not an installed approach that trains", where="--plugins"
@@ -249,10 +249,10 @@ def check_approaches(plugins: Plugins, spec: Spec, plans: dict[str, Plan]) -> No
         task = spec.to_task(plan.prompt_row or plan.trainer)
         for name, settings in ((plan.trainer, plan.train_settings), (plan.approach, plan.settings)):
             key = (name, json.dumps(settings, sort_keys=True, default=str))
-            if key not in checked and plugins.implements(name, "harness_check"):
+            if key not in checked and plugins.implements(name, "check"):
                 checked.add(key)
                 try:
-                    plugins.call(name, "harness_check", task=task, settings=settings)
+                    plugins.configured(name, settings).check(task)
                 except UserError as exc:
                     if not exc.where or "." in exc.where.split(":")[0]:
                         raise
@@ -300,7 +300,7 @@ def training_identity(
         "validation": data.validation_hash,
         "validation_source": data.validation_source,
         "seed": plan.train_settings["seed"],
-        "code": identity.training_code(plugins.code_roots(plan.trainer, ("harness_train",))),
+        "code": identity.training_code(plugins.code_roots(plan.trainer, ("train",))),
         "versions": identity.library_versions(identity.TRAINING_LIBRARIES),
         "accelerator": identity.training_device(settings.get("train_device")),
         # On a CPU with bf16 units decoders train under bf16 autocast (mixed_precision: auto): not the same run.
@@ -329,9 +329,7 @@ def measurement_identity(
         "gpu": identity.gpu_name(),
         "threads": measure.unit_threads(),
         "launcher": options.launcher,
-        "code": identity.measuring_code(
-            plugins.code_roots(plan.approach, ("harness_load", "harness_predict", "harness_parity"))
-        ),
+        "code": identity.measuring_code(plugins.code_roots(plan.approach, ("load", "predict", "parity"))),
         "versions": identity.library_versions(identity.SERVING_LIBRARIES),
     }
 

@@ -45,9 +45,7 @@ def load_stored_run(
         {
             "approach": plan.approach,
             "predict_settings": {k: settings[k] for k in plan.predict_keys if k in settings},
-            "code": identity.measuring_code(
-                plugins.code_roots(plan.approach, ("harness_load", "harness_predict", "harness_parity"))
-            ),
+            "code": identity.measuring_code(plugins.code_roots(plan.approach, ("load", "predict", "parity"))),
             "versions": identity.library_versions(identity.SERVING_LIBRARIES),
         },
     )

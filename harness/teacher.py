@@ -118,8 +118,8 @@ def teach(plugins: Any, spec: Any, data: Any, plan: Any, store: Any, console: An
     name = plan.approach
     check_teacher(plan)  # the CLI checked it before the store was created; an embedding caller may not have
     task = spec.to_task(plan.prompt_row or plan.trainer)
-    if plugins.implements(name, "harness_check"):
-        plugins.call(name, "harness_check", task=task, settings=plan.settings)
+    if plugins.implements(name, "check"):
+        plugins.configured(name, plan.settings).check(task)
     path = store.root / "teacher" / f"{cache_key(plan, task, store.secret_mark)}.jsonl"
     answers, damaged, unverified = _read(path)
     if damaged or unverified:
@@ -137,30 +137,15 @@ def teach(plugins: Any, spec: Any, data: Any, plan: Any, store: Any, console: An
                 f"({len(data.train) - len(todo)} answered before)"
             )
         with tempfile.TemporaryDirectory(prefix="harness-teacher-") as workdir:
-            artifact = plugins.call(
-                name,
-                "harness_train",
-                task=task,
-                train=[],
-                validation=[],
-                settings=plan.train_settings,
-                workdir=Path(workdir),
-                progress=SILENT_PROGRESS,
-            )
+            trainer = plugins.configured(name, plan.train_settings, workdir=Path(workdir), progress=SILENT_PROGRESS)
+            artifact = trainer.train(task, [], [])
             try:
                 _, settings = load_for_serving(plugins, name, task, artifact, plan.settings)
+                teacher = plugins.configured(name, settings, progress=SILENT_PROGRESS)
                 asked = 0
                 for start in range(0, len(todo), CHUNK):
                     chunk = todo[start : start + CHUNK]
-                    predictions = plugins.call(
-                        name,
-                        "harness_predict",
-                        task=task,
-                        artifact=artifact,
-                        examples=without_answers(chunk),
-                        settings=settings,
-                        progress=SILENT_PROGRESS,
-                    )
+                    predictions = teacher.predict(task, artifact, without_answers(chunk))
                     # Each answer's system_fingerprint, where the approach keeps them (openai does).
                     fingerprints = artifact.state.get("reply_fingerprints") or []
                     fingerprints = fingerprints if len(fingerprints) == len(chunk) else [None] * len(chunk)

@@ -153,7 +153,7 @@ def check_plugin(
         _expect(len(mine) == 1, f"the plugin registers {', '.join(sorted(mine))}: pass name= to say which to check")
         name = mine[0]
 
-    info = plugins.call(name, "harness_describe")
+    info = plugins.approach(name).describe()
     _expect(isinstance(info, ApproachInfo), f"harness_describe must return ApproachInfo, got {type(info).__name__}")
     _expect(task.type in info.task_types, f"plugin declares task types {info.task_types}, not {task.type!r}")
     for field_name in ("predict_settings", "choices", "model_settings", "limits"):
@@ -210,9 +210,7 @@ def check_plugin(
     def predict(
         examples: list[Example], artifact: Any = artifact, settings: dict[str, Any] = call_settings
     ) -> list[Prediction]:
-        result = plugins.call(
-            name, "harness_predict", task=task, artifact=artifact, examples=examples, settings=settings, progress=SILENT
-        )
+        result = plugins.configured(name, settings, progress=SILENT).predict(task, artifact, examples)
         _expect(isinstance(result, list), f"harness_predict must return a list, got {type(result).__name__}")
         _expect(
             len(result) == len(examples),
@@ -273,9 +271,7 @@ def check_plugin(
         again.training.get("trained_in") == record.run_id, "a latency-only change trained again instead of re-measuring"
     )
     # An edit of a helper that train calls trains again: it changes the training identity.
-    for helper, before, after in _edited_helpers(
-        plugins.code_roots(plan.trainer, ("harness_train",)), tmp_path / "edited"
-    ):
+    for helper, before, after in _edited_helpers(plugins.code_roots(plan.trainer, ("train",)), tmp_path / "edited"):
         _expect(
             before != after,
             f"editing {helper}, which train calls, leaves the training identity as it was: "

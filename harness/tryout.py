@@ -80,14 +80,8 @@ def answer_all(plugins: Any, rows: list[Row], text: str) -> list[Answer]:
         example = Example(id="try", text=text)
         start = time.perf_counter()
         try:
-            (prediction,) = plugins.call(
-                row.plan.approach,
-                "harness_predict",
-                task=row.task,
-                artifact=row.artifact,
-                examples=[example],
-                settings=row.settings,
-                progress=SILENT,
+            (prediction,) = plugins.configured(row.plan.approach, row.settings, progress=SILENT).predict(
+                row.task, row.artifact, [example]
             )
         except Exception as exc:  # one approach failing leaves the others' answers
             answers.append(

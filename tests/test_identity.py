@@ -179,7 +179,7 @@ def test_the_training_code_is_what_training_calls_and_nothing_else():
     from harness.plugins import load_plugins
 
     plugins = load_plugins()
-    code = identity.training_code(plugins.code_roots("bert", ("harness_train",)))
+    code = identity.training_code(plugins.code_roots("bert", ("train",)))
     for trains in (
         "harness_plugins.bert.Bert.train",
         "harness.hf_trainer.train_with_trainer",
@@ -197,7 +197,7 @@ def test_the_training_code_is_what_training_calls_and_nothing_else():
     ):
         assert serves not in code
     assert not [name for name in code if name.split(".")[1] in ("measure", "store", "report", "bench", "progress")]
-    assert "harness.packing.packed_calls" in identity.measuring_code(plugins.code_roots("bert", ("harness_predict",)))
+    assert "harness.packing.packed_calls" in identity.measuring_code(plugins.code_roots("bert", ("predict",)))
 
 
 def test_a_docstring_comment_or_error_message_changes_no_fingerprint_and_a_step_does(tmp_path, monkeypatch):
@@ -278,7 +278,7 @@ def test_the_training_code_follows_self_into_the_methods_and_constants_train_rea
         module = importlib.reload(importlib.import_module("counting_plugin"))
         plugins = load_plugins(entry_points=False)
         plugins.register(module.Counting(), "counting")
-        code = identity.training_code(plugins.code_roots("counting", ("harness_train",)))
+        code = identity.training_code(plugins.code_roots("counting", ("train",)))
         return {key: value for key, value in code.items() if key.startswith("counting_plugin.")}
 
     base = training_code(HELPERS)
@@ -339,7 +339,7 @@ def test_an_inherited_train_reaches_the_subclasss_own_helper(tmp_path, monkeypat
         plugins = load_plugins(entry_points=False)
         plugins.register(module.Fitting(), "fitting")
         plugins.register(module.Doubling(), "doubling")
-        code = identity.training_code(plugins.code_roots(name, ("harness_train",)))
+        code = identity.training_code(plugins.code_roots(name, ("train",)))
         return {key: value for key, value in code.items() if key.startswith("inheriting_plugin.")}
 
     base = training_code(INHERITED_TRAIN, "doubling")
@@ -359,7 +359,7 @@ def test_the_prompt_types_are_training_code():
     from harness.plugins import load_plugins
 
     # Prompt.plain builds every prompt of a model without a chat template: qwen's training code holds it.
-    code = identity.training_code(load_plugins().code_roots("qwen", ("harness_train",)))
+    code = identity.training_code(load_plugins().code_roots("qwen", ("train",)))
     assert {"harness.types.Prompt", "harness.types.Example", "harness.types.Task"} <= set(code)
     assert "harness.decoder.Prompter" in code
 
@@ -542,7 +542,7 @@ def test_a_subclass_in_another_package_is_followed_into_its_own_helper(tmp_path,
         module = importlib.reload(importlib.import_module("doubling_elsewhere"))
         plugins = load_plugins(entry_points=False)
         plugins.register(module.Doubling(), "doubling")
-        return identity.training_code(plugins.code_roots("doubling", ("harness_train",)))
+        return identity.training_code(plugins.code_roots("doubling", ("train",)))
 
     first = training_code(sub)
     assert "doubling_elsewhere.Doubling._fit" in first and "fitting_base.Fitting.train" in first

@@ -330,28 +330,13 @@ def test_batch1_latency_through_harness_is_that_of_one_persistent_client(ag_test
         overrides = parse_overrides([f"openai.base_url={server.base_url}", "openai.model=test-model"])
         plan = plan_settings(plugins, spec, ["openai"], overrides)["openai"]
         task = spec.to_task("openai")
-        artifact = plugins.call(
-            "openai",
-            "harness_train",
-            task=task,
-            train=[],
-            validation=[],
-            settings=plan.train_settings,
-            workdir=tmp_path,
-            progress=SILENT_PROGRESS,
+        artifact = plugins.configured("openai", plan.train_settings, workdir=tmp_path, progress=SILENT_PROGRESS).train(
+            task, [], []
         )
         _, settings = load_for_serving(plugins, "openai", task, artifact, plan.settings)
 
         def harness_one(example: Example) -> object:  # what measure_unit's predict([ex]) calls
-            return plugins.call(
-                "openai",
-                "harness_predict",
-                task=task,
-                artifact=artifact,
-                examples=[example],
-                settings=settings,
-                progress=SILENT_PROGRESS,
-            )
+            return plugins.configured("openai", settings, progress=SILENT_PROGRESS).predict(task, artifact, [example])
 
         loop = asyncio.new_event_loop()
         client = openai.AsyncOpenAI(base_url=server.base_url, api_key="EMPTY", max_retries=0)

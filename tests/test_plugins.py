@@ -117,6 +117,38 @@ def test_the_kit_checks_an_extraction_approach(tmp_path):
     assert 0.5 < record.metrics["exact_match"] <= 1.0 and record.metrics["per_field"]["city"]["accuracy"] > 0.5
 
 
+def test_a_hook_style_plugin_is_adapted_once_into_an_approach_with_a_deprecation_warning(tmp_path):
+    from harness import Approach
+    from harness.testing import TINY_EXTRACTION
+
+    module = module_from(tmp_path, "regex_extractor_adapted", REGEX_EXTRACTOR)
+    plugins = load_plugins(entry_points=False)
+    with pytest.warns(
+        DeprecationWarning,
+        match=r"^plugin 'regex' is written as hook functions \(describe, predict, train\), which is deprecated: "
+        r"register an harness.Approach",
+    ):
+        plugins.register(module, "regex")
+    # The core holds an Approach and calls its methods; the hooks it stands for are listed as before.
+    assert isinstance(plugins.approach("regex"), Approach)
+    assert plugins.hooks_of("regex") == ["harness_describe", "harness_predict", "harness_train"]
+    assert plugins.describe("regex").task_types == ("extraction",)
+    # The kit passes it unchanged, its units in processes of their own (which adapt it again).
+    with pytest.warns(DeprecationWarning, match="regex_extractor_adapted|kit-candidate"):
+        record = check_plugin(module, tmp_path=tmp_path, task=TINY_EXTRACTION)
+    assert record.status == "ok" and record.metrics["exact_match"] > 0.5
+
+
+def test_a_registered_approach_is_not_deprecated(tmp_path):
+    import warnings
+
+    plugins = load_plugins(entry_points=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", DeprecationWarning)
+        plugins.register(docs_plugin(tmp_path), "naive-bayes-docs")
+    assert {"naive-bayes", "naive-bayes-tables"} <= set(plugins.approaches())
+
+
 def test_the_kit_compares_scores_not_only_labels(tmp_path):
     module = docs_plugin(tmp_path)
 

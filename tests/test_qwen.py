@@ -63,32 +63,17 @@ def trained(tmp_path_factory, tiny_qwen):
     plugins.register(qwen, "qwen")
     train, test = tiny_dataset()
     settings = settings_for(tiny_qwen)
-    artifact = plugins.call(
-        "qwen",
-        "harness_train",
-        task=TINY_TASK,
-        train=train,
-        validation=train[-6:],
-        settings=settings,
-        workdir=tmp_path_factory.mktemp("qwen-work"),
-        progress=SILENT,
-    )
+    artifact = plugins.configured(
+        "qwen", settings, workdir=tmp_path_factory.mktemp("qwen-work"), progress=SILENT
+    ).train(TINY_TASK, train, train[-6:])
     return plugins, artifact, settings, without_answers(test), test
 
 
 def test_letter_and_likelihood_scoring_agree(trained):
     plugins, artifact, settings, test, gold = trained
-    letter = plugins.call(
-        "qwen", "harness_predict", task=TINY_TASK, artifact=artifact, examples=test, settings=settings, progress=SILENT
-    )
-    likelihood = plugins.call(
-        "qwen",
-        "harness_predict",
-        task=TINY_TASK,
-        artifact=artifact,
-        examples=test,
-        settings={**settings, "scoring": "likelihood"},
-        progress=SILENT,
+    letter = plugins.configured("qwen", settings, progress=SILENT).predict(TINY_TASK, artifact, test)
+    likelihood = plugins.configured("qwen", {**settings, "scoring": "likelihood"}, progress=SILENT).predict(
+        TINY_TASK, artifact, test
     )
     # Likelihood also scores the end-of-turn token after the letter; training made that near certain.
     assert [p.label for p in letter] == [p.label for p in likelihood]
@@ -146,25 +131,10 @@ def test_zero_shot_trains_nothing_and_still_predicts(tiny_qwen, tmp_path):
     plugins.register(qwen, "qwen")
     train, test = tiny_dataset(n_train=6, n_test=5)
     settings = settings_for(tiny_qwen, num_train_epochs=0.0)
-    artifact = plugins.call(
-        "qwen",
-        "harness_train",
-        task=TINY_TASK,
-        train=train,
-        validation=[],
-        settings=settings,
-        workdir=tmp_path,
-        progress=SILENT,
-    )
+    artifact = plugins.configured("qwen", settings, workdir=tmp_path, progress=SILENT).train(TINY_TASK, train, [])
     assert artifact.path is None and artifact.train_samples == 0
-    predictions = plugins.call(
-        "qwen",
-        "harness_predict",
-        task=TINY_TASK,
-        artifact=artifact,
-        examples=without_answers(test),
-        settings=settings,
-        progress=SILENT,
+    predictions = plugins.configured("qwen", settings, progress=SILENT).predict(
+        TINY_TASK, artifact, without_answers(test)
     )
     assert len(predictions) == 5 and all(p.label in TINY_TASK.labels for p in predictions)
 
@@ -176,24 +146,13 @@ def test_extraction_generates_and_an_answer_that_is_not_json_is_wrong_not_a_cras
         "extraction", fields=("name", "phone"), prompt=Prompt(user="Extract name and phone as JSON: {text}{options}")
     )
     settings = settings_for(tiny_qwen, num_train_epochs=0.0, max_new_tokens=6)
-    artifact = plugins.call(
-        "qwen",
-        "harness_train",
-        task=task,
-        train=[],
-        validation=[],
-        settings=settings,
-        workdir=tmp_path,
-        progress=SILENT,
-    )
+    artifact = plugins.configured("qwen", settings, workdir=tmp_path, progress=SILENT).train(task, [], [])
     examples = [Example("1", "13800000000 Zhang San"), Example("2", "Li Si 13900000000, Beijing")]
-    predictions = plugins.call(
-        "qwen", "harness_predict", task=task, artifact=artifact, examples=examples, settings=settings, progress=SILENT
-    )
+    predictions = plugins.configured("qwen", settings, progress=SILENT).predict(task, artifact, examples)
     assert len(predictions) == 2 and all(isinstance(p.raw, str) for p in predictions)
     assert all(p.fields is None or isinstance(p.fields, dict) for p in predictions)
     # bench's raw reference: chat template, tokenizer and generate by hand give predict's answers.
-    forward = plugins.call("qwen", "harness_reference", task=task, artifact=artifact, settings=settings)
+    forward = plugins.configured("qwen", settings).reference(task, artifact)
     assert [forward([ex.text])[0].strip() for ex in examples] == [p.raw for p in predictions]
     plain = "plain greedy decoding (the model's generation_config sets no logits processors)"
     assert plain in load(task, artifact, settings).notes
@@ -201,9 +160,7 @@ def test_extraction_generates_and_an_answer_that_is_not_json_is_wrong_not_a_cras
     artifact.state["serving_model"].generation_config.repetition_penalty = 1.3
     penalty = "greedy decoding applies the model's generation_config: repetition_penalty=1.3"
     assert penalty in load(task, artifact, settings).notes and plain not in load(task, artifact, settings).notes
-    penalised = plugins.call(
-        "qwen", "harness_predict", task=task, artifact=artifact, examples=examples, settings=settings, progress=SILENT
-    )
+    penalised = plugins.configured("qwen", settings, progress=SILENT).predict(task, artifact, examples)
     assert (
         [forward([ex.text])[0].strip() for ex in examples] == [p.raw for p in penalised] != [p.raw for p in predictions]
     )
@@ -286,16 +243,7 @@ def test_extraction_trains_with_validation_and_selects_on_exact_match(tiny_qwen,
         for i, n in enumerate(["Zhang San", "Li Si", "Wang Wu", "Zhao Liu"] * 3)
     ]
     settings = settings_for(tiny_qwen, num_train_epochs=2.0, max_new_tokens=12, eval_steps=0.5)
-    artifact = plugins.call(
-        "qwen",
-        "harness_train",
-        task=task,
-        train=rows[:10],
-        validation=rows[10:],
-        settings=settings,
-        workdir=tmp_path,
-        progress=SILENT,
-    )
+    artifact = plugins.configured("qwen", settings, workdir=tmp_path, progress=SILENT).train(task, rows[:10], rows[10:])
     assert artifact.info["best_checkpoint"].startswith("checkpoint-")
     assert 0.0 <= artifact.info["best_metric"] <= 1.0
 
@@ -339,16 +287,7 @@ def test_a_gguf_file_names_the_model(shared, tmp_path):
     plugins = load_plugins(entry_points=False)
     plugins.register(qwen, "qwen")
     settings = {**qwen.DEFAULTS, "model": str(gguf), "num_train_epochs": 0.0, "random_weights": False, "seed": 0}
-    artifact = plugins.call(
-        "qwen",
-        "harness_train",
-        task=TINY_TASK,
-        train=[],
-        validation=[],
-        settings=settings,
-        workdir=tmp_path,
-        progress=SILENT,
-    )
+    artifact = plugins.configured("qwen", settings, workdir=tmp_path, progress=SILENT).train(TINY_TASK, [], [])
     model, tokenizer = artifact.state["model"], artifact.state["tokenizer"]
     assert type(model).__name__ == "LlamaForCausalLM" and model.dtype == torch.float32
     assert getattr(model, "hf_quantizer", None) is None and not hasattr(model.config, "quantization_config")
@@ -364,14 +303,8 @@ def test_a_gguf_file_names_the_model(shared, tmp_path):
         and "<think>" not in prompt
     )
     _, test = tiny_dataset(n_test=6)
-    predictions = plugins.call(
-        "qwen",
-        "harness_predict",
-        task=TINY_TASK,
-        artifact=artifact,
-        examples=without_answers(test),
-        settings=settings,
-        progress=SILENT,
+    predictions = plugins.configured("qwen", settings, progress=SILENT).predict(
+        TINY_TASK, artifact, without_answers(test)
     )
     assert all(p.label in TINY_TASK.labels and abs(sum(p.scores.values()) - 1) < 1e-4 for p in predictions)
     model.save_pretrained(tmp_path / "saved")
@@ -390,18 +323,9 @@ def test_on_a_cpu_with_bf16_units_the_default_serves_in_bf16_and_agrees_with_fp3
     answers = {}
     for dtype, given in (("float32", settings), ("auto", auto)):
         served = qwen.Artifact(path=artifact.path, info=artifact.info)
-        serving = plugins.call("qwen", "harness_load", task=TINY_TASK, artifact=served, settings=given, cache_dir=None)
+        serving = plugins.configured("qwen", given, cache_dir=None).load(TINY_TASK, served)
         answers[dtype] = [
-            p.label
-            for p in plugins.call(
-                "qwen",
-                "harness_predict",
-                task=TINY_TASK,
-                artifact=served,
-                examples=test,
-                settings=given,
-                progress=SILENT,
-            )
+            p.label for p in plugins.configured("qwen", given, progress=SILENT).predict(TINY_TASK, served, test)
         ]
         if dtype == "auto":
             assert serving.dtype == ("bfloat16" if cpu_has_bf16() else "float32")

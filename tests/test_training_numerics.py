@@ -43,16 +43,9 @@ def train_once(module, name: str, task: Task, settings: dict, workdir: Path, **m
     plugins = load_plugins(entry_points=False)
     plugins.register(module, name)
     torch.manual_seed(0)  # the same initial head for both runs
-    artifact = plugins.call(
-        name,
-        "harness_train",
-        task=task,
-        train=EXAMPLES,
-        validation=[],
-        settings={**settings, **ONE_SGD_STEP, **micro},
-        workdir=workdir,
-        progress=RunProgress(),
-    )
+    artifact = plugins.configured(
+        name, {**settings, **ONE_SGD_STEP, **micro}, workdir=workdir, progress=RunProgress()
+    ).train(task, EXAMPLES, [])
     return {k: v.detach().clone() for k, v in artifact.state["model"].state_dict().items()}
 
 
@@ -150,15 +143,8 @@ def test_qwen_trains_its_head_under_the_mixed_precision_it_records(tiny_qwen, tm
     }
     AutoModelForCausalLM.from_pretrained = spied
     try:
-        artifact = plugins.call(
-            "qwen",
-            "harness_train",
-            task=Task("classification", ("a", "b")),
-            train=EXAMPLES,
-            validation=[],
-            settings=settings,
-            workdir=tmp_path,
-            progress=RunProgress(),
+        artifact = plugins.configured("qwen", settings, workdir=tmp_path, progress=RunProgress()).train(
+            Task("classification", ("a", "b")), EXAMPLES, []
         )
     finally:
         AutoModelForCausalLM.from_pretrained = original
