@@ -38,7 +38,7 @@ class Settings(BaseModel):
     """An approach's settings: subclass it, one field each, declared with :func:`setting`. The field's
     type is enforced, a ``Literal`` gives its choices, ``ge``/``gt``/``le``/``lt`` its range."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     def as_dict(self) -> dict[str, Any]:
         return self.model_dump()
@@ -70,48 +70,33 @@ def setting(
 
 
 @dataclass(frozen=True)
-class SettingsInfo:
+class SettingsDeclaration:
     """What the core reads off a :class:`Settings` class."""
 
     defaults: dict[str, Any]
     choices: dict[str, tuple[Any, ...]]
-    limits: dict[str, tuple[Any, Any]]
     predict: tuple[str, ...]
     secret: tuple[str, ...]
     models: tuple[str, ...]
 
 
-def settings_info(cls: type[Settings]) -> SettingsInfo:
-    import annotated_types
+def declaration_of(cls: type[Settings]) -> SettingsDeclaration:
 
     defaults: dict[str, Any] = {}
     choices: dict[str, tuple[Any, ...]] = {}
-    limits: dict[str, tuple[Any, Any]] = {}
     predict: list[str] = []
     secret: list[str] = []
     models: list[str] = []
     hints = typing.get_type_hints(cls)
-    for name, info in cls.model_fields.items():
-        defaults[name] = info.default
+    for name, field_info in cls.model_fields.items():
+        defaults[name] = field_info.default
         if typing.get_origin(hints[name]) is Literal:
             choices[name] = typing.get_args(hints[name])
-        low = high = None
-        for bound in info.metadata:
-            if isinstance(bound, annotated_types.Ge):
-                low = bound.ge
-            elif isinstance(bound, annotated_types.Gt):
-                low = (">", bound.gt)
-            elif isinstance(bound, annotated_types.Le):
-                high = bound.le
-            elif isinstance(bound, annotated_types.Lt):
-                high = ("<", bound.lt)
-        if low is not None or high is not None:
-            limits[name] = (low, high)
-        extra = info.json_schema_extra if isinstance(info.json_schema_extra, dict) else {}
+        extra = field_info.json_schema_extra if isinstance(field_info.json_schema_extra, dict) else {}
         for flag, names in (("predict", predict), ("secret", secret), ("model", models)):
             if extra.get(flag):
                 names.append(name)
-    return SettingsInfo(defaults, choices, limits, tuple(predict), tuple(secret), tuple(models))
+    return SettingsDeclaration(defaults, choices, tuple(predict), tuple(secret), tuple(models))
 
 
 @dataclass
@@ -159,18 +144,17 @@ class Approach:
 
     def describe(self) -> ApproachInfo:
         """What the core plans with, read off the class attributes and the Settings class (no need to override)."""
-        info = settings_info(self.settings)
-        own = tuple(info.defaults) if self.serves else info.predict  # an engine's settings are all predict settings
+        declared = declaration_of(self.settings)
+        own = tuple(declared.defaults) if self.serves else declared.predict  # an engine's are all predict settings
         return ApproachInfo(
             task_types=tuple(self.task_types),
-            settings=info.defaults,
+            settings=declared.defaults,
             description=self.description,
             predict_settings=own,
-            choices=info.choices,
+            choices=declared.choices,
             serves=self.serves,
-            model_settings=info.models,
-            limits=info.limits,
-            secret_settings=info.secret,
+            model_settings=declared.models,
+            secret_settings=declared.secret,
         )
 
     def implements(self, method: str) -> bool:

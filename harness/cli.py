@@ -319,7 +319,8 @@ def cmd_grid(args: argparse.Namespace) -> int:
 def cmd_try(args: argparse.Namespace) -> int:
     from harness.data import is_blank
     from harness.plugins import load_plugins
-    from harness.spec import load_spec, parse_overrides
+    from harness.settings import parse_overrides
+    from harness.spec import load_spec
     from harness.store import Store
     from harness.tryout import answer_all, gradio_module, load_rows, page, terminal_table
 
@@ -356,7 +357,8 @@ def cmd_compare(args: argparse.Namespace) -> int:
     from harness.plugins import load_plugins
     from harness.report import TerminalReporter
     from harness.runner import CompareOptions, compare, plan_settings
-    from harness.spec import load_spec, parse_overrides
+    from harness.settings import parse_overrides
+    from harness.spec import load_spec
     from harness.store import Store, comparison_to_dict, write_json
 
     # Everything the user typed is checked before anything is trained or written.
@@ -465,7 +467,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
     from harness.plugins import load_plugins
     from harness.progress import SILENT
     from harness.runner import check_approaches, plan_settings, without_answers
-    from harness.spec import load_spec, parse_overrides
+    from harness.settings import parse_overrides
+    from harness.spec import load_spec
     from harness.store import Store, write_json
 
     try:

@@ -15,7 +15,8 @@ from typing import Any
 
 import pluggy
 
-from harness.approach import Approach, RunContext
+from harness.approach import Approach, RunContext, Settings
+from harness.settings import settings_class
 from harness.types import ApproachInfo, Artifact, Example, Parity, Prediction, Serving, Task
 
 # The hooks a plugin implements to be an approach, and those it may add.
@@ -72,6 +73,19 @@ class HookApproach(Approach):
 
     def describe(self) -> ApproachInfo:
         return self._call("describe")  # the core checks it is an ApproachInfo
+
+    def declared_settings(self) -> type[Settings]:
+        """A Settings class of what ``harness_describe`` declares: the settings are checked as every approach's."""
+        info = self.describe()
+        return settings_class(
+            self.name,
+            info.settings,
+            choices=info.choices,
+            limits=info.limits,
+            predict=info.predict_settings,
+            secret=info.secret_settings,
+            models=info.model_settings,
+        )
 
     def validated(self, values: dict[str, Any]) -> Any:
         return dict(values)  # checked against the declared settings when planned; the hooks take the dict

@@ -20,10 +20,12 @@ from typing import Any
 import pluggy
 
 from harness import hookspecs
-from harness.approach import Approach, RunContext
+from harness.approach import Approach, RunContext, Settings
 from harness.errors import UserError
 from harness.hook_approach import METHOD_HOOKS, HookApproach, is_hook_style
-from harness.spec import Spec, resolve_settings, spec_notices
+from harness.settings import resolve_settings
+from harness.spec import Spec
+from harness.spec_notices import spec_notices
 from harness.types import ApproachInfo, Artifact, Example, Parity, Prediction, Serving, Task
 
 DISTRIBUTION = "harness-compare"
@@ -149,7 +151,7 @@ class Plugins:
         (and ``--teacher``) names an approach or a row. A mistake is a :class:`UserError` naming the spec file
         and key. Rows that run are also checked with their ``--set`` values, as the plan will be.
 
-        Returns the notices for the rows that run (:func:`harness.spec.spec_notices`): the commands the spec
+        Returns the notices for the rows that run (:func:`harness.spec_notices.spec_notices`): the commands the spec
         file makes them run and the addresses it makes them send the user's key to.
 
         Only the approaches' Settings classes are read: the plugin modules are imported already, and an
@@ -195,14 +197,7 @@ class Plugins:
             given = overrides if row in running else {}
             base_given = given.get(base) if base != row else None
             settings = resolve_settings(
-                row,
-                info.settings,
-                spec,
-                given.get(row, {}),
-                choices=info.choices,
-                limits=info.limits,
-                secret=info.secret_settings,
-                base_overrides=base_given,
+                row, self.settings_class(base), spec, given.get(row, {}), base_overrides=base_given
             )
             if row in running:
                 notices += spec_notices(
@@ -221,6 +216,12 @@ class Plugins:
         if not isinstance(info, ApproachInfo):
             raise TypeError(f"plugin {name!r}: harness_describe must return an ApproachInfo, got {type(info).__name__}")
         return info
+
+    def settings_class(self, name: str) -> type[Settings]:
+        """The Settings class that validates approach ``name``'s settings (a hook-style plugin's is built from
+        what its ``harness_describe`` declares)."""
+        approach = self.approach(name)
+        return approach.declared_settings() if isinstance(approach, HookApproach) else approach.settings
 
     def hooks_of(self, name: str) -> list[str]:
         """The hooks a plugin implements; for an approach, the hook names of its methods (``harness_train``...)."""

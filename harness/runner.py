@@ -34,7 +34,8 @@ from harness.launcher import (
 )
 from harness.plugins import Plugins
 from harness.progress import RunProgress
-from harness.spec import Spec, resolve_settings
+from harness.settings import resolve_settings
+from harness.spec import Spec
 from harness.store import Store, load_artifact, read_predictions, read_scored, resumable, shown_as, write_text
 from harness.types import ApproachInfo, Comparison, Example, Prediction, RunRecord, Task
 
@@ -134,12 +135,9 @@ def plan_settings(
         base = spec.approach_of(name)
         return resolve_settings(
             name,
-            info.settings,
+            plugins.settings_class(base),
             spec,
             overrides.get(name, {}),
-            choices=info.choices,
-            limits=info.limits,
-            secret=info.secret_settings,
             base_overrides=overrides.get(base, {}) if base != name else None,
         )
 

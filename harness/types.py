@@ -134,8 +134,9 @@ class ApproachInfo:
       training) and the engine loads and predicts from that artifact. All its own settings are predict settings.
     - ``limits``: the range of numeric settings, as ``(low, high)`` with None for no bound and a bound
       written ``(">", 0)`` when it is excluded: ``{"max_new_tokens": (1, None), "temperature": ((">", 0), 2)}``.
-      The Trainer's settings (batch sizes >= 1, learning_rate > 0, ...: ``harness.spec.TRAINER_LIMITS``)
-      are checked for every approach that has them, and no float setting may be NaN or infinite.
+      The Trainer's settings (batch sizes >= 1, learning_rate > 0, ...), ``max_length`` and
+      ``predict_batch_size`` get the ranges every approach gives them (``harness.settings.shared_ranges``),
+      and no float setting may be NaN or infinite.
     - ``model_settings``: the settings that name a model (a hub id, a local directory or file). A run's
       training identity holds each one's resolved hub revision or the content hash of the local files.
     """

@@ -319,7 +319,8 @@ def test_batch1_latency_through_harness_is_that_of_one_persistent_client(ag_test
     from harness.launcher import SILENT_PROGRESS, load_for_serving, without_answers
     from harness.plugins import load_plugins
     from harness.runner import plan_settings
-    from harness.spec import load_spec, parse_overrides
+    from harness.settings import parse_overrides
+    from harness.spec import load_spec
     from harness.types import Example
 
     gold = {row["text"]: AG_LABELS[row["label"]] for row in ag_test}

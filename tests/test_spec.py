@@ -5,7 +5,8 @@ from pathlib import Path
 import pytest
 
 from harness.errors import UserError
-from harness.spec import load_spec, parse_overrides, resolve_settings
+from harness.settings import parse_overrides, resolve_settings, settings_class
+from harness.spec import load_spec
 from harness.types import Prompt
 
 
@@ -88,7 +89,7 @@ def test_settings_merge_defaults_spec_and_overrides_with_types(tmp_path):
     spec = load_spec(spec_file(tmp_path, BASE + "plugins:\n  x: {lr: 2, name: m}\n"))
     defaults = {"lr": 0.1, "epochs": 3, "name": "", "flag": True, "optional": None}
     overrides = parse_overrides(["x.epochs=1", "x.flag=false", "x.optional=abc", "x.lr=5e-5"])["x"]
-    assert resolve_settings("x", defaults, spec, overrides) == {
+    assert resolve_settings("x", settings_class("x", defaults), spec, overrides) == {
         "lr": 5e-5,
         "epochs": 1,
         "name": "m",
@@ -96,9 +97,9 @@ def test_settings_merge_defaults_spec_and_overrides_with_types(tmp_path):
         "optional": "abc",
     }
     with pytest.raises(UserError, match=r"--set x.epochs: expected int, got 'many'"):
-        resolve_settings("x", defaults, spec, {"epochs": "many"})
+        resolve_settings("x", settings_class("x", defaults), spec, {"epochs": "many"})
     with pytest.raises(UserError, match=r"--set x.flag: expected bool, got 1"):
-        resolve_settings("x", defaults, spec, {"flag": "1"})
+        resolve_settings("x", settings_class("x", defaults), spec, {"flag": "1"})
 
 
 def test_override_syntax_errors():
@@ -167,8 +168,8 @@ def test_approach_prompts_merge_field_by_field_and_stay_with_their_approach(tmp_
     assert spec.to_task("plain").prompt == Prompt(user="Article: {text}")
     # The prompt is not a setting: it never reaches resolve_settings or a plugin.
     assert spec.plugins == {"qwen": {"lr": 2}, "seqgpt": {}, "plain": {}}
-    assert resolve_settings("qwen", {"lr": 0.1}, spec, {}) == {"lr": 2.0}
-    assert resolve_settings("seqgpt", {"model": "m"}, spec, {}) == {"model": "m"}
+    assert resolve_settings("qwen", settings_class("qwen", {"lr": 0.1}), spec, {}) == {"lr": 2.0}
+    assert resolve_settings("seqgpt", settings_class("seqgpt", {"model": "m"}), spec, {}) == {"model": "m"}
 
 
 @pytest.mark.parametrize(
@@ -224,53 +225,65 @@ CHOICES = {"scoring": ("letter", "likelihood", "perplexity")}
 def test_enumerated_settings_are_checked_from_the_spec_and_the_command_line(tmp_path):
     defaults = {"scoring": "letter", "lr": 0.1}
     good = load_spec(spec_file(tmp_path, BASE + "plugins:\n  qwen: {scoring: likelihood}\n"))
-    assert resolve_settings("qwen", defaults, good, {}, choices=CHOICES)["scoring"] == "likelihood"
     assert (
-        resolve_settings("qwen", defaults, good, {"scoring": "perplexity"}, choices=CHOICES)["scoring"] == "perplexity"
+        resolve_settings("qwen", settings_class("qwen", defaults, choices=CHOICES), good, {})["scoring"] == "likelihood"
+    )
+    assert (
+        resolve_settings("qwen", settings_class("qwen", defaults, choices=CHOICES), good, {"scoring": "perplexity"})[
+            "scoring"
+        ]
+        == "perplexity"
     )
     with pytest.raises(UserError) as info:
-        resolve_settings("qwen", defaults, good, {"scoring": "leter"}, choices=CHOICES)
+        resolve_settings("qwen", settings_class("qwen", defaults, choices=CHOICES), good, {"scoring": "leter"})
     assert str(info.value) == "--set qwen.scoring: 'leter' is not one of letter, likelihood, perplexity"
     bad = load_spec(spec_file(tmp_path, BASE + "plugins:\n  qwen: {scoring: leter}\n"))
     with pytest.raises(UserError) as info:
-        resolve_settings("qwen", defaults, bad, {}, choices=CHOICES)
+        resolve_settings("qwen", settings_class("qwen", defaults, choices=CHOICES), bad, {})
     assert str(info.value).endswith(
         "s.yaml: plugins.qwen.scoring: 'leter' is not one of letter, likelihood, perplexity"
     )
     # Without choices (an approach that declares none) any value of the right type passes, as before.
-    assert resolve_settings("qwen", defaults, bad, {})["scoring"] == "leter"
+    assert resolve_settings("qwen", settings_class("qwen", defaults), bad, {})["scoring"] == "leter"
     # Choices compare after type conversion: "8" from the command line is the int 8.
-    assert resolve_settings("x", {"bits": 4}, good, {"bits": "8"}, choices={"bits": (4, 8)}) == {"bits": 8}
+    assert resolve_settings("x", settings_class("x", {"bits": 4}, choices={"bits": (4, 8)}), good, {"bits": "8"}) == {
+        "bits": 8
+    }
 
 
 def test_string_settings_take_the_command_line_text_as_typed(tmp_path):
     spec = load_spec(spec_file(tmp_path, BASE))
     defaults = {"think_prefix": "<think>\n\n</think>\n\n", "tokenizer": "", "epochs": 1.0, "optional": None}
     overrides = parse_overrides(["qwen.think_prefix=", "qwen.tokenizer=on", "qwen.optional="])["qwen"]
-    assert resolve_settings("qwen", defaults, spec, overrides) == {
+    assert resolve_settings("qwen", settings_class("qwen", defaults), spec, overrides) == {
         "think_prefix": "",
         "tokenizer": "on",
         "epochs": 1.0,
         "optional": None,
     }
     typed = {"think_prefix": "{text}", "tokenizer": "1.0e-5"}
-    assert resolve_settings("qwen", defaults, spec, typed) == {**defaults, **typed}
+    assert resolve_settings("qwen", settings_class("qwen", defaults), spec, typed) == {**defaults, **typed}
     # A quoted YAML string is still read as one: the way to pass a newline.
-    assert resolve_settings("qwen", defaults, spec, {"think_prefix": '"a\\nb"'})["think_prefix"] == "a\nb"
+    assert (
+        resolve_settings("qwen", settings_class("qwen", defaults), spec, {"think_prefix": '"a\\nb"'})["think_prefix"]
+        == "a\nb"
+    )
     with pytest.raises(UserError, match=r"--set qwen.epochs: needs a float value$"):
-        resolve_settings("qwen", defaults, spec, {"epochs": ""})
+        resolve_settings("qwen", settings_class("qwen", defaults), spec, {"epochs": ""})
     null = load_spec(spec_file(tmp_path, BASE + "plugins:\n  qwen: {think_prefix: null}\n"))
     with pytest.raises(
         UserError, match=r'plugins.qwen.think_prefix: needs a str value \(write "" for an empty string\)'
     ):
-        resolve_settings("qwen", defaults, null, {})
+        resolve_settings("qwen", settings_class("qwen", defaults), null, {})
 
 
 def test_the_prompt_is_not_a_command_line_setting(tmp_path):
     with pytest.raises(
         UserError, match=r"--set qwen.prompt: the prompt is set in the spec: task.prompt, or plugins.qwen.prompt"
     ):
-        resolve_settings("qwen", {"lr": 0.1}, load_spec(spec_file(tmp_path, BASE)), {"prompt": "{text}"})
+        resolve_settings(
+            "qwen", settings_class("qwen", {"lr": 0.1}), load_spec(spec_file(tmp_path, BASE)), {"prompt": "{text}"}
+        )
 
 
 @pytest.mark.parametrize(
@@ -333,10 +346,48 @@ def test_a_row_of_another_approach_layers_its_settings_over_that_approachs(tmp_p
     spec = load_spec(spec_file(tmp_path, body))
     defaults = {"learning_rate": 1e-5, "max_length": 512, "num_train_epochs": 1.0}
     settings = resolve_settings(
-        "untuned", defaults, spec, {"max_length": "32"}, base_overrides={"max_length": "128", "num_train_epochs": "3"}
+        "untuned",
+        settings_class("untuned", defaults),
+        spec,
+        {"max_length": "32"},
+        base_overrides={"max_length": "128", "num_train_epochs": "3"},
     )
     # Defaults, then qwen's section and --set, then the row's section and --set: the row's own word wins.
     assert settings == {"learning_rate": 0.001, "max_length": 32, "num_train_epochs": 0.0}
     assert spec.to_task("untuned").prompt == Prompt(user="L {text}", system="S")  # the named prompt, whole
     assert spec.to_task("qwen").prompt == Prompt(user="Q {text}")
     assert spec.prompt_name("untuned") == "long" and spec.approach_of("qwen") == "qwen"
+
+
+def test_settings_declared_as_a_dict_are_checked_by_a_settings_class_with_the_shared_ranges(tmp_path):
+    """A hook-style plugin declares defaults, choices and limits in a dict; they become a pydantic Settings class,
+    the one validator, and the settings every approach shares (the Trainer's, predict_batch_size) keep their
+    ranges there too."""
+    from harness.approach import Settings
+
+    spec = load_spec(spec_file(tmp_path, BASE))
+    declared = settings_class(
+        "x",
+        {"learning_rate": 1e-5, "predict_batch_size": 0, "temperature": 1.0, "bits": 4},
+        limits={"temperature": ((">", 0), 2)},
+        choices={"bits": (4, 8)},
+    )
+    assert issubclass(declared, Settings)
+    for given, message in (
+        ({"learning_rate": "0"}, "--set x.learning_rate: must be > 0, got 0.0"),
+        ({"predict_batch_size": "-1"}, "--set x.predict_batch_size: must be >= 0, got -1"),
+        ({"temperature": "0"}, "--set x.temperature: must be > 0, got 0.0"),
+        ({"temperature": "2.5"}, "--set x.temperature: must be <= 2, got 2.5"),
+        ({"temperature": "nan"}, "--set x.temperature: must be a finite number, got nan"),
+        ({"bits": "6"}, "--set x.bits: 6 is not one of 4, 8"),
+        ({"bits": "true"}, "--set x.bits: expected int, got True"),
+    ):
+        with pytest.raises(UserError) as info:
+            resolve_settings("x", declared, spec, given)
+        assert str(info.value) == message
+    assert resolve_settings("x", declared, spec, {"temperature": "2", "bits": "8"}) == {
+        "learning_rate": 1e-5,
+        "predict_batch_size": 0,
+        "temperature": 2.0,
+        "bits": 8,
+    }

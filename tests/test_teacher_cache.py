@@ -44,7 +44,8 @@ def teach_once(
     it gave by text, the lines it wrote to stderr and the texts the server was asked."""
     from harness.data import Datasets
     from harness.runner import plan_settings
-    from harness.spec import load_spec, parse_overrides
+    from harness.settings import parse_overrides
+    from harness.spec import load_spec
     from harness.store import Store
     from harness.teacher import teach
 
@@ -204,7 +205,8 @@ def test_which_approaches_may_teach(plugins, shared):
     model trains first) may not: each a UserError naming where the teacher was named."""
     from harness.errors import UserError
     from harness.runner import plan_settings
-    from harness.spec import load_spec, parse_overrides
+    from harness.settings import parse_overrides
+    from harness.spec import load_spec
     from harness.teacher import check_teacher
 
     spec = load_spec("agnews")
