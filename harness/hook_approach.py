@@ -77,15 +77,8 @@ class HookApproach(Approach):
     def declared_settings(self) -> type[Settings]:
         """A Settings class of what ``harness_describe`` declares: the settings are checked as every approach's."""
         info = self.describe()
-        return settings_class(
-            self.name,
-            info.settings,
-            choices=info.choices,
-            limits=info.limits,
-            predict=info.predict_settings,
-            secret=info.secret_settings,
-            models=info.model_settings,
-        )
+        flags = {"predict": info.predict_settings, "secret": info.secret_settings, "models": info.model_settings}
+        return settings_class(self.name, info.settings, choices=info.choices, limits=info.limits, **flags)
 
     def validated(self, values: dict[str, Any]) -> Any:
         return dict(values)  # checked against the declared settings when planned; the hooks take the dict
