@@ -72,7 +72,7 @@ NOT_TRAINING = frozenset(
         "harness.progress",
         "harness.pytest_plugin",
         "harness.report",
-        "harness.stats",
+        "harness.stats_pairs",
         "harness.store",
         "harness.testing",
     }

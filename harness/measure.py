@@ -232,7 +232,7 @@ class Latency:
     samples_ms: list[float]
 
     def summary(self) -> dict[str, float | None]:
-        from harness.stats import percentile
+        from harness.stats_pairs import percentile
 
         if not self.samples_ms:
             return {
