@@ -14,8 +14,8 @@ from html import escape
 from pathlib import Path
 from typing import Any
 
-from harness import stats_pairs
 from harness.report import METRIC_TITLES, _params, statistics_lines
+from harness.stats_seeds import MEASURED, by_approach, spread
 from harness.types import Comparison, RunRecord
 
 MISTAKES = 20
@@ -58,7 +58,7 @@ def write_html(path: Path, comparison: Comparison, store: Any, plots: dict[str, 
     from harness.store import read_scored, write_text
 
     folder = store.root / "comparisons" / comparison.comparison_id
-    groups = stats_pairs.by_approach(comparison)
+    groups = by_approach(comparison)
     parts = [
         f"<h1>{escape(comparison.spec)}: comparison {escape(comparison.comparison_id)}</h1>",
         f"<p class='note'>created {escape(comparison.created)}; {len(comparison.runs)} runs</p>",
@@ -79,7 +79,7 @@ def write_html(path: Path, comparison: Comparison, store: Any, plots: dict[str, 
             )
     parts.append("<h2>Worst mistakes</h2>")
     for approach, runs in groups.items():
-        run = next((r for r in runs if r.status in stats_pairs.MEASURED), None)
+        run = next((r for r in runs if r.status in MEASURED), None)
         scored = read_scored(store.run_dir(run.run_id) / "predictions.jsonl") if run else None
         if scored is not None:
             parts.append(_mistakes(approach, run, *scored))
@@ -95,7 +95,7 @@ def write_html(path: Path, comparison: Comparison, store: Any, plots: dict[str, 
 
 
 def _figure(runs: list[RunRecord], get: Any) -> float | None:
-    figure = stats_pairs.spread(runs, get)
+    figure = spread(runs, get)
     return None if figure is None else figure.mean
 
 
@@ -115,11 +115,11 @@ def _table(comparison: Comparison, groups: dict[str, list[RunRecord]]) -> str:
     ]
     rows = []
     for approach, runs in groups.items():
-        measured = [r for r in runs if r.status in stats_pairs.MEASURED]
+        measured = [r for r in runs if r.status in MEASURED]
         status = ", ".join(sorted({r.status for r in runs}))
         cells = [escape(approach), f"<span class='{'failed' if not measured else ''}'>{escape(status)}</span>"]
         for index, metric in enumerate(comparison.metrics):
-            figure = stats_pairs.spread(runs, lambda r, m=metric: r.metrics.get(m))
+            figure = spread(runs, lambda r, m=metric: r.metrics.get(m))
             if figure is None:
                 cells.append("-")
                 continue
@@ -162,7 +162,7 @@ def _table(comparison: Comparison, groups: dict[str, list[RunRecord]]) -> str:
 def _detail_tables(comparison: Comparison, groups: dict[str, list[RunRecord]]) -> str:
     parts = []
     for approach, runs in groups.items():
-        run = next((r for r in runs if r.status in stats_pairs.MEASURED), None)
+        run = next((r for r in runs if r.status in MEASURED), None)
         if run is None:
             continue
         if run.metrics.get("per_class"):

@@ -72,7 +72,10 @@ NOT_TRAINING = frozenset(
         "harness.progress",
         "harness.pytest_plugin",
         "harness.report",
+        "harness.stats_analysis",
+        "harness.stats_intervals",
         "harness.stats_pairs",
+        "harness.stats_seeds",
         "harness.store",
         "harness.testing",
     }

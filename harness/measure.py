@@ -232,7 +232,7 @@ class Latency:
     samples_ms: list[float]
 
     def summary(self) -> dict[str, float | None]:
-        from harness.stats_pairs import percentile
+        from harness.stats_intervals import percentile
 
         if not self.samples_ms:
             return {

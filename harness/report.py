@@ -6,7 +6,9 @@ from typing import Any, Callable
 
 import pluggy
 
-from harness import stats_pairs
+from harness.stats_intervals import COUNTS, RESAMPLES
+from harness.stats_pairs import ALPHA, pair_lines
+from harness.stats_seeds import MEASURED, Spread, by_approach, spread
 from harness.types import Comparison, RunRecord
 
 hookimpl = pluggy.HookimplMarker("harness")
@@ -176,7 +178,7 @@ def comparison_table(comparison: Comparison):
 
     metrics = comparison.metrics
     columns = _columns(metrics, generates=any(r.speed.get("generated_tokens_per_s") for r in comparison.runs))
-    groups = stats_pairs.by_approach(comparison)
+    groups = by_approach(comparison)
     several = any(len(runs) > 1 for runs in groups.values())
     table = Table(title=f"{comparison.spec} — comparison {comparison.comparison_id}", title_justify="left")
     table.add_column("Approach", style="bold")
@@ -186,11 +188,11 @@ def comparison_table(comparison: Comparison):
 
     def figure(runs: list[RunRecord], get: Callable[[RunRecord], Any]) -> Any:
         if len(runs) == 1:
-            return get(runs[0]) if runs[0].status in stats_pairs.MEASURED else None
-        return stats_pairs.spread(runs, get)
+            return get(runs[0]) if runs[0].status in MEASURED else None
+        return spread(runs, get)
 
     def value(cell: Any) -> Any:
-        return cell.mean if isinstance(cell, stats_pairs.Spread) else cell
+        return cell.mean if isinstance(cell, Spread) else cell
 
     statistics = comparison.statistics or {}
     intervals = statistics.get("intervals", {})
@@ -209,7 +211,7 @@ def comparison_table(comparison: Comparison):
         cells = []
         for index, (title, get, fmt, _) in enumerate(columns):
             cell = figure(runs, get)
-            if isinstance(cell, stats_pairs.Spread):
+            if isinstance(cell, Spread):
                 if title in ("Batch", "Params"):  # the same for every seed: shown as is
                     text = fmt(int(cell.mean)) if cell.sd in (None, 0.0) else "varies"
                 elif title == "Dtype":
@@ -239,7 +241,7 @@ def comparison_table(comparison: Comparison):
             if run.status in ("failed", "missing"):
                 seed = f" (seed {run.seed})" if len(runs) > 1 else ""
                 notes.append(f"[red]{approach}[/]{seed}: {escape(str(run.error))}")  # its brackets are text
-    ranked = [r for r in comparison.runs if r.status in stats_pairs.MEASURED]
+    ranked = [r for r in comparison.runs if r.status in MEASURED]
     for run in ranked:
         trained_in = run.training.get("trained_in")
         if run.status == "reused":
@@ -312,11 +314,11 @@ def statistics_lines(comparison: Comparison) -> list[str]:
     title = METRIC_TITLES.get(headline, headline)
     lines = [
         f"±: half the width of the 95% bootstrap interval over the test examples (percentile, "
-        f"{stats_pairs.RESAMPLES} resamples); "
+        f"{RESAMPLES} resamples); "
         f"bold {title}: significantly better than every other row (a paired bootstrap of the {title} "
-        f"difference over the test examples, Holm-adjusted, p < {stats_pairs.ALPHA})"
+        f"difference over the test examples, Holm-adjusted, p < {ALPHA})"
     ]
-    lines += [line for pair in statistics.get("pairs", []) for line in stats_pairs.pair_lines(pair, title)]
+    lines += [line for pair in statistics.get("pairs", []) for line in pair_lines(pair, title)]
     for approach, metrics in statistics.get("seeds", {}).items():
         figure = metrics.get(headline)
         if figure and figure["sd"] is not None:
@@ -336,7 +338,7 @@ def per_field_table(comparison: Comparison):
     """Extraction: each field's accuracy and F1 per approach (mean over seeds), or None for classification."""
     from rich.table import Table
 
-    groups = stats_pairs.by_approach(comparison)
+    groups = by_approach(comparison)
     fields = next((list(r.metrics.get("per_field") or {}) for r in comparison.runs if r.metrics.get("per_field")), [])
     if not fields:
         return None
@@ -345,7 +347,7 @@ def per_field_table(comparison: Comparison):
     for field in fields:
         table.add_column(field, justify="right")
     for approach, runs in groups.items():
-        measured = [r for r in runs if r.status in stats_pairs.MEASURED and r.metrics.get("per_field")]
+        measured = [r for r in runs if r.status in MEASURED and r.metrics.get("per_field")]
         if not measured:
             continue
         cells = []
@@ -361,7 +363,7 @@ def _status(runs: list[RunRecord]) -> str:
     styles = {"ok": "[green]ok[/]", "reused": "[cyan]reused[/]"}
     if len(runs) == 1:
         return styles.get(runs[0].status, f"[red]{runs[0].status}[/]")
-    measured = sum(r.status in stats_pairs.MEASURED for r in runs)
+    measured = sum(r.status in MEASURED for r in runs)
     colour = "green" if measured == len(runs) else "yellow" if measured else "red"
     return f"[{colour}]{measured}/{len(runs)} seeds[/]"
 
@@ -405,12 +407,9 @@ def write_plots(comparison: Comparison, folder: Any, store: Any, console: Any = 
             console.print(f"plots: not drawn ({folder} cannot be written: {exc.strerror})", highlight=False)
         return {}
     plots: dict[str, dict[str, Any]] = {}
-    groups = {
-        name: [r for r in runs if r.status in stats_pairs.MEASURED]
-        for name, runs in stats_pairs.by_approach(comparison).items()
-    }
+    groups = {name: [r for r in runs if r.status in MEASURED] for name, runs in by_approach(comparison).items()}
     groups = {name: runs for name, runs in groups.items() if runs}
-    headline = next((m for m in comparison.metrics if m not in stats_pairs.COUNTS), None)
+    headline = next((m for m in comparison.metrics if m not in COUNTS), None)
 
     def save(fig: Any, name: str, title: str, series: list[str]) -> None:
         fig.tight_layout()
@@ -486,8 +485,8 @@ def write_plots(comparison: Comparison, folder: Any, store: Any, console: Any = 
         ):
             points = []
             for approach, runs in groups.items():
-                x = stats_pairs.spread(runs, lambda r, key=key: r.speed.get(key))
-                y = stats_pairs.spread(runs, lambda r: r.metrics.get(headline))
+                x = spread(runs, lambda r, key=key: r.speed.get(key))
+                y = spread(runs, lambda r: r.metrics.get(headline))
                 if x is not None and y is not None:
                     points.append((approach, x.mean, y.mean))
             if not points:

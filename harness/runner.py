@@ -261,15 +261,15 @@ def check_approaches(plugins: Plugins, spec: Spec, plans: dict[str, Plan]) -> No
 
 
 def comparison_statistics(comparison: Comparison, store: Store) -> dict[str, Any]:
-    """harness.stats_pairs.analyse over the runs' stored predictions; a failure costs one warning line and the
+    """harness.stats_analysis.analyse over the runs' stored predictions; a failure costs one warning line and the
     statistics, never the table."""
-    from harness import stats_pairs
+    from harness import stats_analysis
 
     def scored(run: RunRecord) -> Any:
         return read_scored(store.run_dir(run.run_id) / "predictions.jsonl")
 
     try:
-        return stats_pairs.analyse(comparison, scored)
+        return stats_analysis.analyse(comparison, scored)
     except ValueError as exc:  # runs of different test sets, say
         print(f"harness: no statistics: {exc}", file=sys.stderr)
         return {}

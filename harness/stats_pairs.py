@@ -1,224 +1,27 @@
-"""Statistics over a comparison's runs: one approach trained with several seeds is one row of the table."""
+"""Pairs of rows tested on the headline metric: paired bootstrap with Holm, McNemar, almost stochastic order.
+
+The paired bootstrap of the headline difference decides; McNemar's exact test (one seed a row) and almost
+stochastic order (several seeds) are labelled second lines. scipy gives the exact binomial test and the
+normal quantile. :func:`pair_lines` says a pair in words."""
 
 from __future__ import annotations
 
 import math
-import statistics
-from dataclasses import asdict, dataclass
-from typing import Any, Callable
+from typing import Any
 
-from harness.types import Comparison, RunRecord
+from harness.stats_intervals import (
+    BOOTSTRAP_SEED,
+    CONFIDENCE,
+    PAIR_RESAMPLES,
+    RESAMPLES,
+    ExampleStats,
+    metric_from_sums,
+    resample_blocks,
+)
 
-MEASURED = ("ok", "reused")
-
-
-@dataclass(frozen=True)
-class Spread:
-    """A figure across seeds: mean, sample standard deviation (None for one seed) and how many seeds."""
-
-    mean: float
-    sd: float | None
-    n: int
-
-    @classmethod
-    def of(cls, values: list[float]) -> Spread | None:
-        if not values:
-            return None
-        return cls(statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else None, len(values))
-
-
-def by_approach(comparison: Comparison) -> dict[str, list[RunRecord]]:
-    """The comparison's runs grouped by approach, in the order they ran (one per seed)."""
-    groups: dict[str, list[RunRecord]] = {}
-    for run in comparison.runs:
-        groups.setdefault(run.approach, []).append(run)
-    return groups
-
-
-def spread(runs: list[RunRecord], get: Callable[[RunRecord], Any]) -> Spread | None:
-    """``get``'s numbers over the measured runs (failed seeds are left out; the table says how many ran)."""
-    return Spread.of(
-        [
-            float(v)
-            for v in (get(r) for r in runs if r.status in MEASURED)
-            if isinstance(v, (int, float)) and not isinstance(v, bool)
-        ]
-    )
-
-
-def summary(comparison: Comparison) -> dict[str, dict[str, Any]]:
-    """Per approach: its seeds and each metric's mean, sd and n, with every seed's value (for ``--json``)."""
-    out = {}
-    for approach, runs in by_approach(comparison).items():
-        metrics = {}
-        for name in comparison.metrics:
-            figure = spread(runs, lambda r, name=name: r.metrics.get(name))
-            if figure is not None:
-                metrics[name] = {
-                    "mean": figure.mean,
-                    "sd": figure.sd,
-                    "n": figure.n,
-                    "values": [r.metrics.get(name) for r in runs if r.status in MEASURED],
-                }
-        out[approach] = {
-            "seeds": [r.seed for r in runs],
-            "runs": [r.run_id for r in runs],
-            "failed": sum(r.status == "failed" for r in runs),
-            "metrics": metrics,
-        }
-    return out
-
-
-# ---------------------------------------------------------------------------------------------
-# Uncertainty over the test examples: bootstrap intervals, and pairs tested on the headline metric itself
-# (paired bootstrap, Holm; McNemar and almost stochastic order as labelled second lines). NumPy, vectorised:
-# every resample is a row of multinomial counts over the examples, and a metric is computed from counts
-# summed per resample (a confusion matrix, or true/false positives), so 1,000 resamples of 2,000 examples
-# cost one matrix product. scipy gives the exact binomial test and the normal quantile.
-# ---------------------------------------------------------------------------------------------
-
-RESAMPLES = 1000
-PAIR_RESAMPLES = 10_000  # a pair's interval and test: enough draws to resolve p < 0.001
-CONFIDENCE = 0.95
 ALPHA = 0.05
-BOOTSTRAP_SEED = 0  # every interval is seeded: a report renders the same figures each time
 ASO_THRESHOLD = 0.2  # eps_min below it: one row's seeds almost stochastically dominate the other's (Ulmer et al. 2022)
 ASO_MIN_SEEDS = 3
-METHOD = (
-    f"95% percentile bootstrap over test examples ({RESAMPLES} resamples, NumPy, seed {BOOTSTRAP_SEED}); "
-    f"pairs: a paired bootstrap of the headline difference ({PAIR_RESAMPLES} resamples of the test examples, "
-    "each example carrying every seed's answer), its two-sided p-value Holm-adjusted across pairs; McNemar's "
-    "exact test on per-example correctness where both rows have one seed; almost stochastic order "
-    f"(Dror et al. 2019) of the per-seed headline figures where both have {ASO_MIN_SEEDS} or more"
-)
-# Metrics that are counts, not rates: no interval.
-COUNTS = ("invalid", "n")
-
-
-@dataclass(frozen=True)
-class Interval:
-    estimate: float
-    low: float
-    high: float
-
-    @property
-    def half_width(self) -> float:
-        return (self.high - self.low) / 2
-
-
-@dataclass
-class ExampleStats:
-    """One run's test set as per-example rows whose column sums give every headline metric
-    (:func:`metric_from_sums`), and each example's correctness (for McNemar)."""
-
-    task_type: str
-    rows: Any  # ndarray (n, d)
-    correct: Any  # ndarray (n,) of bool
-    n_labels: int = 0
-
-
-def example_stats(
-    task_type: str, labels: Any, fields: Any, examples: list[Any], predictions: list[Any], normalize: bool = True
-) -> ExampleStats:
-    """Classification: each example one-hot in the cell (gold, predicted) of a K x (K + 1) confusion matrix
-    (the last column: no valid label). Extraction: exact record, valid answer, and true positives, false
-    positives and false negatives summed over its fields (harness.metrics.record_outcome)."""
-    import numpy as np
-
-    from harness.metrics import record_outcome
-
-    if task_type == "extraction":
-        outcomes = [record_outcome(fields, ex.fields, p.fields, normalize) for ex, p in zip(examples, predictions)]
-        rows = np.array(
-            [
-                [o["exact"], o["valid"], *(sum(c[k] for c in o["fields"].values()) for k in ("tp", "fp", "fn"))]
-                for o in outcomes
-            ],
-            dtype=float,
-        ).reshape(len(outcomes), 5)
-        return ExampleStats(task_type, rows, rows[:, 0] > 0)
-    labels = list(labels)
-    k = len(labels)
-    gold = np.array([labels.index(ex.label) for ex in examples], dtype=int)
-    predicted = np.array([labels.index(p.label) if p.label in labels else k for p in predictions], dtype=int)
-    rows = np.zeros((len(examples), k * (k + 1)))
-    rows[np.arange(len(examples)), gold * (k + 1) + predicted] = 1.0
-    return ExampleStats(task_type, rows, gold == predicted, k)
-
-
-def metric_from_sums(stats_: ExampleStats, metric: str, sums: Any) -> Any:
-    """``metric`` from summed rows (shape (..., d)), vectorised over the leading axes; equal to
-    harness.metrics' figure for the unresampled sum."""
-    import numpy as np
-
-    sums = np.asarray(sums, dtype=float)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        if stats_.task_type == "extraction":
-            exact, valid, tp, fp, fn = (sums[..., i] for i in range(5))
-            n = sums[..., 1] * 0 + stats_.rows.shape[0]
-            if metric == "exact_match":
-                return exact / n
-            if metric == "valid_rate":
-                return valid / n
-            precision = np.where(tp + fp > 0, tp / (tp + fp), 0.0)
-            recall = np.where(tp + fn > 0, tp / (tp + fn), 0.0)
-            f1 = np.where(precision + recall > 0, 2 * precision * recall / (precision + recall), 0.0)
-            return {"field_precision": precision, "field_recall": recall, "field_f1": f1}[metric]
-        k = stats_.n_labels
-        confusion = sums.reshape(*sums.shape[:-1], k, k + 1)
-        tp = np.diagonal(confusion[..., :k], axis1=-2, axis2=-1)
-        support = confusion.sum(-1)
-        predicted = confusion[..., :k].sum(-2)
-        total = support.sum(-1)
-        if metric == "accuracy":
-            return tp.sum(-1) / total
-        precision = np.where(predicted > 0, tp / predicted, 0.0)
-        recall = np.where(support > 0, tp / support, 0.0)
-        f1 = np.where(predicted + support > 0, 2 * tp / (predicted + support), 0.0)
-        name, _, average = metric.rpartition("_")
-        per_class = {"precision": precision, "recall": recall, "f1": f1}[name]
-        if average == "macro":
-            return per_class.mean(-1)
-        return (per_class * support).sum(-1) / total
-
-
-def resample_counts(n: int, resamples: int = RESAMPLES, seed: int | list[int] = BOOTSTRAP_SEED) -> Any:
-    """``resamples`` bootstrap resamples of ``n`` examples, each a row of how often each example was drawn."""
-    import numpy as np
-
-    rng = np.random.default_rng(seed)
-    drawn = rng.integers(0, n, size=(resamples, n))
-    offsets = (np.arange(resamples)[:, None] * n + drawn).ravel()
-    return np.bincount(offsets, minlength=resamples * n).reshape(resamples, n).astype(float)
-
-
-def resample_blocks(n: int, resamples: int = PAIR_RESAMPLES, block: int = RESAMPLES) -> Any:
-    """:func:`resample_counts` in blocks of ``block`` rows (memory stays ``block`` x ``n``), seeded: the first
-    block is the intervals' own resamples, block ``i`` after it is seeded ``[BOOTSTRAP_SEED, i]``."""
-    for index in range(-(-resamples // block)):
-        yield resample_counts(
-            n, min(block, resamples - index * block), BOOTSTRAP_SEED if index == 0 else [BOOTSTRAP_SEED, index]
-        )
-
-
-def percentile(values: Any, q: float) -> float:
-    """The q-th percentile (0-100) of ``values``, linearly interpolated (numpy's default): latency tails and
-    bootstrap interval ends are read the same way."""
-    import numpy as np
-
-    return float(np.percentile(values, q))
-
-
-def _percentiles(values: Any) -> tuple[float, float]:
-    tail = (1 - CONFIDENCE) / 2 * 100
-    return percentile(values, tail), percentile(values, 100 - tail)
-
-
-def interval(stats_: ExampleStats, metric: str, weights: Any = None) -> Interval:
-    """The metric on the test set and its percentile bootstrap interval."""
-    weights = resample_counts(stats_.rows.shape[0]) if weights is None else weights
-    estimate = float(metric_from_sums(stats_, metric, stats_.rows.sum(0)))
-    return Interval(estimate, *_percentiles(metric_from_sums(stats_, metric, weights @ stats_.rows)))
 
 
 def mcnemar_exact(a_correct: Any, b_correct: Any) -> tuple[float, int, int]:
@@ -338,77 +141,6 @@ def aso(
     return float(np.clip(observed - sigma / const * norm.ppf(1 - confidence), 0, 1))
 
 
-def analyse(comparison: Comparison, scored: Callable[[RunRecord], Any]) -> dict[str, Any]:
-    """Every interval, seed spread and pairwise test of a comparison, for the table, ``--json`` and the report.
-
-    ``scored(run)`` gives a run's gold examples and predictions (from its ``predictions.jsonl``), or None
-    when the store has none: that run gets no interval. Runs must share one test set (the test hash)."""
-    groups = {name: [r for r in runs if r.status in MEASURED] for name, runs in by_approach(comparison).items()}
-    headline = next((m for m in comparison.metrics if m not in COUNTS), None)
-    result: dict[str, Any] = {
-        "method": METHOD,
-        "headline": headline,
-        "intervals": {},
-        "seeds": {},
-        "pairs": [],
-        "best": None,
-    }
-    per_run: dict[str, ExampleStats] = {}
-    weights = None
-    for runs in groups.values():
-        for run in runs:
-            data = scored(run)
-            task = (run.training.get("identity") or {}).get("task") or {}
-            if data is None or not data[0]:
-                continue
-            examples, predictions = data
-            per_run[run.run_id] = example_stats(
-                run.task_type,
-                task.get("labels") or [],
-                task.get("fields") or [],
-                examples,
-                predictions,
-                bool(run.environment.get("normalize", True)),
-            )
-            if weights is None or weights.shape[1] != len(examples):
-                weights = resample_counts(len(examples))
-            result["intervals"][run.run_id] = {
-                metric: asdict(interval(per_run[run.run_id], metric, weights))
-                for metric in comparison.metrics
-                if metric not in COUNTS
-            }
-    for name, runs in groups.items():
-        measured = [r for r in runs if r.run_id in per_run]
-        if len(measured) > 1:
-            seeds = {}
-            for metric in comparison.metrics:
-                if metric in COUNTS:
-                    continue
-                spread_ = Spread.of([result["intervals"][r.run_id][metric]["estimate"] for r in measured])
-                half = statistics.fmean(Interval(**result["intervals"][r.run_id][metric]).half_width for r in measured)
-                seeds[metric] = {
-                    "sd": spread_.sd,
-                    "ci_half_width": half,
-                    "larger": "seeds" if (spread_.sd or 0) > half else "test sample",
-                }
-            result["seeds"][name] = seeds
-    if headline is None:
-        return result
-    names = [n for n, runs in groups.items() if any(r.run_id in per_run for r in runs)]
-    hashes = {r.test_hash for n in names for r in groups[n]}
-    if len(hashes) > 1:
-        raise ValueError(
-            "runs scored on different test sets (test hashes "
-            + ", ".join(sorted(h[:12] for h in hashes))
-            + ") cannot be compared example by example"
-        )
-    result["pairs"] = compare_pairs(
-        {name: [per_run[r.run_id] for r in groups[name] if r.run_id in per_run] for name in names}, headline
-    )
-    result["best"] = _significantly_best(names, result["pairs"])
-    return result
-
-
 def compare_pairs(
     rows: dict[str, list[ExampleStats]], headline: str, resamples: int = PAIR_RESAMPLES
 ) -> list[dict[str, Any]]:
@@ -479,23 +211,6 @@ def chance_separated(a: int, b: int) -> float:
     from math import comb
 
     return 2 / comb(a + b, a)
-
-
-def _significantly_best(names: list[str], pairs: list[dict[str, Any]]) -> str | None:
-    """The approach whose headline metric is significantly better than every other's, or None."""
-    for name in names:
-        wins = 0
-        for pair in pairs:
-            if name not in (pair["a"], pair["b"]):
-                continue
-            ahead = pair["difference"] > 0 if pair["a"] == name else pair["difference"] < 0
-            if not (pair["significant"] and ahead):
-                break
-            wins += 1
-        else:
-            if wins and wins == len(names) - 1:
-                return name
-    return None
 
 
 def _p_text(p: float) -> str:

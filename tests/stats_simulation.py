@@ -16,19 +16,19 @@ from __future__ import annotations
 
 import numpy as np
 
-from harness import stats_pairs
+from harness import stats_intervals, stats_pairs
 
 LABELS = 4
 
 
-def _seed_stats(rng, gold, difficulty, quality: float, seed_sd: float = 0.0) -> stats_pairs.ExampleStats:
+def _seed_stats(rng, gold, difficulty, quality: float, seed_sd: float = 0.0) -> stats_intervals.ExampleStats:
     n = gold.size
     q = quality + rng.normal(0, seed_sd) if seed_sd else quality
     right = np.where(rng.random(n) < 0.8, difficulty < q, rng.random(n) < q)
     predicted = np.where(right, gold, (gold + rng.integers(1, LABELS, n)) % LABELS)
     rows = np.zeros((n, LABELS * (LABELS + 1)))
     rows[np.arange(n), gold * (LABELS + 1) + predicted] = 1.0
-    return stats_pairs.ExampleStats("classification", rows, right, LABELS)
+    return stats_intervals.ExampleStats("classification", rows, right, LABELS)
 
 
 def simulate(
@@ -40,7 +40,7 @@ def simulate(
     seed: int = 0,
     seed_sd: float = 0.0,
     headline: str = "f1_weighted",
-    resamples: int = stats_pairs.PAIR_RESAMPLES,
+    resamples: int = stats_intervals.PAIR_RESAMPLES,
 ) -> dict[str, float]:
     """Of ``trials`` simulated test sets, the share whose pair line calls either approach significantly better
     (a's quality ``quality + delta``, b's ``quality``), the share where it names ``a``, and the share where the

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from harness import stats_pairs
+from harness import stats_analysis, stats_intervals, stats_pairs
 from harness.metrics import classification_metrics, extraction_metrics
 from harness.types import Example, Prediction
 
@@ -20,7 +20,7 @@ def classified(n: int, seed: int, labels=("a", "b", "c", "d"), skill: float = 0.
 def test_metrics_from_summed_rows_equal_the_cores_metrics():
     labels = ("a", "b", "c", "d")
     examples, predictions = classified(300, seed=1, labels=labels)
-    data = stats_pairs.example_stats("classification", labels, (), examples, predictions)
+    data = stats_intervals.example_stats("classification", labels, (), examples, predictions)
     core = classification_metrics(labels, [e.label for e in examples], [p.label for p in predictions])
     for metric in (
         "accuracy",
@@ -31,7 +31,7 @@ def test_metrics_from_summed_rows_equal_the_cores_metrics():
         "precision_macro",
         "recall_macro",
     ):
-        assert float(stats_pairs.metric_from_sums(data, metric, data.rows.sum(0))) == pytest.approx(
+        assert float(stats_intervals.metric_from_sums(data, metric, data.rows.sum(0))) == pytest.approx(
             core[metric], abs=1e-12
         )
 
@@ -44,10 +44,10 @@ def test_metrics_from_summed_rows_equal_the_cores_metrics():
     ]
     predicted = [{"name": "Ana", "city": "Oslo"}, {"name": "Ben", "city": "Riga"}, None, {"name": "Fay"}]
     examples = [Example(str(i), "t", fields=g) for i, g in enumerate(gold)]
-    data = stats_pairs.example_stats("extraction", (), fields, examples, [Prediction(fields=p) for p in predicted])
+    data = stats_intervals.example_stats("extraction", (), fields, examples, [Prediction(fields=p) for p in predicted])
     core = extraction_metrics(fields, gold, predicted)
     for metric in ("exact_match", "valid_rate", "field_f1", "field_precision", "field_recall"):
-        assert float(stats_pairs.metric_from_sums(data, metric, data.rows.sum(0))) == pytest.approx(
+        assert float(stats_intervals.metric_from_sums(data, metric, data.rows.sum(0))) == pytest.approx(
             core[metric], abs=1e-12
         )
     assert list(data.correct) == [True, False, False, False]
@@ -77,10 +77,10 @@ def test_paired_bootstrap_interval_covers_the_true_difference_at_about_the_nomin
         shared = rng.random(300)
         a_right = shared < 0.80
         b_right = np.where(rng.random(300) < 0.5, shared < 0.75, rng.random(300) < 0.75)
-        a = stats_pairs.ExampleStats(
+        a = stats_intervals.ExampleStats(
             "extraction", np.column_stack([a_right, a_right, a_right, ~a_right, ~a_right]).astype(float), a_right
         )
-        b = stats_pairs.ExampleStats(
+        b = stats_intervals.ExampleStats(
             "extraction", np.column_stack([b_right, b_right, b_right, ~b_right, ~b_right]).astype(float), b_right
         )
         difference = stats_pairs.paired_difference(a, b, "exact_match", 1000)
@@ -90,11 +90,11 @@ def test_paired_bootstrap_interval_covers_the_true_difference_at_about_the_nomin
 
 def test_an_interval_brackets_its_estimate_and_narrows_with_more_examples():
     labels = ("a", "b", "c", "d")
-    small = stats_pairs.interval(
-        stats_pairs.example_stats("classification", labels, (), *classified(100, seed=2)), "accuracy"
+    small = stats_intervals.interval(
+        stats_intervals.example_stats("classification", labels, (), *classified(100, seed=2)), "accuracy"
     )
-    large = stats_pairs.interval(
-        stats_pairs.example_stats("classification", labels, (), *classified(2000, seed=2)), "accuracy"
+    large = stats_intervals.interval(
+        stats_intervals.example_stats("classification", labels, (), *classified(2000, seed=2)), "accuracy"
     )
     assert small.low < small.estimate < small.high and large.low < large.estimate < large.high
     assert large.half_width < small.half_width / 3  # about 1 / sqrt(20)
@@ -105,12 +105,14 @@ def test_an_interval_brackets_its_estimate_and_narrows_with_more_examples():
 # ---------------------------------------------------------------------------------------------------------------
 
 
-def one_hot(gold: list[str], predicted: list[str], labels=("x", "y", "z")) -> stats_pairs.ExampleStats:
+def one_hot(gold: list[str], predicted: list[str], labels=("x", "y", "z")) -> stats_intervals.ExampleStats:
     examples = [Example(str(i), "t", label=g) for i, g in enumerate(gold)]
-    return stats_pairs.example_stats("classification", labels, (), examples, [Prediction(label=p) for p in predicted])
+    return stats_intervals.example_stats(
+        "classification", labels, (), examples, [Prediction(label=p) for p in predicted]
+    )
 
 
-def more_accurate_but_worse_macro_f1() -> tuple[stats_pairs.ExampleStats, stats_pairs.ExampleStats]:
+def more_accurate_but_worse_macro_f1() -> tuple[stats_intervals.ExampleStats, stats_intervals.ExampleStats]:
     """The issue's reproduction: ``a`` answers the majority class always (accuracy 0.80, macro F1 0.30); ``b`` is
     right on 680 of the 800 x's and 40 of each 100 y's and z's (accuracy 0.76, macro F1 0.55). ``a`` alone is
     right 120 times, ``b`` alone 80 times: McNemar p = 0.006 favours ``a``; the macro F1 difference is -0.25."""
@@ -131,7 +133,7 @@ def test_the_verdict_tests_the_headline_metric_not_accuracy():
         "(paired bootstrap, Holm) — b is significantly better"
     )
     assert mcnemar == "  McNemar's exact test on accuracy: a alone right 120, b alone right 80, p = 0.006 (Holm)"
-    assert stats_pairs._significantly_best(["a", "b"], [pair]) == "b"
+    assert stats_analysis._significantly_best(["a", "b"], [pair]) == "b"
     # Accuracy as headline: the same data, the other verdict, and still one that agrees with its own sign.
     (pair,) = stats_pairs.compare_pairs({"a": [a], "b": [b]}, "accuracy")
     assert pair["difference"] == pytest.approx(0.04) and pair["significant"] and pair["low"] > 0
@@ -146,11 +148,11 @@ def test_word_sign_interval_and_p_agree_on_random_pairs():
     for trial in range(60):
         skill_a, skill_b = rng.uniform(0.4, 0.9, 2)
         n = int(rng.integers(30, 200))
-        x = stats_pairs.example_stats("classification", labels, (), *classified(n, seed=trial, skill=skill_a))
+        x = stats_intervals.example_stats("classification", labels, (), *classified(n, seed=trial, skill=skill_a))
         gold_examples, _ = classified(n, seed=trial, skill=skill_a)
         _, predictions = classified(n, seed=trial + 1000, skill=skill_b)
         answers = [p if rng.random() < 0.5 else Prediction(label=e.label) for p, e in zip(predictions, gold_examples)]
-        y = stats_pairs.example_stats("classification", labels, (), gold_examples, answers)
+        y = stats_intervals.example_stats("classification", labels, (), gold_examples, answers)
         metric = ("f1_weighted", "f1_macro", "accuracy", "precision_macro")[trial % 4]
         (pair,) = stats_pairs.compare_pairs({"x": [x], "y": [y]}, metric, resamples=1000)
         assert (pair["p"] < 0.05) == (pair["low"] > 0 or pair["high"] < 0), pair
@@ -188,10 +190,10 @@ def test_seeds_with_identical_answers_do_not_make_a_difference_significant():
 def test_extraction_pairs_pool_seeds_as_a_mean_not_a_sum():
     """Exact record 0.60 against 0.50 is +0.100 with one seed and with three (it printed +0.300)."""
 
-    def record(exact: int, n: int = 100) -> stats_pairs.ExampleStats:
+    def record(exact: int, n: int = 100) -> stats_intervals.ExampleStats:
         right = np.arange(n) < exact
         rows = np.column_stack([right, np.ones(n), right, ~right, ~right]).astype(float)
-        return stats_pairs.ExampleStats("extraction", rows, right)
+        return stats_intervals.ExampleStats("extraction", rows, right)
 
     for seeds in (1, 3):
         (pair,) = stats_pairs.compare_pairs({"a": [record(60)] * seeds, "b": [record(50)] * seeds}, "exact_match")
@@ -251,7 +253,7 @@ def test_almost_stochastic_order_matches_deepsig():
 def test_three_seeds_a_side_add_the_seeds_own_verdict():
     def seeds(accuracies):
         return [
-            stats_pairs.ExampleStats("extraction", np.column_stack([r, np.ones(200), r, ~r, ~r]).astype(float), r)
+            stats_intervals.ExampleStats("extraction", np.column_stack([r, np.ones(200), r, ~r, ~r]).astype(float), r)
             for r in (np.arange(200) < int(200 * q) for q in accuracies)
         ]
 
