@@ -242,7 +242,7 @@ def cmd_grid(args: argparse.Namespace) -> int:
     from harness.data import load_datasets, parse_data_option
     from harness.grid import grid_plans
     from harness.plugins import load_plugins
-    from harness.report import TerminalReporter
+    from harness.report_terminal import TerminalReporter
     from harness.runner import CompareOptions, compare
     from harness.spec import load_spec
     from harness.store import Store, comparison_to_dict, write_json
@@ -354,7 +354,7 @@ def _console():
 def cmd_compare(args: argparse.Namespace) -> int:
     from harness.data import data_checks, data_warnings, load_datasets, parse_data_option
     from harness.plugins import load_plugins
-    from harness.report import TerminalReporter
+    from harness.report_terminal import TerminalReporter
     from harness.runner import CompareOptions, compare, plan_settings
     from harness.spec import load_spec, parse_overrides
     from harness.store import Store, comparison_to_dict, write_json
@@ -407,7 +407,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
         data, options.teacher = teach(plugins, spec, data, teacher_plan, store, console)
         console.print(describe(options.teacher))
     comparison = compare(plugins, spec, data, plans, store, options, console)
-    from harness.report import write_plots
+    from harness.report_plots import write_plots
 
     write_plots(comparison, store.root / "comparisons" / comparison.comparison_id, store, console)
     if args.json is not None:
@@ -554,7 +554,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from harness.report import comparison_table, per_field_table, write_plots
+    from harness.report_plots import write_plots
+    from harness.report_terminal import comparison_table, per_field_table
     from harness.runner import comparison_statistics
     from harness.store import Store, comparison_to_dict, write_json
 

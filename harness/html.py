@@ -14,7 +14,7 @@ from html import escape
 from pathlib import Path
 from typing import Any
 
-from harness.report import METRIC_TITLES, _params, statistics_lines
+from harness.report_terminal import METRIC_TITLES, _params, statistics_lines
 from harness.stats_seeds import MEASURED, by_approach, spread
 from harness.types import Comparison, RunRecord
 
