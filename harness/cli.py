@@ -239,7 +239,7 @@ def main(argv: list[str] | None = None) -> int:
 def cmd_grid(args: argparse.Namespace) -> int:
     import time
 
-    from harness.data import load_datasets, parse_data_option
+    from harness.data_load import load_datasets, parse_data_option
     from harness.grid import grid_plans
     from harness.plugins import load_plugins
     from harness.report_terminal import TerminalReporter
@@ -317,7 +317,7 @@ def cmd_grid(args: argparse.Namespace) -> int:
 
 
 def cmd_try(args: argparse.Namespace) -> int:
-    from harness.data import is_blank
+    from harness.data_load import is_blank
     from harness.plugins import load_plugins
     from harness.spec import load_spec, parse_overrides
     from harness.store import Store
@@ -352,7 +352,7 @@ def _console():
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    from harness.data import data_checks, data_warnings, load_datasets, parse_data_option
+    from harness.data_load import data_checks, data_warnings, load_datasets, parse_data_option
     from harness.plugins import load_plugins
     from harness.report_terminal import TerminalReporter
     from harness.runner import CompareOptions, compare, plan_settings
@@ -461,7 +461,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         raw_predict,
         served_requests,
     )
-    from harness.data import load_datasets, parse_data_option
+    from harness.data_load import load_datasets, parse_data_option
     from harness.plugins import load_plugins
     from harness.progress import SILENT
     from harness.runner import check_approaches, plan_settings, without_answers

@@ -64,7 +64,7 @@ NOT_TRAINING = frozenset(
     {
         "harness.bench",
         "harness.cli",
-        "harness.data",
+        "harness.data_load",
         "harness.errors",
         "harness.identity",
         "harness.measure",

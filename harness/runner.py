@@ -17,7 +17,7 @@ from datetime import datetime, timezone
 from typing import Any
 
 from harness import identity, measure
-from harness.data import Datasets, data_checks
+from harness.data_load import Datasets, data_checks
 from harness.errors import UserError
 from harness.hf_trainer import LogLines
 from harness.launcher import (

@@ -129,7 +129,7 @@ def check_plugin(
     from dataclasses import asdict, replace
 
     from harness.bench import UNTRAINED, untrained
-    from harness.data import Datasets
+    from harness.data_load import Datasets
     from harness.errors import UserError
     from harness.launcher import load_for_serving
     from harness.plugins import load_plugins
