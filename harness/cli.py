@@ -317,7 +317,7 @@ def cmd_grid(args: argparse.Namespace) -> int:
 
 
 def cmd_try(args: argparse.Namespace) -> int:
-    from harness.data_load import is_blank
+    from harness.data_rows import is_blank
     from harness.plugins import load_plugins
     from harness.spec import load_spec, parse_overrides
     from harness.store import Store

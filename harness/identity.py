@@ -64,7 +64,9 @@ NOT_TRAINING = frozenset(
     {
         "harness.bench",
         "harness.cli",
+        "harness.data_files",
         "harness.data_load",
+        "harness.data_rows",
         "harness.errors",
         "harness.identity",
         "harness.measure",
