@@ -159,6 +159,24 @@ def _table(comparison: Comparison, groups: dict[str, list[RunRecord]]) -> str:
     )
 
 
+# The columns of the per-class and per-field tables: each figure's key in the run's metrics, and its title.
+PER_CLASS = {"precision": "precision", "recall": "recall", "f1": "F1"}
+PER_FIELD = {"accuracy": "accuracy", **PER_CLASS}
+
+
+def _figures_table(approach: str, unit: str, first: str, figures: dict[str, Any], columns: dict[str, str]) -> str:
+    """One approach's figures per class or per field (``unit``): a row each, its rates to three places and
+    its support."""
+    head = "".join(f"<th>{title}</th>" for title in (first, *columns.values(), "support"))
+    rows = "".join(
+        f"<tr><td>{escape(name)}</td>"
+        + "".join(f"<td>{v[key]:.3f}</td>" for key in columns)
+        + f"<td>{v['support']}</td></tr>"
+        for name, v in figures.items()
+    )
+    return f"<h3>{escape(approach)}: per {unit}</h3><table class='per-{unit}'><tr>{head}</tr>{rows}</table>"
+
+
 def _detail_tables(comparison: Comparison, groups: dict[str, list[RunRecord]]) -> str:
     parts = []
     for approach, runs in groups.items():
@@ -166,25 +184,9 @@ def _detail_tables(comparison: Comparison, groups: dict[str, list[RunRecord]]) -
         if run is None:
             continue
         if run.metrics.get("per_class"):
-            rows = "".join(
-                f"<tr><td>{escape(label)}</td><td>{v['precision']:.3f}</td><td>{v['recall']:.3f}</td>"
-                f"<td>{v['f1']:.3f}</td><td>{v['support']}</td></tr>"
-                for label, v in run.metrics["per_class"].items()
-            )
-            parts.append(
-                f"<h3>{escape(approach)}: per class</h3><table class='per-class'><tr><th>label</th><th>precision</th>"
-                f"<th>recall</th><th>F1</th><th>support</th></tr>{rows}</table>"
-            )
+            parts.append(_figures_table(approach, "class", "label", run.metrics["per_class"], PER_CLASS))
         if run.metrics.get("per_field"):
-            rows = "".join(
-                f"<tr><td>{escape(field)}</td><td>{v['accuracy']:.3f}</td><td>{v['precision']:.3f}</td>"
-                f"<td>{v['recall']:.3f}</td><td>{v['f1']:.3f}</td><td>{v['support']}</td></tr>"
-                for field, v in run.metrics["per_field"].items()
-            )
-            parts.append(
-                f"<h3>{escape(approach)}: per field</h3><table class='per-field'><tr><th>field</th><th>accuracy</th>"
-                f"<th>precision</th><th>recall</th><th>F1</th><th>support</th></tr>{rows}</table>"
-            )
+            parts.append(_figures_table(approach, "field", "field", run.metrics["per_field"], PER_FIELD))
     return ("<h2>Per class and per field</h2>" + "".join(parts)) if parts else ""
 
 
