@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from harness.report_terminal import METRIC_TITLES, _params, statistics_lines
-from harness.stats_seeds import MEASURED, by_approach, spread
+from harness.stats_seeds import MEASURED, by_approach, metric_of, spread
 from harness.types import Comparison, RunRecord
 
 MISTAKES = 20
@@ -80,7 +80,9 @@ def write_html(path: Path, comparison: Comparison, store: Any, plots: dict[str, 
     parts.append("<h2>Worst mistakes</h2>")
     for approach, runs in groups.items():
         run = next((r for r in runs if r.status in MEASURED), None)
-        scored = read_scored(store.run_dir(run.run_id) / "predictions.jsonl") if run else None
+        if run is None:
+            continue
+        scored = read_scored(store.run_dir(run.run_id) / "predictions.jsonl")
         if scored is not None:
             parts.append(_mistakes(approach, run, *scored))
     parts.append("<h2>Runs</h2>")
@@ -119,7 +121,7 @@ def _table(comparison: Comparison, groups: dict[str, list[RunRecord]]) -> str:
         status = ", ".join(sorted({r.status for r in runs}))
         cells = [escape(approach), f"<span class='{'failed' if not measured else ''}'>{escape(status)}</span>"]
         for index, metric in enumerate(comparison.metrics):
-            figure = spread(runs, lambda r, m=metric: r.metrics.get(m))
+            figure = spread(runs, metric_of(metric))
             if figure is None:
                 cells.append("-")
                 continue

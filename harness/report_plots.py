@@ -9,7 +9,7 @@ from typing import Any
 
 from harness.report_terminal import METRIC_TITLES
 from harness.stats_intervals import COUNTS
-from harness.stats_seeds import MEASURED, by_approach, spread
+from harness.stats_seeds import MEASURED, by_approach, metric_of, speed_of, spread
 from harness.types import Comparison
 
 PLOTS_FILE = "plots.json"  # beside the PNGs: each plot's file, what it shows and its series
@@ -87,8 +87,8 @@ def write_plots(comparison: Comparison, folder: Any, store: Any, console: Any = 
             for key in evaluations:
                 if key == "eval_loss":
                     continue
-                points = [(e["step"], e[key]) for e in run.train_log if isinstance(e.get(key), (int, float))]
-                right.plot(*zip(*points), marker="o", label=key.removeprefix("eval_"))
+                curve = [(e["step"], e[key]) for e in run.train_log if isinstance(e.get(key), (int, float))]
+                right.plot(*zip(*curve), marker="o", label=key.removeprefix("eval_"))
                 series.append(key)
             right.set(xlabel="step", ylabel="validation metric", title=f"{approach}: evaluation")
             if len(series) > (len(losses) > 0) + any("eval_loss" in e for e in run.train_log):
@@ -123,12 +123,12 @@ def write_plots(comparison: Comparison, folder: Any, store: Any, console: Any = 
             ("quality-throughput.png", "predict_samples_per_s", "predict throughput (examples/s)", True),
             ("quality-latency.png", "latency_p50_ms", "batch-1 latency p50 (ms)", False),
         ):
-            points = []
+            points: list[tuple[str, float, float]] = []
             for approach, runs in groups.items():
-                x = spread(runs, lambda r, key=key: r.speed.get(key))
-                y = spread(runs, lambda r: r.metrics.get(headline))
-                if x is not None and y is not None:
-                    points.append((approach, x.mean, y.mean))
+                speed = spread(runs, speed_of(key))
+                quality = spread(runs, metric_of(headline))
+                if speed is not None and quality is not None:
+                    points.append((approach, speed.mean, quality.mean))
             if not points:
                 continue
             front = pareto_front([(x, y) for _, x, y in points], higher_x=higher)

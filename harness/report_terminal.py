@@ -11,7 +11,7 @@ import pluggy
 
 from harness.stats_intervals import RESAMPLES
 from harness.stats_pairs import ALPHA, pair_lines
-from harness.stats_seeds import MEASURED, Spread, by_approach, spread
+from harness.stats_seeds import MEASURED, Spread, by_approach, metric_of, spread
 from harness.types import Comparison, RunRecord
 
 hookimpl = pluggy.HookimplMarker("harness")
@@ -151,8 +151,7 @@ Column = tuple[str, Callable[[RunRecord], Any], Callable[[Any], str], int]
 
 def _columns(metrics: list[str], generates: bool = False) -> list[Column]:
     quality: list[Column] = [
-        (METRIC_TITLES.get(m, m), lambda r, m=m: r.metrics.get(m), _number, -1 if m == "invalid" else +1)
-        for m in metrics
+        (METRIC_TITLES.get(m, m), metric_of(m), _number, -1 if m == "invalid" else +1) for m in metrics
     ]
     generation: list[Column] = (
         [("Gen tok/s", lambda r: r.speed.get("generated_tokens_per_s"), _rate, +1)] if generates else []
@@ -313,15 +312,16 @@ def statistics_lines(comparison: Comparison) -> list[str]:
     statistics = comparison.statistics or {}
     if not statistics.get("intervals"):
         return []
-    headline = statistics.get("headline")
-    title = METRIC_TITLES.get(headline, headline)
+    headline: str | None = statistics.get("headline")
+    title = None if headline is None else METRIC_TITLES.get(headline, headline)
     lines = [
         f"±: half the width of the 95% bootstrap interval over the test examples (percentile, "
         f"{RESAMPLES} resamples); "
         f"bold {title}: significantly better than every other row (a paired bootstrap of the {title} "
         f"difference over the test examples, Holm-adjusted, p < {ALPHA})"
     ]
-    lines += [line for pair in statistics.get("pairs", []) for line in pair_lines(pair, title)]
+    if title is not None:  # without a headline there are no pairs: they compare it
+        lines += [line for pair in statistics.get("pairs", []) for line in pair_lines(pair, title)]
     for approach, metrics in statistics.get("seeds", {}).items():
         figure = metrics.get(headline)
         if figure and figure["sd"] is not None:

@@ -80,6 +80,7 @@ def analyse(comparison: Comparison, scored: Callable[[RunRecord], Any]) -> dict[
                 if metric in COUNTS:
                     continue
                 spread_ = Spread.of([result["intervals"][r.run_id][metric]["estimate"] for r in measured])
+                assert spread_ is not None  # of two or more estimates
                 half = statistics.fmean(Interval(**result["intervals"][r.run_id][metric]).half_width for r in measured)
                 seeds[metric] = {
                     "sd": spread_.sd,

@@ -47,13 +47,24 @@ def spread(runs: list[RunRecord], get: Callable[[RunRecord], Any]) -> Spread | N
     )
 
 
+def metric_of(name: str) -> Callable[[RunRecord], Any]:
+    """A getter of a run's metric ``name`` for :func:`spread`, bound to ``name`` when made: a loop over metrics
+    makes one each."""
+    return lambda run: run.metrics.get(name)
+
+
+def speed_of(name: str) -> Callable[[RunRecord], Any]:
+    """A getter of a run's speed figure ``name`` for :func:`spread`, bound as :func:`metric_of`'s is."""
+    return lambda run: run.speed.get(name)
+
+
 def summary(comparison: Comparison) -> dict[str, dict[str, Any]]:
     """Per approach: its seeds and each metric's mean, sd and n, with every seed's value (for ``--json``)."""
     out = {}
     for approach, runs in by_approach(comparison).items():
         metrics = {}
         for name in comparison.metrics:
-            figure = spread(runs, lambda r, name=name: r.metrics.get(name))
+            figure = spread(runs, metric_of(name))
             if figure is not None:
                 metrics[name] = {
                     "mean": figure.mean,
