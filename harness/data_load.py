@@ -76,8 +76,8 @@ def load_datasets(
     def read(path: Path) -> list[Example]:
         return read_examples(path, task, ds.text_field, ds.label_field, ds.fields_field)
 
-    def read_hub(split: str) -> list[Example]:
-        return _read_hub(ds.hub, ds.config, split, task, ds.text_field, ds.label_field, ds.fields_field)
+    def read_hub(hub: str, split: str) -> list[Example]:
+        return _read_hub(hub, ds.config, split, task, ds.text_field, ds.label_field, ds.fields_field)
 
     validation: list[Example] | None = None
     source = "train"
@@ -97,9 +97,9 @@ def load_datasets(
         if ds.validation:
             validation, source = read(base / ds.validation), "file"
     elif ds.hub:
-        train, test = read_hub(ds.train_split), read_hub(ds.test_split)
+        train, test = read_hub(ds.hub, ds.train_split), read_hub(ds.hub, ds.test_split)
         if ds.validation_split:
-            validation, source = read_hub(ds.validation_split), "split"
+            validation, source = read_hub(ds.hub, ds.validation_split), "split"
     else:
         raise UserError(
             "the spec names no hub dataset or files: give --data train=PATH,test=PATH (validation=PATH optional)",
