@@ -272,7 +272,7 @@ def interleaved_batch1_latency(
     for k, item in enumerate(items):
         order = range(len(predict_ones)) if k % 2 == 0 else reversed(range(len(predict_ones)))
         for i in order:
-            _, seconds = timed(lambda i=i, item=item: predict_ones[i](item))
+            _, seconds = timed(functools.partial(predict_ones[i], item))
             samples[i].append(seconds * 1000)
     return [Latency(times) for times in samples]
 
