@@ -22,7 +22,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-from harness import measure, stats
+from harness import measure
+from harness.stats_intervals import percentile
 from harness.types import Example, Prediction
 
 Predict = Callable[[list[Example], dict[str, Any]], list[Prediction]]
@@ -193,8 +194,8 @@ def served_requests(
         "rounds_offline_samples_per_s": offline,
         "of_offline": statistics.median(r / o for r, o in zip(rates, offline)),
         "latency_p50_ms": statistics.median(latencies),
-        "latency_p95_ms": stats.percentile(latencies, 95),
-        "latency_p99_ms": stats.percentile(latencies, 99),
+        "latency_p95_ms": percentile(latencies, 95),
+        "latency_p99_ms": percentile(latencies, 99),
         "mean_batch": statistics.mean(batch_sizes),
         **memory,
     }

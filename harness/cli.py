@@ -239,10 +239,10 @@ def main(argv: list[str] | None = None) -> int:
 def cmd_grid(args: argparse.Namespace) -> int:
     import time
 
-    from harness.data import load_datasets, parse_data_option
+    from harness.data_load import load_datasets, parse_data_option
     from harness.grid import grid_plans
     from harness.plugins import load_plugins
-    from harness.report import TerminalReporter
+    from harness.report_terminal import TerminalReporter
     from harness.runner import CompareOptions, compare
     from harness.spec import load_spec
     from harness.store import Store, comparison_to_dict, write_json
@@ -317,7 +317,7 @@ def cmd_grid(args: argparse.Namespace) -> int:
 
 
 def cmd_try(args: argparse.Namespace) -> int:
-    from harness.data import is_blank
+    from harness.data_rows import is_blank
     from harness.plugins import load_plugins
     from harness.settings import parse_overrides
     from harness.spec import load_spec
@@ -353,9 +353,9 @@ def _console():
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    from harness.data import data_checks, data_warnings, load_datasets, parse_data_option
+    from harness.data_load import data_checks, data_warnings, load_datasets, parse_data_option
     from harness.plugins import load_plugins
-    from harness.report import TerminalReporter
+    from harness.report_terminal import TerminalReporter
     from harness.runner import CompareOptions, compare, plan_settings
     from harness.settings import parse_overrides
     from harness.spec import load_spec
@@ -409,7 +409,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
         data, options.teacher = teach(plugins, spec, data, teacher_plan, store, console)
         console.print(describe(options.teacher))
     comparison = compare(plugins, spec, data, plans, store, options, console)
-    from harness.report import write_plots
+    from harness.report_plots import write_plots
 
     write_plots(comparison, store.root / "comparisons" / comparison.comparison_id, store, console)
     if args.json is not None:
@@ -463,7 +463,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         raw_predict,
         served_requests,
     )
-    from harness.data import load_datasets, parse_data_option
+    from harness.data_load import load_datasets, parse_data_option
     from harness.plugins import load_plugins
     from harness.progress import SILENT
     from harness.runner import check_approaches, plan_settings, without_answers
@@ -546,7 +546,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from harness.report import comparison_table, per_field_table, write_plots
+    from harness.report_plots import write_plots
+    from harness.report_terminal import comparison_table, per_field_table
     from harness.runner import comparison_statistics
     from harness.store import Store, comparison_to_dict, write_json
 

@@ -14,8 +14,8 @@ from html import escape
 from pathlib import Path
 from typing import Any
 
-from harness import stats
-from harness.report import METRIC_TITLES, _params, statistics_lines
+from harness.report_terminal import METRIC_TITLES, _params, statistics_lines
+from harness.stats_seeds import MEASURED, by_approach, metric_of, spread
 from harness.types import Comparison, RunRecord
 
 MISTAKES = 20
@@ -58,7 +58,7 @@ def write_html(path: Path, comparison: Comparison, store: Any, plots: dict[str, 
     from harness.store import read_scored, write_text
 
     folder = store.root / "comparisons" / comparison.comparison_id
-    groups = stats.by_approach(comparison)
+    groups = by_approach(comparison)
     parts = [
         f"<h1>{escape(comparison.spec)}: comparison {escape(comparison.comparison_id)}</h1>",
         f"<p class='note'>created {escape(comparison.created)}; {len(comparison.runs)} runs</p>",
@@ -79,8 +79,10 @@ def write_html(path: Path, comparison: Comparison, store: Any, plots: dict[str, 
             )
     parts.append("<h2>Worst mistakes</h2>")
     for approach, runs in groups.items():
-        run = next((r for r in runs if r.status in stats.MEASURED), None)
-        scored = read_scored(store.run_dir(run.run_id) / "predictions.jsonl") if run else None
+        run = next((r for r in runs if r.status in MEASURED), None)
+        if run is None:
+            continue
+        scored = read_scored(store.run_dir(run.run_id) / "predictions.jsonl")
         if scored is not None:
             parts.append(_mistakes(approach, run, *scored))
     parts.append("<h2>Runs</h2>")
@@ -95,7 +97,7 @@ def write_html(path: Path, comparison: Comparison, store: Any, plots: dict[str, 
 
 
 def _figure(runs: list[RunRecord], get: Any) -> float | None:
-    figure = stats.spread(runs, get)
+    figure = spread(runs, get)
     return None if figure is None else figure.mean
 
 
@@ -115,11 +117,11 @@ def _table(comparison: Comparison, groups: dict[str, list[RunRecord]]) -> str:
     ]
     rows = []
     for approach, runs in groups.items():
-        measured = [r for r in runs if r.status in stats.MEASURED]
+        measured = [r for r in runs if r.status in MEASURED]
         status = ", ".join(sorted({r.status for r in runs}))
         cells = [escape(approach), f"<span class='{'failed' if not measured else ''}'>{escape(status)}</span>"]
         for index, metric in enumerate(comparison.metrics):
-            figure = stats.spread(runs, lambda r, m=metric: r.metrics.get(m))
+            figure = spread(runs, metric_of(metric))
             if figure is None:
                 cells.append("-")
                 continue
@@ -159,32 +161,34 @@ def _table(comparison: Comparison, groups: dict[str, list[RunRecord]]) -> str:
     )
 
 
+# The columns of the per-class and per-field tables: each figure's key in the run's metrics, and its title.
+PER_CLASS = {"precision": "precision", "recall": "recall", "f1": "F1"}
+PER_FIELD = {"accuracy": "accuracy", **PER_CLASS}
+
+
+def _figures_table(approach: str, unit: str, first: str, figures: dict[str, Any], columns: dict[str, str]) -> str:
+    """One approach's figures per class or per field (``unit``): a row each, its rates to three places and
+    its support."""
+    head = "".join(f"<th>{title}</th>" for title in (first, *columns.values(), "support"))
+    rows = "".join(
+        f"<tr><td>{escape(name)}</td>"
+        + "".join(f"<td>{v[key]:.3f}</td>" for key in columns)
+        + f"<td>{v['support']}</td></tr>"
+        for name, v in figures.items()
+    )
+    return f"<h3>{escape(approach)}: per {unit}</h3><table class='per-{unit}'><tr>{head}</tr>{rows}</table>"
+
+
 def _detail_tables(comparison: Comparison, groups: dict[str, list[RunRecord]]) -> str:
     parts = []
     for approach, runs in groups.items():
-        run = next((r for r in runs if r.status in stats.MEASURED), None)
+        run = next((r for r in runs if r.status in MEASURED), None)
         if run is None:
             continue
         if run.metrics.get("per_class"):
-            rows = "".join(
-                f"<tr><td>{escape(label)}</td><td>{v['precision']:.3f}</td><td>{v['recall']:.3f}</td>"
-                f"<td>{v['f1']:.3f}</td><td>{v['support']}</td></tr>"
-                for label, v in run.metrics["per_class"].items()
-            )
-            parts.append(
-                f"<h3>{escape(approach)}: per class</h3><table class='per-class'><tr><th>label</th><th>precision</th>"
-                f"<th>recall</th><th>F1</th><th>support</th></tr>{rows}</table>"
-            )
+            parts.append(_figures_table(approach, "class", "label", run.metrics["per_class"], PER_CLASS))
         if run.metrics.get("per_field"):
-            rows = "".join(
-                f"<tr><td>{escape(field)}</td><td>{v['accuracy']:.3f}</td><td>{v['precision']:.3f}</td>"
-                f"<td>{v['recall']:.3f}</td><td>{v['f1']:.3f}</td><td>{v['support']}</td></tr>"
-                for field, v in run.metrics["per_field"].items()
-            )
-            parts.append(
-                f"<h3>{escape(approach)}: per field</h3><table class='per-field'><tr><th>field</th><th>accuracy</th>"
-                f"<th>precision</th><th>recall</th><th>F1</th><th>support</th></tr>{rows}</table>"
-            )
+            parts.append(_figures_table(approach, "field", "field", run.metrics["per_field"], PER_FIELD))
     return ("<h2>Per class and per field</h2>" + "".join(parts)) if parts else ""
 
 

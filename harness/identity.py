@@ -64,15 +64,21 @@ NOT_TRAINING = frozenset(
     {
         "harness.bench",
         "harness.cli",
-        "harness.data",
+        "harness.data_files",
+        "harness.data_load",
+        "harness.data_rows",
         "harness.errors",
         "harness.identity",
         "harness.measure",
         "harness.plugins",
         "harness.progress",
         "harness.pytest_plugin",
-        "harness.report",
-        "harness.stats",
+        "harness.report_plots",
+        "harness.report_terminal",
+        "harness.stats_analysis",
+        "harness.stats_intervals",
+        "harness.stats_pairs",
+        "harness.stats_seeds",
         "harness.store",
         "harness.testing",
     }
@@ -313,12 +319,8 @@ class _Normalise(ast.NodeTransformer):
     def _body(self, node: Any) -> Any:
         self.generic_visit(node)
         body = node.body
-        if (
-            body
-            and isinstance(body[0], ast.Expr)
-            and isinstance(getattr(body[0], "value", None), ast.Constant)
-            and isinstance(body[0].value.value, str)
-        ):
+        first = body[0] if body else None
+        if isinstance(first, ast.Expr) and isinstance(first.value, ast.Constant) and isinstance(first.value.value, str):
             node.body = body[1:] or [ast.Pass()]
         return node
 

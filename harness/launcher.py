@@ -31,7 +31,7 @@ from types import ModuleType
 from typing import Any, Callable
 
 from harness import measure
-from harness.data import Datasets
+from harness.data_load import Datasets
 from harness.progress import Bar, RunProgress
 from harness.types import Artifact, Example, Parity, Prediction, Serving, Task
 

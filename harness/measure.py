@@ -232,7 +232,7 @@ class Latency:
     samples_ms: list[float]
 
     def summary(self) -> dict[str, float | None]:
-        from harness.stats import percentile
+        from harness.stats_intervals import percentile
 
         if not self.samples_ms:
             return {
@@ -272,7 +272,7 @@ def interleaved_batch1_latency(
     for k, item in enumerate(items):
         order = range(len(predict_ones)) if k % 2 == 0 else reversed(range(len(predict_ones)))
         for i in order:
-            _, seconds = timed(lambda i=i, item=item: predict_ones[i](item))
+            _, seconds = timed(functools.partial(predict_ones[i], item))
             samples[i].append(seconds * 1000)
     return [Latency(times) for times in samples]
 

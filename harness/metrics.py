@@ -165,10 +165,17 @@ def extraction_metrics(
     }
 
 
+def _gold_label(example: Example) -> str:
+    """A classification example's gold label: the loader gives every one a label (harness.data_rows)."""
+    if example.label is None:
+        raise TypeError(f"classification example {example.id!r} has no gold label")
+    return example.label
+
+
 @hookimpl(trylast=True)
 def harness_score(task: Task, examples: list[Example], predictions: list[Prediction]) -> dict[str, Any] | None:
     if task.type == "extraction":
         return extraction_metrics(
             task.fields, [ex.fields or {} for ex in examples], [p.fields for p in predictions], unicode=task.normalize
         )
-    return classification_metrics(task.labels, [ex.label for ex in examples], [p.label for p in predictions])
+    return classification_metrics(task.labels, [_gold_label(ex) for ex in examples], [p.label for p in predictions])

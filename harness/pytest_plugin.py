@@ -48,7 +48,7 @@ def harness_benchmark(request: pytest.FixtureRequest, tmp_path: Path):
     ):
         from harness import measure
         from harness.bench import trained, untrained
-        from harness.data import load_datasets
+        from harness.data_load import load_datasets
         from harness.plugins import load_plugins
         from harness.progress import SILENT
         from harness.runner import plan_settings, without_answers

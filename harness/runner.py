@@ -17,7 +17,7 @@ from datetime import datetime, timezone
 from typing import Any
 
 from harness import identity, measure
-from harness.data import Datasets, data_checks
+from harness.data_load import Datasets, data_checks
 from harness.errors import UserError
 from harness.hf_trainer import LogLines
 from harness.launcher import (
@@ -259,15 +259,15 @@ def check_approaches(plugins: Plugins, spec: Spec, plans: dict[str, Plan]) -> No
 
 
 def comparison_statistics(comparison: Comparison, store: Store) -> dict[str, Any]:
-    """harness.stats.analyse over the runs' stored predictions; a failure costs one warning line and the
+    """harness.stats_analysis.analyse over the runs' stored predictions; a failure costs one warning line and the
     statistics, never the table."""
-    from harness import stats
+    from harness import stats_analysis
 
     def scored(run: RunRecord) -> Any:
         return read_scored(store.run_dir(run.run_id) / "predictions.jsonl")
 
     try:
-        return stats.analyse(comparison, scored)
+        return stats_analysis.analyse(comparison, scored)
     except ValueError as exc:  # runs of different test sets, say
         print(f"harness: no statistics: {exc}", file=sys.stderr)
         return {}

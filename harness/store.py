@@ -47,7 +47,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
-from harness import stats
+from harness import stats_seeds
 from harness.errors import UserError
 from harness.files import write_json, write_text  # noqa: F401  (the store's writers; callers import them from here)
 from harness.types import Artifact, Comparison, Example, Prediction, RunRecord
@@ -1054,7 +1054,7 @@ def comparison_to_dict(comparison: Comparison) -> dict[str, Any]:
         "spec": comparison.spec,
         "created": comparison.created,
         "metrics": comparison.metrics,
-        "summary": stats.summary(comparison),  # per approach: each metric's mean, sd, n and values across seeds
-        "statistics": comparison.statistics,  # intervals, seed spreads and pairwise tests (harness.stats.analyse)
+        "summary": stats_seeds.summary(comparison),  # per approach: each metric's mean, sd, n and values across seeds
+        "statistics": comparison.statistics,  # intervals, seed spreads and pairwise tests (stats_analysis.analyse)
         "runs": [record_to_dict(r) for r in comparison.runs],  # every seed's run, whole
     }

@@ -110,7 +110,7 @@ def cache_key(plan: Any, task: Task, mark: Any = None) -> str:
 def teach(plugins: Any, spec: Any, data: Any, plan: Any, store: Any, console: Any = None) -> tuple[Any, dict[str, Any]]:
     """``data`` with its train examples labelled by the teacher ``plan`` (invalid answers dropped), and what
     happened: asked, cached, dropped, agreement with gold."""
-    from harness.data import Datasets
+    from harness.data_load import Datasets
     from harness.endpoint import Endpoint
     from harness.launcher import SILENT_PROGRESS, load_for_serving, without_answers
     from harness.metrics import record_outcome, valid_record

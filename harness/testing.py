@@ -129,12 +129,12 @@ def check_plugin(
     from dataclasses import asdict, replace
 
     from harness.bench import UNTRAINED, untrained
-    from harness.data import Datasets
+    from harness.data_load import Datasets
     from harness.errors import UserError
     from harness.launcher import load_for_serving
     from harness.plugins import load_plugins
     from harness.progress import SILENT
-    from harness.report import comparison_table
+    from harness.report_terminal import comparison_table
     from harness.runner import CompareOptions, plan_settings, run_approach, without_answers
     from harness.spec import Spec
     from harness.store import Store, jsonable, load_artifact, read_predictions

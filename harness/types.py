@@ -204,7 +204,7 @@ class Comparison:
     created: str
     runs: list[RunRecord]
     metrics: list[str] = field(default_factory=lambda: ["f1_weighted", "accuracy"])
-    # harness.stats.analyse: intervals, seed spreads, pairwise tests; computed from the stored predictions
+    # harness.stats_analysis.analyse: intervals, seed spreads, pairwise tests; computed from the stored predictions
     # whenever the comparison is shown (not stored: it follows the scorers and statistics installed now).
     statistics: dict[str, Any] = field(default_factory=dict)
 

@@ -4,7 +4,7 @@ Each test set has ``n`` examples of 4 classes, each example a difficulty drawn u
 quality ``q`` answers an example right where its difficulty is below ``q`` (examples hard for one approach
 are hard for the other: the two are correlated, as real models are), except that each seed answers 20% of
 the examples afresh (right with probability ``q``), and a wrong answer is another class at random. With equal
-``q`` the two approaches are equally good; the verdict is harness.stats.compare_pairs', F1 (w) as headline.
+``q`` the two approaches are equally good; the verdict is harness.stats_pairs.compare_pairs', F1 (w) as headline.
 
     python tests/stats_simulation.py            # the table in docs/benchmarks.md (about 15 minutes on 2 cores)
 
@@ -16,19 +16,19 @@ from __future__ import annotations
 
 import numpy as np
 
-from harness import stats
+from harness import stats_intervals, stats_pairs
 
 LABELS = 4
 
 
-def _seed_stats(rng, gold, difficulty, quality: float, seed_sd: float = 0.0) -> stats.ExampleStats:
+def _seed_stats(rng, gold, difficulty, quality: float, seed_sd: float = 0.0) -> stats_intervals.ExampleStats:
     n = gold.size
     q = quality + rng.normal(0, seed_sd) if seed_sd else quality
     right = np.where(rng.random(n) < 0.8, difficulty < q, rng.random(n) < q)
     predicted = np.where(right, gold, (gold + rng.integers(1, LABELS, n)) % LABELS)
     rows = np.zeros((n, LABELS * (LABELS + 1)))
     rows[np.arange(n), gold * (LABELS + 1) + predicted] = 1.0
-    return stats.ExampleStats("classification", rows, right, LABELS)
+    return stats_intervals.ExampleStats("classification", rows, right, LABELS)
 
 
 def simulate(
@@ -40,7 +40,7 @@ def simulate(
     seed: int = 0,
     seed_sd: float = 0.0,
     headline: str = "f1_weighted",
-    resamples: int = stats.PAIR_RESAMPLES,
+    resamples: int = stats_intervals.PAIR_RESAMPLES,
 ) -> dict[str, float]:
     """Of ``trials`` simulated test sets, the share whose pair line calls either approach significantly better
     (a's quality ``quality + delta``, b's ``quality``), the share where it names ``a``, and the share where the
@@ -54,7 +54,7 @@ def simulate(
             name: [_seed_stats(rng, gold, difficulty, q, seed_sd) for _ in range(seeds)]
             for name, q in (("a", quality + delta), ("b", quality))
         }
-        pair = stats.compare_pairs(rows, headline, resamples)[0]
+        pair = stats_pairs.compare_pairs(rows, headline, resamples)[0]
         said += pair["significant"]
         right += pair["significant"] and pair["difference"] > 0
         ordered += bool(pair.get("seeds_test", {}).get("better"))
@@ -71,5 +71,5 @@ if __name__ == "__main__":
         for delta, seed_sd in ((0.0, 0.0), (0.0, 0.02), (0.03, 0.0), (0.05, 0.0)):
             figure = simulate(seeds, delta=delta, seed_sd=seed_sd)
             named = f"{figure['a_named']:.1%}" if delta else "-"
-            order = f"{figure['seeds_order']:.1%}" if seeds >= stats.ASO_MIN_SEEDS else "-"
+            order = f"{figure['seeds_order']:.1%}" if seeds >= stats_pairs.ASO_MIN_SEEDS else "-"
             print(f"| {seeds} | {delta:+.2f} | {seed_sd} | {figure['significant']:.1%} | {named} | {order} |")

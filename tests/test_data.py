@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from harness.data import dataset_hash, load_datasets, parse_data_option, read_examples
+from harness.data_files import read_examples
+from harness.data_load import dataset_hash, load_datasets, parse_data_option
 from harness.errors import UserError
 from harness.spec import Spec, load_spec
 from harness.types import Example, Task
@@ -230,12 +231,12 @@ def test_an_unterminated_csv_quote_is_an_error_on_the_line_it_opens(tmp_path, te
 def test_a_csv_error_is_one_line_naming_the_physical_line_and_the_limit_is_put_back(tmp_path, monkeypatch):
     import csv
 
-    import harness.data
+    import harness.data_files
 
     before = csv.field_size_limit()
     assert len(read_csv(tmp_path / "long.csv", f'text,label\n"{"x" * 200_000}",pos\n')[0].text) == 200_000
     assert csv.field_size_limit() == before  # raised while a file is read, not for the whole process
-    monkeypatch.setattr(harness.data, "CSV_FIELD_LIMIT", 10)  # past any real limit's size, the error is the same
+    monkeypatch.setattr(harness.data_files, "CSV_FIELD_LIMIT", 10)  # past any real limit's size, the error is the same
     path = tmp_path / "over.csv"
     with pytest.raises(UserError) as info:
         read_csv(path, 'text,label\nshort,pos\n"two\nlines and over ten",neg\n')

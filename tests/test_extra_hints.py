@@ -9,7 +9,8 @@ from io import StringIO
 
 from rich.console import Console
 
-from harness.report import TerminalReporter, comparison_table, write_plots
+from harness.report_plots import write_plots
+from harness.report_terminal import TerminalReporter, comparison_table
 from harness.types import Comparison, RunRecord
 
 ONNX_HINT = "bert-onnx needs ONNX Runtime: pip install 'harness-compare[onnx]'"

@@ -7,9 +7,9 @@ from __future__ import annotations
 import importlib.util
 from pathlib import Path
 
-from harness.data import Datasets
+from harness.data_load import Datasets
 from harness.plugins import load_plugins
-from harness.report import comparison_table
+from harness.report_terminal import comparison_table
 from harness.runner import CompareOptions, plan_settings, run_approach
 from harness.spec import Spec
 from harness.store import Store

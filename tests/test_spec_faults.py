@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from harness.data import read_examples
+from harness.data_files import read_examples
 from harness.errors import UserError
 from harness.plugins import load_plugins
 from harness.spec import load_spec

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from harness import stats
+from harness import stats_analysis, stats_intervals, stats_pairs
 from harness.metrics import classification_metrics, extraction_metrics
 from harness.types import Example, Prediction
 
@@ -20,7 +20,7 @@ def classified(n: int, seed: int, labels=("a", "b", "c", "d"), skill: float = 0.
 def test_metrics_from_summed_rows_equal_the_cores_metrics():
     labels = ("a", "b", "c", "d")
     examples, predictions = classified(300, seed=1, labels=labels)
-    data = stats.example_stats("classification", labels, (), examples, predictions)
+    data = stats_intervals.example_stats("classification", labels, (), examples, predictions)
     core = classification_metrics(labels, [e.label for e in examples], [p.label for p in predictions])
     for metric in (
         "accuracy",
@@ -31,7 +31,9 @@ def test_metrics_from_summed_rows_equal_the_cores_metrics():
         "precision_macro",
         "recall_macro",
     ):
-        assert float(stats.metric_from_sums(data, metric, data.rows.sum(0))) == pytest.approx(core[metric], abs=1e-12)
+        assert float(stats_intervals.metric_from_sums(data, metric, data.rows.sum(0))) == pytest.approx(
+            core[metric], abs=1e-12
+        )
 
     fields = ("name", "city")
     gold = [
@@ -42,10 +44,12 @@ def test_metrics_from_summed_rows_equal_the_cores_metrics():
     ]
     predicted = [{"name": "Ana", "city": "Oslo"}, {"name": "Ben", "city": "Riga"}, None, {"name": "Fay"}]
     examples = [Example(str(i), "t", fields=g) for i, g in enumerate(gold)]
-    data = stats.example_stats("extraction", (), fields, examples, [Prediction(fields=p) for p in predicted])
+    data = stats_intervals.example_stats("extraction", (), fields, examples, [Prediction(fields=p) for p in predicted])
     core = extraction_metrics(fields, gold, predicted)
     for metric in ("exact_match", "valid_rate", "field_f1", "field_precision", "field_recall"):
-        assert float(stats.metric_from_sums(data, metric, data.rows.sum(0))) == pytest.approx(core[metric], abs=1e-12)
+        assert float(stats_intervals.metric_from_sums(data, metric, data.rows.sum(0))) == pytest.approx(
+            core[metric], abs=1e-12
+        )
     assert list(data.correct) == [True, False, False, False]
 
 
@@ -53,14 +57,14 @@ def test_mcnemar_exact_p_value_of_a_known_table():
     # 1 example only a gets right, 9 only b: two-sided binomial, 2 * P(X <= 1 | 10, 1/2) = 2 * 11 / 1024.
     a = [True] * 20 + [True] + [False] * 9 + [False] * 5
     b = [True] * 20 + [False] + [True] * 9 + [False] * 5
-    p, only_a, only_b = stats.mcnemar_exact(a, b)
+    p, only_a, only_b = stats_pairs.mcnemar_exact(a, b)
     assert (only_a, only_b) == (1, 9) and p == pytest.approx(22 / 1024, abs=1e-12)
-    assert stats.mcnemar_exact(a, a) == (1.0, 0, 0)
+    assert stats_pairs.mcnemar_exact(a, a) == (1.0, 0, 0)
 
 
 def test_holm_adjusts_step_down_and_keeps_order():
-    assert stats.holm([0.01, 0.04, 0.03]) == pytest.approx([0.03, 0.06, 0.06])
-    assert stats.holm([0.5, 0.001]) == pytest.approx([0.5, 0.002])
+    assert stats_pairs.holm([0.01, 0.04, 0.03]) == pytest.approx([0.03, 0.06, 0.06])
+    assert stats_pairs.holm([0.5, 0.001]) == pytest.approx([0.5, 0.002])
 
 
 def test_paired_bootstrap_interval_covers_the_true_difference_at_about_the_nominal_rate():
@@ -73,21 +77,25 @@ def test_paired_bootstrap_interval_covers_the_true_difference_at_about_the_nomin
         shared = rng.random(300)
         a_right = shared < 0.80
         b_right = np.where(rng.random(300) < 0.5, shared < 0.75, rng.random(300) < 0.75)
-        a = stats.ExampleStats(
+        a = stats_intervals.ExampleStats(
             "extraction", np.column_stack([a_right, a_right, a_right, ~a_right, ~a_right]).astype(float), a_right
         )
-        b = stats.ExampleStats(
+        b = stats_intervals.ExampleStats(
             "extraction", np.column_stack([b_right, b_right, b_right, ~b_right, ~b_right]).astype(float), b_right
         )
-        difference = stats.paired_difference(a, b, "exact_match", 1000)
+        difference = stats_pairs.paired_difference(a, b, "exact_match", 1000)
         covered += difference["low"] <= 0.05 <= difference["high"]
     assert 0.88 <= covered / trials <= 0.99, covered / trials
 
 
 def test_an_interval_brackets_its_estimate_and_narrows_with_more_examples():
     labels = ("a", "b", "c", "d")
-    small = stats.interval(stats.example_stats("classification", labels, (), *classified(100, seed=2)), "accuracy")
-    large = stats.interval(stats.example_stats("classification", labels, (), *classified(2000, seed=2)), "accuracy")
+    small = stats_intervals.interval(
+        stats_intervals.example_stats("classification", labels, (), *classified(100, seed=2)), "accuracy"
+    )
+    large = stats_intervals.interval(
+        stats_intervals.example_stats("classification", labels, (), *classified(2000, seed=2)), "accuracy"
+    )
     assert small.low < small.estimate < small.high and large.low < large.estimate < large.high
     assert large.half_width < small.half_width / 3  # about 1 / sqrt(20)
 
@@ -97,12 +105,14 @@ def test_an_interval_brackets_its_estimate_and_narrows_with_more_examples():
 # ---------------------------------------------------------------------------------------------------------------
 
 
-def one_hot(gold: list[str], predicted: list[str], labels=("x", "y", "z")) -> stats.ExampleStats:
+def one_hot(gold: list[str], predicted: list[str], labels=("x", "y", "z")) -> stats_intervals.ExampleStats:
     examples = [Example(str(i), "t", label=g) for i, g in enumerate(gold)]
-    return stats.example_stats("classification", labels, (), examples, [Prediction(label=p) for p in predicted])
+    return stats_intervals.example_stats(
+        "classification", labels, (), examples, [Prediction(label=p) for p in predicted]
+    )
 
 
-def more_accurate_but_worse_macro_f1() -> tuple[stats.ExampleStats, stats.ExampleStats]:
+def more_accurate_but_worse_macro_f1() -> tuple[stats_intervals.ExampleStats, stats_intervals.ExampleStats]:
     """The issue's reproduction: ``a`` answers the majority class always (accuracy 0.80, macro F1 0.30); ``b`` is
     right on 680 of the 800 x's and 40 of each 100 y's and z's (accuracy 0.76, macro F1 0.55). ``a`` alone is
     right 120 times, ``b`` alone 80 times: McNemar p = 0.006 favours ``a``; the macro F1 difference is -0.25."""
@@ -113,21 +123,21 @@ def more_accurate_but_worse_macro_f1() -> tuple[stats.ExampleStats, stats.Exampl
 
 def test_the_verdict_tests_the_headline_metric_not_accuracy():
     a, b = more_accurate_but_worse_macro_f1()
-    (pair,) = stats.compare_pairs({"a": [a], "b": [b]}, "f1_macro")
+    (pair,) = stats_pairs.compare_pairs({"a": [a], "b": [b]}, "f1_macro")
     assert pair["difference"] == pytest.approx(0.2963 - 0.55, abs=1e-3)
     assert pair["significant"] and pair["high"] < 0 and pair["p_holm"] < 0.001
     assert (pair["mcnemar"]["a_only_right"], pair["mcnemar"]["b_only_right"]) == (120, 80)
     assert pair["mcnemar"]["p_holm"] == pytest.approx(0.0057, abs=5e-4)  # McNemar favours a: a second, labelled line
-    first, mcnemar = stats.pair_lines(pair, "F1 (m)")
+    first, mcnemar = stats_pairs.pair_lines(pair, "F1 (m)")
     assert first.startswith("a vs b: -0.254 F1 (m) [") and first.endswith(
         "(paired bootstrap, Holm) — b is significantly better"
     )
     assert mcnemar == "  McNemar's exact test on accuracy: a alone right 120, b alone right 80, p = 0.006 (Holm)"
-    assert stats._significantly_best(["a", "b"], [pair]) == "b"
+    assert stats_analysis._significantly_best(["a", "b"], [pair]) == "b"
     # Accuracy as headline: the same data, the other verdict, and still one that agrees with its own sign.
-    (pair,) = stats.compare_pairs({"a": [a], "b": [b]}, "accuracy")
+    (pair,) = stats_pairs.compare_pairs({"a": [a], "b": [b]}, "accuracy")
     assert pair["difference"] == pytest.approx(0.04) and pair["significant"] and pair["low"] > 0
-    assert stats.pair_lines(pair, "Acc")[0].endswith("a is significantly better")
+    assert stats_pairs.pair_lines(pair, "Acc")[0].endswith("a is significantly better")
 
 
 def test_word_sign_interval_and_p_agree_on_random_pairs():
@@ -138,16 +148,16 @@ def test_word_sign_interval_and_p_agree_on_random_pairs():
     for trial in range(60):
         skill_a, skill_b = rng.uniform(0.4, 0.9, 2)
         n = int(rng.integers(30, 200))
-        x = stats.example_stats("classification", labels, (), *classified(n, seed=trial, skill=skill_a))
+        x = stats_intervals.example_stats("classification", labels, (), *classified(n, seed=trial, skill=skill_a))
         gold_examples, _ = classified(n, seed=trial, skill=skill_a)
         _, predictions = classified(n, seed=trial + 1000, skill=skill_b)
         answers = [p if rng.random() < 0.5 else Prediction(label=e.label) for p, e in zip(predictions, gold_examples)]
-        y = stats.example_stats("classification", labels, (), gold_examples, answers)
+        y = stats_intervals.example_stats("classification", labels, (), gold_examples, answers)
         metric = ("f1_weighted", "f1_macro", "accuracy", "precision_macro")[trial % 4]
-        (pair,) = stats.compare_pairs({"x": [x], "y": [y]}, metric, resamples=1000)
+        (pair,) = stats_pairs.compare_pairs({"x": [x], "y": [y]}, metric, resamples=1000)
         assert (pair["p"] < 0.05) == (pair["low"] > 0 or pair["high"] < 0), pair
         if pair["significant"]:
-            line = stats.pair_lines(pair, metric)[0]
+            line = stats_pairs.pair_lines(pair, metric)[0]
             winner = "x" if pair["difference"] > 0 else "y"
             assert line.endswith(f"{winner} is significantly better")
             assert (pair["low"] > 0) if winner == "x" else (pair["high"] < 0)
@@ -164,34 +174,34 @@ def test_seeds_with_identical_answers_do_not_make_a_difference_significant():
     b_right = [True] * 280 + [False] * 57 + [False] * 39 + [True] * 24
     a = one_hot(gold, [g if r else wrong[g] for g, r in zip(gold, a_right)])
     b = one_hot(gold, [g if r else wrong[g] for g, r in zip(gold, b_right)])
-    (one,) = stats.compare_pairs({"a": [a], "b": [b]}, "accuracy")
+    (one,) = stats_pairs.compare_pairs({"a": [a], "b": [b]}, "accuracy")
     assert one["mcnemar"]["p"] == pytest.approx(0.0769, abs=1e-4)
     assert one["p"] == pytest.approx(0.063, abs=0.01) and not one["significant"]
     for seeds in (3, 5):
-        (many,) = stats.compare_pairs({"a": [a] * seeds, "b": [b] * seeds}, "accuracy")
+        (many,) = stats_pairs.compare_pairs({"a": [a] * seeds, "b": [b] * seeds}, "accuracy")
         assert (many["difference"], many["low"], many["high"], many["p"]) == pytest.approx(
             (one["difference"], one["low"], one["high"], one["p"])
         )
         assert not many["significant"] and "mcnemar" not in many
-        naive = stats.mcnemar_exact(np.concatenate([a.correct] * seeds), np.concatenate([b.correct] * seeds))[0]
+        naive = stats_pairs.mcnemar_exact(np.concatenate([a.correct] * seeds), np.concatenate([b.correct] * seeds))[0]
         assert naive < 0.002  # what concatenating seeds claimed
 
 
 def test_extraction_pairs_pool_seeds_as_a_mean_not_a_sum():
     """Exact record 0.60 against 0.50 is +0.100 with one seed and with three (it printed +0.300)."""
 
-    def record(exact: int, n: int = 100) -> stats.ExampleStats:
+    def record(exact: int, n: int = 100) -> stats_intervals.ExampleStats:
         right = np.arange(n) < exact
         rows = np.column_stack([right, np.ones(n), right, ~right, ~right]).astype(float)
-        return stats.ExampleStats("extraction", rows, right)
+        return stats_intervals.ExampleStats("extraction", rows, right)
 
     for seeds in (1, 3):
-        (pair,) = stats.compare_pairs({"a": [record(60)] * seeds, "b": [record(50)] * seeds}, "exact_match")
+        (pair,) = stats_pairs.compare_pairs({"a": [record(60)] * seeds, "b": [record(50)] * seeds}, "exact_match")
         assert pair["difference"] == pytest.approx(0.100)
         assert 0 < pair["low"] < 0.100 < pair["high"] < 0.2
-    (uneven,) = stats.compare_pairs({"a": [record(60), record(62), record(58)], "b": [record(50)]}, "exact_match")
+    (uneven,) = stats_pairs.compare_pairs({"a": [record(60), record(62), record(58)], "b": [record(50)]}, "exact_match")
     assert uneven["difference"] == pytest.approx(0.100) and uneven["seeds"] == [3, 1]
-    lines = stats.pair_lines(uneven, "Exact rec")
+    lines = stats_pairs.pair_lines(uneven, "Exact rec")
     assert "(paired bootstrap, 3 and 1 seeds nested in 100 examples, Holm)" in lines[0]
     assert lines[1] == "  McNemar's test left out: it takes one answer per example and row"
     assert "seeds_test" not in uneven  # almost stochastic order needs 3 seeds on both sides
@@ -213,7 +223,7 @@ def test_mcnemar_matches_statsmodels_exact_test():
     rng = np.random.default_rng(5)
     for _ in range(20):
         a, b = rng.random(int(rng.integers(5, 300))) < rng.uniform(0.2, 0.9, 2)[:, None]
-        p, only_a, only_b = stats.mcnemar_exact(a, b)
+        p, only_a, only_b = stats_pairs.mcnemar_exact(a, b)
         both, neither = int((a & b).sum()), int((~a & ~b).sum())
         assert p == pytest.approx(mcnemar([[both, only_a], [only_b, neither]], exact=True).pvalue, rel=1e-9)
 
@@ -230,33 +240,33 @@ def test_almost_stochastic_order_matches_deepsig():
         (list(rng.normal(0.80, 0.02, 10)), list(rng.normal(0.80, 0.02, 8)), 2),
     ]
     for a, b, comparisons in cases:
-        assert float(stats.violation_ratio(a, b)) == pytest.approx(
+        assert float(stats_pairs.violation_ratio(a, b)) == pytest.approx(
             compute_violation_ratio(scores_a=np.array(a), scores_b=np.array(b), dt=0.005), abs=1e-12
         )
-        ours = stats.aso(a, b, comparisons=comparisons)
+        ours = stats_pairs.aso(a, b, comparisons=comparisons)
         theirs = deepsig_aso(a, b, seed=0, show_progress=False, num_comparisons=comparisons)
         assert ours == pytest.approx(theirs, abs=0.03), (a, b, comparisons)
-    assert stats.aso([0.8, 0.8, 0.8], [0.7, 0.7, 0.7]) == 0.0  # a dominates b everywhere
-    assert stats.aso([0.7, 0.7, 0.7], [0.8, 0.8, 0.8]) > 0.99
+    assert stats_pairs.aso([0.8, 0.8, 0.8], [0.7, 0.7, 0.7]) == 0.0  # a dominates b everywhere
+    assert stats_pairs.aso([0.7, 0.7, 0.7], [0.8, 0.8, 0.8]) > 0.99
 
 
 def test_three_seeds_a_side_add_the_seeds_own_verdict():
     def seeds(accuracies):
         return [
-            stats.ExampleStats("extraction", np.column_stack([r, np.ones(200), r, ~r, ~r]).astype(float), r)
+            stats_intervals.ExampleStats("extraction", np.column_stack([r, np.ones(200), r, ~r, ~r]).astype(float), r)
             for r in (np.arange(200) < int(200 * q) for q in accuracies)
         ]
 
-    (pair,) = stats.compare_pairs({"a": seeds([0.80, 0.81, 0.82]), "b": seeds([0.70, 0.71, 0.72])}, "exact_match")
+    (pair,) = stats_pairs.compare_pairs({"a": seeds([0.80, 0.81, 0.82]), "b": seeds([0.70, 0.71, 0.72])}, "exact_match")
     order = pair["seeds_test"]
     assert order["a_scores"] == pytest.approx([0.80, 0.81, 0.82]) and order["better"] == "a"
-    assert order["eps_min_a_over_b"] < stats.ASO_THRESHOLD < order["eps_min_b_over_a"]
-    assert stats.pair_lines(pair, "Exact rec")[-1].endswith(
+    assert order["eps_min_a_over_b"] < stats_pairs.ASO_THRESHOLD < order["eps_min_b_over_a"]
+    assert stats_pairs.pair_lines(pair, "Exact rec")[-1].endswith(
         "— a's seeds almost stochastically dominate (with 3 and 3 seeds, chance alone orders two equal rows "
         "completely 10% of the time)"
     )
-    assert [stats.chance_separated(n, n) for n in (3, 4, 5)] == pytest.approx([0.1, 2 / 70, 2 / 252])
-    (five,) = stats.compare_pairs(
+    assert [stats_pairs.chance_separated(n, n) for n in (3, 4, 5)] == pytest.approx([0.1, 2 / 70, 2 / 252])
+    (five,) = stats_pairs.compare_pairs(
         {"a": seeds([0.80, 0.81, 0.82, 0.80, 0.81]), "b": seeds([0.70, 0.71, 0.72, 0.70, 0.71])}, "exact_match"
     )
-    assert stats.pair_lines(five, "Exact rec")[-1].endswith("— a's seeds almost stochastically dominate")
+    assert stats_pairs.pair_lines(five, "Exact rec")[-1].endswith("— a's seeds almost stochastically dominate")

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from harness.data import Datasets
+from harness.data_load import Datasets
 from harness.launcher import read_data_cache, write_data_cache
 from harness.progress import RunProgress
 from harness.store import Store, jsonable, load_artifact, read_predictions, save_artifact, write_predictions

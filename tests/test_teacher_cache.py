@@ -42,7 +42,7 @@ def teach_once(
 ) -> tuple[dict, list[str], list[str]]:
     """One teacher pass (harness.teacher.teach, as compare calls it) over ``examples``: the labels (or records)
     it gave by text, the lines it wrote to stderr and the texts the server was asked."""
-    from harness.data import Datasets
+    from harness.data_load import Datasets
     from harness.runner import plan_settings
     from harness.settings import parse_overrides
     from harness.spec import load_spec

@@ -55,7 +55,7 @@ def test_length_buckets_and_packing_beat_padded_file_order_in_the_same_run(share
     must beat padded batches in file order, and so must packed batches in file order (harness.packing,
     bert's default on CPU), with the same answers."""
     import harness_plugins.bert as bert
-    from harness.data import read_examples
+    from harness.data_files import read_examples
     from harness.progress import SILENT
     from harness.runner import without_answers
     from harness.spec import load_spec
@@ -176,7 +176,7 @@ def test_onnx_runtime_against_pytorch_as_ratios_in_the_same_run(shared, tmp_path
     import harness_plugins.bert as bert
     import harness_plugins.bert_onnx as bert_onnx
     from harness import Artifact, RunContext
-    from harness.data import read_examples
+    from harness.data_files import read_examples
     from harness.progress import SILENT
     from harness.runner import without_answers
     from harness.spec import load_spec

@@ -1,4 +1,7 @@
-"""The rich terminal reporter: a plugin of the event hooks, as pytest's terminal reporter is of pytest's."""
+"""The rich terminal reporter: a plugin of the event hooks, as pytest's terminal reporter is of pytest's.
+
+It prints each run as it starts and finishes, its evaluation log as it trains, and the comparison table with
+the statistics in words; the plots are harness.report_plots', the HTML page harness.html's."""
 
 from __future__ import annotations
 
@@ -6,7 +9,9 @@ from typing import Any, Callable
 
 import pluggy
 
-from harness import stats
+from harness.stats_intervals import RESAMPLES
+from harness.stats_pairs import ALPHA, pair_lines
+from harness.stats_seeds import MEASURED, Spread, by_approach, metric_of, spread
 from harness.types import Comparison, RunRecord
 
 hookimpl = pluggy.HookimplMarker("harness")
@@ -146,8 +151,7 @@ Column = tuple[str, Callable[[RunRecord], Any], Callable[[Any], str], int]
 
 def _columns(metrics: list[str], generates: bool = False) -> list[Column]:
     quality: list[Column] = [
-        (METRIC_TITLES.get(m, m), lambda r, m=m: r.metrics.get(m), _number, -1 if m == "invalid" else +1)
-        for m in metrics
+        (METRIC_TITLES.get(m, m), metric_of(m), _number, -1 if m == "invalid" else +1) for m in metrics
     ]
     generation: list[Column] = (
         [("Gen tok/s", lambda r: r.speed.get("generated_tokens_per_s"), _rate, +1)] if generates else []
@@ -176,7 +180,7 @@ def comparison_table(comparison: Comparison):
 
     metrics = comparison.metrics
     columns = _columns(metrics, generates=any(r.speed.get("generated_tokens_per_s") for r in comparison.runs))
-    groups = stats.by_approach(comparison)
+    groups = by_approach(comparison)
     several = any(len(runs) > 1 for runs in groups.values())
     table = Table(title=f"{comparison.spec} — comparison {comparison.comparison_id}", title_justify="left")
     table.add_column("Approach", style="bold")
@@ -186,11 +190,11 @@ def comparison_table(comparison: Comparison):
 
     def figure(runs: list[RunRecord], get: Callable[[RunRecord], Any]) -> Any:
         if len(runs) == 1:
-            return get(runs[0]) if runs[0].status in stats.MEASURED else None
-        return stats.spread(runs, get)
+            return get(runs[0]) if runs[0].status in MEASURED else None
+        return spread(runs, get)
 
     def value(cell: Any) -> Any:
-        return cell.mean if isinstance(cell, stats.Spread) else cell
+        return cell.mean if isinstance(cell, Spread) else cell
 
     statistics = comparison.statistics or {}
     intervals = statistics.get("intervals", {})
@@ -209,7 +213,7 @@ def comparison_table(comparison: Comparison):
         cells = []
         for index, (title, get, fmt, _) in enumerate(columns):
             cell = figure(runs, get)
-            if isinstance(cell, stats.Spread):
+            if isinstance(cell, Spread):
                 if title in ("Batch", "Params"):  # the same for every seed: shown as is
                     text = fmt(int(cell.mean)) if cell.sd in (None, 0.0) else "varies"
                 elif title == "Dtype":
@@ -239,7 +243,7 @@ def comparison_table(comparison: Comparison):
             if run.status in ("failed", "missing"):
                 seed = f" (seed {run.seed})" if len(runs) > 1 else ""
                 notes.append(f"[red]{approach}[/]{seed}: {escape(str(run.error))}")  # its brackets are text
-    ranked = [r for r in comparison.runs if r.status in stats.MEASURED]
+    ranked = [r for r in comparison.runs if r.status in MEASURED]
     for run in ranked:
         trained_in = run.training.get("trained_in")
         if run.status == "reused":
@@ -308,15 +312,16 @@ def statistics_lines(comparison: Comparison) -> list[str]:
     statistics = comparison.statistics or {}
     if not statistics.get("intervals"):
         return []
-    headline = statistics.get("headline")
-    title = METRIC_TITLES.get(headline, headline)
+    headline: str | None = statistics.get("headline")
+    title = None if headline is None else METRIC_TITLES.get(headline, headline)
     lines = [
         f"±: half the width of the 95% bootstrap interval over the test examples (percentile, "
-        f"{stats.RESAMPLES} resamples); "
+        f"{RESAMPLES} resamples); "
         f"bold {title}: significantly better than every other row (a paired bootstrap of the {title} "
-        f"difference over the test examples, Holm-adjusted, p < {stats.ALPHA})"
+        f"difference over the test examples, Holm-adjusted, p < {ALPHA})"
     ]
-    lines += [line for pair in statistics.get("pairs", []) for line in stats.pair_lines(pair, title)]
+    if title is not None:  # without a headline there are no pairs: they compare it
+        lines += [line for pair in statistics.get("pairs", []) for line in pair_lines(pair, title)]
     for approach, metrics in statistics.get("seeds", {}).items():
         figure = metrics.get(headline)
         if figure and figure["sd"] is not None:
@@ -336,7 +341,7 @@ def per_field_table(comparison: Comparison):
     """Extraction: each field's accuracy and F1 per approach (mean over seeds), or None for classification."""
     from rich.table import Table
 
-    groups = stats.by_approach(comparison)
+    groups = by_approach(comparison)
     fields = next((list(r.metrics.get("per_field") or {}) for r in comparison.runs if r.metrics.get("per_field")), [])
     if not fields:
         return None
@@ -345,7 +350,7 @@ def per_field_table(comparison: Comparison):
     for field in fields:
         table.add_column(field, justify="right")
     for approach, runs in groups.items():
-        measured = [r for r in runs if r.status in stats.MEASURED and r.metrics.get("per_field")]
+        measured = [r for r in runs if r.status in MEASURED and r.metrics.get("per_field")]
         if not measured:
             continue
         cells = []
@@ -361,164 +366,6 @@ def _status(runs: list[RunRecord]) -> str:
     styles = {"ok": "[green]ok[/]", "reused": "[cyan]reused[/]"}
     if len(runs) == 1:
         return styles.get(runs[0].status, f"[red]{runs[0].status}[/]")
-    measured = sum(r.status in stats.MEASURED for r in runs)
+    measured = sum(r.status in MEASURED for r in runs)
     colour = "green" if measured == len(runs) else "yellow" if measured else "red"
     return f"[{colour}]{measured}/{len(runs)} seeds[/]"
-
-
-# ---------------------------------------------------------------------------------------------
-# Plots (matplotlib, the [plots] extra): PNG files in the comparison's directory of the store.
-# ---------------------------------------------------------------------------------------------
-
-PLOTS_FILE = "plots.json"  # beside the PNGs: each plot's file, what it shows and its series
-
-
-def write_plots(comparison: Comparison, folder: Any, store: Any, console: Any = None) -> dict[str, dict[str, Any]]:
-    """Each approach's training curves (loss, and every evaluation metric, against step) and confusion matrix,
-    and quality against predict throughput and against batch-1 latency for all approaches with the Pareto
-    front marked. Returns ``{file name: {"title", "series"}}`` (also written to ``plots.json``); without
-    matplotlib one line says which extra to install, and nothing is drawn."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        if console is not None:
-            # markup=False: rich would take "[plots]" for a tag and print "pip install 'harness-compare'".
-            console.print(
-                "plots: not drawn (pip install 'harness-compare[plots]' for matplotlib)", markup=False, highlight=False
-            )
-        return {}
-    from pathlib import Path
-
-    from harness.store import write_json
-
-    folder = Path(folder)
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        probe = folder / ".write-test"
-        probe.write_bytes(b"")
-        probe.unlink()
-    except OSError as exc:  # a read-only store still reports: the plots are what it cannot keep
-        if console is not None:
-            console.print(f"plots: not drawn ({folder} cannot be written: {exc.strerror})", highlight=False)
-        return {}
-    plots: dict[str, dict[str, Any]] = {}
-    groups = {
-        name: [r for r in runs if r.status in stats.MEASURED] for name, runs in stats.by_approach(comparison).items()
-    }
-    groups = {name: runs for name, runs in groups.items() if runs}
-    headline = next((m for m in comparison.metrics if m not in stats.COUNTS), None)
-
-    def save(fig: Any, name: str, title: str, series: list[str]) -> None:
-        fig.tight_layout()
-        fig.savefig(folder / name, dpi=110)
-        plt.close(fig)
-        plots[name] = {"title": title, "series": series}
-
-    for approach, runs in groups.items():
-        run = runs[0]
-        losses = [(e["step"], e["loss"]) for e in run.train_log if "loss" in e and "step" in e]
-        evaluations = sorted(
-            {
-                k
-                for e in run.train_log
-                for k in e
-                if k.startswith("eval_")
-                and k not in ("eval_runtime", "eval_samples_per_second", "eval_steps_per_second")
-            }
-        )
-        if losses or evaluations:
-            fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.6))
-            series = []
-            if losses:
-                left.plot(*zip(*losses), label="training loss")
-                series.append("training loss")
-            if any("eval_loss" in e for e in run.train_log):
-                left.plot(
-                    *zip(*[(e["step"], e["eval_loss"]) for e in run.train_log if "eval_loss" in e]),
-                    marker="o",
-                    label="evaluation loss",
-                )
-                series.append("evaluation loss")
-            left.set(xlabel="step", ylabel="loss", title=f"{approach}: loss")
-            left.legend()
-            for key in evaluations:
-                if key == "eval_loss":
-                    continue
-                points = [(e["step"], e[key]) for e in run.train_log if isinstance(e.get(key), (int, float))]
-                right.plot(*zip(*points), marker="o", label=key.removeprefix("eval_"))
-                series.append(key)
-            right.set(xlabel="step", ylabel="validation metric", title=f"{approach}: evaluation")
-            if len(series) > (len(losses) > 0) + any("eval_loss" in e for e in run.train_log):
-                right.legend()
-            save(
-                fig,
-                f"training-{approach}.png",
-                f"{approach}: training loss and evaluation metrics against step",
-                series,
-            )
-        matrix = run.metrics.get("confusion_matrix")
-        if matrix:
-            fig, ax = plt.subplots(figsize=(1.2 + 0.8 * len(matrix["labels"]), 1 + 0.8 * len(matrix["matrix"])))
-            image = ax.imshow(matrix["matrix"], cmap="Blues")
-            ax.set_xticks(range(len(matrix["labels"])), matrix["labels"], rotation=45, ha="right")
-            ax.set_yticks(range(len(matrix["matrix"])), matrix["labels"][: len(matrix["matrix"])])
-            for i, row in enumerate(matrix["matrix"]):
-                for j, count in enumerate(row):
-                    ax.text(j, i, str(count), ha="center", va="center", fontsize=8)
-            ax.set(xlabel="predicted", ylabel="gold", title=f"{approach}: confusion matrix")
-            fig.colorbar(image, ax=ax)
-            save(
-                fig,
-                f"confusion-{approach}.png",
-                f"{approach}: confusion matrix (rows gold, columns predicted)",
-                [approach],
-            )
-
-    if headline is not None and len(groups) > 0:
-        title = METRIC_TITLES.get(headline, headline)
-        for name, key, label, higher in (
-            ("quality-throughput.png", "predict_samples_per_s", "predict throughput (examples/s)", True),
-            ("quality-latency.png", "latency_p50_ms", "batch-1 latency p50 (ms)", False),
-        ):
-            points = []
-            for approach, runs in groups.items():
-                x = stats.spread(runs, lambda r, key=key: r.speed.get(key))
-                y = stats.spread(runs, lambda r: r.metrics.get(headline))
-                if x is not None and y is not None:
-                    points.append((approach, x.mean, y.mean))
-            if not points:
-                continue
-            front = pareto_front([(x, y) for _, x, y in points], higher_x=higher)
-            fig, ax = plt.subplots(figsize=(6, 4))
-            for i, (approach, x, y) in enumerate(points):
-                ax.scatter([x], [y], s=60, marker="*" if i in front else "o", label=approach)
-                ax.annotate(approach, (x, y), textcoords="offset points", xytext=(5, 5), fontsize=8)
-            ordered = sorted((points[i][1], points[i][2]) for i in front)
-            ax.plot(*zip(*ordered), linestyle="--", color="grey", label="Pareto front")
-            ax.set_xscale("log")  # approaches differ by orders of magnitude in speed
-            ax.set(xlabel=label, ylabel=title, title=f"{title} against {label.split(' (')[0]}")
-            ax.legend(fontsize=8)
-            save(
-                fig,
-                name,
-                f"{title} against {label}; stars and the dashed line: the Pareto front",
-                [approach for approach, _, _ in points] + ["Pareto front"],
-            )
-    write_json(folder / PLOTS_FILE, plots)
-    if console is not None and plots:
-        console.print(f"plots: {len(plots)} PNG files in {folder}", highlight=False)
-    return plots
-
-
-def pareto_front(points: list[tuple[float, float]], higher_x: bool = True) -> list[int]:
-    """The indices of the points no other point beats on both axes (y higher is better; x higher or lower)."""
-
-    def beats(a: tuple[float, float], b: tuple[float, float]) -> bool:
-        x_better = a[0] >= b[0] if higher_x else a[0] <= b[0]
-        x_strict = a[0] > b[0] if higher_x else a[0] < b[0]
-        return x_better and a[1] >= b[1] and (x_strict or a[1] > b[1])
-
-    return [i for i, p in enumerate(points) if not any(beats(q, p) for j, q in enumerate(points) if j != i)]
