@@ -240,12 +240,14 @@ def cmd_grid(args: argparse.Namespace) -> int:
     import time
 
     from harness.data_load import load_datasets, parse_data_option
+    from harness.files import write_json
     from harness.grid import grid_plans
     from harness.plugins import load_plugins
     from harness.report_terminal import TerminalReporter
     from harness.runner import CompareOptions, compare
     from harness.spec import load_spec
-    from harness.store import Store, comparison_to_dict, write_json
+    from harness.store import Store
+    from harness.store.records import comparison_to_dict
 
     plugins = load_plugins()
     approaches = [name.strip() for name in args.plugins.split(",") if name.strip()]
@@ -354,12 +356,14 @@ def _console():
 
 def cmd_compare(args: argparse.Namespace) -> int:
     from harness.data_load import data_checks, data_warnings, load_datasets, parse_data_option
+    from harness.files import write_json
     from harness.plugins import load_plugins
     from harness.report_terminal import TerminalReporter
     from harness.runner import CompareOptions, compare, plan_settings
     from harness.settings import parse_overrides
     from harness.spec import load_spec
-    from harness.store import Store, comparison_to_dict, write_json
+    from harness.store import Store
+    from harness.store.records import comparison_to_dict
 
     # Everything the user typed is checked before anything is trained or written.
     plugins = load_plugins()
@@ -464,12 +468,13 @@ def cmd_bench(args: argparse.Namespace) -> int:
         served_requests,
     )
     from harness.data_load import load_datasets, parse_data_option
+    from harness.files import write_json
     from harness.plugins import load_plugins
     from harness.progress import SILENT
     from harness.runner import check_approaches, plan_settings, without_answers
     from harness.settings import parse_overrides
     from harness.spec import load_spec
-    from harness.store import Store, write_json
+    from harness.store import Store
 
     try:
         batch_sizes = [_positive(int(b), "--batch-sizes") for b in args.batch_sizes.split(",") if b.strip()]
@@ -546,10 +551,12 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
+    from harness.files import write_json
     from harness.report_plots import write_plots
     from harness.report_terminal import comparison_table, per_field_table
     from harness.runner import comparison_statistics
-    from harness.store import Store, comparison_to_dict, write_json
+    from harness.store import Store
+    from harness.store.records import comparison_to_dict
 
     check_output_target(args.json)
     check_output_target(args.html, "--html")
@@ -585,7 +592,9 @@ def cmd_report(args: argparse.Namespace) -> int:
 def cmd_store(args: argparse.Namespace) -> int:
     import math
 
-    from harness.store import Store, removed_lines, size_text, skipped_lines
+    from harness.store import Store
+    from harness.store.cleanup import removed_lines, skipped_lines
+    from harness.store.layout import size_text
 
     store = Store(args.store)
     if not (store.root / "runs.db").exists() and not (store.root / "runs").is_dir():

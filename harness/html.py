@@ -55,7 +55,8 @@ def _statistics_list(lines: list[str]) -> str:
 
 def write_html(path: Path, comparison: Comparison, store: Any, plots: dict[str, dict[str, Any]]) -> None:
     """Write the page for ``comparison`` (its statistics already computed) to ``path``."""
-    from harness.store import read_scored, write_text
+    from harness.files import write_text
+    from harness.store.records import read_scored
 
     folder = store.root / "comparisons" / comparison.comparison_id
     groups = by_approach(comparison)

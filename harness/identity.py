@@ -56,9 +56,9 @@ CORE_TRAINING = ("harness.launcher:train_unit",)
 # ... and the measure unit's.
 CORE_MEASURING = ("harness.launcher:measure_unit",)
 
-# Modules that present, store, time or dispatch and never change what a model learns: the code
-# fingerprint does not follow calls into them. Every other module of harness, harness_plugins or the
-# approach's own package that the training path calls counts, found by following the calls (harness.types
+# Modules that present, store, time or dispatch and never change what a model learns (a package: all its
+# modules): the code fingerprint does not follow calls into them. Every other module of harness, harness_plugins
+# or the approach's own package that the training path calls counts, found by following the calls (harness.types
 # among them: Prompt.plain builds every prompt without a chat template).
 NOT_TRAINING = frozenset(
     {
@@ -170,8 +170,8 @@ def code_fingerprint(roots: list[Any], skip: frozenset[str]) -> dict[str, str]:
     """The code that ``roots`` (functions, methods, classes or ``"module:name"`` strings) run, function by
     function: each one's qualified name and a digest of its syntax tree, following every name it uses that
     resolves to a function or class of harness, harness_plugins or the roots' own packages (imports inside
-    functions included), except in the modules of ``skip``. Constants it reads (a module's dict of
-    defaults, a prompt template) count with their values.
+    functions included), except in the modules of ``skip`` (a package there: all its modules). Constants it
+    reads (a module's dict of defaults, a prompt template) count with their values.
 
     A method's ``self.<name>`` is looked up on its class and the class's bases, as Python looks it up: a
     method found there is followed like a function, a class attribute that is a constant counts with its
@@ -287,7 +287,8 @@ def _modules_of(root: Any) -> set[str]:
 
 def _tracked(value: Any, packages: set[str], skip: frozenset[str]) -> bool:
     module = getattr(value, "__module__", "") or ""
-    return module.split(".")[0] in packages and module not in skip
+    skipped = any(module == name or module.startswith(f"{name}.") for name in skip)
+    return module.split(".")[0] in packages and not skipped
 
 
 def _constant(value: Any) -> bool:

@@ -197,7 +197,7 @@ def data_cache_file(data: Datasets, folder: Path) -> Path:
 
 def write_data_cache(data: Datasets, folder: Path) -> Path:
     """The datasets as one JSON file named by their hashes; an existing file is the same data."""
-    from harness.store import write_json
+    from harness.files import write_json
 
     path = data_cache_file(data, folder)
     if not path.is_file():

@@ -34,7 +34,7 @@ def write_plots(comparison: Comparison, folder: Any, store: Any, console: Any = 
         return {}
     from pathlib import Path
 
-    from harness.store import write_json
+    from harness.files import write_json
 
     folder = Path(folder)
     try:

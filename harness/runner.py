@@ -19,6 +19,7 @@ from typing import Any
 from harness import identity, measure
 from harness.data_load import Datasets, data_checks
 from harness.errors import UserError
+from harness.files import write_text
 from harness.hf_trainer import LogLines
 from harness.launcher import (
     LAUNCHERS,
@@ -36,7 +37,10 @@ from harness.plugins import Plugins
 from harness.progress import RunProgress
 from harness.settings import resolve_settings
 from harness.spec import Spec
-from harness.store import Store, load_artifact, read_predictions, read_scored, resumable, shown_as, write_text
+from harness.store import Store
+from harness.store.comparisons import shown_as
+from harness.store.records import load_artifact, read_predictions, read_scored
+from harness.store.resume import resumable
 from harness.types import ApproachInfo, Comparison, Example, Prediction, RunRecord, Task
 
 __all__ = ["CompareOptions", "Plan", "check_predictions", "compare", "plan_settings", "run_approach", "without_answers"]

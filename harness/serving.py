@@ -17,7 +17,7 @@ def load_stored_run(
     from harness import identity
     from harness.launcher import load_cached
     from harness.runner import load_cache
-    from harness.store import load_artifact
+    from harness.store.records import load_artifact
 
     record = store.load_run(run_id)
     trained_in = record.training.get("trained_in")

@@ -113,7 +113,7 @@ def seed_problem(seed: int) -> str | None:
 
 
 # A spec's name starts every comparison id, and comparison ids are file names in the store: ASCII letters,
-# digits, '.', '_' and '-' as in a run id (harness.store.RUN_ID), no '..', and short enough for a file name.
+# digits, '.', '_' and '-' as in a run id (harness.store.layout.RUN_ID), no '..', and short enough for a file name.
 SPEC_NAME = re.compile(r"[A-Za-z0-9._-]{1,100}")
 
 

@@ -137,7 +137,8 @@ def check_plugin(
     from harness.report_terminal import comparison_table
     from harness.runner import CompareOptions, plan_settings, run_approach, without_answers
     from harness.spec import Spec
-    from harness.store import Store, jsonable, load_artifact, read_predictions
+    from harness.store import Store
+    from harness.store.records import jsonable, load_artifact, read_predictions
     from harness.types import Comparison
 
     if train is None or test is None:

@@ -159,7 +159,7 @@ class RunRecord:
     ``status`` is ``running`` while it runs, then ``ok``, ``failed`` (``error`` says why) or ``reused``
     (the whole row taken from the store: the same training and measurement identities). A reused row keeps the
     stored run's ``run_id`` and shows the current row's ``approach`` (its name in the table) and ``seed``; the
-    stored ``record.json`` keeps the name of the row that made it (harness.store.shown_as).
+    stored ``record.json`` keeps the name of the row that made it (harness.store.comparisons.shown_as).
 
     ``training``: ``key`` and ``identity`` (what was trained: harness.identity), ``trained_in`` (the run
     whose ``artifact/`` holds the model: this run, or the earlier run whose training it reused) and

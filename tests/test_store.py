@@ -12,7 +12,8 @@ import pytest
 from harness.data_load import Datasets
 from harness.launcher import read_data_cache, write_data_cache
 from harness.progress import RunProgress
-from harness.store import Store, jsonable, load_artifact, read_predictions, save_artifact, write_predictions
+from harness.store import Store
+from harness.store.records import jsonable, load_artifact, read_predictions, save_artifact, write_predictions
 from harness.types import Artifact, Example, Prediction
 
 
