@@ -16,7 +16,7 @@ that still fails counted as wrong and noted).
   the server's ``system_fingerprint``, known only once it answers, is in the row's notes.
 - Speed is the client's view: requests/s over the test set at ``concurrency`` in flight, batch-1 latency,
   prompt and completion tokens as the server counts them. One client (one connection pool, one event loop)
-  serves the unit's every request (:class:`harness.endpoint.Session`), as a real client would.
+  serves the unit's every request (:class:`harness.openai_client.Session`), as a real client would.
 - A row most of whose answers in the timed pass failed (more than half, after retries) fails, in one line with
   the first error (the core's rule, :class:`harness.launcher.AnswersFailed`); a few failed requests are answers
   counted as wrong, and noted.
@@ -33,8 +33,10 @@ from typing import Any, Literal
 
 from harness import Artifact, Example, Prediction, RunContext, Serving, Task, hookimpl, setting
 from harness.approach import Settings, ZeroShotApproach
+from harness.completions import Reply
 from harness.decoder import chat_messages, letter_choice, parse_fields
-from harness.endpoint import Endpoint, Reply, Session
+from harness.endpoint import Endpoint
+from harness.openai_client import Session
 
 
 class OpenAISettings(Settings):
@@ -96,7 +98,7 @@ class OpenAIEndpoint(ZeroShotApproach):
 
     def reference(self, task: Task, artifact: Artifact, settings: OpenAISettings, context: RunContext) -> Any:
         """bench's raw row: the same chat requests, ``concurrency`` in flight, from a bare loop over the
-        endpoint's persistent client (:class:`harness.endpoint.Session`), nothing parsed or counted."""
+        endpoint's persistent client (:class:`harness.openai_client.Session`), nothing parsed or counted."""
         import asyncio
 
         self.load(task, artifact, settings, context)

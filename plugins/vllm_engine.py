@@ -8,7 +8,7 @@ model directory and the options below are appended as ``--model DIR --port N ...
 ``python -m vllm.entrypoints.openai.api_server`` both take). ``extra_args`` adds options (``--enforce-eager``),
 ``env`` environment variables (``VLLM_CPU_KVCACHE_SPACE=4``). The server gets them as written; a record (its
 settings and identity) holds ``env``'s values and the value after a secret-looking option (``--api-key``,
-``--hf-token``) as ``<secret>`` (:func:`harness.endpoint.redact_settings`).
+``--hf-token``) as ``<secret>`` (:func:`harness.redaction.redact_settings`).
 
 - What is served: the stored fine-tuned directory as it is; an adapter merged into its base first (vllm-lora
   serves merged weights, not vLLM's LoRA path: one model, the same weights qwen-lora's ``merge: true`` serves),
@@ -42,8 +42,10 @@ from typing import Any
 
 from harness import Approach, Artifact, Example, Parity, Prediction, RunContext, Serving, Task, hookimpl, setting
 from harness.decoder import LETTERS, classify, extract, letter_choice, parse_fields
-from harness.endpoint import Endpoint, Server, free_port, parse_env
+from harness.endpoint import Endpoint
 from harness.errors import UserError
+from harness.local_server import Server, free_port
+from harness.redaction import parse_env
 from harness_plugins.qwen import QwenLora, QwenLoraSettings
 
 SERVED_NAME = "harness-served"
@@ -184,7 +186,7 @@ class Vllm(Approach):
     def reference(self, task: Task, artifact: Artifact, settings: VllmSettings, context: RunContext) -> Any:
         """A bare client loop against the same server: the openai client's completions, ``concurrency`` in
         flight, the same prompts and parameters, nothing parsed; through the endpoint's one persistent client
-        (:class:`harness.endpoint.Session`), as predict's requests."""
+        (:class:`harness.openai_client.Session`), as predict's requests."""
         import asyncio
 
         self.load(task, artifact, settings, context)
