@@ -23,7 +23,6 @@ What the ``openai`` approach (any endpoint), the ``vllm`` engine (a server harne
 
 from __future__ import annotations
 
-import asyncio
 import os
 import time
 from collections.abc import Sequence
@@ -131,21 +130,7 @@ class Endpoint:
         return self._run("completion", list(prompts), params)
 
     def _run(self, kind: str, items: list[Any], params: dict[str, Any]) -> list[Reply]:
-        if not items:
-            return []
-
-        async def all_of(client: Any) -> list[Reply]:
-            if len(items) == 1:  # batch 1: the request itself, no task to schedule around it
-                return [await self._ask(client, kind, items[0], params)]
-            gate = asyncio.Semaphore(self.concurrency)
-
-            async def one(item: Any) -> Reply:
-                async with gate:
-                    return await self._ask(client, kind, item, params)
-
-            return await asyncio.gather(*(one(item) for item in items))
-
-        return self.session.run(all_of)
+        return self.session.gather(lambda client, item: self._ask(client, kind, item, params), items, self.concurrency)
 
     async def _ask(self, client: Any, kind: str, item: Any, params: dict[str, Any]) -> Reply:
         openai = openai_module()

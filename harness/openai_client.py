@@ -8,7 +8,10 @@ What the ``openai`` approach, the ``vllm`` engines and a teacher send goes throu
   client, event loop and TCP connection per request;
 - every try of a request has a deadline, ``timeout`` seconds for all of it (connecting, waiting, reading the
   whole answer): the client's own time-out bounds each read, and a server that sends a byte a second would never
-  reach it. A try past its deadline is a time-out, which the client retries with its backoff as any other.
+  reach it. A try past its deadline is a time-out, which the client retries with its backoff as any other;
+- :meth:`Session.gather`: the one loop that sends a call's requests, in order, ``concurrency`` in flight; what
+  is asked and what is made of the answers is the caller's (:class:`harness.endpoint.Endpoint`, a bench
+  reference's bare loop).
 """
 
 from __future__ import annotations
@@ -18,10 +21,11 @@ import functools
 import sys
 import threading
 import weakref
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar
 
 T = TypeVar("T")
+Item = TypeVar("Item")
 
 
 def openai_module() -> Any:
@@ -147,6 +151,26 @@ class Session:
                 self._finalizer = weakref.finalize(self, self._loop.close)
             loop = self._loop
         return loop.run(make)
+
+    def gather(self, ask: Callable[[Any, Item], Awaitable[T]], items: Sequence[Item], concurrency: int) -> list[T]:
+        """``await ask(client, item)`` for every item, results in order, at most ``concurrency`` in flight: the
+        one loop that sends a call's requests on the session's client. One item is awaited as it is, with no
+        task scheduled around it (batch-1 latency); no item sends nothing."""
+        if not items:
+            return []
+
+        async def all_of(client: Any) -> list[T]:
+            if len(items) == 1:  # batch 1: the request itself, no task to schedule around it
+                return [await ask(client, items[0])]
+            gate = asyncio.Semaphore(concurrency)
+
+            async def one(item: Item) -> T:
+                async with gate:
+                    return await ask(client, item)
+
+            return await asyncio.gather(*(one(item) for item in items))
+
+        return self.run(all_of)
 
     def close(self) -> None:
         """Close the client's connections and stop the loop; a later :meth:`run` starts them again."""

@@ -97,27 +97,21 @@ class OpenAIEndpoint(ZeroShotApproach):
         return [answer(task, reply) for reply in replies]
 
     def reference(self, task: Task, artifact: Artifact, settings: OpenAISettings, context: RunContext) -> Any:
-        """bench's raw row: the same chat requests, ``concurrency`` in flight, from a bare loop over the
-        endpoint's persistent client (:class:`harness.openai_client.Session`), nothing parsed or counted."""
-        import asyncio
-
+        """bench's raw row: the same chat requests, ``concurrency`` in flight, through the loop predict's requests
+        take (:meth:`harness.openai_client.Session.gather`, the endpoint's persistent client), nothing parsed or
+        counted."""
         self.load(task, artifact, settings, context)
         session: Session = artifact.state["endpoint"].session
         params = _params(task, settings, context.seed)
 
         def forward(texts: list[str]) -> list[Any]:
-            async def run(client: Any) -> list[Any]:
-                gate = asyncio.Semaphore(settings.concurrency)
-
-                async def one(text: str) -> Any:
-                    async with gate:
-                        return await client.chat.completions.create(
-                            model=settings.model, messages=chat_messages(task, text), **params
-                        )
-
-                return await asyncio.gather(*(one(text) for text in texts))
-
-            return session.run(run)
+            return session.gather(
+                lambda client, text: client.chat.completions.create(
+                    model=settings.model, messages=chat_messages(task, text), **params
+                ),
+                texts,
+                settings.concurrency,
+            )
 
         return forward
 

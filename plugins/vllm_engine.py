@@ -185,10 +185,8 @@ class Vllm(Approach):
 
     def reference(self, task: Task, artifact: Artifact, settings: VllmSettings, context: RunContext) -> Any:
         """A bare client loop against the same server: the openai client's completions, ``concurrency`` in
-        flight, the same prompts and parameters, nothing parsed; through the endpoint's one persistent client
-        (:class:`harness.openai_client.Session`), as predict's requests."""
-        import asyncio
-
+        flight, the same prompts and parameters, nothing parsed; through the loop and the one persistent client
+        predict's requests take (:meth:`harness.openai_client.Session.gather`)."""
         self.load(task, artifact, settings, context)
         prompter, session = artifact.state["prompter"], artifact.state["endpoint"].session
         if task.type == "extraction":
@@ -204,19 +202,13 @@ class Vllm(Approach):
 
         def forward(texts: list[str]) -> list[Any]:
             prompts = [prompter.prompt_ids(text, reserve=reserve)[0] for text in texts]
-
-            async def run(client: Any) -> list[Any]:
-                gate = asyncio.Semaphore(settings.concurrency)
-
-                async def one(prompt: list[int]) -> Any:
-                    async with gate:
-                        return await client.completions.create(
-                            model=SERVED_NAME, prompt=prompt, temperature=0, **params
-                        )
-
-                return await asyncio.gather(*(one(p) for p in prompts))
-
-            return session.run(run)
+            return session.gather(
+                lambda client, prompt: client.completions.create(
+                    model=SERVED_NAME, prompt=prompt, temperature=0, **params
+                ),
+                prompts,
+                settings.concurrency,
+            )
 
         return forward
 
