@@ -15,7 +15,7 @@ prompt) and a vLLM engine serving their trained models. What each piece is for:
   the answer tokens only, with vocabulary logits computed only where an answer token is predicted.
 - :func:`classify` answers a classification batch by batch without generating. ``scoring: letter`` reads the
   option letters' logits at the last prompt position (:func:`letter_scores`, one forward per batch, left
-  padded by :func:`left_padded` or packed end to end by :mod:`harness.packing`); ``perplexity`` and
+  padded by :func:`harness.batching.left_padded` or packed end to end by :mod:`harness.packing`); ``perplexity`` and
   ``likelihood`` score each option's whole answer, the mean or the sum of its log-probabilities, on the
   prompt's shared KV cache (:func:`likelihood_scores`). :func:`check_letter_scoring` refuses letter scoring
   when the answers are not one distinct token each, and :func:`selection_scoring` is how checkpoints are
@@ -40,6 +40,7 @@ from dataclasses import dataclass
 from dataclasses import fields as dataclass_fields
 from typing import Any
 
+from harness.batching import left_padded, padded
 from harness.head_logits import fp32_head, plain_head, token_logits
 from harness.types import Example, Prediction, Prompt, Task
 
@@ -301,21 +302,6 @@ def answer_loss(model: Any, inputs: dict[str, Any], num_items_in_batch: Any = No
     return total / num_items_in_batch
 
 
-def left_padded(rows: list[list[int]], pad: int, device: str):
-    """A left-padded batch (input ids, attention mask, position ids) with position ids that start at 0 on
-    every row's first real token, so a padded row computes exactly what it would alone."""
-    import torch
-
-    width = max(len(r) for r in rows)
-    input_ids = torch.full((len(rows), width), pad, dtype=torch.long)
-    mask = torch.zeros((len(rows), width), dtype=torch.long)
-    for i, row in enumerate(rows):
-        input_ids[i, width - len(row) :] = torch.tensor(row)
-        mask[i, width - len(row) :] = 1
-    positions = (mask.cumsum(-1) - 1).clamp(min=0)
-    return input_ids.to(device), mask.to(device), positions.to(device)
-
-
 def classify(
     model: Any,
     prompter: Prompter,
@@ -508,12 +494,8 @@ def likelihood_scores(
     renamed = _cache_renamed(type(model))
     cache = out.cache if renamed else out.past_key_values
     cache.batch_repeat_interleave(len(answers))
-    width = max(len(a) for a in answers)
-    tokens = torch.zeros((len(answers), width), dtype=torch.long, device=device)
-    answer_mask = torch.zeros((len(answers), width), dtype=torch.long, device=device)
-    for i, ids in enumerate(answers):
-        tokens[i, : len(ids)] = torch.tensor(ids)
-        answer_mask[i, : len(ids)] = 1
+    tokens, answer_mask = padded(answers, 0)  # right padded: each answer's positions follow the prompt's
+    tokens, answer_mask, width = tokens.to(device), answer_mask.to(device), tokens.shape[1]
     mask = torch.cat([torch.ones((len(answers), len(prompt)), dtype=torch.long, device=device), answer_mask], dim=1)
     positions = torch.arange(len(prompt), len(prompt) + width, device=device).expand(len(answers), -1)
     logits = model(

@@ -430,7 +430,7 @@ def _merge_parity(task: Task, artifact: Artifact, examples: list[Example], setti
     known to move outputs (peft issues #1836 and #2502); harness merges in fp32."""
     import torch
 
-    from harness.decoder import left_padded
+    from harness.batching import left_padded
 
     sample = examples[: settings.parity_samples]
     prompter, device = artifact.state["prompter"], artifact.state["device"]

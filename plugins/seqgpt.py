@@ -33,7 +33,8 @@ from typing import Any, Literal
 
 from harness import Artifact, Example, Prediction, RunContext, Serving, Task, hookimpl, setting
 from harness.approach import Settings, ZeroShotApproach
-from harness.decoder import Prompter, generate, generate_counted, left_padded
+from harness.batching import left_padded
+from harness.decoder import Prompter, generate, generate_counted
 from harness.types import Prompt
 
 EMPTY = {"none", "无", "null", ""}

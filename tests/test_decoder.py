@@ -11,6 +11,7 @@ import sys
 import pytest
 
 from conftest import QWEN_TOKENIZER, SHARED
+from harness.batching import left_padded
 from harness.decoder import (
     DEFAULT_PROMPT,
     Prompter,
@@ -20,7 +21,6 @@ from harness.decoder import (
     generate,
     generate_counted,
     greedy_answers,
-    left_padded,
     letter_choice,
 )
 from harness.types import Example, Prompt, Task
