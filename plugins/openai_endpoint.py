@@ -10,7 +10,7 @@ that still fails counted as wrong and noted).
   (``logprobs: true``, where the server offers them); else the answer text is parsed (a letter, or an option's
   name). An answer naming no option is invalid (counted).
 - Extraction: ``response_format: json_object`` where the server supports it (``none`` where it does not), the
-  answer parsed by the core's :func:`harness.decoder.parse_fields` and scored as every approach's.
+  answer parsed by the core's :func:`harness.answers.parse_fields` and scored as every approach's.
 - The key: ``api_key_env`` names the environment variable holding it; the key itself is never a setting, never
   in a record, a log or an error. The endpoint and model are in the run's identity (they are its settings);
   the server's ``system_fingerprint``, known only once it answers, is in the row's notes.
@@ -32,9 +32,10 @@ from __future__ import annotations
 from typing import Any, Literal
 
 from harness import Artifact, Example, Prediction, RunContext, Serving, Task, hookimpl, setting
+from harness.answers import letter_choice, parse_fields
 from harness.approach import Settings, ZeroShotApproach
 from harness.completions import Reply
-from harness.decoder import chat_messages, letter_choice, parse_fields
+from harness.decoder import chat_messages
 from harness.endpoint import Endpoint
 from harness.openai_client import Session
 

@@ -19,7 +19,7 @@ settings and identity) holds ``env``'s values and the value after a secret-looki
 - Classification: one generated token restricted to the option letters (``allowed_token_ids``), the letters'
   log-probabilities after that restriction (the server runs with ``--logprobs-mode processed_logprobs``): the
   softmax over the letters that qwen's letter scoring computes. Extraction: greedy generation to the end of the
-  turn (``stop_token_ids``), the JSON record parsed by the core's :func:`harness.decoder.parse_fields`.
+  turn (``stop_token_ids``), the JSON record parsed by the core's :func:`harness.answers.parse_fields`.
 - ``concurrency`` requests in flight (:class:`harness.endpoint.Endpoint`), all through one client and its
   connection pool for the unit's life; speed is what a client sees. A row most of whose requests failed fails.
 - Parity on every run, after the timed pass: the same model through transformers (qwen's serving path, same
@@ -41,7 +41,10 @@ from pathlib import Path
 from typing import Any
 
 from harness import Approach, Artifact, Example, Parity, Prediction, RunContext, Serving, Task, hookimpl, setting
-from harness.decoder import LETTERS, classify, extract, letter_choice, parse_fields
+from harness.answers import letter_choice, parse_fields
+from harness.decoder import LETTERS
+from harness.decoder_generation import extract
+from harness.decoder_scoring import classify
 from harness.endpoint import Endpoint
 from harness.errors import UserError
 from harness.local_server import Server, free_port
@@ -329,12 +332,12 @@ def _served_model(
     task: Task, artifact: Artifact, settings: VllmSettings, context: RunContext
 ) -> tuple[Path, Any, str, dict[str, Any]]:
     """The directory vLLM loads, the Prompter, the serving dtype, and what of the model's generation_config
-    changes greedy decoding (:func:`harness.decoder.generation_settings`). A stored fine-tuned model is served
-    from its own directory; a merged adapter or a base model that is not a plain directory is saved once in
-    the load cache."""
+    changes greedy decoding (:func:`harness.decoder_generation.generation_settings`). A stored fine-tuned model
+    is served from its own directory; a merged adapter or a base model that is not a plain directory is saved
+    once in the load cache."""
     import json
 
-    from harness.decoder import generation_settings
+    from harness.decoder_generation import generation_settings
 
     local = Artifact(path=artifact.path, info=artifact.info)
     serving = QwenLora().load(task, local, _qwen_settings(settings, "qwen-lora"), context)
