@@ -64,6 +64,10 @@ class OpenAISettings(Settings):
 
 
 class OpenAIEndpoint(ZeroShotApproach):
+    """Zero-shot answers from an OpenAI-compatible endpoint: one chat request per example with the spec's prompt,
+    ``concurrency`` in flight, the endpoint checked (reached, key accepted, model served) before anything
+    trains."""
+
     name = "openai"
     task_types = ("classification", "extraction")
     settings = OpenAISettings

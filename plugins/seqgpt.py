@@ -64,6 +64,8 @@ class SeqGPTSettings(Settings):
 
 
 class SeqGPT(ZeroShotApproach):
+    """Zero-shot answers from SeqGPT: the seed's prompt, beam search, the answers parsed."""
+
     name = "seqgpt"
     task_types = ("classification", "extraction")
     settings = SeqGPTSettings
