@@ -1,5 +1,5 @@
 """A decoder's logits of chosen tokens, computed in fp32 from its last hidden states and its output head's rows:
-what scoring options (:mod:`harness.decoder`) and packed prediction (:mod:`harness.packing`) both read."""
+what scoring options (:mod:`harness.decoder_scoring`) and packed prediction (:mod:`harness.packing`) both read."""
 
 from __future__ import annotations
 

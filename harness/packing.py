@@ -8,13 +8,14 @@ no position attends across a boundary and the output equals the padded one to fl
 
 How: the sequences go in as one row with their own ``position_ids`` (each restarting at the family's
 first position) and their cumulative lengths as ``cu_seq_lens_q``/``cu_seq_lens_k``, the keyword
-transformers gives padding-free flash attention. For the call, the model's attention implementation is
-:data:`VARLEN`, registered here: ``scaled_dot_product_attention`` on each sequence's slice. Outside a
-packed call the model keeps its own implementation, so a padded call is exactly transformers' own.
-The encoder's output is cut back to each sequence's first token, which is all a CLS-pooled head reads,
-so the model's own head (pooler, dropout, classifier) runs unchanged on a ``(batch, 1, hidden)`` tensor
-(:func:`packed_calls`). A decoder attends causally within each sequence and gives the logits at each
-sequence's last position (:func:`packed_last_logits`), what scoring by the next token reads.
+transformers gives padding-free flash attention (:func:`harness.batching.packed` builds the row). For the
+call, the model's attention implementation is :data:`VARLEN`, registered here:
+``scaled_dot_product_attention`` on each sequence's slice. Outside a packed call the model keeps its own
+implementation, so a padded call is exactly transformers' own. The encoder's output is cut back to each
+sequence's first token, which is all a CLS-pooled head reads, so the model's own head (pooler, dropout,
+classifier) runs unchanged on a ``(batch, 1, hidden)`` tensor (:func:`packed_calls`). A decoder attends
+causally within each sequence and gives the logits at each sequence's last position
+(:func:`packed_last_logits`), what scoring by the next token reads.
 
 What a model learns does not depend on this module unless its training calls it (qwen's checkpoint
 selection scores with the decoder's code, which can pack): the training identity follows calls, not
@@ -26,12 +27,14 @@ from __future__ import annotations
 from contextlib import contextmanager
 from typing import Any
 
+from harness.batching import packed
+
 VARLEN = "harness_varlen_sdpa"
 
 # Model families whose sequence-classification head reads only the first token, and the position of a
 # sequence's first token: BERT-style absolute positions start at 0; RoBERTa's at padding_idx + 1.
 # Each is checked against padded logits in tests/test_packing.py.
-CLS_HEADS = {"bert": 0, "electra": 0, "roberta": "pad+1", "xlm-roberta": "pad+1"}
+CLS_HEADS: dict[str, int | str] = {"bert": 0, "electra": 0, "roberta": "pad+1", "xlm-roberta": "pad+1"}
 # Decoder families with rotary positions from ``position_ids``, each checked against left-padded logits.
 DECODERS = ("llama", "qwen2", "qwen3")
 
@@ -94,7 +97,7 @@ def first_position(model: Any) -> int | None:
         return None
     if not model._can_set_attn_implementation():
         return None
-    return int(config.pad_token_id) + 1 if start == "pad+1" else start
+    return int(config.pad_token_id) + 1 if start == "pad+1" else int(start)
 
 
 def decoder_packs(model: Any) -> bool:
@@ -149,26 +152,6 @@ def _varlen(model: Any):
         model.set_attn_implementation(own)
 
 
-def _packed(sequences: list[list[int]], start: int, device: Any) -> tuple[dict[str, Any], Any]:
-    """The model inputs of one packed row, and the sequence bounds in it (``len(sequences) + 1`` offsets)."""
-    import torch
-
-    lengths = torch.tensor([len(ids) for ids in sequences])
-    bounds = torch.zeros(len(sequences) + 1, dtype=torch.long)
-    torch.cumsum(lengths, 0, out=bounds[1:])
-    input_ids = torch.tensor([token for ids in sequences for token in ids]).unsqueeze(0)
-    # Each sequence's positions restart: arange over the packed row minus its sequence's offset.
-    position_ids = torch.arange(int(bounds[-1])) - torch.repeat_interleave(bounds[:-1], lengths) + start
-    bounds = bounds.to(device)
-    inputs = {
-        "input_ids": input_ids.to(device),
-        "position_ids": position_ids.unsqueeze(0).to(device),
-        "cu_seq_lens_q": bounds,
-        "cu_seq_lens_k": bounds,
-    }
-    return inputs, bounds
-
-
 @contextmanager
 def packed_calls(model: Any):
     """For the duration of a predict call: ``forward(sequences) -> logits``, one packed forward per batch
@@ -188,7 +171,7 @@ def packed_calls(model: Any):
 
     def forward(sequences: list[list[int]]) -> Any:
         nonlocal firsts
-        inputs, bounds = _packed(sequences, start, device)
+        inputs, bounds = packed(sequences, start, device)
         firsts = bounds[:-1]
         return model(**inputs).logits
 
@@ -216,7 +199,7 @@ def packed_last_logits(model: Any):
     device = next(model.parameters()).device
 
     def forward(sequences: list[list[int]], tokens: list[int] | None = None) -> Any:
-        inputs, bounds = _packed(sequences, 0, device)
+        inputs, bounds = packed(sequences, 0, device)
         if tokens is not None:
             return token_logits(model, tokens, positions=bounds[1:] - 1, **inputs)[0]
         return model(**inputs, logits_to_keep=bounds[1:] - 1).logits[0]

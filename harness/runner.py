@@ -282,7 +282,7 @@ def training_identity(
 ) -> dict[str, Any]:
     """What was trained: see harness.identity."""
     # Secrets (API keys) change no weights and never reach a record: they are not part of the identity.
-    from harness.endpoint import redact_settings
+    from harness.redaction import redact_settings
 
     settings = redact_settings(
         {k: v for k, v in plan.train_settings.items() if k not in plan.train_predict_keys and k not in plan.secrets},
@@ -314,7 +314,7 @@ def measurement_identity(
     plugins: Plugins, data: Datasets, plan: Plan, train_key: str, options: CompareOptions, store: Store
 ) -> dict[str, Any]:
     """How it was measured: see harness.identity."""
-    from harness.endpoint import redact_settings
+    from harness.redaction import redact_settings
 
     return {
         "train_key": train_key,
@@ -405,7 +405,7 @@ def run_approach(
 ) -> RunRecord:
     """One run: reused whole, measured on a stored trained model, or trained and measured, with ``seed``
     (default: the spec's first training seed) seeding the unit processes and given as ``settings["seed"]``."""
-    from harness.endpoint import redact_settings
+    from harness.redaction import redact_settings
 
     seed = spec.training_seeds[0] if seed is None else seed
     plan = replace(plan, settings={**plan.settings, "seed": seed}, train_settings={**plan.train_settings, "seed": seed})

@@ -52,7 +52,7 @@ def spec_notices(
     environment the file adds to it), and the address it sends the user's key to. ``settings`` are the row's
     resolved settings. Secrets are never shown: a command's secret-looking options and env's values are
     hidden as the records hide them, and a key is named by its variable."""
-    from harness.endpoint import parse_env, redact_value
+    from harness.redaction import parse_env, redact_value
 
     def given_by_spec(key: str) -> str | None:
         source = spec_source(spec, row, key, overrides, base_overrides)

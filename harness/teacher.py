@@ -93,7 +93,7 @@ def cache_key(plan: Any, task: Task, mark: Any = None) -> str:
     """The teacher cache's name: what changes answers (approach, settings, task); a secret setting's value by
     ``mark`` (the store's keyed digest: a changed value is another cache)."""
     from harness import identity
-    from harness.endpoint import redact_settings
+    from harness.redaction import redact_settings
 
     settings = redact_settings(
         {k: v for k, v in plan.settings.items() if k not in plan.secrets and k not in HOW_IT_ASKS}, mark

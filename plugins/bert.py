@@ -156,6 +156,7 @@ class Bert(Approach):
     ) -> list[Prediction]:
         import torch
 
+        from harness.batching import padded
         from harness.models import length_buckets
         from harness.packing import packed_calls, packing_if_it_saves
 
@@ -167,13 +168,8 @@ class Bert(Approach):
         batches = length_buckets([len(ids) for ids in encoded], batch_size, settings.bucket_by_length)
         pad = tokenizer.pad_token_id or 0
 
-        def padded(batch: list[int]) -> Any:
-            width = max(len(encoded[i]) for i in batch)
-            input_ids = torch.full((len(batch), width), pad, dtype=torch.long)
-            attention_mask = torch.zeros((len(batch), width), dtype=torch.long)
-            for row, i in enumerate(batch):
-                input_ids[row, : len(encoded[i])] = torch.tensor(encoded[i])
-                attention_mask[row, : len(encoded[i])] = 1
+        def padded_logits(batch: list[int]) -> Any:
+            input_ids, attention_mask = padded([encoded[i] for i in batch], pad)
             return model(input_ids=input_ids.to(device), attention_mask=attention_mask.to(device)).logits
 
         predictions: list[Prediction | None] = [None] * len(examples)
@@ -184,7 +180,7 @@ class Bert(Approach):
             ) as packed,
         ):
             for batch in context.progress.track(batches, "predict", total=len(examples), weight=len):
-                logits = packed([encoded[i] for i in batch]) if packed and len(batch) > 1 else padded(batch)
+                logits = packed([encoded[i] for i in batch]) if packed and len(batch) > 1 else padded_logits(batch)
                 probabilities = logits.float().softmax(-1).cpu().tolist()
                 for row, i in enumerate(batch):
                     scores = dict(zip(task.labels, probabilities[row]))

@@ -312,6 +312,7 @@ def _logits(
     """Logits of ``texts`` from the session, in batches formed by length (as bert's), each padded to its longest."""
     import numpy as np
 
+    from harness.batching import padded
     from harness.models import length_buckets
 
     session, tokenizer, inputs = (artifact.state[k] for k in ("session", "tokenizer", "inputs"))
@@ -324,17 +325,14 @@ def _logits(
     out: Any = None
     pad = tokenizer.pad_token_id or 0
     for batch in batches:
-        width = max(len(ids[i]) for i in batch)
+        input_ids, attention_mask = padded([ids[i] for i in batch], pad, numpy=True)
         feed = {
-            "input_ids": np.full((len(batch), width), pad, dtype=np.int64),
-            "attention_mask": np.zeros((len(batch), width), dtype=np.int64),
-            "token_type_ids": np.zeros((len(batch), width), dtype=np.int64),
+            "input_ids": input_ids,
+            "attention_mask": attention_mask,
+            "token_type_ids": (
+                padded([types[i] for i in batch], 0, numpy=True)[0] if types is not None else np.zeros_like(input_ids)
+            ),
         }
-        for row, i in enumerate(batch):
-            feed["input_ids"][row, : len(ids[i])] = ids[i]
-            feed["attention_mask"][row, : len(ids[i])] = 1
-            if types is not None:
-                feed["token_type_ids"][row, : len(ids[i])] = types[i]
         logits = session.run(["logits"], {name: feed[name] for name in inputs})[0]
         if out is None:
             out = np.zeros((len(texts), logits.shape[-1]), dtype=np.float32)

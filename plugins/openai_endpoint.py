@@ -10,13 +10,13 @@ that still fails counted as wrong and noted).
   (``logprobs: true``, where the server offers them); else the answer text is parsed (a letter, or an option's
   name). An answer naming no option is invalid (counted).
 - Extraction: ``response_format: json_object`` where the server supports it (``none`` where it does not), the
-  answer parsed by the core's :func:`harness.decoder.parse_fields` and scored as every approach's.
+  answer parsed by the core's :func:`harness.answers.parse_fields` and scored as every approach's.
 - The key: ``api_key_env`` names the environment variable holding it; the key itself is never a setting, never
   in a record, a log or an error. The endpoint and model are in the run's identity (they are its settings);
   the server's ``system_fingerprint``, known only once it answers, is in the row's notes.
 - Speed is the client's view: requests/s over the test set at ``concurrency`` in flight, batch-1 latency,
   prompt and completion tokens as the server counts them. One client (one connection pool, one event loop)
-  serves the unit's every request (:class:`harness.endpoint.Session`), as a real client would.
+  serves the unit's every request (:class:`harness.openai_client.Session`), as a real client would.
 - A row most of whose answers in the timed pass failed (more than half, after retries) fails, in one line with
   the first error (the core's rule, :class:`harness.launcher.AnswersFailed`); a few failed requests are answers
   counted as wrong, and noted.
@@ -32,9 +32,12 @@ from __future__ import annotations
 from typing import Any, Literal
 
 from harness import Artifact, Example, Prediction, RunContext, Serving, Task, hookimpl, setting
+from harness.answers import letter_choice, parse_fields
 from harness.approach import Settings, ZeroShotApproach
-from harness.decoder import chat_messages, letter_choice, parse_fields
-from harness.endpoint import Endpoint, Reply, Session
+from harness.completions import Reply
+from harness.decoder import chat_messages
+from harness.endpoint import Endpoint
+from harness.openai_client import Session
 
 
 class OpenAISettings(Settings):
@@ -61,6 +64,10 @@ class OpenAISettings(Settings):
 
 
 class OpenAIEndpoint(ZeroShotApproach):
+    """Zero-shot answers from an OpenAI-compatible endpoint: one chat request per example with the spec's prompt,
+    ``concurrency`` in flight, the endpoint checked (reached, key accepted, model served) before anything
+    trains."""
+
     name = "openai"
     task_types = ("classification", "extraction")
     settings = OpenAISettings
@@ -95,27 +102,21 @@ class OpenAIEndpoint(ZeroShotApproach):
         return [answer(task, reply) for reply in replies]
 
     def reference(self, task: Task, artifact: Artifact, settings: OpenAISettings, context: RunContext) -> Any:
-        """bench's raw row: the same chat requests, ``concurrency`` in flight, from a bare loop over the
-        endpoint's persistent client (:class:`harness.endpoint.Session`), nothing parsed or counted."""
-        import asyncio
-
+        """bench's raw row: the same chat requests, ``concurrency`` in flight, through the loop predict's requests
+        take (:meth:`harness.openai_client.Session.gather`, the endpoint's persistent client), nothing parsed or
+        counted."""
         self.load(task, artifact, settings, context)
         session: Session = artifact.state["endpoint"].session
         params = _params(task, settings, context.seed)
 
         def forward(texts: list[str]) -> list[Any]:
-            async def run(client: Any) -> list[Any]:
-                gate = asyncio.Semaphore(settings.concurrency)
-
-                async def one(text: str) -> Any:
-                    async with gate:
-                        return await client.chat.completions.create(
-                            model=settings.model, messages=chat_messages(task, text), **params
-                        )
-
-                return await asyncio.gather(*(one(text) for text in texts))
-
-            return session.run(run)
+            return session.gather(
+                lambda client, text: client.chat.completions.create(
+                    model=settings.model, messages=chat_messages(task, text), **params
+                ),
+                texts,
+                settings.concurrency,
+            )
 
         return forward
 

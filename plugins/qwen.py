@@ -25,9 +25,9 @@ Precision: on a CUDA GPU with bf16, and on a CPU with bf16 units (AVX512-BF16 or
 bf16 autocast (``mixed_precision: auto``) and the model serves in bf16 (``dtype: auto``); elsewhere fp32.
 ``dtype: float32`` serves in fp32 anywhere.
 
-The prompt, the loss, scoring and generation are :mod:`harness.decoder`'s, shared with every decoder
-approach; this module loads the model and tokenizer, adds the adapter, trains with the Hugging Face
-Trainer and serves.
+The prompt, the loss, scoring and generation are the core's (:mod:`harness.decoder`,
+:mod:`harness.decoder_scoring`, :mod:`harness.decoder_generation`), shared with every decoder approach; this
+module loads the model and tokenizer, adds the adapter, trains with the Hugging Face Trainer and serves.
 """
 
 from __future__ import annotations
@@ -35,16 +35,9 @@ from __future__ import annotations
 from typing import Any, Literal
 
 from harness import Approach, Artifact, Example, Parity, Prediction, RunContext, Serving, Task, hookimpl, setting
-from harness.decoder import (
-    Prompter,
-    answer_loss,
-    check_letter_scoring,
-    classify,
-    decoding_note,
-    extract,
-    generate,
-    selection_scoring,
-)
+from harness.decoder import Prompter
+from harness.decoder_generation import decoding_note, extract, generate
+from harness.decoder_scoring import answer_loss, check_letter_scoring, classify, selection_scoring
 from harness.hf_trainer import TRAINING_ARGUMENTS, TrainerSettings
 
 
@@ -430,7 +423,7 @@ def _merge_parity(task: Task, artifact: Artifact, examples: list[Example], setti
     known to move outputs (peft issues #1836 and #2502); harness merges in fp32."""
     import torch
 
-    from harness.decoder import left_padded
+    from harness.batching import left_padded
 
     sample = examples[: settings.parity_samples]
     prompter, device = artifact.state["prompter"], artifact.state["device"]

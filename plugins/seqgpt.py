@@ -13,9 +13,9 @@ uses, and the row's notes say which names it saw; for extraction ``field_names``
 for each spec field (empty: the spec's own).
 
 - Generation: beam search with ``num_beams`` (4) and at most ``max_new_tokens`` (256), batched with prompts of
-  similar length together, left padded, each row stopping at the end token (:func:`harness.decoder.
-  generate_counted`, the shared decoder code; the prompt is :class:`harness.decoder.Prompter`'s raw prompt,
-  which cuts the text, never the question, to fit ``max_length``).
+  similar length together, left padded, each row stopping at the end token
+  (:func:`harness.decoder_generation.generate_counted`, the shared decoder code; the prompt is
+  :class:`harness.decoder.Prompter`'s raw prompt, which cuts the text, never the question, to fit ``max_length``).
 - Classification: the answer's first line (before a ``:``, if any) is matched to an asked name exactly, then
   after the seed's normalisation (NFKC, case, spaces and punctuation); no match is an invalid answer (counted).
 - Extraction: at most ``max_fields`` (6) field names per prompt, a longer list split into balanced parts, as
@@ -33,7 +33,9 @@ from typing import Any, Literal
 
 from harness import Artifact, Example, Prediction, RunContext, Serving, Task, hookimpl, setting
 from harness.approach import Settings, ZeroShotApproach
-from harness.decoder import Prompter, generate, generate_counted, left_padded
+from harness.batching import left_padded
+from harness.decoder import Prompter
+from harness.decoder_generation import generate, generate_counted
 from harness.types import Prompt
 
 EMPTY = {"none", "无", "null", ""}
@@ -62,6 +64,8 @@ class SeqGPTSettings(Settings):
 
 
 class SeqGPT(ZeroShotApproach):
+    """Zero-shot answers from SeqGPT: the seed's prompt, beam search, the answers parsed."""
+
     name = "seqgpt"
     task_types = ("classification", "extraction")
     settings = SeqGPTSettings

@@ -8,7 +8,7 @@ model directory and the options below are appended as ``--model DIR --port N ...
 ``python -m vllm.entrypoints.openai.api_server`` both take). ``extra_args`` adds options (``--enforce-eager``),
 ``env`` environment variables (``VLLM_CPU_KVCACHE_SPACE=4``). The server gets them as written; a record (its
 settings and identity) holds ``env``'s values and the value after a secret-looking option (``--api-key``,
-``--hf-token``) as ``<secret>`` (:func:`harness.endpoint.redact_settings`).
+``--hf-token``) as ``<secret>`` (:func:`harness.redaction.redact_settings`).
 
 - What is served: the stored fine-tuned directory as it is; an adapter merged into its base first (vllm-lora
   serves merged weights, not vLLM's LoRA path: one model, the same weights qwen-lora's ``merge: true`` serves),
@@ -19,7 +19,7 @@ settings and identity) holds ``env``'s values and the value after a secret-looki
 - Classification: one generated token restricted to the option letters (``allowed_token_ids``), the letters'
   log-probabilities after that restriction (the server runs with ``--logprobs-mode processed_logprobs``): the
   softmax over the letters that qwen's letter scoring computes. Extraction: greedy generation to the end of the
-  turn (``stop_token_ids``), the JSON record parsed by the core's :func:`harness.decoder.parse_fields`.
+  turn (``stop_token_ids``), the JSON record parsed by the core's :func:`harness.answers.parse_fields`.
 - ``concurrency`` requests in flight (:class:`harness.endpoint.Endpoint`), all through one client and its
   connection pool for the unit's life; speed is what a client sees. A row most of whose requests failed fails.
 - Parity on every run, after the timed pass: the same model through transformers (qwen's serving path, same
@@ -41,9 +41,14 @@ from pathlib import Path
 from typing import Any
 
 from harness import Approach, Artifact, Example, Parity, Prediction, RunContext, Serving, Task, hookimpl, setting
-from harness.decoder import LETTERS, classify, extract, letter_choice, parse_fields
-from harness.endpoint import Endpoint, Server, free_port, parse_env
+from harness.answers import letter_choice, parse_fields
+from harness.decoder import LETTERS
+from harness.decoder_generation import extract
+from harness.decoder_scoring import classify
+from harness.endpoint import Endpoint
 from harness.errors import UserError
+from harness.local_server import Server, free_port
+from harness.redaction import parse_env
 from harness_plugins.qwen import QwenLora, QwenLoraSettings
 
 SERVED_NAME = "harness-served"
@@ -183,10 +188,8 @@ class Vllm(Approach):
 
     def reference(self, task: Task, artifact: Artifact, settings: VllmSettings, context: RunContext) -> Any:
         """A bare client loop against the same server: the openai client's completions, ``concurrency`` in
-        flight, the same prompts and parameters, nothing parsed; through the endpoint's one persistent client
-        (:class:`harness.endpoint.Session`), as predict's requests."""
-        import asyncio
-
+        flight, the same prompts and parameters, nothing parsed; through the loop and the one persistent client
+        predict's requests take (:meth:`harness.openai_client.Session.gather`)."""
         self.load(task, artifact, settings, context)
         prompter, session = artifact.state["prompter"], artifact.state["endpoint"].session
         if task.type == "extraction":
@@ -202,19 +205,13 @@ class Vllm(Approach):
 
         def forward(texts: list[str]) -> list[Any]:
             prompts = [prompter.prompt_ids(text, reserve=reserve)[0] for text in texts]
-
-            async def run(client: Any) -> list[Any]:
-                gate = asyncio.Semaphore(settings.concurrency)
-
-                async def one(prompt: list[int]) -> Any:
-                    async with gate:
-                        return await client.completions.create(
-                            model=SERVED_NAME, prompt=prompt, temperature=0, **params
-                        )
-
-                return await asyncio.gather(*(one(p) for p in prompts))
-
-            return session.run(run)
+            return session.gather(
+                lambda client, prompt: client.completions.create(
+                    model=SERVED_NAME, prompt=prompt, temperature=0, **params
+                ),
+                prompts,
+                settings.concurrency,
+            )
 
         return forward
 
@@ -335,12 +332,12 @@ def _served_model(
     task: Task, artifact: Artifact, settings: VllmSettings, context: RunContext
 ) -> tuple[Path, Any, str, dict[str, Any]]:
     """The directory vLLM loads, the Prompter, the serving dtype, and what of the model's generation_config
-    changes greedy decoding (:func:`harness.decoder.generation_settings`). A stored fine-tuned model is served
-    from its own directory; a merged adapter or a base model that is not a plain directory is saved once in
-    the load cache."""
+    changes greedy decoding (:func:`harness.decoder_generation.generation_settings`). A stored fine-tuned model
+    is served from its own directory; a merged adapter or a base model that is not a plain directory is saved
+    once in the load cache."""
     import json
 
-    from harness.decoder import generation_settings
+    from harness.decoder_generation import generation_settings
 
     local = Artifact(path=artifact.path, info=artifact.info)
     serving = QwenLora().load(task, local, _qwen_settings(settings, "qwen-lora"), context)

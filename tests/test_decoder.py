@@ -11,18 +11,11 @@ import sys
 import pytest
 
 from conftest import QWEN_TOKENIZER, SHARED
-from harness.decoder import (
-    DEFAULT_PROMPT,
-    Prompter,
-    check_letter_scoring,
-    classify,
-    decoding_note,
-    generate,
-    generate_counted,
-    greedy_answers,
-    left_padded,
-    letter_choice,
-)
+from harness.answers import letter_choice
+from harness.batching import left_padded
+from harness.decoder import DEFAULT_PROMPT, Prompter
+from harness.decoder_generation import decoding_note, generate, generate_counted, greedy_answers
+from harness.decoder_scoring import check_letter_scoring, classify
 from harness.types import Example, Prompt, Task
 
 SMOLLM2 = SHARED / "models" / "smollm2-135m-instruct"
@@ -184,7 +177,7 @@ def test_option_logits_are_the_models_own_computed_in_fp32(tiny_qwen):
     import torch
     from transformers import AutoModelForCausalLM
 
-    from harness.decoder import token_logits
+    from harness.head_logits import token_logits
 
     model = AutoModelForCausalLM.from_pretrained(tiny_qwen).eval()
     ids = torch.tensor([[5, 17, 300, 42, 7], [9, 9, 1000, 3, 11]])
@@ -207,7 +200,7 @@ def test_option_logits_stay_fp32_under_a_callers_autocast(tiny_qwen):
     import torch
     from transformers import AutoModelForCausalLM
 
-    from harness.decoder import token_logits
+    from harness.head_logits import token_logits
 
     model = AutoModelForCausalLM.from_pretrained(tiny_qwen).eval()
     ids = torch.tensor([[5, 17, 300, 42, 7], [9, 9, 1000, 3, 11]])
@@ -232,7 +225,7 @@ def test_next_tokens_tell_apart_in_fp32_what_bf16_logits_tie():
     again in fp32 from the hidden state and the head's rows, the second wins. fp32 logits are argmax as they are."""
     import torch
 
-    from harness.decoder import next_tokens
+    from harness.decoder_generation import next_tokens
 
     head = torch.nn.Linear(2, 3, bias=False)
     head.weight.data = torch.tensor([[20.02, 0.0], [20.05, 0.0], [1.0, 0.0]])
@@ -255,7 +248,7 @@ def test_greedy_answers_in_bf16_pick_by_the_heads_fp32_product(tiny_qwen, penalt
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from harness.decoder import greedy_answers
+    from harness.decoder_generation import greedy_answers
 
     tokenizer = AutoTokenizer.from_pretrained(tiny_qwen)
     model = AutoModelForCausalLM.from_pretrained(tiny_qwen).eval().to(torch.bfloat16)

@@ -14,7 +14,7 @@ import time
 
 import psutil
 
-from harness.endpoint import SECRET, redact_settings, secret_values
+from harness.redaction import SECRET, redact_settings, secret_values
 
 
 def alive(pid: int) -> bool:
@@ -33,7 +33,7 @@ def test_sigterm_to_harness_stops_the_server_it_started(tmp_path):
     program.write_text(
         textwrap.dedent(f"""
         import time
-        from harness.endpoint import Server, free_port
+        from harness.local_server import Server, free_port
 
         port = free_port()
         server = Server({command!r}, [str(port)], port, start_timeout=60).start()
@@ -118,7 +118,7 @@ def test_an_identity_holds_a_keyed_digest_of_a_secret_so_a_changed_value_is_a_ch
 def test_a_secret_in_the_servers_command_is_hidden_in_what_it_says(tmp_path):
     import pytest
 
-    from harness.endpoint import Server
+    from harness.local_server import Server
 
     command = f"{shlex.quote(sys.executable)} -c 'import sys; print(sys.argv); sys.exit(3)' --api-key sk-live-cmd-0042"
     server = Server(command, ["--port", "1"], 1, start_timeout=30)

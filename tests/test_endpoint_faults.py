@@ -11,8 +11,9 @@ import time
 import pytest
 
 from conftest import AG_NEWS, first_lines
-from harness.endpoint import SECRET, Endpoint
+from harness.endpoint import Endpoint
 from harness.errors import UserError
+from harness.redaction import SECRET
 from openai_server import MALFORMED, Faults, OpenAIServer
 from test_openai import (
     AG_LABELS,

@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 
 import harness_plugins.qwen as qwen
-from harness import decoder
+from harness import answers, decoder
+from harness import decoder_scoring as scoring
 from harness.approach import RunContext
 from harness.plugins import load_plugins
 from harness.progress import SILENT
@@ -97,11 +98,11 @@ def test_multi_token_answers_need_likelihood_scoring(trained, tiny_qwen, tmp_pat
     prompter = decoder.Prompter(task, artifact.state["tokenizer"], by_label)
     assert len(prompter.answer_ids[3]) > 1  # "Science/Technology" is several tokens
     with pytest.raises(ValueError, match="use scoring: perplexity or likelihood"):
-        decoder.check_letter_scoring(prompter)
-    assert decoder.selection_scoring(prompter) == "perplexity"  # checkpoints are still selected on these answers
+        scoring.check_letter_scoring(prompter)
+    assert scoring.selection_scoring(prompter) == "perplexity"  # checkpoints are still selected on these answers
     # Scoring several-token answers through the shared KV cache gives a finite score per option.
     load(TINY_TASK, artifact, settings)
-    scores = decoder.likelihood_scores(
+    scores = scoring.likelihood_scores(
         artifact.state["serving_model"], prompter, prompter.prompt_ids("Rain again", 8)[0], "cpu"
     )
     assert len(scores) == 4 and all(s < 0 for s in scores)
@@ -164,11 +165,11 @@ def test_extraction_generates_and_an_answer_that_is_not_json_is_wrong_not_a_cras
     assert (
         [forward([ex.text])[0].strip() for ex in examples] == [p.raw for p in penalised] != [p.raw for p in predictions]
     )
-    assert decoder.parse_fields('{"name": "Zhang San", "phone": 13800000000}') == {
+    assert answers.parse_fields('{"name": "Zhang San", "phone": 13800000000}') == {
         "name": "Zhang San",
         "phone": "13800000000",
     }
-    assert decoder.parse_fields("name: Zhang San") is None and decoder.parse_fields("[1, 2]") is None
+    assert answers.parse_fields("name: Zhang San") is None and answers.parse_fields("[1, 2]") is None
 
 
 def test_likelihood_with_a_shared_kv_cache_equals_scoring_each_full_sequence(trained):
@@ -184,7 +185,7 @@ def test_likelihood_with_a_shared_kv_cache_equals_scoring_each_full_sequence(tra
     load(TINY_TASK, artifact, settings)
     model = artifact.state["serving_model"]
     prompt = prompter.prompt_ids("Rain again over the stadium", 8)[0]
-    cached = decoder.likelihood_scores(model, prompter, prompt, "cpu")
+    cached = scoring.likelihood_scores(model, prompter, prompt, "cpu")
     with torch.inference_mode():
         for answer, score in zip(prompter.answer_ids, cached):
             answer = answer + prompter.end_ids  # scored as trained: the end of turn too
@@ -193,7 +194,7 @@ def test_likelihood_with_a_shared_kv_cache_equals_scoring_each_full_sequence(tra
             full = sum(log_probs[len(prompt) - 1 + t, token].item() for t, token in enumerate(answer))
             assert score == pytest.approx(full, abs=1e-4)
     # Perplexity scoring, the seed's: the same sums, each divided by its answer's length in tokens.
-    per_token = decoder.likelihood_scores(model, prompter, prompt, "cpu", per_token=True)
+    per_token = scoring.likelihood_scores(model, prompter, prompt, "cpu", per_token=True)
     lengths = [len(ids) + len(prompter.end_ids) for ids in prompter.answer_ids]
     assert len(set(lengths)) > 1
     assert per_token == pytest.approx([s / n for s, n in zip(cached, lengths)], abs=1e-6)
@@ -223,10 +224,10 @@ def test_answer_loss_under_gradient_accumulation_equals_one_large_batch(tiny_qwe
     labels[2, 6:] = ids[2, 6:]
     labels[3, 10:] = ids[3, 10:]
     mask = torch.ones_like(ids)
-    whole = decoder.answer_loss(model, {"input_ids": ids, "attention_mask": mask, "labels": labels})
+    whole = scoring.answer_loss(model, {"input_ids": ids, "attention_mask": mask, "labels": labels})
     items = int((labels[:, 1:] != -100).sum())
     halves = sum(
-        decoder.answer_loss(model, {"input_ids": ids[s], "attention_mask": mask[s], "labels": labels[s]}, items)
+        scoring.answer_loss(model, {"input_ids": ids[s], "attention_mask": mask[s], "labels": labels[s]}, items)
         for s in (slice(0, 2), slice(2, 4))
     )
     assert halves.item() == pytest.approx(whole.item(), rel=1e-5)
