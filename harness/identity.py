@@ -200,7 +200,7 @@ def code_fingerprint(roots: list[Any], skip: frozenset[str]) -> dict[str, str]:
             if (inspect.isfunction(value) or inspect.isclass(value)) and _tracked(value, packages, skip):
                 queue.append((value, value if inspect.isclass(value) else None))
             elif _constant(value) and used in namespace and namespace.get(used) is value:
-                found[f"{obj.__module__}.{used}"] = digest(value)[:16]
+                found[f"{obj.__module__}.{used}"] = digest(_ordered(value))[:16]
         if owner is None:
             continue
         for attr in _self_attributes(tree):
@@ -213,7 +213,7 @@ def code_fingerprint(roots: list[Any], skip: frozenset[str]) -> dict[str, str]:
                 if _tracked(value, packages, skip):
                     queue.append((value, value if inspect.isclass(value) else owner))
             elif _constant(value) and _tracked(defined_in, packages, skip):
-                found[f"{owner.__module__}.{owner.__qualname__}.{attr}"] = digest(value)[:16]
+                found[f"{owner.__module__}.{owner.__qualname__}.{attr}"] = digest(_ordered(value))[:16]
     return dict(sorted(found.items()))
 
 
@@ -289,6 +289,18 @@ def _tracked(value: Any, packages: set[str], skip: frozenset[str]) -> bool:
     module = getattr(value, "__module__", "") or ""
     skipped = any(module == name or module.startswith(f"{name}.") for name in skip)
     return module.split(".")[0] in packages and not skipped
+
+
+def _ordered(value: Any) -> Any:
+    """A constant with its sets sorted: a frozenset's order is its strings' hashes', which differ from one
+    process to the next (PYTHONHASHSEED), and its digest must not."""
+    if isinstance(value, frozenset):
+        return sorted((_ordered(v) for v in value), key=repr)
+    if isinstance(value, (tuple, list)):
+        return [_ordered(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _ordered(v) for k, v in value.items()}
+    return value
 
 
 def _constant(value: Any) -> bool:

@@ -7,7 +7,9 @@ of their own, with plugins installed for real in a site directory on PYTHONPATH.
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import subprocess
 import sys
 from pathlib import Path
 
@@ -547,3 +549,23 @@ def test_a_subclass_in_another_package_is_followed_into_its_own_helper(tmp_path,
     first = training_code(sub)
     assert "doubling_elsewhere.Doubling._fit" in first and "fitting_base.Fitting.train" in first
     assert training_code(sub.replace("return 2 * len(train)", "return 3 * len(train)")) != first
+
+
+def test_a_frozenset_constant_has_one_digest_whatever_the_hash_seed():
+    """vllm's redaction reads a frozenset of words: its measuring identity was another in every process
+    (string hashes, and so a set's order, change with PYTHONHASHSEED), so a vllm row was never reused."""
+    script = (
+        "from harness import identity; from harness.plugins import load_plugins; "
+        "print(identity.digest(identity.measuring_code(load_plugins().code_roots('vllm', ('load', 'predict')))))"
+    )
+    digests = {
+        subprocess.run(
+            [sys.executable, "-c", script],
+            env={**os.environ, "PYTHONHASHSEED": seed},
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+        for seed in ("1", "2", "3")
+    }
+    assert len(digests) == 1
