@@ -1,0 +1,45 @@
+"""``harness report``: a stored comparison, or stored runs combined into one, rendered again."""
+
+from __future__ import annotations
+
+import argparse
+
+from harness.commands.checks import check_output_target
+from harness.commands.console import make_console
+from harness.errors import UserError
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from harness.report import comparison_table, per_field_table, write_plots
+    from harness.runner import comparison_statistics
+    from harness.store import Store, comparison_to_dict, write_json
+
+    check_output_target(args.json)
+    check_output_target(args.html, "--html")
+    store = Store(args.store)
+    if args.compare:
+        if args.comparison_id:
+            raise UserError("give a comparison id or --compare, not both", where="--compare")
+        comparison = store.combine(args.compare)
+    else:
+        comparison = store.load_comparison(args.comparison_id)
+    if comparison is None:
+        raise UserError(
+            f"no comparison {args.comparison_id!r}" if args.comparison_id else "no comparison stored yet",
+            where=str(store.root),
+        )
+    comparison.statistics = comparison_statistics(comparison, store)
+    console = make_console()
+    console.print(comparison_table(comparison))
+    fields = per_field_table(comparison)
+    if fields is not None:
+        console.print(fields)
+    plots = write_plots(comparison, store.root / "comparisons" / comparison.comparison_id, store, console)
+    if args.html is not None:
+        from harness.html import write_html
+
+        write_html(args.html, comparison, store, plots)
+        console.print(f"report: {args.html}", highlight=False)
+    if args.json is not None:
+        write_json(args.json, comparison_to_dict(comparison))
+    return 0
