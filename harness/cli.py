@@ -43,14 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--data",
         help="local files instead of the spec's dataset: train=PATH,test=PATH[,validation=PATH] (JSONL or CSV)",
     )
-    cmp.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="PLUGIN.KEY=VALUE",
-        help="override one setting, e.g. bert.num_train_epochs=1 (repeatable)",
-    )
+    _add_overrides(cmp, "PLUGIN.KEY=VALUE", "override one setting, e.g. bert.num_train_epochs=1 (repeatable)")
     cmp.add_argument(
         "--seeds",
         help="train and measure each approach once per seed, e.g. 0,1,2: the table shows "
@@ -90,13 +83,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     grd.add_argument("--plugins", required=True, help="approaches, by name: bert,qwen")
     grd.add_argument("--seeds", default="0", help="seeds, e.g. 0,1,2 (default 0)")
-    grd.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="PLUGIN.KEY=VALUE[,VALUE...]",
-        help="a setting, or several values for it: one row per value (bert.learning_rate=1e-5,2e-5)",
+    _add_overrides(
+        grd,
+        "PLUGIN.KEY=VALUE[,VALUE...]",
+        "a setting, or several values for it: one row per value (bert.learning_rate=1e-5,2e-5)",
     )
     grd.add_argument(
         "--data", help="local files instead of each spec's dataset: train=PATH,test=PATH[,validation=PATH]"
@@ -131,7 +121,7 @@ def build_parser() -> argparse.ArgumentParser:
     source.add_argument("--run", help="a stored run id (from compare --json or report) whose trained model to serve")
     source.add_argument("--random-weights", action="store_true", help="an untrained model built from its config")
     bch.add_argument("--data", help="local files instead of the spec's dataset: train=PATH,test=PATH")
-    bch.add_argument("--set", dest="overrides", action="append", default=[], metavar="PLUGIN.KEY=VALUE")
+    _add_overrides(bch, "PLUGIN.KEY=VALUE")
     bch.add_argument("--limit-test", type=int, default=256, help="requests sampled from the test split (default 256)")
     bch.add_argument("--batch-sizes", default="1,8,32", help="throughput batch sizes (default 1,8,32)")
     bch.add_argument("--rounds", type=int, default=3, help="timed rounds per batch size; the median is reported")
@@ -202,14 +192,7 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--spec", required=True, help="a spec name or YAML file")
     tr.add_argument("--comparison", help="a stored comparison of the spec (default: its newest)")
     tr.add_argument("--text", help="answer this text in the terminal instead of serving the page")
-    tr.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="PLUGIN.KEY=VALUE",
-        help="predict settings, e.g. qwen.device=cpu",
-    )
+    _add_overrides(tr, "PLUGIN.KEY=VALUE", "predict settings, e.g. qwen.device=cpu")
     tr.add_argument("--host", default="127.0.0.1", help="the page's address (default 127.0.0.1: this machine only)")
     tr.add_argument("--port", type=int, default=7860)
     tr.add_argument("--share", action="store_true", help="also ask Gradio for a public share link (off by default)")
@@ -221,6 +204,11 @@ def build_parser() -> argparse.ArgumentParser:
     spc = commands.add_parser("specs", help="list the specs found in ./specs and shipped with harness")
     spc.add_argument("--json", action="store_true", help="print JSON")
     return parser
+
+
+def _add_overrides(parser: argparse.ArgumentParser, metavar: str, help: str | None = None) -> None:
+    """``--set``, repeatable: its values collect in ``args.overrides``."""
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar=metavar, help=help)
 
 
 def main(argv: list[str] | None = None) -> int:

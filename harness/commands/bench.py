@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 from harness.commands.checks import check_output_target, positive
-from harness.commands.console import make_console
+from harness.commands.output import make_console
 from harness.errors import UserError
 
 

@@ -4,26 +4,27 @@ from __future__ import annotations
 
 import argparse
 import sys
+from typing import TYPE_CHECKING
 
 from harness.commands.checks import check_output_target, parse_seeds, positive
-from harness.commands.console import make_console
+from harness.commands.output import make_console
 from harness.errors import UserError
+
+if TYPE_CHECKING:
+    from harness.data import Datasets
+    from harness.plugins import Plugins
+    from harness.spec import Spec
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    from harness.data import data_checks, data_warnings, load_datasets, parse_data_option
-    from harness.plugins import load_plugins
+    from harness.data import data_checks, data_warnings
     from harness.report import TerminalReporter
     from harness.runner import CompareOptions, compare, plan_settings
     from harness.spec import load_spec, parse_overrides
     from harness.store import Store, comparison_to_dict, write_json
 
     # Everything the user typed is checked before anything is trained or written.
-    plugins = load_plugins()
-    approaches = [name.strip() for name in args.plugins.split(",") if name.strip()]
-    if not approaches or len(set(approaches)) != len(approaches):
-        raise UserError(f"expected distinct plugin names separated by commas, got {args.plugins!r}", where="--plugins")
-    positive(args.latency_samples, "--latency-samples")
+    plugins, approaches = _approaches(args)
     seeds = parse_seeds(args.seeds) if args.seeds is not None else None
     spec = load_spec(args.spec)
     teacher = args.teacher or spec.teacher
@@ -37,12 +38,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
         check_teacher(teacher_plan, "--teacher" if args.teacher else f"{spec.where}: teacher")
     plans = {name: plans[name] for name in approaches}
-    data = load_datasets(
-        spec,
-        data=parse_data_option(args.data) if args.data else None,
-        limit_train=args.limit_train,
-        limit_test=args.limit_test,
-    )
+    data = _datasets(spec, args)
     check_output_target(args.json)
     Store(args.store).check_writable()  # before hours of training, not after
     for warning in data_warnings(data_checks(data, spec.to_task())):
@@ -77,19 +73,13 @@ def cmd_compare(args: argparse.Namespace) -> int:
 def cmd_grid(args: argparse.Namespace) -> int:
     import time
 
-    from harness.data import load_datasets, parse_data_option
     from harness.grid import grid_plans
-    from harness.plugins import load_plugins
     from harness.report import TerminalReporter
     from harness.runner import CompareOptions, compare
     from harness.spec import load_spec
     from harness.store import Store, comparison_to_dict, write_json
 
-    plugins = load_plugins()
-    approaches = [name.strip() for name in args.plugins.split(",") if name.strip()]
-    if not approaches or len(set(approaches)) != len(approaches):
-        raise UserError(f"expected distinct plugin names separated by commas, got {args.plugins!r}", where="--plugins")
-    positive(args.latency_samples, "--latency-samples")
+    plugins, approaches = _approaches(args)
     if args.parallel is not None:
         positive(args.parallel, "--parallel")
     if args.cpus is not None:
@@ -105,15 +95,7 @@ def cmd_grid(args: argparse.Namespace) -> int:
         for notice in plugins.check_spec(spec, approaches, {}):
             print(f"harness: notice: {notice}", file=sys.stderr)
     grids = [(spec, grid_plans(plugins, spec, approaches, args.overrides)) for spec in specs]
-    datas = [
-        load_datasets(
-            spec,
-            data=parse_data_option(args.data) if args.data else None,
-            limit_train=args.limit_train,
-            limit_test=args.limit_test,
-        )
-        for spec in specs
-    ]
+    datas = [_datasets(spec, args) for spec in specs]
     check_output_target(args.json)
     Store(args.store).check_writable()
     units = sum(len(plans) for _, plans in grids) * len(seeds)
@@ -152,3 +134,28 @@ def cmd_grid(args: argparse.Namespace) -> int:
             },
         )
     return 1 if any(run.status == "failed" for c in comparisons for run in c.runs) else 0
+
+
+def _approaches(args: argparse.Namespace) -> tuple[Plugins, list[str]]:
+    """The installed plugins and the approaches ``--plugins`` names, distinct, with ``--latency-samples`` checked:
+    how compare and grid begin."""
+    from harness.plugins import load_plugins
+
+    plugins = load_plugins()
+    approaches = [name.strip() for name in args.plugins.split(",") if name.strip()]
+    if not approaches or len(set(approaches)) != len(approaches):
+        raise UserError(f"expected distinct plugin names separated by commas, got {args.plugins!r}", where="--plugins")
+    positive(args.latency_samples, "--latency-samples")
+    return plugins, approaches
+
+
+def _datasets(spec: Spec, args: argparse.Namespace) -> Datasets:
+    """The spec's data, or the files ``--data`` names, sampled as ``--limit-train`` and ``--limit-test`` ask."""
+    from harness.data import load_datasets, parse_data_option
+
+    return load_datasets(
+        spec,
+        data=parse_data_option(args.data) if args.data else None,
+        limit_train=args.limit_train,
+        limit_test=args.limit_test,
+    )

@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from typing import Any
 
-from harness.commands.console import make_console
+from harness.commands.output import print_listing
 
 
 def cmd_plugins(args: argparse.Namespace) -> int:
@@ -36,28 +35,25 @@ def cmd_plugins(args: argparse.Namespace) -> int:
                 )
                 row["task_types"] = []
         rows.append(row)
-    if args.json:
-        print(json.dumps(rows, indent=2))
-        return 0
-    from rich.table import Table
-
-    table = Table("Name", "Version", "Task types", "Hooks", "Package")
-    for row in rows:
-        table.add_row(
+    print_listing(
+        rows,
+        args.json,
+        ("Name", "Version", "Task types", "Hooks", "Package"),
+        lambda row: (
             row["name"],
             row["version"],
             ", ".join(row.get("task_types", [])) or "-",
             ", ".join(h.removeprefix("harness_") for h in row["hooks"]),
             row["package"],
-        )
-    make_console().print(table)
+        ),
+    )
     return 0
 
 
 def cmd_specs(args: argparse.Namespace) -> int:
     from harness.spec import list_specs, load_spec
 
-    rows = []
+    rows: list[dict[str, Any]] = []
     for path in list_specs():
         spec = load_spec(str(path))
         dataset = spec.dataset.hub or (f"{spec.dataset.train}, {spec.dataset.test}" if spec.dataset.train else "--data")
@@ -72,19 +68,17 @@ def cmd_specs(args: argparse.Namespace) -> int:
                 "plugins": sorted(spec.plugins),
             }
         )
-    if args.json:
-        print(json.dumps(rows, indent=2, ensure_ascii=False))
-        return 0
-    from rich.table import Table
-
-    table = Table("Name", "Task", "Dataset", "Labels / fields", "Plugin settings for")
-    for row in rows:
-        table.add_row(
+    print_listing(
+        rows,
+        args.json,
+        ("Name", "Task", "Dataset", "Labels / fields", "Plugin settings for"),
+        lambda row: (
             row["name"],
             row["task"],
             row["dataset"],
             ", ".join(row["labels"] or row["fields"]),
             ", ".join(row["plugins"]) or "-",
-        )
-    make_console().print(table)
+        ),
+        ensure_ascii=False,
+    )
     return 0

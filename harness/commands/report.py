@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from harness.commands.checks import check_output_target
-from harness.commands.console import make_console
+from harness.commands.output import make_console
 from harness.errors import UserError
 
 

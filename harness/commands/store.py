@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import argparse
-import json
 
-from harness.commands.console import make_console
+from harness.commands.output import print_listing
 from harness.errors import UserError
 
 
@@ -18,23 +17,21 @@ def cmd_store(args: argparse.Namespace) -> int:
     if not (store.root / "runs.db").exists() and not (store.root / "runs").is_dir():
         raise UserError("no results store here (no runs.db, no runs/)", where=str(store.root))
     if args.store_command == "ls":
-        rows = store.runs()
-        if args.json:
-            print(json.dumps(rows, indent=2))
-            return 0
-        from rich.table import Table
-
-        table = Table("Run", "Approach", "Spec", "Status", "Model", "Size", title=str(store.root), title_justify="left")
-        for row in rows:
-            table.add_row(
+        print_listing(
+            store.runs(),
+            args.json,
+            ("Run", "Approach", "Spec", "Status", "Model", "Size"),
+            lambda row: (
                 row["run_id"],
                 row["approach"],
                 row["spec"],
                 row["status"],
                 row["model"],
                 "-" if row["bytes"] is None else size_text(row["bytes"]),
-            )
-        make_console().print(table)
+            ),
+            title=str(store.root),
+            title_justify="left",
+        )
         return 0
     if args.store_command == "gc":
         days = args.older_than

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from harness.commands.console import make_console
+from harness.commands.output import make_console
 from harness.errors import UserError
 
 
