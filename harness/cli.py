@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+from typing import NoReturn
 
 from harness import __version__
 from harness.commands.bench import cmd_bench
@@ -21,7 +22,7 @@ from harness.errors import UserError
 class _Parser(argparse.ArgumentParser):
     """argparse, but a bad argument is one line and exit status 2 like every other bad input."""
 
-    def error(self, message: str):  # type: ignore[override]
+    def error(self, message: str) -> NoReturn:
         self.exit(2, f"harness: error: {message} (see {self.prog} --help)\n")
 
 

@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import argparse
+from typing import TYPE_CHECKING
 
 from harness.commands.checks import check_output_target
 from harness.commands.output import make_console
 from harness.errors import UserError
+
+if TYPE_CHECKING:
+    from harness.types import Comparison
 
 
 def cmd_report(args: argparse.Namespace) -> int:
@@ -17,6 +21,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     check_output_target(args.json)
     check_output_target(args.html, "--html")
     store = Store(args.store)
+    comparison: Comparison | None  # combine's, or the one stored under the id (None where there is none)
     if args.compare:
         if args.comparison_id:
             raise UserError("give a comparison id or --compare, not both", where="--compare")
