@@ -12,6 +12,7 @@ Peak RSS and peak GPU memory are recorded beside every figure, each path's own (
 
 from __future__ import annotations
 
+import functools
 import queue
 import statistics
 import sys
@@ -135,7 +136,7 @@ def batch_throughput(
         predict(examples[: 2 * batch_size], sized)
     for _ in range(rounds):
         for predict, times in zip(predicts, seconds):
-            times.append(measure.timed(lambda predict=predict: predict(examples, sized))[1])
+            times.append(measure.timed(functools.partial(predict, examples, sized))[1])
     rows = []
     for predict, times in zip(predicts, seconds):
         with own_memory() as memory:
@@ -385,9 +386,7 @@ def latency_rows(
     request by request (:func:`harness.measure.interleaved_batch1_latency`), so their ratio is one run's.
     Then the same requests again through each predict, alone and untimed, for its own peak memory."""
     items = measure.latency_sample(examples, samples)
-    latencies = measure.interleaved_batch1_latency(
-        [lambda ex, predict=predict: predict([ex], settings) for predict in predicts], items
-    )
+    latencies = measure.interleaved_batch1_latency([_one_at_a_time(predict, settings) for predict in predicts], items)
     rows = []
     for predict, latency in zip(predicts, latencies):
         with own_memory() as memory:
@@ -395,3 +394,8 @@ def latency_rows(
                 predict([item], settings)
         rows.append({**latency.summary(), **memory})
     return rows
+
+
+def _one_at_a_time(predict: Predict, settings: dict[str, Any]) -> Callable[[Example], list[Prediction]]:
+    """``predict`` of a single example, as batch-1 latency calls it."""
+    return lambda example: predict([example], settings)

@@ -70,10 +70,10 @@ def harness_benchmark(request: pytest.FixtureRequest, tmp_path: Path):
             )
         examples = without_answers(datasets.test)
 
-        approach = plugins.configured(plan.approach, call_settings, progress=SILENT)
+        served = plugins.configured(plan.approach, call_settings, progress=SILENT)
 
         def predict():
-            predictions = approach.predict(task, artifact, examples)
+            predictions = served.predict(task, artifact, examples)
             measure.cuda_sync()
             return predictions
 

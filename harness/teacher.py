@@ -154,13 +154,13 @@ def teach(plugins: Any, spec: Any, data: Any, plan: Any, store: Any, console: An
                         if prediction.error:  # no answer: never cached, asked again next time
                             failed[text_key(example.text)] = prediction.error
                             continue
-                        answer = {
+                        reply = {
                             "text": text_key(example.text),
                             "label": prediction.label,
                             "fields": prediction.fields,
                             "system_fingerprint": fingerprint,
                         }
-                        rows.append({**answer, "check": checksum(answer)})
+                        rows.append({**reply, "check": checksum(reply)})
                     _append(path, rows)
                     answers.update((row["text"], row) for row in rows)
                     asked += len(chunk)

@@ -86,9 +86,10 @@ def _same(a: list[Prediction], b: list[Prediction], tolerance: float = 1e-4) -> 
     if len(a) != len(b):
         return False
     for x, y in zip(a, b):
-        if x.label != y.label or x.fields != y.fields or set(x.scores or {}) != set(y.scores or {}):
+        x_scores, y_scores = x.scores or {}, y.scores or {}
+        if x.label != y.label or x.fields != y.fields or set(x_scores) != set(y_scores):
             return False
-        if any(abs(x.scores[k] - y.scores[k]) > tolerance for k in x.scores or {}):
+        if any(abs(x_scores[k] - y_scores[k]) > tolerance for k in x_scores):
             return False
     return True
 
@@ -355,6 +356,7 @@ def _edited_helpers(roots: list[Any], folder: Path) -> Iterator[tuple[str, dict[
             copy.write_text("".join(lines), encoding="utf-8")
             name = f"{module}_kit_edited_{i}"  # beside the original, so that its relative imports resolve
             spec = importlib.util.spec_from_file_location(name, copy)
+            assert spec is not None and spec.loader is not None  # a .py file's path always gets both
             edited = importlib.util.module_from_spec(spec)
             sys.modules[name] = edited
             try:
@@ -368,7 +370,7 @@ def _edited_helpers(roots: list[Any], folder: Path) -> Iterator[tuple[str, dict[
 def _find(scope: Any, qualname: str) -> Any:
     """What ``qualname`` names in a module object, or its definition in a module's syntax tree."""
     for part in qualname.split("."):
-        if isinstance(scope, ast.AST):
+        if isinstance(scope, (ast.Module, ast.ClassDef, ast.FunctionDef)):  # a syntax tree: a module, class or function
             scope = next(
                 (n for n in scope.body if isinstance(n, (ast.ClassDef, ast.FunctionDef)) and n.name == part), None
             )

@@ -59,7 +59,7 @@ def load_rows(
         raise UserError(f"comparison {comparison.comparison_id} has no finished run to serve", where="--comparison")
     names = list(dict.fromkeys(run.approach for run in runs))
     plans = plan_settings(plugins, spec, names, overrides)
-    rows = []
+    rows: list[Row] = []
     for run in runs:
         if any(row.name == run.approach for row in rows):
             continue  # several seeds of one approach: the first one answers

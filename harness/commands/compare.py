@@ -1,0 +1,166 @@
+"""``harness compare`` and ``harness grid``: train, predict and score approaches on one spec, or on a grid."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import TYPE_CHECKING
+
+from harness.commands.checks import check_output_target, parse_seeds, positive
+from harness.commands.output import make_console
+from harness.errors import UserError
+
+if TYPE_CHECKING:
+    from harness.data_load import Datasets
+    from harness.plugins import Plugins
+    from harness.spec import Spec
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    from harness.data_load import data_checks, data_warnings
+    from harness.files import write_json
+    from harness.report_terminal import TerminalReporter
+    from harness.runner import CompareOptions, compare, plan_settings
+    from harness.settings import parse_overrides
+    from harness.spec import load_spec
+    from harness.store import Store
+    from harness.store.records import comparison_to_dict
+
+    # Everything the user typed is checked before anything is trained or written.
+    plugins, approaches = _approaches(args)
+    seeds = parse_seeds(args.seeds) if args.seeds is not None else None
+    spec = load_spec(args.spec)
+    teacher = args.teacher or spec.teacher
+    rows = approaches + ([teacher] if teacher and teacher not in approaches else [])
+    for notice in plugins.check_spec(spec, rows, parse_overrides(args.overrides), teacher_option=args.teacher):
+        print(f"harness: notice: {notice}", file=sys.stderr)
+    plans = plan_settings(plugins, spec, rows, parse_overrides(args.overrides))
+    teacher_plan = plans[teacher] if teacher else None
+    if teacher_plan is not None:  # a teacher that trains (bert) is one line now, before anything is read or written
+        from harness.teacher import check_teacher
+
+        check_teacher(teacher_plan, "--teacher" if args.teacher else f"{spec.where}: teacher")
+    plans = {name: plans[name] for name in approaches}
+    data = _datasets(spec, args)
+    check_output_target(args.json)
+    Store(args.store).check_writable()  # before hours of training, not after
+    for warning in data_warnings(data_checks(data, spec.to_task())):
+        print(f"harness: warning: {warning}", file=sys.stderr)
+
+    console = make_console()
+    plugins.pm.register(TerminalReporter(console, spec.metrics), name="terminal-reporter")
+    options = CompareOptions(
+        random_weights=args.random_weights,
+        rerun=args.rerun,
+        latency_samples=args.latency_samples,
+        launcher=args.launcher,
+        seeds=seeds,
+    )
+    store = Store(args.store)
+    if teacher_plan is not None:
+        from harness.runner import check_approaches
+        from harness.teacher import describe, teach
+
+        check_approaches(plugins, spec, plans)  # the students' endpoints and commands too, before the teacher is asked
+        data, options.teacher = teach(plugins, spec, data, teacher_plan, store, console)
+        console.print(describe(options.teacher))
+    comparison = compare(plugins, spec, data, plans, store, options, console)
+    from harness.report_plots import write_plots
+
+    write_plots(comparison, store.root / "comparisons" / comparison.comparison_id, store, console)
+    if args.json is not None:
+        write_json(args.json, comparison_to_dict(comparison))
+    return 1 if any(run.status == "failed" for run in comparison.runs) else 0
+
+
+def cmd_grid(args: argparse.Namespace) -> int:
+    import time
+
+    from harness.files import write_json
+    from harness.grid import grid_plans
+    from harness.report_terminal import TerminalReporter
+    from harness.runner import CompareOptions, compare
+    from harness.spec import load_spec
+    from harness.store import Store
+    from harness.store.records import comparison_to_dict
+
+    plugins, approaches = _approaches(args)
+    if args.parallel is not None:
+        positive(args.parallel, "--parallel")
+    if args.cpus is not None:
+        positive(args.cpus, "--cpus")
+    # A unit always runs on some CPU; Ray would refuse a negative or infinite amount only once units start.
+    if not 0 < args.cpus_per_run < float("inf"):
+        raise UserError(f"must be a number above 0, got {args.cpus_per_run:g}", where="--cpus-per-run")
+    if not 0 <= args.gpus_per_run < float("inf"):
+        raise UserError(f"must be a number of 0 or more, got {args.gpus_per_run:g}", where="--gpus-per-run")
+    seeds = parse_seeds(args.seeds)
+    specs = [load_spec(name) for name in args.specs]
+    for spec in specs:  # every row of each spec file checked, as compare does; grid_plans checks each --set combination
+        for notice in plugins.check_spec(spec, approaches, {}):
+            print(f"harness: notice: {notice}", file=sys.stderr)
+    grids = [(spec, grid_plans(plugins, spec, approaches, args.overrides)) for spec in specs]
+    datas = [_datasets(spec, args) for spec in specs]
+    check_output_target(args.json)
+    Store(args.store).check_writable()
+    units = sum(len(plans) for _, plans in grids) * len(seeds)
+    launcher = "process"
+    if args.executor == "ray":  # a cluster that does not answer is one line, before the store is touched
+        from harness import ray_executor
+
+        ray_executor.start(args.address, args.cpus)
+        ray_executor.RESOURCES.update(cpus=args.cpus_per_run, gpus=args.gpus_per_run)
+        launcher = "ray"
+    store = Store(args.store)
+    console = make_console()
+    plugins.pm.register(TerminalReporter(console, []), name="terminal-reporter")
+    comparisons = []
+    start = time.perf_counter()
+    for (spec, plans), data in zip(grids, datas):
+        options = CompareOptions(
+            random_weights=args.random_weights,
+            latency_samples=args.latency_samples,
+            launcher=launcher,
+            seeds=seeds,
+            parallel=(args.parallel or units) if launcher == "ray" else 1,
+        )
+        comparisons.append(compare(plugins, spec, data, plans, store, options, console))
+    seconds = time.perf_counter() - start
+    console.print(
+        f"grid: {units} runs ({', '.join(c.comparison_id for c in comparisons)}) in {seconds:.1f} s, {args.executor}"
+    )
+    if args.json is not None:
+        write_json(
+            args.json,
+            {
+                "seconds": seconds,
+                "executor": args.executor,
+                "comparisons": [comparison_to_dict(c) for c in comparisons],
+            },
+        )
+    return 1 if any(run.status == "failed" for c in comparisons for run in c.runs) else 0
+
+
+def _approaches(args: argparse.Namespace) -> tuple[Plugins, list[str]]:
+    """The installed plugins and the approaches ``--plugins`` names, distinct, with ``--latency-samples`` checked:
+    how compare and grid begin."""
+    from harness.plugins import load_plugins
+
+    plugins = load_plugins()
+    approaches = [name.strip() for name in args.plugins.split(",") if name.strip()]
+    if not approaches or len(set(approaches)) != len(approaches):
+        raise UserError(f"expected distinct plugin names separated by commas, got {args.plugins!r}", where="--plugins")
+    positive(args.latency_samples, "--latency-samples")
+    return plugins, approaches
+
+
+def _datasets(spec: Spec, args: argparse.Namespace) -> Datasets:
+    """The spec's data, or the files ``--data`` names, sampled as ``--limit-train`` and ``--limit-test`` ask."""
+    from harness.data_load import load_datasets, parse_data_option
+
+    return load_datasets(
+        spec,
+        data=parse_data_option(args.data) if args.data else None,
+        limit_train=args.limit_train,
+        limit_test=args.limit_test,
+    )
