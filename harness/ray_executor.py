@@ -112,7 +112,7 @@ def _materialise(name: str, data: bytes) -> Path:
 
 
 def _run(kind: str, job: Any, setup: Any, data: bytes) -> dict[str, Any]:
-    from harness.launcher import _in_process
+    from harness.launch import _in_process
     from harness.progress import RunProgress
 
     class Collected(RunProgress):
@@ -150,7 +150,7 @@ RESOURCES = {"cpus": 1, "gpus": 0}  # what each unit asks for; harness grid sets
 def run_unit_on_ray(kind: str, job: Any, setup: Any, progress: Any) -> dict[str, Any]:
     """Run one unit as a Ray task and return its result; its training log entries are replayed into
     ``progress`` (the driver writes them to the run's log). A unit that failed raises UnitFailed."""
-    from harness.launcher import UnitFailed
+    from harness.launch import UnitFailed
 
     ray = ray_module()
     task = _tasks()[kind].options(num_cpus=RESOURCES["cpus"], num_gpus=RESOURCES["gpus"])

@@ -21,7 +21,7 @@ from harness.data_load import Datasets, data_checks
 from harness.errors import UserError
 from harness.files import write_text
 from harness.hf_trainer import LogLines
-from harness.launcher import (
+from harness.launch import (
     LAUNCHERS,
     TRAIN_RESULT,
     MeasureJob,
@@ -233,7 +233,7 @@ def _unit(
 ) -> dict[str, Any]:
     """Run one unit where ``launcher`` says: on Ray (:mod:`harness.ray_executor`) or here (:func:`run_unit`)."""
     if launcher == "ray":
-        from harness.launcher import plugin_setup
+        from harness.launch import plugin_setup
         from harness.ray_executor import run_unit_on_ray
 
         return run_unit_on_ray(kind, job, plugin_setup(plugins), progress)

@@ -112,7 +112,7 @@ def teach(plugins: Any, spec: Any, data: Any, plan: Any, store: Any, console: An
     happened: asked, cached, dropped, agreement with gold."""
     from harness.data_load import Datasets
     from harness.endpoint import Endpoint
-    from harness.launcher import SILENT_PROGRESS, load_for_serving, without_answers
+    from harness.launch import SILENT_PROGRESS, load_for_serving, without_answers
     from harness.metrics import record_outcome, valid_record
 
     name = plan.approach

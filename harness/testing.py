@@ -132,7 +132,7 @@ def check_plugin(
     from harness.bench import UNTRAINED, untrained
     from harness.data_load import Datasets
     from harness.errors import UserError
-    from harness.launcher import load_for_serving
+    from harness.launch import load_for_serving
     from harness.plugins import load_plugins
     from harness.progress import SILENT
     from harness.report_terminal import comparison_table

@@ -316,7 +316,7 @@ def test_batch1_latency_through_harness_is_that_of_one_persistent_client(ag_test
 
     from harness import measure
     from harness.decoder import chat_messages
-    from harness.launcher import SILENT_PROGRESS, load_for_serving, without_answers
+    from harness.launch import SILENT_PROGRESS, load_for_serving, without_answers
     from harness.plugins import load_plugins
     from harness.runner import plan_settings
     from harness.settings import parse_overrides
