@@ -68,7 +68,7 @@ def trained(
     """The approach that trains, trained on ``train`` with ``extra`` on top of both its settings and the
     approach's, under ``scratch``, then loaded to serve (its load cache in ``scratch/cache``): the artifact and
     the settings predict gets."""
-    from harness.launch import load_for_serving
+    from harness.load_cache import load_for_serving
     from harness.progress import SILENT
 
     trainer = plugins.configured(plan.trainer, {**plan.train_settings, **extra}, workdir=scratch, progress=SILENT)

@@ -52,9 +52,9 @@ SERVING_LIBRARIES = (*TRAINING_LIBRARIES, "onnxruntime", "onnxruntime-gpu", "vll
 # The core's code that runs in the train unit around the approach's own training: reading the data,
 # seeding, the call. (The Trainer glue, the sampler and the model loading are reached from the
 # approach's train through what it calls.)
-CORE_TRAINING = ("harness.launch:train_unit",)
+CORE_TRAINING = ("harness.units:train_unit",)
 # ... and the measure unit's.
-CORE_MEASURING = ("harness.launch:measure_unit",)
+CORE_MEASURING = ("harness.units:measure_unit",)
 
 # Modules that present, store, time or dispatch and never change what a model learns (a package: all its
 # modules): the code fingerprint does not follow calls into them. Every other module of harness, harness_plugins

@@ -51,8 +51,9 @@ def harness_benchmark(request: pytest.FixtureRequest, tmp_path: Path):
         from harness.data_load import load_datasets
         from harness.plugins import load_plugins
         from harness.progress import SILENT
-        from harness.runner import plan_settings, without_answers
+        from harness.runner import plan_settings
         from harness.spec import load_spec
+        from harness.units import without_answers
 
         plugins = plugins or load_plugins()
         loaded = load_spec(spec)

@@ -3,7 +3,7 @@
 For each approach the runner computes two identities (harness.identity): a stored row with the same
 measurement identity is reused whole; else a stored model with the same training identity is measured
 again without training; else the approach trains. Training and measuring run through
-:mod:`harness.launcher`; the parent scores, stores and reports.
+:mod:`harness.launch`; the parent scores, stores and reports.
 """
 
 from __future__ import annotations
@@ -17,22 +17,12 @@ from datetime import datetime, timezone
 from typing import Any
 
 from harness import identity, measure
+from harness.data_cache import data_cache_file, write_data_cache
 from harness.data_load import Datasets, data_checks
 from harness.errors import UserError
 from harness.files import write_text
 from harness.hf_trainer import LogLines
-from harness.launch import (
-    LAUNCHERS,
-    TRAIN_RESULT,
-    MeasureJob,
-    TrainJob,
-    UnitFailed,
-    check_predictions,
-    data_cache_file,
-    run_unit,
-    without_answers,
-    write_data_cache,
-)
+from harness.launch import LAUNCHERS, UnitFailed, run_unit
 from harness.plugins import Plugins
 from harness.progress import RunProgress
 from harness.settings import resolve_settings
@@ -42,8 +32,9 @@ from harness.store.comparisons import shown_as
 from harness.store.records import load_artifact, read_predictions, read_scored
 from harness.store.resume import resumable
 from harness.types import ApproachInfo, Comparison, Example, Prediction, RunRecord, Task
+from harness.units import TRAIN_RESULT, MeasureJob, TrainJob
 
-__all__ = ["CompareOptions", "Plan", "check_predictions", "compare", "plan_settings", "run_approach", "without_answers"]
+__all__ = ["CompareOptions", "Plan", "compare", "plan_settings", "run_approach"]
 
 
 @dataclass
@@ -233,8 +224,8 @@ def _unit(
 ) -> dict[str, Any]:
     """Run one unit where ``launcher`` says: on Ray (:mod:`harness.ray_executor`) or here (:func:`run_unit`)."""
     if launcher == "ray":
-        from harness.launch import plugin_setup
         from harness.ray_executor import run_unit_on_ray
+        from harness.shipping import plugin_setup
 
         return run_unit_on_ray(kind, job, plugin_setup(plugins), progress)
     return run_unit(kind, job, plugins, progress, launcher=launcher)

@@ -15,7 +15,7 @@ def load_stored_run(
     and ``overrides``), and the settings predict takes. The load cache is the one compare's measurement used,
     so what an engine built (an export, a merge) is not built again."""
     from harness import identity
-    from harness.launch import load_cached
+    from harness.load_cache import load_cached
     from harness.runner import load_cache
     from harness.store.records import load_artifact
 

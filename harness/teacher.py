@@ -112,8 +112,9 @@ def teach(plugins: Any, spec: Any, data: Any, plan: Any, store: Any, console: An
     happened: asked, cached, dropped, agreement with gold."""
     from harness.data_load import Datasets
     from harness.endpoint import Endpoint
-    from harness.launch import SILENT_PROGRESS, load_for_serving, without_answers
+    from harness.load_cache import load_for_serving
     from harness.metrics import record_outcome, valid_record
+    from harness.units import SILENT_PROGRESS, without_answers
 
     name = plan.approach
     check_teacher(plan)  # the CLI checked it before the store was created; an embedding caller may not have

@@ -132,15 +132,16 @@ def check_plugin(
     from harness.bench import UNTRAINED, untrained
     from harness.data_load import Datasets
     from harness.errors import UserError
-    from harness.launch import load_for_serving
+    from harness.load_cache import load_for_serving
     from harness.plugins import load_plugins
     from harness.progress import SILENT
     from harness.report_terminal import comparison_table
-    from harness.runner import CompareOptions, plan_settings, run_approach, without_answers
+    from harness.runner import CompareOptions, plan_settings, run_approach
     from harness.spec import Spec
     from harness.store import Store
     from harness.store.records import jsonable, load_artifact, read_predictions
     from harness.types import Comparison
+    from harness.units import without_answers
 
     if train is None or test is None:
         train, test = tiny_extraction() if task.type == "extraction" else tiny_dataset()

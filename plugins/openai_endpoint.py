@@ -18,7 +18,7 @@ that still fails counted as wrong and noted).
   prompt and completion tokens as the server counts them. One client (one connection pool, one event loop)
   serves the unit's every request (:class:`harness.openai_client.Session`), as a real client would.
 - A row most of whose answers in the timed pass failed (more than half, after retries) fails, in one line with
-  the first error (the core's rule, :class:`harness.launcher.AnswersFailed`); a few failed requests are answers
+  the first error (the core's rule, :class:`harness.units.AnswersFailed`); a few failed requests are answers
   counted as wrong, and noted.
 - bench's raw row (``reference``): the same chat requests from a bare loop over one persistent client, nothing
   parsed.

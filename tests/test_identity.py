@@ -187,14 +187,14 @@ def test_the_training_code_is_what_training_calls_and_nothing_else():
         "harness.hf_trainer.train_with_trainer",
         "harness.models.LengthBucketSampler",
         "harness.models.length_bucket_order",
-        "harness.launch.seed_everything",
-        "harness.launch.train_unit",
+        "harness.seeding.seed_everything",
+        "harness.units.train_unit",
     ):
         assert trains in code
     for serves in (
         "harness_plugins.bert.Bert.predict",
         "harness_plugins.bert.Bert.load",
-        "harness.launch.measure_unit",
+        "harness.units.measure_unit",
         "harness.packing.packed_calls",
     ):
         assert serves not in code
@@ -225,7 +225,7 @@ def harness_predict(examples):
         import importlib
 
         code = identity.training_code([importlib.import_module(name).harness_train])
-        assert "harness.launch.train_unit" in code  # the core's training path, the same for every approach
+        assert "harness.units.train_unit" in code  # the core's training path, the same for every approach
         return {key.removeprefix(f"{name}."): value for key, value in code.items() if key.startswith(name)}
 
     base = fingerprint(source, "fp_base")

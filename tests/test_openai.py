@@ -316,12 +316,13 @@ def test_batch1_latency_through_harness_is_that_of_one_persistent_client(ag_test
 
     from harness import measure
     from harness.decoder import chat_messages
-    from harness.launch import SILENT_PROGRESS, load_for_serving, without_answers
+    from harness.load_cache import load_for_serving
     from harness.plugins import load_plugins
     from harness.runner import plan_settings
     from harness.settings import parse_overrides
     from harness.spec import load_spec
     from harness.types import Example
+    from harness.units import SILENT_PROGRESS, without_answers
 
     gold = {row["text"]: AG_LABELS[row["label"]] for row in ag_test}
     examples = without_answers([Example(str(i), row["text"]) for i, row in enumerate(ag_test)]) * 4

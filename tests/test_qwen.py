@@ -13,10 +13,10 @@ from harness import decoder_scoring as scoring
 from harness.approach import RunContext
 from harness.plugins import load_plugins
 from harness.progress import SILENT
-from harness.runner import without_answers
 from harness.spec import load_spec
 from harness.testing import TINY_TASK, check_plugin, tiny_dataset
 from harness.types import Example, Prompt, Task
+from harness.units import without_answers
 
 # A 2-layer, 64-wide model learns the letter in 6 epochs only when the loss is on the answer alone: with
 # the whole turn (the default, the seed's recipe) its few weights go first to the thinking block it shares

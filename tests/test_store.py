@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from harness.data_cache import read_data_cache, write_data_cache
 from harness.data_load import Datasets
-from harness.launch import read_data_cache, write_data_cache
 from harness.progress import RunProgress
 from harness.store import Store
 from harness.store.records import jsonable, load_artifact, read_predictions, save_artifact, write_predictions
@@ -101,7 +101,7 @@ def test_torch_is_seeded_when_first_imported_not_imported_to_be_seeded():
 
     # transformers probes with find_spec('torch') before it imports it: the probe must not use up the seeding.
     code = (
-        "import sys, importlib.util; from harness.launch import seed_everything; seed_everything(3); "
+        "import sys, importlib.util; from harness.seeding import seed_everything; seed_everything(3); "
         "assert 'torch' not in sys.modules; importlib.util.find_spec('torch'); import transformers, torch; "
         "a = torch.rand(3); torch.manual_seed(3); assert torch.equal(a, torch.rand(3)); print('ok')"
     )

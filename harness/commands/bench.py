@@ -28,10 +28,11 @@ def cmd_bench(args: argparse.Namespace) -> int:
     from harness.files import write_json
     from harness.plugins import load_plugins
     from harness.progress import SILENT
-    from harness.runner import check_approaches, plan_settings, without_answers
+    from harness.runner import check_approaches, plan_settings
     from harness.settings import parse_overrides
     from harness.spec import load_spec
     from harness.store import Store
+    from harness.units import without_answers
 
     try:
         batch_sizes = [positive(int(b), "--batch-sizes") for b in args.batch_sizes.split(",") if b.strip()]

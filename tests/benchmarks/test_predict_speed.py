@@ -57,8 +57,8 @@ def test_length_buckets_and_packing_beat_padded_file_order_in_the_same_run(share
     import harness_plugins.bert as bert
     from harness.data_files import read_examples
     from harness.progress import SILENT
-    from harness.runner import without_answers
     from harness.spec import load_spec
+    from harness.units import without_answers
 
     task = load_spec("agnews").to_task()
     examples = without_answers(read_examples(AG_NEWS / "test.jsonl", task, "text", "label", "fields")[:256])
@@ -178,8 +178,8 @@ def test_onnx_runtime_against_pytorch_as_ratios_in_the_same_run(shared, tmp_path
     from harness import Artifact, RunContext
     from harness.data_files import read_examples
     from harness.progress import SILENT
-    from harness.runner import without_answers
     from harness.spec import load_spec
+    from harness.units import without_answers
 
     task = load_spec("agnews").to_task()
     examples = without_answers(read_examples(AG_NEWS / "test.jsonl", task, "text", "label", "fields")[:128])

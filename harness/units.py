@@ -1,0 +1,214 @@
+"""What a train or measure unit does with its job: train and save the model, or load it and time its predictions.
+
+A run is two units of work: **train** (the approach's train hook; writes the artifact and its ``artifact.json``)
+and **measure** (load the stored artifact, warm up, predict the test set, sample batch-1 latency; writes
+``predictions.jsonl``). A unit is a plain function of a picklable job: :mod:`harness.launch` runs it in a process
+of its own (or inline), :mod:`harness.ray_executor` as a Ray task.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+from harness import measure
+from harness.data_cache import read_data_cache
+from harness.load_cache import load_cached
+from harness.progress import RunProgress
+from harness.seeding import seed_everything
+from harness.types import Artifact, Example, Parity, Prediction, Task
+
+TRAIN_RESULT = "train_result.json"  # the train unit's figures, written beside artifact.json when it finishes
+
+
+# What to lower when training runs out of memory, where an approach has them.
+TRAIN_MEMORY_SETTINGS = ("per_device_train_batch_size", "max_length")
+
+
+class OutOfMemory(RuntimeError):
+    """Training ran out of accelerator memory: the message names the settings to lower."""
+
+
+class AnswersFailed(RuntimeError):
+    """Most answers of the timed pass failed (an endpoint's requests, after retries): the row has no result to
+    speak of, and is a failed row, never stored ``ok`` or reused."""
+
+
+# ---------------------------------------------------------------------------------------------
+# Jobs: everything a unit needs, picklable.
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class TrainJob:
+    approach: str
+    task: Task
+    data_file: Path
+    settings: dict[str, Any]
+    workdir: Path
+    seed: int
+
+
+@dataclass
+class MeasureJob:
+    approach: str
+    task: Task
+    data_file: Path
+    settings: dict[str, Any]
+    artifact_file: Path
+    predictions_file: Path
+    seed: int
+    latency_samples: int
+    warmup_examples: int
+    cache_dir: Path | None = None  # harness_load's own place for what it derives from the trained model
+
+
+# ---------------------------------------------------------------------------------------------
+# The units.
+# ---------------------------------------------------------------------------------------------
+
+
+def train_unit(plugins: Any, job: TrainJob, progress: RunProgress) -> dict[str, Any]:
+    """Train, save ``artifact.json`` beside the model, and return the training figures."""
+    from harness.store import save_artifact, write_json
+
+    seed_everything(job.seed)
+    data = read_data_cache(job.data_file)
+    job.workdir.mkdir(parents=True, exist_ok=True)
+    try:
+        with measure.PeakMemory() as memory:
+            approach = plugins.configured(job.approach, job.settings, workdir=job.workdir, progress=progress)
+            artifact, seconds = measure.timed(lambda: approach.train(job.task, data.train, data.validation))
+    except Exception as exc:
+        if not measure.is_out_of_memory(exc):
+            raise
+        lower = [f"{key} (now {job.settings[key]})" for key in TRAIN_MEMORY_SETTINGS if job.settings.get(key)]
+        raise OutOfMemory(
+            "out of accelerator memory while training; lower "
+            + (" or ".join(lower) or "the batch size")
+            + ", and raise gradient_accumulation_steps to keep the effective batch"
+        ) from None
+    if not isinstance(artifact, Artifact):
+        raise TypeError(f"harness_train returned {type(artifact).__name__}, not an Artifact")
+    save_artifact(artifact, job.workdir)
+    carried = sum(progress.carried.values())  # a resumed run: the killed part's time up to its checkpoint
+    result = {
+        "seconds": seconds + carried,
+        "seconds_before_resume": carried or None,
+        "phases": dict(progress.phases),
+        "rss_peak_mb": memory.rss_peak_mb,
+        "gpu_peak_mb": memory.gpu_peak_mb,
+    }
+    write_json(job.workdir / TRAIN_RESULT, result)  # last: its presence says training finished
+    return result
+
+
+def measure_unit(plugins: Any, job: MeasureJob, progress: RunProgress) -> dict[str, Any]:
+    """Load the stored artifact, then time predict on the serving model alone; write the predictions."""
+    from harness.store import load_artifact, write_predictions
+
+    seed_everything(job.seed)
+    data = read_data_cache(job.data_file)
+    test = without_answers(data.test)
+    artifact, (serving, settings), load_seconds, build_seconds = load_cached(
+        plugins, job.approach, job.task, lambda: load_artifact(job.artifact_file), job.settings, job.cache_dir
+    )
+    first_batch = settings.get("predict_batch_size")
+    notes: list[str] = []  # the core's own notes; the Serving's (which predict may add to: a server's
+    # fingerprint) come first, read after the timed pass
+    measure.release_memory()  # what loading left behind is not serving memory
+
+    approach = plugins.configured(job.approach, settings)
+
+    def predict(examples: list[Example], bar: RunProgress | None = None) -> list[Prediction]:
+        nonlocal settings, approach
+        while True:
+            try:
+                result = approach.predict(job.task, artifact, examples, progress=bar or SILENT_PROGRESS)
+                break
+            except Exception as exc:
+                batch = settings.get("predict_batch_size") or 0
+                if not measure.is_out_of_memory(exc) or batch <= 1:
+                    raise
+                # Out of memory: half the batch, again, until it fits; the figures are those of the batch that fit.
+                settings = {**settings, "predict_batch_size": batch // 2}
+                approach = plugins.configured(job.approach, settings)
+                measure.release_memory()
+        check_predictions(result, examples)
+        return result
+
+    with measure.PeakMemory() as memory:
+        predict(test[: job.warmup_examples])  # first kernels, caches, lazy loads
+        while True:  # timed again if the batch had to be halved part-way: the figure is the fitting batch's
+            tried = settings.get("predict_batch_size")
+            predictions, seconds = measure.timed(lambda: predict(test, progress))
+            if settings.get("predict_batch_size") == tried:
+                break
+        failed = [p.error for p in predictions if p.error]
+        if 2 * len(failed) > len(predictions):  # judged on the timed pass alone, not warm-up or latency requests
+            raise AnswersFailed(
+                f"{len(failed)} of {len(predictions)} answers failed (first: {failed[0]})".splitlines()[0]
+            )
+        latency = measure.sampled_batch1_latency(lambda ex: predict([ex]), test, job.latency_samples)
+    write_predictions(job.predictions_file, predictions, data.test)
+    parity = None
+    if approach.implements("parity"):
+        parity = approach.parity(job.task, artifact, test)
+        if parity is not None and not isinstance(parity, Parity):
+            raise TypeError(f"harness_parity must return a Parity, got {type(parity).__name__}")
+    batch_size = settings.get("predict_batch_size")
+    if failed:
+        notes.append(f"{len(failed)} of {len(predictions)} answers failed and count as wrong (first: {failed[0]})")
+    if batch_size != first_batch:
+        notes.append(
+            f"predict_batch_size {first_batch} ran out of accelerator memory; measured at {batch_size}, "
+            "the largest halving that fit"
+        )
+    return {
+        "notes": [*(serving.notes if serving else []), *notes],
+        "speed": {
+            "load_seconds": load_seconds if approach.implements("load") else None,
+            "build_seconds": build_seconds,
+            "predict_seconds": seconds,
+            "predict_samples_per_s": len(test) / seconds if seconds > 0 else None,
+            **generation_speed(predictions, seconds),
+            "predict_batch_size": batch_size,
+            **latency.summary(),
+        },
+        "memory": {"predict_rss_peak_mb": memory.rss_peak_mb, "predict_gpu_peak_mb": memory.gpu_peak_mb},
+        "serving": {**(asdict(serving) if serving else {}), **({"parity": asdict(parity)} if parity else {})},
+        "truncated_predict": sum(1 for p in predictions if p.truncated),
+    }
+
+
+def generation_speed(predictions: list[Prediction], seconds: float) -> dict[str, Any]:
+    """Generated tokens and tokens/s of the timed pass, where the approach generates (and counts them), and the
+    prompt tokens a server reported."""
+    counted = [p.generated_tokens for p in predictions if p.generated_tokens is not None]
+    prompts = [p.prompt_tokens for p in predictions if p.prompt_tokens is not None]
+    figures: dict[str, Any] = {"prompt_tokens": sum(prompts)} if prompts else {}
+    if not counted or seconds <= 0:
+        return figures
+    return {**figures, "generated_tokens": sum(counted), "generated_tokens_per_s": sum(counted) / seconds}
+
+
+SILENT_PROGRESS = RunProgress()
+
+
+def without_answers(examples: list[Example]) -> list[Example]:
+    """The examples as predict sees them: gold labels and fields removed, so no approach can peek."""
+    from dataclasses import replace
+
+    return [replace(ex, label=None, fields=None) for ex in examples]
+
+
+def check_predictions(predictions: Any, examples: list[Example]) -> None:
+    """The predict contract: a list of Prediction, one per example."""
+    if not isinstance(predictions, list) or not all(isinstance(p, Prediction) for p in predictions):
+        raise TypeError("harness_predict must return a list of Prediction")
+    if len(predictions) != len(examples):
+        raise ValueError(f"harness_predict returned {len(predictions)} predictions for {len(examples)} examples")
+
+
+UNITS: dict[str, Callable[[Any, Any, RunProgress], dict[str, Any]]] = {"train": train_unit, "measure": measure_unit}
