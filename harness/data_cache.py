@@ -40,7 +40,5 @@ def write_data_cache(data: Datasets, folder: Path) -> Path:
 
 def read_data_cache(path: Path) -> Datasets:
     raw = json.loads(path.read_text(encoding="utf-8"))
-    return Datasets(
-        *([Example(**row) for row in raw[split]] for split in ("train", "validation", "test")),
-        validation_source=raw["validation_source"],
-    )
+    train, validation, test = ([Example(**row) for row in raw[split]] for split in ("train", "validation", "test"))
+    return Datasets(train, validation, test, validation_source=raw["validation_source"])

@@ -67,7 +67,7 @@ class _RemoteProgress(RunProgress):
         self._messages = messages
         self._bars = 0
 
-    def bar(self, description: str, total: float | None):  # type: ignore[override]
+    def bar(self, description: str, total: float | None):
         from contextlib import contextmanager
 
         @contextmanager

@@ -39,7 +39,7 @@ def _reference(name: str, plugin: Any) -> tuple[str, Any]:
 
     module = sys.modules.get(type(plugin).__module__)
     attribute = next((key for key, value in vars(module).items() if value is plugin), None) if module else None
-    if attribute is not None:
+    if module is not None and attribute is not None:
         return "attribute", (_module_reference(name, module), attribute)
     from harness.approach import Approach
 
@@ -81,6 +81,8 @@ def _load(kind: str, value: Any) -> Any:
         if module_name in sys.modules:  # its engine and its approach come from one module: load it once
             return sys.modules[module_name]
         spec = importlib.util.spec_from_file_location(module_name, path)
+        if spec is None or spec.loader is None:
+            raise ImportError(f"plugin module {module_name!r} cannot be loaded from {path}")
         module = importlib.util.module_from_spec(spec)
         sys.modules[module_name] = module
         spec.loader.exec_module(module)
