@@ -54,7 +54,7 @@ def row_name(approach: str, combo: dict[str, str]) -> str:
 
 def grid_plans(plugins: Any, spec: Any, approaches: list[str], items: list[str]) -> dict[str, Any]:
     """One plan per approach and combination of its multi-valued settings, named ``approach@key=value``."""
-    from harness.runner import plan_settings
+    from harness.planning import plan_settings
 
     shared, combos = variants(items)
     plans: dict[str, Any] = {}

@@ -49,9 +49,9 @@ def harness_benchmark(request: pytest.FixtureRequest, tmp_path: Path):
         from harness import measure
         from harness.bench import trained, untrained
         from harness.data_load import load_datasets
+        from harness.planning import plan_settings
         from harness.plugins import load_plugins
         from harness.progress import SILENT
-        from harness.runner import plan_settings
         from harness.spec import load_spec
         from harness.units import without_answers
 

@@ -133,10 +133,11 @@ def check_plugin(
     from harness.data_load import Datasets
     from harness.errors import UserError
     from harness.load_cache import load_for_serving
+    from harness.planning import CompareOptions, plan_settings
     from harness.plugins import load_plugins
     from harness.progress import SILENT
     from harness.report_terminal import comparison_table
-    from harness.runner import CompareOptions, plan_settings, run_approach
+    from harness.runner import run_approach
     from harness.spec import Spec
     from harness.store import Store
     from harness.store.records import jsonable, load_artifact, read_predictions

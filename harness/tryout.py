@@ -42,7 +42,7 @@ def load_rows(
     plugins: Any, spec: Any, store: Any, comparison_id: str | None, overrides: dict[str, Any]
 ) -> tuple[str, list[Row]]:
     """The comparison's id and its finished runs made ready to serve (a run that failed is left out)."""
-    from harness.runner import plan_settings
+    from harness.planning import plan_settings
     from harness.serving import load_stored_run
 
     comparison_id = comparison_id or store.newest_comparison(spec.name)

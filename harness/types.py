@@ -164,7 +164,7 @@ class RunRecord:
     ``training``: ``key`` and ``identity`` (what was trained: harness.identity), ``trained_in`` (the run
     whose ``artifact/`` holds the model: this run, or the earlier run whose training it reused) and
     ``reason``: why this run trained (``--rerun``, what changed in the training identity since the newest model
-    this row trained with this seed, or ``no model of this row stored yet``: harness.runner.training_reason), or,
+    this row trained with this seed, or ``no model of this row stored yet``: harness.run_identity.training_reason), or,
     where it measured a model trained earlier, ``re-measured`` and what changed in the measurement.
     ``measurement``: ``key`` and ``identity`` (how it was measured). ``serving``: what ``harness_load`` reported.
     """

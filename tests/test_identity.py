@@ -269,7 +269,7 @@ def test_the_training_code_follows_self_into_the_methods_and_constants_train_rea
 
     from harness import identity
     from harness.plugins import load_plugins
-    from harness.runner import what_changed
+    from harness.run_identity import what_changed
 
     monkeypatch.syspath_prepend(str(tmp_path))
     monkeypatch.setattr(sys, "dont_write_bytecode", True)  # each reload compiles the file as edited
@@ -329,7 +329,7 @@ def test_an_inherited_train_reaches_the_subclasss_own_helper(tmp_path, monkeypat
 
     from harness import identity
     from harness.plugins import load_plugins
-    from harness.runner import what_changed
+    from harness.run_identity import what_changed
 
     monkeypatch.syspath_prepend(str(tmp_path))
     monkeypatch.setattr(sys, "dont_write_bytecode", True)  # each reload compiles the file as edited

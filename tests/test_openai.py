@@ -317,8 +317,8 @@ def test_batch1_latency_through_harness_is_that_of_one_persistent_client(ag_test
     from harness import measure
     from harness.decoder import chat_messages
     from harness.load_cache import load_for_serving
+    from harness.planning import plan_settings
     from harness.plugins import load_plugins
-    from harness.runner import plan_settings
     from harness.settings import parse_overrides
     from harness.spec import load_spec
     from harness.types import Example

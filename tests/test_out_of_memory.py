@@ -8,9 +8,10 @@ import importlib.util
 from pathlib import Path
 
 from harness.data_load import Datasets
+from harness.planning import CompareOptions, plan_settings
 from harness.plugins import load_plugins
 from harness.report_terminal import comparison_table
-from harness.runner import CompareOptions, plan_settings, run_approach
+from harness.runner import run_approach
 from harness.spec import Spec
 from harness.store import Store
 from harness.testing import tiny_dataset

@@ -43,7 +43,7 @@ def teach_once(
     """One teacher pass (harness.teacher.teach, as compare calls it) over ``examples``: the labels (or records)
     it gave by text, the lines it wrote to stderr and the texts the server was asked."""
     from harness.data_load import Datasets
-    from harness.runner import plan_settings
+    from harness.planning import plan_settings
     from harness.settings import parse_overrides
     from harness.spec import load_spec
     from harness.store import Store
@@ -204,7 +204,7 @@ def test_which_approaches_may_teach(plugins, shared):
     """An endpoint or a zero-shot model may; one that trains (num_train_epochs above 0) or an engine (whose
     model trains first) may not: each a UserError naming where the teacher was named."""
     from harness.errors import UserError
-    from harness.runner import plan_settings
+    from harness.planning import plan_settings
     from harness.settings import parse_overrides
     from harness.spec import load_spec
     from harness.teacher import check_teacher

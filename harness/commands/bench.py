@@ -24,11 +24,12 @@ def cmd_bench(args: argparse.Namespace) -> int:
         raw_predict,
         served_requests,
     )
+    from harness.comparison import check_approaches
     from harness.data_load import load_datasets, parse_data_option
     from harness.files import write_json
+    from harness.planning import plan_settings
     from harness.plugins import load_plugins
     from harness.progress import SILENT
-    from harness.runner import check_approaches, plan_settings
     from harness.settings import parse_overrides
     from harness.spec import load_spec
     from harness.store import Store

@@ -17,10 +17,11 @@ if TYPE_CHECKING:
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
+    from harness.comparison import compare
     from harness.data_load import data_checks, data_warnings
     from harness.files import write_json
+    from harness.planning import CompareOptions, plan_settings
     from harness.report_terminal import TerminalReporter
-    from harness.runner import CompareOptions, compare, plan_settings
     from harness.settings import parse_overrides
     from harness.spec import load_spec
     from harness.store import Store
@@ -58,7 +59,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
     )
     store = Store(args.store)
     if teacher_plan is not None:
-        from harness.runner import check_approaches
+        from harness.comparison import check_approaches
         from harness.teacher import describe, teach
 
         check_approaches(plugins, spec, plans)  # the students' endpoints and commands too, before the teacher is asked
@@ -76,10 +77,11 @@ def cmd_compare(args: argparse.Namespace) -> int:
 def cmd_grid(args: argparse.Namespace) -> int:
     import time
 
+    from harness.comparison import compare
     from harness.files import write_json
     from harness.grid import grid_plans
+    from harness.planning import CompareOptions
     from harness.report_terminal import TerminalReporter
-    from harness.runner import CompareOptions, compare
     from harness.spec import load_spec
     from harness.store import Store
     from harness.store.records import comparison_to_dict

@@ -14,10 +14,10 @@ if TYPE_CHECKING:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
+    from harness.comparison import comparison_statistics
     from harness.files import write_json
     from harness.report_plots import write_plots
     from harness.report_terminal import comparison_table, per_field_table
-    from harness.runner import comparison_statistics
     from harness.store import Store
     from harness.store.records import comparison_to_dict
 
