@@ -1,7 +1,8 @@
 """Planning a comparison before anything runs: each row's Plan with its settings validated, and the run options.
 
 An engine (``ApproachInfo.serves``) is planned over the approach it serves; a row of another approach
-(``plugins.<row>.approach``) takes that approach's settings first, then its own.
+(``plugins.<row>.approach``) takes that approach's settings first, then its own. Plugins.check_spec reads a
+spec's rows with the same :func:`row_settings`.
 """
 
 from __future__ import annotations
@@ -64,6 +65,20 @@ def _describe(plugins: Any, name: str) -> ApproachInfo:
         ) from None
 
 
+def row_settings(plugins: Any, row: str, spec: Spec, overrides: dict[str, dict[str, str]]) -> dict[str, Any]:
+    """``row``'s settings, judged by its approach's Settings class: the defaults, then the spec's section and
+    ``overrides`` (``--set``, by row) for it. A row of another approach (plugins.<row>.approach) takes that
+    approach's section and --set values first, then its own."""
+    base = spec.approach_of(row)
+    return resolve_settings(
+        row,
+        plugins.settings_class(base),
+        spec,
+        overrides.get(row, {}),
+        base_overrides=overrides.get(base, {}) if base != row else None,
+    )
+
+
 def plan_settings(
     plugins: Any, spec: Spec, approaches: list[str], overrides: dict[str, dict[str, str]]
 ) -> dict[str, Plan]:
@@ -93,15 +108,7 @@ def plan_settings(
                 f"plugin {name!r} does not support {spec.task.type} (it supports {', '.join(info.task_types)})",
                 where=spec.where,
             )
-        # A row of another approach (plugins.<row>.approach) takes that approach's --set values, then its own.
-        base = spec.approach_of(name)
-        return resolve_settings(
-            name,
-            plugins.settings_class(base),
-            spec,
-            overrides.get(name, {}),
-            base_overrides=overrides.get(base, {}) if base != name else None,
-        )
+        return row_settings(plugins, name, spec, overrides)
 
     plans = {}
     for name in approaches:

@@ -23,7 +23,7 @@ from harness import hookspecs
 from harness.approach import Approach, RunContext, Settings
 from harness.errors import UserError
 from harness.hook_approach import METHOD_HOOKS, HookApproach, is_hook_style
-from harness.settings import resolve_settings
+from harness.planning import row_settings
 from harness.spec import Spec
 from harness.spec_notices import spec_notices
 from harness.types import ApproachInfo, Artifact, Example, Parity, Prediction, Serving, Task
@@ -196,9 +196,7 @@ class Plugins:
             base = spec.approach_of(row)
             given = overrides if row in running else {}
             base_given = given.get(base) if base != row else None
-            settings = resolve_settings(
-                row, self.settings_class(base), spec, given.get(row, {}), base_overrides=base_given
-            )
+            settings = row_settings(self, row, spec, given)
             if row in running:
                 notices += spec_notices(
                     spec,
