@@ -10,8 +10,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Callable
 
-from harness import measure
+from harness import identity, measure
 from harness.processes import child_processes, stop_processes
+from harness.store import Store
 from harness.types import Artifact, Serving, Task
 
 
@@ -73,3 +74,12 @@ def load_cached(
     artifact = fresh()
     loaded, seconds = measure.timed(lambda: load_for_serving(plugins, name, task, artifact, settings, cache_dir))
     return artifact, loaded, seconds, build_seconds
+
+
+def load_cache_dir(store: Store, train_key: str, serving: dict[str, Any]) -> Path:
+    """``harness_load``'s own directory for one trained model (its training identity) served one way: the
+    approach that serves, its predict settings but the batch size, its code and library versions, as
+    :func:`harness.run_identity.serving_identity` gives them (the measurement identity holds them too)."""
+    settings = {k: v for k, v in serving["predict_settings"].items() if k != "predict_batch_size"}
+    key = identity.digest([serving["approach"], settings, serving["code"], serving["versions"]])
+    return store.root / "cache" / train_key[:16] / f"{serving['approach']}-{key[:12]}"

@@ -1,7 +1,8 @@
 """A run's two identities, made of harness.identity's parts for one plan, and what changed between two of them.
 
 The training identity says what was trained, the measurement identity how it was measured (see
-:mod:`harness.identity`).
+:mod:`harness.identity`); the part of the latter that says how the model is served keys the load cache too
+(:func:`serving_identity`, :func:`harness.load_cache.load_cache_dir`).
 """
 
 from __future__ import annotations
@@ -53,20 +54,33 @@ def training_identity(
     }
 
 
+def serving_identity(plugins: Plugins, plan: Plan, settings: dict[str, Any], store: Store) -> dict[str, Any]:
+    """How ``plan``'s model is served with ``settings``: the approach that serves, its predict settings, and the code
+    and library versions that measure. Part of the measurement identity, and what the load cache is keyed on:
+    compare's measurement and a stored run served again (harness.serving) find the same load cache."""
+    from harness.redaction import redact_settings
+
+    return {
+        "approach": plan.approach,
+        # An engine's env values and the value after --api-key in its arguments never reach a record.
+        "predict_settings": redact_settings(
+            {k: settings[k] for k in plan.predict_keys if k in settings and k not in plan.secrets},
+            store.secret_mark,
+        ),
+        "code": identity.measuring_code(plugins.code_roots(plan.approach, ("load", "predict", "parity"))),
+        "versions": identity.library_versions(identity.SERVING_LIBRARIES),
+    }
+
+
 def measurement_identity(
     plugins: Plugins, data: Datasets, plan: Plan, train_key: str, options: CompareOptions, store: Store
 ) -> dict[str, Any]:
     """How it was measured: see harness.identity."""
-    from harness.redaction import redact_settings
-
+    serving = serving_identity(plugins, plan, plan.settings, store)
     return {
         "train_key": train_key,
-        "approach": plan.approach,
-        # An engine's env values and the value after --api-key in its arguments never reach a record.
-        "predict_settings": redact_settings(
-            {k: plan.settings[k] for k in plan.predict_keys if k in plan.settings and k not in plan.secrets},
-            store.secret_mark,
-        ),
+        "approach": serving["approach"],
+        "predict_settings": serving["predict_settings"],
         "test": data.test_hash,
         "latency_samples": options.latency_samples,
         "warmup_examples": options.warmup_examples,
@@ -74,8 +88,8 @@ def measurement_identity(
         "gpu": identity.gpu_name(),
         "threads": measure.unit_threads(),
         "launcher": options.launcher,
-        "code": identity.measuring_code(plugins.code_roots(plan.approach, ("load", "predict", "parity"))),
-        "versions": identity.library_versions(identity.SERVING_LIBRARIES),
+        "code": serving["code"],
+        "versions": serving["versions"],
     }
 
 

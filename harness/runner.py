@@ -23,6 +23,7 @@ from harness.data_load import Datasets, data_checks
 from harness.files import write_text
 from harness.hf_trainer import LogLines
 from harness.launch import UnitFailed, run_unit
+from harness.load_cache import load_cache_dir
 from harness.planning import CompareOptions, Plan
 from harness.plugins import Plugins
 from harness.progress import RunProgress
@@ -160,7 +161,7 @@ def _run_locked(
     progress = RunProgress(console, on_log)
     error_detail = None
     try:
-        cache_dir = load_cache(store, train_key, record.measurement["identity"])
+        cache_dir = load_cache_dir(store, train_key, record.measurement["identity"])
         # Held from cleanup before they are used (until the compare ends); then the data cache is written if
         # missing, also if a cleanup had just removed it.
         store.hold(workdir, data_cache_file(data, store.root / "data"), cache_dir)
@@ -311,14 +312,6 @@ def _hide(text: str | None, secrets: list[str]) -> str | None:
     for value in secrets:
         text = text.replace(value, SECRET) if text else text
     return text
-
-
-def load_cache(store: Store, train_key: str, measurement: dict[str, Any]) -> Any:
-    """``harness_load``'s own directory for one trained model (its training identity) served one way: the
-    approach that serves, its predict settings but the batch size, its code and library versions."""
-    serving = {k: v for k, v in measurement["predict_settings"].items() if k != "predict_batch_size"}
-    key = identity.digest([measurement["approach"], serving, measurement["code"], measurement["versions"]])
-    return store.root / "cache" / train_key[:16] / f"{measurement['approach']}-{key[:12]}"
 
 
 def _rescore(plugins: Plugins, store: Store, record: RunRecord, task: Task) -> None:

@@ -14,9 +14,8 @@ def load_stored_run(
     """The artifact of run ``run_id``, loaded by ``plan``'s approach (an engine's own settings from its defaults
     and ``overrides``), and the settings predict takes. The load cache is the one compare's measurement used,
     so what an engine built (an export, a merge) is not built again."""
-    from harness import identity
-    from harness.load_cache import load_cached
-    from harness.runner import load_cache
+    from harness.load_cache import load_cache_dir, load_cached
+    from harness.run_identity import serving_identity
     from harness.store.records import load_artifact
 
     record = store.load_run(run_id)
@@ -39,16 +38,7 @@ def load_stored_run(
     artifact_file = store.artifact_file(trained_in)
     if not artifact_file.is_file():
         raise UserError(f"run {trained_in} no longer has its trained model", where=str(artifact_file))
-    cache_dir = load_cache(
-        store,
-        record.training["key"],
-        {
-            "approach": plan.approach,
-            "predict_settings": {k: settings[k] for k in plan.predict_keys if k in settings},
-            "code": identity.measuring_code(plugins.code_roots(plan.approach, ("load", "predict", "parity"))),
-            "versions": identity.library_versions(identity.SERVING_LIBRARIES),
-        },
-    )
+    cache_dir = load_cache_dir(store, record.training["key"], serving_identity(plugins, plan, settings, store))
     artifact, (_, settings), _, _ = load_cached(
         plugins, plan.approach, task, lambda: load_artifact(artifact_file), settings, cache_dir
     )
