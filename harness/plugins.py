@@ -1,4 +1,4 @@
-"""Finding, loading and calling plugins.
+"""The plugins: found through entry points, their approaches registered, and an approach configured to call.
 
 Built-in approaches and third-party ones are found the same way, through the ``harness`` entry-point
 group; the only difference is that ``HARNESS_LOAD_PLUGINS`` filters third-party plugins alone, so the
