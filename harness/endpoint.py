@@ -13,7 +13,7 @@ What the ``openai`` approach (any endpoint), the ``vllm`` engine (a server harne
   ``error`` set: the run finishes and counts it. So is an answer that is not a completion
   (:mod:`harness.completions`). Each reply keeps its latency, token usage and the server's
   ``system_fingerprint``. Whoever asked decides what too many failures mean: a row most of whose timed answers
-  failed fails (harness.launcher), a teacher stops in one line.
+  failed fails (harness.units), a teacher stops in one line.
 - :meth:`Endpoint.check`: the endpoint reached within its deadline, OpenAI-compatible (a model list), the key
   accepted, the model served, in one line each (:class:`~harness.errors.UserError`) before anything trains.
 - The key comes from an environment variable named by a setting: it is given to the client and nowhere else,
