@@ -80,9 +80,9 @@ def answer_all(plugins: Any, rows: list[Row], text: str) -> list[Answer]:
         example = Example(id="try", text=text)
         start = time.perf_counter()
         try:
-            (prediction,) = plugins.configured(row.plan.approach, row.settings, progress=SILENT).predict(
-                row.task, row.artifact, [example]
-            )
+            served = plugins.configured(row.plan.approach, row.settings, progress=SILENT)
+            start = time.perf_counter()  # the answer alone is timed, not its settings' validation
+            (prediction,) = served.predict(row.task, row.artifact, [example])
         except Exception as exc:  # one approach failing leaves the others' answers
             answers.append(
                 Answer(

@@ -5,10 +5,14 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from harness.commands.checks import check_output_target, positive
 from harness.commands.output import make_console
 from harness.errors import UserError
+
+if TYPE_CHECKING:
+    from harness.plugins import Configured
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
@@ -73,8 +77,14 @@ def cmd_bench(args: argparse.Namespace) -> int:
         artifact, settings = untrained(plugins, plan, task, Path(kept.name))
         source = "random weights"
 
+    # Settings validated once per settings dict bench times with (one per batch size), not in every timed call.
+    configured: dict[int, tuple[dict[str, Any], Configured]] = {}
+
     def predict(examples, call_settings):
-        return plugins.configured(plan.approach, call_settings, progress=SILENT).predict(task, artifact, examples)
+        held = configured.get(id(call_settings))
+        if held is None or held[0] is not call_settings:
+            held = configured[id(call_settings)] = (call_settings, plugins.configured(plan.approach, call_settings))
+        return held[1].predict(task, artifact, examples, progress=SILENT)
 
     examples = without_answers(data.test)
     result = BenchResult(args.plugin, spec.name, source, len(examples))
