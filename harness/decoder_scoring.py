@@ -8,7 +8,8 @@
   refuses letter scoring when the answers are not one distinct token each, and :func:`selection_scoring` is
   how checkpoints are selected during training.
 - :func:`answer_loss` is the Trainer's loss for fine-tuning approaches (qwen, qwen-lora): cross-entropy on
-  the answer tokens only, with vocabulary logits computed only where an answer token is predicted.
+  the answer tokens only, with vocabulary logits computed only where an answer token is predicted, a few
+  hundred tokens at a time (:func:`head_cross_entropy`).
 
 Nothing here imports torch or transformers at module level.
 """
@@ -45,22 +46,52 @@ def answer_loss(model: Any, inputs: dict[str, Any], num_items_in_batch: Any = No
     token to predict: with a 151k-token vocabulary the full logits would cost far more than the model.
 
     With ``num_items_in_batch`` (answer tokens in the whole accumulated batch) the sum is divided by it,
-    so gradient accumulation gives the same gradient as one large batch."""
+    so gradient accumulation gives the same gradient as one large batch.
+
+    The head and the loss run on a few hundred answer tokens at a time (:func:`head_cross_entropy`), and the
+    decoder keeps no KV cache: training reads none."""
     import torch
 
     labels, mask = inputs["labels"], inputs["attention_mask"]
     positions = (mask.cumsum(-1) - 1).clamp(min=0)
     if hasattr(model, "get_base_model"):  # a peft model: its adapters are injected into the base model's layers
         model = model.get_base_model()
-    hidden = model.model(input_ids=inputs["input_ids"], attention_mask=mask, position_ids=positions).last_hidden_state
+    hidden = model.model(
+        input_ids=inputs["input_ids"], attention_mask=mask, position_ids=positions, use_cache=False
+    ).last_hidden_state
     # Position t predicts token t + 1.
     targets = labels[:, 1:]
     where = targets != -100
-    logits = model.lm_head(hidden[:, :-1][where])
+    total = head_cross_entropy(model.lm_head, hidden[:, :-1][where], targets[where])
     if num_items_in_batch is None:
-        return torch.nn.functional.cross_entropy(logits.float(), targets[where])
-    total = torch.nn.functional.cross_entropy(logits.float(), targets[where], reduction="sum")
+        return total / torch.count_nonzero(where).clamp(min=1)
     return total / num_items_in_batch
+
+
+HEAD_CHUNK_ELEMENTS = 2**24  # fp32 logits a chunk of the head's loss computes at most: 64 MB
+
+
+def head_cross_entropy(head: Any, hidden: Any, targets: Any) -> Any:
+    """The summed cross-entropy of ``head``'s logits of ``hidden`` (tokens, hidden) against ``targets``, in fp32,
+    in chunks of tokens whose logits hold :data:`HEAD_CHUNK_ELEMENTS` at most. Each chunk's logits are computed
+    again in the backward pass (``torch.utils.checkpoint``) instead of being kept: in one piece the logits,
+    their log-softmax and its gradients are three fp32 copies of tokens x vocabulary (on waybill's answers and
+    SmolLM2's 49k vocabulary, 0.7 GB at the step's peak). The sum is the same up to float rounding."""
+    import torch
+    from torch.utils.checkpoint import checkpoint
+
+    def chunk_loss(part: Any, gold: Any) -> Any:
+        return torch.nn.functional.cross_entropy(head(part).float(), gold, reduction="sum")
+
+    rows = max(1, HEAD_CHUNK_ELEMENTS // head.weight.shape[0])
+    if hidden.shape[0] <= rows:
+        return chunk_loss(hidden, targets)
+    keep = torch.is_grad_enabled()
+    total = hidden.new_zeros((), dtype=torch.float32)
+    for start in range(0, hidden.shape[0], rows):
+        part, gold = hidden[start : start + rows], targets[start : start + rows]
+        total = total + (checkpoint(chunk_loss, part, gold, use_reentrant=False) if keep else chunk_loss(part, gold))
+    return total
 
 
 def classify(

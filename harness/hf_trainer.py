@@ -55,6 +55,12 @@ class TrainerSettings(Settings):
     train_device: str = setting(
         "auto", help="where training runs (part of what was trained): auto is CUDA where there is one"
     )
+    # The same gradients in less memory and more time: each layer keeps only its input and computes its
+    # activations again in the backward pass. auto: on where harness.train_memory's estimate of training's peak
+    # exceeds the memory available; the run's log says which and why.
+    gradient_checkpointing: Literal[True, False, "auto"] = setting(
+        "auto", help="recompute layers' activations in the backward pass: less memory, more time, the same model"
+    )
 
 
 TRAINING_ARGUMENTS = (
@@ -152,6 +158,7 @@ def train_with_trainer(
 
     transformers.logging.set_verbosity_error()
     transformers.utils.logging.disable_progress_bar()  # harness draws its own bars
+    checkpointing = _checkpointing(model, train_rows, settings, device, progress)
     has_validation = bool(validation_rows)
     batch = settings["per_device_train_batch_size"] * settings["gradient_accumulation_steps"]
     total_steps = max(1, math.ceil(math.ceil(len(train_rows) / batch) * settings["num_train_epochs"]))
@@ -261,7 +268,11 @@ def train_with_trainer(
     with progress.bar("train", total_steps) as bar, progress.phase("train_loop"):
         if resume is not None:
             bar.advance(_step(resume))
-        result = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
+        try:
+            result = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
+        finally:
+            if checkpointing:
+                _set_checkpointing(_plain_model(trainer.model), False)
     shutil.rmtree(workdir / "checkpoints", ignore_errors=True)
     best = trainer.state.best_model_checkpoint
     train_loss = result.training_loss
@@ -275,9 +286,62 @@ def train_with_trainer(
         "best_metric": trainer.state.best_metric,
         "train_loss": train_loss,
         "mixed_precision": "bf16" if args.bf16 else "no",
+        "gradient_checkpointing": checkpointing,
         **({"resumed_from_checkpoint": resume.name} if resume else {}),
     }
     return trainer.model, info
+
+
+def _plain_model(model: Any) -> Any:
+    """The transformers model itself: a peft model's base, whose layers its adapters are injected into."""
+    return model.get_base_model() if hasattr(model, "get_base_model") else model
+
+
+def _set_checkpointing(model: Any, on: bool) -> None:
+    """Checkpointing on (non-reentrant) or off, under its newer name (activation checkpointing) where transformers
+    has it: the older one warns that it is deprecated."""
+    if on:
+        enable = getattr(model, "activation_checkpointing_enable", None)
+        if enable is not None:
+            enable(activation_checkpointing_kwargs={"use_reentrant": False})
+        else:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    else:
+        getattr(model, "activation_checkpointing_disable", model.gradient_checkpointing_disable)()
+
+
+def _checkpointing(
+    model: Any, train_rows: list[dict[str, Any]], settings: dict[str, Any], device: str, progress: Any
+) -> bool:
+    """Turn gradient checkpointing on where ``gradient_checkpointing`` says so (auto: where the estimate of
+    :mod:`harness.train_memory` exceeds the memory available), and say which and why in one line of the
+    run's log. Checkpointing is non-reentrant (torch.utils.checkpoint, ``use_reentrant=False``): it needs no
+    input that requires gradients, so a peft model's frozen embeddings need no hook, and dropout's random
+    draws are replayed, so the recomputed activations are the ones the forward pass had."""
+    from harness.train_memory import available_memory, estimate_training_memory, use_checkpointing
+
+    setting = settings.get("gradient_checkpointing", False)
+    plain = _plain_model(model)
+    supported = bool(getattr(plain, "supports_gradient_checkpointing", False))
+    if setting is True and not supported:
+        raise ValueError(f"gradient_checkpointing: {type(plain).__name__} does not support gradient checkpointing")
+    estimate, available, source = None, 0, ""
+    if setting == "auto":
+        longest = max((len(row["input_ids"]) for row in train_rows), default=0)
+        estimate = estimate_training_memory(model, settings["per_device_train_batch_size"], longest)
+        if estimate is not None:
+            available, source = available_memory(device, estimate.weights)
+    on, line = use_checkpointing(setting, estimate, available, source)
+    if on and not supported:
+        on, line = (
+            False,
+            line.replace("gradient checkpointing on", "gradient checkpointing off", 1)
+            + (f"; {type(plain).__name__} does not support it"),
+        )
+    if on:
+        _set_checkpointing(plain, True)
+    progress.log(step=0, note=line)
+    return on
 
 
 def last_checkpoint(folder: Path) -> Path | None:

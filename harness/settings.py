@@ -47,7 +47,8 @@ def resolve_settings(
                     f"the prompt is set in the spec: task.prompt, or plugins.{section}.prompt for {section} alone",
                     where=where,
                 )
-            values[key] = checked(row, settings, key, read_cli_value(text, values.get(key)), where=where)
+            value = read_cli_value(text, values.get(key), choices_of(settings, key))
+            values[key] = checked(row, settings, key, value, where=where)
 
     base = spec.approach_of(row)
     layers = [(base, base_overrides or {}), (row, overrides)] if base != row else [(row, overrides)]
@@ -122,8 +123,11 @@ def _message(exc: ValidationError, value: Any, field: FieldInfo) -> str:
     wrong_type = field.default is not None and (
         not isinstance(value, type(field.default)) or isinstance(value, bool) != isinstance(field.default, bool)
     )
-    if kind == "literal_error" and not wrong_type:
-        return f"{value!r} is not one of {', '.join(str(choice) for choice in typing.get_args(field.annotation))}"
+    choices = typing.get_args(field.annotation)
+    if kind == "literal_error" and (not wrong_type or len({type(choice) for choice in choices}) > 1):
+        # As the user writes them: YAML's true and false for a setting that mixes booleans and words.
+        words = (str(choice).lower() if isinstance(choice, bool) else str(choice) for choice in choices)
+        return f"{value!r} is not one of {', '.join(words)}"
     expected = (
         type(field.default).__name__ if field.default is not None else error["msg"].removeprefix("Input should be ")
     )
@@ -183,17 +187,30 @@ def shared_ranges() -> dict[str, dict[str, Any]]:
     return ranges
 
 
-def read_cli_value(text: str, default: Any = None) -> Any:
+def read_cli_value(text: str, default: Any = None, choices: tuple[Any, ...] = ()) -> Any:
     """A ``--set`` value: YAML (``8``, ``1e-5``, ``true``, ``[a, b]``), but a string setting takes the text as
     typed: YAML would read "" as null, "on" as true, "{text}" as a mapping and "1.0e-5" as 1e-05. A quoted
-    YAML string is still read as one, so "a\\nb" can pass a newline."""
+    YAML string is still read as one, so "a\\nb" can pass a newline. A setting whose ``choices`` mix words and
+    booleans (``gradient_checkpointing``: true, false or auto) takes YAML's true and false as they are."""
     try:
         value = yaml.safe_load(text)
     except yaml.YAMLError:
         return text
+    if isinstance(value, bool) and any(choice is value for choice in choices):
+        return value
     if isinstance(default, str) and not isinstance(value, str):
         return text
     return value
+
+
+def choices_of(settings: type[Settings], key: str) -> tuple[Any, ...]:
+    """The choices of setting ``key`` when its type is a ``Literal``, else ()."""
+    field = settings.model_fields.get(key)
+    return (
+        typing.get_args(field.annotation)
+        if field is not None and typing.get_origin(field.annotation) is Literal
+        else ()
+    )
 
 
 def parse_overrides(items: list[str]) -> dict[str, dict[str, str]]:

@@ -233,6 +233,40 @@ def test_answer_loss_under_gradient_accumulation_equals_one_large_batch(tiny_qwe
     assert halves.item() == pytest.approx(whole.item(), rel=1e-5)
 
 
+def test_answer_loss_in_chunks_equals_the_loss_on_the_whole_logits(tiny_qwen):
+    """The head's loss runs a few answer tokens at a time, its logits computed again in the backward pass
+    (issue 36): the loss and every gradient are the ones of the whole vocabulary logits in one piece."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_qwen)
+    torch.manual_seed(0)
+    ids = torch.randint(0, 1000, (3, 120))
+    labels = ids.clone()
+    labels[:, :30] = -100  # 3 x 89 answer tokens to predict: more than one chunk of the 151k vocabulary
+    mask = torch.ones_like(ids)
+    assert 3 * 89 > scoring.HEAD_CHUNK_ELEMENTS // model.lm_head.weight.shape[0]
+
+    def loss_and_grads(loss_of):
+        model.zero_grad(set_to_none=True)
+        loss = loss_of()
+        loss.backward()
+        return loss.item(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+    def whole():
+        logits = model(input_ids=ids, attention_mask=mask).logits[:, :-1].float()
+        return torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels[:, 1:].reshape(-1))
+
+    chunked, chunked_grads = loss_and_grads(
+        lambda: scoring.answer_loss(model, {"input_ids": ids, "attention_mask": mask, "labels": labels})
+    )
+    reference, reference_grads = loss_and_grads(whole)
+    assert chunked == pytest.approx(reference, rel=1e-6)
+    assert chunked_grads.keys() == reference_grads.keys()
+    for name, grad in reference_grads.items():
+        assert torch.allclose(chunked_grads[name], grad, rtol=1e-4, atol=1e-7), name
+
+
 def test_extraction_trains_with_validation_and_selects_on_exact_match(tiny_qwen, tmp_path):
     plugins = load_plugins(entry_points=False)
     plugins.register(qwen, "qwen")
