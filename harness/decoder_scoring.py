@@ -75,8 +75,8 @@ def head_cross_entropy(head: Any, hidden: Any, targets: Any) -> Any:
     """The summed cross-entropy of ``head``'s logits of ``hidden`` (tokens, hidden) against ``targets``, in fp32,
     in chunks of tokens whose logits hold :data:`HEAD_CHUNK_ELEMENTS` at most. Each chunk's logits are computed
     again in the backward pass (``torch.utils.checkpoint``) instead of being kept: in one piece the logits,
-    their log-softmax and its gradients are three fp32 copies of tokens x vocabulary (on waybill's answers and
-    SmolLM2's 49k vocabulary, 0.7 GB at the step's peak). The sum is the same up to float rounding."""
+    their log-softmax and its gradients are three fp32 copies of tokens x vocabulary at the step's peak
+    (docs/benchmarks.md, "Issue 36"). The sum is the same up to float rounding."""
     import torch
     from torch.utils.checkpoint import checkpoint
 

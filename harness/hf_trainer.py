@@ -4,6 +4,7 @@ checkpoint kept, mixed precision and gradient accumulation made explicit."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import shutil
@@ -155,6 +156,7 @@ def train_with_trainer(
 
     from harness.files import write_json
     from harness.models import LengthBucketSampler
+    from harness.train_memory import FreedMemory
 
     transformers.logging.set_verbosity_error()
     transformers.utils.logging.disable_progress_bar()  # harness draws its own bars
@@ -269,7 +271,9 @@ def train_with_trainer(
         if resume is not None:
             bar.advance(_step(resume))
         try:
-            result = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
+            # On CPU the memory a step frees goes back to the system as it goes (harness.train_memory).
+            with FreedMemory().watching(trainer.model) if device == "cpu" else contextlib.nullcontext():
+                result = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
         finally:
             if checkpointing:
                 _set_checkpointing(_plain_model(trainer.model), False)

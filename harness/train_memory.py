@@ -147,3 +147,96 @@ def use_checkpointing(
 
 def _gb(size: int) -> str:
     return f"{size / 2**30:.1f} GB"
+
+
+# What the process may hold beyond what malloc has handed out (its code and Python's own arenas count there too)
+# before freed memory is given back: each give-back costs the page faults of using that memory again, which a
+# smaller slack pays often enough to slow a step (docs/benchmarks.md, "Issue 36").
+SLACK = 1024 * MB
+
+
+class FreedMemory:
+    """Gives back to the system the memory glibc's malloc keeps after a program frees it, when the process holds
+    more than ``slack`` bytes beyond what malloc has handed out (``malloc_trim``, which releases the free pages
+    inside the heap). On CPU a training step frees gigabytes of activations, layer by layer, and the small
+    allocations that live on between them (autograd's records) split the freed blocks, so the heap grows instead
+    of reusing them (docs/benchmarks.md, "Issue 36", has what it held). A no-op where the C library is not glibc
+    (2.33 or newer)."""
+
+    def __init__(self, slack: int = SLACK) -> None:
+        self.slack = slack
+        self.trims = 0
+        self._libc: Any = None
+        self._page = 4096
+        try:
+            import ctypes
+
+            libc = ctypes.CDLL("libc.so.6")
+
+            class MallInfo2(ctypes.Structure):
+                _fields_ = [
+                    (name, ctypes.c_size_t)
+                    for name in (
+                        "arena",
+                        "ordblks",
+                        "smblks",
+                        "hblks",
+                        "hblkhd",
+                        "usmblks",
+                        "fsmblks",
+                        "uordblks",
+                        "fordblks",
+                        "keepcost",
+                    )
+                ]
+
+            libc.mallinfo2.restype = MallInfo2
+            libc.malloc_trim.argtypes = [ctypes.c_size_t]
+            self._page = os.sysconf("SC_PAGE_SIZE")
+            self._libc = libc
+        except (OSError, AttributeError, ValueError):
+            self._libc = None
+
+    @property
+    def active(self) -> bool:
+        return self._libc is not None
+
+    def held_beyond_used(self) -> int:
+        """Bytes the process holds (RSS) beyond what malloc has handed out and not had back."""
+        info = self._libc.mallinfo2()
+        with open("/proc/self/statm", encoding="ascii") as handle:
+            rss = int(handle.read().split()[1]) * self._page
+        return rss - (info.uordblks + info.hblkhd)
+
+    def check(self) -> None:
+        """Give the freed memory back where the process holds more than ``slack`` beyond what it uses."""
+        if self._libc is not None and self.held_beyond_used() > self.slack:
+            self._libc.malloc_trim(0)
+            self.trims += 1
+
+    def watching(self, model: Any) -> Any:
+        """A context in which :meth:`check` runs after each layer's forward and before its backward (hooks on
+        the model's transformers layers, the blocks checkpointing works by); the hooks go with the context."""
+        import contextlib
+
+        return contextlib.ExitStack() if not self.active else self._hooks(model)
+
+    def _hooks(self, model: Any) -> Any:
+        import contextlib
+
+        stack = contextlib.ExitStack()
+        try:
+            from transformers.modeling_layers import GradientCheckpointingLayer
+        except ImportError:  # a transformers without it: no layer to watch
+            return stack
+
+        def after_forward(module: Any, inputs: Any, output: Any) -> None:
+            self.check()
+            hidden = output[0] if isinstance(output, tuple) else output
+            if getattr(hidden, "requires_grad", False):
+                hidden.register_hook(lambda grad: self.check())
+
+        for module in model.modules():
+            if isinstance(module, GradientCheckpointingLayer):
+                stack.callback(module.register_forward_hook(after_forward).remove)
+        return stack

@@ -25,6 +25,10 @@ Precision: on a CUDA GPU with bf16, and on a CPU with bf16 units (AVX512-BF16 or
 bf16 autocast (``mixed_precision: auto``) and the model serves in bf16 (``dtype: auto``); elsewhere fp32.
 ``dtype: float32`` serves in fp32 anywhere.
 
+Memory: the loss computes vocabulary logits only at answer tokens, a few hundred at a time, and
+``gradient_checkpointing`` (a Trainer setting, :mod:`harness.train_memory`) keeps only each layer's input for the
+backward pass where training would not fit the memory available (``auto``, the default), or wherever it is true.
+
 The prompt, the loss, scoring and generation are the core's (:mod:`harness.decoder`,
 :mod:`harness.decoder_scoring`, :mod:`harness.decoder_generation`), shared with every decoder approach; this
 module loads the model and tokenizer, adds the adapter, trains with the Hugging Face Trainer and serves.

@@ -166,3 +166,39 @@ def test_the_setting_is_true_false_or_auto_from_the_spec_and_the_command_line(tm
     assert str(info.value).endswith("plugins.qwen.gradient_checkpointing: '2' is not one of true, false, auto")
     # What it is, not how it is served: a training setting, part of the trained model's identity.
     assert "gradient_checkpointing" not in qwen.Qwen().describe().predict_settings
+
+
+FRAGMENTED = """
+import json, torch
+from harness import train_memory
+freed = train_memory.FreedMemory(slack=64 * train_memory.MB)
+kept, blocks = [], []
+for _ in range(3000):  # 64 KB blocks, below malloc's mmap threshold, each followed by a small live one
+    blocks.append(torch.ones(16 * 1024))
+    kept.append(torch.ones(8))
+del blocks
+held = [freed.held_beyond_used()]
+train_memory.FreedMemory(slack=10 * held[0]).check()  # within its slack: nothing given back
+held.append(freed.held_beyond_used())
+freed.check()
+held.append(freed.held_beyond_used())
+print(json.dumps({"active": freed.active, "held": held, "trims": freed.trims, "kept": len(kept)}))
+"""
+
+
+def test_freed_memory_goes_back_to_the_system_beyond_the_slack():
+    """glibc keeps freed blocks that small live allocations separate; FreedMemory gives their pages back once the
+    process holds more than its slack beyond what malloc has handed out, and leaves them below it. In a process of
+    its own: what an earlier test left in this one's heap would change what a block reuses."""
+    import json
+    import subprocess
+    import sys
+
+    found = json.loads(subprocess.run([sys.executable, "-c", FRAGMENTED], capture_output=True, check=True).stdout)
+    if not found["active"]:
+        pytest.skip("the C library is not glibc 2.33 or newer")
+    before, within_slack, after = found["held"]
+    mb = train_memory.MB
+    assert before > 150 * mb  # the freed blocks' pages are still held
+    assert within_slack > before - 20 * mb
+    assert found["trims"] == 1 and after < before - 120 * mb
