@@ -33,6 +33,10 @@ GOOD = '{"text": "Stocks rally on rate cut hopes", "label": 2}\n{"text": "Team w
         ),
         ("unknown-setting", "--set naive-bayes.smoth: unknown setting for naive-bayes; known: smoothing"),
         ("not-a-choice", "--set qwen.scoring: 'leter' is not one of letter, perplexity, likelihood"),
+        (
+            "checkpointing-not-a-choice",
+            "--set qwen.gradient_checkpointing: 'sometimes' is not one of true, false, auto",
+        ),
         ("superscript-label", "train.jsonl:1: label '²' is not one of the spec's labels"),
         ("invisible-text", "test.jsonl:1: empty text (nothing visible in it)"),
         (
@@ -146,6 +150,8 @@ def test_bad_input_is_one_line_exit_2_nothing_written(cli, tmp_path, case, expec
         extra = ["--store", write(tmp_path / "store.txt", "not a store")]
     elif case == "not-a-choice":
         plugins, extra = "qwen", ["--set", "qwen.scoring=leter"]
+    elif case == "checkpointing-not-a-choice":
+        plugins, extra = "qwen", ["--set", "qwen.gradient_checkpointing=sometimes"]
     elif case == "empty-setting":
         extra = ["--set", "naive-bayes.smoothing="]
     elif case == "no-plugins":
