@@ -75,6 +75,16 @@ def build_parser() -> argparse.ArgumentParser:
         "inline: in this process, for debugging a plugin",
     )
     cmp.add_argument("--latency-samples", type=int, default=100, help="requests timed one at a time (default 100)")
+    cmp.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="print the plan (each row's fate, steps and estimated cost) and exit: nothing is trained or stored "
+        "(a row the store knows no run of its shape for is calibrated by a few timed steps in a temporary directory)",
+    )
+    cmp.add_argument(
+        "--budget",
+        help="stop before anything trains when the plan's estimate is over this duration (90s, 15m, 2h, 1h30m)",
+    )
     cmp.add_argument("--json", type=Path, help="also write the comparison as JSON to this file")
     cmp.add_argument("--store", type=Path, help="results store directory (default: $HARNESS_HOME or .harness)")
 
