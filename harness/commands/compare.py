@@ -28,6 +28,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
     from harness.spec import load_spec
     from harness.store import Store
     from harness.store.records import comparison_to_dict
+    from harness.tracking import track
 
     # Everything the user typed is checked before anything is trained or written.
     budget = None
@@ -76,6 +77,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
         return 0
     options.estimates = cost.estimates()
     store = Store(args.store)
+    track(args.track, plugins, store)  # --track mlflow: MLflow missing is one line, before anything trains
     if teacher_plan is not None:
         from harness.comparison import check_approaches
         from harness.teacher import describe, teach
@@ -107,6 +109,7 @@ def cmd_grid(args: argparse.Namespace) -> int:
     from harness.spec import load_spec
     from harness.store import Store
     from harness.store.records import comparison_to_dict
+    from harness.tracking import track
 
     plugins, approaches = _approaches(args)
     if args.parallel is not None:
@@ -138,6 +141,7 @@ def cmd_grid(args: argparse.Namespace) -> int:
     store = Store(args.store)
     console = make_console()
     plugins.pm.register(TerminalReporter(console, []), name="terminal-reporter")
+    track(args.track, plugins, store)
     comparisons = []
     start = time.perf_counter()
     for (spec, plans), data in zip(grids, datas):
