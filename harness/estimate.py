@@ -304,7 +304,9 @@ def _apply(estimate: RowEstimate, rates: Rates, plan: Plan, data: Datasets, opti
     if fate in ("trained", "resumed"):
         steps = estimate.steps
         if steps is not None and rates.step is not None:
-            evals = evaluations(plan.train_settings, steps, n_val)
+            # A resumed run's evaluations: its share of the whole run's, at the whole run's interval.
+            total = training_steps(plan.train_settings, n_train) or steps
+            evals = round(evaluations(plan.train_settings, total, n_val) * steps / total) if total else 0
             loop = steps * rates.step + evals * rates.checkpoint
         elif rates.train_per_example is not None:  # the whole training, per example
             evals, loop = 0, rates.train_per_example * n_train * (estimate.steps != 0)
