@@ -11,7 +11,8 @@ choice: ``MLFLOW_TRACKING_URI`` (else MLflow's default), in the experiment ``MLF
   draws them too) and the page ``harness report --html`` would write (``report.html``).
 - A row's child run opens when the run starts; each training log line is logged as it comes, as step metrics
   (``train/loss``, ``train/eval_f1_weighted``, ...). When the run finishes: its settings as params (secret settings
-  never: they are left out, not even as ``<secret>``), its scalar metrics, ``speed/...`` and ``memory/...``, tags
+  never: they are left out, not even as ``<secret>``), its scalar metrics, ``speed/...``, ``memory/...`` and the
+  plan's ``estimate/...`` (:mod:`harness.estimate`), tags
   with its harness run id, both identities (``harness.training_key``, ``harness.measurement_key``) and the data
   hashes, and its stored ``record.json``, ``predictions.jsonl``, ``train_log.jsonl`` (and ``error.txt``) as
   artifacts. When the comparison ends, each headline metric's 95% interval ends (``accuracy_ci_low``,
@@ -247,7 +248,7 @@ class MlflowTracker:
         params.update(n_validation=run.n_validation, n_test=run.n_test)
         params.update({key: value for key, value in run.settings.items() if value != SECRET})
         metrics = {key: value for key, value in run.metrics.items() if _number(value)}
-        for group, figures in (("speed", run.speed), ("memory", run.memory)):
+        for group, figures in (("speed", run.speed), ("memory", run.memory), ("estimate", run.estimate)):
             for key, value in figures.items():
                 if isinstance(value, dict):  # train_phases: load, prepare, train_loop, ...
                     metrics.update({f"{group}/{key}.{k}": v for k, v in value.items() if _number(v)})

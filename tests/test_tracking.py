@@ -211,6 +211,8 @@ def test_a_comparison_is_a_parent_run_with_a_child_per_row_and_a_reused_row_is_l
         assert metrics["speed/predict_samples_per_s"] == pytest.approx(record["speed"]["predict_samples_per_s"])
         assert metrics["speed/latency_p95_ms"] == pytest.approx(record["speed"]["latency_p95_ms"])
         assert metrics["memory/predict_rss_peak_mb"] == pytest.approx(record["memory"]["predict_rss_peak_mb"])
+        if tags["harness.approach"] == "bert":  # the plan's estimate, beside what was measured
+            assert metrics["estimate/steps"] == record["estimate"]["steps"] > 0
         assert params["seed"] == "0" and params["n_test"] == "40"
         files = {f.path for f in client.list_artifacts(child.info.run_id)}
         assert {"record.json", "predictions.jsonl", "train_log.jsonl"} <= files
