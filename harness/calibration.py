@@ -89,7 +89,9 @@ def rates_of_calibration(result: dict[str, Any]) -> Rates:
         eval_per_example=evaluated / max(1, result["n_validation"]),
         save=phases.get("save", 0.0),
         other=max(0.0, result["train_seconds"] - sum(phases.values())),
-        serve_load=result["serve_load"] or 0.0,
+        # The calibration loads what it trained in a process that has read the model once already; a measure
+        # unit is a fresh process, which the training's own load was too.
+        serve_load=max(result["serve_load"] or 0.0, phases.get("load", 0.0)),
         predict_per_example=result["predict_per_example"],
         latency=result["latency"],
         train_rss_mb=result["train_rss_mb"],

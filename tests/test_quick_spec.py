@@ -17,7 +17,7 @@ DATA = {"train": str(AG_NEWS / "train.jsonl"), "test": str(AG_NEWS / "test.jsonl
 def test_a_spec_samples_its_own_sizes_stratified_and_the_options_replace_them(shared):
     spec = load_spec("agnews-quick")
     data = load_datasets(spec, data=DATA)
-    assert (len(data.train), len(data.validation), len(data.test)) == (1800, 200, 1000)
+    assert (len(data.train), len(data.validation), len(data.test)) == (1900, 100, 1000)
     assert Counter(ex.label for ex in data.test) == {label: 250 for label in spec.task.labels}
     assert set(Counter(ex.label for ex in [*data.train, *data.validation]).values()) == {500}
     smaller = load_datasets(spec, data=DATA, limit_train=400, limit_test=100)
@@ -41,7 +41,7 @@ def test_the_quick_spec_plans_minilm_against_smollm2_tuned_and_zero_shot(cli, sh
     )
     assert result.returncode == 0, result.stderr
     rows = {line.split()[0]: line for line in result.stdout.splitlines() if line.split() and "│" in line}
-    # 1,800 texts to train on: bert one epoch at batch 16 (113 steps), qwen a third of an epoch at batch 8.
-    assert " 113 " in rows["bert"] and " 68 " in rows["qwen"] and " 0 " in rows["qwen-zero-shot"]
+    # 1,900 texts to train on: bert one epoch at batch 16 (119 steps), qwen a sixth of an epoch at batch 8.
+    assert " 119 " in rows["bert"] and " 39 " in rows["qwen"] and " 0 " in rows["qwen-zero-shot"]
     assert all("trained" in rows[name] for name in ("bert", "qwen", "qwen-zero-shot"))
-    assert "(train 1800, validation 200, test 1000)" in result.stdout
+    assert "(train 1900, validation 100, test 1000)" in result.stdout
