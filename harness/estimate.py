@@ -376,7 +376,7 @@ def plan_table(cost: CostPlan, title: str) -> Any:
             "-" if row.steps is None else str(row.steps),
             duration(row.train_seconds),
             duration(row.serve_seconds),
-            "?" if row.peak_rss_mb is None else f"{row.peak_rss_mb / 1024:.1f} GB",
+            ("-" if row.fate == "reused" else "?") if row.peak_rss_mb is None else f"{row.peak_rss_mb / 1024:.1f} GB",
             row.source,
         )
     return table
