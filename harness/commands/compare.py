@@ -68,6 +68,8 @@ def cmd_compare(args: argparse.Namespace) -> int:
     )
     if teacher_plan is not None and args.dry_run:
         console.print(f"teacher {teacher}: labels the training examples first (not estimated)")
+    if not args.dry_run:  # --track mlflow: MLflow missing is one line, before the plan and anything trains
+        track(args.track, plugins, Store(args.store))
     cost = _plan(plugins, spec, data, plans, options, args, console)
     if budget is not None:
         from harness.estimate import check_budget
@@ -77,7 +79,6 @@ def cmd_compare(args: argparse.Namespace) -> int:
         return 0
     options.estimates = cost.estimates()
     store = Store(args.store)
-    track(args.track, plugins, store)  # --track mlflow: MLflow missing is one line, before anything trains
     if teacher_plan is not None:
         from harness.comparison import check_approaches
         from harness.teacher import describe, teach
