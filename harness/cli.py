@@ -75,8 +75,19 @@ def build_parser() -> argparse.ArgumentParser:
         "inline: in this process, for debugging a plugin",
     )
     cmp.add_argument("--latency-samples", type=int, default=100, help="requests timed one at a time (default 100)")
+    cmp.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="print the plan (each row's fate, steps and estimated cost) and exit: nothing is trained or stored "
+        "(a row the store knows no run of its shape for is calibrated by a few timed steps in a temporary directory)",
+    )
+    cmp.add_argument(
+        "--budget",
+        help="stop before anything trains when the plan's estimate is over this duration (90s, 15m, 2h, 1h30m)",
+    )
     cmp.add_argument("--json", type=Path, help="also write the comparison as JSON to this file")
     cmp.add_argument("--store", type=Path, help="results store directory (default: $HARNESS_HOME or .harness)")
+    _add_track(cmp)
 
     grd = commands.add_parser("grid", help="approaches x settings x seeds x specs as runs, locally or on a Ray cluster")
     grd.add_argument(
@@ -112,6 +123,7 @@ def build_parser() -> argparse.ArgumentParser:
     grd.add_argument("--latency-samples", type=int, default=100, help="requests timed one at a time (default 100)")
     grd.add_argument("--json", type=Path, help="also write the comparisons as JSON to this file")
     grd.add_argument("--store", type=Path, help="results store directory (default: $HARNESS_HOME or .harness)")
+    _add_track(grd)
 
     bch = commands.add_parser(
         "bench", help="serving speed of one approach: batch sizes, latency, requests/s under load"
@@ -210,6 +222,16 @@ def build_parser() -> argparse.ArgumentParser:
 def _add_overrides(parser: argparse.ArgumentParser, metavar: str, help: str | None = None) -> None:
     """``--set``, repeatable: its values collect in ``args.overrides``."""
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar=metavar, help=help)
+
+
+def _add_track(parser: argparse.ArgumentParser) -> None:
+    """``--track mlflow``: each run logged to MLflow too (harness.tracking)."""
+    parser.add_argument(
+        "--track",
+        choices=("mlflow",),
+        help="also log each run to MLflow: a parent run per comparison, a child per row (the [mlflow] extra; "
+        "MLFLOW_TRACKING_URI says where)",
+    )
 
 
 def main(argv: list[str] | None = None) -> int:

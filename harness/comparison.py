@@ -37,6 +37,7 @@ def compare(
     comparison = Comparison(
         comparison_id=new_id(spec.name), spec=spec.name, created=now(), runs=[], metrics=spec.metrics
     )
+    notify(plugins, "harness_compare_started", comparison=comparison)
     units = [(plan, seed) for plan in plans.values() for seed in options.seeds or spec.training_seeds]
     # What the runs hold (the data cache their units read, their directories, their load caches) is kept from
     # `harness store gc` until the compare ends: each run registers it (store.hold) before using it.

@@ -106,8 +106,9 @@ def load_datasets(
             where=f"{spec.where}: dataset",
         )
 
-    train = _sample(train, limit_train, spec.seed, "--limit-train")
-    test = _sample(test, limit_test, spec.seed, "--limit-test")
+    # The options replace the spec's own sample sizes (dataset.limit_train, dataset.limit_test).
+    train = _sample(train, ds.limit_train if limit_train is None else limit_train, spec.seed, "--limit-train")
+    test = _sample(test, ds.limit_test if limit_test is None else limit_test, spec.seed, "--limit-test")
     if validation is not None:
         return Datasets(train, validation, test, source)
     if spec.validation == "test":

@@ -191,6 +191,14 @@ def harness_score(
 
 
 @hookspec
+def harness_compare_started(comparison: Comparison) -> None:
+    """A comparison is about to run its rows: what a tracker opens its record of the comparison on.
+
+    :param comparison: its ``comparison_id``, ``spec``, ``created`` and ``metrics``; ``runs`` is empty.
+    """
+
+
+@hookspec
 def harness_run_started(run: RunRecord) -> None:
     """An approach is about to train and predict.
 

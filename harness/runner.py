@@ -81,6 +81,7 @@ def run_approach(
         n_test=len(data.test),
         created=now(),
     )
+    record.estimate = dict(options.estimates.get((name, seed), {}))
     record.environment["validation_source"] = data.validation_source
     if spec.prompt_name(plan.prompt_row or plan.trainer):
         record.environment["prompt"] = f"task.prompts.{spec.prompt_name(plan.prompt_row or plan.trainer)}"

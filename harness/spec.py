@@ -83,6 +83,15 @@ class DatasetSpec(Strict):
     text_field: str = "text"
     label_field: str = "label"
     fields_field: str = "fields"
+    limit_train: int | None = Field(
+        None,
+        gt=0,
+        description="a stratified sample of N training examples (before validation is held out); "
+        "--limit-train replaces it",
+    )
+    limit_test: int | None = Field(
+        None, gt=0, description="a stratified sample of N test examples; --limit-test replaces it"
+    )
 
     # No source at all is allowed: a spec for data that is not published (waybill) names its fields and
     # is run with --data; load_datasets says so if --data is missing.

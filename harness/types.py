@@ -191,6 +191,9 @@ class RunRecord:
     training: dict[str, Any] = field(default_factory=dict)
     measurement: dict[str, Any] = field(default_factory=dict)
     serving: dict[str, Any] = field(default_factory=dict)
+    # What the plan estimated before the run (harness.estimate): its fate, steps, train and serve seconds, peak RSS
+    # and where the figures came from, kept beside what was measured.
+    estimate: dict[str, Any] = field(default_factory=dict)
     created: str = ""
     train_log: list[dict[str, Any]] = field(default_factory=list, repr=False)
 

@@ -1,21 +1,23 @@
-"""What a train or measure unit does with its job: train and save the model, or load it and time its predictions.
+"""What a unit does with its job: train and save the model, load it and time its predictions, or calibrate.
 
 A run is two units of work: **train** (the approach's train hook; writes the artifact and its ``artifact.json``)
 and **measure** (load the stored artifact, warm up, predict the test set, sample batch-1 latency; writes
-``predictions.jsonl``). A unit is a plain function of a picklable job: :mod:`harness.launch` runs it in a process
-of its own (or inline), :mod:`harness.ray_executor` as a Ray task.
+``predictions.jsonl``). A third kind, **calibrate**, trains a few timed steps on a sample and serves a few
+examples, for the plan's estimate (:mod:`harness.calibration`). A unit is a plain function of a picklable job:
+:mod:`harness.launch` runs it in a process of its own (or inline), :mod:`harness.ray_executor` as a Ray task.
 """
 
 from __future__ import annotations
 
+import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 from harness import measure
 from harness.data_cache import read_data_cache
 from harness.load_cache import load_cached
-from harness.progress import RunProgress
+from harness.progress import Bar, RunProgress
 from harness.seeding import seed_everything
 from harness.types import Artifact, Example, Parity, Prediction, Task
 
@@ -211,4 +213,90 @@ def check_predictions(predictions: Any, examples: list[Example]) -> None:
         raise ValueError(f"harness_predict returned {len(predictions)} predictions for {len(examples)} examples")
 
 
-UNITS: dict[str, Callable[[Any, Any, RunProgress], dict[str, Any]]] = {"train": train_unit, "measure": measure_unit}
+class StepClock(RunProgress):
+    """A progress sink that keeps the time of every step of the training bar (``train``) and the phases."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.step_times: list[float] = []  # perf_counter at the bar's start, then at each step's end
+        self.train_start: float | None = None
+
+    def bar(self, description: str, total: float | None) -> Any:
+        from contextlib import contextmanager
+
+        clock = self
+
+        class _Timed(Bar):
+            def advance(self, n: float = 1) -> None:
+                clock.step_times.append(time.perf_counter())
+
+        @contextmanager
+        def timed() -> Iterator[Bar]:
+            if description == "train":
+                clock.train_start = time.perf_counter()
+                yield _Timed(None, None)
+            else:
+                yield Bar(None, None)
+
+        return timed()
+
+
+@dataclass
+class CalibrateJob:
+    trainer: str
+    approach: str
+    task: Any
+    data_file: Path
+    train_settings: dict[str, Any]
+    settings: dict[str, Any]
+    workdir: Path
+    seed: int
+    latency_samples: int = 5
+
+
+def calibrate_unit(plugins: Any, job: CalibrateJob, progress: RunProgress) -> dict[str, Any]:
+    """Train a few steps, evaluate once, load what was trained and serve a few examples; return the timings."""
+
+    seed_everything(job.seed)
+    data = read_data_cache(job.data_file)
+    clock = StepClock()
+    with measure.PeakMemory() as train_memory:
+        trainer = plugins.configured(job.trainer, job.train_settings, workdir=job.workdir, progress=clock)
+        artifact, train_seconds = measure.timed(lambda: trainer.train(job.task, data.train, data.validation))
+    steps = [b - a for a, b in zip([clock.train_start or 0.0, *clock.step_times], clock.step_times)]
+    phases = dict(clock.phases)
+    # After the last step: the evaluation (its own phase), the checkpoint the Trainer saves with it and the best
+    # model loaded back: the train loop's time that no step took.
+    after_steps = 0.0
+    if clock.train_start is not None and clock.step_times:
+        after_steps = max(0.0, phases.get("train_loop", 0.0) - (clock.step_times[-1] - clock.train_start))
+    measure.release_memory()
+    test = without_answers(data.test)
+    with measure.PeakMemory() as serve_memory:
+        loaded, (_, settings), load_seconds, _ = load_cached(
+            plugins, job.approach, job.task, lambda: artifact, job.settings, None
+        )
+        server = plugins.configured(job.approach, settings)
+        server.predict(job.task, loaded, test[:8])  # warm up
+        _, predict_seconds = measure.timed(lambda: server.predict(job.task, loaded, test[8:]))
+        latency = measure.batch1_latency(lambda ex: server.predict(job.task, loaded, [ex]), test[: job.latency_samples])
+    return {
+        "train_seconds": train_seconds,
+        "phases": phases,
+        "step_seconds": steps,
+        "after_steps": after_steps,
+        "n_train": len(data.train),
+        "n_validation": len(data.validation),
+        "train_rss_mb": train_memory.rss_peak_mb,
+        "serve_load": load_seconds,
+        "predict_per_example": predict_seconds / max(1, len(test) - 8),
+        "latency": (latency.summary().get("latency_p50_ms") or 0.0) / 1000,
+        "serve_rss_mb": serve_memory.rss_peak_mb,
+    }
+
+
+UNITS: dict[str, Callable[[Any, Any, RunProgress], dict[str, Any]]] = {
+    "train": train_unit,
+    "measure": measure_unit,
+    "calibrate": calibrate_unit,  # a few timed steps and predictions, for the plan (harness.calibration)
+}

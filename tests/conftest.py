@@ -15,6 +15,9 @@ import pytest
 # Tests never reach a model or dataset hub: everything comes from configs, tmp files and ../shared.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+# A compare's plan calibrates rows the store has no figures for (a few timed steps in a unit of their own):
+# seconds per compare that the suite's hundred compares would add up. tests/test_estimate.py turns it on.
+os.environ.setdefault("HARNESS_CALIBRATE", "0")
 # Under pytest-xdist each worker (and every process it starts) computes on one thread: two workers on two
 # cores then share them instead of fighting over four spinning threads.
 if os.environ.get("PYTEST_XDIST_WORKER"):

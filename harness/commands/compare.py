@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from harness.commands.checks import check_output_target, parse_seeds, positive
 from harness.commands.output import make_console
@@ -12,6 +12,8 @@ from harness.errors import UserError
 
 if TYPE_CHECKING:
     from harness.data_load import Datasets
+    from harness.estimate import CostPlan
+    from harness.planning import CompareOptions, Plan
     from harness.plugins import Plugins
     from harness.spec import Spec
 
@@ -26,8 +28,14 @@ def cmd_compare(args: argparse.Namespace) -> int:
     from harness.spec import load_spec
     from harness.store import Store
     from harness.store.records import comparison_to_dict
+    from harness.tracking import track
 
     # Everything the user typed is checked before anything is trained or written.
+    budget = None
+    if args.budget is not None:
+        from harness.estimate import parse_duration
+
+        budget = parse_duration(args.budget)
     plugins, approaches = _approaches(args)
     seeds = parse_seeds(args.seeds) if args.seeds is not None else None
     spec = load_spec(args.spec)
@@ -44,7 +52,8 @@ def cmd_compare(args: argparse.Namespace) -> int:
     plans = {name: plans[name] for name in approaches}
     data = _datasets(spec, args)
     check_output_target(args.json)
-    Store(args.store).check_writable()  # before hours of training, not after
+    if not args.dry_run:
+        Store(args.store).check_writable()  # before hours of training, not after
     for warning in data_warnings(data_checks(data, spec.to_task())):
         print(f"harness: warning: {warning}", file=sys.stderr)
 
@@ -57,6 +66,18 @@ def cmd_compare(args: argparse.Namespace) -> int:
         launcher=args.launcher,
         seeds=seeds,
     )
+    if teacher_plan is not None and args.dry_run:
+        console.print(f"teacher {teacher}: labels the training examples first (not estimated)")
+    if not args.dry_run:  # --track mlflow: MLflow missing is one line, before the plan and anything trains
+        track(args.track, plugins, Store(args.store))
+    cost = _plan(plugins, spec, data, plans, options, args, console)
+    if budget is not None:
+        from harness.estimate import check_budget
+
+        check_budget(cost, budget)
+    if args.dry_run:
+        return 0
+    options.estimates = cost.estimates()
     store = Store(args.store)
     if teacher_plan is not None:
         from harness.comparison import check_approaches
@@ -66,7 +87,11 @@ def cmd_compare(args: argparse.Namespace) -> int:
         data, options.teacher = teach(plugins, spec, data, teacher_plan, store, console)
         console.print(describe(options.teacher))
     comparison = compare(plugins, spec, data, plans, store, options, console)
+    from harness.estimate import against_actual
     from harness.report_plots import write_plots
+
+    for line in against_actual(comparison.runs):
+        console.print(line)
 
     write_plots(comparison, store.root / "comparisons" / comparison.comparison_id, store, console)
     if args.json is not None:
@@ -85,6 +110,7 @@ def cmd_grid(args: argparse.Namespace) -> int:
     from harness.spec import load_spec
     from harness.store import Store
     from harness.store.records import comparison_to_dict
+    from harness.tracking import track
 
     plugins, approaches = _approaches(args)
     if args.parallel is not None:
@@ -116,6 +142,7 @@ def cmd_grid(args: argparse.Namespace) -> int:
     store = Store(args.store)
     console = make_console()
     plugins.pm.register(TerminalReporter(console, []), name="terminal-reporter")
+    track(args.track, plugins, store)
     comparisons = []
     start = time.perf_counter()
     for (spec, plans), data in zip(grids, datas):
@@ -154,6 +181,44 @@ def _approaches(args: argparse.Namespace) -> tuple[Plugins, list[str]]:
         raise UserError(f"expected distinct plugin names separated by commas, got {args.plugins!r}", where="--plugins")
     positive(args.latency_samples, "--latency-samples")
     return plugins, approaches
+
+
+def _plan(
+    plugins: Plugins,
+    spec: Spec,
+    data: Datasets,
+    plans: dict[str, Plan],
+    options: CompareOptions,
+    args: argparse.Namespace,
+    console: Any,
+) -> CostPlan:
+    """Print the plan before anything trains: each row's fate and steps, and what it is estimated to cost
+    (harness.estimate). A dry run reads the store and writes nothing to it."""
+    import os
+
+    from harness.estimate import duration, plan_costs, plan_table
+    from harness.progress import RunProgress
+    from harness.store import Store
+
+    store = Store(args.store, read_only=args.dry_run)
+    cost = plan_costs(
+        plugins,
+        spec,
+        data,
+        plans,
+        store,
+        options,
+        # HARNESS_CALIBRATE=0: figures from the store only (the test suite's default, to keep it short).
+        calibrate_missing=os.environ.get("HARNESS_CALIBRATE", "1") != "0",
+        keep_calibrations=not args.dry_run,
+        progress=RunProgress(console),
+        say=lambda line: console.print(f"[dim]{line}[/]"),
+    )
+    unknown = any(row.fate != "reused" and row.train_seconds is None for row in cost.rows)
+    sizes = f"train {len(data.train)}, validation {len(data.validation)}, test {len(data.test)}"
+    total = f"estimated {duration(cost.total_seconds())} on this machine" + (" and rows marked ?" if unknown else "")
+    console.print(plan_table(cost, f"plan for {spec.name} ({sizes}): {total}"))
+    return cost
 
 
 def _datasets(spec: Spec, args: argparse.Namespace) -> Datasets:

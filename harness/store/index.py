@@ -41,8 +41,9 @@ CREATE TABLE IF NOT EXISTS comparisons (
 class Index:
     """The index of the store at ``root``, opened on first use: validating input never creates the store."""
 
-    def __init__(self, root: Path):
+    def __init__(self, root: Path, read_only: bool = False):
         self.root = root
+        self.read_only = read_only
         # One SQLite connection per thread (a grid runs several runs at once from threads of one process).
         self._local = threading.local()
 
@@ -59,8 +60,12 @@ class Index:
         """This thread's connection, opened (and the index made or migrated) on first use."""
         if self._db is None:
             path = self.root / "runs.db"
-            if path.is_file() and not _writable(self.root, path):
+            if path.is_file() and (self.read_only or not _writable(self.root, path)):
                 return self._read_only_db(path)
+            if self.read_only:  # no index yet: an empty one in memory, and nothing on disk
+                self._db = sqlite3.connect(":memory:")
+                self._db.executescript(SCHEMA)
+                return self._db
             self.root.mkdir(parents=True, exist_ok=True)
             try:
                 # WAL and a busy timeout: a second compare on the same store waits instead of failing.

@@ -26,9 +26,11 @@ class Store:
     """The results store at ``root`` (``HARNESS_HOME`` or ``.harness`` by default), laid out as :mod:`harness.store`
     describes."""
 
-    def __init__(self, root: Path | None = None):
+    def __init__(self, root: Path | None = None, read_only: bool = False):
+        """``read_only``: read what is there and never write, create or migrate anything (``compare --dry-run``)."""
         self.root = Path(root) if root is not None else layout.default_root()
-        self._index = Index(self.root)
+        self.read_only = read_only
+        self._index = Index(self.root, read_only)
         self._partials = Partials(self.root, self._index)
         self._live = LiveHolds(self.root)
         self._finder = RunFinder(self.root, self._index)
@@ -82,6 +84,8 @@ class Store:
         import secrets
 
         path = self.root / "secret-key"
+        if not path.is_file() and self.read_only:  # no stored run can hold a secret's mark yet
+            return secrets.token_hex(32).encode()
         if not path.is_file():
             self.root.mkdir(parents=True, exist_ok=True)
             tmp = path.with_name(f"secret-key.{os.getpid()}-{threading.get_ident()}.tmp")
@@ -105,7 +109,7 @@ class Store:
             cache = {}
         before = json.dumps(cache, sort_keys=True)
         yield cache
-        if json.dumps(cache, sort_keys=True) != before:
+        if json.dumps(cache, sort_keys=True) != before and not self.read_only:
             self.root.mkdir(parents=True, exist_ok=True)
             write_json(path, cache)
 
