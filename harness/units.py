@@ -28,6 +28,21 @@ TRAIN_RESULT = "train_result.json"  # the train unit's figures, written beside a
 TRAIN_MEMORY_SETTINGS = ("per_device_train_batch_size", "max_length")
 
 
+def training_memory_advice(settings: dict[str, Any]) -> str:
+    """What to change when training ran out of accelerator memory: the settings to lower, and gradient
+    checkpointing where the approach has it and it is not on."""
+    lower = [f"{key} (now {settings[key]})" for key in TRAIN_MEMORY_SETTINGS if settings.get(key)]
+    advice = (
+        "out of accelerator memory while training; lower "
+        + (" or ".join(lower) or "the batch size")
+        + ", and raise gradient_accumulation_steps to keep the effective batch"
+    )
+    checkpointing = settings.get("gradient_checkpointing", True)
+    if checkpointing is not True:
+        advice += f"; or set gradient_checkpointing: true (now {str(checkpointing).lower()})"
+    return advice
+
+
 class OutOfMemory(RuntimeError):
     """Training ran out of accelerator memory: the message names the settings to lower."""
 
@@ -85,12 +100,7 @@ def train_unit(plugins: Any, job: TrainJob, progress: RunProgress) -> dict[str, 
     except Exception as exc:
         if not measure.is_out_of_memory(exc):
             raise
-        lower = [f"{key} (now {job.settings[key]})" for key in TRAIN_MEMORY_SETTINGS if job.settings.get(key)]
-        raise OutOfMemory(
-            "out of accelerator memory while training; lower "
-            + (" or ".join(lower) or "the batch size")
-            + ", and raise gradient_accumulation_steps to keep the effective batch"
-        ) from None
+        raise OutOfMemory(training_memory_advice(job.settings)) from None
     if not isinstance(artifact, Artifact):
         raise TypeError(f"harness_train returned {type(artifact).__name__}, not an Artifact")
     save_artifact(artifact, job.workdir)

@@ -98,3 +98,15 @@ def test_training_out_of_memory_fails_the_row_naming_the_settings_to_lower(tmp_p
         "(now 32) or max_length (now 128), and raise gradient_accumulation_steps to keep the "
         "effective batch"
     )
+
+
+def test_training_out_of_memory_names_gradient_checkpointing_where_the_approach_has_it_off():
+    from harness.units import training_memory_advice
+
+    settings = {"per_device_train_batch_size": 12, "max_length": 2048}
+    assert "checkpointing" not in training_memory_advice(settings)
+    assert "checkpointing" not in training_memory_advice({**settings, "gradient_checkpointing": True})
+    for value, said in (("auto", "auto"), (False, "false")):
+        assert training_memory_advice({**settings, "gradient_checkpointing": value}).endswith(
+            f"; or set gradient_checkpointing: true (now {said})"
+        )
