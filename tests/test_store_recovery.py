@@ -224,8 +224,8 @@ def test_a_read_only_store_is_refused_before_anything_trains(naive_store, target
 def test_a_run_killed_in_epoch_two_resumes_as_the_same_run(tmp_path, plugin_site, tiny_bert, ag_news_data):
     """Killed at a checkpoint in the middle of epoch 2, then resumed after another compare on the same store:
     the same predictions to the last digit of every probability and the same losses as the run left alone.
-    108 training examples in batches of 16 are 7 steps an epoch; a checkpoint every 9 steps falls inside an
-    epoch, where the resumed run must skip the batches it saw in the same order it saw them."""
+    108 training examples in batches of 16 are 7 steps an epoch, 28 in 4 epochs; a checkpoint every 9 steps
+    falls inside an epoch, where the resumed run must skip the batches it saw in the same order it saw them."""
     args = [
         "compare",
         "--plugins",
@@ -236,7 +236,7 @@ def test_a_run_killed_in_epoch_two_resumes_as_the_same_run(tmp_path, plugin_site
         "--limit-train",
         "120",
         *bert_args(
-            tiny_bert, "num_train_epochs=8", "eval_steps=9", "logging_steps=1", "per_device_train_batch_size=16"
+            tiny_bert, "num_train_epochs=4", "eval_steps=9", "logging_steps=1", "per_device_train_batch_size=16"
         ),
     ]
     whole = make_cli(plugin_site, tmp_path)(*args, "--store", "whole", "--json", "whole.json", "--launcher", "inline")

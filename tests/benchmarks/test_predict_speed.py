@@ -51,7 +51,7 @@ def test_qwen_predict_throughput(harness_benchmark, tiny_qwen):
 
 
 def test_length_buckets_and_packing_beat_padded_file_order_in_the_same_run(shared):
-    """MiniLM on 256 AG News texts, batches of 64, measured interleaved: padded batches bucketed by length
+    """MiniLM on 128 AG News texts, batches of 32, measured interleaved: padded batches bucketed by length
     must beat padded batches in file order, and so must packed batches in file order (harness.packing,
     bert's default on CPU), with the same answers."""
     import harness_plugins.bert as bert
@@ -61,11 +61,11 @@ def test_length_buckets_and_packing_beat_padded_file_order_in_the_same_run(share
     from harness.units import without_answers
 
     task = load_spec("agnews").to_task()
-    examples = without_answers(read_examples(AG_NEWS / "test.jsonl", task, "text", "label", "fields")[:256])
+    examples = without_answers(read_examples(AG_NEWS / "test.jsonl", task, "text", "label", "fields")[:128])
     from harness import RunContext
 
-    settings = bert.BertSettings(model=str(MINILM), num_train_epochs=0.0, predict_batch_size=64, device="cpu")
-    approach, context = bert.Bert(), RunContext(batch_size=64, workdir=Path("."), progress=SILENT)
+    settings = bert.BertSettings(model=str(MINILM), num_train_epochs=0.0, predict_batch_size=32, device="cpu")
+    approach, context = bert.Bert(), RunContext(batch_size=32, workdir=Path("."), progress=SILENT)
     artifact = approach.train(task, [], [], settings, context)
     ways = {
         "padded, by length": {"packing": "padded", "bucket_by_length": True},
