@@ -76,7 +76,7 @@ def head_cross_entropy(head: Any, hidden: Any, targets: Any) -> Any:
     in chunks of tokens whose logits hold :data:`HEAD_CHUNK_ELEMENTS` at most. Each chunk's logits are computed
     again in the backward pass (``torch.utils.checkpoint``) instead of being kept: in one piece the logits,
     their log-softmax and its gradients are three fp32 copies of tokens x vocabulary at the step's peak
-    (docs/benchmarks.md, "Issue 36"). The sum is the same up to float rounding."""
+    (docs/benchmarks.md, "Decoder training memory on CPU"). The sum is the same up to float rounding."""
     import torch
     from torch.utils.checkpoint import checkpoint
 
