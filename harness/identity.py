@@ -414,17 +414,29 @@ def cpu_bf16() -> bool:
 
 def accelerator() -> str:
     """``cuda`` where torch sees a CUDA GPU, else ``cpu``: training on one or the other is not the same run."""
-    try:
-        import torch
-    except ImportError:
+    if not _torch_may_see_a_gpu():
         return "cpu"
+    import torch
+
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
 def gpu_name() -> str | None:
     """The first CUDA GPU's name, or None: a measurement on another GPU is another measurement."""
-    try:
-        import torch
-    except ImportError:
+    if not _torch_may_see_a_gpu():
         return None
+    import torch
+
     return torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
+
+
+def _torch_may_see_a_gpu() -> bool:
+    """False where torch is missing or is a CPU build (its version ends ``+cpu``), read from its metadata without
+    importing it: the driver of a comparison whose approaches never need torch (an endpoint, a scikit-learn
+    plugin) does not pay its import, two seconds and 200 MB, to learn that there is no GPU."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return not version("torch").endswith("+cpu")
+    except PackageNotFoundError:
+        return False

@@ -80,3 +80,22 @@ def test_no_module_of_harness_imports_one_that_imports_it_back():
     graph = import_graph()
     assert len(graph) > 20 and "harness.store" in graph["harness.runner"]
     assert circles(graph) == []
+
+
+def test_the_driver_learns_there_is_no_gpu_without_importing_a_cpu_build_of_torch():
+    """A CPU build of torch (version ``+cpu``) can see no GPU: the identity's device is read from its metadata, so a
+    comparison whose approaches never need torch does not import it in the driver."""
+    import subprocess
+    import sys
+    from importlib.metadata import version
+
+    import pytest
+
+    if not version("torch").endswith("+cpu"):
+        pytest.skip("torch here is not a CPU build")
+    code = (
+        "import sys; from harness.identity import accelerator, gpu_name; "
+        "print(accelerator(), gpu_name(), 'torch' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    assert out == ["cpu", "None", "False"]
