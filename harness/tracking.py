@@ -63,10 +63,9 @@ BATCH = 100  # params or tags per log_batch request (metrics: 1000)
 RUN_TAG = "harness.run_id"  # on the one MLflow run that holds a harness run's figures
 
 
-def track(name: str | None, plugins: Any, store: Any) -> None:
-    """Register the tracker ``--track`` names (None: none) as a listener of the event hooks.
-
-    MLflow missing is a :class:`UserError` naming the extra, before anything trains."""
+def check_tracker(name: str | None) -> None:
+    """The tracker ``--track`` names can run here: MLflow missing is a :class:`UserError` naming the extra. Cheap
+    and without the store, so a command can check it before it prints or creates anything."""
     if name is None:
         return
     if name not in TRACKERS:  # argparse's choices check it first; a caller of this function may not
@@ -75,6 +74,14 @@ def track(name: str | None, plugins: Any, store: Any) -> None:
         import mlflow.tracking  # noqa: F401  (the client is made when a comparison starts)
     except ImportError:
         raise UserError("--track mlflow needs MLflow: pip install 'harness-compare[mlflow]'", where="--track") from None
+
+
+def track(name: str | None, plugins: Any, store: Any) -> None:
+    """Register the tracker ``--track`` names (None: none) as a listener of the event hooks, after
+    :func:`check_tracker`."""
+    check_tracker(name)
+    if name is None:
+        return
     for key, value in HTTP_DEFAULTS.items():
         os.environ.setdefault(key, value)
     plugins.pm.register(MlflowTracker(store), name="mlflow-tracker")

@@ -28,7 +28,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
     from harness.spec import load_spec
     from harness.store import Store
     from harness.store.records import comparison_to_dict
-    from harness.tracking import track
+    from harness.tracking import check_tracker, track
 
     # Everything the user typed is checked before anything is trained or written.
     budget = None
@@ -69,7 +69,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
     if teacher_plan is not None and args.dry_run:
         console.print(f"teacher {teacher}: labels the training examples first (not estimated)")
     if not args.dry_run:  # --track mlflow: MLflow missing is one line, before the plan and anything trains
-        track(args.track, plugins, Store(args.store))
+        check_tracker(args.track)
     cost = _plan(plugins, spec, data, plans, options, args, console)
     if budget is not None:
         from harness.estimate import check_budget
@@ -79,6 +79,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
         return 0
     options.estimates = cost.estimates()
     store = Store(args.store)
+    track(args.track, plugins, store)
     if teacher_plan is not None:
         from harness.comparison import check_approaches
         from harness.teacher import describe, teach
