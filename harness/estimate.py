@@ -193,16 +193,10 @@ def _fate(store: Store, train_key: str, measure_key: str, rerun: bool) -> tuple[
     """What the runner will do with a row of these identities, read without writing: (fate, detail, step resumed)."""
     if rerun or not (store.root / "runs.db").is_file():
         return "trained", "--rerun" if rerun else "", None
-    import contextlib
-    import io
-
-    # What the store says about a run lost on disk is the runner's to say, once: not the plan's too.
-    with contextlib.redirect_stderr(io.StringIO()):
-        found = store.find_measured(measure_key)
-        trained = None if found is not None else store.find_trained(train_key)
+    found = store.find_measured(measure_key)
     if found is not None:
         return "reused", f"run {found.run_id}", None
-    found = trained
+    found = store.find_trained(train_key)
     if found is not None:
         return "re-measured", f"the model of run {found.run_id}", None
     from harness.store.resume import resumable

@@ -16,6 +16,7 @@ if TYPE_CHECKING:
     from harness.planning import CompareOptions, Plan
     from harness.plugins import Plugins
     from harness.spec import Spec
+    from harness.store import Store
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
@@ -70,7 +71,9 @@ def cmd_compare(args: argparse.Namespace) -> int:
         console.print(f"teacher {teacher}: labels the training examples first (not estimated)")
     if not args.dry_run:  # --track mlflow: MLflow missing is one line, before the plan and anything trains
         check_tracker(args.track)
-    cost = _plan(plugins, spec, data, plans, options, args, console)
+    # One store for the plan and the runs: what it warns of (a run deleted by hand) is said once.
+    store = Store(args.store, read_only=args.dry_run)
+    cost = _plan(plugins, spec, data, plans, store, options, args, console)
     if budget is not None:
         from harness.estimate import check_budget
 
@@ -78,7 +81,6 @@ def cmd_compare(args: argparse.Namespace) -> int:
     if args.dry_run:
         return 0
     options.estimates = cost.estimates()
-    store = Store(args.store)
     track(args.track, plugins, store)
     if teacher_plan is not None:
         from harness.comparison import check_approaches
@@ -189,6 +191,7 @@ def _plan(
     spec: Spec,
     data: Datasets,
     plans: dict[str, Plan],
+    store: Store,
     options: CompareOptions,
     args: argparse.Namespace,
     console: Any,
@@ -199,9 +202,7 @@ def _plan(
 
     from harness.estimate import duration, plan_costs, plan_table
     from harness.progress import RunProgress
-    from harness.store import Store
 
-    store = Store(args.store, read_only=args.dry_run)
     cost = plan_costs(
         plugins,
         spec,
