@@ -87,6 +87,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     cmp.add_argument("--json", type=Path, help="also write the comparison as JSON to this file")
     cmp.add_argument("--store", type=Path, help="results store directory (default: $HARNESS_HOME or .harness)")
+    _add_storage(cmp)
     _add_track(cmp)
 
     grd = commands.add_parser("grid", help="approaches x settings x seeds x specs as runs, locally or on a Ray cluster")
@@ -119,10 +120,19 @@ def build_parser() -> argparse.ArgumentParser:
     grd.add_argument("--cpus-per-run", type=float, default=1.0, help="CPUs each unit asks Ray for (default 1)")
     grd.add_argument("--gpus-per-run", type=float, default=0.0, help="GPUs each unit asks Ray for (default 0)")
     grd.add_argument("--parallel", type=int, help="runs at once on Ray (default: as many as the grid has)")
+    grd.add_argument(
+        "--resource",
+        dest="resources",
+        action="append",
+        default=[],
+        metavar="NAME=AMOUNT",
+        help="a custom Ray resource each unit asks for (repeatable): units run only on nodes started with it",
+    )
     grd.add_argument("--random-weights", action="store_true", help="models from their configs: speed only")
     grd.add_argument("--latency-samples", type=int, default=100, help="requests timed one at a time (default 100)")
     grd.add_argument("--json", type=Path, help="also write the comparisons as JSON to this file")
     grd.add_argument("--store", type=Path, help="results store directory (default: $HARNESS_HOME or .harness)")
+    _add_storage(grd)
     _add_track(grd)
 
     bch = commands.add_parser(
@@ -222,6 +232,16 @@ def build_parser() -> argparse.ArgumentParser:
 def _add_overrides(parser: argparse.ArgumentParser, metavar: str, help: str | None = None) -> None:
     """``--set``, repeatable: its values collect in ``args.overrides``."""
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar=metavar, help=help)
+
+
+def _add_storage(parser: argparse.ArgumentParser) -> None:
+    """``--storage URI``: new runs' artifacts apart from the store (harness.storage)."""
+    parser.add_argument(
+        "--storage",
+        help="where new runs' models, checkpoints and predictions go: a directory or an fsspec URL "
+        "(s3://bucket/prefix) that every node can reach (default: $HARNESS_STORAGE, else in the store; "
+        "credentials from the environment)",
+    )
 
 
 def _add_track(parser: argparse.ArgumentParser) -> None:

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any, Callable, Literal
 
 from harness.approach import Settings, setting
+from harness.storage import checkpoint_saved
 from harness.types import Artifact
 
 PHASES_FILE = "harness_phases.json"  # in each checkpoint: the phases' seconds up to it
@@ -118,6 +119,23 @@ class LogLines:
         if is_eval:
             entry["train_loss"] = self.last_loss
         return entry
+
+
+def log_lines_until(state_file: Path, step: int) -> list[dict[str, Any]] | None:
+    """The training log's lines up to ``step``, made again from a checkpoint's ``trainer_state.json`` by the
+    callback's own rules (:class:`LogLines`), or None where it cannot be read: what a run resumed from that
+    checkpoint logged before it."""
+    try:
+        history = json.loads(state_file.read_text(encoding="utf-8")).get("log_history") or []
+    except (OSError, ValueError):
+        return None
+    lines = LogLines()
+    rebuilt = (
+        lines.line(item["step"], item.get("epoch"), {k: v for k, v in item.items() if k != "step"})
+        for item in history
+        if item.get("step", 0) <= step
+    )
+    return [entry for entry in rebuilt if entry is not None]
 
 
 def train_with_trainer(
@@ -242,6 +260,7 @@ def train_with_trainer(
                         folder / PHASES_FILE,
                         {"phases": progress.snapshot(), "loss_sum": loss_sum, "step": self.state.global_step},
                     )
+                checkpoint_saved(Path(self.args.output_dir))  # written back where the unit mirrors to storage
 
     trainer = HarnessTrainer(
         model=model,

@@ -88,6 +88,7 @@ NOT_TRAINING = frozenset(
         "harness.stats_intervals",
         "harness.stats_pairs",
         "harness.stats_seeds",
+        "harness.storage",
         "harness.store",
         "harness.testing",
     }
@@ -393,6 +394,22 @@ def training_code(roots: list[Any]) -> dict[str, str]:
 def measuring_code(roots: list[Any]) -> dict[str, str]:
     """The code that serves and times: the measure unit and the approach's load and predict (``roots``)."""
     return code_fingerprint([*CORE_MEASURING, *roots], NOT_MEASURING)
+
+
+def host() -> dict[str, Any]:
+    """What a run's identities take from the machine its units run on, read where they run (a Ray worker, not the
+    driver): its name and CPU, GPU, CPU threads, accelerator, bf16 units and library versions."""
+    from harness import measure
+
+    return {
+        "machine": measure.machine(),
+        "gpu": gpu_name(),
+        "threads": measure.unit_threads(),
+        "accelerator": accelerator(),
+        "cpu_bf16": cpu_bf16(),
+        "training_versions": library_versions(TRAINING_LIBRARIES),
+        "serving_versions": library_versions(SERVING_LIBRARIES),
+    }
 
 
 def training_device(setting: Any) -> str:

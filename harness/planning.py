@@ -26,6 +26,9 @@ class CompareOptions:
     seeds: list[int] | None = None  # --seeds: instead of the spec's seeds (or its seed)
     teacher: dict[str, Any] | None = None  # what harness.teacher did to the training data, for every record
     parallel: int = 1  # runs at once (harness grid on Ray); 1: one after another
+    storage: str | None = None  # --storage: where new runs' artifacts go (harness.storage); None: the store
+    # What the identities take from the machine that runs the units (harness.identity.host); None: this one's.
+    host: dict[str, Any] | None = None
     # The plan's estimate for each (row, seed) (harness.estimate), kept in the row's record.
     estimates: dict[tuple[str, int], dict[str, Any]] = field(default_factory=dict)
 

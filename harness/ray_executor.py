@@ -144,7 +144,8 @@ def _tasks() -> dict[str, Any]:
     return {"train": ray.remote(**options)(harness_train_unit), "measure": ray.remote(**options)(harness_measure_unit)}
 
 
-RESOURCES = {"cpus": 1, "gpus": 0}  # what each unit asks for; harness grid sets them from its options
+# What each unit asks for: CPUs, GPUs and custom resources (a node started with --resources); harness grid sets them.
+RESOURCES: dict[str, Any] = {"cpus": 1, "gpus": 0, "custom": {}}
 
 
 def run_unit_on_ray(kind: str, job: Any, setup: Any, progress: Any) -> dict[str, Any]:
@@ -153,7 +154,9 @@ def run_unit_on_ray(kind: str, job: Any, setup: Any, progress: Any) -> dict[str,
     from harness.launch import UnitFailed
 
     ray = ray_module()
-    task = _tasks()[kind].options(num_cpus=RESOURCES["cpus"], num_gpus=RESOURCES["gpus"])
+    task = _tasks()[kind].options(
+        num_cpus=RESOURCES["cpus"], num_gpus=RESOURCES["gpus"], resources=dict(RESOURCES["custom"])
+    )
     try:
         answer = ray.get(task.remote(job, setup, _data_ref(str(job.data_file))))
     except ray.exceptions.RayTaskError as exc:

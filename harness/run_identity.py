@@ -11,7 +11,7 @@ import json
 from dataclasses import asdict
 from typing import Any
 
-from harness import identity, measure
+from harness import identity
 from harness.data_load import Datasets
 from harness.errors import UserError
 from harness.planning import CompareOptions, Plan
@@ -47,11 +47,42 @@ def training_identity(
         "validation_source": data.validation_source,
         "seed": plan.train_settings["seed"],
         "code": identity.training_code(plugins.code_roots(plan.trainer, ("train",))),
-        "versions": identity.library_versions(identity.TRAINING_LIBRARIES),
-        "accelerator": identity.training_device(settings.get("train_device")),
-        # On a CPU with bf16 units decoders train under bf16 autocast (mixed_precision: auto): not the same run.
-        "cpu_bf16": identity.cpu_bf16(),
+        **trained_on(options.host or identity.host(), settings.get("train_device")),
     }
+
+
+def trained_on(host: dict[str, Any], train_device: Any) -> dict[str, Any]:
+    """The training identity's parts that ``host`` (:func:`harness.identity.host`, where the train unit runs) gives."""
+    return {
+        "versions": host["training_versions"],
+        "accelerator": host["accelerator"] if train_device in (None, "auto") else str(train_device),
+        # On a CPU with bf16 units decoders train under bf16 autocast (mixed_precision: auto): not the same run.
+        "cpu_bf16": host["cpu_bf16"],
+    }
+
+
+def measured_on(host: dict[str, Any]) -> dict[str, Any]:
+    """The measurement identity's parts that ``host`` (where the measure unit runs) gives."""
+    return {
+        "machine": host["machine"],
+        "gpu": host["gpu"],
+        "threads": host["threads"],
+        "versions": host["serving_versions"],
+    }
+
+
+def on_unit_hosts(record: RunRecord, train_host: dict[str, Any] | None, measure_host: dict[str, Any] | None) -> None:
+    """The record's identities as the units that ran it saw their machines (a Ray worker's, not the driver's):
+    reused later only where the same machine, GPU and libraries measure."""
+    training, measurement = dict(record.training["identity"]), dict(record.measurement["identity"])
+    if train_host is not None:
+        training.update(trained_on(train_host, (training.get("settings") or {}).get("train_device")))
+        record.training["key"] = identity.digest(training)
+        record.training["identity"] = training
+        measurement["train_key"] = record.training["key"]
+    if measure_host is not None:
+        measurement.update(measured_on(measure_host))
+    record.measurement = {**record.measurement, "key": identity.digest(measurement), "identity": measurement}
 
 
 def serving_identity(plugins: Plugins, plan: Plan, settings: dict[str, Any], store: Store) -> dict[str, Any]:
@@ -84,12 +115,9 @@ def measurement_identity(
         "test": data.test_hash,
         "latency_samples": options.latency_samples,
         "warmup_examples": options.warmup_examples,
-        "machine": measure.machine(),
-        "gpu": identity.gpu_name(),
-        "threads": measure.unit_threads(),
         "launcher": options.launcher,
         "code": serving["code"],
-        "versions": serving["versions"],
+        **measured_on(options.host or identity.host()),
     }
 
 

@@ -21,20 +21,27 @@ from harness import identity, measure
 from harness.data_cache import data_cache_file, write_data_cache
 from harness.data_load import Datasets, data_checks
 from harness.files import write_text
-from harness.hf_trainer import LogLines
+from harness.hf_trainer import log_lines_until
 from harness.launch import UnitFailed, run_unit
 from harness.load_cache import load_cache_dir
 from harness.planning import CompareOptions, Plan
 from harness.plugins import Plugins
 from harness.progress import RunProgress
-from harness.run_identity import measurement_identity, training_identity, training_reason, what_changed
+from harness.run_identity import (
+    measurement_identity,
+    on_unit_hosts,
+    training_identity,
+    training_reason,
+    what_changed,
+)
 from harness.spec import Spec
+from harness.storage import open_storage, run_key
 from harness.store import Store
+from harness.store.artifacts import TRAIN_RESULT, RunArtifacts, mark, run_artifacts
 from harness.store.comparisons import shown_as
-from harness.store.records import load_artifact, read_predictions, read_scored
-from harness.store.resume import resumable
+from harness.store.records import artifact_from_json, read_predictions, read_scored
 from harness.types import Example, Prediction, RunRecord, Task
-from harness.units import TRAIN_RESULT, MeasureJob, TrainJob
+from harness.units import MeasureJob, TrainJob
 
 
 def now() -> str:
@@ -143,14 +150,22 @@ def _run_locked(
     if resumed is not None:
         # The killed run goes on as itself: its id, its directory, its training log up to what it resumes from.
         workdir, record.run_id = resumed
-        kept = resumable(workdir)
+        artifacts = run_artifacts(workdir)
+        kept = artifacts.progress()
         record.training["resumed"] = {"run": record.run_id, "from": kept}
-        record.train_log = _log_until(workdir / "train_log.jsonl", kept)
+        # From a checkpoint in storage the train unit itself logs the lines before it again (wherever it runs).
+        in_unit = artifacts.uri is not None and (kept or "").startswith("checkpoint-")
+        record.train_log = [] if in_unit else _log_until(workdir / "train_log.jsonl", kept)
         log_file = workdir / "train_log.jsonl"
         write_text(log_file, "".join(json.dumps(entry, default=str) + "\n" for entry in record.train_log))
     else:
         workdir = store.start_run(record.run_id, {"train_key": train_key, "measure_key": record.measurement["key"]})
+        if options.storage:
+            mark(workdir, options.storage)
+        artifacts = run_artifacts(workdir)
         log_file = workdir / "train_log.jsonl"
+    if artifacts.uri is not None:
+        record.environment["storage"] = artifacts.uri
     notify(plugins, "harness_run_started", run=record)
 
     def on_log(entry: dict[str, Any]) -> None:
@@ -161,20 +176,19 @@ def _run_locked(
 
     progress = RunProgress(console, on_log)
     error_detail = None
+    measured: dict[str, Any] = {}
     try:
         cache_dir = load_cache_dir(store, train_key, record.measurement["identity"])
         # Held from cleanup before they are used (until the compare ends); then the data cache is written if
         # missing, also if a cleanup had just removed it.
         store.hold(workdir, data_cache_file(data, store.root / "data"), cache_dir)
         data_file = write_data_cache(data, store.root / "data")
-        finished = workdir / "artifact" / TRAIN_RESULT
+        model = artifacts
         if source is not None:
             _reuse_training(record, source)
-            artifact_file = store.artifact_file(source.run_id)
-        elif finished.is_file():  # a killed run had finished training: measure its model
-            artifact_file = _record_training(
-                record, json.loads(finished.read_text(encoding="utf-8")), workdir / "artifact"
-            )
+            model = store.artifacts(source.run_id)
+        elif artifacts.exists(TRAIN_RESULT):  # a killed run had finished training: measure its model
+            _record_training(record, artifacts.read_json(TRAIN_RESULT), artifacts)
         else:
             record.training["reason"] = training_reason(store, record, options.rerun)
             train_job = TrainJob(
@@ -182,24 +196,36 @@ def _run_locked(
                 task,
                 data_file,
                 {**plan.train_settings, "random_weights": options.random_weights},
-                workdir / "artifact",
+                artifacts.folder,
                 seed,
+                artifacts.uri,
+                artifacts.key if artifacts.uri else None,
             )
             result = _unit("train", train_job, plugins, progress, options.launcher)
-            artifact_file = _record_training(record, result, train_job.workdir)
+            _record_training(record, result, artifacts)
+            on_unit_hosts(record, result.get("host"), None)
         measure_job = MeasureJob(
             plan.approach,
             task,
             data_file,
             {**plan.settings, "random_weights": options.random_weights},
-            artifact_file,
+            model.folder / "artifact.json",
             workdir / "predictions.jsonl",
             seed,
             options.latency_samples,
             options.warmup_examples,
             cache_dir,
+            artifact_storage=model.uri,
+            artifact_key=model.key if model.uri else None,
+            storage=artifacts.uri,
+            predictions_key=run_key(record.run_id, "predictions.jsonl") if artifacts.uri else None,
         )
-        _measure(plugins, measure_job, progress, record, options)
+        measured = _measure(plugins, measure_job, progress, record, options)
+        on_unit_hosts(record, None, measured["host"])
+        if artifacts.uri is not None:  # the driver's copy, which scoring and reports read
+            open_storage(artifacts.uri).fs.get_file(
+                open_storage(artifacts.uri).path(measure_job.predictions_key or ""), str(workdir / "predictions.jsonl")
+            )
         record.metrics = _score(plugins, name, task, data.test, read_predictions(workdir / "predictions.jsonl"))
         parity = record.serving.get("parity")
         if parity and not parity.get("ok", True):  # predictions and figures are kept; the row says why it failed
@@ -213,7 +239,9 @@ def _run_locked(
 
         record.status, record.error = "failed", f"{type(exc).__name__}: {exc}".splitlines()[0]
         error_detail = traceback.format_exc()
-    record.environment.update(measure.environment(record.serving.get("device") or record.model.get("device")))
+    if "environment" not in measured:  # it failed before measuring: this machine's
+        measured["environment"] = measure.environment(record.serving.get("device") or record.model.get("device"))
+    record.environment.update(measured["environment"])
     hidden = [str(plan.settings[k]) for k in plan.secrets if len(str(plan.settings.get(k) or "")) >= 4]
     record.error, error_detail = (_hide(text, hidden) for text in (record.error, error_detail))
     store.finish_run(record, None, error_detail)
@@ -233,10 +261,9 @@ def _unit(
     return run_unit(kind, job, plugins, progress, launcher=launcher)
 
 
-def _record_training(record: RunRecord, result: dict[str, Any], workdir: Any) -> Any:
-    """Record the figures of the train unit that wrote ``workdir``; return its artifact file."""
-    artifact_file = workdir / "artifact.json"
-    artifact = load_artifact(artifact_file)
+def _record_training(record: RunRecord, result: dict[str, Any], artifacts: RunArtifacts) -> None:
+    """Record the figures of the train unit that wrote ``artifacts``."""
+    artifact = artifact_from_json(artifacts.read_json("artifact.json"), artifacts.folder)
     phases = result["phases"]
     seconds = result["seconds"]
     loop = phases.get("train_loop")
@@ -261,7 +288,6 @@ def _record_training(record: RunRecord, result: dict[str, Any], workdir: Any) ->
         "notes": artifact.notes,
         **artifact.info,
     }
-    return artifact_file
 
 
 def _reuse_training(record: RunRecord, source: RunRecord) -> None:
@@ -280,8 +306,9 @@ def _reuse_training(record: RunRecord, source: RunRecord) -> None:
 
 def _measure(
     plugins: Plugins, job: MeasureJob, progress: RunProgress, record: RunRecord, options: CompareOptions
-) -> None:
-    """Measure in a unit of its own; record the serving figures (the predictions are in the job's file)."""
+) -> dict[str, Any]:
+    """Measure in a unit of its own; record the serving figures (the predictions are in the job's file) and return
+    the unit's result."""
     result = _unit("measure", job, plugins, progress, options.launcher)
     record.speed.update(result["speed"])
     if result["speed"].get("build_seconds"):
@@ -294,6 +321,7 @@ def _measure(
     record.model["truncated_predict"] = result["truncated_predict"]
     record.model["notes"] = [*(record.model.get("notes") or []), *result["notes"]]
     record.serving["run_notes"] = list(result["notes"])  # how this measurement served: not part of the model
+    return result
 
 
 def notify(plugins: Plugins, hook: str, **kwargs: Any) -> None:
@@ -340,19 +368,8 @@ def _log_until(path: Any, kept: str | None) -> list[dict[str, Any]]:
         return entries
     step = int(kept.removeprefix("checkpoint-"))
     entries = [entry for entry in entries if entry.get("step", 0) <= step]
-    state_file = path.parent / "artifact" / "checkpoints" / kept / "trainer_state.json"
-    try:
-        history = json.loads(state_file.read_text(encoding="utf-8")).get("log_history") or []
-    except (OSError, ValueError):
-        return entries
-
-    lines = LogLines()  # the callback's own rules, replayed
-    rebuilt = (
-        lines.line(item["step"], item.get("epoch"), {k: v for k, v in item.items() if k != "step"})
-        for item in history
-        if item.get("step", 0) <= step
-    )
-    return [entry for entry in rebuilt if entry is not None]
+    rebuilt = log_lines_until(path.parent / "artifact" / "checkpoints" / kept / "trainer_state.json", step)
+    return entries if rebuilt is None else rebuilt
 
 
 def _score(

@@ -10,19 +10,18 @@ examples, for the plan's estimate (:mod:`harness.calibration`). A unit is a plai
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-from harness import measure
+from harness import identity, measure
 from harness.data_cache import read_data_cache
 from harness.load_cache import load_cached
 from harness.progress import Bar, RunProgress
 from harness.seeding import seed_everything
+from harness.store.artifacts import TRAIN_RESULT  # the train unit's figures, beside artifact.json, written last
 from harness.types import Artifact, Example, Parity, Prediction, Task
-
-TRAIN_RESULT = "train_result.json"  # the train unit's figures, written beside artifact.json when it finishes
-
 
 # What to lower when training runs out of memory, where an approach has them.
 TRAIN_MEMORY_SETTINGS = ("per_device_train_batch_size", "max_length")
@@ -65,6 +64,8 @@ class TrainJob:
     settings: dict[str, Any]
     workdir: Path
     seed: int
+    storage: str | None = None  # artifacts in storage (harness.storage): trained in a local folder, written back
+    storage_key: str | None = None  # the artifact's place there, runs/<run_id>/artifact
 
 
 @dataclass
@@ -79,6 +80,12 @@ class MeasureJob:
     latency_samples: int
     warmup_examples: int
     cache_dir: Path | None = None  # harness_load's own place for what it derives from the trained model
+    # With storage (harness.storage): the trained model is artifact_key in artifact_storage, and the predictions
+    # go to predictions_key in storage (the run's own storage), each through a local copy on this machine.
+    artifact_storage: str | None = None
+    artifact_key: str | None = None
+    storage: str | None = None
+    predictions_key: str | None = None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -90,6 +97,9 @@ def train_unit(plugins: Any, job: TrainJob, progress: RunProgress) -> dict[str, 
     """Train, save ``artifact.json`` beside the model, and return the training figures."""
     from harness.store import save_artifact, write_json
 
+    if job.storage and job.storage_key:
+        with _mirrored(job, progress) as local:
+            return train_unit(plugins, local, progress)
     seed_everything(job.seed)
     data = read_data_cache(job.data_file)
     job.workdir.mkdir(parents=True, exist_ok=True)
@@ -113,13 +123,43 @@ def train_unit(plugins: Any, job: TrainJob, progress: RunProgress) -> dict[str, 
         "gpu_peak_mb": memory.gpu_peak_mb,
     }
     write_json(job.workdir / TRAIN_RESULT, result)  # last: its presence says training finished
-    return result
+    return {**result, "host": identity.host()}  # the machine as this unit saw it (a Ray worker's)
+
+
+@contextmanager
+def _mirrored(job: TrainJob, progress: RunProgress) -> Iterator[TrainJob]:
+    """A train job with storage as one that trains in a local folder, mirrored to storage (checkpoints as they are
+    saved, the model when it is done); resumed from the newest checkpoint there, with the log lines before it."""
+    import shutil
+
+    from harness.hf_trainer import log_lines_until
+    from harness.storage import ACTIVE, Mirror, local_place
+
+    assert job.storage and job.storage_key
+    local = local_place(job.storage, job.storage_key)
+    shutil.rmtree(local, ignore_errors=True)
+    local.mkdir(parents=True)
+    mirror = Mirror(job.storage, job.storage_key, local)
+    kept = mirror.fetch_checkpoint()
+    if kept is not None:
+        step = int(kept.rpartition("-")[2])
+        for entry in log_lines_until(local / "checkpoints" / kept / "trainer_state.json", step) or []:
+            progress.log(**entry)
+    ACTIVE.append(mirror)
+    try:
+        yield replace(job, workdir=local, storage=None, storage_key=None)
+    finally:
+        ACTIVE.remove(mirror)
+    mirror.finish(TRAIN_RESULT)
+    (local / ".complete").write_text("", encoding="utf-8")  # the measure unit on this machine reads it here
 
 
 def measure_unit(plugins: Any, job: MeasureJob, progress: RunProgress) -> dict[str, Any]:
     """Load the stored artifact, then time predict on the serving model alone; write the predictions."""
     from harness.store import load_artifact, write_predictions
 
+    if job.storage or job.artifact_storage:
+        return _measure_from_storage(plugins, job, progress)
     seed_everything(job.seed)
     data = read_data_cache(job.data_file)
     test = without_answers(data.test)
@@ -189,9 +229,36 @@ def measure_unit(plugins: Any, job: MeasureJob, progress: RunProgress) -> dict[s
             **latency.summary(),
         },
         "memory": {"predict_rss_peak_mb": memory.rss_peak_mb, "predict_gpu_peak_mb": memory.gpu_peak_mb},
+        # Where it ran (a Ray worker, not the driver): the record's environment and measurement identity.
+        "host": identity.host(),
+        "environment": measure.environment((serving.device if serving else None) or artifact.device),
         "serving": {**(asdict(serving) if serving else {}), **({"parity": asdict(parity)} if parity else {})},
         "truncated_predict": sum(1 for p in predictions if p.truncated),
     }
+
+
+def _measure_from_storage(plugins: Any, job: MeasureJob, progress: RunProgress) -> dict[str, Any]:
+    """A measure job with storage: the artifact from a local copy, the predictions written back; what harness_load
+    derives from a model in storage cached on this machine's disk."""
+    import tempfile
+
+    from harness.storage import local_copy, local_place, open_storage
+
+    local = replace(job, artifact_storage=None, storage=None)
+    if job.artifact_storage and job.artifact_key:
+        local.artifact_file = local_copy(job.artifact_storage, job.artifact_key) / "artifact.json"
+        if job.cache_dir is not None:
+            local.cache_dir = local_place(
+                job.artifact_storage, f"load-cache/{job.cache_dir.parent.name}/{job.cache_dir.name}"
+            )
+            local.cache_dir.parent.mkdir(parents=True, exist_ok=True)
+    if not (job.storage and job.predictions_key):
+        return measure_unit(plugins, local, progress)
+    with tempfile.TemporaryDirectory(prefix="harness-predictions-") as scratch:
+        local.predictions_file = Path(scratch) / "predictions.jsonl"
+        result = measure_unit(plugins, local, progress)
+        open_storage(job.storage).put_file(local.predictions_file, job.predictions_key)
+    return result
 
 
 def generation_speed(predictions: list[Prediction], seconds: float) -> dict[str, Any]:
@@ -210,8 +277,6 @@ SILENT_PROGRESS = RunProgress()
 
 def without_answers(examples: list[Example]) -> list[Example]:
     """The examples as predict sees them: gold labels and fields removed, so no approach can peek."""
-    from dataclasses import replace
-
     return [replace(ex, label=None, fields=None) for ex in examples]
 
 

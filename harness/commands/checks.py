@@ -39,3 +39,28 @@ def positive(value: int, flag: str) -> int:
     if value < 1:
         raise UserError(f"must be at least 1, got {value}", where=flag)
     return value
+
+
+def checked_storage(option: str | None) -> str | None:
+    """``--storage`` (or ``HARNESS_STORAGE``), written to and read back before anything trains; None without one."""
+    from harness.storage import open_storage, storage_uri
+
+    uri = storage_uri(option)
+    if uri is not None:
+        open_storage(uri).check()
+    return uri
+
+
+def ray_resources(items: list[str]) -> dict[str, float]:
+    """``--resource NAME=AMOUNT`` items as Ray's custom resources; a one-line error for anything else."""
+    resources: dict[str, float] = {}
+    for item in items:
+        name, sep, amount = item.partition("=")
+        try:
+            value = float(amount)
+        except ValueError:
+            value = -1.0
+        if not sep or not name or not 0 < value < float("inf"):
+            raise UserError(f"expected NAME=AMOUNT with an amount above 0, got {item!r}", where="--resource")
+        resources[name] = value
+    return resources

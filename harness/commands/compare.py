@@ -6,7 +6,7 @@ import argparse
 import sys
 from typing import TYPE_CHECKING, Any
 
-from harness.commands.checks import check_output_target, parse_seeds, positive
+from harness.commands.checks import check_output_target, checked_storage, parse_seeds, positive, ray_resources
 from harness.commands.output import make_console
 from harness.errors import UserError
 
@@ -53,8 +53,10 @@ def cmd_compare(args: argparse.Namespace) -> int:
     plans = {name: plans[name] for name in approaches}
     data = _datasets(spec, args)
     check_output_target(args.json)
+    storage = None
     if not args.dry_run:
         Store(args.store).check_writable()  # before hours of training, not after
+        storage = checked_storage(args.storage)
     for warning in data_warnings(data_checks(data, spec.to_task())):
         print(f"harness: warning: {warning}", file=sys.stderr)
 
@@ -66,6 +68,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
         latency_samples=args.latency_samples,
         launcher=args.launcher,
         seeds=seeds,
+        storage=storage,
     )
     if teacher_plan is not None and args.dry_run:
         console.print(f"teacher {teacher}: labels the training examples first (not estimated)")
@@ -134,13 +137,17 @@ def cmd_grid(args: argparse.Namespace) -> int:
     datas = [_datasets(spec, args) for spec in specs]
     check_output_target(args.json)
     Store(args.store).check_writable()
+    storage = checked_storage(args.storage)
+    resources = ray_resources(args.resources)
+    if resources and args.executor != "ray":
+        raise UserError("custom resources are Ray's: add --executor ray", where="--resource")
     units = sum(len(plans) for _, plans in grids) * len(seeds)
     launcher = "process"
     if args.executor == "ray":  # a cluster that does not answer is one line, before the store is touched
         from harness import ray_executor
 
         ray_executor.start(args.address, args.cpus)
-        ray_executor.RESOURCES.update(cpus=args.cpus_per_run, gpus=args.gpus_per_run)
+        ray_executor.RESOURCES.update(cpus=args.cpus_per_run, gpus=args.gpus_per_run, custom=resources)
         launcher = "ray"
     store = Store(args.store)
     console = make_console()
@@ -155,6 +162,7 @@ def cmd_grid(args: argparse.Namespace) -> int:
             launcher=launcher,
             seeds=seeds,
             parallel=(args.parallel or units) if launcher == "ray" else 1,
+            storage=storage,
         )
         comparisons.append(compare(plugins, spec, data, plans, store, options, console))
     seconds = time.perf_counter() - start

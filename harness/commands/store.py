@@ -22,7 +22,7 @@ def cmd_store(args: argparse.Namespace) -> int:
         print_listing(
             store.runs(),
             args.json,
-            ("Run", "Approach", "Spec", "Status", "Model", "Size"),
+            ("Run", "Approach", "Spec", "Status", "Model", "Size", "Artifacts"),
             lambda row: (
                 row["run_id"],
                 row["approach"],
@@ -30,6 +30,7 @@ def cmd_store(args: argparse.Namespace) -> int:
                 row["status"],
                 row["model"],
                 "-" if row["bytes"] is None else size_text(row["bytes"]),
+                row["storage"] or "store",
             ),
             title=str(store.root),
             title_justify="left",

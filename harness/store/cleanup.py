@@ -8,6 +8,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from harness.store.artifacts import run_artifacts
 from harness.store.index import Index
 from harness.store.layout import last_change, size_on_disk, size_text
 from harness.store.live import held_live
@@ -51,6 +52,7 @@ def remove_abandoned(
                     except (RuntimeError, OSError):
                         continue
                     try:
+                        run_artifacts(path).remove()  # its checkpoints in storage, if it had any there
                         shutil.rmtree(path, ignore_errors=True)
                     finally:
                         partials.release(run_id)
@@ -90,7 +92,10 @@ def _abandoned(
         old = cutoff is None or last_change(path) < cutoff
         if path in stale:
             if old:
-                found.append((path, size_on_disk(path), "killed run, " + (resumable(path) or "nothing to resume")))
+                artifacts = run_artifacts(path)
+                where = f" (in {artifacts.uri})" if artifacts.uri else ""
+                size = size_on_disk(path) + (artifacts.size() or 0)
+                found.append((path, size, "killed run, " + (resumable(path) or "nothing to resume") + where))
             else:  # a killed run that is kept still holds its model's load cache
                 trained.add(stale[path].get("train_key", "")[:16])
             continue

@@ -109,9 +109,14 @@ def save_artifact(artifact: Artifact, workdir: Path) -> Path:
 
 def load_artifact(artifact_file: Path) -> Artifact:
     """The Artifact a stored run serves from: typed fields from ``artifact.json``, an empty state."""
-    data = json.loads(artifact_file.read_text(encoding="utf-8"))
+    return artifact_from_json(json.loads(artifact_file.read_text(encoding="utf-8")), artifact_file.parent)
+
+
+def artifact_from_json(data: dict[str, Any], folder: Path) -> Artifact:
+    """The Artifact an ``artifact.json`` in ``folder`` describes."""
+    data = dict(data)
     path = data.pop("path")
-    return Artifact(path=None if path is None else artifact_file.parent / path, **data)
+    return Artifact(path=None if path is None else folder / path, **data)
 
 
 def comparison_to_dict(comparison: Comparison) -> dict[str, Any]:

@@ -6,18 +6,14 @@ import shutil
 from pathlib import Path
 
 from harness.files import write_json
+from harness.store.artifacts import run_artifacts
 from harness.store.partials import Partials
 
 
 def resumable(partial: Path) -> str | None:
     """What a killed run left worth resuming: ``finished training`` (its model and figures), the Trainer's
-    last complete checkpoint (``checkpoint-800``), or None."""
-    from harness.hf_trainer import last_checkpoint
-
-    if (partial / "artifact" / "train_result.json").is_file():
-        return "finished training"
-    checkpoint = last_checkpoint(partial / "artifact" / "checkpoints")
-    return checkpoint.name if checkpoint is not None else None
+    last complete checkpoint (``checkpoint-800``), or None; in the run's directory or in its storage."""
+    return run_artifacts(partial).progress()
 
 
 def resume_partial(partials: Partials, train_key: str) -> tuple[Path, str] | None:
@@ -39,6 +35,7 @@ def remove_empty_partials(partials: Partials) -> list[str]:
     removed = []
     for path, _ in partials.stale():
         if resumable(path) is None:
+            run_artifacts(path).remove()  # a checkpoint half-written to storage, if any
             shutil.rmtree(path, ignore_errors=True)
             removed.append(path.name)
     return removed

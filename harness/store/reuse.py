@@ -7,8 +7,9 @@ from pathlib import Path
 from typing import Callable
 
 from harness.errors import UserError
+from harness.store.artifacts import run_artifacts
 from harness.store.index import Index
-from harness.store.layout import artifact_file, run_dir
+from harness.store.layout import run_dir
 from harness.store.records import load_run
 from harness.types import RunRecord
 
@@ -27,7 +28,7 @@ class RunFinder:
         return self._newest(
             "SELECT run_id FROM runs WHERE measure_key = ? AND status = 'ok' ORDER BY created DESC",
             measure_key,
-            lambda run_id: run_dir(self.root, run_id) / "predictions.jsonl",
+            lambda run_id: (run_dir(self.root, run_id) / "predictions.jsonl").is_file(),
         )
 
     def find_trained(self, train_key: str) -> RunRecord | None:
@@ -35,7 +36,7 @@ class RunFinder:
         return self._newest(
             "SELECT run_id FROM runs WHERE train_key = ? AND trained_in = run_id ORDER BY created DESC",
             train_key,
-            lambda run_id: artifact_file(self.root, run_id),
+            lambda run_id: run_artifacts(run_dir(self.root, run_id)).exists("artifact.json"),
         )
 
     def trained_runs(self, approach: str, spec: str) -> list[str]:
@@ -49,14 +50,14 @@ class RunFinder:
         ).fetchall()
         return [run_id for (run_id,) in rows]
 
-    def _newest(self, query: str, key: str, needed: Callable[[str], Path]) -> RunRecord | None:
-        """The first run ``query`` lists for ``key`` whose record can be read and whose ``needed`` file is on
-        disk; none before the index exists."""
+    def _newest(self, query: str, key: str, needed: Callable[[str], bool]) -> RunRecord | None:
+        """The first run ``query`` lists for ``key`` whose record can be read and that has what it ``needed``
+        (its predictions, its model: in the store or in storage); none before the index exists."""
         if not (self.root / "runs.db").exists():
             return None
         for (run_id,) in self.index.connection.execute(query, (key,)).fetchall():
             record = self._load_or_warn(run_id)
-            if record is not None and needed(run_id).is_file():
+            if record is not None and needed(run_id):
                 return record
         return None
 

@@ -14,6 +14,7 @@ from typing import Any, Iterable, Iterator
 from harness.errors import UserError
 from harness.files import write_json
 from harness.store import comparisons, layout, listing, locks, records, repair, resume
+from harness.store.artifacts import RunArtifacts, run_artifacts
 from harness.store.cleanup import Cleanup, remove_abandoned, removed_lines
 from harness.store.index import Index
 from harness.store.live import LiveHolds
@@ -116,8 +117,13 @@ class Store:
     def run_dir(self, run_id: str) -> Path:
         return layout.run_dir(self.root, run_id)
 
+    def artifacts(self, run_id: str) -> RunArtifacts:
+        """A finished run's artifact folder, in the store or in its storage (harness.storage)."""
+        return run_artifacts(layout.run_dir(self.root, run_id))
+
     def artifact_file(self, run_id: str) -> Path:
-        return layout.artifact_file(self.root, run_id)
+        """The ``artifact.json`` of the model a run trained, on this machine's disk (from its storage, once)."""
+        return self.artifacts(run_id).local_file()
 
     def load_run(self, run_id: str) -> RunRecord:
         return records.load_run(self.root, run_id)
