@@ -7,10 +7,10 @@ unit to Ray as a task instead of starting its process here.
   (``max_retries=1``); a unit that fails with an error is not retried: its row fails, as locally.
 - The data is shipped through Ray's object store: the driver puts each data file's bytes once, and a worker
   writes them to its own disk before the unit reads them, so every worker sees byte-identical examples.
-- Results, training logs and the unit's notes come back to the driver, which alone writes the store's index
-  and records. The unit writes its model and predictions under the store's run directory: on one machine
-  that is the store itself; on a cluster the store directory must be a path every node sees (a shared
-  filesystem), as ``docs/grid.md`` says.
+- Results, training logs, the unit's notes and its machine (:func:`harness.identity.host`) come back to the
+  driver, which alone writes the store's index and records. The unit writes its model and predictions under
+  the store's run directory, or with ``--storage`` to storage (:mod:`harness.storage`): a cluster whose nodes
+  share no disk needs storage, as ``docs/grid.md`` says.
 """
 
 from __future__ import annotations
@@ -146,6 +146,18 @@ def _tasks() -> dict[str, Any]:
 
 # What each unit asks for: CPUs, GPUs and custom resources (a node started with --resources); harness grid sets them.
 RESOURCES: dict[str, Any] = {"cpus": 1, "gpus": 0, "custom": {}}
+
+
+def worker_host() -> dict[str, Any]:
+    """The machine a unit would run on (:func:`harness.identity.host`), read by a task that asks for what a unit asks
+    for: what the grid's identities are looked up with before its units run (each unit's own answer is recorded)."""
+    from harness.identity import host
+
+    ray = ray_module()
+    probe = ray.remote(max_calls=1)(host).options(
+        num_cpus=RESOURCES["cpus"], num_gpus=RESOURCES["gpus"], resources=dict(RESOURCES["custom"])
+    )
+    return dict(ray.get(probe.remote()))
 
 
 def run_unit_on_ray(kind: str, job: Any, setup: Any, progress: Any) -> dict[str, Any]:

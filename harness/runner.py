@@ -270,7 +270,11 @@ def _record_training(record: RunRecord, result: dict[str, Any], artifacts: RunAr
     samples = artifact.train_samples
     record.training["trained_in"] = record.run_id
     if result.get("seconds_before_resume"):
-        record.training.setdefault("resumed", {})["seconds_before_kill"] = result["seconds_before_resume"]
+        # A unit that resumed on its own (a Ray task retried on another node, from its checkpoint in storage)
+        # says so as one resumed by this process would.
+        resumed = record.training.setdefault("resumed", {"run": record.run_id})
+        resumed.setdefault("from", artifact.info.get("resumed_from_checkpoint"))
+        resumed["seconds_before_kill"] = result["seconds_before_resume"]
     record.speed.update(
         train_seconds=seconds,
         train_phases=phases,

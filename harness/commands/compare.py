@@ -86,12 +86,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
     options.estimates = cost.estimates()
     track(args.track, plugins, store)
     if teacher_plan is not None:
-        from harness.comparison import check_approaches
-        from harness.teacher import describe, teach
-
-        check_approaches(plugins, spec, plans)  # the students' endpoints and commands too, before the teacher is asked
-        data, options.teacher = teach(plugins, spec, data, teacher_plan, store, console)
-        console.print(describe(options.teacher))
+        data, options.teacher = taught(plugins, spec, data, plans, teacher_plan, store, console)
     comparison = compare(plugins, spec, data, plans, store, options, console)
     from harness.estimate import against_actual
     from harness.report_plots import write_plots
@@ -103,6 +98,41 @@ def cmd_compare(args: argparse.Namespace) -> int:
     if args.json is not None:
         write_json(args.json, comparison_to_dict(comparison))
     return 1 if any(run.status == "failed" for run in comparison.runs) else 0
+
+
+def taught(
+    plugins: Any, spec: Any, data: Any, plans: dict[str, Any], teacher_plan: Any, store: Any, console: Any
+) -> tuple[Any, dict[str, Any]]:
+    """The spec's data with its training examples labelled by the teacher (harness.teacher, its cache in the store),
+    after the students' own checks; and what the teacher did, for every record. compare's and grid's."""
+    from harness.comparison import check_approaches
+    from harness.teacher import describe, teach
+
+    check_approaches(plugins, spec, plans)  # the students' endpoints and commands too, before the teacher is asked
+    data, done = teach(plugins, spec, data, teacher_plan, store, console)
+    console.print(describe(done))
+    return data, done
+
+
+def grid_teacher(plugins: Any, spec: Any, approaches: list[str], items: list[str]) -> Any:
+    """The plan of the spec's ``teacher:`` for a grid, with the one-valued ``--set`` of it (a teacher labels once
+    per spec: several values of its settings are a one-line error), checked as compare checks it; None without one."""
+    from harness.grid import variants
+    from harness.planning import plan_settings
+    from harness.teacher import check_teacher
+
+    if not spec.teacher:
+        return None
+    shared, combos = variants(items)
+    if spec.teacher in combos:
+        raise UserError(
+            f"{spec.teacher} is {spec.where}'s teacher, which labels once per spec: give its settings one value each",
+            where="--set",
+        )
+    rows = [*approaches, spec.teacher] if spec.teacher not in approaches else approaches
+    plan = plan_settings(plugins, spec, rows, {name: shared[name] for name in rows if name in shared})[spec.teacher]
+    check_teacher(plan, f"{spec.where}: teacher")
+    return plan
 
 
 def cmd_grid(args: argparse.Namespace) -> int:
@@ -133,7 +163,11 @@ def cmd_grid(args: argparse.Namespace) -> int:
     for spec in specs:  # every row of each spec file checked, as compare does; grid_plans checks each --set combination
         for notice in plugins.check_spec(spec, approaches, {}):
             print(f"harness: notice: {notice}", file=sys.stderr)
-    grids = [(spec, grid_plans(plugins, spec, approaches, args.overrides)) for spec in specs]
+    # --set items of a spec's teacher that is no row of the grid are the teacher's alone.
+    teachers_only = {spec.teacher for spec in specs if spec.teacher} - set(approaches)
+    students = [item for item in args.overrides if item.partition(".")[0] not in teachers_only]
+    grids = [(spec, grid_plans(plugins, spec, approaches, students)) for spec in specs]
+    teachers = [grid_teacher(plugins, spec, approaches, args.overrides) for spec in specs]
     datas = [_datasets(spec, args) for spec in specs]
     check_output_target(args.json)
     Store(args.store).check_writable()
@@ -142,20 +176,21 @@ def cmd_grid(args: argparse.Namespace) -> int:
     if resources and args.executor != "ray":
         raise UserError("custom resources are Ray's: add --executor ray", where="--resource")
     units = sum(len(plans) for _, plans in grids) * len(seeds)
-    launcher = "process"
+    launcher, host = "process", None
     if args.executor == "ray":  # a cluster that does not answer is one line, before the store is touched
         from harness import ray_executor
 
         ray_executor.start(args.address, args.cpus)
         ray_executor.RESOURCES.update(cpus=args.cpus_per_run, gpus=args.gpus_per_run, custom=resources)
         launcher = "ray"
+        host = ray_executor.worker_host()  # reuse is looked up as a worker sees its machine, not the driver
     store = Store(args.store)
     console = make_console()
     plugins.pm.register(TerminalReporter(console, []), name="terminal-reporter")
     track(args.track, plugins, store)
     comparisons = []
     start = time.perf_counter()
-    for (spec, plans), data in zip(grids, datas):
+    for (spec, plans), data, teacher_plan in zip(grids, datas, teachers):
         options = CompareOptions(
             random_weights=args.random_weights,
             latency_samples=args.latency_samples,
@@ -163,7 +198,10 @@ def cmd_grid(args: argparse.Namespace) -> int:
             seeds=seeds,
             parallel=(args.parallel or units) if launcher == "ray" else 1,
             storage=storage,
+            host=host,
         )
+        if teacher_plan is not None:  # the students of every row and seed learn from the same labels, asked once
+            data, options.teacher = taught(plugins, spec, data, plans, teacher_plan, store, console)
         comparisons.append(compare(plugins, spec, data, plans, store, options, console))
     seconds = time.perf_counter() - start
     console.print(
