@@ -138,3 +138,63 @@ def test_an_unwritable_storage_directory_is_one_line(cli, tmp_path, ag_news_data
     (line,) = errors(result.stderr)
     assert line.startswith(f"harness: error: --storage: cannot write to {tmp_path / 'file' / 'sub'}: ")
     assert not (tmp_path / "store").exists()
+
+
+def test_a_compare_killed_while_training_resumes_from_its_checkpoint_in_storage(
+    tmp_path, plugin_site, tiny_bert, ag_news_data
+):
+    """The whole compare SIGKILLed once a checkpoint is in storage; the next compare (without --storage: the run's
+    storage.json says where) resumes as the same run from that checkpoint, its log rebuilt by the unit from the
+    checkpoint's history, no step twice, and the checkpoints leave storage with the finished model."""
+    from conftest import bert_args, make_cli
+    from test_store_recovery import kill_when, only_run, partials, spawn
+
+    storage = tmp_path / "bucket"
+    args = ["compare", "--plugins", "bert", "--data", ag_news_data, *NB[:2], "--limit-train", "120"]
+    args += [
+        "--limit-test",
+        "24",
+        "--latency-samples",
+        "2",
+        *bert_args(tiny_bert, "num_train_epochs=24", "eval_steps=8"),
+    ]
+    process = spawn(plugin_site, tmp_path, *args, "--storage", str(storage))
+    kill_when(process, lambda: any(storage.glob("runs/*/artifact/checkpoints/checkpoint-*/trainer_state.json")))
+    (killed,) = partials(tmp_path / ".harness")
+    assert not (killed / "artifact").exists()  # the checkpoints are in storage only
+
+    result = make_cli(plugin_site, tmp_path)(*args, "--launcher", "inline", "--json", "out.json")
+    assert result.returncode == 0, result.stderr
+    run = only_run(tmp_path / "out.json")
+    assert run["status"] == "ok" and run["run_id"] == killed.name.removesuffix(".partial")
+    step = int(run["training"]["resumed"]["from"].removeprefix("checkpoint-"))
+    assert step >= 8 and run["model"]["resumed_from_checkpoint"] == f"checkpoint-{step}"
+    losses = [e["step"] for e in run["train_log"] if "loss" in e]
+    assert losses == sorted(set(losses)) and min(losses) <= step < max(losses) == 48
+    assert (storage / "runs" / run["run_id"] / "artifact" / "train_result.json").is_file()
+    assert not (storage / "runs" / run["run_id"] / "artifact" / "checkpoints").exists()
+
+
+def test_a_teacher_with_several_values_in_a_grid_is_one_line(cli, tmp_path, ag_news_data):
+    spec = tmp_path / "taught.yaml"
+    text = (Path(__file__).resolve().parent.parent / "specs" / "agnews.yaml").read_text(encoding="utf-8")
+    spec.write_text(text + "teacher: openai\n", encoding="utf-8")
+    result = cli(
+        "grid",
+        "--spec",
+        str(spec),
+        "--plugins",
+        "naive-bayes",
+        "--data",
+        ag_news_data,
+        "--set",
+        "openai.model=a,b",
+        "--store",
+        "store",
+    )
+    assert result.returncode == 2
+    assert errors(result.stderr) == [
+        f"harness: error: --set: openai is {spec}'s teacher, which labels once per spec: "
+        "give its settings one value each"
+    ]
+    assert not (tmp_path / "store").exists()
