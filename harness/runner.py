@@ -223,9 +223,7 @@ def _run_locked(
         measured = _measure(plugins, measure_job, progress, record, options)
         on_unit_hosts(record, None, measured["host"])
         if artifacts.uri is not None:  # the driver's copy, which scoring and reports read
-            open_storage(artifacts.uri).fs.get_file(
-                open_storage(artifacts.uri).path(measure_job.predictions_key or ""), str(workdir / "predictions.jsonl")
-            )
+            open_storage(artifacts.uri).get_file(measure_job.predictions_key or "", workdir / "predictions.jsonl")
         record.metrics = _score(plugins, name, task, data.test, read_predictions(workdir / "predictions.jsonl"))
         parity = record.serving.get("parity")
         if parity and not parity.get("ok", True):  # predictions and figures are kept; the row says why it failed

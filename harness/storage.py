@@ -130,6 +130,9 @@ class Storage:
             self.fs.makedirs(self.path(key).rpartition("/")[0], exist_ok=True)
         self.fs.put_file(str(local), self.path(key))
 
+    def get_file(self, key: str, local: Path) -> None:
+        self.fs.get_file(self.path(key), str(local))
+
     def put_dir(self, local: Path, key: str, last: tuple[str, ...] = ()) -> None:
         """Upload the files below ``local`` to ``key``; those named in ``last`` after the others (a reader takes
         the folder as complete once they are there)."""

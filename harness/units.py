@@ -151,7 +151,10 @@ def _mirrored(job: TrainJob, progress: RunProgress) -> Iterator[TrainJob]:
     finally:
         ACTIVE.remove(mirror)
     mirror.finish(TRAIN_RESULT)
-    (local / ".complete").write_text("", encoding="utf-8")  # the measure unit on this machine reads it here
+    if mirror.storage.local:  # a directory on this machine: served from there, no second copy kept
+        shutil.rmtree(local, ignore_errors=True)
+    else:
+        (local / ".complete").write_text("", encoding="utf-8")  # the measure unit on this machine reads it here
 
 
 def measure_unit(plugins: Any, job: MeasureJob, progress: RunProgress) -> dict[str, Any]:

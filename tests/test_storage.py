@@ -26,7 +26,19 @@ def runs(path: Path) -> list[dict]:
 
 def test_artifacts_go_to_storage_and_every_reader_finds_them_there(cli, tmp_path, ag_news_data):
     store, storage = tmp_path / "store", tmp_path / "bucket"
-    first = cli("compare", *NB, "--data", ag_news_data, "--store", "store", "--storage", "bucket", "--json", "a.json")
+    first = cli(
+        "compare",
+        *NB,
+        "--data",
+        ag_news_data,
+        "--store",
+        "store",
+        "--storage",
+        "bucket",
+        "--json",
+        "a.json",
+        env={"XDG_CACHE_HOME": str(tmp_path / "cache")},
+    )
     assert first.returncode == 0, first.stderr
     (run,) = runs(tmp_path / "a.json")
     run_id = run["run_id"]
@@ -36,6 +48,8 @@ def test_artifacts_go_to_storage_and_every_reader_finds_them_there(cli, tmp_path
     assert (storage / "runs" / run_id / "artifact" / "train_result.json").is_file()
     assert (storage / "runs" / run_id / "predictions.jsonl").is_file()
     assert not list(store.rglob("artifact"))
+    # A storage directory on this machine is served from where it is: no second copy in the cache.
+    assert not [p for p in (tmp_path / "cache" / "harness" / "storage").glob("*/runs/**/*") if p.is_file()]
     assert json.loads((store / "runs" / run_id / "storage.json").read_text()) == {"uri": str(storage)}
     # Scoring and reports read the driver's copy of the predictions: the same lines.
     assert (store / "runs" / run_id / "predictions.jsonl").read_text() == (
