@@ -142,10 +142,13 @@ class Storage:
 
     def get_dir(self, key: str, local: Path) -> None:
         """The files below ``key`` in the folder ``local``, which appears whole or not at all."""
+        names = self.files(key)
+        if not names:
+            raise FileNotFoundError(f"nothing under {self.uri}/{key}")
         scratch = local.with_name(f".{local.name}.{os.getpid()}-{threading.get_ident()}")
         shutil.rmtree(scratch, ignore_errors=True)
         scratch.mkdir(parents=True)
-        for name in self.files(key):
+        for name in names:
             (scratch / name).parent.mkdir(parents=True, exist_ok=True)
             self.fs.get_file(self.path(f"{key}/{name}"), str(scratch / name))
         shutil.rmtree(local, ignore_errors=True)

@@ -40,7 +40,10 @@ class RunArtifacts:
         """``artifact.json`` on this machine's disk (downloaded with the model, once, from storage)."""
         if self.uri is None:
             return self.folder / "artifact.json"
-        return local_copy(self.uri, self.key) / "artifact.json"
+        try:
+            return local_copy(self.uri, self.key) / "artifact.json"
+        except FileNotFoundError:  # gone from storage: the caller says the run no longer has its model
+            return self.folder / "artifact.json"
 
     def progress(self) -> str | None:
         """What training left: ``finished training``, the newest complete checkpoint (``checkpoint-800``), or None."""
