@@ -10,8 +10,9 @@ artifacts are in the run's directory in the store.
 Units on other machines work on a local copy (:func:`local_copy`, under the user's cache directory) and
 write back: the train unit after each checkpoint (the newest complete one is what a unit that died resumes
 from, on any node) and when it finishes (``train_result.json`` last: its presence says training finished);
-the measure unit its predictions. Credentials come from the environment (``AWS_ACCESS_KEY_ID``,
-``AWS_ENDPOINT_URL``, ``GOOGLE_APPLICATION_CREDENTIALS``, ...), never from the URI.
+the measure unit its predictions; the training log goes beside the model. Credentials come from the
+environment (``AWS_ACCESS_KEY_ID``, ``AWS_ENDPOINT_URL``, ``GOOGLE_APPLICATION_CREDENTIALS``, ...), never from
+the URI.
 """
 
 from __future__ import annotations
@@ -130,6 +131,11 @@ class Storage:
             self.fs.makedirs(self.path(key).rpartition("/")[0], exist_ok=True)
         self.fs.put_file(str(local), self.path(key))
 
+    def write_text(self, key: str, text: str) -> None:
+        if self.local:
+            self.fs.makedirs(self.path(key).rpartition("/")[0], exist_ok=True)
+        self.fs.pipe_file(self.path(key), text.encode("utf-8"))
+
     def get_file(self, key: str, local: Path) -> None:
         self.fs.get_file(self.path(key), str(local))
 
@@ -245,8 +251,10 @@ class Mirror:
         for name in stored - kept:
             self.storage.remove(f"{self.key}/checkpoints/{name}")
 
-    def finish(self, last: str) -> None:
-        """The finished model up, ``last`` (``train_result.json``) last; the checkpoints down."""
+    def finish(self, last: str, log: list[dict[str, Any]]) -> None:
+        """The training log and the finished model up, ``last`` (``train_result.json``) last; the checkpoints down."""
+        lines = "".join(json.dumps(entry, default=str) + "\n" for entry in log)
+        self.storage.write_text(f"{self.key.rpartition('/')[0]}/train_log.jsonl", lines)
         self.storage.put_dir(self.local, self.key, last=(last,))
         self.storage.remove(f"{self.key}/checkpoints")
 

@@ -129,7 +129,8 @@ def train_unit(plugins: Any, job: TrainJob, progress: RunProgress) -> dict[str, 
 @contextmanager
 def _mirrored(job: TrainJob, progress: RunProgress) -> Iterator[TrainJob]:
     """A train job with storage as one that trains in a local folder, mirrored to storage (checkpoints as they are
-    saved, the model when it is done); resumed from the newest checkpoint there, with the log lines before it."""
+    saved, the model and the training log when it is done); resumed from the newest checkpoint there, with the log
+    lines before it."""
     import shutil
 
     from harness.hf_trainer import log_lines_until
@@ -140,6 +141,14 @@ def _mirrored(job: TrainJob, progress: RunProgress) -> Iterator[TrainJob]:
     shutil.rmtree(local, ignore_errors=True)
     local.mkdir(parents=True)
     mirror = Mirror(job.storage, job.storage_key, local)
+    lines: list[dict[str, Any]] = []  # the run's training log, written beside its model in storage
+    forward = progress.log
+
+    def log(**entry: Any) -> None:
+        lines.append(entry)
+        forward(**entry)
+
+    progress.log = log  # type: ignore[method-assign]
     kept = mirror.fetch_checkpoint()
     if kept is not None:
         step = int(kept.rpartition("-")[2])
@@ -150,7 +159,8 @@ def _mirrored(job: TrainJob, progress: RunProgress) -> Iterator[TrainJob]:
         yield replace(job, workdir=local, storage=None, storage_key=None)
     finally:
         ACTIVE.remove(mirror)
-    mirror.finish(TRAIN_RESULT)
+        progress.log = forward  # type: ignore[method-assign]
+    mirror.finish(TRAIN_RESULT, lines)
     if mirror.storage.local:  # a directory on this machine: served from there, no second copy kept
         shutil.rmtree(local, ignore_errors=True)
     else:

@@ -47,6 +47,9 @@ def test_artifacts_go_to_storage_and_every_reader_finds_them_there(cli, tmp_path
     assert (storage / "runs" / run_id / "artifact" / "artifact.json").is_file()
     assert (storage / "runs" / run_id / "artifact" / "train_result.json").is_file()
     assert (storage / "runs" / run_id / "predictions.jsonl").is_file()
+    assert (storage / "runs" / run_id / "train_log.jsonl").read_text() == (
+        store / "runs" / run_id / "train_log.jsonl"
+    ).read_text()
     assert not list(store.rglob("artifact"))
     # A storage directory on this machine is served from where it is: no second copy in the cache.
     assert not [p for p in (tmp_path / "cache" / "harness" / "storage").glob("*/runs/**/*") if p.is_file()]
@@ -187,6 +190,8 @@ def test_a_compare_killed_while_training_resumes_from_its_checkpoint_in_storage(
     assert losses == sorted(set(losses)) and min(losses) <= step < max(losses) == 48
     assert (storage / "runs" / run["run_id"] / "artifact" / "train_result.json").is_file()
     assert not (storage / "runs" / run["run_id"] / "artifact" / "checkpoints").exists()
+    stored_log = (storage / "runs" / run["run_id"] / "train_log.jsonl").read_text().splitlines()
+    assert [json.loads(line)["step"] for line in stored_log] == [e["step"] for e in run["train_log"]]
 
 
 def test_a_teacher_with_several_values_in_a_grid_is_one_line(cli, tmp_path, ag_news_data):
