@@ -251,6 +251,7 @@ def test_a_grid_on_two_nodes_with_s3_storage_survives_the_worker_node_restarting
     for row in rows.values():
         assert f"grid/runs/{row['run_id']}/artifact/train_result.json" in stored
         assert f"grid/runs/{row['run_id']}/predictions.jsonl" in stored
+        assert f"grid/runs/{row['run_id']}/train_log.jsonl" in stored
         assert row["environment"]["storage"] == f"s3://{BUCKET}/grid"
     store = tmp_path / "store"
     assert not [p for p in store.rglob("*") if p.suffix in (".safetensors", ".bin", ".pt") or p.name == "artifact"]
