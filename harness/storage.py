@@ -147,7 +147,8 @@ class Storage:
             self.put_file(path, f"{key}/{path.relative_to(local).as_posix()}")
 
     def get_dir(self, key: str, local: Path) -> None:
-        """The files below ``key`` in the folder ``local``, which appears whole or not at all."""
+        """The files below ``key`` in the folder ``local`` (which must not exist yet): it appears whole or not at
+        all; where another process of this machine made it first, its copy is kept."""
         names = self.files(key)
         if not names:
             raise FileNotFoundError(f"nothing under {self.uri}/{key}")
@@ -157,8 +158,12 @@ class Storage:
         for name in names:
             (scratch / name).parent.mkdir(parents=True, exist_ok=True)
             self.fs.get_file(self.path(f"{key}/{name}"), str(scratch / name))
-        shutil.rmtree(local, ignore_errors=True)
-        scratch.replace(local)
+        try:
+            scratch.replace(local)
+        except OSError:
+            if not local.is_dir():
+                raise
+            shutil.rmtree(scratch, ignore_errors=True)  # another process on this machine put the same files first
 
     def remove(self, key: str) -> None:
         try:
