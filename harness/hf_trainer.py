@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, Callable, Literal
 
 from harness.approach import Settings, setting
-from harness.storage import checkpoint_saved
+from harness.storage import checkpoint_saved, checkpoint_step
 from harness.types import Artifact
 
 PHASES_FILE = "harness_phases.json"  # in each checkpoint: the phases' seconds up to it
@@ -378,8 +378,7 @@ def last_checkpoint(folder: Path) -> Path | None:
 
 def _step(checkpoint: Path) -> int:
     """The step in a Trainer checkpoint's name (``checkpoint-16``), or -1 for a name that has none."""
-    step = checkpoint.name.rpartition("-")[2]
-    return int(step) if step.isdigit() else -1
+    return checkpoint_step(checkpoint.name)
 
 
 def describe_model(artifact: Artifact, model: Any, name: str, device: str) -> None:

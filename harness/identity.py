@@ -420,7 +420,16 @@ def training_device(setting: Any) -> str:
 
 
 def cpu_bf16() -> bool:
-    """Whether this CPU has bf16 units (harness.models.cpu_has_bf16); False where torch is missing."""
+    """Whether this CPU has bf16 units (AVX512-BF16 or AMX tiles, as harness.models.cpu_has_bf16 asks torch's
+    oneDNN): read from the CPU's flags in /proc/cpuinfo on Linux, so the driver does not import torch (a second
+    and more) to learn it; elsewhere from torch; False where torch is missing."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as handle:
+            for line in handle:
+                if line.startswith("flags"):
+                    return bool({"avx512_bf16", "amx_tile"} & set(line.split(":", 1)[1].split()))
+    except OSError:
+        pass
     try:
         from harness.models import cpu_has_bf16
 

@@ -239,7 +239,7 @@ class Mirror:
         it); its name, or None."""
         names = self.storage.files(f"{self.key}/checkpoints")
         complete = {n.split("/", 1)[0] for n in names if n.endswith("/trainer_state.json")}
-        steps = {name: _step(name) for name in complete if _step(name) >= 0}
+        steps = {name: checkpoint_step(name) for name in complete if checkpoint_step(name) >= 0}
         if not steps:
             return None
         newest = max(steps, key=lambda name: steps[name])
@@ -251,7 +251,7 @@ class Mirror:
         ``trainer_state.json`` last, and remove from storage those no longer kept locally."""
         kept = {p.name for p in folder.glob("checkpoint-*") if p.is_dir()}
         stored = {n.split("/", 1)[0] for n in self.storage.files(f"{self.key}/checkpoints")}
-        for name in sorted(kept - stored, key=_step):
+        for name in sorted(kept - stored, key=checkpoint_step):
             self.storage.put_dir(folder / name, f"{self.key}/checkpoints/{name}", last=("trainer_state.json",))
         for name in stored - kept:
             self.storage.remove(f"{self.key}/checkpoints/{name}")
@@ -264,10 +264,10 @@ class Mirror:
         self.storage.remove(f"{self.key}/checkpoints")
 
 
-def _step(name: str) -> int:
-    from harness.hf_trainer import _step as step_of
-
-    return step_of(Path(name))
+def checkpoint_step(name: str) -> int:
+    """The step in a Trainer checkpoint's name (``checkpoint-16``), or -1 for a name that has none."""
+    step = name.rpartition("-")[2]
+    return int(step) if step.isdigit() else -1
 
 
 ACTIVE: list[Mirror] = []  # the mirror of the train unit running in this process (hf_trainer reports to it)

@@ -99,3 +99,15 @@ def test_the_driver_learns_there_is_no_gpu_without_importing_a_cpu_build_of_torc
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
     assert out == ["cpu", "None", "False"]
+
+
+def test_the_driver_reads_the_cpus_bf16_units_as_torch_does_without_importing_it():
+    """The training identity's ``cpu_bf16`` comes from the CPU's flags, and agrees with torch's oneDNN."""
+    import subprocess
+    import sys
+
+    code = "import sys; from harness.identity import cpu_bf16; print(cpu_bf16(), 'torch' in sys.modules)"
+    answer = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    from harness.models import cpu_has_bf16
+
+    assert answer == [str(cpu_has_bf16()), "False"]
