@@ -142,14 +142,23 @@ def test_two_identical_compares_at_once_train_once(tmp_path, plugin_site, tiny_b
     assert len(list((tmp_path / ".harness" / "runs").iterdir())) == 1
 
 
-@pytest.fixture
-def naive_store(tmp_path, plugin_site, ag_news_data):
-    """A store holding one naive-bayes comparison, and the command that made it."""
-    cli = make_cli(plugin_site, tmp_path)
+@pytest.fixture(scope="module")
+def naive_made(tmp_path_factory, plugin_site, ag_news_data):
+    """One naive-bayes comparison made by the CLI, once for the module: its folder, command and output."""
+    folder = tmp_path_factory.mktemp("naive")
     args = ["compare", "--plugins", "naive-bayes", "--data", ag_news_data, *FAST]
-    result = cli(*args, "--json", "first.json")
+    result = make_cli(plugin_site, folder)(*args, "--json", "first.json")
     assert result.returncode == 0, result.stderr
-    return tmp_path / ".harness", cli, args, json.loads((tmp_path / "first.json").read_text())
+    return folder, args, json.loads((folder / "first.json").read_text())
+
+
+@pytest.fixture
+def naive_store(naive_made, tmp_path, plugin_site):
+    """A store holding one naive-bayes comparison (a copy of the module's, each test damaging its own), and the
+    command that made it."""
+    folder, args, first = naive_made
+    shutil.copytree(folder / ".harness", tmp_path / ".harness")
+    return tmp_path / ".harness", make_cli(plugin_site, tmp_path), args, first
 
 
 def test_a_corrupt_index_is_one_line_and_store_check_rebuilds_it(naive_store):
