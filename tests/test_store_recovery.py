@@ -61,7 +61,7 @@ def only_run(path: Path) -> dict:
 
 
 def test_killed_while_training_resumes_from_its_last_checkpoint(tmp_path, plugin_site, tiny_bert, ag_news_data):
-    # 24 epochs of 2 steps, a checkpoint every 8: killed once the first one is on disk. The default
+    # 12 epochs of 2 steps, a checkpoint every 8: killed once the first one is on disk. The default
     # launcher: the whole process group (the compare and its train process) dies.
     args = [
         "compare",
@@ -72,7 +72,7 @@ def test_killed_while_training_resumes_from_its_last_checkpoint(tmp_path, plugin
         *FAST,
         "--limit-train",
         "120",
-        *bert_args(tiny_bert, "num_train_epochs=24", "eval_steps=8"),
+        *bert_args(tiny_bert, "num_train_epochs=12", "eval_steps=8"),
     ]
     store = tmp_path / ".harness"
     process = spawn(plugin_site, tmp_path, *args)
@@ -92,7 +92,7 @@ def test_killed_while_training_resumes_from_its_last_checkpoint(tmp_path, plugin
     logged = [entry["step"] for entry in run["train_log"]]
     # One log: the killed part's lines up to its checkpoint, then the resumed part's, no step twice.
     losses = [e["step"] for e in run["train_log"] if "loss" in e]
-    assert losses == sorted(set(losses)) and min(logged) <= step < max(logged) == 48
+    assert losses == sorted(set(losses)) and min(logged) <= step < max(logged) == 24
     assert "resumed" in result.stdout and resumed["from"] in result.stdout
     assert partials(store) == [] and not (store / "runs" / run["run_id"] / "artifact" / "checkpoints").exists()
 
@@ -142,14 +142,23 @@ def test_two_identical_compares_at_once_train_once(tmp_path, plugin_site, tiny_b
     assert len(list((tmp_path / ".harness" / "runs").iterdir())) == 1
 
 
-@pytest.fixture
-def naive_store(tmp_path, plugin_site, ag_news_data):
-    """A store holding one naive-bayes comparison, and the command that made it."""
-    cli = make_cli(plugin_site, tmp_path)
+@pytest.fixture(scope="module")
+def naive_made(tmp_path_factory, plugin_site, ag_news_data):
+    """One naive-bayes comparison made by the CLI, once for the module: its folder, command and output."""
+    folder = tmp_path_factory.mktemp("naive")
     args = ["compare", "--plugins", "naive-bayes", "--data", ag_news_data, *FAST]
-    result = cli(*args, "--json", "first.json")
+    result = make_cli(plugin_site, folder)(*args, "--json", "first.json")
     assert result.returncode == 0, result.stderr
-    return tmp_path / ".harness", cli, args, json.loads((tmp_path / "first.json").read_text())
+    return folder, args, json.loads((folder / "first.json").read_text())
+
+
+@pytest.fixture
+def naive_store(naive_made, tmp_path, plugin_site):
+    """A store holding one naive-bayes comparison (a copy of the module's, each test damaging its own), and the
+    command that made it."""
+    folder, args, first = naive_made
+    shutil.copytree(folder / ".harness", tmp_path / ".harness")
+    return tmp_path / ".harness", make_cli(plugin_site, tmp_path), args, first
 
 
 def test_a_corrupt_index_is_one_line_and_store_check_rebuilds_it(naive_store):
