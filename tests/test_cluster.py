@@ -104,6 +104,9 @@ def cluster(tmp_path, s3, plugin_site):
         **os.environ,
         **s3_env,
         "PYTHONPATH": str(plugin_site),
+        # Ray's token authentication off: a node with a HOME of its own does not see the head's ~/.ray/auth_token
+        # (the head turns it on where that file exists), and this cluster listens on 127.0.0.1 only.
+        "RAY_AUTH_MODE": "disabled",
         "RAY_health_check_period_ms": "1000",
         "RAY_health_check_failure_threshold": "3",
         "RAY_health_check_initial_delay_ms": "1000",
