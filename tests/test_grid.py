@@ -40,6 +40,21 @@ def test_multi_valued_settings_are_rows_and_an_escaped_comma_stays_in_its_value(
         variants(["bert.learning_rate=1e-5,1e-5"])
 
 
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--resource", "gpu_a10"], "expected NAME=AMOUNT with an amount above 0, got 'gpu_a10'"),
+        (["--resource", "a10=0"], "expected NAME=AMOUNT with an amount above 0, got 'a10=0'"),
+        (["--resource", "a10=1"], "custom resources are Ray's: add --executor ray"),
+    ],
+)
+def test_a_bad_resource_is_one_line_before_the_store_exists(cli, tmp_path, ag_news_data, extra, message):
+    result = cli("grid", "--spec", "agnews", "--plugins", "naive-bayes", "--data", ag_news_data, *extra)
+    assert result.returncode == 2
+    lines = [line for line in result.stderr.splitlines() if not line.startswith("harness: plugin 'broken-import'")]
+    assert lines == [f"harness: error: --resource: {message}"] and not (tmp_path / ".harness").exists()
+
+
 def grid_args(tiny_bert, ag_news_data, *extra):
     """A grid of naive-bayes and a tiny bert (naive-bayes alone without ``tiny_bert``), seeds 0 and 1."""
     return [
