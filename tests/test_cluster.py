@@ -26,6 +26,7 @@ from conftest import bert_args
 
 pytestmark = pytest.mark.ray
 
+RAY = [sys.executable, "-m", "ray.scripts.scripts"]  # the `ray` command of this Python, wherever pip put its script
 BUCKET = "harness-grid"
 WORKER = "harness_worker"
 
@@ -72,9 +73,8 @@ def short_dir(name: str) -> Path:
 
 
 def ray_start(args: list[str], cwd: Path, env: dict[str, str]) -> None:
-    ray = str(Path(sys.executable).with_name("ray"))
     done = subprocess.run(
-        [ray, "start", *args, "--node-ip-address", "127.0.0.1", "--disable-usage-stats"],
+        [*RAY, "start", *args, "--node-ip-address", "127.0.0.1", "--disable-usage-stats"],
         cwd=cwd,
         env=env,
         capture_output=True,
@@ -159,8 +159,7 @@ def cluster(tmp_path, s3, plugin_site):
     try:
         yield {"address": f"127.0.0.1:{port}", "env": base, "node": node, "start_worker": start_worker}
     finally:
-        ray = str(Path(sys.executable).with_name("ray"))
-        subprocess.run([ray, "stop", "--force"], capture_output=True, timeout=120)
+        subprocess.run([*RAY, "stop", "--force"], capture_output=True, timeout=120)
         for temp in Path("/tmp").glob(f"hr-{os.getpid()}-*"):
             shutil.rmtree(temp, ignore_errors=True)
 
