@@ -237,6 +237,7 @@ def plan_costs(
 
     cost = CostPlan()
     known: dict[str, Rates | None] = {}
+    options = replace(options, host=options.host or identity.host())  # the machine, read once for every row
     for plan in plans.values():
         for seed in options.seeds or spec.training_seeds:
             row = replace(

@@ -100,9 +100,10 @@ def run_approach(
     if task.type == "extraction":
         record.environment["normalize"] = task.normalize  # how its field values are compared (the statistics too)
     try:
-        training = training_identity(plugins, spec, data, plan, task, options, store)
+        here = replace(options, host=options.host or identity.host())  # this machine read once for both identities
+        training = training_identity(plugins, spec, data, plan, task, here, store)
         train_key = identity.digest(training)
-        measurement = measurement_identity(plugins, data, plan, train_key, options, store)
+        measurement = measurement_identity(plugins, data, plan, train_key, here, store)
         record.training = {"key": train_key, "identity": training, "trained_in": None}
         record.measurement = {"key": identity.digest(measurement), "identity": measurement}
     except Exception as exc:  # an unreadable model directory, say: this row fails, the others run

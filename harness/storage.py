@@ -126,15 +126,17 @@ class Storage:
             return []
         return sorted(str(path)[len(base) + 1 :] for path in found if str(path).startswith(base + "/"))
 
-    def put_file(self, local: Path, key: str) -> None:
-        if self.local:  # a directory tree has folders; an object store's keys need none
-            self.fs.makedirs(self.path(key).rpartition("/")[0], exist_ok=True)
-        self.fs.put_file(str(local), self.path(key))
-
-    def write_text(self, key: str, text: str) -> None:
+    def _writable(self, key: str) -> str:
+        """The path of ``key``, its folder made where storage is a directory tree (an object store's keys need none)."""
         if self.local:
             self.fs.makedirs(self.path(key).rpartition("/")[0], exist_ok=True)
-        self.fs.pipe_file(self.path(key), text.encode("utf-8"))
+        return self.path(key)
+
+    def put_file(self, local: Path, key: str) -> None:
+        self.fs.put_file(str(local), self._writable(key))
+
+    def write_text(self, key: str, text: str) -> None:
+        self.fs.pipe_file(self._writable(key), text.encode("utf-8"))
 
     def get_file(self, key: str, local: Path) -> None:
         self.fs.get_file(self.path(key), str(local))
@@ -142,8 +144,8 @@ class Storage:
     def put_dir(self, local: Path, key: str, last: tuple[str, ...] = ()) -> None:
         """Upload the files below ``local`` to ``key``; those named in ``last`` after the others (a reader takes
         the folder as complete once they are there)."""
-        files = sorted(p for p in local.rglob("*") if p.is_file() and not p.name.endswith(".tmp"))
-        for path in sorted(files, key=lambda p: p.name in last):
+        files = [p for p in local.rglob("*") if p.is_file() and not p.name.endswith(".tmp")]
+        for path in sorted(files, key=lambda p: (p.name in last, p)):
             self.put_file(path, f"{key}/{path.relative_to(local).as_posix()}")
 
     def get_dir(self, key: str, local: Path) -> None:
@@ -170,6 +172,14 @@ class Storage:
             self.fs.rm(self.path(key), recursive=True)
         except FileNotFoundError:
             pass
+
+    def newest_checkpoint(self, key: str) -> str | None:
+        """The newest complete Trainer checkpoint in the folder ``key`` (its ``trainer_state.json``, written last,
+        is there), by name (``checkpoint-800``), or None."""
+        names = self.files(key)
+        complete = [n.split("/")[0] for n in names if n.endswith("/trainer_state.json") and n.count("/") == 1]
+        newest = max(complete, key=checkpoint_step, default=None)
+        return newest if newest is not None and checkpoint_step(newest) >= 0 else None
 
     def size(self, key: str) -> int | None:
         """Bytes below ``key``, or None when there is nothing (or it cannot be read)."""
@@ -237,12 +247,9 @@ class Mirror:
     def fetch_checkpoint(self) -> str | None:
         """The newest complete checkpoint in storage into the local folder (a unit that died on any node left
         it); its name, or None."""
-        names = self.storage.files(f"{self.key}/checkpoints")
-        complete = {n.split("/", 1)[0] for n in names if n.endswith("/trainer_state.json")}
-        steps = {name: checkpoint_step(name) for name in complete if checkpoint_step(name) >= 0}
-        if not steps:
+        newest = self.storage.newest_checkpoint(f"{self.key}/checkpoints")
+        if newest is None:
             return None
-        newest = max(steps, key=lambda name: steps[name])
         self.storage.get_dir(f"{self.key}/checkpoints/{newest}", self.local / "checkpoints" / newest)
         return newest
 

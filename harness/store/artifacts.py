@@ -47,17 +47,14 @@ class RunArtifacts:
 
     def progress(self) -> str | None:
         """What training left: ``finished training``, the newest complete checkpoint (``checkpoint-800``), or None."""
-        from harness.hf_trainer import _step, last_checkpoint
+        from harness.hf_trainer import last_checkpoint
 
         if self.exists(TRAIN_RESULT):
             return "finished training"
         if self.uri is None:
             checkpoint = last_checkpoint(self.folder / "checkpoints")
             return checkpoint.name if checkpoint is not None else None
-        names = open_storage(self.uri).files(f"{self.key}/checkpoints")
-        complete = [Path(n).parent for n in names if n.endswith("/trainer_state.json") and n.count("/") == 1]
-        newest = max(complete, key=_step, default=None)
-        return newest.name if newest is not None and _step(newest) >= 0 else None
+        return open_storage(self.uri).newest_checkpoint(f"{self.key}/checkpoints")
 
     def size(self) -> int | None:
         """Bytes in storage, or None where the artifacts are in the store (counted with its directory)."""
